@@ -1,0 +1,1 @@
+"""Permissioned BFT ledger: sans-I/O consensus core, block store and contract."""

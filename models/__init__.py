@@ -1,0 +1,1 @@
+"""Models, datasets, site splits, local training and merge weighting."""
