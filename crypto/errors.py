@@ -53,3 +53,22 @@ class SealedBoxError(ProtocolError):
 
 class KeyFileError(Exception):
     """A node key file is missing, malformed, or readable by others."""
+
+
+class BlobHashMismatch(ProtocolError):
+    """A peer served bytes whose SHA-256 is not the hash they were requested by.
+
+    The message names the peer; the bytes are discarded before anyone sees them.
+    """
+
+
+class InvalidCiphertext(ProtocolError):
+    """A ciphertext blob is malformed: wrong parameters, shape, length, or a coefficient out of range."""
+
+
+class InvalidKeyShare(ProtocolError):
+    """A key-epoch message (public key share or sealed Shamir share) is malformed, misaddressed or conflicting."""
+
+
+class InvalidDecryptionShare(ProtocolError):
+    """A decryption share is malformed or does not belong to the aggregate / decrypt set being combined."""

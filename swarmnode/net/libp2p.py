@@ -1,0 +1,735 @@
+"""`Libp2pTransport`: the `Transport` on py-libp2p 0.8.1 under trio.
+
+What was verified to work (see notes/libp2p.md) and is therefore what we use:
+- TCP, **Noise only** (py-libp2p's default also offers PLAINTEXT), **Yamux only**
+  (Mplex is 4x slower). The libp2p key pair is built from the node's Ed25519
+  seed, so the libp2p peer ID is `identity.node_id.peer_id`.
+- GossipSub for small messages, strict signing on, heartbeat 1 s, spam
+  protection off, plus two queue-size patches (`_patch_libp2p_queues`).
+- Blobs over direct streams in chunks, never over GossipSub (which silently
+  drops messages above 1 MiB).
+- Discovery: a small peer-list protocol (ask a peer who it is connected to and
+  where those listen; dial them all in parallel) on top of bootstrap
+  addresses and addresses the ledger knows (`add_peer_addresses`). Every
+  known, allowed, disconnected peer is redialled with exponential backoff, so
+  a peer that restarts (even on a new port) is found again.
+- Permissioning: once `set_allowed_peers` was called, a connection from any
+  other peer is closed as soon as it is up, its streams are reset unread, and
+  its gossip is rejected by a topic validator (not relayed) and filtered again
+  before delivery (nothing of a non-member reaches the layer above).
+
+libp2p is imported only by this module (never by `swarmnode.net`'s
+``__init__``), so the rest of the code base imports without it. No libp2p
+type or exception leaves this module: `_errors_to_transport` maps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub import pubsub as _pubsub_module
+from libp2p.pubsub import rpc_queue as _rpc_queue_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as GOSSIPSUB_V11
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12 as GOSSIPSUB_V12
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from crypto.errors import BlobHashMismatch, ProtocolError
+from crypto.identity import NodeId, NodeIdentity
+
+from . import wire
+from ._shared import answer_request, fetch_from_any
+from .base import (
+    DEFAULT_BLOB_TIMEOUT,
+    DEFAULT_MAX_BLOB_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+    SUBSCRIPTION_BUFFER,
+    BlobNotFound,
+    BlobStore,
+    Inbound,
+    PeerUnreachable,
+    RequestHandler,
+    RequestRefused,
+    Transport,
+    TransportClosed,
+    TransportError,
+    check_hash,
+)
+
+log = logging.getLogger(__name__)
+
+RPC_PROTOCOL: Final = TProtocol("/swarmnode/rpc/1.0.0")
+BLOB_PROTOCOL: Final = TProtocol("/swarmnode/blob/1.0.0")
+PEERS_PROTOCOL: Final = TProtocol("/swarmnode/peers/1.0.0")
+
+BLOB_CHUNK: Final = 1 << 20
+DIAL_TIMEOUT: Final = 5.0
+EXCHANGE_TIMEOUT: Final = 5.0
+SERVE_TIMEOUT: Final = 30.0  # a peer that stalls mid-request loses its stream (blobs: per chunk)
+MAINTAIN_INTERVAL: Final = 0.25
+EXCHANGE_INTERVAL: Final = 3.0
+BACKOFF_INITIAL: Final = 0.5
+BACKOFF_MAX: Final = 8.0
+
+# GossipSub parameters verified on loopback (notes/libp2p.md section 3).
+GOSSIP_DEGREE: Final = 3
+GOSSIP_DEGREE_LOW: Final = 2
+GOSSIP_DEGREE_HIGH: Final = 4
+GOSSIP_HEARTBEAT_S: Final = 1  # libp2p's default is 120 s
+
+# identity multihash of the protobuf Ed25519 public key (as in crypto/identity.py)
+_PEER_ID_PREFIX: Final = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+
+_queues_patched = False
+
+
+def _patch_libp2p_queues() -> None:
+    """Raise two queue limits of py-libp2p 0.8.1 that silently lose gossip in bursts.
+
+    - `pubsub.SUBSCRIPTION_CHANNEL_SIZE` (32): a subscription further behind
+      drops messages with only a WARNING. We drain it at once into our own
+      channels, but a burst can still outrun one scheduling round.
+    - `RpcQueue(max_size=32)` per peer: extra outbound RPCs are dropped with a
+      DEBUG line. Verified: 200/200 delivered in a burst with both raised.
+    The outbound per-message size limit (1 MiB) is kept: gossip stays small.
+    Applied once per process, before the first `Pubsub` is built.
+    """
+    global _queues_patched
+    if _queues_patched:
+        return
+    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 1024
+    defaults = _rpc_queue_module.RpcQueue.__init__.__defaults__
+    if defaults is None or len(defaults) != 2:  # pragma: no cover - guards a libp2p upgrade
+        raise RuntimeError("py-libp2p RpcQueue changed; re-check the queue patch in swarmnode/net/libp2p.py")
+    _rpc_queue_module.RpcQueue.__init__.__defaults__ = (4096, defaults[1])
+    _queues_patched = True
+
+
+def libp2p_id(node: NodeId) -> ID:
+    return ID(_PEER_ID_PREFIX + node.public_key)
+
+
+def node_id_of(peer: ID) -> NodeId | None:
+    """The NodeId of an Ed25519 libp2p peer ID; None for any other key type."""
+    raw = peer.to_bytes()
+    if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
+        return None
+    return NodeId(raw[len(_PEER_ID_PREFIX) :])
+
+
+def parse_peer_multiaddr(address: str) -> tuple[NodeId, str]:
+    """Split ``/ip4/1.2.3.4/tcp/5/p2p/12D3KooW...`` into (NodeId, transport address)."""
+    try:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+    except Exception as exc:
+        raise ValueError(f"not a multiaddr with a /p2p/ peer id: {address!r} ({exc})") from None
+    node = node_id_of(info.peer_id)
+    if node is None or not info.addrs:
+        raise ValueError(f"{address!r}: expected an Ed25519 peer id and a transport address")
+    return node, str(info.addrs[0])
+
+
+@contextlib.contextmanager
+def _errors_to_transport(peer: NodeId, what: str, timeout: float) -> Iterator[None]:
+    """httpcore's map_exceptions: nothing but our own errors leaves a peer operation."""
+    try:
+        yield
+    except (TransportError, BlobHashMismatch):
+        raise
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"{what}: {peer.short} did not answer within {timeout:g} s") from None
+    except ProtocolError as exc:
+        raise TransportError(f"{what}: {peer.short} answered malformed data: {exc}") from exc
+    except Exception as exc:  # libp2p raises many unrelated types for "that peer is gone"
+        raise PeerUnreachable(f"{what}: {peer.short}: {type(exc).__name__}: {exc}") from exc
+
+
+class _Readable(Protocol):
+    async def read(self, n: int | None = None) -> bytes: ...
+
+
+async def _read_exact(stream: _Readable, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            data = await stream.read(min(BLOB_CHUNK, n - len(buf)))
+        except StreamEOF:  # py-libp2p 0.8.1 raises at EOF instead of returning b""
+            data = b""
+        if not data:
+            raise EOFError(f"stream closed after {len(buf)} of {n} bytes")
+        buf += data
+    return bytes(buf)
+
+
+async def _read_frame(stream: _Readable, limit: int) -> bytes:
+    length = wire.frame_length(await _read_exact(stream, wire.FRAME_HEADER.size), limit)
+    return await _read_exact(stream, length)
+
+
+@dataclass(slots=True)
+class _Backoff:
+    delay: float = BACKOFF_INITIAL
+    next_attempt: float = -math.inf
+
+
+class _PermissionNotifee(INotifee):
+    """Tells the guard task about every new connection (it closes non-members)."""
+
+    def __init__(self, send: trio.MemorySendChannel[ID]) -> None:
+        self._send = send
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+class Libp2pTransport(Transport):
+    """A `Transport` over py-libp2p. Build it with `open_libp2p_transport`."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        *,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        bootstrap: Sequence[str] = (),
+        allowed_peers: AbstractSet[NodeId] | None = None,
+        max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        blob_store: BlobStore | None = None,
+    ) -> None:
+        if max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
+            raise ValueError("gossip messages are capped at 1 MiB by py-libp2p's outbound queue")
+        _patch_libp2p_queues()
+        self.node_id = identity.node_id
+        self.max_blob_size = max_blob_size
+        self.max_message_size = max_message_size
+        self._listen = multiaddr.Multiaddr(f"/ip4/{listen_host}/tcp/{listen_port}")
+        key_pair = create_new_key_pair(identity.seed)
+        self._host: IHost = new_host(
+            key_pair=key_pair,
+            sec_opt={
+                TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                    key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+                )
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=[self._listen],
+        )
+        if self._host.get_id().to_base58() != self.node_id.peer_id:
+            raise TransportError("libp2p derived a different peer id from the node key")
+        self._gossipsub = GossipSub(
+            protocols=[GOSSIPSUB_V12, GOSSIPSUB_V11, GOSSIPSUB_V10],
+            degree=GOSSIP_DEGREE,
+            degree_low=GOSSIP_DEGREE_LOW,
+            degree_high=GOSSIP_DEGREE_HIGH,
+            heartbeat_interval=GOSSIP_HEARTBEAT_S,
+            spam_protection_enabled=False,
+        )
+        self._pubsub = Pubsub(
+            self._host, self._gossipsub, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096
+        )
+        self._blobs = blob_store if blob_store is not None else BlobStore()
+        self._allowed: frozenset[NodeId] | None = (
+            None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
+        )
+        self._handlers: dict[str, RequestHandler] = {}
+        self._subscribers: dict[str, list[trio.MemorySendChannel[Inbound]]] = {}
+        self._address_book: dict[NodeId, tuple[str, ...]] = {}
+        self._backoff: dict[NodeId, _Backoff] = {}
+        self._dialing: set[NodeId] = set()
+        for address in bootstrap:
+            node, transport_addr = parse_peer_multiaddr(address)
+            if node != self.node_id:
+                self._address_book[node] = (transport_addr,)
+        self._guard_send, self._guard_receive = trio.open_memory_channel[ID](1024)
+        self._cancel_scope = trio.CancelScope()
+        self._stopped = trio.Event()
+        self.started = trio.Event()
+        self._startup_error: Exception | None = None
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run the host until `aclose`; `started` is set once it listens and serves.
+
+        (No ``task_status``: the trio-stubs package that py-libp2p pulls in
+        shadows trio's own annotations and lacks ``trio.TaskStatus``.)
+        """
+        try:
+            with self._cancel_scope:
+                async with (
+                    self._host.run([self._listen]),
+                    background_trio_service(self._pubsub),
+                    background_trio_service(self._gossipsub),
+                ):
+                    await self._pubsub.wait_until_ready()
+                    self._host.get_network().register_notifee(_PermissionNotifee(self._guard_send))
+                    self._host.set_stream_handler(RPC_PROTOCOL, self._serve_rpc)
+                    self._host.set_stream_handler(BLOB_PROTOCOL, self._serve_blob)
+                    self._host.set_stream_handler(PEERS_PROTOCOL, self._serve_peers)
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._guard)
+                        nursery.start_soon(self._maintain)
+                        self.started.set()
+                        await trio.sleep_forever()
+        except Exception as exc:
+            if self.started.is_set():
+                raise
+            self._startup_error = exc  # reported by open_libp2p_transport as a TransportError
+        finally:
+            self._closed = True
+            self._close_subscribers()
+            self._stopped.set()
+            self.started.set()
+
+    async def aclose(self) -> None:
+        """Stop everything this transport runs. Idempotent; never raises."""
+        self._closed = True
+        self._close_subscribers()
+        self._cancel_scope.cancel()
+        if self._nursery is not None:  # started: wait until the host is down
+            await self._stopped.wait()
+        await trio.lowlevel.checkpoint()
+
+    def _close_subscribers(self) -> None:
+        for channels in self._subscribers.values():
+            for channel in channels:
+                channel.close()
+        self._subscribers.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"transport of {self.node_id.short} is closed")
+
+    @property
+    def _running(self) -> trio.Nursery:
+        self._check_open()
+        if self._nursery is None:
+            raise TransportError("transport is not running (use open_libp2p_transport)")
+        return self._nursery
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        """Our full multiaddrs (with /p2p/<peer id>), for bootstrap lists and member records."""
+        return tuple(str(a) for a in self._host.get_addrs())
+
+    def _transport_addrs(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self._host.get_transport_addrs())[: wire.MAX_ADDRS_PER_PEER]
+
+    def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
+        """Remember where `peer` listens (from its ledger member record); it will be dialled.
+
+        `addrs` are multiaddrs, with or without the /p2p/ part (which must then be `peer`).
+        """
+        cleaned: list[str] = []
+        for address in addrs:
+            if "/p2p/" in address:
+                node, address = parse_peer_multiaddr(address)
+                if node != peer:
+                    raise ValueError(f"{address!r} names another peer than {peer.short}")
+            multiaddr.Multiaddr(address)  # raises on garbage
+            cleaned.append(address)
+        self._learn(peer, tuple(cleaned))
+
+    def _learn(self, peer: NodeId, addrs: tuple[str, ...]) -> None:
+        if peer == self.node_id or not addrs:
+            return
+        if self._address_book.get(peer) != addrs:
+            self._address_book[peer] = addrs
+            self._backoff.pop(peer, None)  # a new address deserves an immediate dial
+
+    # ------------------------------------------------------------------ permissioning
+
+    def _is_allowed(self, peer: NodeId | None) -> bool:
+        if peer is None:
+            return False
+        return self._allowed is None or peer in self._allowed
+
+    def set_allowed_peers(self, peers: AbstractSet[NodeId]) -> None:
+        self._allowed = frozenset(peers) | {self.node_id}
+        for peer_id in self._host.get_connected_peers():
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                self._guard_send.send_nowait(peer_id)
+
+    def peers(self) -> frozenset[NodeId]:
+        nodes = (node_id_of(p) for p in self._host.get_connected_peers())
+        return frozenset(n for n in nodes if n is not None and n != self.node_id and self._is_allowed(n))
+
+    async def _guard(self) -> None:
+        """Close every connection of a peer outside the allow-list, as soon as we learn of it."""
+        async with trio.open_nursery() as nursery:
+            async for peer_id in self._guard_receive:
+                if not self._is_allowed(node_id_of(peer_id)):
+                    nursery.start_soon(self._disconnect, peer_id)
+
+    async def _disconnect(self, peer_id: ID) -> None:
+        log.info("closing connection of non-member %s", peer_id.to_base58())
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                await self._host.disconnect(peer_id)
+            except Exception as exc:  # closing a half-dead connection can fail in many ways
+                log.debug("closing %s: %r", peer_id, exc)
+
+    # ------------------------------------------------------------------ discovery and reconnection
+
+    async def _maintain(self) -> None:
+        """Dial known, allowed, disconnected peers (backoff per peer); exchange peer lists."""
+        next_exchange = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                connected = set(self.peers())
+                for peer in connected:
+                    self._backoff.pop(peer, None)
+                for peer in sorted(self._address_book, key=lambda n: n.public_key):
+                    if peer in connected or peer in self._dialing or not self._is_allowed(peer):
+                        continue
+                    backoff = self._backoff.setdefault(peer, _Backoff())
+                    if now >= backoff.next_attempt:
+                        backoff.next_attempt = now + backoff.delay
+                        backoff.delay = min(BACKOFF_MAX, backoff.delay * 2)
+                        self._dialing.add(peer)
+                        nursery.start_soon(self._dial, peer)
+                if now >= next_exchange:
+                    next_exchange = now + EXCHANGE_INTERVAL
+                    for peer in connected:
+                        nursery.start_soon(self._exchange_quietly, peer)
+                await trio.sleep(MAINTAIN_INTERVAL)
+
+    async def _dial(self, peer: NodeId) -> None:
+        try:
+            peer_id = libp2p_id(peer)
+            addrs = [multiaddr.Multiaddr(a) for a in self._address_book.get(peer, ())]
+            # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
+            unblock = getattr(self._host.get_network(), "unblock_peer", None)
+            if unblock is not None:
+                unblock(peer_id)
+            with trio.fail_after(DIAL_TIMEOUT):
+                await self._host.connect(PeerInfo(peer_id, addrs))
+        except Exception as exc:  # unreachable for now: the backoff decides when to retry
+            log.debug("dial %s failed: %r", peer.short, exc)
+            return
+        except trio.TooSlowError:  # pragma: no cover - TooSlowError is an Exception; kept explicit
+            return
+        finally:
+            self._dialing.discard(peer)
+        self._backoff.pop(peer, None)
+        await self._exchange_quietly(peer)
+
+    async def _exchange_quietly(self, peer: NodeId) -> None:
+        try:
+            await self.exchange_peers(peer)
+        except TransportError as exc:
+            log.debug("peer exchange with %s failed: %s", peer.short, exc)
+
+    def _my_entry(self) -> wire.PeerEntry:
+        return wire.PeerEntry(self.node_id, self._transport_addrs())
+
+    async def exchange_peers(self, peer: NodeId) -> None:
+        """Tell `peer` where we listen, learn whom it is connected to, and dial them."""
+        with _errors_to_transport(peer, "peer exchange", EXCHANGE_TIMEOUT), trio.fail_after(EXCHANGE_TIMEOUT):
+            stream = await self._host.new_stream(libp2p_id(peer), [PEERS_PROTOCOL])
+            try:
+                await stream.write(wire.frame(wire.encode(wire.PeerList((self._my_entry(),)))))
+                answer = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
+            finally:
+                await _close_quietly(stream)
+        for entry in answer.peers:
+            self._learn(entry.node, entry.addrs)
+
+    async def _serve_peers(self, stream: INetStream) -> None:
+        peer = await self._accept(stream)
+        if peer is None:
+            return
+        try:
+            with trio.fail_after(EXCHANGE_TIMEOUT):
+                hello = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
+                for entry in hello.peers:
+                    if entry.node == peer:  # a peer speaks only for its own addresses here
+                        self._learn(entry.node, entry.addrs)
+                known = [self._my_entry()]
+                for other in sorted(self.peers(), key=lambda n: n.public_key):
+                    addrs = self._address_book.get(other)
+                    if other != peer and addrs and len(known) < wire.MAX_PEER_ENTRIES:
+                        known.append(wire.PeerEntry(other, addrs))
+                await stream.write(wire.frame(wire.encode(wire.PeerList(tuple(known)))))
+        except (Exception, trio.TooSlowError) as exc:
+            log.debug("serving peer list to %s: %r", peer.short, exc)
+        finally:
+            await _close_quietly(stream)
+
+    async def _accept(self, stream: INetStream) -> NodeId | None:
+        """The remote NodeId of an inbound stream, or None (stream reset) if not allowed."""
+        peer = node_id_of(stream.muxed_conn.peer_id)
+        if peer is None or not self._is_allowed(peer) or self._closed:
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return None
+        return peer
+
+    # ------------------------------------------------------------------ gossip
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self._check_open()
+        if len(data) > self.max_message_size:
+            raise ValueError(f"gossip message of {len(data)} bytes exceeds {self.max_message_size}")
+        try:
+            await self._pubsub.publish(topic, data)
+        except Exception as exc:
+            raise TransportError(f"publish on {topic!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Inbound]:
+        nursery = self._running
+        send, receive = trio.open_memory_channel[Inbound](SUBSCRIPTION_BUFFER)
+        if topic not in self._subscribers:
+            self._subscribers[topic] = []
+            self._pubsub.set_topic_validator(topic, self._validate_gossip, False)
+            try:
+                subscription = await self._pubsub.subscribe(topic)
+            except Exception as exc:
+                del self._subscribers[topic]
+                raise TransportError(f"subscribe to {topic!r} failed: {exc}") from exc
+            nursery.start_soon(self._pump, topic, subscription)
+        self._subscribers[topic].append(send)
+        return receive
+
+    def _validate_gossip(self, forwarder: ID, message: Any) -> bool:
+        """Reject (and do not relay) gossip originated or forwarded by a non-member."""
+        if self._allowed is None:
+            return True
+        origin = node_id_of(ID(message.from_id))
+        return self._is_allowed(origin) and (
+            forwarder == self._host.get_id() or self._is_allowed(node_id_of(forwarder))
+        )
+
+    async def _pump(self, topic: str, subscription: Any) -> None:
+        async for message in subscription:
+            sender = node_id_of(ID(message.from_id))
+            # Checked again here: the allow-list may have shrunk since validation.
+            if sender is None or sender == self.node_id or not self._is_allowed(sender):
+                continue
+            inbound = Inbound(sender, topic, bytes(message.data))
+            channels = self._subscribers.get(topic, [])
+            for channel in list(channels):
+                try:
+                    channel.send_nowait(inbound)
+                except trio.WouldBlock:
+                    log.warning(
+                        "subscriber of %r is %d messages behind: dropped one", topic, SUBSCRIPTION_BUFFER
+                    )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    channels.remove(channel)
+
+    # ------------------------------------------------------------------ request/response
+
+    def set_handler(self, protocol: str, handler: RequestHandler) -> None:
+        wire.RpcRequest(protocol, b"")  # validates the name
+        if protocol in self._handlers:
+            raise ValueError(f"a handler for {protocol!r} is already set")
+        self._handlers[protocol] = handler
+
+    async def request(
+        self, peer: NodeId, protocol: str, data: bytes, *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> bytes:
+        self._check_open()
+        if len(data) > self.max_message_size:
+            raise ValueError(f"request of {len(data)} bytes exceeds {self.max_message_size}")
+        if not self._is_allowed(peer):
+            raise PeerUnreachable(f"{peer.short} is not an allowed peer")
+        payload = wire.frame(wire.encode(wire.RpcRequest(protocol, data)))
+        with _errors_to_transport(peer, f"request {protocol!r}", timeout), trio.fail_after(timeout):
+            stream = await self._host.new_stream(libp2p_id(peer), [RPC_PROTOCOL])
+            try:
+                await stream.write(payload)
+                answer = wire.decode_rpc_response(
+                    await _read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
+                )
+            finally:
+                await _close_quietly(stream)
+        if not answer.ok:
+            raise RequestRefused(f"{peer.short} refused {protocol!r}: {answer.error}")
+        return answer.data
+
+    async def _serve_rpc(self, stream: INetStream) -> None:
+        peer = await self._accept(stream)
+        if peer is None:
+            return
+        try:
+            with trio.fail_after(SERVE_TIMEOUT):
+                request = wire.decode_rpc_request(
+                    await _read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
+                )
+                response = await answer_request(self._handlers, self.max_message_size, peer, request)
+                await stream.write(wire.frame(wire.encode(response)))
+        except (Exception, trio.TooSlowError) as exc:
+            log.info("request from %s dropped: %s: %s", peer.short, type(exc).__name__, exc)
+        finally:
+            await _close_quietly(stream)
+
+    # ------------------------------------------------------------------ blobs
+
+    def put_blob(self, data: bytes) -> bytes:
+        self._check_open()
+        if len(data) > self.max_blob_size:
+            raise ValueError(f"blob of {len(data)} bytes exceeds max_blob_size {self.max_blob_size}")
+        return self._blobs.put(data)
+
+    async def get_blob(
+        self, digest: bytes, *, peer: NodeId | None = None, timeout: float = DEFAULT_BLOB_TIMEOUT
+    ) -> bytes:
+        self._check_open()
+        check_hash(digest)
+        local = self._blobs.get(digest)
+        if local is not None and hashlib.sha256(local).digest() == digest:
+            return local
+        if peer is not None:
+            if not self._is_allowed(peer):
+                raise PeerUnreachable(f"{peer.short} is not an allowed peer")
+            data = await self._fetch_blob(peer, digest, timeout)
+            self._blobs.put(data)
+            return data
+        data = await fetch_from_any(self._fetch_blob, sorted(self.peers(), key=_order), digest, timeout)
+        self._blobs.put(data)
+        return data
+
+    async def _fetch_blob(self, peer: NodeId, digest: bytes, timeout: float) -> bytes:
+        with _errors_to_transport(peer, f"blob {digest.hex()[:12]}", timeout), trio.fail_after(timeout):
+            stream = await self._host.new_stream(libp2p_id(peer), [BLOB_PROTOCOL])
+            try:
+                await stream.write(wire.frame(digest))
+                header = wire.decode_blob_header(await _read_frame(stream, wire.BLOB_HEADER_LIMIT))
+                if not header.found:
+                    raise BlobNotFound(f"{peer.short} does not have blob {digest.hex()}")
+                if header.size > self.max_blob_size:
+                    raise TransportError(
+                        f"{peer.short} offers blob {digest.hex()[:12]} of {header.size} bytes, "
+                        f"above max_blob_size {self.max_blob_size}"
+                    )
+                hasher = hashlib.sha256()
+                data = bytearray()
+                while len(data) < header.size:
+                    chunk = await _read_exact(stream, min(BLOB_CHUNK, header.size - len(data)))
+                    hasher.update(chunk)
+                    data += chunk
+            finally:
+                await _close_quietly(stream)
+        if hasher.digest() != digest:
+            raise BlobHashMismatch(
+                f"peer {peer.peer_id} served {len(data)} bytes for blob {digest.hex()} "
+                f"whose SHA-256 is {hasher.hexdigest()}"
+            )
+        return bytes(data)
+
+    async def _serve_blob(self, stream: INetStream) -> None:
+        peer = await self._accept(stream)
+        if peer is None:
+            return
+        try:
+            with trio.fail_after(SERVE_TIMEOUT):
+                digest = await _read_frame(stream, wire.BLOB_HEADER_LIMIT)
+                check_hash(digest)
+            data = self._blobs.get(digest)
+            header = wire.BlobHeader(found=data is not None, size=0 if data is None else len(data))
+            with trio.fail_after(SERVE_TIMEOUT):
+                await stream.write(wire.frame(wire.encode(header)))
+            view = memoryview(data or b"")
+            for offset in range(0, len(view), BLOB_CHUNK):
+                with trio.fail_after(SERVE_TIMEOUT):  # per chunk: big blobs take as long as they need
+                    await stream.write(bytes(view[offset : offset + BLOB_CHUNK]))
+        except (Exception, trio.TooSlowError) as exc:
+            log.info("blob request from %s dropped: %s: %s", peer.short, type(exc).__name__, exc)
+        finally:
+            await _close_quietly(stream)
+
+
+def _order(node: NodeId) -> bytes:
+    return node.public_key
+
+
+async def _close_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.close()
+        except Exception as exc:  # the peer may be gone already; nothing to release on our side
+            log.debug("closing stream: %r", exc)
+
+
+@asynccontextmanager
+async def open_libp2p_transport(
+    identity: NodeIdentity,
+    *,
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
+    bootstrap: Sequence[str] = (),
+    allowed_peers: AbstractSet[NodeId] | None = None,
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    blob_store: BlobStore | None = None,
+) -> AsyncIterator[Libp2pTransport]:
+    """A running `Libp2pTransport`, listening and dialling its bootstrap peers; closed on exit."""
+    transport = Libp2pTransport(
+        identity,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        bootstrap=bootstrap,
+        allowed_peers=allowed_peers,
+        max_blob_size=max_blob_size,
+        max_message_size=max_message_size,
+        blob_store=blob_store,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport.run)
+        await transport.started.wait()
+        if transport._startup_error is not None:
+            error = transport._startup_error
+            raise TransportError(f"cannot start libp2p on {listen_host}:{listen_port}: {error}") from error
+        try:
+            yield transport
+        finally:
+            await transport.aclose()
