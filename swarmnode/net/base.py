@@ -133,14 +133,15 @@ class BlobStore:
 class Transport(trio.abc.AsyncResource):
     """What the node needs from a network. See the module docstring.
 
-    Every transport has a fixed `node_id` (its own identity) and
-    `max_blob_size`. Subscribers do not receive their own publications.
+    Every transport has a fixed `node_id` (its own identity),
+    `max_blob_size` and `max_message_size`. Subscribers do not receive their own publications.
     Closing (`aclose`, or leaving ``async with``) is idempotent and always
     releases everything, also when a graceful close fails.
     """
 
     node_id: NodeId
     max_blob_size: int
+    max_message_size: int  # gossip payloads and request/response bodies
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Gossip `data` on `topic` to every peer subscribed to it (best effort)."""
