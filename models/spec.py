@@ -1,0 +1,221 @@
+"""The model spec: a small frozen value every node builds the same network from.
+
+The spec is stored (by hash) in genesis, so it has one canonical byte form:
+JSON with sorted keys, no whitespace, ASCII only, tuples as lists and floats in
+Python's shortest round-trip repr. ``spec_hash()`` is SHA-256 over exactly those
+bytes. This module deliberately does not use ``crypto.cbor``: ``models`` must not
+import ``crypto`` (DESIGN.md section 1), and the ledger only ever stores the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Final, Literal, cast, final, get_args
+
+ModelKind = Literal["logreg", "mlp", "cnn"]
+MODEL_KINDS: Final[tuple[str, ...]] = get_args(ModelKind)
+
+#: Bumped whenever the mapping spec -> architecture changes, so an old genesis
+#: can never silently build a different network under the same hash.
+SPEC_FORMAT: Final = "swarmnode.models.spec/1"
+
+_FIELDS: Final = (
+    "batch_norm",
+    "conv_channels",
+    "dropout",
+    "format",
+    "hidden",
+    "image_shape",
+    "kind",
+    "n_classes",
+    "n_features",
+)
+
+
+class SpecError(ValueError):
+    """A model spec is invalid, or its canonical bytes cannot be decoded."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SpecError(message)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """Architecture of one network.
+
+    kind:          "logreg" (one linear layer), "mlp" (hidden layers with ReLU and
+                   dropout) or "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers).
+    n_features:    length of one flat input row (for "cnn": prod(image_shape)).
+    n_classes:     number of output logits (>= 2; binary tasks use 2 logits + softmax).
+    hidden:        hidden layer widths ("mlp"; for "cnn" the dense layers after the convs).
+    dropout:       dropout probability after each hidden dense layer (0 disables it).
+    batch_norm:    batch normalisation after each hidden layer / conv; its running
+                   mean and variance are merged with the parameters.
+    image_shape:   (channels, height, width) for "cnn"; None otherwise.
+    conv_channels: output channels of each conv block ("cnn" only).
+    """
+
+    kind: ModelKind
+    n_features: int
+    n_classes: int
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+    batch_norm: bool = False
+    image_shape: tuple[int, int, int] | None = None
+    conv_channels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.kind in MODEL_KINDS, f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        _require(_is_int(self.n_features) and self.n_features >= 1, "n_features must be an int >= 1")
+        _require(_is_int(self.n_classes) and self.n_classes >= 2, "n_classes must be an int >= 2")
+        _require(
+            isinstance(self.hidden, tuple) and all(_is_int(h) and h >= 1 for h in self.hidden),
+            "hidden must be a tuple of ints >= 1",
+        )
+        _require(
+            isinstance(self.dropout, float) and math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0,
+            "dropout must be a float in [0, 1)",
+        )
+        _require(isinstance(self.batch_norm, bool), "batch_norm must be a bool")
+        _require(
+            isinstance(self.conv_channels, tuple) and all(_is_int(c) and c >= 1 for c in self.conv_channels),
+            "conv_channels must be a tuple of ints >= 1",
+        )
+        if self.kind == "logreg":
+            _require(self.hidden == (), "logreg has no hidden layers")
+            _require(self.dropout == 0.0 and not self.batch_norm, "logreg has no dropout or batch_norm")
+        if self.kind == "mlp":
+            _require(len(self.hidden) >= 1, "mlp needs at least one hidden layer")
+        if self.kind == "cnn":
+            shape = self.image_shape
+            _require(
+                isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape),
+                "cnn needs image_shape = (channels, height, width)",
+            )
+            assert shape is not None
+            _require(
+                shape[0] * shape[1] * shape[2] == self.n_features,
+                f"image_shape {shape} does not multiply to n_features={self.n_features}",
+            )
+            _require(len(self.conv_channels) >= 1, "cnn needs at least one conv channel count")
+        else:
+            _require(self.image_shape is None, f"image_shape is only for cnn, not {self.kind}")
+            _require(self.conv_channels == (), f"conv_channels is only for cnn, not {self.kind}")
+
+    def to_json_dict(self) -> dict[str, object]:
+        """Plain JSON-compatible dict (tuples as lists), including the format tag."""
+        return {
+            "batch_norm": self.batch_norm,
+            "conv_channels": list(self.conv_channels),
+            "dropout": self.dropout,
+            "format": SPEC_FORMAT,
+            "hidden": list(self.hidden),
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "kind": self.kind,
+            "n_classes": self.n_classes,
+            "n_features": self.n_features,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """The one byte form of this spec (sorted keys, no whitespace, ASCII)."""
+        return json.dumps(
+            self.to_json_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode("ascii")
+
+    def spec_hash(self) -> bytes:
+        """SHA-256 of ``canonical_bytes()``: the value genesis records."""
+        return hashlib.sha256(self.canonical_bytes()).digest()
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, object]) -> ModelSpec:
+        """Inverse of ``to_json_dict``; unknown, missing or wrongly typed keys raise SpecError."""
+        _require(isinstance(data, dict), "a model spec must be a JSON object")
+        keys = set(data)
+        _require(keys == set(_FIELDS), f"model spec keys must be {sorted(_FIELDS)}, got {sorted(keys)}")
+        _require(data["format"] == SPEC_FORMAT, f"unsupported model spec format {data['format']!r}")
+        image_shape = data["image_shape"]
+        _require(image_shape is None or isinstance(image_shape, list), "image_shape must be a list or null")
+        for key in ("hidden", "conv_channels"):
+            _require(isinstance(data[key], list), f"{key} must be a list")
+        dropout = data["dropout"]
+        # JSON writes 0.0 as 0.0, but hand-written specs may say 0; accept ints, store floats.
+        _require(_is_int(dropout) or isinstance(dropout, float), "dropout must be a number")
+        return cls(
+            kind=cast(ModelKind, data["kind"]),
+            n_features=cast(int, data["n_features"]),
+            n_classes=cast(int, data["n_classes"]),
+            hidden=tuple(cast(list[int], data["hidden"])),
+            dropout=float(cast(float, dropout)),
+            batch_norm=cast(bool, data["batch_norm"]),
+            image_shape=None
+            if image_shape is None
+            else cast(tuple[int, int, int], tuple(cast(list[int], image_shape))),
+            conv_channels=tuple(cast(list[int], data["conv_channels"])),
+        )
+
+    @classmethod
+    def from_canonical_bytes(cls, data: bytes) -> ModelSpec:
+        """Decode ``canonical_bytes()``; refuses anything that does not re-encode identically."""
+        try:
+            decoded = json.loads(data.decode("ascii"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SpecError(f"model spec is not ASCII JSON: {exc}") from None
+        _require(isinstance(decoded, dict), "a model spec must be a JSON object")
+        spec = cls.from_json_dict(cast(dict[str, object], decoded))
+        _require(spec.canonical_bytes() == data, "model spec bytes are not in canonical form")
+        return spec
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def logistic_regression(n_features: int, n_classes: int = 2) -> ModelSpec:
+    """Spec of a multinomial logistic regression (one linear layer + softmax)."""
+    return ModelSpec(kind="logreg", n_features=n_features, n_classes=n_classes)
+
+
+def mlp(
+    n_features: int,
+    n_classes: int = 2,
+    hidden: tuple[int, ...] = (64, 32),
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> ModelSpec:
+    """Spec of a multi-layer perceptron for tabular / transcriptome data."""
+    return ModelSpec(
+        kind="mlp",
+        n_features=n_features,
+        n_classes=n_classes,
+        hidden=hidden,
+        dropout=dropout,
+        batch_norm=batch_norm,
+    )
+
+
+def small_cnn(
+    image_shape: tuple[int, int, int] = (1, 8, 8),
+    n_classes: int = 10,
+    conv_channels: tuple[int, ...] = (16, 32),
+    hidden: tuple[int, ...] = (64,),
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> ModelSpec:
+    """Spec of a small CNN for small images such as scikit-learn's 8x8 digits."""
+    c, h, w = image_shape
+    return ModelSpec(
+        kind="cnn",
+        n_features=c * h * w,
+        n_classes=n_classes,
+        hidden=hidden,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        image_shape=image_shape,
+        conv_channels=conv_channels,
+    )

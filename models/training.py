@@ -1,0 +1,357 @@
+"""Local training and evaluation.
+
+``LocalTrainer`` owns one site's model, data and optimiser. The swarm calls it
+between merges::
+
+    trainer = LocalTrainer(spec, site_data, TrainConfig(...), generator=g)
+    result = trainer.train_epochs(k, start=merged_parameters)   # float32 vector in, out
+    ready_weight = result.num_samples * weightage
+    metrics = trainer.evaluate(test_data)
+
+``fit()`` is the stand-alone run (local and central baselines): up to
+``config.epochs`` epochs with early stopping on the local validation split,
+returning the best parameters.
+
+Everything random (initialisation, validation split, batch order, dropout) is
+drawn from the one torch.Generator passed in; no global seed is read or set.
+The optimiser state (e.g. Adam moments) survives across ``train_epochs`` calls,
+as a framework callback training one long ``fit`` with periodic merges would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal, final, get_args
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+from torch import nn
+
+from .data import Dataset, PreprocessConfig, Preprocessor
+from .flatten import FloatVector, flatten, unflatten
+from .nets import SpecNet, bind_generator, build_model
+from .spec import ModelSpec
+
+OptimizerName = Literal["sgd", "adam", "adamw"]
+OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """Local training settings (the same for every site unless a site overrides them).
+
+    patience:            stop ``fit`` after this many epochs without a lower
+                         validation loss (0 disables early stopping).
+    validation_fraction: stratified share of the local data held out for early
+                         stopping and the validation metric (0 disables it).
+    balance_classes:     weight the loss by inverse local class frequency.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32
+    optimizer: OptimizerName = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    validation_fraction: float = 0.2
+    patience: int = 10
+    balance_classes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError("lr must be a finite number > 0")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be in [0, 1)")
+        if self.patience < 0:
+            raise ValueError("patience must be >= 0")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    """Classification metrics on one dataset.
+
+    f1 is the positive-class F1 for 2 classes and the macro F1 otherwise; roc_auc is
+    one-vs-rest macro for more than 2 classes (over classes present in the labels)
+    and NaN when only one class is present. balanced_accuracy is the mean recall over
+    classes present.
+    """
+
+    accuracy: float
+    balanced_accuracy: float
+    f1: float
+    roc_auc: float
+    loss: float
+    n_samples: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-friendly (NaN becomes None)."""
+        return {
+            "accuracy": _json_float(self.accuracy),
+            "balanced_accuracy": _json_float(self.balanced_accuracy),
+            "f1": _json_float(self.f1),
+            "roc_auc": _json_float(self.roc_auc),
+            "loss": _json_float(self.loss),
+            "n_samples": self.n_samples,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Outcome of ``train_epochs`` or ``fit``.
+
+    parameters:  the model's flat float32 vector after training (for ``fit``: at the
+                 best validation epoch).
+    num_samples: rows actually trained on (the local merge weight before weightage).
+    validation:  metrics on the local validation split (None without one).
+    """
+
+    parameters: FloatVector
+    num_samples: int
+    epochs_run: int
+    best_epoch: int
+    train_loss: float
+    validation: Metrics | None
+    stopped_early: bool
+
+
+def init_parameters(spec: ModelSpec, seed: int) -> FloatVector:
+    """The initial flat parameters for ``spec`` from ``seed``: every node that knows
+    both (e.g. from genesis) starts from the same vector."""
+    return flatten(build_model(spec, torch.Generator().manual_seed(seed)))
+
+
+def stratified_holdout(
+    labels: npt.NDArray[np.int64], fraction: float, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train, holdout) sorted row indices; each class contributes round(fraction * n_c)
+    rows to the holdout but always keeps at least one training row."""
+    train: list[npt.NDArray[np.int64]] = []
+    holdout: list[npt.NDArray[np.int64]] = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls)).astype(np.int64)
+        k = min(round(fraction * members.size), members.size - 1)
+        holdout.append(members[:k])
+        train.append(members[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
+
+
+def evaluate_model(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> Metrics:
+    """Metrics of ``model`` on already preprocessed float32 features (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(features)
+            loss = float(nn.functional.cross_entropy(logits, labels)) if labels.numel() else math.nan
+            probabilities = torch.softmax(logits, dim=1).double().numpy()
+    finally:
+        model.train(was_training)
+    return classification_metrics(labels.numpy(), probabilities, n_classes, loss=loss)
+
+
+def classification_metrics(
+    labels: npt.NDArray[np.int64],
+    probabilities: npt.NDArray[np.float64],
+    n_classes: int,
+    *,
+    loss: float = math.nan,
+) -> Metrics:
+    """Accuracy, balanced accuracy, F1 and ROC AUC from class probabilities."""
+    n = int(labels.size)
+    if n == 0:
+        return Metrics(
+            accuracy=math.nan,
+            balanced_accuracy=math.nan,
+            f1=math.nan,
+            roc_auc=math.nan,
+            loss=loss,
+            n_samples=0,
+        )
+    predicted = probabilities.argmax(axis=1)
+    present = [c for c in range(n_classes) if (labels == c).any()]
+    recalls = [float((predicted[labels == c] == c).mean()) for c in present]
+    if n_classes == 2:
+        f1 = float(f1_score(labels, predicted, pos_label=1, average="binary", zero_division=0))
+        auc = float(roc_auc_score(labels, probabilities[:, 1])) if len(present) == 2 else math.nan
+    else:
+        f1 = float(
+            f1_score(labels, predicted, labels=list(range(n_classes)), average="macro", zero_division=0)
+        )
+        aucs = [float(roc_auc_score(labels == c, probabilities[:, c])) for c in present]
+        auc = float(np.mean(aucs)) if len(present) >= 2 else math.nan
+    return Metrics(
+        accuracy=float((predicted == labels).mean()),
+        balanced_accuracy=float(np.mean(recalls)),
+        f1=f1,
+        roc_auc=auc,
+        loss=loss,
+        n_samples=n,
+    )
+
+
+@final
+class LocalTrainer:
+    """One site's model, preprocessing, data tensors and optimiser."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        data: Dataset,
+        config: TrainConfig,
+        *,
+        generator: torch.Generator,
+        preprocess: PreprocessConfig | None = None,
+        initial_parameters: FloatVector | None = None,
+    ) -> None:
+        if data.n_classes != spec.n_classes:
+            raise ValueError(f"{data.source}: {data.n_classes} classes, but the spec has {spec.n_classes}")
+        self.spec: Final = spec
+        self.config: Final = config
+        self._generator = generator
+        self.model: Final[SpecNet] = build_model(spec, generator)
+        if initial_parameters is not None:
+            unflatten(self.model, initial_parameters, spec)
+        split_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        train_rows, val_rows = stratified_holdout(
+            data.labels, config.validation_fraction, np.random.default_rng(split_seed)
+        )
+        train = data.subset(train_rows)
+        # Preprocessing statistics come from this site's training rows only.
+        self.preprocessor: Final = Preprocessor.fit(train, preprocess)
+        if len(self.preprocessor.feature_names) != spec.n_features:
+            raise ValueError(
+                f"{data.source}: {len(self.preprocessor.feature_names)} features after preprocessing, "
+                f"but the spec expects {spec.n_features}"
+            )
+        self._x, self._y = self._tensors(train)
+        self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        if val_rows.size:
+            self._val = self._tensors(data.subset(val_rows))
+        counts = torch.bincount(self._y, minlength=spec.n_classes).double()
+        self._class_weights: torch.Tensor | None = None
+        if config.balance_classes:
+            weights = torch.where(counts > 0, counts.sum() / (spec.n_classes * counts.clamp(min=1)), 0.0)
+            self._class_weights = weights.float()
+        self._optimizer = _make_optimizer(self.model, config)
+
+    def _tensors(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        processed = self.preprocessor.transform(data)
+        return torch.from_numpy(processed.features.copy()), torch.from_numpy(processed.labels.copy())
+
+    @property
+    def num_samples(self) -> int:
+        """Number of local training rows (the merge weight before weightage)."""
+        return int(self._y.shape[0])
+
+    def parameters(self) -> FloatVector:
+        """The model's current flat float32 vector."""
+        return flatten(self.model, self.spec)
+
+    def load_parameters(self, parameters: FloatVector) -> None:
+        """Replace the model's state by ``parameters`` (e.g. merged ones); optimiser state is kept."""
+        unflatten(self.model, parameters, self.spec)
+
+    def _epoch(self) -> float:
+        self.model.train()
+        bind_generator(self.model, self._generator)
+        n = self.num_samples
+        order = torch.randperm(n, generator=self._generator)
+        total, seen = 0.0, 0
+        for start in range(0, n, self.config.batch_size):
+            batch = order[start : start + self.config.batch_size]
+            if batch.numel() == 1 and self.spec.batch_norm and n > 1:
+                continue  # batch norm cannot normalise a single row in training mode
+            self._optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(
+                self.model(self._x[batch]), self._y[batch], weight=self._class_weights
+            )
+            loss.backward()  # type: ignore[no-untyped-call]
+            self._optimizer.step()
+            total += float(loss.detach()) * batch.numel()
+            seen += batch.numel()
+        return total / max(seen, 1)
+
+    def validate(self) -> Metrics | None:
+        """Metrics on the local validation split (None if there is none)."""
+        if self._val is None:
+            return None
+        return evaluate_model(self.model, self._val[0], self._val[1], self.spec.n_classes)
+
+    def train_epochs(self, epochs: int, start: FloatVector | None = None) -> TrainResult:
+        """Train ``epochs`` epochs (from ``start`` if given, else from the current state)
+        and return the new parameters. No early stopping: the swarm decides when to stop."""
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if start is not None:
+            self.load_parameters(start)
+        loss = math.nan
+        for _ in range(epochs):
+            loss = self._epoch()
+        return TrainResult(
+            parameters=self.parameters(),
+            num_samples=self.num_samples,
+            epochs_run=epochs,
+            best_epoch=epochs,
+            train_loss=loss,
+            validation=self.validate(),
+            stopped_early=False,
+        )
+
+    def fit(self) -> TrainResult:
+        """Up to ``config.epochs`` epochs with early stopping on the validation loss;
+        the model ends at (and returns) the best epoch's parameters."""
+        best_loss, best_epoch, best_params = math.inf, 0, self.parameters()
+        loss, epoch, stopped = math.nan, 0, False
+        for epoch in range(1, self.config.epochs + 1):
+            loss = self._epoch()
+            validation = self.validate()
+            if validation is None or self.config.patience == 0:
+                best_epoch, best_params = epoch, self.parameters()
+                continue
+            if validation.loss < best_loss:
+                best_loss, best_epoch, best_params = validation.loss, epoch, self.parameters()
+            elif epoch - best_epoch >= self.config.patience:
+                stopped = True
+                break
+        self.load_parameters(best_params)
+        return TrainResult(
+            parameters=best_params,
+            num_samples=self.num_samples,
+            epochs_run=epoch,
+            best_epoch=best_epoch,
+            train_loss=loss,
+            validation=self.validate(),
+            stopped_early=stopped,
+        )
+
+    def evaluate(self, data: Dataset) -> Metrics:
+        """Metrics on ``data`` (e.g. the held-out test set) after this site's preprocessing."""
+        x, y = self._tensors(data)
+        return evaluate_model(self.model, x, y, self.spec.n_classes)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
