@@ -1,0 +1,322 @@
+"""The genesis document: who founds a swarm and the rules every member agrees to.
+
+A genesis is a tree of frozen dataclasses. Its canonical CBOR bytes are what
+the file holds and what is hashed: ``chain_id = sha256(genesis bytes)``, so
+two swarms differing in any member, rule or parameter are different chains
+and no signed message crosses from one to the other.
+
+Every value is checked when the dataclass is built (by hand or when decoding
+a file); a bad value raises `ValueError` whose message starts with the dotted
+path of the field (``training.min_peers: ...``), and `Genesis.load` turns any
+problem into a `GenesisError` that also names the file.
+
+The file format is the canonical CBOR itself (not TOML): the bytes on disk are
+exactly the bytes hashed into the chain id, with no second encoding that could
+drift. Tools render it for humans (`Genesis.describe`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, final
+
+from crypto import cbor
+from crypto.errors import ProtocolError
+from crypto.identity import NodeId
+
+GENESIS_VERSION: Final = 1
+HASH_SIZE: Final = 32
+MAX_NAME: Final = 64
+MAX_ADDRESSES: Final = 8
+MAX_ADDRESS: Final = 256
+MAX_NONCE: Final = 32
+MAX_FOUNDING_MEMBERS: Final = 256
+
+MERGE_METHODS: Final = ("mean", "median", "trimmed_mean")
+SECURE_MERGE_METHODS: Final = ("mean",)  # the ones computable on encrypted updates
+SYNC_UNITS: Final = ("epochs", "steps")
+METRIC_GOALS: Final = ("max", "min")
+JOIN_MODES: Final = ("members", "admin")
+DEFAULT_CKKS_PARAMS: Final = "ckks-n8192-q60x3-coeff-s90"
+
+
+class GenesisError(ValueError):
+    """A genesis document or file is invalid; the message names the file and/or field."""
+
+
+def _require(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{path}: {message}")
+
+
+def check_name(name: str, path: str) -> None:
+    _require(isinstance(name, str) and 1 <= len(name) <= MAX_NAME, path, f"must be 1-{MAX_NAME} characters")
+    _require(name.isprintable() and name.strip() == name, path, "must be printable, no outer spaces")
+
+
+def check_addresses(addresses: tuple[str, ...], path: str) -> None:
+    """Multiaddr strings: a light syntactic check (``/ip4/127.0.0.1/tcp/4001``)."""
+    _require(len(addresses) <= MAX_ADDRESSES, path, f"at most {MAX_ADDRESSES} addresses")
+    for i, address in enumerate(addresses):
+        where = f"{path}[{i}]"
+        _require(1 < len(address) <= MAX_ADDRESS, where, f"must be 2-{MAX_ADDRESS} characters")
+        _require(
+            address.startswith("/") and address.isascii(), where, "must be a multiaddr like /ip4/…/tcp/…"
+        )
+        _require(" " not in address and "//" not in address, where, "is not a well-formed multiaddr")
+    _require(len(set(addresses)) == len(addresses), path, "addresses must be distinct")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoundingMember:
+    """A member from the start: display name, public key and where to reach it."""
+
+    name: str
+    node_id: NodeId
+    addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "members.name")
+        check_addresses(self.addresses, f"members[{self.name}].addresses")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinPolicy:
+    """How a new site is admitted.
+
+    ``mode="members"``: `approvals` distinct current members must approve (capped at
+    the member count, so a shrunken swarm can still admit). ``mode="admin"``: the
+    `admin` key's approval alone admits (the admin need not be a member).
+    """
+
+    mode: str = "members"
+    approvals: int = 1
+    admin: NodeId | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.mode in JOIN_MODES, "join_policy.mode", f"must be one of {JOIN_MODES}")
+        if self.mode == "members":
+            _require(self.approvals >= 1, "join_policy.approvals", "must be at least 1")
+            _require(self.admin is None, "join_policy.admin", "only allowed with mode 'admin'")
+        else:
+            _require(self.admin is not None, "join_policy.admin", "mode 'admin' needs an admin key")
+            _require(self.approvals == 1, "join_policy.approvals", "must be 1 with mode 'admin'")
+
+    def required_approvals(self, member_count: int) -> int:
+        return 1 if self.mode == "admin" else max(1, min(self.approvals, member_count))
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecryptionThreshold:
+    """t = min(n, floor(n * numerator / denominator) + 1) for a key epoch of n members.
+
+    The default 1/2 gives t = floor(n/2) + 1: an honest majority decrypts, and any
+    minority learns nothing.
+    """
+
+    numerator: int = 1
+    denominator: int = 2
+
+    def __post_init__(self) -> None:
+        path = "training.threshold"
+        _require(1 <= self.denominator <= 1000, f"{path}.denominator", "must be 1-1000")
+        _require(1 <= self.numerator < self.denominator, f"{path}.numerator", "must be in [1, denominator)")
+
+    def threshold(self, members: int) -> int:
+        if members < 1:
+            raise ValueError("a key epoch has at least one member")
+        return min(members, members * self.numerator // self.denominator + 1)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Phase deadlines in seconds, measured by each node from the block that opened the phase.
+
+    The contract never reads a clock: a node whose deadline passed submits a
+    `PhaseTimeout` transaction and the ledger decides once a majority did.
+    """
+
+    ready_wait: float = 600.0
+    contribute: float = 120.0
+    aggregate: float = 120.0
+    verify: float = 120.0
+    decrypt: float = 120.0
+    key_epoch: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("ready_wait", "contribute", "aggregate", "verify", "decrypt", "key_epoch"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int | float) and 0 < value <= 86_400.0,
+                f"training.timeouts.{name}",
+                "must be in (0, 86400] seconds",
+            )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoppingRule:
+    """Stop after `max_rounds` merged rounds, or earlier when the median reported
+    validation metric has not improved by more than `min_delta` for `patience`
+    merged rounds (``patience = 0`` disables early stopping). `goal` says whether
+    larger (``"max"``, e.g. ROC AUC) or smaller (``"min"``, e.g. loss) is better.
+    """
+
+    max_rounds: int = 10
+    patience: int = 0
+    min_delta: float = 0.0
+    goal: str = "max"
+
+    def __post_init__(self) -> None:
+        path = "training.stopping"
+        _require(1 <= self.max_rounds <= 1_000_000, f"{path}.max_rounds", "must be 1-1000000")
+        _require(0 <= self.patience <= self.max_rounds, f"{path}.patience", "must be 0-max_rounds")
+        _require(0.0 <= self.min_delta < 1e12, f"{path}.min_delta", "must be >= 0 and finite")
+        _require(self.goal in METRIC_GOALS, f"{path}.goal", f"must be one of {METRIC_GOALS}")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingParams:
+    """The training protocol every member agrees to by joining."""
+
+    model_spec_hash: bytes
+    merge_method: str = "mean"
+    secure: bool = True
+    min_peers: int = 2
+    sync_every: int = 1
+    sync_unit: str = "epochs"
+    threshold: DecryptionThreshold = field(default_factory=DecryptionThreshold)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    stopping: StoppingRule = field(default_factory=StoppingRule)
+    ckks_params: str = DEFAULT_CKKS_PARAMS
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.model_spec_hash, bytes) and len(self.model_spec_hash) == HASH_SIZE,
+            "training.model_spec_hash",
+            f"must be a {HASH_SIZE}-byte SHA-256",
+        )
+        _require(
+            self.merge_method in MERGE_METHODS, "training.merge_method", f"must be one of {MERGE_METHODS}"
+        )
+        _require(
+            not self.secure or self.merge_method in SECURE_MERGE_METHODS,
+            "training.merge_method",
+            f"{self.merge_method!r} needs plaintext updates: only allowed with secure = false",
+        )
+        # One contribution would be decrypted alone: never allowed, so at least two.
+        _require(2 <= self.min_peers <= MAX_FOUNDING_MEMBERS, "training.min_peers", "must be 2-256")
+        _require(1 <= self.sync_every <= 1_000_000, "training.sync_every", "must be 1-1000000")
+        _require(self.sync_unit in SYNC_UNITS, "training.sync_unit", f"must be one of {SYNC_UNITS}")
+        _require(
+            1 <= len(self.ckks_params) <= MAX_NAME and self.ckks_params.isascii(),
+            "training.ckks_params",
+            f"must be a 1-{MAX_NAME} character ASCII parameter set id",
+        )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Genesis:
+    """The founding document of one swarm; ``chain_id`` is the SHA-256 of its bytes."""
+
+    name: str
+    members: tuple[FoundingMember, ...]
+    training: TrainingParams
+    join_policy: JoinPolicy = field(default_factory=JoinPolicy)
+    nonce: bytes = b""  # tells apart two swarms with the same members and rules
+    version: int = GENESIS_VERSION
+
+    def __post_init__(self) -> None:
+        _require(self.version == GENESIS_VERSION, "version", f"this node reads version {GENESIS_VERSION}")
+        check_name(self.name, "name")
+        _require(len(self.nonce) <= MAX_NONCE, "nonce", f"at most {MAX_NONCE} bytes")
+        _require(
+            1 <= len(self.members) <= MAX_FOUNDING_MEMBERS, "members", "must list 1-256 founding members"
+        )
+        keys = [m.node_id for m in self.members]
+        _require(len(set(keys)) == len(keys), "members", "a public key is listed twice")
+        names = [m.name for m in self.members]
+        _require(len(set(names)) == len(names), "members", "a member name is listed twice")
+        if self.join_policy.mode == "members":
+            _require(
+                self.join_policy.approvals <= len(self.members),
+                "join_policy.approvals",
+                f"cannot exceed the {len(self.members)} founding members",
+            )
+
+    # -- bytes, hash and files --------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return cbor.dumps_dataclass(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Genesis:
+        """Decode and validate; raises `GenesisError` naming the offending field."""
+        try:
+            return cbor.loads_dataclass(cls, data)
+        except ProtocolError as exc:
+            raise GenesisError(f"invalid genesis: {exc}") from None
+
+    @property
+    def chain_id(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the canonical bytes; refuses to overwrite (a chain's genesis never changes)."""
+        target = Path(path)
+        try:
+            with target.open("xb") as f:
+                f.write(self.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+        except FileExistsError:
+            raise GenesisError(f"{target}: refusing to overwrite an existing genesis file") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Genesis:
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise GenesisError(f"{source}: cannot read genesis file ({exc.strerror})") from None
+        try:
+            return cls.from_bytes(data)
+        except GenesisError as exc:
+            raise GenesisError(f"{source}: {exc}") from None
+
+    # -- derived rules ----------------------------------------------------------
+
+    @property
+    def founders(self) -> tuple[NodeId, ...]:
+        return tuple(m.node_id for m in self.members)
+
+    def describe(self) -> str:
+        """A human-readable summary (for `swarmnode genesis show` and logs)."""
+        t = self.training
+        policy = (
+            f"admin {self.join_policy.admin}"
+            if self.join_policy.mode == "admin"
+            else f"{self.join_policy.approvals} member approval(s)"
+        )
+        lines = [
+            f"swarm {self.name!r}  chain id {self.chain_id.hex()}",
+            f"join policy: {policy}",
+            f"training: merge {t.merge_method} ({'secure' if t.secure else 'PLAINTEXT updates'}), "
+            f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
+            f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}",
+            f"stopping: max {t.stopping.max_rounds} rounds, patience {t.stopping.patience} "
+            f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal})",
+            f"model spec {t.model_spec_hash.hex()}",
+            "members:",
+        ]
+        lines += [f"  {m.name}  {m.node_id.peer_id}  {' '.join(m.addresses)}" for m in self.members]
+        return "\n".join(lines)
