@@ -67,8 +67,12 @@ class InvalidCiphertext(ProtocolError):
 
 
 class InvalidKeyShare(ProtocolError):
-    """A key-epoch message (public key share or sealed Shamir share) is malformed, misaddressed or conflicting."""
+    """A key-epoch message (public share or sealed Shamir share) is malformed, misaddressed or conflicting."""
 
 
 class InvalidDecryptionShare(ProtocolError):
     """A decryption share is malformed or does not belong to the aggregate / decrypt set being combined."""
+
+
+class InvalidAggregate(ProtocolError):
+    """A decrypted aggregate is implausible (weight sum not in (0, 1]): a contribution or share is bad."""

@@ -1,0 +1,136 @@
+"""Exact modular arithmetic on numpy ``uint64`` arrays of RNS residues.
+
+Every prime here is below 2^61, so a sum of two residues never overflows 64
+bits; products need the high half of a 64x64-bit product, computed exactly
+from 32-bit limbs (`mulhi64`). Multiplication by a *fixed* operand uses
+Shoup's trick (the operand's precomputed quotient ``floor(w * 2^64 / q)``),
+which is exact for ``q < 2^62`` and costs a handful of vector ops.
+
+Arrays of polynomials have the RNS prime on the second-to-last axis and the
+coefficient on the last: ``(..., L, N)``. Residues are always in ``[0, q)``.
+Randomness comes only from `os.urandom`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+_MASK32: Final = np.uint64(0xFFFFFFFF)
+_SHIFT32: Final = np.uint64(32)
+MAX_PRIME_BITS: Final = 61
+
+
+def column(moduli: Sequence[int]) -> U64:
+    """The moduli as a ``(L, 1)`` array that broadcasts over ``(..., L, N)``."""
+    return np.array(moduli, dtype=np.uint64).reshape(-1, 1)
+
+
+def mulhi64(a: U64, b: U64) -> U64:
+    """The high 64 bits of the 128-bit products ``a * b`` (exact, elementwise)."""
+    a0, a1 = a & _MASK32, a >> _SHIFT32
+    b0, b1 = b & _MASK32, b >> _SHIFT32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    middle = (p00 >> _SHIFT32) + (p01 & _MASK32) + (p10 & _MASK32)
+    result: U64 = p11 + (p01 >> _SHIFT32) + (p10 >> _SHIFT32) + (middle >> _SHIFT32)
+    return result
+
+
+def shoup_quotients(operand: U64, moduli: Sequence[int]) -> U64:
+    """``floor(w * 2^64 / q_j)`` for every entry w of an ``(L, N)`` operand (row j mod q_j)."""
+    out = np.empty_like(operand)
+    for j, q in enumerate(moduli):
+        out[j] = np.array([(int(w) << 64) // q for w in operand[j].tolist()], dtype=np.uint64)
+    return out
+
+
+def shoup_mul(a: U64, operand: U64, quotients: U64, q_col: U64) -> U64:
+    """``a * operand mod q`` (broadcasting), given the operand's Shoup quotients. Entries of a < q."""
+    with np.errstate(over="ignore"):
+        r = a * operand - mulhi64(a, quotients) * q_col  # wraps mod 2^64; true value in [0, 2q)
+    result: U64 = np.where(r >= q_col, r - q_col, r)
+    return result
+
+
+def scalar_operand(values: Sequence[int], moduli: Sequence[int]) -> tuple[U64, U64]:
+    """One scalar per prime (reduced mod it) as a ``(L, 1)`` Shoup operand and its quotients."""
+    reduced = [v % q for v, q in zip(values, moduli, strict=True)]
+    operand = np.array(reduced, dtype=np.uint64).reshape(-1, 1)
+    quotients = np.array([(w << 64) // q for w, q in zip(reduced, moduli, strict=True)], dtype=np.uint64)
+    return operand, quotients.reshape(-1, 1)
+
+
+def add_mod(a: U64, b: U64, q_col: U64) -> U64:
+    r = a + b
+    result: U64 = np.where(r >= q_col, r - q_col, r)
+    return result
+
+
+def sub_mod(a: U64, b: U64, q_col: U64) -> U64:
+    result: U64 = np.where(a >= b, a - b, a + (q_col - b))
+    return result
+
+
+def neg_mod(a: U64, q_col: U64) -> U64:
+    result: U64 = np.where(a == 0, a, q_col - a)
+    return result
+
+
+def signed_split_residues(high: I64, low: U64, shift: int, moduli: Sequence[int]) -> U64:
+    """Residues of the integers ``high * 2^shift + low`` modulo every prime, as ``(L, *shape)``.
+
+    `high` is int64 (any sign), ``0 <= low < 2^shift <= 2^61``: together they represent
+    integers up to about 2^(63 + shift) exactly without Python ints.
+    """
+    out = np.empty((len(moduli), *high.shape), dtype=np.uint64)
+    for j, q in enumerate(moduli):
+        q_arr = np.array([q], dtype=np.uint64)
+        h = np.mod(high, np.int64(q)).astype(np.uint64)  # numpy mod takes the divisor's sign: in [0, q)
+        if shift:
+            operand, quotient = scalar_operand([1 << shift], [q])
+            h = shoup_mul(h, operand[0], quotient[0], q_arr)
+        lo = low if shift < MAX_PRIME_BITS - 2 else np.mod(low, np.uint64(q))
+        out[j] = add_mod(h, lo.astype(np.uint64, copy=False), q_arr)
+    return out
+
+
+def random_u64(count: int) -> U64:
+    """`count` independent uniform 64-bit words from the OS CSPRNG."""
+    return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).copy()
+
+
+def uniform_mod(q: int, count: int) -> U64:
+    """`count` exactly uniform residues mod q (rejection sampling on ``bit_length(q)``-bit words)."""
+    bits = q.bit_length()
+    out = np.empty(count, dtype=np.uint64)
+    filled = 0
+    while filled < count:
+        need = count - filled
+        draw = random_u64(need + need // 8 + 8) >> np.uint64(64 - bits)
+        accepted = draw[draw < np.uint64(q)][:need]
+        out[filled : filled + accepted.size] = accepted
+        filled += accepted.size
+    return out
+
+
+def uniform_signed_wide(log_bound: int, count: int) -> tuple[I64, U64, int]:
+    """Integers exactly uniform on ``[-2^log_bound, 2^log_bound)``, as ``(high, low, shift)``.
+
+    Value = ``high * 2^32 + low`` with high uniform on ``[-2^(log_bound-32), 2^(log_bound-32))`` and
+    low uniform on ``[0, 2^32)``: every bit is random, unlike a float sample of that width
+    (a double carries only 53 bits, so wide float noise has zero low bits).
+    """
+    if not 33 <= log_bound <= 93:
+        raise ValueError("log_bound must be in [33, 93]")
+    shift = 32
+    high_bits = log_bound - shift + 1  # sign included
+    high = (random_u64(count) >> np.uint64(64 - high_bits)).astype(np.int64) - np.int64(1 << (high_bits - 1))
+    low = random_u64(count) & _MASK32
+    return high, low, shift

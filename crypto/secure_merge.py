@@ -1,0 +1,218 @@
+"""Secure merge facade: what the round protocol calls, bytes in and bytes out.
+
+A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
+
+    # key epoch (whenever membership changes; spec fixed on the ledger)
+    epoch = start_key_epoch(spec, identity)
+    for body in epoch.outgoing(): ...          # envelopes: PublicKeyShare to all, SealedKeyShare to each
+    epoch.receive(env.sender, env.body)        # for every key-epoch envelope received
+    keys = epoch.finish()                      # when epoch.missing() == ()
+
+    # contribute: weight = local samples x weightage, total = the round's total Ready weight
+    blob = encrypt_update(keys, params_vector, weight, total_weight)
+
+    # leader (and verifier): add the contributions; hash the result and commit it
+    aggregate = aggregate_contributions([blob_1, ..., blob_k], length=len(params_vector))
+
+    # members of the decrypt set T: one share each, exchanged among T
+    share = decryption_share(keys, aggregate, T, contributions=k, min_peers=min_peers)
+
+    # anyone with the aggregate and all shares of T
+    merged = combine(keys.spec, aggregate, shares)      # merged.mean: float32 weighted mean
+
+Every function validates peer bytes and raises a `crypto.errors.ProtocolError` subclass
+on bad input (nothing changes state); local misuse raises ValueError or the local
+errors re-exported here. Blobs are deterministic: equal inputs give equal bytes, so they
+can be content-addressed by SHA-256 and the verifier can recompute the leader's sum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, final
+
+import numpy as np
+import numpy.typing as npt
+
+from .ckks import (
+    DEFAULT_PARAMS,
+    MAX_HEADER,
+    Aggregator,
+    CkksParams,
+    EncryptedVector,
+    chunk_count,
+    context,
+    encrypt,
+    packed_size,
+)
+from .errors import InvalidAggregate, InvalidCiphertext
+from .identity import NodeId, NodeIdentity
+from .threshold import (
+    THRESHOLD_MESSAGES,
+    DecryptionRefused,
+    DecryptionShare,
+    EpochIncomplete,
+    EpochKeys,
+    EpochSpec,
+    InsufficientShares,
+    KeyEpoch,
+    PublicKeyShare,
+    SealedKeyShare,
+    combine_shares,
+    default_threshold,
+    make_decryption_share,
+    threshold_messages,
+)
+
+__all__ = [
+    "THRESHOLD_MESSAGES",
+    "AggregateBuilder",
+    "CkksParams",
+    "DecryptionRefused",
+    "EpochIncomplete",
+    "EpochKeys",
+    "EpochSpec",
+    "InsufficientShares",
+    "KeyEpoch",
+    "MergedMean",
+    "PublicKeyShare",
+    "SealedKeyShare",
+    "aggregate_contributions",
+    "ciphertext_size",
+    "combine",
+    "decryption_share",
+    "decryption_share_size",
+    "default_threshold",
+    "encrypt_update",
+    "start_key_epoch",
+    "threshold_messages",
+]
+
+# Whatever min_peers says, never help decrypt a single member's update.
+MIN_CONTRIBUTIONS: Final = 2
+# Honest normalised weights sum to at most 1 (all of the round's Ready weight); a little
+# slack absorbs float rounding of w_i / W.
+_MAX_WEIGHT_SUM: Final = 1.0 + 1e-6
+
+
+def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> KeyEpoch:
+    """Begin our side of a key epoch: draws a fresh secret and prepares all outgoing bodies."""
+    return KeyEpoch(spec, identity, params)
+
+
+def ciphertext_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
+    """Upper bound on the bytes of an encrypted `length`-parameter vector (for blob size caps)."""
+    return packed_size(chunk_count(params, length) * 2 * 2 * params.degree) + MAX_HEADER + 8
+
+
+def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
+    """Upper bound on the bytes of one decryption share of a `length`-parameter aggregate."""
+    return packed_size(chunk_count(params, length) * 2 * params.degree) + MAX_HEADER + 8
+
+
+def encrypt_update(keys: EpochKeys, parameters: npt.ArrayLike, weight: float, total_weight: float) -> bytes:
+    """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under the collective key.
+
+    Raises ValueError for a non-1-D, non-float, non-finite or out-of-range vector (|v| above
+    ``params.max_abs_value``) or a weight outside ``(0, total_weight]``.
+    """
+    return encrypt(keys.context, keys.encryptor, parameters, weight, total_weight).to_bytes()
+
+
+def _decode(ctx_params: CkksParams, blob: bytes, length: int) -> EncryptedVector:
+    vector = EncryptedVector.from_bytes(context(ctx_params), blob)
+    if vector.length != length:
+        raise InvalidCiphertext(f"ciphertext holds {vector.length} parameters, the model has {length}")
+    return vector
+
+
+@final
+class AggregateBuilder:
+    """Streaming homomorphic sum: add contribution blobs as they arrive (memory: one sum)."""
+
+    __slots__ = ("_aggregator", "_params")
+
+    def __init__(self, length: int, params: CkksParams = DEFAULT_PARAMS) -> None:
+        self._params = params
+        self._aggregator = Aggregator(context(params), length)
+
+    @property
+    def count(self) -> int:
+        """Contributions added so far."""
+        return self._aggregator.count
+
+    def add(self, blob: bytes) -> None:
+        """Add one contribution; `InvalidCiphertext` (and no change) if the blob is bad."""
+        self._aggregator.add(_decode(self._params, blob, self._aggregator.length))
+
+    def result(self) -> bytes:
+        return self._aggregator.result().to_bytes()
+
+
+def aggregate_contributions(
+    contributions: Iterable[bytes], *, length: int, params: CkksParams = DEFAULT_PARAMS
+) -> bytes:
+    """The homomorphic sum of contribution blobs (deterministic bytes)."""
+    builder = AggregateBuilder(length, params)
+    for blob in contributions:
+        builder.add(blob)
+    return builder.result()
+
+
+def decryption_share(
+    keys: EpochKeys,
+    aggregate: bytes,
+    decrypt_set: Sequence[NodeId],
+    *,
+    contributions: int,
+    min_peers: int,
+    length: int | None = None,
+) -> bytes:
+    """Our decryption share of `aggregate` for decrypt set `decrypt_set`, or `DecryptionRefused`.
+
+    `contributions` is the number of contributions the ledger committed for this aggregate:
+    an honest member refuses unless it is at least ``max(min_peers, 2)``, is in the decrypt
+    set, and the set has at least t distinct members. `length` (the model size), if given,
+    must match the aggregate's.
+    """
+    if contributions < max(min_peers, MIN_CONTRIBUTIONS):
+        raise DecryptionRefused(
+            f"aggregate of {contributions} contributions; at least {max(min_peers, MIN_CONTRIBUTIONS)} needed"
+        )
+    vector = EncryptedVector.from_bytes(keys.context, aggregate)
+    if length is not None and vector.length != length:
+        raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
+    return make_decryption_share(keys, vector, decrypt_set).to_bytes()
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class MergedMean:
+    """The decrypted merge: weighted mean parameters (float32) and the sum of normalised weights."""
+
+    mean: npt.NDArray[np.float32]
+    weight_sum: float
+
+
+def combine(
+    spec: EpochSpec, aggregate: bytes, shares: Sequence[bytes], *, params: CkksParams = DEFAULT_PARAMS
+) -> MergedMean:
+    """Combine the decryption shares of all members of one decrypt set into the weighted mean.
+
+    Deterministic: everyone combining the same aggregate and shares gets bit-identical
+    output. Raises `InvalidCiphertext` / `InvalidDecryptionShare` for bad blobs,
+    `InsufficientShares` if a member of the decrypt set is missing, and `InvalidAggregate`
+    if the decrypted weight sum is not in ``(0, 1]`` (a corrupt contribution or share).
+    """
+    ctx = context(params)
+    vector = EncryptedVector.from_bytes(ctx, aggregate)
+    decoded = [DecryptionShare.from_bytes(ctx, share) for share in shares]
+    sums, weight_sum = combine_shares(spec, vector, decoded)
+    if not (math.isfinite(weight_sum) and 0.0 < weight_sum <= _MAX_WEIGHT_SUM):
+        raise InvalidAggregate(f"decrypted weight sum {weight_sum:.6g} is outside (0, 1]")
+    mean = (sums / weight_sum).astype(np.float32)
+    if not bool(np.all(np.isfinite(mean))):
+        raise InvalidAggregate("decrypted mean is not finite")
+    return MergedMean(mean, weight_sum)

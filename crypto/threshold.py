@@ -1,0 +1,573 @@
+"""Threshold CKKS: collective keys by key epoch, t-of-n decryption with smudging.
+
+The protocol of Mouchet et al. (PoPETs 2021) with Shamir re-sharing for t-of-n,
+on the numpy RNS/NTT representation SEAL uses (see DESIGN.md section 4):
+
+Key epoch (`KeyEpoch`), for an ordered member list with Shamir points 1..n:
+
+1. Everyone derives the common random polynomial ``a`` from the epoch id (a hash of
+   the ledger block that opened the epoch): SEAL's Blake2xb PRNG seeded by
+   ``BLAKE2b-512("swarmnode/ckks-crs/v1" || epoch id)``.
+2. Member i draws a fresh ternary secret ``s_i`` and error ``e_i`` (SEAL samplers
+   seeded from `os.urandom`) and publishes ``b_i = -a * s_i + e_i`` (`PublicKeyShare`).
+3. Member i Shamir-shares ``s_i`` coefficient-wise over every data prime with a random
+   degree ``t - 1`` polynomial ``f_i`` (uniform coefficients from `os.urandom`) and
+   sends ``f_i(x_k)`` to member k in an X25519 sealed box (`SealedKeyShare`); the box
+   content names epoch, dealer and recipient, so a box cannot be replayed elsewhere.
+4. Collective public key ``(sum_i b_i, a)``; member k's key share is
+   ``sigma_k = sum_i f_i(x_k)``, a point on a degree ``t - 1`` polynomial whose value
+   at 0 is the collective secret ``s = sum_i s_i``.
+
+Decryption of an aggregate ``(c0, c1)`` by a decrypt set T (``|T| >= t``): member k
+publishes ``d_k = c1 * lambda_k^T * sigma_k + e_k`` with ``lambda_k^T`` its Lagrange
+coefficient at 0 for the points of T (per prime) and ``e_k`` smudging noise uniform on
+``[-2^68, 2^68)`` (integer-exact, `os.urandom`); ``c0 + sum_{k in T} d_k`` decodes to
+the sum. A share is bound to T through its Lagrange coefficient: combined with any
+other set it decodes to noise. Fewer than t shares carry no information about s
+(Shamir), and the smudging hides each member's ``sigma_k`` in its published share.
+
+Not covered (documented limits): no verifiable secret sharing or proofs of correct
+decryption shares: a member that deals or decrypts wrongly makes the epoch or the
+round fail visibly (members compare merged-model hashes), it cannot learn more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, final
+
+import numpy as np
+
+from . import cbor
+from .ckks import (
+    DEFAULT_PARAMS,
+    F64,
+    WIRE_VERSION,
+    CkksContext,
+    CkksParams,
+    EncryptedVector,
+    chunk_count,
+    context,
+    decode_blob,
+    encode_blob,
+    pack60,
+    packed_size,
+    split_weight,
+    unpack60,
+)
+from .envelope import ENVELOPE_OVERHEAD, MessageTypes
+from .errors import InvalidDecryptionShare, InvalidKeyShare, ProtocolError
+from .identity import NodeId, NodeIdentity
+from .rns import (
+    U64,
+    add_mod,
+    column,
+    neg_mod,
+    scalar_operand,
+    shoup_mul,
+    shoup_quotients,
+    signed_split_residues,
+    uniform_mod,
+    uniform_signed_wide,
+)
+from .sealbridge import PublicKeyEncryptor
+
+EPOCH_ID_SIZE: Final = 32
+_CRS_DOMAIN: Final = b"swarmnode/ckks-crs/v1"
+_SHARE_MAGIC: Final = b"SND1"
+
+
+class EpochIncomplete(Exception):
+    """Local: the key epoch is still missing messages (see `KeyEpoch.missing`)."""
+
+
+class InsufficientShares(Exception):
+    """Local: fewer decryption shares than the decrypt set (or the threshold) needs."""
+
+
+class DecryptionRefused(Exception):
+    """Local: an honest member refuses to make this decryption share (see the message)."""
+
+
+def default_threshold(members: int) -> int:
+    """DESIGN default: a strict majority, ``floor(n / 2) + 1``."""
+    return members // 2 + 1
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EpochSpec:
+    """A key epoch as fixed on the ledger: its id, ordered members and threshold t.
+
+    Member ``members[k]`` holds Shamir point ``x = k + 1``.
+    """
+
+    epoch_id: bytes
+    members: tuple[NodeId, ...]
+    threshold: int
+
+    def __post_init__(self) -> None:
+        if len(self.epoch_id) != EPOCH_ID_SIZE:
+            raise ValueError(f"epoch id must be {EPOCH_ID_SIZE} bytes")
+        if len(set(self.members)) != len(self.members) or not self.members:
+            raise ValueError("members must be a non-empty list of distinct node ids")
+        if not 1 <= self.threshold <= len(self.members):
+            raise ValueError(f"threshold must be in [1, {len(self.members)}]")
+
+    def point(self, node: NodeId) -> int:
+        """The Shamir x-coordinate of `node`."""
+        try:
+            return self.members.index(node) + 1
+        except ValueError:
+            raise ValueError(f"{node.short} is not a member of this epoch") from None
+
+    def is_member(self, node: NodeId) -> bool:
+        return node in self.members
+
+
+# -- envelope bodies ---------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PublicKeyShare:
+    """``b_i = -a * s_i + e_i`` of the sender (key level, NTT form, 60-bit packed)."""
+
+    epoch: bytes
+    share: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SealedKeyShare:
+    """The sender's Shamir share for `recipient`, in an X25519 sealed box to it."""
+
+    epoch: bytes
+    recipient: NodeId
+    box: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class KeyShareContent:
+    """Plaintext inside a `SealedKeyShare` box: ``f_dealer(x_recipient)`` (data level, packed)."""
+
+    epoch: bytes
+    dealer: NodeId
+    recipient: NodeId
+    share: bytes
+
+
+def _poly_bytes(params: CkksParams, primes: int) -> int:
+    return packed_size(primes * params.degree)
+
+
+def threshold_messages(params: CkksParams = DEFAULT_PARAMS) -> MessageTypes:
+    """The key-epoch envelope types with size limits for `params` (register with the node's codec)."""
+    slack = ENVELOPE_OVERHEAD + 512  # CBOR framing of the bodies, box overhead, ids
+    types = MessageTypes()
+    types.register("ckks.public_share", PublicKeyShare, max_size=_poly_bytes(params, 3) + slack)
+    types.register("ckks.sealed_share", SealedKeyShare, max_size=_poly_bytes(params, 2) + slack)
+    return types
+
+
+THRESHOLD_MESSAGES: Final = threshold_messages(DEFAULT_PARAMS)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def common_random_poly(ctx: CkksContext, epoch_id: bytes) -> U64:
+    """The CRS ``a`` (key level, NTT form), identical for every member of the epoch."""
+    seed = hashlib.blake2b(_CRS_DOMAIN + epoch_id, digest_size=64).digest()
+    return ctx.seal.sample_uniform(seed)
+
+
+def _unpack_poly(ctx: CkksContext, data: bytes, primes: int, error: type[ProtocolError], what: str) -> U64:
+    if len(data) != _poly_bytes(ctx.params, primes):
+        raise error(f"{what} has {len(data)} bytes, expected {_poly_bytes(ctx.params, primes)}")
+    poly = unpack60(data, primes * ctx.params.degree).reshape(primes, ctx.params.degree)
+    if bool(np.any(poly >= column(ctx.seal.key_moduli[:primes]))):
+        raise error(f"{what}: a coefficient is not below its prime")
+    return poly
+
+
+def lagrange_at_zero(point: int, decrypt_set: Sequence[int], moduli: Sequence[int]) -> list[int]:
+    """``prod_{m in T, m != k} x_m / (x_m - x_k) mod q`` for each prime (k = `point`)."""
+    out = []
+    for q in moduli:
+        numerator, denominator = 1, 1
+        for other in decrypt_set:
+            if other != point:
+                numerator = numerator * other % q
+                denominator = denominator * (other - point) % q
+        out.append(numerator * pow(denominator, -1, q) % q)
+    return out
+
+
+def _scalar_mul(poly: U64, scalars: Sequence[int], moduli: Sequence[int]) -> U64:
+    operand, quotients = scalar_operand(scalars, moduli)
+    return shoup_mul(poly, operand, quotients, column(moduli))
+
+
+def smudging_noise(ctx: CkksContext, chunks: int) -> U64:
+    """``(chunks, L, N)`` NTT-form noise, each coefficient exactly uniform on ``[-2^b, 2^b)``."""
+    n = ctx.params.degree
+    high, low, shift = uniform_signed_wide(ctx.params.smudging_bits, chunks * n)
+    residues = signed_split_residues(high, low, shift, ctx.data_moduli)
+    by_chunk = residues.reshape(len(ctx.data_moduli), chunks, n).transpose(1, 0, 2)
+    return np.stack([ctx.seal.ntt(np.ascontiguousarray(c)) for c in by_chunk])
+
+
+# -- key epoch ----------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StoredEpochKeys:
+    """Schema of `EpochKeys.export_secret` (local storage, never sent)."""
+
+    version: int
+    epoch_id: bytes
+    members: tuple[NodeId, ...]
+    threshold: int
+    me: NodeId
+    public_key: bytes
+    key_share: bytes
+
+
+@final
+class EpochKeys:
+    """The outcome of a key epoch at one member: collective public key and own key share."""
+
+    __slots__ = ("_encryptor", "context", "key_share", "me", "public_key", "spec")
+
+    def __init__(
+        self, ctx: CkksContext, spec: EpochSpec, me: NodeId, public_key: U64, key_share: U64
+    ) -> None:
+        self.context: Final = ctx
+        self.spec: Final = spec
+        self.me: Final = me
+        self.public_key: Final = public_key  # (2, L_key, N): (sum b_i, a), NTT form
+        self.key_share: Final = key_share  # (L, N): sigma_me, NTT form, data level
+        self._encryptor: PublicKeyEncryptor | None = None
+
+    @property
+    def public_key_digest(self) -> bytes:
+        """SHA-256 of the packed collective public key: members compare it on the ledger."""
+        return hashlib.sha256(pack60(self.public_key)).digest()
+
+    def export_secret(self) -> bytes:
+        """Canonical bytes of these keys for the node's own key store (secret: store with mode 0600)."""
+        stored = StoredEpochKeys(
+            1, self.spec.epoch_id, self.spec.members, self.spec.threshold, self.me,
+            pack60(self.public_key), pack60(self.key_share),
+        )  # fmt: skip
+        return cbor.dumps_dataclass(stored)
+
+    @classmethod
+    def import_secret(cls, data: bytes, params: CkksParams = DEFAULT_PARAMS) -> EpochKeys:
+        """Inverse of `export_secret`; raises a `ProtocolError` subclass if the bytes are bad."""
+        stored = cbor.loads_dataclass(StoredEpochKeys, data, max_depth=2)
+        ctx = context(params)
+        if stored.version != 1:
+            raise InvalidKeyShare(f"unsupported stored key version {stored.version}")
+        try:
+            spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
+        except ValueError as exc:
+            raise InvalidKeyShare(f"stored epoch: {exc}") from None
+        if not spec.is_member(stored.me):
+            raise InvalidKeyShare("stored keys belong to a non-member")
+        key_primes = len(ctx.seal.key_moduli)
+        half = len(stored.public_key) // 2
+        public = _unpack_poly(ctx, stored.public_key[:half], key_primes, InvalidKeyShare, "stored public key")
+        crs = _unpack_poly(ctx, stored.public_key[half:], key_primes, InvalidKeyShare, "stored public key")
+        if not np.array_equal(crs, common_random_poly(ctx, spec.epoch_id)):
+            raise InvalidKeyShare("stored public key does not match the epoch's common random polynomial")
+        share = _unpack_poly(ctx, stored.key_share, len(ctx.data_moduli), InvalidKeyShare, "key share")
+        return cls(ctx, spec, stored.me, np.stack([public, crs]), share)
+
+    @property
+    def encryptor(self) -> PublicKeyEncryptor:
+        if self._encryptor is None:
+            self._encryptor = self.context.seal.public_key_encryptor(self.public_key)
+        return self._encryptor
+
+
+@final
+class KeyEpoch:
+    """One member's side of a key epoch, driven with envelope bodies in and out (no I/O).
+
+    >>> epoch = KeyEpoch(spec, identity)          # draws the fresh secret now
+    >>> for body in epoch.outgoing(): send(body)  # 1 PublicKeyShare + n-1 SealedKeyShare
+    >>> epoch.receive(envelope.sender, envelope.body)   # ProtocolError on bad input
+    >>> keys = epoch.finish()                     # once `epoch.missing()` is empty
+
+    Receiving the same message twice is harmless; a *different* message from the same
+    sender for the same slot raises `InvalidKeyShare` and keeps the first.
+    """
+
+    __slots__ = ("_a", "_context", "_identity", "_outgoing", "_public", "_received", "spec")
+
+    def __init__(self, spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> None:
+        if not spec.is_member(identity.node_id):
+            raise ValueError("this node is not a member of the epoch")
+        ctx = context(params)
+        self._context = ctx
+        self._identity = identity
+        self.spec: Final = spec
+        seal_ctx = ctx.seal
+        key_col = column(seal_ctx.key_moduli)
+        self._a = common_random_poly(ctx, spec.epoch_id)
+        secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))
+        error = seal_ctx.ntt(seal_ctx.sample_error(os.urandom(64)))
+        a_times_s = shoup_mul(self._a, secret, shoup_quotients(secret, seal_ctx.key_moduli), key_col)
+        public_share = add_mod(neg_mod(a_times_s, key_col), error, key_col)
+        me = identity.node_id
+        self._public: dict[NodeId, bytes] = {me: pack60(public_share)}
+        shares = _shamir_shares(ctx, secret[: len(ctx.data_moduli)], spec.threshold, len(spec.members))
+        self._received: dict[NodeId, bytes] = {}
+        outgoing: list[PublicKeyShare | SealedKeyShare] = [PublicKeyShare(spec.epoch_id, self._public[me])]
+        for member, share in zip(spec.members, shares, strict=True):
+            packed = pack60(share)
+            if member == me:
+                self._received[me] = packed
+                continue
+            content = KeyShareContent(spec.epoch_id, me, member, packed)
+            box = member.seal(cbor.dumps_dataclass(content))
+            outgoing.append(SealedKeyShare(spec.epoch_id, member, box))
+        self._outgoing = tuple(outgoing)
+        # `secret` and the Shamir polynomial go out of scope here: only sigma survives the epoch.
+
+    def outgoing(self) -> tuple[PublicKeyShare | SealedKeyShare, ...]:
+        """Our public share (broadcast) and one sealed share per other member (to each of them)."""
+        return self._outgoing
+
+    def receive(self, sender: NodeId, body: object) -> None:
+        """Accept a verified envelope's sender and body; raise a `ProtocolError` if it is bad."""
+        if not self.spec.is_member(sender):
+            raise InvalidKeyShare(f"{sender.short} is not a member of this epoch")
+        if isinstance(body, PublicKeyShare):
+            self._receive_public(sender, body)
+        elif isinstance(body, SealedKeyShare):
+            self._receive_sealed(sender, body)
+        else:
+            raise InvalidKeyShare(f"unexpected key-epoch message {type(body).__name__}")
+
+    def _receive_public(self, sender: NodeId, body: PublicKeyShare) -> None:
+        if body.epoch != self.spec.epoch_id:
+            raise InvalidKeyShare("public share for another epoch")
+        _unpack_poly(self._context, body.share, 3, InvalidKeyShare, "public share")
+        _store_once(self._public, sender, body.share, "public share")
+
+    def _receive_sealed(self, sender: NodeId, body: SealedKeyShare) -> None:
+        me = self._identity.node_id
+        if body.epoch != self.spec.epoch_id:
+            raise InvalidKeyShare("sealed share for another epoch")
+        if body.recipient != me or sender == me:
+            raise InvalidKeyShare("sealed share is not addressed to this node")
+        plaintext = self._identity.unseal(body.box)  # SealedBoxError if not ours / tampered
+        content = cbor.loads_dataclass(KeyShareContent, plaintext, max_depth=1)
+        if (content.epoch, content.dealer, content.recipient) != (self.spec.epoch_id, sender, me):
+            raise InvalidKeyShare("sealed share content names another epoch, dealer or recipient")
+        _unpack_poly(
+            self._context, content.share, len(self._context.data_moduli), InvalidKeyShare, "key share"
+        )
+        _store_once(self._received, sender, content.share, "sealed share")
+
+    def missing(self) -> tuple[NodeId, ...]:
+        """Members from which we still lack the public share or our sealed share."""
+        return tuple(m for m in self.spec.members if m not in self._public or m not in self._received)
+
+    def finish(self) -> EpochKeys:
+        """The collective public key and our key share; `EpochIncomplete` until nothing is missing."""
+        if missing := self.missing():
+            raise EpochIncomplete(f"missing messages from {', '.join(m.short for m in missing)}")
+        ctx = self._context
+        key_col = column(ctx.seal.key_moduli)
+        b = np.zeros_like(self._a)
+        sigma = np.zeros((len(ctx.data_moduli), ctx.params.degree), dtype=np.uint64)
+        for member in self.spec.members:  # fixed order; the sums are order-independent anyway
+            b = add_mod(
+                b, _unpack_poly(ctx, self._public[member], 3, InvalidKeyShare, "public share"), key_col
+            )
+            share = _unpack_poly(
+                ctx, self._received[member], len(ctx.data_moduli), InvalidKeyShare, "key share"
+            )
+            sigma = add_mod(sigma, share, ctx.q_col)
+        return EpochKeys(ctx, self.spec, self._identity.node_id, np.stack([b, self._a]), sigma)
+
+
+def _store_once(slot: dict[NodeId, bytes], sender: NodeId, value: bytes, what: str) -> None:
+    previous = slot.get(sender)
+    if previous is None:
+        slot[sender] = value
+    elif previous != value:
+        raise InvalidKeyShare(f"conflicting {what} from {sender.short}; keeping the first")
+
+
+def _shamir_shares(ctx: CkksContext, secret: U64, threshold: int, members: int) -> list[U64]:
+    """``f(1), ..., f(n)`` for ``f(x) = secret + sum_l c_l x^l`` (degree t-1), per data prime."""
+    moduli = ctx.data_moduli
+    n = ctx.params.degree
+    coefficients = [
+        np.stack([uniform_mod(q, n) for q in moduli]) for _ in range(threshold - 1)
+    ]  # c_1 .. c_{t-1}
+    shares = []
+    for x in range(1, members + 1):
+        value = np.zeros_like(secret)
+        for c in reversed(coefficients):  # Horner: ((c_{t-1} x + c_{t-2}) x + ...) x + secret
+            value = _scalar_mul(add_mod(value, c, ctx.q_col), [x] * len(moduli), moduli)
+        shares.append(add_mod(value, secret, ctx.q_col))
+    return shares
+
+
+# -- decryption shares ----------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DecryptionShareHeader:
+    version: int
+    parms_id: bytes
+    epoch: bytes
+    aggregate: bytes  # SHA-256 of the aggregate ciphertext blob this share decrypts
+    decrypt_set: tuple[int, ...]  # Shamir points of T, strictly increasing
+    member: int  # the maker's point, in decrypt_set
+    length: int
+    chunks: int
+
+
+@final
+class DecryptionShare:
+    """One member's decryption share of an aggregate for a decrypt set (a content-addressed blob).
+
+    Wire: ``b"SND1" | u32 header length | CBOR DecryptionShareHeader | (chunks, L, N) residues
+    packed at 60 bits`` (15 bytes per parameter).
+    """
+
+    __slots__ = ("_body", "_wire", "context", "header")
+
+    def __init__(
+        self, ctx: CkksContext, header: DecryptionShareHeader, wire: bytes, body: memoryview
+    ) -> None:
+        self.context: Final = ctx
+        self.header: Final = header
+        self._wire = wire
+        self._body = body
+
+    def to_bytes(self) -> bytes:
+        return self._wire
+
+    def batch(self, start: int, stop: int) -> U64:
+        per_chunk = len(self.context.data_moduli) * self.context.params.degree
+        raw = self._body[packed_size(start * per_chunk) : packed_size(stop * per_chunk)]
+        shape = (stop - start, len(self.context.data_moduli), self.context.params.degree)
+        return unpack60(raw, (stop - start) * per_chunk).reshape(shape)
+
+    @classmethod
+    def from_bytes(cls, ctx: CkksContext, data: bytes) -> DecryptionShare:
+        """Decode and validate; raise `InvalidDecryptionShare` on bad input."""
+        header, body = decode_blob(_SHARE_MAGIC, DecryptionShareHeader, data, InvalidDecryptionShare)
+        t = header.decrypt_set
+        if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
+            raise InvalidDecryptionShare("decryption share for another version or parameters")
+        if len(header.epoch) != EPOCH_ID_SIZE or len(header.aggregate) != 32:
+            raise InvalidDecryptionShare("bad epoch id or aggregate digest size")
+        if not t or any(b <= a for a, b in itertools.pairwise(t)) or t[0] < 1 or header.member not in t:
+            raise InvalidDecryptionShare("decrypt set must be increasing positive points including the maker")
+        if not 0 < header.length <= (1 << 27) or header.chunks != chunk_count(ctx.params, header.length):
+            raise InvalidDecryptionShare("decryption share length/shape mismatch")
+        expected = packed_size(header.chunks * len(ctx.data_moduli) * ctx.params.degree)
+        if len(body) != expected:
+            raise InvalidDecryptionShare(f"decryption share body has {len(body)} bytes, expected {expected}")
+        share = cls(ctx, header, data, body)
+        for start in range(0, header.chunks, 32):
+            ctx.check_residues(
+                share.batch(start, min(start + 32, header.chunks)), InvalidDecryptionShare, "share"
+            )
+        return share
+
+
+def partial_decryption(ctx: CkksContext, c1: U64, lagrange_key: U64, lagrange_quotients: U64) -> U64:
+    """``c1 * (lambda * sigma) + smudging`` for a ``(k, L, N)`` batch of c1 polys."""
+    product = shoup_mul(c1, lagrange_key, lagrange_quotients, ctx.q_col)
+    return add_mod(product, smudging_noise(ctx, c1.shape[0]), ctx.q_col)
+
+
+def make_decryption_share(
+    keys: EpochKeys, aggregate: EncryptedVector, decrypt_set: Sequence[NodeId]
+) -> DecryptionShare:
+    """Our share of `aggregate` for exactly `decrypt_set` (at least t members, us among them)."""
+    spec, ctx = keys.spec, keys.context
+    if aggregate.context is not ctx:
+        raise ValueError("aggregate is for other parameters")
+    if len(set(decrypt_set)) != len(decrypt_set) or not all(spec.is_member(m) for m in decrypt_set):
+        raise DecryptionRefused("decrypt set must be distinct members of the epoch")
+    if len(decrypt_set) < spec.threshold:
+        raise DecryptionRefused(f"decrypt set has {len(decrypt_set)} members, threshold is {spec.threshold}")
+    if keys.me not in decrypt_set:
+        raise DecryptionRefused("this node is not in the decrypt set")
+    points = tuple(sorted(spec.point(m) for m in decrypt_set))
+    me = spec.point(keys.me)
+    lagrange = _scalar_mul(keys.key_share, lagrange_at_zero(me, points, ctx.data_moduli), ctx.data_moduli)
+    quotients = shoup_quotients(lagrange, ctx.data_moduli)
+    digest = hashlib.sha256(aggregate.to_bytes()).digest()
+    header = DecryptionShareHeader(
+        WIRE_VERSION, ctx.parms_id, spec.epoch_id, digest, points, me, aggregate.length, aggregate.chunks
+    )
+    parts = (
+        pack60(partial_decryption(ctx, batch[:, 1], lagrange, quotients)) for _, batch in aggregate.batches()
+    )
+    wire = encode_blob(_SHARE_MAGIC, header, parts)
+    return DecryptionShare.from_bytes(ctx, wire)
+
+
+def combine_shares(
+    spec: EpochSpec, aggregate: EncryptedVector, shares: Sequence[DecryptionShare]
+) -> tuple[F64, float]:
+    """Decrypt `aggregate` from the shares of one decrypt set: (sum of weighted values, weight sum).
+
+    Raises `InvalidDecryptionShare` if a share is for another epoch, aggregate or decrypt
+    set, or members repeat; `InsufficientShares` unless every member of the (at least t
+    strong) decrypt set has contributed its share.
+    """
+    ctx = aggregate.context
+    if not shares:
+        raise InsufficientShares("no decryption shares")
+    digest = hashlib.sha256(aggregate.to_bytes()).digest()
+    decrypt_set = shares[0].header.decrypt_set
+    for share in shares:
+        h = share.header
+        if share.context is not ctx or h.epoch != spec.epoch_id:
+            raise InvalidDecryptionShare(f"share of point {h.member} is for another epoch or parameters")
+        if h.aggregate != digest or h.length != aggregate.length:
+            raise InvalidDecryptionShare(f"share of point {h.member} is for another aggregate")
+        if h.decrypt_set != decrypt_set:
+            raise InvalidDecryptionShare(
+                f"share of point {h.member} is for decrypt set {h.decrypt_set}, not {decrypt_set}"
+            )
+    if decrypt_set[-1] > len(spec.members):
+        raise InvalidDecryptionShare("decrypt set names a point outside the epoch")
+    if len(decrypt_set) < spec.threshold:
+        raise InvalidDecryptionShare(
+            f"decrypt set {decrypt_set} is smaller than the threshold {spec.threshold}"
+        )
+    makers = [s.header.member for s in shares]
+    if len(set(makers)) != len(makers):
+        raise InvalidDecryptionShare("two shares from the same member")
+    if set(makers) != set(decrypt_set):
+        raise InsufficientShares(f"have shares from {sorted(makers)}, decrypt set is {decrypt_set}")
+    n = ctx.params.degree
+    out = np.empty(aggregate.chunks * n, dtype=np.float64)
+    for start, batch in aggregate.batches():
+        stop = start + batch.shape[0]
+        plain = batch[:, 0]
+        for share in shares:
+            plain = add_mod(plain, share.batch(start, stop), ctx.q_col)
+        out[start * n : stop * n] = ctx.decode(plain)
+    return split_weight(ctx.params, out, aggregate.length)
