@@ -175,7 +175,10 @@ class SealContext:
         out = np.empty(poly.shape, dtype=np.uint64)
         for j in range(poly.shape[0]):
             out[j] = np.fromiter(function(poly[j].tolist(), self._key_tables[j]), np.uint64, self.degree)
-        return out
+        # The bound inverse NTT leaves some outputs in [q, 2q) (lazy last step): reduce fully.
+        q_col = np.array(self.key_moduli[: poly.shape[0]], dtype=np.uint64).reshape(-1, 1)
+        result: U64 = np.where(out >= q_col, out - q_col, out)
+        return result
 
     # -- SEAL's samplers, seeded by the caller (64 bytes -> Blake2xb) --
 

@@ -1,0 +1,328 @@
+"""CKKS parameters, coefficient encoding, packing, encryption, addition and the ciphertext wire format."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from crypto import cbor, ckks, rns
+from crypto.errors import InvalidCiphertext, ProtocolError
+from crypto.sealbridge import PublicKeyEncryptor, he_standard_max_bits
+
+N = 8192
+CTX = ckks.context()
+
+
+class SingleKey:
+    """A plain (one-party) RLWE key pair on the same context: enough to test the ciphertext layer."""
+
+    def __init__(self) -> None:
+        seal = CTX.seal
+        key_col = rns.column(seal.key_moduli)
+        self.secret = seal.ntt(seal.sample_ternary(os.urandom(64)))  # key level
+        a = seal.sample_uniform(os.urandom(64))
+        error = seal.ntt(seal.sample_error(os.urandom(64)))
+        a_s = rns.shoup_mul(a, self.secret, rns.shoup_quotients(self.secret, seal.key_moduli), key_col)
+        self.public_key = np.stack([rns.add_mod(rns.neg_mod(a_s, key_col), error, key_col), a])
+        self.encryptor: PublicKeyEncryptor = seal.public_key_encryptor(self.public_key)
+
+    def decrypt(self, vector: ckks.EncryptedVector) -> tuple[np.ndarray, float]:
+        return ckks.decrypt_with_secret(CTX, vector, self.secret[: len(CTX.data_moduli)])
+
+
+KEY = SingleKey()
+
+
+def encrypt(values: np.ndarray, weight: float = 1.0, total: float = 1.0) -> ckks.EncryptedVector:
+    return ckks.encrypt(CTX, KEY.encryptor, values, weight, total)
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def test_default_parameters_are_the_documented_ones() -> None:
+    p = ckks.DEFAULT_PARAMS
+    assert (p.degree, p.coeff_bits, p.scale_bits, p.smudging_bits) == (8192, (60, 60, 60), 90, 68)
+    assert p.total_modulus_bits == 180 <= he_standard_max_bits(8192) == 218
+    assert p.security_bits == 128
+    assert [q.bit_length() for q in CTX.seal.key_moduli] == [60, 60, 60]
+    # The wrap bound: |sum| * 2^90 plus all smudging stays far below q0*q1/2.
+    q0, q1 = CTX.data_moduli
+    assert p.max_abs_value * 2**p.scale_bits * 4 < q0 * q1 // 2
+    assert 2**7 * 2**p.weight_scale_bits < q0 * q1 // 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"degree": 8000},
+        {"coeff_bits": (60, 60)},
+        {"coeff_bits": (60, 60, 61)},
+        {"degree": 4096, "coeff_bits": (60, 60, 60)},  # 180 > 109 bits allowed at N = 4096
+        {"scale_bits": 100},  # 100 + 20 bits of values leave no headroom
+        {"smudging_bits": 120},
+        {"weight_scale_bits": 80},  # below the value scale
+        {"weight_scale_bits": 115},  # no room for the weight sum
+    ],
+)
+def test_unsafe_parameters_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - any of several messages
+        ckks.CkksParams(**kwargs)  # type: ignore[arg-type]
+
+
+# -- packing and encoding (no encryption: fast, so hypothesis gets many examples) -----------
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.uint64, st.integers(1, 300).map(lambda k: 2 * k), elements=st.integers(0, 2**60 - 1)))
+def test_pack60_round_trips(values: np.ndarray) -> None:
+    packed = ckks.pack60(values)
+    assert len(packed) == ckks.packed_size(values.size) == values.size * 15 // 2
+    assert np.array_equal(ckks.unpack60(packed, values.size), values)
+
+
+def test_pack60_rejects_wrong_lengths() -> None:
+    with pytest.raises(ValueError, match="packed length"):
+        ckks.unpack60(b"\0" * 14, 2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hnp.arrays(
+        np.float64,
+        N,
+        elements=st.floats(-(2.0**20), 2.0**20, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_encode_decode_is_exact_to_the_scale(values: np.ndarray) -> None:
+    scaled = np.rint(np.ldexp(values, 90))
+    decoded = CTX.decode(CTX.encode(scaled))
+    # Exact integers mod q0*q1, then a float CRT: the 2^-91 rounding, 2^-53 relative of the
+    # 60-bit residue x0 (2^-83 absolute) and 2^-52 relative of the result.
+    assert np.all(np.abs(decoded - values) <= 2.0**-82 + np.abs(values) * 2.0**-50)
+
+
+def test_encode_reduces_signed_integers_exactly() -> None:
+    rng = np.random.default_rng(7)
+    ints = [int(x) for x in rng.integers(-(2**62), 2**62, N)]
+    ints[:4] = [0, -1, 2**110, -(2**110)]
+    scaled = np.array(ints, dtype=np.float64)  # rounds to doubles: compare against what they hold
+    exact = [int(x) for x in scaled]
+    residues = CTX.seal.intt(CTX.encode(scaled)[0])
+    for j, q in enumerate(CTX.data_moduli):
+        assert residues[j].tolist() == [x % q for x in exact]
+
+
+def test_ntt_matches_seal_and_inverts() -> None:
+    poly = np.stack([rns.uniform_mod(q, N) for q in CTX.data_moduli])
+    assert np.array_equal(CTX.seal.intt(CTX.seal.ntt(poly)), poly)
+
+
+def test_uniform_mod_and_wide_smudging_sampler() -> None:
+    q = CTX.data_moduli[0]
+    draws = rns.uniform_mod(q, 50_000)
+    assert int(draws.max()) < q
+    high, low, shift = rns.uniform_signed_wide(68, 50_000)
+    values = high.astype(np.float64) * 2.0**shift + low.astype(np.float64)
+    assert values.min() >= -(2.0**68)
+    assert values.max() < 2.0**68
+    assert np.abs(values).max() > 2.0**67  # full width
+    assert abs(values.mean()) < 2.0**62  # centred
+    assert np.unique(low & np.uint64(1)).size == 2  # low bits are random, unlike a float sample
+
+
+# -- encryption, addition, decryption --------------------------------------------------------
+
+
+def test_encrypt_decrypt_and_weight_slot() -> None:
+    values = np.random.default_rng(1).uniform(-100, 100, 3 * N - 1).astype(np.float32)  # weight fits chunk 3
+    vector = encrypt(values, 3.0, 4.0)
+    assert (vector.length, vector.chunks) == (values.size, 3)
+    sums, weight = KEY.decrypt(vector)
+    assert np.abs(sums - 0.75 * values.astype(np.float64)).max() < 1e-9
+    assert abs(weight - 0.75) < 1e-15
+
+
+def test_numpy_decryption_agrees_with_seal_decryptor() -> None:
+    vector = encrypt(np.linspace(-5, 5, 100))
+    ciphertext = vector.batch(0, 1)[0]
+    secret = KEY.secret[:2]
+    ours = rns.add_mod(
+        ciphertext[0],
+        rns.shoup_mul(ciphertext[1], secret, rns.shoup_quotients(secret, CTX.data_moduli), CTX.q_col),
+        CTX.q_col,
+    )
+    assert np.array_equal(CTX.seal.decrypt_with_secret(KEY.secret, ciphertext, 2.0**90), ours)
+
+
+def test_encryption_is_randomised() -> None:
+    values = np.ones(10)
+    assert encrypt(values).to_bytes() != encrypt(values).to_bytes()
+
+
+def test_addition_is_exact_and_order_independent() -> None:
+    rng = np.random.default_rng(2)
+    vectors = [rng.uniform(-100, 100, 5000) for _ in range(3)]
+    weights = [1.0, 2.5, 6.5]
+    encrypted = [encrypt(v, w, 10.0) for v, w in zip(vectors, weights, strict=True)]
+    total = ckks.add(encrypted)
+    assert total.to_bytes() == ckks.add(reversed(encrypted)).to_bytes()  # verifier recomputes the same bytes
+    sums, weight = KEY.decrypt(total)
+    expected = sum(w / 10.0 * v for v, w in zip(vectors, weights, strict=True))
+    assert np.abs(sums - expected).max() < 1e-9
+    assert abs(weight - 1.0) < 1e-14
+
+
+def test_moderately_large_vector_crosses_batches() -> None:
+    length = (ckks.BATCH_CHUNKS + 5) * N + 17  # more than one batch, weight in the last chunk
+    values = np.random.default_rng(3).uniform(-1, 1, length).astype(np.float32)
+    vector = encrypt(values, 1.0, 2.0)
+    assert vector.chunks == ckks.BATCH_CHUNKS + 6
+    body = ckks.packed_size(vector.chunks * 4 * N)
+    assert body < len(vector) <= body + 200
+    decoded = ckks.EncryptedVector.from_bytes(CTX, vector.to_bytes())
+    sums, weight = KEY.decrypt(ckks.add([decoded, decoded]))
+    assert np.abs(sums - values.astype(np.float64)).max() < 1e-9
+    assert weight == pytest.approx(1.0, abs=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("values", "weight", "total"),
+    [
+        (np.array([1.0, np.nan]), 1.0, 1.0),
+        (np.array([np.inf]), 1.0, 1.0),
+        (np.array([2.0**20 + 1]), 1.0, 1.0),
+        (np.array([-(2.0**21)]), 1.0, 1.0),
+        (np.array([1.0]), 0.0, 1.0),
+        (np.array([1.0]), -1.0, 1.0),
+        (np.array([1.0]), 2.0, 1.0),
+        (np.array([1.0]), float("nan"), 1.0),
+        (np.array([1.0]), 1.0, float("inf")),
+        (np.zeros((2, 2)), 1.0, 1.0),
+        (np.zeros(0), 1.0, 1.0),
+        (np.arange(3), 1.0, 1.0),  # integers: not model parameters
+    ],
+)
+def test_bad_inputs_are_rejected_before_encoding(values: np.ndarray, weight: float, total: float) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - message varies
+        encrypt(values, weight, total)
+
+
+def test_aggregator_refuses_mismatched_lengths() -> None:
+    aggregator = ckks.Aggregator(CTX, 10)
+    with pytest.raises(ValueError, match="cannot add"):
+        aggregator.add(encrypt(np.zeros(11)))
+    with pytest.raises(ValueError, match="nothing"):
+        aggregator.result()
+
+
+# -- wire format --------------------------------------------------------------------------------
+
+SMALL = encrypt(np.random.default_rng(4).uniform(-3, 3, N + 100))
+WIRE = SMALL.to_bytes()
+PREFIX = 8  # magic + header length
+
+
+def _header_length(wire: bytes) -> int:
+    return int(struct.unpack_from(">I", wire, 4)[0])
+
+
+def _with_header(wire: bytes, **changes: object) -> bytes:
+    start, end = PREFIX, PREFIX + _header_length(wire)
+    fields = cbor.loads(wire[start:end])
+    assert isinstance(fields, dict)
+    fields.update(changes)  # type: ignore[arg-type]
+    head = cbor.dumps(fields)
+    return wire[:4] + struct.pack(">I", len(head)) + head + wire[end:]
+
+
+def test_wire_round_trips_exactly() -> None:
+    decoded = ckks.EncryptedVector.from_bytes(CTX, WIRE)
+    assert decoded.to_bytes() == WIRE
+    assert np.array_equal(decoded.batch(0, decoded.chunks), SMALL.batch(0, SMALL.chunks))
+    rebuilt = ckks.EncryptedVector.from_residues(CTX, decoded.length, [decoded.batch(0, decoded.chunks)])
+    assert rebuilt.to_bytes() == WIRE  # canonical: one encoding per ciphertext
+    body = len(WIRE) - PREFIX - _header_length(WIRE)
+    assert body == 2 * 2 * 2 * N * 60 // 8  # 2 ciphertexts x 2 polys x 2 primes x N residues, 60 bits each
+
+
+def test_wire_size_is_30_bytes_per_parameter() -> None:
+    per_parameter = (len(WIRE) - PREFIX - _header_length(WIRE)) / (SMALL.chunks * N)
+    assert per_parameter == 30.0
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 8, 20, PREFIX + 40, len(WIRE) // 2, len(WIRE) - 15, len(WIRE) - 1])
+def test_truncated_wire_is_rejected(cut: int) -> None:
+    with pytest.raises(InvalidCiphertext):
+        ckks.EncryptedVector.from_bytes(CTX, WIRE[:cut])
+
+
+def test_trailing_bytes_are_rejected() -> None:
+    with pytest.raises(InvalidCiphertext):
+        ckks.EncryptedVector.from_bytes(CTX, WIRE + b"\0" * 15)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"version": 2},
+        {"parms_id": b"\1" * 32},
+        {"scale_bits": 60},
+        {"length": 0},
+        {"length": SMALL.length + N},  # claims a third chunk the body does not have
+        {"length": ckks.MAX_VALUES + 1},
+        {"chunks": 3},
+        {"polys": 3},
+        {"extra": 1},
+        {"length": -1},
+        {"length": "9"},
+    ],
+)
+def test_header_tampering_is_rejected(changes: dict[str, object]) -> None:
+    with pytest.raises(InvalidCiphertext):
+        ckks.EncryptedVector.from_bytes(CTX, _with_header(WIRE, **changes))
+
+
+def test_wrong_magic_and_header_length_are_rejected() -> None:
+    for bad in (b"SND1" + WIRE[4:], WIRE[:4] + struct.pack(">I", 5000) + WIRE[8:], b"x" * 3):
+        with pytest.raises(InvalidCiphertext):
+            ckks.EncryptedVector.from_bytes(CTX, bad)
+    with pytest.raises(InvalidCiphertext):
+        ckks.EncryptedVector.from_bytes(CTX, bytearray(WIRE))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("position", [0, 1, 8191, 2 * N + 5, 4 * N * 2 - 1])
+@pytest.mark.parametrize("offset", [0, 1, 2**60])
+def test_out_of_range_coefficients_are_rejected(position: int, offset: int) -> None:
+    residues = SMALL.batch(0, SMALL.chunks).copy()
+    flat = residues.reshape(-1)
+    prime_index = (position // N) % 2
+    flat[position] = np.uint64(min(CTX.data_moduli[prime_index] + offset, 2**60 - 1))  # q, q+1, 2^60-1
+    forged = ckks.encode_blob(b"SNC1", _header(SMALL), [ckks.pack60(flat)])
+    with pytest.raises(InvalidCiphertext, match="not below its prime"):
+        ckks.EncryptedVector.from_bytes(CTX, forged)
+
+
+def _header(vector: ckks.EncryptedVector) -> ckks.CiphertextHeader:
+    return ckks.CiphertextHeader(ckks.WIRE_VERSION, CTX.parms_id, 90, vector.length, vector.chunks, 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, len(WIRE) - 1), st.integers(1, 255))
+def test_any_byte_flip_is_rejected_or_changes_the_content_hash(position: int, flip: int) -> None:
+    tampered = bytearray(WIRE)
+    tampered[position] ^= flip
+    try:
+        decoded = ckks.EncryptedVector.from_bytes(CTX, bytes(tampered))
+    except ProtocolError:
+        return
+    # A flip that keeps every coefficient in range is a different, valid ciphertext:
+    # content addressing (SHA-256 on the ledger) is what catches it.
+    assert hashlib.sha256(decoded.to_bytes()).digest() != hashlib.sha256(WIRE).digest()
