@@ -94,6 +94,7 @@ class Chain:
     def __init__(self, genesis: Genesis) -> None:
         self.contract = Contract(genesis)
         self.signers = {i.node_id: TxSigner(genesis.chain_id, i) for i in (*IDENTITIES, ADMIN)}
+        self.blocks: list[tuple[bytes, ...]] = []  # everything applied, for replays
 
     def tx(self, who: NodeId, body: TxBody) -> bytes:
         return self.signers[who].sign(body)
@@ -101,6 +102,7 @@ class Chain:
     def block(self, *txs: bytes) -> tuple[str | None, ...]:
         checks = [self.contract.check_tx(tx) for tx in txs[:1]]
         reasons = self.contract.apply_block(self.contract.height + 1, txs)
+        self.blocks.append(txs)
         assert checks == list(reasons[:1])  # the first tx sees the same state in both
         return reasons
 
@@ -786,3 +788,102 @@ def test_stop_vote_by_majority() -> None:
     assert chain.contract.phase == Phase.STOPPED
     assert chain.contract.final_model_hash == chain.contract.history()[0].merged_hash
     assert chain.contract.history()[-1].outcome == ABORTED
+
+
+# -- a whole training run -----------------------------------------------------------------
+
+
+def replay(genesis: Genesis, blocks: Sequence[tuple[bytes, ...]], start: Contract | None = None) -> Contract:
+    contract = start or Contract(genesis)
+    for txs in blocks[contract.height :]:
+        contract.apply_block(contract.height + 1, txs)
+    return contract
+
+
+def test_scripted_training_run() -> None:
+    """4 founders; round 2 has a cheating leader; a site joins after round 2 (new key
+    epoch); round 3 drops a silent contributor; a founder leaves; training runs until
+    the stopping rule; replays and snapshots agree on every byte."""
+    genesis = make_genesis(4, max_rounds=5, patience=3)
+    chain = Chain(genesis)
+    founders = NODES[:4]
+    chain.complete_epoch()
+
+    # Round 1: everything goes right.
+    first = chain.full_round(metric=0.70)
+    assert chain.contract.transparency()[0].merged_hash == first
+
+    # Round 2: the leader commits a wrong aggregate, the verifier proves it and leads.
+    chain.all_ready(metric=0.75)
+    chain.contribute()
+    cheater = chain.round.leader
+    chain.aggregate(digest("garbage"))
+    chain.verify(digest(("agg", 2)))
+    chain.verify()
+    chain.decrypt()
+    chain.merge([p for p in chain.round.participants if p != cheater][:3])
+    round2 = chain.contract.transparency()[1]
+    assert round2.outcome == MERGED
+    assert round2.leader not in (cheater, None)
+    assert [(e.kind, e.offender) for e in chain.contract.evidence()] == [(WRONG_AGGREGATE, cheater)]
+
+    # A new site joins after round 2: validators change two heights later, epoch 2 runs.
+    newcomer = NODES[4]
+    request = join(chain, newcomer, name="late-site")
+    chain.ok(founders[0], Approve(joiner=newcomer, request=request))
+    joined_at = chain.contract.height
+    assert newcomer not in chain.contract.validators(joined_at + 1)
+    assert newcomer in chain.contract.validators(joined_at + 2)
+    chain.all_ready(metric=0.8)  # everyone is ready, but round 3 waits for the key epoch
+    assert chain.round.phase == Phase.READY
+    chain.complete_epoch()
+    assert chain.contract.key_epoch().number == 2
+    r3 = chain.round
+    assert r3.phase == Phase.CONTRIBUTE
+    assert newcomer in r3.participants
+    assert r3.epoch == 2
+    assert r3.threshold == 3
+
+    # Round 3: one participant never contributes and is dropped at the deadline.
+    silent = r3.participants[-1]
+    chain.contribute(r3.participants[:-1])
+    chain.timeout()
+    assert chain.round.phase == Phase.AGGREGATE
+    chain.aggregate()
+    chain.verify()
+    chain.decrypt()
+    chain.merge(chain.round.active[:3])
+    round3 = chain.contract.transparency()[2]
+    assert {c.node_id for c in round3.contributors} == set(r3.participants) - {silent}
+    assert chain.contract.evidence()[-1].kind == CONTRIBUTION_TIMEOUT
+
+    # A founder leaves; epoch 3 runs with the remaining four.
+    leaver = founders[3]
+    chain.ok(leaver, Leave(member_since=0))
+    left_at = chain.contract.height
+    assert leaver in chain.contract.validators(left_at + 1)
+    assert leaver not in chain.contract.validators(left_at + 2)
+    chain.complete_epoch()
+    assert chain.contract.key_epoch().number == 3
+    assert leaver not in chain.contract.key_epoch().members
+
+    # Rounds 4 and 5 reach max_rounds = 5.
+    chain.full_round(metric=0.81)
+    assert chain.contract.stopped is None
+    final = chain.full_round(metric=0.82)
+    stop = chain.contract.stopped
+    assert stop is not None
+    assert stop.merged_rounds == 5
+    assert chain.contract.final_model_hash == final
+    summaries = chain.contract.transparency()
+    assert [s.outcome for s in summaries] == [MERGED] * 5
+    assert [s.epoch for s in summaries] == [1, 1, 2, 3, 3]
+    assert leaver not in {c.node_id for c in summaries[-1].contributors}
+    assert summaries[3].median_metric == 0.81
+
+    # Every node replaying the blocks holds the same bytes; so does one restored mid-way.
+    assert replay(genesis, chain.blocks).app_hash() == chain.contract.app_hash()
+    halfway = replay(genesis, chain.blocks[: len(chain.blocks) // 2])
+    restored = Contract(genesis)
+    restored.restore(halfway.snapshot())
+    assert replay(genesis, chain.blocks, start=restored).snapshot() == chain.contract.snapshot()
