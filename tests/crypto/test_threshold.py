@@ -1,0 +1,382 @@
+"""Key epochs, Shamir key shares in sealed boxes, t-of-n decryption shares and their combination."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from crypto import cbor, ckks, rns
+from crypto import threshold as th
+from crypto.envelope import EnvelopeCodec
+from crypto.errors import (
+    InvalidDecryptionShare,
+    InvalidKeyShare,
+    ProtocolError,
+    SchemaError,
+    SealedBoxError,
+)
+from crypto.identity import NodeIdentity
+from crypto.testing import run_key_epoch
+
+N = 8192
+SPEC, IDS, KEYS = run_key_epoch(5, 3)
+CTX = KEYS[0].context
+RNG = np.random.default_rng(11)
+LENGTH = N + 500  # two ciphertexts per contribution
+VALUES = [RNG.uniform(-100, 100, LENGTH) for _ in range(3)]
+WEIGHTS = [3.0, 5.0, 12.0]
+CONTRIBUTIONS = [
+    ckks.encrypt(CTX, KEYS[i].encryptor, v, w, sum(WEIGHTS))
+    for i, (v, w) in enumerate(zip(VALUES, WEIGHTS, strict=True))
+]
+AGGREGATE = ckks.add(CONTRIBUTIONS)
+EXPECTED_SUM = sum(w / sum(WEIGHTS) * v for v, w in zip(VALUES, WEIGHTS, strict=True))
+
+
+def nodes(points: tuple[int, ...]) -> list[th.NodeId]:
+    return [SPEC.members[p - 1] for p in points]
+
+
+def shares_for(points: tuple[int, ...]) -> list[th.DecryptionShare]:
+    return [th.make_decryption_share(KEYS[p - 1], AGGREGATE, nodes(points)) for p in points]
+
+
+def raw_decrypt(plain: np.ndarray) -> np.ndarray:
+    return CTX.decode(plain)[:LENGTH]
+
+
+# -- key epoch ----------------------------------------------------------------------------------
+
+
+def test_every_member_derives_the_same_collective_public_key() -> None:
+    assert len({k.public_key_digest for k in KEYS}) == 1
+    crs = th.common_random_poly(CTX, SPEC.epoch_id)
+    assert all(np.array_equal(k.public_key[1], crs) for k in KEYS)
+    assert not np.array_equal(crs, th.common_random_poly(CTX, os.urandom(32)))
+
+
+def test_key_shares_lie_on_one_polynomial_whose_value_at_zero_is_the_collective_secret() -> None:
+    # Interpolating any t key shares gives the same secret; it decrypts the aggregate alone.
+    secrets = []
+    for subset in [(1, 2, 3), (2, 4, 5), (1, 3, 4, 5)]:
+        total = np.zeros_like(KEYS[0].key_share)
+        for p in subset:
+            lam = th.lagrange_at_zero(p, subset, CTX.data_moduli)
+            total = rns.add_mod(total, th._scalar_mul(KEYS[p - 1].key_share, lam, CTX.data_moduli), CTX.q_col)
+        secrets.append(total)
+    assert all(np.array_equal(s, secrets[0]) for s in secrets)
+    sums, weight = ckks.decrypt_with_secret(CTX, AGGREGATE, secrets[0])
+    assert np.abs(sums - EXPECTED_SUM).max() < 1e-9
+    assert weight == pytest.approx(1.0, abs=1e-12)
+
+
+def test_epoch_messages_travel_in_envelopes_within_their_size_limits() -> None:
+    codec = EnvelopeCodec(b"c" * 32, th.THRESHOLD_MESSAGES)
+    identities = [NodeIdentity.generate() for _ in range(3)]
+    spec = th.EpochSpec(os.urandom(32), tuple(i.node_id for i in identities), 2)
+    epochs = [th.KeyEpoch(spec, i) for i in identities]
+    for sender, epoch in zip(identities, epochs, strict=True):
+        for body in epoch.outgoing():
+            envelope = codec.open(codec.seal(sender, body))  # raises if over the type's limit
+            for receiver, other in zip(identities, epochs, strict=True):
+                if receiver is sender or (
+                    isinstance(body, th.SealedKeyShare) and body.recipient != receiver.node_id
+                ):
+                    continue
+                other.receive(envelope.sender, envelope.body)
+    assert len({e.finish().public_key_digest for e in epochs}) == 1
+
+
+def test_outgoing_has_one_public_share_and_one_sealed_share_per_other_member() -> None:
+    epoch = th.KeyEpoch(SPEC, IDS[0])
+    out = epoch.outgoing()
+    assert [type(b) for b in out] == [th.PublicKeyShare] + [th.SealedKeyShare] * 4
+    assert [b.recipient for b in out[1:]] == list(SPEC.members[1:])  # type: ignore[union-attr]
+
+
+def fresh_epoch(index: int = 0) -> tuple[th.KeyEpoch, list[th.KeyEpoch]]:
+    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    return epochs[index], epochs
+
+
+def sealed_for(epoch: th.KeyEpoch, recipient: th.NodeId) -> th.SealedKeyShare:
+    return next(b for b in epoch.outgoing() if isinstance(b, th.SealedKeyShare) and b.recipient == recipient)
+
+
+def public_of(epoch: th.KeyEpoch) -> th.PublicKeyShare:
+    return next(b for b in epoch.outgoing() if isinstance(b, th.PublicKeyShare))
+
+
+def test_finish_waits_for_every_message() -> None:
+    me, epochs = fresh_epoch(0)
+    assert me.missing() == SPEC.members[1:]
+    with pytest.raises(th.EpochIncomplete):
+        me.finish()
+    for sender, epoch in zip(IDS[1:], epochs[1:], strict=True):
+        me.receive(sender.node_id, public_of(epoch))
+    assert me.missing() == SPEC.members[1:]  # sealed shares still missing
+    for sender, epoch in zip(IDS[1:], epochs[1:], strict=True):
+        me.receive(sender.node_id, sealed_for(epoch, IDS[0].node_id))
+        me.receive(sender.node_id, sealed_for(epoch, IDS[0].node_id))  # a replay is harmless
+    assert me.missing() == ()
+    me.finish()
+
+
+def test_sealed_shares_cannot_be_opened_by_another_member() -> None:
+    dealer, _ = fresh_epoch(0)
+    box = sealed_for(dealer, IDS[1].node_id)
+    for other in IDS[2:]:
+        with pytest.raises(SealedBoxError):
+            other.unseal(box.box)
+    # Member 2 receiving member 1's box, relabelled as its own, cannot open it either.
+    _, epochs = fresh_epoch(0)
+    with pytest.raises(SealedBoxError):
+        epochs[2].receive(IDS[0].node_id, dataclasses.replace(box, recipient=IDS[2].node_id))
+    # And as addressed, it is refused before any decryption attempt.
+    with pytest.raises(InvalidKeyShare, match="not addressed"):
+        epochs[2].receive(IDS[0].node_id, box)
+    IDS[1].unseal(box.box)  # the recipient can
+
+
+def test_a_forwarded_box_is_refused() -> None:
+    dealer, epochs = fresh_epoch(0)
+    box = sealed_for(dealer, IDS[2].node_id)
+    # Member 1 re-sends member 0's box to member 2 as if it were its own share.
+    with pytest.raises(InvalidKeyShare, match="dealer"):
+        epochs[2].receive(IDS[1].node_id, box)
+
+
+def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
+    dealer, epochs = fresh_epoch(0)
+    me = epochs[1]
+    public = public_of(dealer)
+    sealed = sealed_for(dealer, IDS[1].node_id)
+    stranger = NodeIdentity.generate()
+    bad_coefficient = np.zeros((3, N), dtype=np.uint64)
+    bad_coefficient[2, 7] = np.uint64(CTX.seal.key_moduli[2])
+    forged_content = th.KeyShareContent(SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10)
+    cases: list[tuple[th.NodeId, object, type[ProtocolError]]] = [
+        (stranger.node_id, public, InvalidKeyShare),
+        (IDS[0].node_id, dataclasses.replace(public, epoch=os.urandom(32)), InvalidKeyShare),
+        (IDS[0].node_id, dataclasses.replace(public, share=public.share[:-1]), InvalidKeyShare),
+        (IDS[0].node_id, dataclasses.replace(public, share=ckks.pack60(bad_coefficient)), InvalidKeyShare),
+        (IDS[0].node_id, dataclasses.replace(sealed, epoch=os.urandom(32)), InvalidKeyShare),
+        (IDS[0].node_id, dataclasses.replace(sealed, box=sealed.box[:-1] + b"x"), SealedBoxError),
+        (IDS[0].node_id, dataclasses.replace(sealed, box=IDS[1].node_id.seal(b"not cbor")), ProtocolError),
+        (IDS[0].node_id, dataclasses.replace(sealed, box=IDS[1].node_id.seal(cbor.dumps({"x": 1}))), SchemaError),
+        (
+            IDS[0].node_id,
+            dataclasses.replace(sealed, box=IDS[1].node_id.seal(cbor.dumps_dataclass(forged_content))),
+            InvalidKeyShare,
+        ),
+        (IDS[1].node_id, sealed, InvalidKeyShare),  # "from" ourselves
+        (IDS[0].node_id, th.EpochSpec(SPEC.epoch_id, SPEC.members, 3), InvalidKeyShare),  # not a message
+    ]
+    for sender, body, error in cases:
+        with pytest.raises(error):
+            me.receive(sender, body)
+    assert me.missing() == SPEC.members[:1] + SPEC.members[2:]  # nothing was accepted
+    me.receive(IDS[0].node_id, public)
+    other_public = public_of(th.KeyEpoch(SPEC, IDS[0]))
+    with pytest.raises(InvalidKeyShare, match="conflicting"):
+        me.receive(IDS[0].node_id, other_public)
+
+
+def test_epoch_spec_validation() -> None:
+    members = tuple(i.node_id for i in IDS)
+    for epoch_id, mem, t in [
+        (b"x" * 31, members, 3),
+        (b"x" * 32, members, 0),
+        (b"x" * 32, members, 6),
+        (b"x" * 32, members + members[:1], 3),
+        (b"x" * 32, (), 1),
+    ]:
+        with pytest.raises(ValueError):  # noqa: PT011
+            th.EpochSpec(epoch_id, mem, t)
+    assert [th.default_threshold(n) for n in (1, 2, 3, 4, 5, 16)] == [1, 2, 2, 3, 3, 9]
+    with pytest.raises(ValueError, match="not a member"):
+        th.KeyEpoch(SPEC, NodeIdentity.generate())
+
+
+def test_epoch_keys_export_and_import() -> None:
+    data = KEYS[2].export_secret()
+    restored = th.EpochKeys.import_secret(data)
+    assert restored.public_key_digest == KEYS[2].public_key_digest
+    assert np.array_equal(restored.key_share, KEYS[2].key_share)
+    assert (restored.spec, restored.me) == (SPEC, SPEC.members[2])
+    tampered = cbor.loads(data)
+    assert isinstance(tampered, dict)
+    tampered["epoch_id"] = os.urandom(32)  # the CRS no longer matches
+    with pytest.raises(InvalidKeyShare):
+        th.EpochKeys.import_secret(cbor.dumps(tampered))
+
+
+# -- t-of-n decryption ----------------------------------------------------------------------------
+
+
+def test_every_t_subset_decrypts_and_larger_sets_too() -> None:
+    points = range(1, 6)
+    subsets = [*itertools.combinations(points, 3), *itertools.combinations(points, 4), (1, 2, 3, 4, 5)]
+    for subset in subsets:
+        sums, weight = th.combine_shares(SPEC, AGGREGATE, shares_for(subset))
+        assert np.abs(sums - EXPECTED_SUM).max() < 1e-5, subset
+        assert weight == pytest.approx(1.0, abs=1e-10), subset
+
+
+def test_combining_is_deterministic_and_order_independent() -> None:
+    shares = shares_for((1, 3, 5))
+    first = th.combine_shares(SPEC, AGGREGATE, shares)
+    second = th.combine_shares(SPEC, AGGREGATE, shares[::-1])
+    assert np.array_equal(first[0], second[0])
+    assert first[1] == second[1]
+
+
+def test_fewer_than_t_shares_do_not_decrypt() -> None:
+    shares = shares_for((1, 2, 4))
+    for pair in itertools.combinations(shares, 2):
+        with pytest.raises(th.InsufficientShares):
+            th.combine_shares(SPEC, AGGREGATE, list(pair))
+    with pytest.raises(th.InsufficientShares):
+        th.combine_shares(SPEC, AGGREGATE, [])
+    with pytest.raises(th.DecryptionRefused, match="threshold"):
+        th.make_decryption_share(KEYS[0], AGGREGATE, nodes((1, 2)))
+    # The mathematics agrees: t-1 members interpolating as a 2-set get noise, not the sum.
+    c = AGGREGATE.batch(0, AGGREGATE.chunks)
+    for pair in itertools.combinations(range(1, 6), 2):
+        plain = c[:, 0]
+        for p in pair:
+            lam_key = th._scalar_mul(
+                KEYS[p - 1].key_share, th.lagrange_at_zero(p, pair, CTX.data_moduli), CTX.data_moduli
+            )
+            d = th.partial_decryption(CTX, c[:, 1], lam_key, rns.shoup_quotients(lam_key, CTX.data_moduli))
+            plain = rns.add_mod(plain, d, CTX.q_col)
+        assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() > 1e6
+
+
+def test_a_share_for_one_decrypt_set_does_not_combine_with_another() -> None:
+    t_one, t_two = (1, 2, 3), (1, 4, 5)
+    mixed = [shares_for(t_two)[0], *shares_for(t_one)[1:]]  # member 1's share made for the other set
+    with pytest.raises(InvalidDecryptionShare, match="decrypt set"):
+        th.combine_shares(SPEC, AGGREGATE, mixed)
+    # Even with the labels stripped, its Lagrange coefficient is wrong for this set: noise.
+    c = AGGREGATE.batch(0, AGGREGATE.chunks)
+    plain = c[:, 0]
+    for share in mixed:
+        plain = rns.add_mod(plain, share.batch(0, AGGREGATE.chunks), CTX.q_col)
+    assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() > 1e6
+    # The honest combination of the same set still works.
+    plain = c[:, 0]
+    for share in shares_for(t_one):
+        plain = rns.add_mod(plain, share.batch(0, AGGREGATE.chunks), CTX.q_col)
+    assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() < 1e-5
+
+
+def test_shares_for_another_aggregate_or_epoch_or_repeated_are_refused() -> None:
+    other = ckks.add(CONTRIBUTIONS[:2])
+    shares = shares_for((1, 2, 3))
+    foreign = th.make_decryption_share(KEYS[0], other, nodes((1, 2, 3)))
+    with pytest.raises(InvalidDecryptionShare, match="another aggregate"):
+        th.combine_shares(SPEC, AGGREGATE, [foreign, *shares[1:]])
+    other_spec = dataclasses.replace(SPEC, epoch_id=os.urandom(32))
+    with pytest.raises(InvalidDecryptionShare, match="another epoch"):
+        th.combine_shares(other_spec, AGGREGATE, shares)
+    with pytest.raises(InvalidDecryptionShare, match="same member"):
+        th.combine_shares(SPEC, AGGREGATE, [shares[0], shares[0], shares[1]])
+
+
+def test_make_share_refuses_bad_decrypt_sets() -> None:
+    with pytest.raises(th.DecryptionRefused, match="not in the decrypt set"):
+        th.make_decryption_share(KEYS[0], AGGREGATE, nodes((2, 3, 4)))
+    with pytest.raises(th.DecryptionRefused, match="distinct members"):
+        th.make_decryption_share(KEYS[0], AGGREGATE, [*nodes((1, 2)), NodeIdentity.generate().node_id])
+    with pytest.raises(th.DecryptionRefused, match="distinct members"):
+        th.make_decryption_share(KEYS[0], AGGREGATE, nodes((1, 2, 2)))
+
+
+def test_shares_are_smudged_and_fresh() -> None:
+    a, b = (th.make_decryption_share(KEYS[0], AGGREGATE, nodes((1, 2, 3))) for _ in range(2))
+    assert a.to_bytes() != b.to_bytes()
+    diff = rns.sub_mod(a.batch(0, 1), b.batch(0, 1), CTX.q_col)
+    noise = CTX.decode(diff)  # difference of two smudges, at scale 2^-90: about 2^-21 each
+    assert 2.0**-24 < np.abs(noise).max() < 2.0**-20
+
+
+# -- decryption share wire format ---------------------------------------------------------------
+
+SHARE = shares_for((1, 2, 3))[0]
+SHARE_WIRE = SHARE.to_bytes()
+
+
+def _share_with_header(**changes: object) -> bytes:
+    head_len = struct.unpack_from(">I", SHARE_WIRE, 4)[0]
+    fields = cbor.loads(SHARE_WIRE[8 : 8 + head_len])
+    assert isinstance(fields, dict)
+    fields.update(changes)  # type: ignore[arg-type]
+    head = cbor.dumps(fields)
+    return SHARE_WIRE[:4] + struct.pack(">I", len(head)) + head + SHARE_WIRE[8 + head_len :]
+
+
+def test_decryption_share_round_trips_and_is_15_bytes_per_parameter() -> None:
+    decoded = th.DecryptionShare.from_bytes(CTX, SHARE_WIRE)
+    assert decoded.to_bytes() == SHARE_WIRE
+    assert decoded.header == SHARE.header
+    head_len = struct.unpack_from(">I", SHARE_WIRE, 4)[0]
+    assert (len(SHARE_WIRE) - 8 - head_len) / (SHARE.header.chunks * N) == 15.0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"version": 9},
+        {"parms_id": b"\0" * 32},
+        {"epoch": b"\0" * 31},
+        {"aggregate": b"\0" * 31},
+        {"decrypt_set": []},
+        {"decrypt_set": [2, 1, 3]},
+        {"decrypt_set": [0, 1, 2]},
+        {"decrypt_set": [2, 3, 4]},  # maker not in it
+        {"length": 0},
+        {"length": LENGTH + N},
+        {"chunks": 1},
+        {"member": "1"},
+    ],
+)
+def test_decryption_share_header_tampering_is_rejected(changes: dict[str, object]) -> None:
+    with pytest.raises(InvalidDecryptionShare):
+        th.DecryptionShare.from_bytes(CTX, _share_with_header(**changes))
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, len(SHARE_WIRE) // 3, len(SHARE_WIRE) - 1])
+def test_truncated_or_extended_decryption_shares_are_rejected(cut: int) -> None:
+    with pytest.raises(InvalidDecryptionShare):
+        th.DecryptionShare.from_bytes(CTX, SHARE_WIRE[:cut])
+    with pytest.raises(InvalidDecryptionShare):
+        th.DecryptionShare.from_bytes(CTX, SHARE_WIRE + b"\0" * 15)
+
+
+def test_decryption_share_with_out_of_range_coefficient_is_rejected() -> None:
+    residues = SHARE.batch(0, SHARE.header.chunks).copy()
+    residues[1, 1, 99] = np.uint64(CTX.data_moduli[1])
+    forged = ckks.encode_blob(b"SND1", SHARE.header, [ckks.pack60(residues)])
+    with pytest.raises(InvalidDecryptionShare, match="not below its prime"):
+        th.DecryptionShare.from_bytes(CTX, forged)
+
+
+def test_decrypt_set_beyond_the_epoch_is_refused_when_combining() -> None:
+    header = dataclasses.replace(SHARE.header, decrypt_set=(1, 2, 9))
+    forged = th.DecryptionShare.from_bytes(
+        CTX, ckks.encode_blob(b"SND1", header, [ckks.pack60(SHARE.batch(0, header.chunks))])
+    )
+    with pytest.raises(InvalidDecryptionShare, match="outside the epoch"):
+        th.combine_shares(SPEC, AGGREGATE, [forged])
+    small = dataclasses.replace(SHARE.header, decrypt_set=(1, 2))
+    forged = th.DecryptionShare.from_bytes(
+        CTX, ckks.encode_blob(b"SND1", small, [ckks.pack60(SHARE.batch(0, small.chunks))])
+    )
+    with pytest.raises(InvalidDecryptionShare, match="smaller than the threshold"):
+        th.combine_shares(SPEC, AGGREGATE, [forged])
