@@ -26,7 +26,7 @@ def _trained_a_bit(spec: ModelSpec, seed: int) -> torch.nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(3):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         opt.step()
     return model
 
@@ -88,7 +88,7 @@ def test_unflatten_refuses_wrong_spec_length_dtype_and_non_finite_values() -> No
     with pytest.raises(LayoutMismatch, match="shape"):
         unflatten(model, vector[:-1])
     with pytest.raises(TypeError, match="float32"):
-        unflatten(model, vector.astype(np.float64))  # type: ignore[arg-type]
+        unflatten(model, vector.astype(np.float64))
     broken = vector.copy()
     broken[-1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
