@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Benchmark threshold CKKS (crypto.secure_merge) against plain TenSEAL in the same run.
+
+    python scripts/bench_crypto.py [--quick] [--json PATH]
+
+Measures, for one model-sized vector (1M parameters; 100k with --quick):
+- key epoch time for n = 4 and 16 members (all members simulated in this process);
+- encryption rate in parameters per second per core (CPU time; wall time too), and
+  bytes per parameter on the wire;
+- plain TenSEAL `CKKSVector` encryption of the same vector (its default-style
+  N = 8192, [60, 40, 40, 60], scale 2^40 context) and its serialized size, as reference;
+- aggregation time (decode + validate + add + encode) for n = 4, 16, 64 contributions
+  (16 distinct ciphertexts, reused cyclically for 64: addition cost does not depend on
+  the contents);
+- decryption share time per member and combine time (t = 9 of 16 shares);
+- max abs error of the 16-member weighted mean of vectors in [-100, 100] with random
+  weights, decrypted by t = 9 members and by all 16 (worst case: 16 smudging terms).
+
+Timings on a shared 2-core host are noisy: each is reported as min and median over
+repetitions where there are several, with both CPU and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import tenseal as ts
+
+from crypto import ckks, threshold
+from crypto import secure_merge as sm
+from crypto.testing import run_key_epoch
+
+T = TypeVar("T")
+
+
+def timed(function: Callable[[], T]) -> tuple[T, float, float]:
+    """(result, cpu seconds, wall seconds)."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = function()
+    return result, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "count": len(values)}
+
+
+def bench_epochs(sizes: list[int]) -> dict[str, Any]:
+    out = {}
+    for n in sizes:
+        (_, _, _), cpu, wall = timed(lambda n=n: run_key_epoch(n))  # type: ignore[misc]
+        out[str(n)] = {
+            "threshold": threshold.default_threshold(n),
+            "total_cpu_s": cpu,
+            "total_wall_s": wall,
+            "per_member_cpu_s": cpu / n,
+        }
+        print(f"key epoch n={n:3d}: {wall:6.2f} s for all members, {cpu / n:.3f} s CPU per member")
+    return out
+
+
+def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
+    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    context.global_scale = 2**40
+    encrypted, cpu, wall = timed(lambda: ts.ckks_vector(context, vector.tolist()))
+    wire, ser_cpu, _ = timed(encrypted.serialize)
+    result = {
+        "context": "N=8192, coeff_mod_bit_sizes=[60,40,40,60], scale=2^40",
+        "encrypt_cpu_s": cpu,
+        "encrypt_wall_s": wall,
+        "params_per_s_per_core": vector.size / cpu,
+        "serialize_cpu_s": ser_cpu,
+        "bytes_per_param": len(wire) / vector.size,
+        "max_abs_error": float(np.abs(np.array(encrypted.decrypt()) - vector).max()),
+    }
+    print(
+        f"tenseal CKKSVector: {result['params_per_s_per_core'] / 1e6:.2f}M params/s/core, "
+        f"{result['bytes_per_param']:.1f} B/param"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k parameters instead of 1M")
+    parser.add_argument("--json", type=Path, help="write the results as JSON to this path")
+    args = parser.parse_args(argv)
+    length = 100_000 if args.quick else 1_000_000
+    params = ckks.DEFAULT_PARAMS
+    rng = np.random.default_rng(4)
+    results: dict[str, Any] = {
+        "length": length,
+        "quick": args.quick,
+        "params": {
+            "degree": params.degree,
+            "coeff_bits": list(params.coeff_bits),
+            "scale_bits": params.scale_bits,
+            "weight_scale_bits": params.weight_scale_bits,
+            "smudging_bits": params.smudging_bits,
+            "security_bits": params.security_bits,
+        },
+        "host": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "tenseal": ts.__version__,
+            "cpus": os.cpu_count(),
+            "loadavg_start": os.getloadavg(),
+        },
+    }
+    print(f"threshold CKKS benchmark, {length:,} parameters")
+
+    results["key_epoch"] = bench_epochs([4, 16])
+    spec, _, keys = run_key_epoch(16)
+    members = 16
+    values = [rng.uniform(-100, 100, length).astype(np.float32) for _ in range(members)]
+    weights = [float(w) for w in rng.uniform(1, 1000, members)]
+    total = sum(weights)
+
+    blobs, enc_cpu, enc_wall = [], [], []
+    for k, v, w in zip(keys, values, weights, strict=True):
+        blob, cpu, wall = timed(lambda k=k, v=v, w=w: sm.encrypt_update(k, v, w, total))  # type: ignore[misc]
+        blobs.append(blob)
+        enc_cpu.append(cpu)
+        enc_wall.append(wall)
+    rate = [length / c for c in enc_cpu]
+    results["encrypt"] = {
+        "cpu_s": stats(enc_cpu),
+        "wall_s": stats(enc_wall),
+        "params_per_s_per_core": {"max": max(rate), "median": statistics.median(rate)},
+        "bytes_per_param": len(blobs[0]) / length,
+    }
+    print(
+        f"encrypt: {statistics.median(rate) / 1e6:.2f}M params/s/core median "
+        f"({max(rate) / 1e6:.2f}M best), {len(blobs[0]) / length:.2f} B/param"
+    )
+    results["tenseal_reference"] = bench_tenseal(values[0].astype(np.float64))
+    results["ratios"] = {
+        "bytes_per_param_ours_over_tenseal": results["encrypt"]["bytes_per_param"]
+        / results["tenseal_reference"]["bytes_per_param"],
+        "encrypt_rate_ours_over_tenseal": statistics.median(rate)
+        / results["tenseal_reference"]["params_per_s_per_core"],
+    }
+
+    results["aggregate"] = {}
+    aggregate16 = b""
+    for n in (4, 16, 64):
+        contributions = [blobs[i % members] for i in range(n)]
+        aggregate, cpu, wall = timed(lambda c=contributions: sm.aggregate_contributions(c, length=length))  # type: ignore[misc]
+        if n == members:
+            aggregate16 = aggregate
+        results["aggregate"][str(n)] = {"cpu_s": cpu, "wall_s": wall, "per_contribution_cpu_s": cpu / n}
+        print(f"aggregate n={n:3d}: {wall:6.2f} s ({cpu / n:.3f} s CPU per contribution)")
+
+    expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
+    results["decrypt"] = {}
+    decrypt_sets = (("t_of_16", list(spec.members[: spec.threshold])), ("all_16", list(spec.members)))
+    for label, decrypt_set in decrypt_sets:
+        share_cpu, share_wall, parts = [], [], []
+        for k in keys[: len(decrypt_set)]:
+
+            def make_share(k: threshold.EpochKeys = k, d: list[threshold.NodeId] = decrypt_set) -> bytes:
+                return sm.decryption_share(k, aggregate16, d, contributions=members, min_peers=2)
+
+            part, cpu, wall = timed(make_share)
+            parts.append(part)
+            share_cpu.append(cpu)
+            share_wall.append(wall)
+        merged, cpu, wall = timed(lambda p=parts: sm.combine(spec, aggregate16, p))  # type: ignore[misc]
+        ctx = ckks.context()
+        sums, weight_sum = threshold.combine_shares(
+            spec,
+            ckks.EncryptedVector.from_bytes(ctx, aggregate16),
+            [threshold.DecryptionShare.from_bytes(ctx, p) for p in parts],
+        )
+        error = float(np.abs(sums / weight_sum - expected).max())
+        error32 = float(np.abs(merged.mean.astype(np.float64) - expected).max())
+        results["decrypt"][label] = {
+            "shares": len(parts),
+            "share_cpu_s": stats(share_cpu),
+            "share_wall_s": stats(share_wall),
+            "share_bytes_per_param": len(parts[0]) / length,
+            "combine_cpu_s": cpu,
+            "combine_wall_s": wall,
+            "max_abs_error": error,
+            "max_abs_error_float32_output": error32,
+        }
+        print(
+            f"decrypt {label} ({len(parts)} shares): share {statistics.median(share_cpu):.2f} s CPU each, "
+            f"combine {wall:.2f} s, max abs error {error:.2e} (float32 output {error32:.2e})"
+        )
+    results["host"]["loadavg_end"] = os.getloadavg()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
