@@ -221,6 +221,11 @@ class LedgerStore:
         with self._transaction():
             self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (height, app_hash, state))
 
+    def snapshot_hashes(self) -> list[tuple[int, bytes]]:
+        """(height, app hash) of every stored snapshot."""
+        rows = self._db.execute("SELECT height, app_hash FROM snapshots ORDER BY height")
+        return [(int(h), bytes(a)) for h, a in rows]
+
     def latest_snapshot(self) -> tuple[int, bytes, bytes] | None:
         """(height, app hash, state) of the newest snapshot at or below the tip."""
         row = self._db.execute(
