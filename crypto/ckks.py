@@ -43,6 +43,7 @@ content-addressed by SHA-256.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import struct
 from collections.abc import Iterable, Iterator
@@ -236,7 +237,14 @@ def unpack60(data: bytes | memoryview, count: int) -> U64:
 
 def encode_blob(magic: bytes, header: object, body_parts: Iterable[bytes]) -> bytes:
     head = cbor.dumps_dataclass(header)
-    return b"".join([_BLOB_PREFIX.pack(magic, len(head)), head, *body_parts])
+    # BytesIO.getvalue() hands over its buffer without a copy: a 1.5 GB blob costs 1.5 GB once,
+    # where b"".join over a generator would hold every part and the result at the same time.
+    out = io.BytesIO()
+    out.write(_BLOB_PREFIX.pack(magic, len(head)))
+    out.write(head)
+    for part in body_parts:
+        out.write(part)
+    return out.getvalue()
 
 
 def decode_blob(

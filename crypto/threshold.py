@@ -44,8 +44,10 @@ import numpy as np
 
 from . import cbor
 from .ckks import (
+    BATCH_CHUNKS,
     DEFAULT_PARAMS,
     F64,
+    MAX_VALUES,
     WIRE_VERSION,
     CkksContext,
     CkksParams,
@@ -480,16 +482,15 @@ class DecryptionShare:
             raise InvalidDecryptionShare("bad epoch id or aggregate digest size")
         if not t or any(b <= a for a, b in itertools.pairwise(t)) or t[0] < 1 or header.member not in t:
             raise InvalidDecryptionShare("decrypt set must be increasing positive points including the maker")
-        if not 0 < header.length <= (1 << 27) or header.chunks != chunk_count(ctx.params, header.length):
+        if not 0 < header.length <= MAX_VALUES or header.chunks != chunk_count(ctx.params, header.length):
             raise InvalidDecryptionShare("decryption share length/shape mismatch")
         expected = packed_size(header.chunks * len(ctx.data_moduli) * ctx.params.degree)
         if len(body) != expected:
             raise InvalidDecryptionShare(f"decryption share body has {len(body)} bytes, expected {expected}")
         share = cls(ctx, header, data, body)
-        for start in range(0, header.chunks, 32):
-            ctx.check_residues(
-                share.batch(start, min(start + 32, header.chunks)), InvalidDecryptionShare, "share"
-            )
+        for start in range(0, header.chunks, BATCH_CHUNKS):
+            batch = share.batch(start, min(start + BATCH_CHUNKS, header.chunks))
+            ctx.check_residues(batch, InvalidDecryptionShare, "share")
         return share
 
 

@@ -23,9 +23,11 @@ repetitions where there are several, with both CPU and wall time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -89,10 +91,52 @@ def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
     return result
 
 
+def bench_large(length: int) -> dict[str, Any]:
+    """One merge of two `length`-parameter updates, end to end, one step at a time to bound memory."""
+    spec, _, keys = run_key_epoch(3)  # t = 2
+    rng = np.random.default_rng(9)
+    builder = sm.AggregateBuilder(length)
+    expected = np.zeros(length, dtype=np.float64)
+    out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
+    for i, weight in enumerate((1.0, 3.0)):
+        values = rng.uniform(-1, 1, length).astype(np.float32)
+        expected += weight / 4.0 * values
+        blob, _, wall = timed(lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0))  # type: ignore[misc]
+        out["encrypt_wall_s"].append(wall)
+        out["ciphertext_bytes"] = len(blob)
+        _, _, wall = timed(functools.partial(builder.add, blob))
+        out["add_wall_s"].append(wall)
+        del blob, values
+    aggregate, _, out["aggregate_result_wall_s"] = timed(builder.result)
+    del builder
+    decrypt_set = list(spec.members[:2])
+    parts = []
+    for k in keys[:2]:
+
+        def make_share(k: threshold.EpochKeys = k) -> bytes:
+            return sm.decryption_share(k, aggregate, decrypt_set, contributions=2, min_peers=2)
+
+        part, _, wall = timed(make_share)
+        parts.append(part)
+        out.setdefault("share_wall_s", []).append(wall)
+    merged, _, out["combine_wall_s"] = timed(lambda: sm.combine(spec, aggregate, parts))
+    out["max_abs_error_float32_output"] = float(np.abs(merged.mean.astype(np.float64) - expected).max())
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        f"large: {length:,} parameters merged end to end; encrypt {out['encrypt_wall_s'][0]:.0f} s, "
+        f"share {out['share_wall_s'][0]:.0f} s, combine {out['combine_wall_s']:.0f} s, "
+        f"error {out['max_abs_error_float32_output']:.2e}, peak RSS {out['peak_rss_gib']:.1f} GiB"
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k parameters instead of 1M")
     parser.add_argument("--json", type=Path, help="write the results as JSON to this path")
+    parser.add_argument(
+        "--large", type=int, metavar="N", help="also run one end-to-end merge of N parameters (e.g. 50000000)"
+    )
     args = parser.parse_args(argv)
     length = 100_000 if args.quick else 1_000_000
     params = ckks.DEFAULT_PARAMS
@@ -197,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             f"decrypt {label} ({len(parts)} shares): share {statistics.median(share_cpu):.2f} s CPU each, "
             f"combine {wall:.2f} s, max abs error {error:.2e} (float32 output {error32:.2e})"
         )
+    if args.large:
+        results["large"] = bench_large(args.large)
     results["host"]["loadavg_end"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
