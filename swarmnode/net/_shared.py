@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 
@@ -65,3 +66,19 @@ async def fetch_from_any(
     if mismatched:
         detail += f"; served wrong bytes: {', '.join(p.peer_id for p in mismatched)}"
     raise BlobNotFound(f"no peer delivered blob {digest.hex()} ({detail})", tuple(mismatched))
+
+
+@contextlib.contextmanager
+def unwrap_single_exception() -> Iterator[None]:
+    """Re-raise a nursery's lone exception as itself.
+
+    Our ``open_*`` context managers yield inside a nursery, and trio wraps
+    whatever leaves a nursery in an ExceptionGroup. A user's own exception
+    from the ``async with`` body should reach them as it was raised.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

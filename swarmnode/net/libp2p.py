@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
@@ -62,7 +63,7 @@ from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
 from . import wire
-from ._shared import answer_request, fetch_from_any
+from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
     DEFAULT_BLOB_TIMEOUT,
     DEFAULT_MAX_BLOB_SIZE,
@@ -289,6 +290,7 @@ class Libp2pTransport(Transport):
         self._startup_error: Exception | None = None
         self._closed = False
         self._nursery: trio.Nursery | None = None
+        self._operations: set[trio.CancelScope] = set()  # callers' in-flight peer operations
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,6 +302,7 @@ class Libp2pTransport(Transport):
         """
         try:
             with self._cancel_scope:
+                self._check_port_free()
                 async with (
                     self._host.run([self._listen]),
                     background_trio_service(self._pubsub),
@@ -326,11 +329,30 @@ class Libp2pTransport(Transport):
             self._stopped.set()
             self.started.set()
 
+    def _check_port_free(self) -> None:
+        """Refuse a fixed port another process listens on.
+
+        py-libp2p listens with SO_REUSEPORT, so a second node on the same port
+        would silently share (and split) its connections. A plain bind fails then.
+        """
+        host = self._listen.value_for_protocol("ip4")
+        port = int(self._listen.value_for_protocol("tcp"))
+        if port == 0:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(f"port {port} on {host} is in use ({exc.strerror})") from None
+
     async def aclose(self) -> None:
         """Stop everything this transport runs. Idempotent; never raises."""
         self._closed = True
         self._close_subscribers()
         self._cancel_scope.cancel()
+        for scope in self._operations:  # py-libp2p leaves reads of a closed host blocked forever
+            scope.cancel()
         if self._nursery is not None:  # started: wait until the host is down
             await self._stopped.wait()
         await trio.lowlevel.checkpoint()
@@ -340,6 +362,20 @@ class Libp2pTransport(Transport):
             for channel in channels:
                 channel.close()
         self._subscribers.clear()
+
+    @contextlib.contextmanager
+    def _peer_operation(self, peer: NodeId, what: str, timeout: float) -> Iterator[None]:
+        """One caller's operation with `peer`: bounded, errors mapped, cancelled by `aclose`."""
+        self._check_open()
+        scope = trio.CancelScope()
+        self._operations.add(scope)
+        try:
+            with scope, _errors_to_transport(peer, what, timeout), trio.fail_after(timeout):
+                yield
+        finally:
+            self._operations.discard(scope)
+        if scope.cancelled_caught:
+            raise TransportClosed(f"{what}: transport of {self.node_id.short} was closed")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -473,7 +509,7 @@ class Libp2pTransport(Transport):
 
     async def exchange_peers(self, peer: NodeId) -> None:
         """Tell `peer` where we listen, learn whom it is connected to, and dial them."""
-        with _errors_to_transport(peer, "peer exchange", EXCHANGE_TIMEOUT), trio.fail_after(EXCHANGE_TIMEOUT):
+        with self._peer_operation(peer, "peer exchange", EXCHANGE_TIMEOUT):
             stream = await self._host.new_stream(libp2p_id(peer), [PEERS_PROTOCOL])
             try:
                 await stream.write(wire.frame(wire.encode(wire.PeerList((self._my_entry(),)))))
@@ -583,7 +619,7 @@ class Libp2pTransport(Transport):
         if not self._is_allowed(peer):
             raise PeerUnreachable(f"{peer.short} is not an allowed peer")
         payload = wire.frame(wire.encode(wire.RpcRequest(protocol, data)))
-        with _errors_to_transport(peer, f"request {protocol!r}", timeout), trio.fail_after(timeout):
+        with self._peer_operation(peer, f"request {protocol!r}", timeout):
             stream = await self._host.new_stream(libp2p_id(peer), [RPC_PROTOCOL])
             try:
                 await stream.write(payload)
@@ -639,7 +675,7 @@ class Libp2pTransport(Transport):
         return data
 
     async def _fetch_blob(self, peer: NodeId, digest: bytes, timeout: float) -> bytes:
-        with _errors_to_transport(peer, f"blob {digest.hex()[:12]}", timeout), trio.fail_after(timeout):
+        with self._peer_operation(peer, f"blob {digest.hex()[:12]}", timeout):
             stream = await self._host.new_stream(libp2p_id(peer), [BLOB_PROTOCOL])
             try:
                 await stream.write(wire.frame(digest))
@@ -723,13 +759,15 @@ async def open_libp2p_transport(
         max_message_size=max_message_size,
         blob_store=blob_store,
     )
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(transport.run)
-        await transport.started.wait()
-        if transport._startup_error is not None:
-            error = transport._startup_error
-            raise TransportError(f"cannot start libp2p on {listen_host}:{listen_port}: {error}") from error
-        try:
-            yield transport
-        finally:
-            await transport.aclose()
+    with unwrap_single_exception():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.run)
+            await transport.started.wait()
+            if transport._startup_error is None:
+                try:
+                    yield transport
+                finally:
+                    await transport.aclose()
+    if transport._startup_error is not None:
+        error = transport._startup_error
+        raise TransportError(f"cannot start libp2p on {listen_host}:{listen_port}: {error}") from error

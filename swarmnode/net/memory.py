@@ -37,7 +37,7 @@ from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId
 
 from . import wire
-from ._shared import answer_request, fetch_from_any, log
+from ._shared import answer_request, fetch_from_any, log, unwrap_single_exception
 from .base import (
     DEFAULT_BLOB_TIMEOUT,
     DEFAULT_MAX_BLOB_SIZE,
@@ -419,12 +419,13 @@ class MemoryTransport(Transport):
 async def open_memory_network(seed: int, faults: LinkFaults = NO_FAULTS) -> AsyncIterator[MemoryNetwork]:
     """A running `MemoryNetwork`; every transport on it is closed on exit."""
     network = MemoryNetwork(seed, faults)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(network.run)
-        await network._started.wait()
-        try:
-            yield network
-        finally:
-            for transport in network._live():
-                await transport.aclose()
-            nursery.cancel_scope.cancel()
+    with unwrap_single_exception():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.run)
+            await network._started.wait()
+            try:
+                yield network
+            finally:
+                for transport in network._live():
+                    await transport.aclose()
+                nursery.cancel_scope.cancel()

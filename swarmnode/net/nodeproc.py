@@ -36,6 +36,7 @@ import trio
 
 from crypto.identity import NodeId
 
+from ._shared import unwrap_single_exception
 from .base import Inbound, Transport
 
 JsonObject = dict[str, Any]
@@ -309,14 +310,17 @@ async def spawn_node(
         )
         node = NodeProcess(index, process)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(node._read_events)
-                with trio.fail_after(ready_timeout):
-                    await node._ready.wait()
-                if not node.addrs:
-                    raise RuntimeError(f"node {index} exited before it was ready (code {process.returncode})")
-                yield node
-                nursery.cancel_scope.cancel()
+            with unwrap_single_exception():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(node._read_events)
+                    with trio.fail_after(ready_timeout):
+                        await node._ready.wait()
+                    if not node.addrs:
+                        raise RuntimeError(
+                            f"node {index} exited before it was ready (code {process.returncode})"
+                        )
+                    yield node
+                    nursery.cancel_scope.cancel()
         finally:
             node.kill()
             with trio.move_on_after(10):

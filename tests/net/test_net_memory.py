@@ -186,3 +186,15 @@ def _drain(channel: trio.MemoryReceiveChannel[object]) -> list[object]:
             out.append(channel.receive_nowait())
         except trio.WouldBlock:
             return out
+
+
+async def test_errors_from_the_body_leave_the_network_unwrapped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body() -> None:
+        async with open_memory_network(8) as network:
+            network.transport(NODES[0])
+            raise KeyError("from the body")
+
+    with pytest.raises(KeyError, match="from the body"):
+        await body()

@@ -1,0 +1,120 @@
+"""Libp2pTransport in one process on 127.0.0.1: identity, discovery, liars, startup and shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from crypto.errors import BlobHashMismatch
+from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
+from swarmnode.net.libp2p import Libp2pTransport, open_libp2p_transport, parse_peer_multiaddr
+from swarmnode.testing import LyingBlobStore, make_identity, pseudo_random_bytes, wait_until
+
+IDS = [make_identity(i, "libp2p-test") for i in range(4)]
+
+
+async def test_peer_id_is_the_node_identity_and_addresses_name_it() -> None:
+    with trio.fail_after(20):
+        async with open_libp2p_transport(IDS[0]) as transport:
+            assert transport.node_id == IDS[0].node_id
+            (address,) = transport.listen_addrs
+            assert address.startswith("/ip4/127.0.0.1/tcp/")
+            assert address.endswith(f"/p2p/{IDS[0].node_id.peer_id}")
+            node, transport_addr = parse_peer_multiaddr(address)
+            assert node == IDS[0].node_id
+            assert "/p2p/" not in transport_addr
+
+
+def test_bad_addresses_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="/p2p/"):
+        parse_peer_multiaddr("/ip4/127.0.0.1/tcp/1")
+    with pytest.raises(ValueError, match="garbage"):
+        Libp2pTransport(IDS[0], bootstrap=["garbage"])
+
+
+async def test_address_from_a_member_record_and_peer_exchange_give_a_full_mesh() -> None:
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_transport(IDS[0]) as a,
+            open_libp2p_transport(IDS[1], bootstrap=a.listen_addrs) as b,
+            open_libp2p_transport(IDS[2]) as c,  # no bootstrap at all
+        ):
+            c.add_peer_addresses(a.node_id, a.listen_addrs)  # as read from a's ledger member record
+            with pytest.raises(ValueError, match="another peer"):
+                c.add_peer_addresses(b.node_id, a.listen_addrs)
+            # c reaches a, learns of b from a, dials b: nobody told c about b directly
+            await wait_until(lambda: c.peers() == {a.node_id, b.node_id}, what="c meshed")
+            await wait_until(lambda: b.peers() == {a.node_id, c.node_id}, what="b meshed")
+
+
+async def test_lying_peer_is_detected_and_skipped() -> None:
+    data = pseudo_random_bytes(2_500_000, seed=9)
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_transport(IDS[0], blob_store=LyingBlobStore()) as liar,
+            open_libp2p_transport(IDS[1], bootstrap=liar.listen_addrs) as fetcher,
+        ):
+            digest = liar.put_blob(data)
+            await wait_until(lambda: liar.node_id in fetcher.peers(), what="connected")
+            with pytest.raises(BlobHashMismatch, match=liar.node_id.peer_id):
+                await fetcher.get_blob(digest, peer=liar.node_id)
+            with pytest.raises(BlobNotFound) as only_liars:
+                await fetcher.get_blob(digest)
+            assert only_liars.value.mismatched == (liar.node_id,)
+            async with open_libp2p_transport(IDS[2], bootstrap=liar.listen_addrs) as honest:
+                honest.put_blob(data)
+                await wait_until(lambda: honest.node_id in fetcher.peers(), what="honest peer found")
+                assert await fetcher.get_blob(digest) == data
+
+
+async def test_blob_above_the_fetchers_limit_is_refused_before_transfer() -> None:
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_transport(IDS[0]) as big,
+            open_libp2p_transport(IDS[1], bootstrap=big.listen_addrs, max_blob_size=1000) as small,
+        ):
+            digest = big.put_blob(bytes(5000))
+            await wait_until(lambda: big.node_id in small.peers(), what="connected")
+            with pytest.raises(TransportError, match="above max_blob_size 1000"):
+                await small.get_blob(digest, peer=big.node_id)
+
+
+async def test_port_in_use_is_a_transport_error() -> None:
+    with trio.fail_after(20):
+        async with open_libp2p_transport(IDS[0]) as first:
+            port = int(first.listen_addrs[0].split("/tcp/")[1].split("/")[0])
+            with pytest.raises(TransportError, match="cannot start libp2p"):
+                async with open_libp2p_transport(IDS[1], listen_port=port):
+                    pass
+
+
+async def test_unknown_peer_is_unreachable_quickly() -> None:
+    with trio.fail_after(20):
+        async with open_libp2p_transport(IDS[0]) as lonely:
+            with pytest.raises(PeerUnreachable):
+                await lonely.request(IDS[3].node_id, "echo", b"?", timeout=3)
+
+
+async def test_closing_mid_transfer_ends_the_fetch_and_does_not_hang() -> None:
+    with trio.fail_after(60):
+        async with open_libp2p_transport(IDS[0]) as server:
+            digest = server.put_blob(pseudo_random_bytes(30 << 20, seed=3))
+            outcome: list[BaseException] = []
+            async with open_libp2p_transport(IDS[1], bootstrap=server.listen_addrs) as client:
+                await wait_until(lambda: server.node_id in client.peers(), what="connected")
+
+                async def fetch() -> None:
+                    try:
+                        await client.get_blob(digest, peer=server.node_id)
+                    except TransportError as exc:
+                        outcome.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(fetch)
+                    await trio.sleep(0.05)
+                    await client.aclose()
+                    await client.aclose()
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], TransportError)
+            with pytest.raises(TransportClosed):
+                client.put_blob(b"late")
