@@ -14,8 +14,13 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from models.data import SKLEARN_DATASETS, PreprocessConfig
+from models.spec import ModelSpec
+from models.training import TrainConfig
 
 T = TypeVar("T")
 
@@ -74,7 +79,10 @@ def _describe(annotation: object) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin is tuple:
-        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} items ({', '.join(_describe(a) for a in args)})"
     if annotation is type(None):
         return "nothing"
     if annotation is Path:
@@ -113,10 +121,13 @@ def _build(annotation: Any, value: object, source: str, key: str) -> Any:
             return value
         raise _fail(source, key, value, annotation)
     if origin is tuple:
-        if not isinstance(value, list):
+        args = typing.get_args(annotation)
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if not isinstance(value, list) or (not variadic and len(value) != len(args)):
             raise _fail(source, key, value, annotation)
-        item = typing.get_args(annotation)[0]
-        return tuple(_build(item, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+        items = [args[0]] * len(value) if variadic else list(args)
+        pairs = enumerate(zip(items, value, strict=True))
+        return tuple(_build(t, v, source, f"{key}[{i}]") for i, (t, v) in pairs)
     if annotation is type(None):
         raise _fail(source, key, value, annotation)
     if annotation is float and type(value) in (int, float):
@@ -138,12 +149,124 @@ def _build_dataclass(cls: type, table: Mapping[str, object], source: str, key: s
         )
     hints = _hints(cls)
     kwargs: dict[str, object] = {}
-    for name, field in fields.items():
+    for name, spec in fields.items():
         if name in table:
             kwargs[name] = _build(hints[name], table[name], source, f"{prefix}{name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing key {prefix}{name} ({_describe(hints[name])})")
     try:
         return cls(**kwargs)
     except ValueError as exc:  # the dataclass's own range checks name their field
         raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {exc}") from None
+
+
+# -- site.toml ------------------------------------------------------------------------
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSection:
+    """Who this site is and where it keeps its state."""
+
+    name: str
+    key_file: Path = Path("node.key")
+    storage_dir: Path = Path("state")
+    log_level: LogLevel = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSection:
+    """Where this node listens and whom it dials first (multiaddrs with /p2p/<peer id>)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    bootstrap: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0-65535, got {self.port}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerSection:
+    """The swarm's genesis document and the BFT ledger's timing."""
+
+    genesis: Path = Path("genesis.cbor")
+    propose_timeout: float = 1.0
+    block_interval: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.propose_timeout <= 60 or not 0 <= self.block_interval <= 60:
+            raise ValueError("propose_timeout must be in (0, 60] and block_interval in [0, 60] seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    """This site's private data. `source` is a bundled dataset name or a .csv/.h5ad/.npz file.
+
+    `test_source` optionally names a held-out test set to report test metrics on.
+    """
+
+    source: str
+    label_column: str | None = None
+    positive_class: str | None = None
+    test_source: str | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmSection:
+    """How this site takes part: its weightage (1-100) scales its merge weight."""
+
+    weightage: int = 1
+    seed: int = 0
+    merge_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.weightage <= 100:
+            raise ValueError(f"weightage must be in 1-100, got {self.weightage}")
+        if self.merge_timeout <= 0:
+            raise ValueError("merge_timeout must be > 0 seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """One site's `site.toml`. Relative paths are relative to the file's directory."""
+
+    node: NodeSection
+    data: DataSection
+    model: ModelSpec
+    network: NetworkSection = field(default_factory=NetworkSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    swarm: SwarmSection = field(default_factory=SwarmSection)
+    source: Path | None = None  # the file this was loaded from
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> NodeConfig:
+        config = load_config(cls, path, overrides)
+        base = Path(path).resolve().parent
+        data = config.data
+        return dataclasses.replace(
+            config,
+            source=Path(path),
+            node=dataclasses.replace(
+                config.node,
+                key_file=base / config.node.key_file,
+                storage_dir=base / config.node.storage_dir,
+            ),
+            ledger=dataclasses.replace(config.ledger, genesis=base / config.ledger.genesis),
+            data=dataclasses.replace(
+                data,
+                source=_resolve_data(base, data.source),
+                test_source=None if data.test_source is None else _resolve_data(base, data.test_source),
+            ),
+        )
+
+
+def _resolve_data(base: Path, source: str) -> str:
+    # Bundled dataset names stay names; anything that looks like a file is made absolute.
+    if source in SKLEARN_DATASETS or Path(source).is_absolute():
+        return source
+    return str(base / source)

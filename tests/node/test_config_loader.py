@@ -75,3 +75,74 @@ def test_missing_file_and_bad_override(tmp_path: Path) -> None:
         load_config(Site, path, overrides=["training.lr"])
     with pytest.raises(ConfigError, match="name is not a table"):
         load_config(Site, path, overrides=["name.x=1"])
+
+
+SITE_TOML = """
+[node]
+name = "site-a"
+key_file = "keys/a.key"
+
+[network]
+port = 7001
+bootstrap = ["/ip4/127.0.0.1/tcp/7000/p2p/12D3KooWabc"]
+
+[data]
+source = "site-a.npz"
+test_source = "breast_cancer"
+
+[data.preprocess]
+log1p = true
+
+[model]
+kind = "mlp"
+n_features = 30
+n_classes = 2
+hidden = [16, 8]
+dropout = 0.1
+
+[training]
+lr = 0.005
+batch_size = 16
+
+[swarm]
+weightage = 50
+"""
+
+
+def test_site_toml_resolves_paths_and_builds_library_types(tmp_path: Path) -> None:
+    from models.spec import ModelSpec
+    from swarmnode.config import NodeConfig
+
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML)
+    config = NodeConfig.load(path)
+
+    assert config.node.key_file == tmp_path / "keys/a.key"
+    assert config.node.storage_dir == tmp_path / "state"
+    assert config.ledger.genesis == tmp_path / "genesis.cbor"
+    assert config.data.source == str(tmp_path / "site-a.npz")
+    assert config.data.test_source == "breast_cancer"
+    assert config.data.preprocess.log1p
+    assert config.model == ModelSpec(kind="mlp", n_features=30, n_classes=2, hidden=(16, 8), dropout=0.1)
+    assert config.training.lr == 0.005
+    assert config.swarm.weightage == 50
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("swarm.weightage=101", "swarm: weightage must be in 1-100"),
+        ("model.kind=transformer", r"model.kind = 'transformer': expected one of 'logreg', 'mlp', 'cnn'"),
+        ("model.hidden=[]", "model: mlp needs at least one hidden layer"),
+        ("network.port=70000", "network: port must be in 0-65535"),
+        ("training.optimizer=rmsprop", "training.optimizer = .rmsprop.: expected one of .sgd."),
+        ("model.image_shape=[1, 8]", r"model.image_shape = \[1, 8\]: expected a list of 3 items"),
+    ],
+)
+def test_site_toml_value_errors(tmp_path: Path, override: str, message: str) -> None:
+    from swarmnode.config import NodeConfig
+
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML)
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.load(path, overrides=[override])
