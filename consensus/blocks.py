@@ -82,7 +82,7 @@ class BlockHeader:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: `hash` is cached in the instance dict
 class Block:
     height: int
     prev_hash: bytes
@@ -121,15 +121,10 @@ class Block:
             last_commit_hash=last,
         )
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
-        return block_hash(self)
-
-
-@functools.lru_cache(maxsize=4096)
-def block_hash(block: Block) -> bytes:
-    """SHA-256 of the canonical CBOR of the block header (memoised: blocks are immutable)."""
-    return sha256(cbor.dumps_dataclass(block.header()))
+        """SHA-256 of the canonical CBOR of the header (computed once: blocks are immutable)."""
+        return sha256(cbor.dumps_dataclass(self.header()))
 
 
 @final

@@ -603,6 +603,9 @@ class TendermintCore:
             self._validity[block_hash] = known
         return known
 
+    def _is_locked_on(self, block: Block) -> bool:
+        return self._locked is not None and self._locked.hash == block.hash
+
     def _evaluate(self) -> list[Action]:
         """Fire "upon" rules until none applies (each firing changes state or sets a flag)."""
         out: list[Action] = []
@@ -615,14 +618,12 @@ class TendermintCore:
     def _fire_one(self) -> list[Action] | None:
         keeper, h, r, step = self._keeper, self._height, self._round, self._step
         # L49: a block with >2/3 precommits in any round is decided.
-        for round in keeper.rounds(VoteStep.PRECOMMIT):
-            decided = keeper.quorum_value(round, VoteStep.PRECOMMIT)
-            if decided is not None:
-                block = self._blocks.get(decided)
-                if block is not None and self._is_valid(block):  # L51
-                    votes = keeper.votes_for(round, VoteStep.PRECOMMIT, decided)
-                    certificate = CommitCertificate(h, round, decided, tuple(sorted(v.wire for v in votes)))
-                    return self._decide(block, certificate)
+        for round, decided in keeper.precommit_quorums():
+            block = self._blocks.get(decided)
+            if block is not None and self._is_valid(block):  # L51
+                votes = keeper.votes_for(round, VoteStep.PRECOMMIT, decided)
+                certificate = CommitCertificate(h, round, decided, tuple(sorted(v.wire for v in votes)))
+                return self._decide(block, certificate)
         # L55: >1/3 of validators are in a higher round: jump to it.
         skip_to = keeper.skip_rounds_above(r)
         if skip_to is not None:
@@ -633,10 +634,14 @@ class TendermintCore:
                 proposed = self._proposals[r][first]
                 block, vr = proposed.block, proposed.pol_round
                 if vr == -1:  # L22
-                    ok = self._is_valid(block) and (self._locked_round == -1 or self._locked == block)  # L23
+                    ok = self._is_valid(block) and (
+                        self._locked_round == -1 or self._is_locked_on(block)
+                    )  # L23
                     return self._prevote(block.hash if ok else None)  # L24-27
                 if keeper.quorum(vr, VoteStep.PREVOTE, block.hash):  # L28 (0 <= vr < r: checked in Proposal)
-                    ok = self._is_valid(block) and (self._locked_round <= vr or self._locked == block)  # L29
+                    ok = self._is_valid(block) and (
+                        self._locked_round <= vr or self._is_locked_on(block)
+                    )  # L29
                     return self._prevote(block.hash if ok else None)  # L30-33
         if step is Step.PREVOTE and ("L34", r) not in self._fired and keeper.quorum_any(r, VoteStep.PREVOTE):
             self._fired.add(("L34", r))  # L34: schedule timeoutPrevote once per round

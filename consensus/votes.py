@@ -87,7 +87,7 @@ class _RoundTally:
 class VoteKeeper:
     """Tallies the votes of one height. Not thread-safe; pure bookkeeping, no I/O."""
 
-    __slots__ = ("_emitted", "_evidence", "_round_senders", "_tallies", "height", "validators")
+    __slots__ = ("_decisions", "_emitted", "_evidence", "_round_senders", "_tallies", "height", "validators")
 
     def __init__(self, height: int, validators: Sequence[NodeId]) -> None:
         if not validators:
@@ -98,6 +98,7 @@ class VoteKeeper:
         self._round_senders: dict[int, set[NodeId]] = {}
         self._emitted: set[Threshold] = set()
         self._evidence: list[Equivocation] = []
+        self._decisions: list[tuple[int, bytes]] = []
 
     @property
     def total(self) -> int:
@@ -150,7 +151,10 @@ class VoteKeeper:
             if has_quorum(len(tally.votes), total):
                 out += self._emit(Threshold(ThresholdKind.PRECOMMIT_ANY, r))
             if vote.value is not None and has_quorum(len(tally.by_value[vote.value]), total):
-                out += self._emit(Threshold(ThresholdKind.PRECOMMIT_VALUE, r, vote.value))
+                emitted = self._emit(Threshold(ThresholdKind.PRECOMMIT_VALUE, r, vote.value))
+                if emitted:
+                    self._decisions.append((r, vote.value))
+                out += emitted
         return out
 
     def _emit(self, threshold: Threshold) -> tuple[Threshold, ...]:
@@ -184,6 +188,10 @@ class VoteKeeper:
             if value is not None and has_quorum(len(votes), self.total):
                 return value
         return None
+
+    def precommit_quorums(self) -> tuple[tuple[int, bytes], ...]:
+        """Every (round, block hash) that has >2/3 precommits, in the order reached."""
+        return tuple(self._decisions)
 
     def skip_rounds_above(self, round: int) -> int | None:
         """The highest round above `round` that >1/3 of validators have sent messages in."""
