@@ -81,10 +81,11 @@ class Scenario:
 def preset_scenario(name: str, n_sites: int, *, test_fraction: float = 0.2) -> Scenario:
     """Named, paper-style scenarios for ``n_sites`` sites.
 
-    ``uneven_class``: sites go from positive-rich to almost positive-free and from
-    large to small; for 3 sites sizes (0.35, 0.45, 0.20) with 75 %, 25 % and 3 %
-    positives, like the Nature paper's setting where one small hospital sees hardly
-    any cases.
+    ``uneven_class``: sites go from positive-rich to almost positive-free, as in the
+    Nature paper's scenarios where one hospital sees mostly cases and a small one
+    hardly any. For 3 sites: relative sizes (0.30, 0.50, 0.20) with 90 %, 15 % and
+    2 % positives; for n sites the fractions go linearly from 90 % to 2 % and the
+    sizes from 1.0 to 0.4.
     """
     if name == "even":
         return Scenario(kind="even", n_sites=n_sites, test_fraction=test_fraction)
@@ -93,13 +94,13 @@ def preset_scenario(name: str, n_sites: int, *, test_fraction: float = 0.2) -> S
         return Scenario(kind="uneven_size", n_sites=n_sites, test_fraction=test_fraction, sizes=halving)
     if name == "uneven_class":
         if n_sites == 3:
-            sizes: tuple[float, ...] = (0.35, 0.45, 0.20)
-            fractions: tuple[float, ...] = (0.75, 0.25, 0.03)
+            sizes: tuple[float, ...] = (0.30, 0.50, 0.20)
+            fractions: tuple[float, ...] = (0.90, 0.15, 0.02)
         elif n_sites == 1:
             sizes, fractions = (1.0,), (0.5,)
         else:
             step = 1.0 / (n_sites - 1)
-            fractions = tuple(round(0.75 - (0.75 - 0.03) * i * step, 4) for i in range(n_sites))
+            fractions = tuple(round(0.90 - (0.90 - 0.02) * i * step, 4) for i in range(n_sites))
             sizes = tuple(round(1.0 - 0.6 * i * step, 4) for i in range(n_sites))
         return Scenario(
             kind="uneven_class",
