@@ -6,6 +6,12 @@ from .blocks import Block as Block
 from .blocks import CommitCertificate as CommitCertificate
 from .blocks import EnvelopeOpener as EnvelopeOpener
 from .blocks import verify_certificate as verify_certificate
+from .contract import Contract as Contract
+from .contract import ContractState as ContractState
+from .contract import KeyEpoch as KeyEpoch
+from .contract import MemberRecord as MemberRecord
+from .contract import Round as Round
+from .contract import RoundSummary as RoundSummary
 from .core import Action as Action
 from .core import Broadcast as Broadcast
 from .core import Commit as Commit
@@ -30,6 +36,11 @@ from .errors import InvalidBlock as InvalidBlock
 from .errors import InvalidCertificate as InvalidCertificate
 from .errors import LocalProtocolError as LocalProtocolError
 from .errors import StoreError as StoreError
+from .genesis import FoundingMember as FoundingMember
+from .genesis import Genesis as Genesis
+from .genesis import GenesisError as GenesisError
+from .genesis import JoinPolicy as JoinPolicy
+from .genesis import TrainingParams as TrainingParams
 from .mempool import Mempool as Mempool
 from .mempool import MempoolLimits as MempoolLimits
 from .messages import CONSENSUS_MESSAGES as CONSENSUS_MESSAGES
@@ -49,6 +60,9 @@ from .simulator import Simulation as Simulation
 from .simulator import run_schedule as run_schedule
 from .store import LedgerStore as LedgerStore
 from .store import recover as recover
+from .transactions import TX_MESSAGES as TX_MESSAGES
+from .transactions import Phase as Phase
+from .transactions import TxSigner as TxSigner
 from .verify import ChainProblem as ChainProblem
 from .verify import ChainReport as ChainReport
 from .verify import verify_chain as verify_chain
