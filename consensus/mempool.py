@@ -13,6 +13,8 @@ from typing import Final, final
 
 from .blocks import MAX_BLOCK_TX_BYTES, MAX_BLOCK_TXS, MAX_TX_BYTES, sha256
 
+_REMEMBERED_COMMITS: Final = 100_000
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,9 @@ class Mempool:
         self.limits: Final = limits
         self._pending: dict[bytes, bytes] = {}  # tx hash -> tx, in arrival order
         self._bytes = 0
-        self._seen_committed: set[bytes] = set()
+        # Hashes of recently committed txs (bounded, oldest forgotten first): refuses replays
+        # gossiped late. Older replays reach the application, whose check_tx must refuse them.
+        self._seen_committed: dict[bytes, None] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -91,7 +95,9 @@ class Mempool:
         """Remove committed transactions, then drop pending ones the new state refuses."""
         for tx in committed:
             digest = sha256(tx)
-            self._seen_committed.add(digest)
+            self._seen_committed[digest] = None
+            if len(self._seen_committed) > _REMEMBERED_COMMITS:
+                del self._seen_committed[next(iter(self._seen_committed))]
             removed = self._pending.pop(digest, None)
             if removed is not None:
                 self._bytes -= len(removed)

@@ -416,11 +416,18 @@ class Simulation:
             for other in others:
                 self.network.send(self.now, node.address, other.address, envelope.wire)
             return
-        # Byzantine: send a conflicting, validly signed sibling to a random half of the peers.
+        # Byzantine: each peer gets the message, a conflicting validly signed sibling, or both.
         sibling = self.opener.codec.seal(node.identity, _conflicting(envelope.body))
         for other in others:
-            wire = sibling if self.rng.random() < 0.5 else envelope.wire
-            self.network.send(self.now, node.address, other.address, wire)
+            choice = self.rng.random()
+            if choice < 0.4:
+                wires = [envelope.wire]
+            elif choice < 0.8:
+                wires = [sibling]
+            else:
+                wires = [sibling, envelope.wire]
+            for wire in wires:
+                self.network.send(self.now, node.address, other.address, wire)
 
     def _on_commit(self, node: SimNode, commit: Commit) -> None:
         block, certificate = commit.block, commit.certificate

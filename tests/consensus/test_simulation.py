@@ -20,13 +20,15 @@ CHUNK = 50
 @pytest.mark.parametrize("n", [4, 7])
 @pytest.mark.parametrize("first_seed", range(0, SCHEDULES, CHUNK))
 def test_seeded_fault_schedules_keep_invariants(n: int, first_seed: int) -> None:
-    byzantine_runs = 0
+    byzantine_runs = evidence = 0
     for seed in range(first_seed, first_seed + CHUNK):
         result = run_schedule(n, seed)
         assert result.final_height > result.stable_height
         assert max(result.tx_commit_heights) <= result.stable_height + 2 * n + 2
         byzantine_runs += bool(result.byzantine)
+        evidence += result.evidence
     assert byzantine_runs > 0  # the chunk exercised equivocation, not only benign faults
+    assert evidence > 0  # and the honest nodes caught it as evidence
 
 
 def test_schedule_is_deterministic() -> None:
