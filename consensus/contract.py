@@ -82,6 +82,9 @@ from .transactions import (
 )
 
 VALIDATOR_DELAY: Final = 2  # a set committed in block h governs heights h+2 onwards
+# Anyone may ask to join, so pending requests are capped: the state stays small whatever
+# strangers send. Members see the queue and can ignore it; a full queue refuses new requests.
+MAX_PENDING_JOINS: Final = 64
 _EPOCH_SEED_DOMAIN: Final = b"swarmnode/key-epoch-seed/v1\x00"
 
 # Outcomes of a closed round.
@@ -640,6 +643,8 @@ def _join_request(s: ContractState, h: int, sender: NodeId, body: JoinRequest, r
         return f"stale join request: last_left must be {last_left}"
     if any(m.name == body.name for m in s.members) or any(p.name == body.name for p in s.pending):
         return f"name {body.name!r} is taken"
+    if len(s.pending) >= MAX_PENDING_JOINS:
+        return f"too many pending join requests ({MAX_PENDING_JOINS})"
     pending = PendingJoin(
         request=request, node_id=sender, name=body.name, addresses=body.addresses, requested=h
     )

@@ -55,6 +55,8 @@ def _hash(value: bytes, name: str) -> None:
 
 
 def _range(value: int, low: int, high: int, name: str) -> None:
+    if type(value) is not int:  # a bool would encode as CBOR true and never decode
+        raise ValueError(f"{name}: must be an integer, got {type(value).__name__}")
     if not low <= value <= high:
         raise ValueError(f"{name}: must be in [{low}, {high}], got {value}")
 
@@ -180,8 +182,11 @@ class Ready:
     def __post_init__(self) -> None:
         _range(self.round, 1, MAX_ROUND, "round")
         _range(self.weight, 1, MAX_WEIGHT, "weight")
-        if self.val_metric is not None and not math.isfinite(self.val_metric):
-            raise ValueError("val_metric: must be finite")
+        if self.val_metric is not None:
+            if type(self.val_metric) is int:  # one value, one encoding: metrics are floats
+                object.__setattr__(self, "val_metric", float(self.val_metric))
+            if type(self.val_metric) is not float or not math.isfinite(self.val_metric):
+                raise ValueError("val_metric: must be a finite float or None")
 
 
 @final

@@ -887,3 +887,19 @@ def test_scripted_training_run() -> None:
     restored = Contract(genesis)
     restored.restore(halfway.snapshot())
     assert replay(genesis, chain.blocks, start=restored).snapshot() == chain.contract.snapshot()
+
+
+def test_pending_join_requests_are_capped() -> None:
+    from consensus.contract import MAX_PENDING_JOINS
+
+    chain = Chain(make_genesis(2))
+    strangers = [
+        NodeIdentity.from_seed(hashlib.sha256(b"stranger %d" % i).digest())
+        for i in range(MAX_PENDING_JOINS + 1)
+    ]
+    for identity in strangers:
+        chain.signers[identity.node_id] = TxSigner(chain.contract.chain_id, identity)
+    txs = [chain.tx(i.node_id, JoinRequest(name=f"s{n}", addresses=())) for n, i in enumerate(strangers)]
+    reasons = chain.block(*txs)
+    assert reasons[:-1] == (None,) * MAX_PENDING_JOINS
+    assert "too many pending join requests" in (reasons[-1] or "")

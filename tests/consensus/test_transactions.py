@@ -167,3 +167,14 @@ def test_verdict_agreement_and_phases() -> None:
     for phase in Phase:
         if phase is not Phase.STOPPED:
             assert PhaseTimeout(round=1, phase=phase.value, step=0).phase == phase
+
+
+def test_integer_metric_is_stored_as_float_and_bools_are_refused() -> None:
+    body = Ready(round=1, weight=3, val_metric=1)
+    assert type(body.val_metric) is float
+    wire = TxSigner(CHAIN, ALICE).sign(body)
+    assert tx_codec(CHAIN).open(wire).body == body
+    with pytest.raises(ValueError, match="weight: must be an integer"):
+        Ready(round=1, weight=True)
+    with pytest.raises(ValueError, match="val_metric"):
+        Ready(round=1, weight=1, val_metric="0.5")  # type: ignore[arg-type]
