@@ -251,7 +251,8 @@ def load_csv(
     if not rows:
         raise DatasetError(f"{path}: empty file (a header row is required)")
     header = [h.strip() for h in rows[0]]
-    body = [r for r in rows[1:] if r]
+    # (file line number, fields); blank lines are skipped but keep later line numbers right.
+    body = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
     if label_column not in header:
         raise MissingColumnError(
             f"{path}: label column {label_column!r} not found; available columns: " + ", ".join(header)
@@ -266,23 +267,18 @@ def load_csv(
             )
     if not body:
         raise DatasetError(f"{path}: no data rows")
-    for line, row in enumerate(body, start=2):
+    for line, row in body:
         if len(row) != len(header):
             raise DatasetError(f"{path}: line {line} has {len(row)} fields, header has {len(header)}")
-    line_names = [f"line {n}" for n in range(2, len(body) + 2)]
-    table = np.array(body, dtype=np.str_)
+    line_names = [f"line {line}" for line, _ in body]
+    table = np.array([row for _, row in body], dtype=np.str_)
     label_index = header.index(label_column)
     labels = [cell.strip() for cell in table[:, label_index].tolist()]
     for line_name, value in zip(line_names, labels, strict=True):
         if value.lower() in _MISSING_MARKERS:
             raise MissingValueError(f"{path}: missing label in column {label_column!r} at {line_name}")
     columns = np.array([header.index(c) for c in feature_columns], dtype=np.int64)
-    x = _strings_to_floats(
-        np.char.strip(table[:, columns]),
-        str(path),
-        list(feature_columns),
-        [f"line {n}" for n in range(2, len(body) + 2)],
-    )
+    x = _strings_to_floats(np.char.strip(table[:, columns]), str(path), list(feature_columns), line_names)
     return _finish(x, labels, feature_columns, str(path), positive_class)
 
 

@@ -73,8 +73,8 @@ def test_csv_missing_label_column_names_file_column_and_available_ones(tmp_path:
 
 
 def test_csv_non_numeric_feature_names_the_column(tmp_path: Path) -> None:
-    path = _write(tmp_path / "d.csv", "age,sex,y\n40,1,a\n50,female,b\n")
-    with pytest.raises(NonNumericFeatureError, match=r"d\.csv.*'sex'.*line 3.*'female'"):
+    path = _write(tmp_path / "d.csv", "age,sex,y\n40,1,a\n\n50,female,b\n")
+    with pytest.raises(NonNumericFeatureError, match=r"d\.csv.*'sex'.*line 4.*'female'"):
         load_csv(path, "y")
 
 
