@@ -74,3 +74,14 @@ def test_invalid_specs_are_refused_with_a_reason() -> None:
         ModelSpec(kind="mlp", n_features=64, n_classes=2, hidden=(3,), image_shape=(1, 8, 8))
     with pytest.raises(SpecError, match="n_features"):
         ModelSpec(kind="logreg", n_features=True, n_classes=2)
+
+
+def test_package_exports_exactly_its_public_names() -> None:
+    import models
+
+    assert len(set(models.__all__)) == len(models.__all__)
+    for name in models.__all__:
+        assert getattr(models, name) is not None, name
+    public = {n for n in vars(models) if not n.startswith("_")}
+    submodules = {"data", "flatten", "merge", "nets", "spec", "splits", "training"}
+    assert public - submodules == set(models.__all__)
