@@ -49,17 +49,19 @@ hash; a majority of members can also vote `Stop`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, final
 
 from crypto import cbor
-from crypto.envelope import Envelope
+from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
 
 from .genesis import Genesis
+from .messages import CONSENSUS_MESSAGES, Precommit, Prevote
 from .transactions import (
     Aggregate,
     AggregateVerdict,
@@ -77,6 +79,7 @@ from .transactions import (
     PhaseTimeout,
     Ready,
     Stop,
+    VoteEquivocation,
     tx_codec,
     tx_id,
 )
@@ -97,6 +100,7 @@ LEADER_TIMEOUT: Final = "leader_timeout"
 VERIFIER_TIMEOUT: Final = "verifier_timeout"
 DECRYPTOR_TIMEOUT: Final = "decryptor_timeout"
 CONTRIBUTION_TIMEOUT: Final = "contribution_timeout"
+EQUIVOCATION: Final = "equivocation"  # detail: canonical CBOR [vote type, height, round]
 
 
 def _key(node: NodeId) -> bytes:
@@ -617,6 +621,8 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             return _ready(s, g, h, sender, body)
         case Stop():
             return _stop_vote(s, g, h, sender, body)
+        case VoteEquivocation():
+            return _equivocation(s, h, sender, body)
         case (
             Contribution()
             | Aggregate()
@@ -627,6 +633,42 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
         ):
             return _round_tx(s, g, h, sender, body)
     return f"{env.type} is not a transaction kind the contract knows"
+
+
+# evidence -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _consensus_codec(chain_id: bytes) -> EnvelopeCodec:
+    return EnvelopeCodec(chain_id, CONSENSUS_MESSAGES)
+
+
+def _equivocation(s: ContractState, h: int, sender: NodeId, body: VoteEquivocation) -> Result:
+    if s.member(sender) is None:
+        return "not a member"
+    codec = _consensus_codec(s.chain_id)
+    try:
+        first, second = codec.open(body.first), codec.open(body.second)
+    except ProtocolError as exc:
+        return f"invalid evidence: {exc}"
+    a, b = first.body, second.body
+    if not (isinstance(a, Prevote | Precommit) and type(a) is type(b)):
+        return "invalid evidence: not two votes of the same step"
+    assert isinstance(b, Prevote | Precommit)
+    if first.sender != second.sender or (a.height, a.round) != (b.height, b.round):
+        return "invalid evidence: the votes are not by one validator for one height and round"
+    if a.block_hash == b.block_hash:
+        return "invalid evidence: the votes do not conflict"
+    if a.height > h + 1:
+        return "invalid evidence: vote for a future height"
+    offender = first.sender
+    if offender not in validators_at(s, a.height):
+        return f"invalid evidence: not a validator at height {a.height}"
+    detail = cbor.dumps([first.type, a.height, a.round])
+    if any(e.kind == EQUIVOCATION and e.offender == offender and e.detail == detail for e in s.evidence):
+        return "equivocation already recorded"
+    evidence = Evidence(height=h, round=s.round.number, kind=EQUIVOCATION, offender=offender, detail=detail)
+    return replace(s, evidence=(*s.evidence, evidence))
 
 
 # membership -----------------------------------------------------------------------------

@@ -312,6 +312,29 @@ class Stop:
         _reason(self.reason)
 
 
+# -- evidence ---------------------------------------------------------------------------
+
+MAX_EVIDENCE_VOTE: Final = 1024
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteEquivocation:
+    """Proof that a validator signed two different ledger votes (prevote or precommit
+    envelope wires, as `consensus.votes.Equivocation` reports them) for one height,
+    round and step. Any member may submit it; the contract checks the signatures."""
+
+    first: bytes
+    second: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("first", "second"):
+            if not 0 < len(getattr(self, name)) <= MAX_EVIDENCE_VOTE:
+                raise ValueError(f"{name}: must be 1-{MAX_EVIDENCE_VOTE} bytes of a vote envelope")
+        if self.first == self.second:
+            raise ValueError("second: must differ from first")
+
+
 TxBody = (
     JoinRequest
     | Approve
@@ -328,6 +351,7 @@ TxBody = (
     | MergedModel
     | PhaseTimeout
     | Stop
+    | VoteEquivocation
 )
 
 TX_BODIES: Final[tuple[type, ...]] = (
@@ -346,6 +370,7 @@ TX_BODIES: Final[tuple[type, ...]] = (
     MergedModel,
     PhaseTimeout,
     Stop,
+    VoteEquivocation,
 )
 
 _SMALL: Final = 1024
@@ -366,6 +391,7 @@ TX_MESSAGES.register("tx.round.decryption-share", DecryptionShare, max_size=_SMA
 TX_MESSAGES.register("tx.round.merged", MergedModel, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.timeout", PhaseTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.stop", Stop, max_size=_SMALL)
+TX_MESSAGES.register("tx.evidence.equivocation", VoteEquivocation, max_size=2 * MAX_EVIDENCE_VOTE + 512)
 
 
 def tx_codec(chain_id: bytes) -> EnvelopeCodec:

@@ -903,3 +903,40 @@ def test_pending_join_requests_are_capped() -> None:
     reasons = chain.block(*txs)
     assert reasons[:-1] == (None,) * MAX_PENDING_JOINS
     assert "too many pending join requests" in (reasons[-1] or "")
+
+
+# -- evidence from the ledger engine ---------------------------------------------------------
+
+
+def test_vote_equivocation_evidence() -> None:
+    from consensus.contract import EQUIVOCATION
+    from consensus.messages import CONSENSUS_MESSAGES, Precommit, Prevote
+    from consensus.transactions import VoteEquivocation
+    from crypto.envelope import EnvelopeCodec
+
+    chain = started_chain(4)
+    votes = EnvelopeCodec(chain.contract.chain_id, CONSENSUS_MESSAGES)
+    cheat = IDENTITIES[2]
+    a = votes.seal(cheat, Prevote(height=1, round=0, block_hash=digest("a")))
+    b = votes.seal(cheat, Prevote(height=1, round=0, block_hash=None))
+    other_round = votes.seal(cheat, Prevote(height=1, round=1, block_hash=None))
+    precommit = votes.seal(cheat, Precommit(height=1, round=0, block_hash=None))
+    by_other = votes.seal(IDENTITIES[1], Prevote(height=1, round=0, block_hash=None))
+    stranger = votes.seal(IDENTITIES[6], Prevote(height=1, round=0, block_hash=None))
+    stranger2 = votes.seal(IDENTITIES[6], Prevote(height=1, round=0, block_hash=digest("a")))
+    foreign = EnvelopeCodec(digest("other chain"), CONSENSUS_MESSAGES).seal(
+        cheat, Prevote(height=1, round=0, block_hash=None)
+    )
+    chain.rejected(NODES[6], VoteEquivocation(first=a, second=b), "not a member")
+    chain.rejected(NODES[0], VoteEquivocation(first=a, second=b"junk"), "invalid evidence")
+    chain.rejected(NODES[0], VoteEquivocation(first=a, second=foreign), "invalid evidence")
+    chain.rejected(NODES[0], VoteEquivocation(first=a, second=other_round), "one height and round")
+    chain.rejected(NODES[0], VoteEquivocation(first=a, second=by_other), "one height and round")
+    chain.rejected(NODES[0], VoteEquivocation(first=a, second=precommit), "same step")
+    chain.rejected(NODES[0], VoteEquivocation(first=stranger, second=stranger2), "not a validator")
+    chain.ok(NODES[0], VoteEquivocation(first=a, second=b))
+    (evidence,) = chain.contract.evidence()
+    assert (evidence.kind, evidence.offender) == (EQUIVOCATION, cheat.node_id)
+    chain.rejected(NODES[1], VoteEquivocation(first=b, second=a), "already recorded")
+    conflicting_nil = votes.seal(cheat, Prevote(height=1, round=0, block_hash=digest("c")))
+    chain.rejected(NODES[1], VoteEquivocation(first=conflicting_nil, second=b), "already recorded")

@@ -27,6 +27,7 @@ from consensus.transactions import (
     Stop,
     TxBody,
     TxSigner,
+    VoteEquivocation,
     tx_codec,
     tx_id,
 )
@@ -58,6 +59,7 @@ EXAMPLES: list[TxBody] = [
     MergedModel(round=1, step=4, params_hash=H),
     PhaseTimeout(round=1, phase="contribute", step=1),
     Stop(round=1, reason="good enough"),
+    VoteEquivocation(first=b"\x01" * 100, second=b"\x02" * 100),
 ]
 
 
@@ -153,6 +155,9 @@ def aggregate(contributors: tuple[NodeId, ...]) -> Aggregate:
         (lambda: PhaseTimeout(round=1, phase="stopped", step=0), "phase"),
         (lambda: PhaseTimeout(round=1, phase="lunch", step=0), "phase"),
         (lambda: Stop(round=0), "round"),
+        (lambda: VoteEquivocation(first=b"", second=b"x"), "first"),
+        (lambda: VoteEquivocation(first=b"x", second=b"x" * 1025), "second"),
+        (lambda: VoteEquivocation(first=b"x", second=b"x"), "second"),
     ],
 )
 def test_invalid_bodies_name_their_field(build: object, field: str) -> None:
