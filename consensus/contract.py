@@ -254,6 +254,7 @@ class Round:
     contributors: tuple[NodeId, ...] = ()  # fixed when the contribute phase closes
     aggregate_hash: bytes | None = None
     aggregator: NodeId | None = None
+    verified_by: NodeId | None = None  # the verifier whose agreement opened the decrypt phase
     decryption_shares: tuple[HashVote, ...] = ()
     merged_votes: tuple[HashVote, ...] = ()
     # Set when closed:
@@ -366,11 +367,12 @@ class RoundSummary:
 class Contract:
     """The membership and round contract for one chain (implements `Application`)."""
 
-    __slots__ = ("_codec", "_genesis", "_hash_cache", "_state")
+    __slots__ = ("_chain_id", "_codec", "_genesis", "_hash_cache", "_state")
 
     def __init__(self, genesis: Genesis) -> None:
         self._genesis = genesis
-        self._codec = tx_codec(genesis.chain_id)
+        self._chain_id = genesis.chain_id
+        self._codec = tx_codec(self._chain_id)
         self._state = genesis_state(genesis)
         self._hash_cache: tuple[ContractState, bytes] | None = None
 
@@ -424,7 +426,7 @@ class Contract:
         """Replace the state by a snapshot of this chain; raises `ProtocolError` on bad bytes
         and `ValueError` for another chain's snapshot."""
         state = cbor.loads_dataclass(ContractState, snapshot)
-        if state.chain_id != self._genesis.chain_id:
+        if state.chain_id != self._chain_id:
             raise ValueError("snapshot belongs to another chain")
         self._state = state
 
@@ -436,7 +438,7 @@ class Contract:
 
     @property
     def chain_id(self) -> bytes:
-        return self._genesis.chain_id
+        return self._chain_id
 
     @property
     def state(self) -> ContractState:
@@ -524,7 +526,7 @@ def summarize(r: Round) -> RoundSummary:
         epoch=r.epoch,
         contributors=tuple(ContributorWeight(node_id=c, weight=weights[c]) for c in r.contributors),
         leader=r.aggregator if verified else None,
-        verifier=r.verifier if verified else None,
+        verifier=r.verified_by,
         decrypt_set=r.decrypt_set,
         aggregate_hash=r.aggregate_hash if verified else None,
         merged_hash=r.merged_hash,
@@ -1132,7 +1134,7 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
         return "the verdict is about another aggregate"
     if body.agrees:
         assert len(r.contributors) >= g.training.min_peers  # never decrypt fewer than min_peers
-        r = replace(r, phase=Phase.DECRYPT.value, step=r.step + 1, timeout_votes=())
+        r = replace(r, phase=Phase.DECRYPT.value, step=r.step + 1, timeout_votes=(), verified_by=sender)
         return replace(s, round=r)
     assert r.aggregator is not None
     evidence = Evidence(

@@ -583,10 +583,13 @@ def test_wrong_aggregate_is_proven_and_the_verifier_takes_over() -> None:
         bad_leader,
         digest("wrong"),
     )
+    second_verifier = r.verifier
     chain.verify()
     chain.decrypt()
     chain.merge([p for p in r.participants if p != bad_leader])
-    assert chain.contract.transparency()[-1].leader == verifier
+    summary = chain.contract.transparency()[-1]
+    assert summary.leader == verifier
+    assert summary.verifier == second_verifier
 
 
 def test_contributor_timeout_drops_the_missing_ones() -> None:
