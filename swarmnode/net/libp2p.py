@@ -93,7 +93,7 @@ DIAL_TIMEOUT: Final = 5.0
 EXCHANGE_TIMEOUT: Final = 5.0
 SERVE_TIMEOUT: Final = 30.0  # a peer that stalls mid-request loses its stream (blobs: per chunk)
 MAINTAIN_INTERVAL: Final = 0.25
-EXCHANGE_INTERVAL: Final = 3.0
+EXCHANGE_INTERVAL: Final = 10.0  # dials exchange at once; this only catches late joiners
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 8.0
 

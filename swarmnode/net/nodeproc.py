@@ -48,7 +48,8 @@ REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
 # ---------------------------------------------------------------------- child
 
 
-def _emit(event: JsonObject) -> None:
+def emit_event(event: JsonObject) -> None:
+    """Write one protocol line to stdout (children only)."""
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
@@ -67,7 +68,7 @@ class _Child:
 
     async def forward(self, channel: trio.MemoryReceiveChannel[Inbound]) -> None:
         async for message in channel:
-            _emit(
+            emit_event(
                 {
                     "ev": "msg",
                     "sender": self.name(message.sender),
@@ -147,16 +148,16 @@ async def _child_main(args: argparse.Namespace) -> None:
         blob_store=LyingBlobStore() if args.lying else None,
     ) as transport:
         child = _Child(transport, args.namespace)
-        _emit({"ev": "ready", "addrs": list(transport.listen_addrs)})
+        emit_event({"ev": "ready", "addrs": list(transport.listen_addrs)})
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with trio.open_nursery() as nursery:
 
             async def run(command: JsonObject) -> None:
                 try:
                     result = await child.handle(command, nursery)
-                    _emit({"ev": "reply", "id": command["id"], "ok": True, **result})
+                    emit_event({"ev": "reply", "id": command["id"], "ok": True, **result})
                 except Exception as exc:  # reported to the parent, which asserts on the type
-                    _emit(
+                    emit_event(
                         {
                             "ev": "reply",
                             "id": command["id"],
@@ -297,12 +298,21 @@ async def spawn_node(
     if lying:
         argv.append("--lying")
     argv += ["--max-blob-size", str(max_blob_size)]
+    async with spawn_process(argv, index, stderr_path=stderr_path, ready_timeout=ready_timeout) as node:
+        yield node
+
+
+@asynccontextmanager
+async def spawn_process(
+    argv: Sequence[str], index: int, *, stderr_path: str | None = None, ready_timeout: float = 60.0
+) -> AsyncIterator[NodeProcess]:
+    """Start any child speaking this module's JSON-lines protocol (the repo is put on its PYTHONPATH)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *filter(None, [env.get("PYTHONPATH")])])
     stderr_file = open(stderr_path, "ab") if stderr_path else None  # noqa: SIM115 - closed in finally
     try:
         process = await trio.lowlevel.open_process(
-            argv,
+            list(argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr_file if stderr_file is not None else subprocess.DEVNULL,
