@@ -11,8 +11,10 @@ The state is one tree of frozen dataclasses (`ContractState`), so:
 * a transaction is a pure function ``state -> new state | reason`` (`_transition`);
   a rejected one returns a reason and the state object is untouched, which is
   also how `check_tx` works (run it, throw the result away);
-* the snapshot is the canonical CBOR of the tree and ``app_hash = sha256(snapshot)``;
-  every node replaying the same blocks holds byte-identical snapshots.
+* the snapshot is the canonical CBOR of the tree; every node replaying the same
+  blocks holds byte-identical snapshots. ``app_hash`` is the SHA-256 of the same
+  encoding with the closed rounds replaced by their hash chain (``history_root``),
+  so it stays cheap however long training runs, and still commits to everything.
 
 Nothing reads a clock. Deadlines are decided on the ledger: a node whose local
 deadline for the current (round, phase, step) passed submits `PhaseTimeout`;
@@ -89,6 +91,7 @@ VALIDATOR_DELAY: Final = 2  # a set committed in block h governs heights h+2 onw
 # strangers send. Members see the queue and can ignore it; a full queue refuses new requests.
 MAX_PENDING_JOINS: Final = 64
 _EPOCH_SEED_DOMAIN: Final = b"swarmnode/key-epoch-seed/v1\x00"
+_HISTORY_ROOT_0: Final = hashlib.sha256(b"swarmnode/round-history/v1\x00").digest()
 
 # Outcomes of a closed round.
 MERGED: Final = "merged"
@@ -317,7 +320,8 @@ class ContractState:
     validator_sets: tuple[ValidatorSet, ...]  # increasing `effective`
     epoch: KeyEpoch
     round: Round
-    history: tuple[Round, ...]
+    history: tuple[Round, ...]  # closed rounds, oldest first
+    history_root: bytes  # hash chain over `history`: what app_hash commits to instead of it
     evidence: tuple[Evidence, ...]
     merged_rounds: int
     last_merged_hash: bytes | None
@@ -412,10 +416,13 @@ class Contract:
         return tuple(reasons)
 
     def app_hash(self) -> bytes:
+        """SHA-256 of the canonical CBOR of the state, in which the closed rounds are
+        represented by their hash chain (`history_root`): the hash commits to every
+        byte of the state, yet costs the same in round 1000 as in round 1."""
         cached = self._hash_cache
         if cached is not None and cached[0] is self._state:
             return cached[1]
-        digest = hashlib.sha256(self.snapshot()).digest()
+        digest = hashlib.sha256(cbor.dumps_dataclass(replace(self._state, history=()))).digest()
         self._hash_cache = (self._state, digest)
         return digest
 
@@ -428,6 +435,8 @@ class Contract:
         state = cbor.loads_dataclass(ContractState, snapshot)
         if state.chain_id != self._chain_id:
             raise ValueError("snapshot belongs to another chain")
+        if history_root(state.history) != state.history_root:
+            raise ValueError("snapshot round history does not match its hash chain")
         self._state = state
 
     # Queries for the node runtime ---------------------------------------------------
@@ -560,6 +569,7 @@ def genesis_state(genesis: Genesis) -> ContractState:
         epoch=_make_epoch(chain_id, genesis, 1, 0, ids),
         round=Round(number=1),
         history=(),
+        history_root=_HISTORY_ROOT_0,
         evidence=(),
         merged_rounds=0,
         last_merged_hash=None,
@@ -966,7 +976,23 @@ def _advance_contribute(s: ContractState, g: Genesis, h: int) -> ContractState:
 
 def _abort(s: ContractState, g: Genesis, h: int, reason: str) -> ContractState:
     closed = replace(s.round, outcome=ABORTED, note=reason, close_height=h, timeout_votes=())
-    return replace(s, round=Round(number=closed.number + 1), history=(*s.history, closed))
+    return replace(_append_history(s, closed), round=Round(number=closed.number + 1))
+
+
+def _chain_root(root: bytes, closed: Round) -> bytes:
+    return hashlib.sha256(root + cbor.dumps_dataclass(closed)).digest()
+
+
+def _append_history(s: ContractState, closed: Round) -> ContractState:
+    return replace(s, history=(*s.history, closed), history_root=_chain_root(s.history_root, closed))
+
+
+def history_root(history: Iterable[Round]) -> bytes:
+    """The hash chain over closed rounds that `ContractState.history_root` must equal."""
+    root = _HISTORY_ROOT_0
+    for closed in history:
+        root = _chain_root(root, closed)
+    return root
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -995,9 +1021,8 @@ def _close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> C
         best, stale = (median, 0) if improved else (best, stale + 1)
     merged_rounds = s.merged_rounds + 1
     s = replace(
-        s,
+        _append_history(s, closed),
         round=Round(number=r.number + 1),
-        history=(*s.history, closed),
         merged_rounds=merged_rounds,
         last_merged_hash=merged_hash,
         best_metric=best,

@@ -269,6 +269,40 @@ def test_snapshot_restore_round_trip_and_foreign_snapshot() -> None:
         Contract(make_genesis(5)).restore(chain.contract.snapshot())
     with pytest.raises(ProtocolError, match=r"CBOR|truncated"):
         restored.restore(chain.contract.snapshot()[:-1])
+    # A snapshot whose closed rounds were rewritten no longer matches its hash chain.
+    value = cbor.loads(chain.contract.snapshot())
+    assert isinstance(value, dict)
+    history = value["history"]
+    assert isinstance(history, list)
+    assert isinstance(history[0], dict)
+    history[0]["merged_hash"] = digest("forged")
+    with pytest.raises(ValueError, match="hash chain"):
+        restored.restore(cbor.dumps(value))
+    assert restored.app_hash() == chain.contract.app_hash()  # a refused restore changes nothing
+
+
+def test_app_hash_commits_to_the_history() -> None:
+    def one_round(weight: int) -> Contract:
+        chain = started_chain()
+        number = chain.round.number
+        txs = [chain.tx(n, Ready(round=number, weight=weight, val_metric=0.5)) for n in NODES[:4]]
+        assert chain.block(*txs) == (None,) * 4
+        chain.contribute()
+        chain.aggregate()
+        chain.verify()
+        chain.decrypt()
+        chain.merge()
+        return chain.contract
+
+    a, b = one_round(weight=10), one_round(weight=11)
+    # The two states differ only inside the closed round (its Ready weights)...
+    root = a.state.history_root
+    assert dataclasses.replace(a.state, history=()) == dataclasses.replace(
+        b.state, history=(), history_root=root
+    )
+    assert a.state.history != b.state.history
+    # ...and the app hash, which sees the history only through its hash chain, still differs.
+    assert a.app_hash() != b.app_hash()
 
 
 # -- membership -------------------------------------------------------------------------
