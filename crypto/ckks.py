@@ -23,9 +23,15 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
   weights is about 1, far below the 2^119 wrap): the mean divides by the decrypted weight
   sum, so its error would be multiplied by the values' magnitude (100 x 3e-7 at scale
   2^90); at 2^110 it is ~1e-12 and the mean is as precise as the sum.
-- Precision (measured, notes: 64 members, values in [-100, 100], per-member smudging
-  uniform on +-2^68): max abs error 5.2e-6 over 819k coefficients; ~2.0e-6 for 16
-  members. `tests/crypto/test_ckks_threshold_precision.py` re-measures it.
+- Precision of the decrypted weighted mean, values in [-100, 100], smudging uniform on
+  +-2^68 per decryption share (error ~ 4-5 x 2^67.2 * sqrt(|T|) / 2^90): measured
+  1.8e-6 max abs error over 1M parameters with 16 members and |T| = t = 9 shares,
+  2.4e-6 with all 16 shares (scripts/bench_crypto.py, docs/results/bench_crypto.json);
+  5.2e-6 with 64 shares in notes/threshold-ckks.md. Casting the mean to float32 adds up to
+  2^-18 ~ 3.8e-6 at |v| ~ 100. `tests/crypto/test_secure_merge.py` checks <= 1e-5 at 16.
+- Security of the smudging: each share's noise (std 2^67.2) exceeds the aggregate's own
+  noise (std ~21 n, 2^10.4 at n = 64) by 2^56.8; the statistical distance it leaves is
+  about N * max|e| / 2^69 ~ 2^-43 per decryption even with a single honest smudger.
 
 Wire format of a ciphertext blob (`EncryptedVector.to_bytes`):
 
@@ -55,7 +61,7 @@ import numpy.typing as npt
 
 from . import cbor
 from .errors import InvalidCiphertext, ProtocolError
-from .rns import U64, add_mod, column, scalar_operand, shoup_mul, signed_split_residues
+from .rns import U64, add_mod, column, scalar_operand, shoup_mul, shoup_quotients, signed_split_residues
 from .sealbridge import PublicKeyEncryptor, SealContext, he_standard_max_bits
 
 F64 = npt.NDArray[np.float64]
@@ -455,8 +461,6 @@ def decrypt_with_secret(ctx: CkksContext, vector: EncryptedVector, secret: U64) 
 
     `secret` is an NTT-form data-level ``(L, N)`` secret; returns (weighted sum, weight sum).
     """
-    from .rns import shoup_quotients
-
     quotients = shoup_quotients(secret, ctx.data_moduli)
     out = np.empty(vector.chunks * ctx.params.degree, dtype=np.float64)
     n = ctx.params.degree
