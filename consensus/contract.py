@@ -1082,6 +1082,16 @@ def _timeout_voters(s: ContractState) -> tuple[NodeId, ...]:
     return _sorted(v for v in voters if v in members)
 
 
+# The one phase in which each round record is accepted (PhaseTimeout names its own).
+_TX_PHASE: Final[dict[type, Phase]] = {
+    Contribution: Phase.CONTRIBUTE,
+    Aggregate: Phase.AGGREGATE,
+    AggregateVerdict: Phase.VERIFY,
+    DecryptionShare: Phase.DECRYPT,
+    MergedModel: Phase.DECRYPT,
+}
+
+
 def _round_tx(
     s: ContractState,
     g: Genesis,
@@ -1094,14 +1104,7 @@ def _round_tx(
     if (reason := _round_number_check(s, body.round)) is not None:
         return reason
     r = s.round
-    expected = {
-        Contribution: Phase.CONTRIBUTE,
-        Aggregate: Phase.AGGREGATE,
-        AggregateVerdict: Phase.VERIFY,
-        DecryptionShare: Phase.DECRYPT,
-        MergedModel: Phase.DECRYPT,
-    }.get(type(body))
-    wanted = Phase(body.phase) if isinstance(body, PhaseTimeout) else expected
+    wanted = Phase(body.phase) if isinstance(body, PhaseTimeout) else _TX_PHASE[type(body)]
     if r.phase != wanted:
         return f"round {r.number} is in phase {r.phase}, not {wanted}"
     if not isinstance(body, Contribution) and body.step != r.step:
