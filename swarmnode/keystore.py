@@ -1,0 +1,103 @@
+"""The node's local state files besides the ledger: key-epoch secrets, own epoch blobs, models.
+
+Everything is written atomically (temporary file, fsync, rename, fsync of the
+directory) with mode 0600, because the key-epoch files hold this node's
+decryption key share. The runtime writes a file *before* it publishes the hash
+that refers to it (persist before send): a node killed at any instant finds on
+restart every secret or blob it has announced on the ledger.
+
+Layout under ``storage_dir``::
+
+    keys/epoch-<n>.keys      EpochKeys.export_secret() of key epoch n (secret)
+    keys/epoch-<n>.public    our public key share blob of epoch n (served to peers)
+    keys/epoch-<n>.sealed    our sealed Shamir shares bundle of epoch n (served to peers)
+    models/<sha256 hex>.f32  merged parameters (little-endian float32), by hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Final, final
+
+_MODE: Final = 0o600
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace `path` by `data`, readable by the owner only, durable on return."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@final
+class NodeFiles:
+    """Key-epoch files and merged models of one node (see the module docstring)."""
+
+    __slots__ = ("keys", "models", "root")
+
+    def __init__(self, storage_dir: str | os.PathLike[str]) -> None:
+        self.root: Final = Path(storage_dir)
+        self.keys: Final = self.root / "keys"
+        self.models: Final = self.root / "models"
+
+    # key epochs ------------------------------------------------------------------------
+
+    def _epoch_file(self, epoch: int, kind: str) -> Path:
+        if epoch < 1:
+            raise ValueError("key epochs are numbered from 1")
+        return self.keys / f"epoch-{epoch}.{kind}"
+
+    def save_epoch(self, epoch: int, kind: str, data: bytes) -> None:
+        """kind: "keys" (secret), "public" or "sealed" (our announced blobs)."""
+        if kind not in ("keys", "public", "sealed"):
+            raise ValueError(f"unknown key-epoch file kind {kind!r}")
+        write_private(self._epoch_file(epoch, kind), data)
+
+    def load_epoch(self, epoch: int, kind: str) -> bytes | None:
+        try:
+            return self._epoch_file(epoch, kind).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def epochs_with_keys(self) -> list[int]:
+        if not self.keys.is_dir():
+            return []
+        numbers = []
+        for path in self.keys.glob("epoch-*.keys"):
+            stem = path.name[len("epoch-") : -len(".keys")]
+            if stem.isdigit():
+                numbers.append(int(stem))
+        return sorted(numbers)
+
+    # merged models ---------------------------------------------------------------------
+
+    def save_model(self, data: bytes) -> bytes:
+        """Store merged float32 bytes under their SHA-256; returns the hash."""
+        digest = hashlib.sha256(data).digest()
+        target = self.models / f"{digest.hex()}.f32"
+        if not target.exists():
+            write_private(target, data)
+        return digest
+
+    def load_model(self, digest: bytes) -> bytes | None:
+        try:
+            data = (self.models / f"{digest.hex()}.f32").read_bytes()
+        except FileNotFoundError:
+            return None
+        return data if hashlib.sha256(data).digest() == digest else None

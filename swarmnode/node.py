@@ -1,0 +1,1058 @@
+"""The node runtime: one trio program per site (DESIGN sections 3-6).
+
+A `Node` owns the identity, the genesis, the ledger (SQLite `LedgerStore`,
+the `Contract`, the sans-I/O `TendermintCore`), a `Transport`, the key-epoch
+secrets and the round reconciler of `swarmnode.round`. Tasks, all in one
+nursery that `open_swarm_node` owns (nothing outlives the ``async with``):
+
+* consensus loop: the only task touching the core. It takes events (gossip,
+  block-sync answers, timers, our transactions) from one channel and performs
+  the core's actions in order: `PersistSigned` is written to SQLite before the
+  `Broadcast` after it is sent, a `Commit` is stored before anything else.
+  An own proposal of an *empty* block is held back up to ``idle_block_interval``
+  (or until a transaction shows up) so an idle swarm does not spin out blocks.
+* gossip pump (topic ``consensus``), a timer task, and a block-sync server.
+* round driver: after every commit or local change, `reconcile()` says which
+  jobs this node owes; each job key runs once (retried with back-off if it
+  failed: a peer was unreachable, a blob was missing). Crypto runs in a worker
+  thread unless ``inline_compute=True`` (simulations on trio's MockClock, where a
+  thread would let virtual time jump during the computation).
+
+Key-epoch messages travel as content-addressed blobs whose hashes the members
+commit (`EpochPublicShare`, `EpochSealedShares`): a member that was offline
+fetches them later by hash, and what was announced is bound by the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeVar, final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from consensus.blocks import EnvelopeOpener
+from consensus.contract import MERGED, Contract, ContributionRecord, RoundSummary, summarize
+from consensus.core import (
+    Action,
+    Broadcast,
+    Commit,
+    CoreConfig,
+    Event,
+    MessageReceived,
+    PersistSigned,
+    ReportEvidence,
+    RequestBlocks,
+    ScheduleTimeout,
+    TendermintCore,
+    TimeoutConfig,
+    TimeoutFired,
+    TxRejected,
+    TxSubmitted,
+)
+from consensus.genesis import DEFAULT_CKKS_PARAMS, Genesis
+from consensus.messages import CONSENSUS_MESSAGES, BlockRequest, BlockResponse, Proposal
+from consensus.store import LedgerStore, recover
+from consensus.transactions import (
+    Aggregate,
+    AggregateVerdict,
+    Approve,
+    Contribution,
+    DecryptionShare,
+    EpochComplete,
+    EpochPublicShare,
+    EpochSealedShares,
+    JoinRequest,
+    Leave,
+    MergedModel,
+    PhaseTimeout,
+    Ready,
+    Stop,
+    TxBody,
+    TxSigner,
+)
+from crypto import cbor
+from crypto.envelope import Envelope, EnvelopeCodec
+from crypto.errors import ProtocolError
+from crypto.identity import NodeId, NodeIdentity
+from crypto.secure_merge import (
+    EpochKeys,
+    EpochSpec,
+    KeyEpoch,
+    PublicKeyShare,
+    SealedKeyShare,
+    aggregate_contributions,
+    combine,
+    decryption_share,
+    encrypt_update,
+    start_key_epoch,
+)
+from models.flatten import spec_layout
+
+from .config import NodeConfig
+from .keystore import NodeFiles
+from .net.base import Inbound, Transport, TransportError
+from .round import (
+    AggregateContributions,
+    CombineShares,
+    ConfirmEpoch,
+    Contribute,
+    Delivery,
+    Job,
+    LoadMerged,
+    LocalFacts,
+    MakeDecryptionShare,
+    MergeWanted,
+    Plan,
+    PublishEpochShares,
+    Stage,
+    SubmitPhaseTimeout,
+    SubmitReady,
+    VerifyAggregate,
+    reconcile,
+)
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("swarmnode.node")
+
+CONSENSUS_TOPIC: Final = "consensus"
+BLOCKS_PROTOCOL: Final = "/swarmnode/blocks/1"
+SNAPSHOT_EVERY: Final = 20
+_RETRY_FIRST: Final = 0.5
+_RETRY_MAX: Final = 8.0
+_RESUBMIT_AFTER: Final = 15.0  # a job done this long ago but still planned runs again
+_INBOX: Final = 4096
+
+T = TypeVar("T")
+FloatVector = npt.NDArray[np.float32]
+
+
+# -- public values and errors ---------------------------------------------------------------
+
+
+class SwarmError(Exception):
+    """The swarm could not give what was asked (base of the runtime's errors)."""
+
+
+class SwarmStopped(SwarmError):
+    """Training is over (stopping rule or member vote); `final` is the final model if known."""
+
+    def __init__(self, message: str, final: MergeResult | None = None) -> None:
+        super().__init__(message)
+        self.final: Final = final
+
+
+class MergeTimeout(SwarmError):
+    """No merged model arrived before the merge timeout."""
+
+
+class NodeClosed(SwarmError):
+    """The node shut down (or crashed) while the call was waiting."""
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class MergeResult:
+    """One merged round as this node received it; `parameters` is bit-identical on every node."""
+
+    round: int
+    parameters: FloatVector
+    params_hash: bytes
+    participants: tuple[NodeId, ...]
+    weight: int  # total weight of the contributions in the merge
+    stopped: bool  # training stopped with this round (it is the final model)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StopInfo:
+    reason: str
+    merged_rounds: int
+    final_model_hash: bytes | None
+    final: MergeResult | None
+    saved_to: Path | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: NodeId
+    name: str
+    height: int
+    members: tuple[NodeId, ...]
+    round: int
+    phase: str
+    step: int
+    roles: tuple[str, ...]  # "participant", "leader", "verifier", "decryptor"
+    key_epoch: int
+    key_epoch_complete: bool
+    last_merged_hash: bytes | None
+    stopped: bool
+    peers: tuple[NodeId, ...]
+    history: tuple[RoundSummary, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Faults:
+    """Misbehaviour for fault-injection tests (all off by default).
+
+    wrong_aggregate: as leader, commit the hash of a wrong (but well-formed) aggregate.
+    crash_before:    job kinds ("aggregate", "decryption-share", "contribute", ...) before
+                     which the node crashes: it stops every task and closes its transport.
+    """
+
+    wrong_aggregate: bool = False
+    crash_before: frozenset[str] = frozenset()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeOptions:
+    inline_compute: bool = False
+    idle_block_interval: float | None = None  # default: half the propose timeout
+    faults: Faults = field(default_factory=Faults)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EpochSealedBundle:
+    """Blob format of our sealed Shamir shares of one key epoch (one per other member)."""
+
+    epoch: bytes
+    shares: tuple[SealedKeyShare, ...]
+
+
+# -- the node ---------------------------------------------------------------------------------
+
+
+class _Crash(Exception):
+    """Internal: a fault-injected crash."""
+
+
+@final
+class Node:
+    """One site's runtime. Build it with `open_swarm_node`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        genesis: Genesis,
+        identity: NodeIdentity,
+        transport: Transport,
+        options: NodeOptions = NodeOptions(),
+    ) -> None:
+        if transport.node_id != identity.node_id:
+            raise SwarmError("the transport belongs to another identity")
+        if config.model.spec_hash() != genesis.training.model_spec_hash:
+            raise SwarmError(
+                f"{config.source or 'config'}: the [model] section does not match the genesis model spec "
+                f"({config.model.spec_hash().hex()[:12]} vs {genesis.training.model_spec_hash.hex()[:12]})"
+            )
+        if genesis.training.ckks_params != DEFAULT_CKKS_PARAMS:
+            raise SwarmError(f"unsupported CKKS parameter set {genesis.training.ckks_params!r}")
+        if not genesis.training.secure:
+            raise SwarmError("plaintext merges (secure = false) are not supported by this runtime yet")
+        self.config: Final = config
+        self.genesis: Final = genesis
+        self.identity: Final = identity
+        self.node_id: Final = identity.node_id
+        self.transport: Final = transport
+        self.options: Final = options
+        self.n_params: Final = spec_layout(config.model).size
+        self._log = logging.getLogger(f"swarmnode.node.{config.node.name}")
+        storage = Path(config.node.storage_dir)
+        storage.mkdir(parents=True, exist_ok=True)
+        self.storage_dir: Final = storage
+        self.files: Final = NodeFiles(storage)
+        self._store = LedgerStore(storage / "ledger.sqlite", genesis.chain_id)
+        app, resume = recover(self._store, lambda: Contract(genesis))
+        assert isinstance(app, Contract)
+        self.contract: Final[Contract] = app
+        self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
+        timeouts = TimeoutConfig(
+            propose=config.ledger.propose_timeout,
+            prevote=config.ledger.propose_timeout / 2,
+            precommit=config.ledger.propose_timeout / 2,
+            delta=config.ledger.propose_timeout / 2,
+            rebroadcast=config.ledger.propose_timeout,
+        )
+        self._core = TendermintCore(
+            identity=identity,
+            opener=self._opener,
+            app=app,
+            resume=resume,
+            config=CoreConfig(timeouts=timeouts),
+        )
+        self._idle_interval = (
+            options.idle_block_interval
+            if options.idle_block_interval is not None
+            else config.ledger.propose_timeout / 2
+        )
+        self._signer = TxSigner(genesis.chain_id, identity)
+        self._inbox_send, self._inbox = trio.open_memory_channel[Event](_INBOX)
+        self._timers: list[tuple[float, int, TimeoutFired]] = []
+        self._timer_seq = 0
+        self._timer_wakeup = trio.Event()
+        self._held: tuple[float, Envelope] | None = None
+        self._changed = trio.Event()
+        self._stage_since: tuple[Stage, float] | None = None
+        self._running: set[tuple[object, ...]] = set()
+        self._done: dict[tuple[object, ...], float] = {}
+        self._retry: dict[tuple[object, ...], tuple[float, float]] = {}  # key -> (not before, backoff)
+        self._epochs: dict[int, KeyEpoch] = {}
+        self._keys: dict[int, EpochKeys] = {}
+        self._models: dict[bytes, FloatVector] = {}
+        self._wanted: MergeWanted | None = None
+        self._wanted_params: FloatVector | None = None
+        self._waiter: _Waiter | None = None
+        self._stopped = trio.Event()
+        self._stop_info: StopInfo | None = None
+        self._closed = False
+        self._crashed = False
+        self._cancel_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self.round_times: dict[int, float] = {}  # round -> time from its start to its merge here
+        self._round_started: dict[int, float] = {}
+        self._load_local_state()
+
+    # -- startup -------------------------------------------------------------------------------
+
+    def _load_local_state(self) -> None:
+        for epoch in self.files.epochs_with_keys():
+            data = self.files.load_epoch(epoch, "keys")
+            if data is None:
+                continue
+            try:
+                self._keys[epoch] = EpochKeys.import_secret(data)
+            except ProtocolError as exc:
+                self._log.error("key file of epoch %d is unreadable: %s", epoch, exc)
+        for digest in self._model_hashes_on_ledger():
+            data = self.files.load_model(digest)
+            if data is not None:
+                self._hold_model(digest, data)
+
+    def _model_hashes_on_ledger(self) -> list[bytes]:
+        hashes = [r.merged_hash for r in self.contract.history() if r.merged_hash is not None]
+        return hashes[-2:]  # the latest merged model (and the one before, for a slow peer)
+
+    def _hold_model(self, digest: bytes, data: bytes) -> FloatVector:
+        params = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        params.setflags(write=False)
+        self._models[digest] = params
+        self.transport.put_blob(data)
+        return params
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until `aclose` (or a simulated crash). `open_swarm_node` calls this."""
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.transport.set_handler(BLOCKS_PROTOCOL, self._serve_blocks)
+                    # Re-serve what we announced in the current key epoch (lost with a restart).
+                    epoch = self.contract.key_epoch().number
+                    for kind in ("public", "sealed"):
+                        data = self.files.load_epoch(epoch, kind)
+                        if data is not None:
+                            self.transport.put_blob(data)
+                    self._refresh_peers()
+                    inbox = await self.transport.subscribe(CONSENSUS_TOPIC)
+                    nursery.start_soon(self._gossip_pump, inbox)
+                    nursery.start_soon(self._timer_loop)
+                    nursery.start_soon(self._consensus_loop)
+                    nursery.start_soon(self._round_driver)
+                    self._log.info(
+                        "node %s up at height %d (chain %s)",
+                        self.node_id.short,
+                        self.contract.height,
+                        self.genesis.chain_id.hex()[:12],
+                    )
+                    task_status.started()
+        finally:
+            self._closed = True
+            self._fail_waiter(NodeClosed("the node crashed" if self._crashed else "the node was closed"))
+            self._stopped_or_closed()
+            self._store.close()
+            if self._crashed:
+                with trio.CancelScope(shield=True):
+                    await self.transport.aclose()
+
+    async def aclose(self) -> None:
+        self._cancel_scope.cancel()
+
+    def _stopped_or_closed(self) -> None:
+        self._stopped.set()
+
+    # -- consensus shell -----------------------------------------------------------------------
+
+    async def _gossip_pump(self, inbox: trio.MemoryReceiveChannel[Inbound]) -> None:
+        async for message in inbox:
+            data, sender = message.data, message.sender
+            try:
+                envelope = self._opener.open(data)
+            except ProtocolError as exc:
+                self._log.info("dropped a bad consensus message from %s: %s", sender, exc)
+                continue
+            if envelope.sender != sender:
+                self._log.debug("relayed consensus message from %s via %s", envelope.sender, sender)
+            await self._inbox_send.send(MessageReceived(envelope))
+
+    async def _timer_loop(self) -> None:
+        while True:
+            due = self._timers[0][0] if self._timers else math.inf
+            with trio.move_on_at(due):
+                await self._timer_wakeup.wait()
+            self._timer_wakeup = trio.Event()
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, fired = heapq.heappop(self._timers)
+                await self._inbox_send.send(fired)
+
+    async def _consensus_loop(self) -> None:
+        await self._perform(self._core.start())
+        while True:
+            deadline = self._held[0] if self._held is not None else math.inf
+            event: Event | None = None
+            with trio.move_on_at(deadline):
+                event = await self._inbox.receive()
+            if event is not None:
+                await self._perform(self._core.handle(event))
+            if self._held is not None and (
+                trio.current_time() >= self._held[0] or len(self._core.mempool) > 0
+            ):
+                _, envelope = self._held
+                self._held = None
+                await self._publish(envelope)
+
+    async def _perform(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, PersistSigned):
+                # Durable before the Broadcast that follows it (never two votes for one slot).
+                self._store.persist_signed(
+                    action.height, action.round, action.step, action.wire, action.locked_block
+                )
+            elif isinstance(action, Broadcast):
+                body = action.envelope.body
+                if (
+                    isinstance(body, Proposal)
+                    and action.envelope.sender == self.node_id
+                    and not body.block.txs
+                    and len(self._core.mempool) == 0
+                ):
+                    self._held = (trio.current_time() + self._idle_interval, action.envelope)
+                else:
+                    await self._publish(action.envelope)
+            elif isinstance(action, ScheduleTimeout):
+                self._timer_seq += 1
+                fired = TimeoutFired(action.kind, action.height, action.round)
+                heapq.heappush(self._timers, (trio.current_time() + action.duration, self._timer_seq, fired))
+                self._timer_wakeup.set()
+            elif isinstance(action, Commit):
+                self._on_commit(action)
+            elif isinstance(action, RequestBlocks):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._request_blocks, action.peer, action.envelope)
+            elif isinstance(action, ReportEvidence):
+                self._log.warning("equivocation by %s: %s", action.evidence.validator, action.evidence)
+            elif isinstance(action, TxRejected):
+                self._log.debug("transaction %s not admitted: %s", action.tx_hash.hex()[:12], action.reason)
+
+    async def _publish(self, envelope: Envelope) -> None:
+        try:
+            await self.transport.publish(CONSENSUS_TOPIC, envelope.wire)
+        except TransportError as exc:
+            self._log.info("publish failed: %s", exc)
+
+    def _on_commit(self, commit: Commit) -> None:
+        block = commit.block
+        self._store.append_block(block, commit.certificate)
+        if block.height % SNAPSHOT_EVERY == 0:
+            self._store.save_snapshot(block.height, commit.app_hash, self.contract.snapshot())
+        for tx, result in zip(block.txs, commit.results, strict=True):
+            if result is not None and self._is_own(tx):
+                self._log.debug("own transaction rejected at height %d: %s", block.height, result)
+        self._refresh_peers()
+        self._changed.set()
+
+    def _is_own(self, tx: bytes) -> bool:
+        try:
+            return self.contract.decode(tx).sender == self.node_id
+        except ProtocolError:
+            return False
+
+    async def _request_blocks(self, peer: NodeId, envelope: Envelope) -> None:
+        try:
+            answer = await self.transport.request(peer, BLOCKS_PROTOCOL, envelope.wire)
+            response = self._opener.open(answer)
+        except (TransportError, ProtocolError) as exc:
+            self._log.debug("block sync from %s failed: %s", peer.short, exc)
+            return
+        if isinstance(response.body, BlockResponse) and response.sender == peer:
+            await self._inbox_send.send(MessageReceived(response))
+
+    async def _serve_blocks(self, sender: NodeId, data: bytes) -> bytes:
+        request = self._opener.open(data)
+        if not isinstance(request.body, BlockRequest) or request.sender != sender:
+            raise ProtocolError("expected a block request signed by its sender")
+        response = self._store.block_response(request.body)
+        return self._opener.codec.seal(self.identity, response)
+
+    def _refresh_peers(self) -> None:
+        state = self.contract.state
+        allowed = {m.node_id for m in state.members} | {p.node_id for p in state.pending}
+        self.transport.set_allowed_peers(allowed)
+        learn = getattr(self.transport, "add_peer_addresses", None)
+        if learn is not None:
+            records = [(m.node_id, m.addresses) for m in state.members]
+            records += [(p.node_id, p.addresses) for p in state.pending]
+            for node, addresses in records:
+                if node != self.node_id and addresses:
+                    try:
+                        learn(node, addresses)
+                    except ValueError as exc:
+                        self._log.info("ignoring addresses of %s: %s", node.short, exc)
+
+    async def submit(self, body: TxBody) -> None:
+        """Sign `body` as this node and hand it to the ledger (gossiped, then committed)."""
+        await self._inbox_send.send(TxSubmitted(self._signer.sign(body)))
+
+    async def submit_transaction(self, tx: bytes) -> None:
+        """Submit a transaction signed by someone else (e.g. a joiner's request); ProtocolError if bad."""
+        self.contract.decode(tx)
+        await self._inbox_send.send(TxSubmitted(tx))
+
+    # -- round driver --------------------------------------------------------------------------
+
+    def _facts(self) -> LocalFacts:
+        return LocalFacts(
+            me=self.node_id,
+            now=trio.current_time(),
+            wanted=self._wanted,
+            key_epochs=frozenset(self._keys),
+            held_models=frozenset(self._models),
+            stage_since=self._stage_since,
+        )
+
+    async def _round_driver(self) -> None:
+        while True:
+            self._changed = trio.Event()
+            plan = reconcile(self.contract, self._facts())
+            now = trio.current_time()
+            if plan.stage is not None and (self._stage_since is None or self._stage_since[0] != plan.stage):
+                self._stage_since = (plan.stage, now)
+                self._log.debug("round %d phase %s step %d", *plan.stage)
+                if plan.stage[1] == "contribute":
+                    self._round_started.setdefault(plan.stage[0], now)
+            if plan.delivery is not None:
+                self._deliver(plan.delivery)
+            if plan.stopped:
+                self._on_stopped(plan)
+            wake = math.inf if plan.deadline is None else plan.deadline
+            for job in plan.jobs:
+                key = job.key
+                if key in self._running:
+                    continue
+                done = self._done.get(key)
+                if done is not None and now < done + _RESUBMIT_AFTER:
+                    wake = min(wake, done + _RESUBMIT_AFTER)
+                    continue
+                retry = self._retry.get(key)
+                if retry is not None and now < retry[0]:
+                    wake = min(wake, retry[0])
+                    continue
+                self._running.add(key)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_job, job)
+            with trio.move_on_at(wake):
+                await self._changed.wait()
+
+    async def _run_job(self, job: Job) -> None:
+        key = job.key
+        kind = str(key[0])
+        try:
+            if kind in self.options.faults.crash_before:
+                raise _Crash(kind)
+            await self._perform_job(job)
+        except _Crash:
+            self._log.warning("simulated crash before %s", key)
+            self._crashed = True
+            self._cancel_scope.cancel()
+            return
+        except (TransportError, ProtocolError, SwarmError, ValueError, ArithmeticError) as exc:
+            previous = self._retry.get(key)
+            backoff = _RETRY_FIRST if previous is None else min(previous[1] * 2, _RETRY_MAX)
+            self._retry[key] = (trio.current_time() + backoff, backoff)
+            self._log.info("job %s failed (%s: %s); retry in %.1fs", key, type(exc).__name__, exc, backoff)
+        else:
+            self._done[key] = trio.current_time()
+            self._retry.pop(key, None)
+        finally:
+            self._running.discard(key)
+            self._changed.set()
+
+    async def _compute(self, fn: Callable[..., T], *args: object) -> T:
+        if self.options.inline_compute:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def _fetch(self, digest: bytes, owner: NodeId | None) -> bytes:
+        """A blob by hash: from `owner` first (who announced it), then from anyone."""
+        if owner is not None and owner != self.node_id:
+            try:
+                return await self.transport.get_blob(digest, peer=owner, timeout=30.0)
+            except (TransportError, ProtocolError) as exc:
+                self._log.debug(
+                    "blob %s not from %s (%s); asking anyone", digest.hex()[:12], owner.short, exc
+                )
+        return await self.transport.get_blob(digest, timeout=60.0)
+
+    async def _perform_job(self, job: Job) -> None:
+        handlers: dict[type, Callable[[Job], Awaitable[None]]] = {
+            PublishEpochShares: self._publish_epoch,
+            ConfirmEpoch: self._confirm_epoch,
+            SubmitReady: self._ready,
+            Contribute: self._contribute,
+            AggregateContributions: self._aggregate,
+            VerifyAggregate: self._verify,
+            MakeDecryptionShare: self._decryption_share,
+            CombineShares: self._combine,
+            LoadMerged: self._load_merged,
+            SubmitPhaseTimeout: self._phase_timeout,
+        }
+        await handlers[type(job)](job)
+
+    # key epochs ----------------------------------------------------------------------------
+
+    async def _publish_epoch(self, job: Job) -> None:
+        assert isinstance(job, PublishEpochShares)
+        epoch = self._epochs.get(job.epoch)
+        if epoch is None:
+            if self.files.load_epoch(job.epoch, "public") is not None:
+                # Announced before a restart: the secret behind it is gone with the process
+                # (only the finished key share is persisted). See the README's limits.
+                raise SwarmError(f"key epoch {job.epoch} was started before a restart and cannot resume")
+            spec = EpochSpec(job.epoch_id, job.members, job.threshold)
+            epoch = await self._compute(start_key_epoch, spec, self.identity)
+            self._epochs[job.epoch] = epoch
+        outgoing = epoch.outgoing()
+        public = cbor.dumps_dataclass(outgoing[0])
+        sealed = cbor.dumps_dataclass(
+            EpochSealedBundle(job.epoch_id, tuple(s for s in outgoing[1:] if isinstance(s, SealedKeyShare)))
+        )
+        # Persist before the hashes go out: after a restart we still serve what we announced.
+        self.files.save_epoch(job.epoch, "public", public)
+        self.files.save_epoch(job.epoch, "sealed", sealed)
+        public_hash = self.transport.put_blob(public)
+        sealed_hash = self.transport.put_blob(sealed)
+        record = self.contract.key_epoch().record(self.node_id)
+        if record is not None and record.public_share_hash is None:
+            await self.submit(EpochPublicShare(epoch=job.epoch, share_hash=public_hash))
+        if record is not None and record.sealed_shares_hash is None:
+            await self.submit(EpochSealedShares(epoch=job.epoch, shares_hash=sealed_hash))
+        self._log.info("key epoch %d: published our shares", job.epoch)
+
+    async def _confirm_epoch(self, job: Job) -> None:
+        assert isinstance(job, ConfirmEpoch)
+        keys = self._keys.get(job.epoch)
+        if keys is None:
+            epoch = self._epochs.get(job.epoch)
+            if epoch is None:
+                raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
+            sealed_by = dict(job.sealed_shares)
+            for member, public_hash in job.public_shares:
+                if member == self.node_id:
+                    continue
+                public = cbor.loads_dataclass(PublicKeyShare, await self._fetch(public_hash, member))
+                epoch.receive(member, public)
+                bundle = cbor.loads_dataclass(EpochSealedBundle, await self._fetch(sealed_by[member], member))
+                mine = [s for s in bundle.shares if s.recipient == self.node_id]
+                if len(mine) != 1:
+                    raise ProtocolError(f"{member.short}'s sealed shares hold {len(mine)} shares for us")
+                epoch.receive(member, mine[0])
+            keys = await self._compute(epoch.finish)
+            self.files.save_epoch(job.epoch, "keys", keys.export_secret())
+            self._keys[job.epoch] = keys
+            self._epochs.pop(job.epoch, None)
+        await self.submit(EpochComplete(epoch=job.epoch, collective_key_hash=keys.public_key_digest))
+        self._log.info("key epoch %d: collective key %s", job.epoch, keys.public_key_digest.hex()[:12])
+
+    # round jobs ----------------------------------------------------------------------------
+
+    async def _ready(self, job: Job) -> None:
+        assert isinstance(job, SubmitReady)
+        await self.submit(Ready(round=job.round, weight=job.weight, val_metric=job.val_metric))
+
+    async def _contribute(self, job: Job) -> None:
+        assert isinstance(job, Contribute)
+        params = self._wanted_params
+        if params is None:
+            raise SwarmError("no parameters to contribute")
+        keys = self._keys[job.epoch]
+        blob = await self._compute(encrypt_update, keys, params, float(job.weight), float(job.total_weight))
+        digest = self.transport.put_blob(blob)
+        await self.submit(Contribution(round=job.round, blob_hash=digest, blob_size=len(blob)))
+        self._log.info("round %d: contributed %s", job.round, digest.hex()[:12])
+
+    async def _sum(self, contributions: Sequence[ContributionRecord]) -> bytes:
+        blobs = [await self._fetch(c.blob_hash, c.node_id) for c in contributions]
+        return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+
+    async def _aggregate(self, job: Job) -> None:
+        assert isinstance(job, AggregateContributions)
+        aggregate = await self._sum(job.contributions)
+        if self.options.faults.wrong_aggregate:
+            # A well-formed but wrong sum: the first contribution counted twice.
+            first = await self._fetch(job.contributions[0].blob_hash, job.contributions[0].node_id)
+            aggregate = await self._compute(
+                lambda: aggregate_contributions([aggregate, first], length=self.n_params)
+            )
+        digest = self.transport.put_blob(aggregate)
+        contributors = tuple(c.node_id for c in job.contributions)
+        await self.submit(
+            Aggregate(round=job.round, step=job.step, aggregate_hash=digest, contributors=contributors)
+        )
+        self._log.info("round %d: aggregated %d contributions", job.round, len(contributors))
+
+    async def _verify(self, job: Job) -> None:
+        assert isinstance(job, VerifyAggregate)
+        aggregate = await self._sum(job.contributions)
+        digest = self.transport.put_blob(aggregate)  # if the claim is wrong, ours becomes the claim
+        await self.submit(
+            AggregateVerdict(
+                round=job.round, step=job.step, aggregate_hash=job.claimed_hash, recomputed_hash=digest
+            )
+        )
+        if digest != job.claimed_hash:
+            self._log.warning("round %d: the leader's aggregate is wrong; committing the proof", job.round)
+
+    async def _decryption_share(self, job: Job) -> None:
+        assert isinstance(job, MakeDecryptionShare)
+        aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
+        keys = self._keys[job.epoch]
+        min_peers = self.genesis.training.min_peers
+        share = await self._compute(
+            lambda: decryption_share(
+                keys,
+                aggregate,
+                job.decrypt_set,
+                contributions=job.contributions,
+                min_peers=min_peers,
+                length=self.n_params,
+            )
+        )
+        digest = self.transport.put_blob(share)
+        await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
+
+    async def _combine(self, job: Job) -> None:
+        assert isinstance(job, CombineShares)
+        aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
+        shares = [await self._fetch(vote.value, vote.node_id) for vote in job.shares]
+        keys = self._keys[job.epoch]
+        merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
+        data = merged.mean.astype("<f4").tobytes()
+        if len(data) != 4 * self.n_params:
+            raise SwarmError(f"merged model has {len(data) // 4} parameters, expected {self.n_params}")
+        digest = self.files.save_model(data)
+        self._hold_model(digest, data)
+        await self.submit(MergedModel(round=job.round, step=job.step, params_hash=digest))
+        self._log.info("round %d: merged model %s", job.round, digest.hex()[:12])
+
+    async def _load_merged(self, job: Job) -> None:
+        assert isinstance(job, LoadMerged)
+        if job.params_hash not in self._models:
+            data = self.files.load_model(job.params_hash)
+            if data is None:
+                data = await self._fetch(job.params_hash, None)
+            if len(data) != 4 * self.n_params:
+                raise ProtocolError(f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}")
+            self.files.save_model(data)
+            self._hold_model(job.params_hash, data)
+
+    async def _phase_timeout(self, job: Job) -> None:
+        assert isinstance(job, SubmitPhaseTimeout)
+        self._log.info("round %d: %s deadline passed (step %d)", job.round, job.phase, job.step)
+        await self.submit(PhaseTimeout(round=job.round, phase=job.phase, step=job.step))
+
+    # -- merge, delivery, stop -------------------------------------------------------------------
+
+    def _result(self, round_number: int, params_hash: bytes, participants: tuple[NodeId, ...], weight: int,
+                stopped: bool) -> MergeResult:  # fmt: skip
+        return MergeResult(
+            round=round_number,
+            parameters=self._models[params_hash].copy(),
+            params_hash=params_hash,
+            participants=participants,
+            weight=weight,
+            stopped=stopped,
+        )
+
+    def _deliver(self, delivery: Delivery) -> None:
+        stopped = self.contract.stopped is not None and self.contract.final_model_hash == delivery.params_hash
+        result = self._result(
+            delivery.round, delivery.params_hash, delivery.participants, delivery.weight, stopped
+        )
+        started = self._round_started.get(delivery.round)
+        if started is not None:
+            self.round_times.setdefault(delivery.round, trio.current_time() - started)
+        self._wanted = None
+        self._wanted_params = None
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None:
+            waiter.resolve(result)
+
+    def _final_result(self) -> MergeResult | None:
+        stop = self.contract.stopped
+        if stop is None or stop.final_model_hash is None or stop.final_model_hash not in self._models:
+            return None
+        last = next(r for r in reversed(self.contract.history()) if r.merged_hash == stop.final_model_hash)
+        return self._result(
+            last.number, stop.final_model_hash, last.participants, last.contributor_weight, True
+        )
+
+    def _on_stopped(self, plan: Plan) -> None:
+        stop = self.contract.stopped
+        assert stop is not None
+        final = self._final_result()
+        if stop.final_model_hash is not None and final is None:
+            return  # wait for LoadMerged to bring the final model
+        if self._waiter is not None and plan.delivery is None:
+            waiter, self._waiter = self._waiter, None
+            waiter.fail(SwarmStopped(f"training stopped: {stop.reason}", final))
+        if self._stop_info is None:
+            saved: Path | None = None
+            if final is not None:
+                saved = self.storage_dir / "final_model.npy"
+                np.save(saved, final.parameters)
+                (self.storage_dir / "final_model.sha256").write_text(final.params_hash.hex() + "\n")
+            self._stop_info = StopInfo(stop.reason, stop.merged_rounds, stop.final_model_hash, final, saved)
+            self._log.info("training stopped: %s (%d merged rounds)", stop.reason, stop.merged_rounds)
+            self._stopped.set()
+
+    def _fail_waiter(self, error: SwarmError) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.fail(error)
+
+    async def merge(
+        self,
+        parameters: npt.ArrayLike,
+        num_samples: int,
+        *,
+        val_metric: float | None = None,
+        timeout: float | None = None,
+    ) -> MergeResult:
+        """Sync point: submit Ready(weight = num_samples x weightage) and wait for the merged model.
+
+        Returns the round's merged float32 parameters (bit-identical on every node). If a
+        round aborts, Ready is submitted again for the next one. Raises `SwarmStopped` once
+        training is over, `MergeTimeout` after `timeout` (default: the config's
+        ``swarm.merge_timeout``) and `NodeClosed` if the node shuts down meanwhile.
+        """
+        if self._stop_info is not None or self.contract.stopped is not None:
+            raise SwarmStopped(
+                f"training stopped: {self.contract.stopped.reason if self.contract.stopped else '?'}",
+                self._final_result(),
+            )
+        if self._closed:
+            raise NodeClosed("the node is closed")
+        if self._waiter is not None:
+            raise SwarmError("another merge() is already waiting on this node")
+        vector = np.asarray(parameters, dtype=np.float32).reshape(-1)
+        if vector.size != self.n_params:
+            raise ValueError(f"expected {self.n_params} parameters (the genesis model), got {vector.size}")
+        if not bool(np.all(np.isfinite(vector))):
+            raise ValueError("parameters must be finite")
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        if val_metric is not None and not math.isfinite(val_metric):
+            raise ValueError("val_metric must be finite")
+        weight = num_samples * self.config.swarm.weightage
+        self._wanted = MergeWanted(
+            weight=weight, val_metric=val_metric, since_round=self.contract.round.number
+        )
+        self._wanted_params = vector.copy()
+        waiter = _Waiter()
+        self._waiter = waiter
+        self._changed.set()
+        limit = self.config.swarm.merge_timeout if timeout is None else timeout
+        with trio.move_on_after(limit):
+            return await waiter.wait()
+        if self._waiter is waiter:
+            self._waiter = None
+        raise MergeTimeout(f"no merged model within {limit:g} s (round {self.contract.round.number})")
+
+    async def latest_model(self, *, timeout: float = 60.0) -> MergeResult | None:
+        """The latest merged model on the ledger, fetched by hash if needed (None before any merge)."""
+        for closed in reversed(self.contract.history()):
+            if closed.outcome == MERGED and closed.merged_hash is not None:
+                digest = closed.merged_hash
+                if digest not in self._models:
+                    with trio.fail_after(timeout):
+                        await self._load_merged(LoadMerged(round=closed.number, params_hash=digest))
+                stopped = self.contract.final_model_hash == digest
+                return self._result(
+                    closed.number, digest, closed.participants, closed.contributor_weight, stopped
+                )
+        return None
+
+    async def wait_stopped(self) -> StopInfo:
+        """Wait until training stopped and the final model is saved (NodeClosed if the node closes)."""
+        await self._stopped.wait()
+        if self._stop_info is None:
+            raise NodeClosed("the node closed before training stopped")
+        return self._stop_info
+
+    # -- membership ------------------------------------------------------------------------------
+
+    def join_request(self, addresses: Sequence[str] = ()) -> bytes:
+        """Our signed `JoinRequest` (hand it to a member, who submits it with `submit_transaction`)."""
+        former = next((f for f in self.contract.former_members() if f.node_id == self.node_id), None)
+        body = JoinRequest(
+            name=self.config.node.name,
+            addresses=tuple(addresses),
+            last_left=0 if former is None else former.left,
+        )
+        return self._signer.sign(body)
+
+    async def approve(self, joiner: NodeId) -> None:
+        """Approve `joiner`'s pending join request (SwarmError if there is none)."""
+        pending = next((p for p in self.contract.pending_joins() if p.node_id == joiner), None)
+        if pending is None:
+            raise SwarmError(f"no pending join request from {joiner.short}")
+        await self.submit(Approve(joiner=joiner, request=pending.request))
+
+    async def leave(self) -> None:
+        record = self.contract.member(self.node_id)
+        if record is None:
+            raise SwarmError("not a member")
+        await self.submit(Leave(member_since=record.since))
+
+    async def vote_stop(self, reason: str = "") -> None:
+        await self.submit(Stop(round=self.contract.round.number, reason=reason))
+
+    async def wait_for(self, predicate: Callable[[Contract], bool]) -> None:
+        """Wait until `predicate(contract)` holds after some commit (bound it with a timeout)."""
+        while not predicate(self.contract):
+            waiter = self._changed
+            await waiter.wait()
+            await trio.sleep(0)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        contract = self.contract
+        r = contract.round
+        roles = []
+        if self.node_id in r.participants:
+            roles.append("participant")
+        if r.leader == self.node_id:
+            roles.append("leader")
+        if r.verifier == self.node_id:
+            roles.append("verifier")
+        if self.node_id in r.decrypt_set:
+            roles.append("decryptor")
+        record = contract.member(self.node_id)
+        epoch = contract.key_epoch()
+        return NodeStatus(
+            node_id=self.node_id,
+            name=record.name if record is not None else self.config.node.name,
+            height=contract.height,
+            members=contract.state.member_ids,
+            round=r.number,
+            phase=r.phase,
+            step=r.step,
+            roles=tuple(roles),
+            key_epoch=epoch.number,
+            key_epoch_complete=epoch.complete,
+            last_merged_hash=contract.last_merged_hash,
+            stopped=contract.stopped is not None,
+            peers=tuple(sorted(self.transport.peers(), key=lambda n: n.public_key)),
+            history=tuple(summarize(x) for x in contract.history()),
+        )
+
+
+@final
+class _Waiter:
+    __slots__ = ("_error", "_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._result: MergeResult | None = None
+        self._error: SwarmError | None = None
+
+    def resolve(self, result: MergeResult) -> None:
+        self._result = result
+        self._event.set()
+
+    def fail(self, error: SwarmError) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> MergeResult:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def params_hash(parameters: npt.ArrayLike) -> bytes:
+    """SHA-256 of the little-endian float32 bytes: the hash the ledger records for a model."""
+    return hashlib.sha256(np.asarray(parameters, dtype="<f4").tobytes()).digest()
+
+
+@asynccontextmanager
+async def open_swarm_node(
+    config: NodeConfig,
+    *,
+    transport: Transport | None = None,
+    identity: NodeIdentity | None = None,
+    inline_compute: bool = False,
+    genesis: Genesis | None = None,
+    options: NodeOptions | None = None,
+) -> AsyncIterator[Node]:
+    """A running `Node` for `config`; it stops (and releases everything) when the block exits.
+
+    Without `transport`, a `Libp2pTransport` listens on ``[network] host:port`` and dials
+    the bootstrap peers. Without `identity`/`genesis`, they are loaded from the config's
+    key file and genesis file.
+    """
+    if options is None:
+        options = NodeOptions(inline_compute=inline_compute)
+    elif inline_compute and not options.inline_compute:
+        raise ValueError("pass inline_compute either directly or in options, not both ways")
+    ident = identity if identity is not None else NodeIdentity.load(config.node.key_file)
+    gen = genesis if genesis is not None else Genesis.load(config.ledger.genesis)
+    async with AsyncExitStack() as stack:
+        if transport is None:
+            from .net.libp2p import open_libp2p_transport
+
+            transport = await stack.enter_async_context(
+                open_libp2p_transport(
+                    ident,
+                    listen_host=config.network.host,
+                    listen_port=config.network.port,
+                    bootstrap=config.network.bootstrap,
+                )
+            )
+        node = Node(config, gen, ident, transport, options)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            try:
+                yield node
+            finally:
+                await node.aclose()

@@ -1,0 +1,452 @@
+"""The round protocol (DESIGN section 5) as a sans-I/O, level-triggered reconciler.
+
+The contract on the ledger already decides *what happened* in a round (who is
+Ready, who leads, which hashes were committed, which deadlines passed by
+majority). What is left for one node is *what to do next*: this module answers
+that question as a pure function of
+
+* the contract (read only: its state after the last committed block),
+* `LocalFacts`: our node id, the merge we are waiting for (if any), which key
+  epoch we hold keys for, which merged models we hold, the current time and
+  since when we have been looking at the current stage (for deadlines).
+
+`reconcile(contract, facts)` returns a `Plan`: the idempotent `Job`s this node
+should be running now (each with a stable `key`; the shell runs each key at
+most once and retries it only after it failed), the stage we are in and its
+local deadline, and the merged round that answers our merge (if its
+parameters are in hand). Nothing here does I/O, reads a clock or draws
+randomness: a restarted node that replays its ledger computes exactly the jobs
+it still owes, so nothing is lost across a crash.
+
+Which role acts in which phase is a table (`PHASE_ROLES`), as is the deadline
+of each phase (`PHASE_TIMEOUT`). Safety rules enforced here as well as in the
+contract and the crypto facade: a decryption share is only ever planned for a
+committed aggregate of at least ``min_peers`` contributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, final
+
+from consensus.contract import MERGED, Contract, ContributionRecord, HashVote, Round
+from consensus.genesis import Timeouts
+from consensus.transactions import Phase
+from crypto.identity import NodeId
+
+# -- inputs -------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MergeWanted:
+    """A local `merge()` call waiting for a merged model.
+
+    `since_round` is the open round when the call was made: the answer is the first
+    merged round from there on that we took part in (our Ready was in it)."""
+
+    weight: int
+    val_metric: float | None
+    since_round: int
+
+    def __post_init__(self) -> None:
+        if self.weight < 1 or self.since_round < 1:
+            raise ValueError("weight and since_round must be >= 1")
+
+
+Stage = tuple[int, str, int]
+"""(round, phase, step): the unit a phase deadline is measured for."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalFacts:
+    me: NodeId
+    now: float
+    wanted: MergeWanted | None = None
+    key_epochs: frozenset[int] = frozenset()  # key epochs whose collective key and share we hold
+    held_models: frozenset[bytes] = frozenset()  # merged parameter hashes we hold locally
+    stage_since: tuple[Stage, float] | None = None  # when we first saw the stage
+    want_final_model: bool = True  # fetch the final model once training stopped
+
+
+# -- outputs: jobs --------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishEpochShares:
+    """Key epoch: draw our secret, persist it, put our public share and sealed shares as
+    blobs and commit their hashes (`EpochPublicShare`, `EpochSealedShares`)."""
+
+    epoch: int
+    epoch_id: bytes
+    members: tuple[NodeId, ...]
+    threshold: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-publish", self.epoch)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfirmEpoch:
+    """Key epoch: fetch every member's committed blobs, finish, persist the keys and
+    commit the collective key's hash (`EpochComplete`)."""
+
+    epoch: int
+    epoch_id: bytes
+    members: tuple[NodeId, ...]
+    threshold: int
+    public_shares: tuple[tuple[NodeId, bytes], ...]  # member -> committed public share hash
+    sealed_shares: tuple[tuple[NodeId, bytes], ...]  # member -> committed sealed bundle hash
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-confirm", self.epoch)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitReady:
+    round: int
+    weight: int
+    val_metric: float | None
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("ready", self.round)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contribute:
+    """Encrypt ``weight / total_weight * params`` under epoch `epoch`'s key, put the blob,
+    commit its hash."""
+
+    round: int
+    epoch: int
+    weight: int
+    total_weight: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("contribute", self.round)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateContributions:
+    """Leader: fetch the committed contributions, add them, put the sum, commit its hash."""
+
+    round: int
+    step: int
+    contributions: tuple[ContributionRecord, ...]  # sorted by contributor key
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("aggregate", self.round, self.step)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyAggregate:
+    """Verifier: recompute the sum from the same blobs and commit the verdict."""
+
+    round: int
+    step: int
+    claimed_hash: bytes
+    contributions: tuple[ContributionRecord, ...]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("verify", self.round, self.step)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MakeDecryptionShare:
+    """Decrypt-set member: fetch the committed aggregate, make our share, commit its hash."""
+
+    round: int
+    step: int
+    epoch: int
+    aggregate_hash: bytes
+    aggregator: NodeId | None
+    decrypt_set: tuple[NodeId, ...]
+    contributions: int  # committed contributions in the aggregate (>= min_peers, checked)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("decryption-share", self.round, self.step)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CombineShares:
+    """Participant: fetch the aggregate and all committed shares, combine, put the merged
+    float32 parameters and commit their hash (`MergedModel`)."""
+
+    round: int
+    step: int
+    epoch: int
+    aggregate_hash: bytes
+    aggregator: NodeId | None
+    shares: tuple[HashVote, ...]  # one per decrypt-set member, in decrypt-set order
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("combine", self.round, self.step)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadMerged:
+    """Fetch the merged parameters of a closed round by their ledger hash and keep them."""
+
+    round: int
+    params_hash: bytes
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("load", self.params_hash)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitPhaseTimeout:
+    round: int
+    phase: str
+    step: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("timeout", self.round, self.phase, self.step)
+
+
+Job = (
+    PublishEpochShares
+    | ConfirmEpoch
+    | SubmitReady
+    | Contribute
+    | AggregateContributions
+    | VerifyAggregate
+    | MakeDecryptionShare
+    | CombineShares
+    | LoadMerged
+    | SubmitPhaseTimeout
+)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """The merged round that answers the waiting merge (its parameters are held)."""
+
+    round: int
+    params_hash: bytes
+    participants: tuple[NodeId, ...]
+    contributors: tuple[NodeId, ...]
+    weight: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    jobs: tuple[Job, ...]
+    stage: Stage | None  # None once training stopped
+    deadline: float | None  # when our PhaseTimeout for `stage` becomes due (if we vote)
+    delivery: Delivery | None
+    stopped: bool
+
+
+# -- the tables -------------------------------------------------------------------------------
+
+PHASE_TIMEOUT: Final[Mapping[Phase, Callable[[Timeouts], float]]] = {
+    Phase.READY: lambda t: t.ready_wait,
+    Phase.CONTRIBUTE: lambda t: t.contribute,
+    Phase.AGGREGATE: lambda t: t.aggregate,
+    Phase.VERIFY: lambda t: t.verify,
+    Phase.DECRYPT: lambda t: t.decrypt,
+}
+"""The genesis deadline of each phase, counted from when a node first saw its step."""
+
+
+_Planner = Callable[[Contract, Round, LocalFacts], list[Job]]
+
+
+def _plan_ready(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    wanted = facts.wanted
+    if wanted is None or contract.member(facts.me) is None or r.ready_record(facts.me) is not None:
+        return []
+    return [SubmitReady(round=r.number, weight=wanted.weight, val_metric=wanted.val_metric)]
+
+
+def _plan_contribute(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    me = facts.me
+    if me not in r.participants or me in r.dropped or r.contribution(me) is not None:
+        return []
+    if facts.wanted is None or r.epoch not in facts.key_epochs:
+        return []  # nothing to contribute (the merge call went away) or no key: we will be dropped
+    record = r.ready_record(me)
+    assert record is not None  # participants are Ready members
+    return [Contribute(round=r.number, epoch=r.epoch, weight=record.weight, total_weight=r.ready_weight)]
+
+
+def _committed_contributions(r: Round) -> tuple[ContributionRecord, ...]:
+    chosen = set(r.contributors)
+    return tuple(c for c in r.contributions if c.node_id in chosen)
+
+
+def _plan_aggregate(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    if r.leader != facts.me:
+        return []
+    return [AggregateContributions(round=r.number, step=r.step, contributions=_committed_contributions(r))]
+
+
+def _plan_verify(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    if r.verifier != facts.me or r.aggregate_hash is None:
+        return []
+    return [
+        VerifyAggregate(
+            round=r.number,
+            step=r.step,
+            claimed_hash=r.aggregate_hash,
+            contributions=_committed_contributions(r),
+        )
+    ]
+
+
+def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    me = facts.me
+    jobs: list[Job] = []
+    if r.aggregate_hash is None or r.epoch not in facts.key_epochs:
+        return jobs
+    # Never help decrypt fewer than min_peers contributions, whatever the ledger says.
+    if len(r.contributors) < max(2, contract.genesis.training.min_peers):
+        return jobs
+    if me in r.decrypt_set and r.decryption_share(me) is None:
+        jobs.append(
+            MakeDecryptionShare(
+                round=r.number,
+                step=r.step,
+                epoch=r.epoch,
+                aggregate_hash=r.aggregate_hash,
+                aggregator=r.aggregator,
+                decrypt_set=r.decrypt_set,
+                contributions=len(r.contributors),
+            )
+        )
+    shares = [HashVote(node_id=p, value=v) for p in r.decrypt_set if (v := r.decryption_share(p)) is not None]
+    voted = any(v.node_id == me for v in r.merged_votes)
+    if me in r.participants and len(shares) == len(r.decrypt_set) and not voted:
+        jobs.append(
+            CombineShares(
+                round=r.number,
+                step=r.step,
+                epoch=r.epoch,
+                aggregate_hash=r.aggregate_hash,
+                aggregator=r.aggregator,
+                shares=tuple(shares),
+            )
+        )
+    return jobs
+
+
+PHASE_ROLES: Final[Mapping[Phase, _Planner]] = {
+    Phase.READY: _plan_ready,  # every member with a merge waiting
+    Phase.CONTRIBUTE: _plan_contribute,  # every participant not dropped
+    Phase.AGGREGATE: _plan_aggregate,  # the leader
+    Phase.VERIFY: _plan_verify,  # the verifier
+    Phase.DECRYPT: _plan_decrypt,  # decrypt set: shares; participants: combine
+}
+"""Who acts in which phase: one planner per phase (the contract moves the phases)."""
+
+
+# -- the reconciler -------------------------------------------------------------------------
+
+
+def _plan_epoch(contract: Contract, facts: LocalFacts) -> list[Job]:
+    epoch = contract.key_epoch()
+    me = facts.me
+    record = epoch.record(me)
+    if epoch.complete or record is None or contract.member(me) is None:
+        return []
+    if record.public_share_hash is None or record.sealed_shares_hash is None:
+        return [
+            PublishEpochShares(
+                epoch=epoch.number, epoch_id=epoch.seed, members=epoch.members, threshold=epoch.threshold
+            )
+        ]
+    if record.collective_key_hash is not None:
+        return []
+    public: list[tuple[NodeId, bytes]] = []
+    sealed: list[tuple[NodeId, bytes]] = []
+    for other in epoch.records:
+        if other.public_share_hash is None or other.sealed_shares_hash is None:
+            return []  # wait for everyone's hashes
+        public.append((other.node_id, other.public_share_hash))
+        sealed.append((other.node_id, other.sealed_shares_hash))
+    return [
+        ConfirmEpoch(
+            epoch=epoch.number,
+            epoch_id=epoch.seed,
+            members=epoch.members,
+            threshold=epoch.threshold,
+            public_shares=tuple(public),
+            sealed_shares=tuple(sealed),
+        )
+    ]
+
+
+def answering_round(contract: Contract, me: NodeId, wanted: MergeWanted) -> Round | None:
+    """The merged round that answers `wanted`: the first one since `since_round` we took part in."""
+    for closed in contract.history():
+        if closed.number >= wanted.since_round and closed.outcome == MERGED and me in closed.participants:
+            return closed
+    return None
+
+
+def reconcile(contract: Contract, facts: LocalFacts) -> Plan:
+    """Everything this node should be doing now; see the module docstring."""
+    jobs: list[Job] = _plan_epoch(contract, facts)
+    delivery: Delivery | None = None
+    if facts.wanted is not None:
+        answer = answering_round(contract, facts.me, facts.wanted)
+        if answer is not None and answer.merged_hash is not None:
+            if answer.merged_hash in facts.held_models:
+                delivery = Delivery(
+                    round=answer.number,
+                    params_hash=answer.merged_hash,
+                    participants=answer.participants,
+                    contributors=answer.contributors,
+                    weight=answer.contributor_weight,
+                )
+            else:
+                jobs.append(LoadMerged(round=answer.number, params_hash=answer.merged_hash))
+    stop = contract.stopped
+    if stop is not None:
+        final = stop.final_model_hash
+        if facts.want_final_model and final is not None and final not in facts.held_models:
+            last = next((r for r in reversed(contract.history()) if r.merged_hash == final), None)
+            load = LoadMerged(round=0 if last is None else last.number, params_hash=final)
+            if all(j.key != load.key for j in jobs):
+                jobs.append(load)
+        return Plan(jobs=tuple(jobs), stage=None, deadline=None, delivery=delivery, stopped=True)
+    r = contract.round
+    phase = Phase(r.phase)
+    jobs += PHASE_ROLES[phase](contract, r, facts)
+    stage: Stage = (r.number, r.phase, r.step)
+    if facts.stage_since is not None and facts.stage_since[0] == stage:
+        since = facts.stage_since[1]
+    else:
+        since = facts.now
+    deadline: float | None = None
+    voters = contract.timeout_voters()
+    if facts.me in voters and facts.me not in r.timeout_votes:
+        deadline = since + PHASE_TIMEOUT[phase](contract.genesis.training.timeouts)
+        if facts.now >= deadline:
+            jobs.append(SubmitPhaseTimeout(round=r.number, phase=r.phase, step=r.step))
+    return Plan(jobs=tuple(jobs), stage=stage, deadline=deadline, delivery=delivery, stopped=False)

@@ -1,0 +1,100 @@
+"""Build a small swarm in one process: genesis, per-node configs and identities.
+
+Used by the simulation tests (nodes on `MemoryTransport` under trio's MockClock)
+and by anything that wants N nodes quickly::
+
+    swarm = SwarmPlan.create(tmp_path, spec, n=4, timeouts=FAST_TIMEOUTS, max_rounds=5)
+    async with open_memory_network(seed=1) as net:
+        async with open_swarm_node(swarm.configs[0], transport=net.transport(swarm.ids[0]),
+                                   identity=swarm.identities[0], genesis=swarm.genesis,
+                                   inline_compute=True) as node: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from consensus.genesis import FoundingMember, Genesis, JoinPolicy, StoppingRule, Timeouts, TrainingParams
+from crypto.identity import NodeId, NodeIdentity
+from models.spec import ModelSpec
+from models.training import TrainConfig
+
+from .config import DataSection, LedgerSection, NodeConfig, NodeSection, SwarmSection
+
+SIM_TIMEOUTS: Final = Timeouts(ready_wait=30.0, contribute=20.0, aggregate=20.0, verify=20.0, decrypt=20.0)
+
+
+def sim_identity(index: int, namespace: str = "swarmnode-sim") -> NodeIdentity:
+    """Deterministic node keys for simulations and tests (never for real use)."""
+    return NodeIdentity.from_seed(hashlib.sha256(f"{namespace}/{index}".encode()).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmPlan:
+    """Everything N nodes of one test swarm need (plus spare identities for joiners)."""
+
+    genesis: Genesis
+    identities: tuple[NodeIdentity, ...]
+    configs: tuple[NodeConfig, ...]
+    founders: int
+    root: Path
+    spec: ModelSpec
+
+    @property
+    def ids(self) -> tuple[NodeId, ...]:
+        return tuple(i.node_id for i in self.identities)
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        spec: ModelSpec,
+        *,
+        founders: int,
+        joiners: int = 0,
+        timeouts: Timeouts = SIM_TIMEOUTS,
+        max_rounds: int = 5,
+        patience: int = 0,
+        min_peers: int = 2,
+        approvals: int = 1,
+        propose_timeout: float = 1.0,
+        addresses: tuple[tuple[str, ...], ...] | None = None,
+        train: TrainConfig | None = None,
+        namespace: str = "swarmnode-sim",
+    ) -> SwarmPlan:
+        identities = tuple(sim_identity(i, namespace) for i in range(founders + joiners))
+        members = tuple(
+            FoundingMember(
+                name=f"site{i}",
+                node_id=identities[i].node_id,
+                addresses=() if addresses is None else addresses[i],
+            )
+            for i in range(founders)
+        )
+        genesis = Genesis(
+            name="sim-swarm",
+            members=members,
+            training=TrainingParams(
+                model_spec_hash=spec.spec_hash(),
+                min_peers=min_peers,
+                timeouts=timeouts,
+                stopping=StoppingRule(max_rounds=max_rounds, patience=patience),
+            ),
+            join_policy=JoinPolicy(approvals=approvals),
+            nonce=namespace.encode()[:32],
+        )
+        configs = tuple(
+            NodeConfig(
+                node=NodeSection(name=f"site{i}", storage_dir=root / f"site{i}"),
+                data=DataSection(source="breast_cancer"),
+                model=spec,
+                ledger=LedgerSection(propose_timeout=propose_timeout),
+                training=train if train is not None else TrainConfig(),
+                swarm=SwarmSection(seed=i),
+            )
+            for i in range(founders + joiners)
+        )
+        return cls(genesis, identities, configs, founders, root, spec)
