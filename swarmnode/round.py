@@ -27,7 +27,7 @@ committed aggregate of at least ``min_peers`` contributions.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, final
 
 from consensus.contract import MERGED, Contract, ContributionRecord, HashVote, Round
@@ -413,9 +413,11 @@ def reconcile(contract: Contract, facts: LocalFacts) -> Plan:
     """Everything this node should be doing now; see the module docstring."""
     jobs: list[Job] = _plan_epoch(contract, facts)
     delivery: Delivery | None = None
+    planning = facts
     if facts.wanted is not None:
         answer = answering_round(contract, facts.me, facts.wanted)
         if answer is not None and answer.merged_hash is not None:
+            planning = replace(facts, wanted=None)  # answered: no Ready for a later round
             if answer.merged_hash in facts.held_models:
                 delivery = Delivery(
                     round=answer.number,
@@ -437,7 +439,7 @@ def reconcile(contract: Contract, facts: LocalFacts) -> Plan:
         return Plan(jobs=tuple(jobs), stage=None, deadline=None, delivery=delivery, stopped=True)
     r = contract.round
     phase = Phase(r.phase)
-    jobs += PHASE_ROLES[phase](contract, r, facts)
+    jobs += PHASE_ROLES[phase](contract, r, planning)
     stage: Stage = (r.number, r.phase, r.step)
     if facts.stage_since is not None and facts.stage_since[0] == stage:
         since = facts.stage_since[1]

@@ -1,0 +1,345 @@
+"""Table-driven step tests of the round reconciler (STYLE M3): ledger in, jobs out.
+
+A real `Contract` is driven block by block with signed transactions; after
+each step the test asks `reconcile()` what given nodes should do and compares
+the job kinds (and the fields that matter) with the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import pytest
+
+from consensus.contract import Contract
+from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
+from consensus.transactions import (
+    Aggregate,
+    AggregateVerdict,
+    Contribution,
+    DecryptionShare,
+    EpochComplete,
+    EpochPublicShare,
+    EpochSealedShares,
+    MergedModel,
+    Phase,
+    Ready,
+    TxBody,
+    TxSigner,
+)
+from crypto import cbor
+from crypto.identity import NodeId, NodeIdentity
+from swarmnode.round import (
+    AggregateContributions,
+    CombineShares,
+    ConfirmEpoch,
+    Contribute,
+    LoadMerged,
+    LocalFacts,
+    MakeDecryptionShare,
+    MergeWanted,
+    PublishEpochShares,
+    SubmitPhaseTimeout,
+    SubmitReady,
+    VerifyAggregate,
+    reconcile,
+)
+
+IDS = [NodeIdentity.from_seed(hashlib.sha256(f"round-steps/{i}".encode()).digest()) for i in range(4)]
+TIMEOUTS = Timeouts(ready_wait=50.0, contribute=10.0, aggregate=11.0, verify=12.0, decrypt=13.0)
+
+
+def h(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def make_contract(max_rounds: int = 2, min_peers: int = 2) -> Contract:
+    genesis = Genesis(
+        name="steps",
+        members=tuple(FoundingMember(name=f"n{i}", node_id=ident.node_id) for i, ident in enumerate(IDS)),
+        training=TrainingParams(
+            model_spec_hash=h("spec"),
+            min_peers=min_peers,
+            timeouts=TIMEOUTS,
+            stopping=StoppingRule(max_rounds=max_rounds),
+        ),
+    )
+    return Contract(genesis)
+
+
+def ident(node: NodeId) -> NodeIdentity:
+    return next(i for i in IDS if i.node_id == node)
+
+
+def commit(contract: Contract, *txs: tuple[NodeId, TxBody]) -> None:
+    wires = [TxSigner(contract.chain_id, ident(sender)).sign(body) for sender, body in txs]
+    results = contract.apply_block(contract.height + 1, wires)
+    assert results == (None,) * len(wires), results
+
+
+def facts(me: NodeId, **kw: object) -> LocalFacts:
+    base: dict[str, object] = {"me": me, "now": 100.0, "key_epochs": frozenset({1})}
+    base.update(kw)
+    return LocalFacts(**base)  # type: ignore[arg-type]
+
+
+def kinds(contract: Contract, f: LocalFacts) -> list[str]:
+    return [type(j).__name__ for j in reconcile(contract, f).jobs]
+
+
+WANT = MergeWanted(weight=10, val_metric=0.5, since_round=1)
+
+
+def to_epoch_complete(c: Contract) -> None:
+    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochComplete(epoch=1, collective_key_hash=h("ck"))) for i in IDS])
+
+
+def to_contribute(c: Contract) -> None:
+    to_epoch_complete(c)
+    commit(c, *[(i.node_id, Ready(round=1, weight=10 * (k + 1), val_metric=0.5)) for k, i in enumerate(IDS)])
+
+
+def to_aggregate(c: Contract) -> None:
+    to_contribute(c)
+    commit(c, *[(i.node_id, Contribution(round=1, blob_hash=h(f"c{k}"), blob_size=9)) for k, i in enumerate(IDS)])
+
+
+def to_verify(c: Contract) -> None:
+    to_aggregate(c)
+    r = c.round
+    assert r.leader is not None
+    commit(c, (r.leader, Aggregate(round=1, step=r.step, aggregate_hash=h("agg"), contributors=r.contributors)))
+
+
+def to_decrypt(c: Contract) -> None:
+    to_verify(c)
+    r = c.round
+    assert r.verifier is not None
+    verdict = AggregateVerdict(round=1, step=r.step, aggregate_hash=h("agg"), recomputed_hash=h("agg"))
+    commit(c, (r.verifier, verdict))
+
+
+def to_shares(c: Contract) -> None:
+    to_decrypt(c)
+    r = c.round
+    commit(c, *[(p, DecryptionShare(round=1, step=r.step, share_hash=h(f"d{p.short}"))) for p in r.decrypt_set])
+
+
+def to_merged(c: Contract) -> None:
+    to_shares(c)
+    r = c.round
+    commit(c, *[(p, MergedModel(round=1, step=r.step, params_hash=h("merged"))) for p in r.decrypt_set])
+
+
+@dataclass(frozen=True)
+class Step:
+    desc: str
+    setup: Callable[[Contract], None]
+    who: Callable[[Contract], NodeId]
+    facts: dict[str, object]
+    expect: list[str]
+
+
+def first(c: Contract) -> NodeId:
+    return IDS[0].node_id
+
+
+def leader(c: Contract) -> NodeId:
+    assert c.round.leader is not None
+    return c.round.leader
+
+
+def verifier(c: Contract) -> NodeId:
+    assert c.round.verifier is not None
+    return c.round.verifier
+
+
+def decryptor(c: Contract) -> NodeId:
+    return c.round.decrypt_set[0]
+
+
+def non_decryptor(c: Contract) -> NodeId:
+    return next(p for p in c.round.participants if p not in c.round.decrypt_set)
+
+
+def bystander(c: Contract) -> NodeId:
+    r = c.round
+    return next(p for p in r.participants if p not in (r.leader, r.verifier))
+
+
+def nothing(c: Contract) -> None:
+    pass
+
+
+def published(c: Contract) -> None:
+    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
+
+
+def half_published(c: Contract) -> None:
+    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
+    commit(c, (IDS[0].node_id, EpochSealedShares(epoch=1, shares_hash=h("s0"))))
+
+
+STEPS = [
+    Step("genesis: every member publishes epoch shares", nothing, first, {}, ["PublishEpochShares"]),
+    Step("own shares committed, others missing: wait", half_published, first, {}, []),
+    Step("all shares committed: confirm the epoch", published, first, {}, ["ConfirmEpoch"]),
+    Step("epoch complete, no merge waiting: idle", to_epoch_complete, first, {}, []),
+    Step("epoch complete, merge waiting: Ready", to_epoch_complete, first, {"wanted": WANT}, ["SubmitReady"]),
+    Step("contribute phase: participant contributes", to_contribute, first, {"wanted": WANT}, ["Contribute"]),
+    Step("contribute without the epoch's keys: nothing", to_contribute, first,
+         {"wanted": WANT, "key_epochs": frozenset()}, []),  # fmt: skip
+    Step("contribute after the merge call left: nothing", to_contribute, first, {}, []),
+    Step("aggregate phase: the leader aggregates", to_aggregate, leader, {}, ["AggregateContributions"]),
+    Step("aggregate phase: others wait", to_aggregate, bystander, {}, []),
+    Step("aggregate deadline passed: waiting party votes", to_aggregate, bystander,
+         {"stage_since": "stage-minus-12"}, ["SubmitPhaseTimeout"]),  # fmt: skip
+    Step("aggregate deadline passed: the leader itself does not vote", to_aggregate, leader,
+         {"stage_since": "stage-minus-12"}, ["AggregateContributions"]),  # fmt: skip
+    Step("verify phase: the verifier recomputes", to_verify, verifier, {}, ["VerifyAggregate"]),
+    Step("decrypt phase: a decrypt-set member makes its share", to_decrypt, decryptor, {},
+         ["MakeDecryptionShare"]),  # fmt: skip
+    Step("decrypt phase: others wait for the shares", to_decrypt, non_decryptor, {}, []),
+    Step("decrypt phase without the epoch's keys: no share", to_decrypt, decryptor,
+         {"key_epochs": frozenset()}, []),  # fmt: skip
+    Step("all shares committed: every participant combines", to_shares, non_decryptor, {}, ["CombineShares"]),
+    Step("merged, hash not held: load it", to_merged, first, {"wanted": WANT}, ["LoadMerged"]),
+    Step("merged, hash held: deliver, nothing to do", to_merged, first,
+         {"wanted": WANT, "held_models": frozenset({h("merged")})}, []),  # fmt: skip
+    Step("merged, next round: Ready again for a new merge", to_merged, first,
+         {"wanted": MergeWanted(weight=5, val_metric=None, since_round=2)}, ["SubmitReady"]),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("step", STEPS, ids=[s.desc for s in STEPS])
+def test_step(step: Step) -> None:
+    c = make_contract()
+    step.setup(c)
+    me = step.who(c)
+    kw = dict(step.facts)
+    if kw.get("stage_since") == "stage-minus-12":
+        r = c.round
+        kw["stage_since"] = ((r.number, r.phase, r.step), 100.0 - 12.0)
+    assert kinds(c, facts(me, **kw)) == step.expect
+
+
+def test_job_fields_follow_the_ledger() -> None:
+    c = make_contract()
+    to_contribute(c)
+    (job,) = reconcile(c, facts(IDS[1].node_id, wanted=WANT)).jobs
+    assert job == Contribute(round=1, epoch=1, weight=20, total_weight=100)
+    assert job.key == ("contribute", 1)
+    c = make_contract()
+    to_verify(c)
+    (verify,) = reconcile(c, facts(verifier(c))).jobs
+    assert isinstance(verify, VerifyAggregate)
+    assert verify.claimed_hash == h("agg")
+    assert [x.node_id for x in verify.contributions] == list(c.round.contributors)
+    c = make_contract()
+    to_shares(c)
+    (combine,) = reconcile(c, facts(non_decryptor(c))).jobs
+    assert isinstance(combine, CombineShares)
+    assert [v.node_id for v in combine.shares] == list(c.round.decrypt_set)
+
+
+def test_epoch_jobs_carry_the_epoch_spec() -> None:
+    c = make_contract()
+    (job,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
+    assert isinstance(job, PublishEpochShares)
+    epoch = c.key_epoch()
+    assert (job.epoch, job.epoch_id, job.members, job.threshold) == (1, epoch.seed, epoch.members, 3)
+    published(c)
+    (confirm,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
+    assert isinstance(confirm, ConfirmEpoch)
+    assert dict(confirm.public_shares)[IDS[3].node_id] == h("p3")
+
+
+def test_deadline_is_measured_from_first_sight_of_the_stage() -> None:
+    c = make_contract()
+    to_aggregate(c)
+    me = bystander(c)
+    plan = reconcile(c, facts(me, now=7.0))
+    assert plan.stage == (1, Phase.AGGREGATE.value, c.round.step)
+    assert plan.deadline == 7.0 + TIMEOUTS.aggregate
+    assert plan.stage is not None
+    later = reconcile(c, facts(me, now=7.0 + TIMEOUTS.aggregate, stage_since=(plan.stage, 7.0)))
+    assert later.jobs == (SubmitPhaseTimeout(round=1, phase="aggregate", step=c.round.step),)
+    other_stage = reconcile(c, facts(me, now=50.0, stage_since=((1, "contribute", 1), 0.0)))
+    assert other_stage.jobs == () and other_stage.deadline == 50.0 + TIMEOUTS.aggregate
+
+
+def test_ready_deadline_only_for_members_that_are_ready() -> None:
+    c = make_contract()
+    to_epoch_complete(c)
+    commit(c, (IDS[0].node_id, Ready(round=1, weight=3)), (IDS[1].node_id, Ready(round=1, weight=3)))
+    ready = reconcile(c, facts(IDS[0].node_id, now=0.0))
+    assert ready.deadline == TIMEOUTS.ready_wait
+    assert reconcile(c, facts(IDS[3].node_id, now=0.0)).deadline is None
+
+
+def test_delivery_names_the_answering_round() -> None:
+    c = make_contract()
+    to_merged(c)
+    plan = reconcile(c, facts(IDS[0].node_id, wanted=WANT, held_models=frozenset({h("merged")})))
+    assert plan.delivery is not None
+    assert plan.delivery.round == 1 and plan.delivery.params_hash == h("merged")
+    assert plan.delivery.weight == 100
+    assert not plan.stopped
+
+
+def test_stop_plans_the_final_model_download() -> None:
+    c = make_contract(max_rounds=1)
+    to_merged(c)
+    plan = reconcile(c, facts(IDS[0].node_id))
+    assert plan.stopped and plan.stage is None
+    assert plan.jobs == (LoadMerged(round=1, params_hash=h("merged")),)
+    held = reconcile(c, facts(IDS[0].node_id, held_models=frozenset({h("merged")})))
+    assert held.jobs == ()
+
+
+def _restored(c: Contract, mutate: Callable[[object], object]) -> Contract:
+    state = c.state
+    changed = mutate(state)
+    fresh = Contract(c.genesis)
+    fresh.restore(cbor.dumps_dataclass(changed))
+    return fresh
+
+
+def test_never_plans_a_share_for_fewer_than_min_peers_contributions() -> None:
+    """Even if a (buggy or forged) ledger state shows a decrypt phase over one contribution."""
+    c = make_contract()
+    to_decrypt(c)
+    r = c.round
+    lonely = _restored(c, lambda s: replace(s, round=replace(r, contributors=r.contributors[:1])))  # type: ignore[type-var]
+    assert kinds(lonely, facts(decryptor(lonely))) == []
+    assert kinds(c, facts(decryptor(c))) == ["MakeDecryptionShare"]
+
+
+def test_non_member_plans_nothing() -> None:
+    c = make_contract()
+    stranger = NodeIdentity.from_seed(h("stranger")).node_id
+    assert kinds(c, facts(stranger, wanted=WANT)) == []
+    to_contribute(c)
+    assert kinds(c, facts(stranger, wanted=WANT)) == []
+
+
+def test_job_keys_are_stable_and_distinct() -> None:
+    jobs = [
+        SubmitReady(round=1, weight=1, val_metric=None),
+        Contribute(round=1, epoch=1, weight=1, total_weight=2),
+        AggregateContributions(round=1, step=2, contributions=()),
+        VerifyAggregate(round=1, step=3, claimed_hash=h("a"), contributions=()),
+        MakeDecryptionShare(
+            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), contributions=2
+        ),
+        CombineShares(round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, shares=()),
+        LoadMerged(round=1, params_hash=h("m")),
+        SubmitPhaseTimeout(round=1, phase="aggregate", step=2),
+    ]
+    assert len({j.key for j in jobs}) == len(jobs)
+    assert SubmitReady(round=1, weight=9, val_metric=0.1).key == jobs[0].key
