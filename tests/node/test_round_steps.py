@@ -105,14 +105,18 @@ def to_contribute(c: Contract) -> None:
 
 def to_aggregate(c: Contract) -> None:
     to_contribute(c)
-    commit(c, *[(i.node_id, Contribution(round=1, blob_hash=h(f"c{k}"), blob_size=9)) for k, i in enumerate(IDS)])
+    commit(
+        c, *[(i.node_id, Contribution(round=1, blob_hash=h(f"c{k}"), blob_size=9)) for k, i in enumerate(IDS)]
+    )
 
 
 def to_verify(c: Contract) -> None:
     to_aggregate(c)
     r = c.round
     assert r.leader is not None
-    commit(c, (r.leader, Aggregate(round=1, step=r.step, aggregate_hash=h("agg"), contributors=r.contributors)))
+    commit(
+        c, (r.leader, Aggregate(round=1, step=r.step, aggregate_hash=h("agg"), contributors=r.contributors))
+    )
 
 
 def to_decrypt(c: Contract) -> None:
@@ -126,7 +130,9 @@ def to_decrypt(c: Contract) -> None:
 def to_shares(c: Contract) -> None:
     to_decrypt(c)
     r = c.round
-    commit(c, *[(p, DecryptionShare(round=1, step=r.step, share_hash=h(f"d{p.short}"))) for p in r.decrypt_set])
+    commit(
+        c, *[(p, DecryptionShare(round=1, step=r.step, share_hash=h(f"d{p.short}"))) for p in r.decrypt_set]
+    )
 
 
 def to_merged(c: Contract) -> None:
@@ -192,27 +198,62 @@ STEPS = [
     Step("epoch complete, no merge waiting: idle", to_epoch_complete, first, {}, []),
     Step("epoch complete, merge waiting: Ready", to_epoch_complete, first, {"wanted": WANT}, ["SubmitReady"]),
     Step("contribute phase: participant contributes", to_contribute, first, {"wanted": WANT}, ["Contribute"]),
-    Step("contribute without the epoch's keys: nothing", to_contribute, first,
-         {"wanted": WANT, "key_epochs": frozenset()}, []),  # fmt: skip
+    Step(
+        "contribute without the epoch's keys: nothing",
+        to_contribute,
+        first,
+        {"wanted": WANT, "key_epochs": frozenset()},
+        [],
+    ),
     Step("contribute after the merge call left: nothing", to_contribute, first, {}, []),
     Step("aggregate phase: the leader aggregates", to_aggregate, leader, {}, ["AggregateContributions"]),
     Step("aggregate phase: others wait", to_aggregate, bystander, {}, []),
-    Step("aggregate deadline passed: waiting party votes", to_aggregate, bystander,
-         {"stage_since": "stage-minus-12"}, ["SubmitPhaseTimeout"]),  # fmt: skip
-    Step("aggregate deadline passed: the leader itself does not vote", to_aggregate, leader,
-         {"stage_since": "stage-minus-12"}, ["AggregateContributions"]),  # fmt: skip
+    Step(
+        "aggregate deadline passed: waiting party votes",
+        to_aggregate,
+        bystander,
+        {"stage_since": "stage-minus-12"},
+        ["SubmitPhaseTimeout"],
+    ),
+    Step(
+        "aggregate deadline passed: the leader itself does not vote",
+        to_aggregate,
+        leader,
+        {"stage_since": "stage-minus-12"},
+        ["AggregateContributions"],
+    ),
     Step("verify phase: the verifier recomputes", to_verify, verifier, {}, ["VerifyAggregate"]),
-    Step("decrypt phase: a decrypt-set member makes its share", to_decrypt, decryptor, {},
-         ["MakeDecryptionShare"]),  # fmt: skip
+    Step(
+        "decrypt phase: a decrypt-set member makes its share",
+        to_decrypt,
+        decryptor,
+        {},
+        ["MakeDecryptionShare"],
+    ),
     Step("decrypt phase: others wait for the shares", to_decrypt, non_decryptor, {}, []),
-    Step("decrypt phase without the epoch's keys: no share", to_decrypt, decryptor,
-         {"key_epochs": frozenset()}, []),  # fmt: skip
+    Step(
+        "decrypt phase without the epoch's keys: no share",
+        to_decrypt,
+        decryptor,
+        {"key_epochs": frozenset()},
+        [],
+    ),
     Step("all shares committed: every participant combines", to_shares, non_decryptor, {}, ["CombineShares"]),
     Step("merged, hash not held: load it", to_merged, first, {"wanted": WANT}, ["LoadMerged"]),
-    Step("merged, hash held: deliver, nothing to do", to_merged, first,
-         {"wanted": WANT, "held_models": frozenset({h("merged")})}, []),  # fmt: skip
-    Step("merged, next round: Ready again for a new merge", to_merged, first,
-         {"wanted": MergeWanted(weight=5, val_metric=None, since_round=2)}, ["SubmitReady"]),  # fmt: skip
+    Step(
+        "merged, hash held: deliver, nothing to do",
+        to_merged,
+        first,
+        {"wanted": WANT, "held_models": frozenset({h("merged")})},
+        [],
+    ),
+    Step(
+        "merged, next round: Ready again for a new merge",
+        to_merged,
+        first,
+        {"wanted": MergeWanted(weight=5, val_metric=None, since_round=2)},
+        ["SubmitReady"],
+    ),
 ]
 
 
@@ -270,7 +311,8 @@ def test_deadline_is_measured_from_first_sight_of_the_stage() -> None:
     later = reconcile(c, facts(me, now=7.0 + TIMEOUTS.aggregate, stage_since=(plan.stage, 7.0)))
     assert later.jobs == (SubmitPhaseTimeout(round=1, phase="aggregate", step=c.round.step),)
     other_stage = reconcile(c, facts(me, now=50.0, stage_since=((1, "contribute", 1), 0.0)))
-    assert other_stage.jobs == () and other_stage.deadline == 50.0 + TIMEOUTS.aggregate
+    assert other_stage.jobs == ()
+    assert other_stage.deadline == 50.0 + TIMEOUTS.aggregate
 
 
 def test_ready_deadline_only_for_members_that_are_ready() -> None:
@@ -287,7 +329,8 @@ def test_delivery_names_the_answering_round() -> None:
     to_merged(c)
     plan = reconcile(c, facts(IDS[0].node_id, wanted=WANT, held_models=frozenset({h("merged")})))
     assert plan.delivery is not None
-    assert plan.delivery.round == 1 and plan.delivery.params_hash == h("merged")
+    assert plan.delivery.round == 1
+    assert plan.delivery.params_hash == h("merged")
     assert plan.delivery.weight == 100
     assert not plan.stopped
 
@@ -296,7 +339,8 @@ def test_stop_plans_the_final_model_download() -> None:
     c = make_contract(max_rounds=1)
     to_merged(c)
     plan = reconcile(c, facts(IDS[0].node_id))
-    assert plan.stopped and plan.stage is None
+    assert plan.stopped
+    assert plan.stage is None
     assert plan.jobs == (LoadMerged(round=1, params_hash=h("merged")),)
     held = reconcile(c, facts(IDS[0].node_id, held_models=frozenset({h("merged")})))
     assert held.jobs == ()
