@@ -164,10 +164,21 @@ def to_cbor_value(obj: object) -> CborValue:
     raise TypeError(f"cannot encode {type(obj).__name__} as CBOR")
 
 
+_UNIONS: Final = (typing.Union, types.UnionType)
+
+
+def _as_float(value: object) -> object:
+    return float(value) if type(value) is int else value
+
+
 @functools.cache
 def _float_fields(cls: type) -> frozenset[str]:
     # A float field holding an int must still encode as a float: one value, one encoding.
-    return frozenset(name for name, hint in typing.get_type_hints(cls).items() if hint is float)
+    return frozenset(
+        name
+        for name, hint in typing.get_type_hints(cls).items()
+        if hint is float or (typing.get_origin(hint) in _UNIONS and float in typing.get_args(hint))
+    )
 
 
 def check_schema(cls: type) -> None:

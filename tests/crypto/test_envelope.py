@@ -479,3 +479,14 @@ def test_fuzz_no_forged_signature_accepted(garbage_sig: bytes, nonce: int) -> No
     fields["sig"] = garbage_sig
     with pytest.raises(ProtocolError):
         CODEC.open(cbor2.dumps(fields, canonical=True))
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalMetric:
+    metric: float | None
+
+
+def test_optional_float_field_given_an_int_encodes_as_float() -> None:
+    data = cbor.dumps_dataclass(OptionalMetric(metric=1))
+    assert cbor.loads_dataclass(OptionalMetric, data) == OptionalMetric(metric=1.0)
+    assert cbor.loads_dataclass(OptionalMetric, cbor.dumps_dataclass(OptionalMetric(None))).metric is None
