@@ -2,8 +2,8 @@
 
 For tests of code built on `crypto.secure_merge` (the round protocol, simulations):
 every member's `KeyEpoch` is driven here with the exact bodies it would send, routed
-the way the network would (public shares to everyone, each sealed share only to its
-recipient).
+the way the network would (commitments first, as the ledger would fix them; then public
+shares to everyone, each sealed share only to its recipient).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def run_key_epoch(
         threshold if threshold is not None else default_threshold(n),
     )
     epochs = [KeyEpoch(spec, identity, params) for identity in identities]
+    commitments = {epoch.spec.members[k]: epoch.commitment for k, epoch in enumerate(epochs)}
+    for epoch in epochs:  # in a swarm: once every commitment is on the ledger
+        epoch.expect_commitments(commitments)
     for sender, epoch in zip(identities, epochs, strict=True):
         for body in epoch.outgoing():
             for receiver, other in zip(identities, epochs, strict=True):

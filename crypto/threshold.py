@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -81,6 +81,7 @@ from .sealbridge import PublicKeyEncryptor
 EPOCH_ID_SIZE: Final = 32
 _CRS_DOMAIN: Final = b"swarmnode/ckks-crs/v1"
 _SHARE_MAGIC: Final = b"SND1"
+_COMMITMENT_DOMAIN: Final = b"swarmnode/ckks-public-share/v1\x00"
 
 
 class EpochIncomplete(Exception):
@@ -187,6 +188,11 @@ def common_random_poly(ctx: CkksContext, epoch_id: bytes) -> U64:
     """The CRS ``a`` (key level, NTT form), identical for every member of the epoch."""
     seed = hashlib.blake2b(_CRS_DOMAIN + epoch_id, digest_size=64).digest()
     return ctx.seal.sample_uniform(seed)
+
+
+def public_share_commitment(epoch_id: bytes, member: NodeId, packed_share: bytes) -> bytes:
+    """SHA-256 binding a packed public share to its epoch and member (what goes on the ledger)."""
+    return hashlib.sha256(_COMMITMENT_DOMAIN + epoch_id + member.public_key + packed_share).digest()
 
 
 def _unpack_poly(ctx: CkksContext, data: bytes, primes: int, error: type[ProtocolError], what: str) -> U64:
@@ -305,15 +311,32 @@ class KeyEpoch:
     """One member's side of a key epoch, driven with envelope bodies in and out (no I/O).
 
     >>> epoch = KeyEpoch(spec, identity)          # draws the fresh secret now
+    >>> ledger.submit(epoch.commitment)           # 32 bytes: hash of our public share
+    >>> epoch.expect_commitments(committed)       # every member's, once all are on the ledger
     >>> for body in epoch.outgoing(): send(body)  # 1 PublicKeyShare + n-1 SealedKeyShare
     >>> epoch.receive(envelope.sender, envelope.body)   # ProtocolError on bad input
     >>> keys = epoch.finish()                     # once `epoch.missing()` is empty
+
+    Commit, then reveal: a member who saw the others' public shares before choosing its
+    own could publish ``b_j = b* - sum_{i != j} b_i`` and make the collective key one whose
+    secret it alone knows (a rogue-key attack). So public shares are revealed only after
+    every member's commitment is fixed on the ledger, and each is checked against it.
 
     Receiving the same message twice is harmless; a *different* message from the same
     sender for the same slot raises `InvalidKeyShare` and keeps the first.
     """
 
-    __slots__ = ("_a", "_context", "_identity", "_outgoing", "_public", "_received", "spec")
+    __slots__ = (
+        "_a",
+        "_commitments",
+        "_context",
+        "_identity",
+        "_outgoing",
+        "_public",
+        "_received",
+        "commitment",
+        "spec",
+    )
 
     def __init__(self, spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> None:
         if not spec.is_member(identity.node_id):
@@ -343,10 +366,43 @@ class KeyEpoch:
             box = member.seal(cbor.dumps_dataclass(content))
             outgoing.append(SealedKeyShare(spec.epoch_id, member, box))
         self._outgoing = tuple(outgoing)
+        self.commitment: Final = public_share_commitment(spec.epoch_id, me, self._public[me])
+        self._commitments: dict[NodeId, bytes] | None = None
         # `secret` and the Shamir polynomial go out of scope here: only sigma survives the epoch.
 
+    def expect_commitments(self, commitments: Mapping[NodeId, bytes]) -> tuple[NodeId, ...]:
+        """Fix every member's public-share commitment (from the ledger) before anything is revealed.
+
+        Returns the members whose already received public share does not match their
+        commitment (dropped: they count as missing). Raises ValueError if the mapping does
+        not cover exactly the members, or our own commitment differs (the ledger is not ours).
+        """
+        if self._commitments is not None:
+            if dict(commitments) != self._commitments:
+                raise ValueError("commitments are already fixed, differently")
+            return ()
+        if set(commitments) != set(self.spec.members) or any(len(c) != 32 for c in commitments.values()):
+            raise ValueError("need one 32-byte commitment for every member of the epoch")
+        if commitments[self._identity.node_id] != self.commitment:
+            raise ValueError("the ledger's commitment for this node is not ours")
+        self._commitments = dict(commitments)
+        bad = tuple(
+            m
+            for m, share in self._public.items()
+            if public_share_commitment(self.spec.epoch_id, m, share) != self._commitments[m]
+        )
+        for member in bad:
+            del self._public[member]
+        return bad
+
     def outgoing(self) -> tuple[PublicKeyShare | SealedKeyShare, ...]:
-        """Our public share (broadcast) and one sealed share per other member (to each of them)."""
+        """Our public share (broadcast) and one sealed share per other member (to each of them).
+
+        Only after `expect_commitments`: revealing the public share earlier would let a
+        later member choose its share against ours.
+        """
+        if self._commitments is None:
+            raise EpochIncomplete("reveal only after every member's commitment is fixed (expect_commitments)")
         return self._outgoing
 
     def receive(self, sender: NodeId, body: object) -> None:
@@ -364,6 +420,9 @@ class KeyEpoch:
         if body.epoch != self.spec.epoch_id:
             raise InvalidKeyShare("public share for another epoch")
         _unpack_poly(self._context, body.share, 3, InvalidKeyShare, "public share")
+        digest = public_share_commitment(self.spec.epoch_id, sender, body.share)
+        if self._commitments is not None and digest != self._commitments[sender]:
+            raise InvalidKeyShare(f"public share of {sender.short} does not match its commitment")
         _store_once(self._public, sender, body.share, "public share")
 
     def _receive_sealed(self, sender: NodeId, body: SealedKeyShare) -> None:
@@ -382,7 +441,9 @@ class KeyEpoch:
         _store_once(self._received, sender, content.share, "sealed share")
 
     def missing(self) -> tuple[NodeId, ...]:
-        """Members from which we still lack the public share or our sealed share."""
+        """Members from which we still lack the commitment, public share or our sealed share."""
+        if self._commitments is None:
+            return self.spec.members
         return tuple(m for m in self.spec.members if m not in self._public or m not in self._received)
 
     def finish(self) -> EpochKeys:

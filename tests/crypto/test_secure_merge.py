@@ -116,6 +116,9 @@ def test_epoch_via_facade_and_envelopes() -> None:
     identities = [NodeIdentity.generate() for _ in range(3)]
     spec = sm.EpochSpec(b"e" * 32, tuple(i.node_id for i in identities), sm.default_threshold(3))
     epochs = [sm.start_key_epoch(spec, i) for i in identities]
+    committed = {spec.members[k]: e.commitment for k, e in enumerate(epochs)}  # from the ledger
+    for epoch in epochs:
+        epoch.expect_commitments(committed)
     wires = [
         (codec.seal(i, body), body) for i, e in zip(identities, epochs, strict=True) for body in e.outgoing()
     ]

@@ -80,6 +80,7 @@ def test_epoch_messages_travel_in_envelopes_within_their_size_limits() -> None:
     identities = [NodeIdentity.generate() for _ in range(3)]
     spec = th.EpochSpec(os.urandom(32), tuple(i.node_id for i in identities), 2)
     epochs = [th.KeyEpoch(spec, i) for i in identities]
+    commit_all(epochs)
     for sender, epoch in zip(identities, epochs, strict=True):
         for body in epoch.outgoing():
             envelope = codec.open(codec.seal(sender, body))  # raises if over the type's limit
@@ -92,8 +93,18 @@ def test_epoch_messages_travel_in_envelopes_within_their_size_limits() -> None:
     assert len({e.finish().public_key_digest for e in epochs}) == 1
 
 
+def commit_all(epochs: list[th.KeyEpoch]) -> None:
+    commitments = {e.spec.members[k]: e.commitment for k, e in enumerate(epochs)}
+    for epoch in epochs:
+        assert epoch.expect_commitments(commitments) == ()
+
+
 def test_outgoing_has_one_public_share_and_one_sealed_share_per_other_member() -> None:
-    epoch = th.KeyEpoch(SPEC, IDS[0])
+    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epoch = epochs[0]
+    with pytest.raises(th.EpochIncomplete, match="commitment"):
+        epoch.outgoing()  # nothing is revealed before every commitment is fixed
+    commit_all(epochs)
     out = epoch.outgoing()
     assert [type(b) for b in out] == [th.PublicKeyShare] + [th.SealedKeyShare] * 4
     assert [b.recipient for b in out[1:]] == list(SPEC.members[1:])  # type: ignore[union-attr]
@@ -101,6 +112,7 @@ def test_outgoing_has_one_public_share_and_one_sealed_share_per_other_member() -
 
 def fresh_epoch(index: int = 0) -> tuple[th.KeyEpoch, list[th.KeyEpoch]]:
     epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    commit_all(epochs)
     return epochs[index], epochs
 
 
@@ -113,7 +125,10 @@ def public_of(epoch: th.KeyEpoch) -> th.PublicKeyShare:
 
 
 def test_finish_waits_for_every_message() -> None:
-    me, epochs = fresh_epoch(0)
+    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    assert epochs[0].missing() == SPEC.members  # not even the commitments yet
+    commit_all(epochs)
+    me = epochs[0]
     assert me.missing() == SPEC.members[1:]
     with pytest.raises(th.EpochIncomplete):
         me.finish()
@@ -186,8 +201,8 @@ def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
             me.receive(sender, body)
     assert me.missing() == SPEC.members[:1] + SPEC.members[2:]  # nothing was accepted
     me.receive(IDS[0].node_id, public)
-    other_public = public_of(th.KeyEpoch(SPEC, IDS[0]))
-    with pytest.raises(InvalidKeyShare, match="conflicting"):
+    other_public = public_of_unchecked(th.KeyEpoch(SPEC, IDS[0]))
+    with pytest.raises(InvalidKeyShare, match="commitment"):  # a second, different share
         me.receive(IDS[0].node_id, other_public)
 
 
@@ -384,3 +399,44 @@ def test_decrypt_set_beyond_the_epoch_is_refused_when_combining() -> None:
     )
     with pytest.raises(InvalidDecryptionShare, match="smaller than the threshold"):
         th.combine_shares(SPEC, AGGREGATE, [forged])
+
+
+def test_public_shares_must_match_their_commitments() -> None:
+    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    honest = {SPEC.members[k]: e.commitment for k, e in enumerate(epochs)}
+    me = epochs[1]
+    # A share that arrives before the commitments is held, then dropped if it does not match.
+    rogue = th.KeyEpoch(SPEC, IDS[0])  # member 0 publishes a share other than the committed one
+    me.receive(IDS[0].node_id, public_of_unchecked(rogue))
+    me.receive(IDS[2].node_id, public_of_unchecked(epochs[2]))
+    with pytest.raises(InvalidKeyShare, match="conflicting"):  # equivocation before the ledger decides
+        me.receive(IDS[0].node_id, public_of_unchecked(epochs[0]))
+    assert me.expect_commitments(honest) == (IDS[0].node_id,)
+    assert IDS[0].node_id in me.missing()
+    # After the commitments are fixed, a mismatching share is refused outright.
+    with pytest.raises(InvalidKeyShare, match="commitment"):
+        me.receive(IDS[0].node_id, public_of_unchecked(rogue))
+    me.receive(IDS[0].node_id, public_of_unchecked(epochs[0]))  # the committed one is accepted
+    assert me.expect_commitments(honest) == ()  # idempotent with the same ledger data
+
+
+def test_commitments_are_checked_against_the_epoch() -> None:
+    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    honest = {SPEC.members[k]: e.commitment for k, e in enumerate(epochs)}
+    me = epochs[0]
+    with pytest.raises(ValueError, match="every member"):
+        me.expect_commitments({m: c for m, c in honest.items() if m != SPEC.members[3]})
+    with pytest.raises(ValueError, match="not ours"):
+        me.expect_commitments({**honest, SPEC.members[0]: os.urandom(32)})
+    me.expect_commitments(honest)
+    with pytest.raises(ValueError, match="already fixed"):
+        me.expect_commitments({**honest, SPEC.members[2]: os.urandom(32)})
+    # The commitment binds the member: the same share under another member's name differs.
+    share = public_of_unchecked(epochs[1]).share
+    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[1], share) == epochs[1].commitment
+    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[2], share) != epochs[1].commitment
+
+
+def public_of_unchecked(epoch: th.KeyEpoch) -> th.PublicKeyShare:
+    """An epoch's public share, read even before its commitments are fixed (as an attacker could)."""
+    return next(b for b in epoch._outgoing if isinstance(b, th.PublicKeyShare))
