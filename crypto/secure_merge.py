@@ -4,6 +4,8 @@ A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
 
     # key epoch (whenever membership changes; spec fixed on the ledger)
     epoch = start_key_epoch(spec, identity)
+    submit(epoch.commitment)                   # 32 bytes, to the ledger
+    epoch.expect_commitments(committed)        # all members' commitments, once on the ledger
     for body in epoch.outgoing(): ...          # envelopes: PublicKeyShare to all, SealedKeyShare to each
     epoch.receive(env.sender, env.body)        # for every key-epoch envelope received
     keys = epoch.finish()                      # when epoch.missing() == ()
@@ -197,17 +199,25 @@ class MergedMean:
 
 
 def combine(
-    spec: EpochSpec, aggregate: bytes, shares: Sequence[bytes], *, params: CkksParams = DEFAULT_PARAMS
+    spec: EpochSpec,
+    aggregate: bytes,
+    shares: Sequence[bytes],
+    *,
+    length: int | None = None,
+    params: CkksParams = DEFAULT_PARAMS,
 ) -> MergedMean:
     """Combine the decryption shares of all members of one decrypt set into the weighted mean.
 
     Deterministic: everyone combining the same aggregate and shares gets bit-identical
-    output. Raises `InvalidCiphertext` / `InvalidDecryptionShare` for bad blobs,
-    `InsufficientShares` if a member of the decrypt set is missing, and `InvalidAggregate`
-    if the decrypted weight sum is not in ``(0, 1]`` (a corrupt contribution or share).
+    output. `length` (the model size), if given, must match the aggregate's. Raises
+    `InvalidCiphertext` / `InvalidDecryptionShare` for bad blobs, `InsufficientShares` if
+    a member of the decrypt set is missing, and `InvalidAggregate` if the decrypted weight
+    sum is not in ``(0, 1]`` (a corrupt contribution or share).
     """
     ctx = context(params)
     vector = EncryptedVector.from_bytes(ctx, aggregate)
+    if length is not None and vector.length != length:
+        raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
     decoded = [DecryptionShare.from_bytes(ctx, share) for share in shares]
     sums, weight_sum = combine_shares(spec, vector, decoded)
     if not (math.isfinite(weight_sum) and 0.0 < weight_sum <= _MAX_WEIGHT_SUM):

@@ -83,6 +83,8 @@ def test_missing_or_foreign_shares() -> None:
     good = shares()
     with pytest.raises(sm.InsufficientShares):
         sm.combine(SPEC4, AGGREGATE, good[:2])
+    with pytest.raises(InvalidCiphertext, match="model has"):
+        sm.combine(SPEC4, AGGREGATE, good, length=LENGTH - 1)
     with pytest.raises(InvalidDecryptionShare):
         sm.combine(SPEC4, AGGREGATE, [good[0][:-3], *good[1:]])
     partial = sm.aggregate_contributions(BLOBS[:3], length=LENGTH)
