@@ -319,8 +319,12 @@ class KeyEpoch:
 
     Commit, then reveal: a member who saw the others' public shares before choosing its
     own could publish ``b_j = b* - sum_{i != j} b_i`` and make the collective key one whose
-    secret it alone knows (a rogue-key attack). So public shares are revealed only after
-    every member's commitment is fixed on the ledger, and each is checked against it.
+    secret it alone knows (a rogue-key attack). So the driver must reveal public shares
+    (serve them, or send `outgoing()[0]`) only after every member's commitment is fixed on
+    the ledger. The commitment is `commitment` (or, equivalently, the SHA-256 of the
+    content-addressed public-share blob); `expect_commitments` makes `receive` check each
+    public share against it. Checking is optional when the driver already verifies blobs
+    against ledger hashes; the reveal *order* is what defeats the attack.
 
     Receiving the same message twice is harmless; a *different* message from the same
     sender for the same slot raises `InvalidKeyShare` and keeps the first.
@@ -396,13 +400,11 @@ class KeyEpoch:
         return bad
 
     def outgoing(self) -> tuple[PublicKeyShare | SealedKeyShare, ...]:
-        """Our public share (broadcast) and one sealed share per other member (to each of them).
+        """Our public share (first; broadcast) and one sealed share per other member (to each).
 
-        Only after `expect_commitments`: revealing the public share earlier would let a
-        later member choose its share against ours.
+        Reveal the public share only once every member's commitment is fixed on the ledger
+        (see the class docstring); the sealed shares may go at any time.
         """
-        if self._commitments is None:
-            raise EpochIncomplete("reveal only after every member's commitment is fixed (expect_commitments)")
         return self._outgoing
 
     def receive(self, sender: NodeId, body: object) -> None:
@@ -441,9 +443,7 @@ class KeyEpoch:
         _store_once(self._received, sender, content.share, "sealed share")
 
     def missing(self) -> tuple[NodeId, ...]:
-        """Members from which we still lack the commitment, public share or our sealed share."""
-        if self._commitments is None:
-            return self.spec.members
+        """Members from which we still lack the public share or our sealed share."""
         return tuple(m for m in self.spec.members if m not in self._public or m not in self._received)
 
     def finish(self) -> EpochKeys:
