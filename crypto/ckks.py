@@ -48,10 +48,10 @@ content-addressed by SHA-256.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
@@ -200,10 +200,20 @@ class CkksContext:
             raise error(f"{what}: a coefficient is not below its prime")
 
 
-@functools.cache
+_contexts: dict[CkksParams, CkksContext] = {}
+_contexts_lock = threading.Lock()
+
+
 def context(params: CkksParams = DEFAULT_PARAMS) -> CkksContext:
-    """The (immutable, cached) context of `params`: building one costs ~50 ms."""
-    return CkksContext(params)
+    """The one (immutable, shared) context of `params`; building it costs ~50 ms.
+
+    Locked so that worker threads starting at once still share a single instance.
+    """
+    with _contexts_lock:
+        found = _contexts.get(params)
+        if found is None:
+            found = _contexts[params] = CkksContext(params)
+        return found
 
 
 # -- 60-bit packing --------------------------------------------------------------------
@@ -427,7 +437,7 @@ class Aggregator:
         self._sum: U64 = np.zeros(shape, dtype=np.uint64)
 
     def add(self, vector: EncryptedVector) -> None:
-        if vector.context is not self.context or vector.length != self.length:
+        if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
         for start, batch in vector.batches():
             stop = start + batch.shape[0]

@@ -566,7 +566,7 @@ def make_decryption_share(
 ) -> DecryptionShare:
     """Our share of `aggregate` for exactly `decrypt_set` (at least t members, us among them)."""
     spec, ctx = keys.spec, keys.context
-    if aggregate.context is not ctx:
+    if aggregate.context.params != ctx.params:
         raise ValueError("aggregate is for other parameters")
     if len(set(decrypt_set)) != len(decrypt_set) or not all(spec.is_member(m) for m in decrypt_set):
         raise DecryptionRefused("decrypt set must be distinct members of the epoch")
@@ -605,7 +605,7 @@ def combine_shares(
     decrypt_set = shares[0].header.decrypt_set
     for share in shares:
         h = share.header
-        if share.context is not ctx or h.epoch != spec.epoch_id:
+        if share.context.params != ctx.params or h.epoch != spec.epoch_id:
             raise InvalidDecryptionShare(f"share of point {h.member} is for another epoch or parameters")
         if h.aggregate != digest or h.length != aggregate.length:
             raise InvalidDecryptionShare(f"share of point {h.member} is for another aggregate")

@@ -326,3 +326,14 @@ def test_any_byte_flip_is_rejected_or_changes_the_content_hash(position: int, fl
     # A flip that keeps every coefficient in range is a different, valid ciphertext:
     # content addressing (SHA-256 on the ledger) is what catches it.
     assert hashlib.sha256(decoded.to_bytes()).digest() != hashlib.sha256(WIRE).digest()
+
+
+def test_equal_parameters_share_one_context_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = ckks.CkksParams(scale_bits=80)  # not built yet by any other test
+    with ThreadPoolExecutor(4) as pool:
+        contexts = list(pool.map(lambda _: ckks.context(ckks.CkksParams(scale_bits=80)), range(8)))
+    assert all(c is contexts[0] for c in contexts)
+    assert ckks.context(params) is contexts[0]
+    assert ckks.context(ckks.CkksParams()) is CTX
