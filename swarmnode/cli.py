@@ -1,11 +1,240 @@
-"""The `swarmnode` command line."""
+"""The `swarmnode` command line.
+
+Every command is a small function over the library (`scaffold`, `ledgerview`,
+`control`, `report`, `testnet`, the trainer). Errors a user can fix (config,
+key, data, genesis, occupied port, no running node) are caught here and
+printed as one line ``swarmnode: error: ...``; exit code 2 for usage and
+configuration errors, 1 for a failed check or a failed run.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from consensus.errors import StoreError
+from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, GenesisError
+from crypto.errors import KeyFileError
+from models.data import DatasetError
+from models.spec import ModelSpec
 
 from . import __version__
+from .config import ConfigError, NodeConfig
+from .control import ControlError, request_control
+from .scaffold import (
+    GenesisSettings,
+    SetupError,
+    SiteSettings,
+    build_genesis,
+    infer_model,
+    init_site,
+    join_site,
+    load_genesis,
+    make_invite,
+    parse_join_policy,
+    parse_member,
+    parse_threshold,
+    save_genesis,
+    save_invite,
+)
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class CommandFailed(Exception):
+    """A command ran but its check failed (exit 1); the message is printed as is."""
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- init / join ----------------------------------------------------------------------
+
+
+def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
+    positive = args.positive_class
+    if positive is None and args.data == "breast_cancer":
+        positive = "malignant"  # the usual disease-vs-rest task of the bundled demo data
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h) if args.hidden else ()
+    if args.features is not None and args.classes is not None:
+        try:
+            model = (
+                ModelSpec(kind="logreg", n_features=args.features, n_classes=args.classes)
+                if args.model == "logreg"
+                else ModelSpec(
+                    kind="mlp", n_features=args.features, n_classes=args.classes, hidden=hidden or (64, 32)
+                )
+            )
+        except ValueError as exc:
+            raise SetupError(f"model: {exc}") from None
+    else:
+        model = infer_model(
+            args.data,
+            label_column=args.label_column,
+            positive_class=positive,
+            kind=args.model,
+            hidden=hidden,
+            base_dir=directory,
+        )
+    return SiteSettings(
+        name=args.name,
+        data=args.data,
+        label_column=args.label_column,
+        positive_class=positive,
+        test_source=args.test_data,
+        model=model,
+        host=args.host,
+        port=args.port,
+        bootstrap=tuple(getattr(args, "bootstrap", ())),
+        weightage=args.weightage,
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    result = init_site(directory, _site_settings(args, directory))
+    _out(f"created {result.key_path} (mode 0600) and {result.config_path}")
+    _out(f"peer id:    {result.node_id.peer_id}")
+    _out(f"public key: {result.node_id.public_key.hex()}")
+    _out("give this member line to the genesis organiser:")
+    _out(f"  --member {result.member_line}")
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    result, genesis = join_site(directory, Path(args.invite), _site_settings(args, directory))
+    _out(f"created {result.key_path} (mode 0600), {result.config_path} and the genesis of {genesis.name!r}")
+    _out(f"chain id: {genesis.chain_id.hex()}")
+    _out(f"peer id:  {result.node_id.peer_id}")
+    _out(
+        f"start it with `swarmnode run --config {result.config_path}`: it asks to join; "
+        f"members approve per the join policy ({genesis.join_policy.mode})"
+    )
+    return EXIT_OK
+
+
+# -- genesis / invite -----------------------------------------------------------------
+
+
+def cmd_genesis(args: argparse.Namespace) -> int:
+    if not args.member:
+        raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
+    model_config = NodeConfig.load(args.model_from)
+    out = Path(args.out)
+    settings = GenesisSettings(
+        name=args.name,
+        members=tuple(parse_member(m) for m in args.member),
+        model=model_config.model,
+        merge_method=args.merge,
+        secure=args.secure,
+        min_peers=args.min_peers,
+        sync_every=args.sync_every,
+        sync_unit=args.sync_unit,
+        threshold=parse_threshold(args.threshold),
+        max_rounds=args.max_rounds,
+        patience=args.patience,
+        min_delta=args.min_delta,
+        goal=args.goal,
+        join_policy=parse_join_policy(args.join_policy),
+        nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
+    )
+    genesis = build_genesis(settings)
+    save_genesis(genesis, out)
+    _out(genesis.describe())
+    _out(f"wrote {out}; chain id {genesis.chain_id.hex()}")
+    _out("copy it to every founding site (the path in [ledger] genesis of its site.toml)")
+    return EXIT_OK
+
+
+def cmd_genesis_show(args: argparse.Namespace) -> int:
+    _out(load_genesis(Path(args.file)).describe())
+    return EXIT_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    invite = make_invite(config, args.bootstrap)
+    save_invite(invite, Path(args.out))
+    _out(f"wrote {args.out}: genesis + {len(invite.bootstrap)} bootstrap address(es)")
+    _out(f"the new site runs: swarmnode join --invite {args.out} --name NAME --data ...")
+    return EXIT_OK
+
+
+# -- ledger / status ------------------------------------------------------------------
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from .ledgerview import verify_site_ledger
+
+    report = verify_site_ledger(NodeConfig.load(args.config))
+    _out(str(report))
+    if not report.ok:
+        raise CommandFailed(f"ledger verification failed: {len(report.problems)} problem(s)")
+    return EXIT_OK
+
+
+def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from .ledgerview import format_ledger, ledger_json, read_ledger
+
+    record = read_ledger(NodeConfig.load(args.config))
+    _out(json.dumps(ledger_json(record), indent=2) if args.json else format_ledger(record))
+    return EXIT_OK
+
+
+def format_status(status: dict[str, object]) -> str:
+    """Render the runtime's status JSON: known keys first, then anything else it reports."""
+    lines = []
+    for key, value in status.items():
+        if key == "history":
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{key}: {len(value)}")
+            continue
+        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
+        lines.append(f"{key}: {shown}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    try:
+        status = request_control(config.node.storage_dir)
+    except ControlError as exc:
+        raise CommandFailed(str(exc)) from None
+    _out(json.dumps(status, indent=2) if args.json else format_status(status))
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------
+
+
+def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
+    p.add_argument("--name", required=True, help="this site's display name")
+    p.add_argument("--dir", default=".", help="directory for node.key and site.toml (default: .)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7000, help="listen port (default 7000)")
+    if not join:
+        p.add_argument(
+            "--bootstrap", action="append", default=[], metavar="MULTIADDR", help="peer to dial first"
+        )
+    p.add_argument("--data", default="breast_cancer", help="bundled dataset name or .csv/.h5ad/.npz file")
+    p.add_argument("--label-column", help="label column (.csv) or obs key (.h5ad)")
+    p.add_argument("--positive-class", help="train 'this class vs the rest'")
+    p.add_argument("--test-data", help="held-out test file to report test metrics on")
+    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg", help="model kind (default logreg)")
+    p.add_argument("--hidden", help="mlp hidden widths, e.g. 64,32")
+    p.add_argument("--features", type=int, help="number of features (skips reading the data)")
+    p.add_argument("--classes", type=int, help="number of classes (with --features)")
+    p.add_argument("--weightage", type=int, default=1, help="1-100, scales this site's merge weight")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +246,89 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"swarmnode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="create a node key and a commented site.toml")
+    _add_site_options(p, join=False)
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("genesis", help="found a swarm: write the genesis file, print its chain id")
+    p.add_argument("--name", default="swarm", help="the swarm's name")
+    p.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="NAME=KEY@ADDR",
+        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/H/tcp/P",
+    )
+    p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
+    p.add_argument("--merge", choices=MERGE_METHODS, default="mean", help="merge method (default mean)")
+    p.add_argument(
+        "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
+    )
+    p.add_argument("--min-peers", type=int, default=2, help="contributions a round needs (>= 2)")
+    p.add_argument("--sync-every", type=int, default=1, help="merge every k epochs/steps (default 1)")
+    p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
+    p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
+    p.add_argument("--max-rounds", type=int, default=10, help="stop after this many merged rounds")
+    p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
+    p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
+    p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")
+    p.add_argument("--join-policy", default="members:1", metavar="members:K|admin:KEY")
+    p.add_argument("--nonce", help="fixed nonce (default random: two swarms never share a chain id)")
+    p.add_argument("--out", default="genesis.cbor", help="output file (default genesis.cbor)")
+    p.set_defaults(handler=cmd_genesis)
+
+    p = sub.add_parser("genesis-show", help="print a genesis file")
+    p.add_argument("file", nargs="?", default="genesis.cbor")
+    p.set_defaults(handler=cmd_genesis_show)
+
+    p = sub.add_parser("invite", help="write an invite file for a site joining later")
+    p.add_argument("--config", default="site.toml", help="a member's site.toml")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR", help="extra address")
+    p.add_argument("--out", default="invite.cbor")
+    p.set_defaults(handler=cmd_invite)
+
+    p = sub.add_parser("join", help="create a joining site from an invite")
+    p.add_argument("--invite", required=True, help="invite file from `swarmnode invite`")
+    _add_site_options(p, join=True)
+    p.set_defaults(handler=cmd_join)
+
+    p = sub.add_parser("ledger", help="verify or show the ledger")
+    ledger = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    q = ledger.add_parser("verify", help="re-check every block, certificate and state hash from genesis")
+    q.add_argument("--config", default="site.toml")
+    q.set_defaults(handler=cmd_ledger_verify)
+    q = ledger.add_parser("show", help="the transparency record: rounds, contributors, weights, hashes")
+    q.add_argument("--config", default="site.toml")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=cmd_ledger_show)
+
+    p = sub.add_parser("status", help="ask the running node: membership, round, phase, height")
+    p.add_argument("--config", default="site.toml")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
     return parser
 
 
+_USAGE_ERRORS: Final = (ConfigError, SetupError, KeyFileError, GenesisError, DatasetError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage / help / version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except _USAGE_ERRORS as exc:
+        print(f"swarmnode: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except (CommandFailed, StoreError) as exc:
+        print(f"swarmnode: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("swarmnode: interrupted", file=sys.stderr, flush=True)
+        return 130

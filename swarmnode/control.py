@@ -1,0 +1,178 @@
+"""The local control endpoint: `swarmnode status` asks a running node how it is.
+
+A TCP listener on 127.0.0.1 (ephemeral port) guarded by a random token. The
+port and token are written to ``<storage_dir>/control.json`` with mode 0600,
+so only the user who runs the node (who can read the storage dir) can ask it
+anything. Nothing here listens on a routable address.
+
+Protocol: the client sends one JSON line ``{"token": ..., "command": "status"}``;
+the server answers one JSON line ``{"ok": true, "result": {...}}`` or
+``{"ok": false, "error": "..."}`` and closes. Requests are capped at 4 KiB and
+a client gets 5 s to send its line.
+
+`to_jsonable` turns the runtime's frozen status dataclasses into JSON (node ids
+as peer ids, hashes as hex), so the server needs nothing from the node but a
+``status()`` method returning a dataclass or a mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hmac
+import json
+import math
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import trio
+
+from crypto.identity import NodeId
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+CONTROL_FILE: Final = "control.json"
+MAX_REQUEST: Final = 4096
+CLIENT_TIMEOUT: Final = 5.0
+COMMANDS: Final = ("status",)
+
+
+class ControlError(Exception):
+    """No node answers on this storage dir, or it answered with an error."""
+
+
+class StatusSource(Protocol):
+    def status(self) -> object: ...
+
+
+def to_jsonable(value: object) -> Any:
+    """JSON-ready form of status values: dataclasses, NodeIds, bytes, enums, tuples, floats."""
+    if isinstance(value, NodeId):
+        return value.peer_id
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(to_jsonable(k)): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "tolist"):  # numpy scalars and small arrays
+        return to_jsonable(value.tolist())
+    return str(value)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+async def serve_control(
+    node: StatusSource,
+    storage_dir: Path,
+    *,
+    task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `node.status()` on 127.0.0.1 until cancelled; removes control.json on exit.
+
+    Start it in the node's nursery: ``port = await nursery.start(serve_control, node, dir)``.
+    """
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = int(listeners[0].socket.getsockname()[1])
+    token = secrets.token_hex(16)
+    control_path = storage_dir / CONTROL_FILE
+    _write_private(control_path, json.dumps({"port": port, "token": token, "pid": os.getpid()}))
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            reply = await _answer(stream, node, token)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            task_status.started(port)
+    finally:
+        with contextlib.suppress(OSError):
+            # Only remove our own file: a restarted node may have written a new one.
+            if json.loads(control_path.read_text()).get("token") == token:
+                control_path.unlink()
+
+
+async def _answer(stream: trio.SocketStream, node: StatusSource, token: str) -> dict[str, Any]:
+    data = b""
+    with trio.move_on_after(CLIENT_TIMEOUT):
+        while b"\n" not in data and len(data) <= MAX_REQUEST:
+            try:
+                chunk = await stream.receive_some(MAX_REQUEST)
+            except trio.BrokenResourceError:
+                return {"ok": False, "error": "connection broken"}
+            if not chunk:
+                break
+            data += chunk
+    if len(data) > MAX_REQUEST or b"\n" not in data:
+        return {"ok": False, "error": "expected one JSON line of at most 4096 bytes"}
+    try:
+        request = json.loads(data.split(b"\n", 1)[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"ok": False, "error": "request is not JSON"}
+    if not isinstance(request, dict) or not isinstance(request.get("token"), str):
+        return {"ok": False, "error": "request must be an object with a token"}
+    if not hmac.compare_digest(request["token"].encode(), token.encode()):
+        return {"ok": False, "error": "wrong token"}
+    command = request.get("command")
+    if command == "status":
+        return {"ok": True, "result": to_jsonable(node.status())}
+    return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}
+
+
+def request_control(storage_dir: Path, command: str = "status", *, timeout: float = 5.0) -> Any:
+    """Ask the node running on `storage_dir` (blocking; for the CLI). Raises `ControlError`."""
+    control_path = storage_dir / CONTROL_FILE
+    try:
+        info = json.loads(control_path.read_text())
+        port, token = int(info["port"]), str(info["token"])
+    except FileNotFoundError:
+        raise ControlError(f"{control_path}: not found; is the node running (swarmnode run)?") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ControlError(f"{control_path}: unreadable control file ({exc})") from None
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(json.dumps({"token": token, "command": command}).encode() + b"\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ControlError(
+            f"no node answers on 127.0.0.1:{port} (from {control_path}): {exc}; is it still running?"
+        ) from None
+    try:
+        reply = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ControlError(f"127.0.0.1:{port} answered something that is not JSON") from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else reply
+        raise ControlError(f"node refused: {error}")
+    return reply["result"]

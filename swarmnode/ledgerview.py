@@ -1,0 +1,152 @@
+"""`swarmnode ledger verify` / `ledger show`: offline views of a node's stored ledger.
+
+Both read the SQLite store in the site's storage dir (never a running node's
+memory), so they work whether the node runs or not: SQLite's WAL lets a reader
+see every committed block while the node appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast, final
+
+from consensus.contract import Contract, MemberRecord, RoundSummary, StopRecord
+from consensus.errors import StoreError
+from consensus.genesis import Genesis
+from consensus.store import LedgerStore, recover
+from consensus.verify import ChainProblem, ChainReport, verify_chain
+
+from .config import NodeConfig
+from .control import to_jsonable
+from .scaffold import SetupError, load_genesis
+
+LEDGER_FILE: Final = "ledger.sqlite"
+
+
+def ledger_path(config: NodeConfig) -> Path:
+    return config.node.storage_dir / LEDGER_FILE
+
+
+def _open_store(config: NodeConfig) -> tuple[LedgerStore, Genesis]:
+    genesis = load_genesis(config.ledger.genesis)
+    path = ledger_path(config)
+    if not path.exists():
+        raise SetupError(f"{path}: no ledger yet; has this site run (swarmnode run --config ...)?")
+    try:
+        store = LedgerStore.open_existing(path)
+    except (StoreError, OSError) as exc:
+        raise SetupError(f"{path}: cannot open ledger ({exc})") from None
+    return store, genesis
+
+
+def verify_site_ledger(config: NodeConfig) -> ChainReport:
+    """`verify_chain` over the site's store, plus: the store belongs to the site's genesis."""
+    store, genesis = _open_store(config)
+    with store:
+        if store.chain_id != genesis.chain_id:
+            return ChainReport(
+                store.chain_id,
+                0,
+                0,
+                None,
+                (
+                    ChainProblem(
+                        0,
+                        "chain_id",
+                        f"store is chain {store.chain_id.hex()[:16]} but {config.ledger.genesis} is "
+                        f"chain {genesis.chain_id.hex()[:16]}",
+                    ),
+                ),
+            )
+        return verify_chain(store, lambda: Contract(genesis))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """The transparency record of a chain as replayed from a store."""
+
+    chain_id: bytes
+    swarm: str
+    height: int
+    members: tuple[MemberRecord, ...]
+    rounds: tuple[RoundSummary, ...]
+    stopped: StopRecord | None
+    last_merged_hash: bytes | None
+
+
+def read_ledger(config: NodeConfig) -> LedgerRecord:
+    store, genesis = _open_store(config)
+    with store:
+        if store.chain_id != genesis.chain_id:
+            raise SetupError(f"{store.path}: store belongs to another chain than {config.ledger.genesis}")
+        try:
+            app, _ = recover(store, lambda: Contract(genesis))
+        except (StoreError, ValueError) as exc:
+            raise SetupError(
+                f"{store.path}: cannot replay the ledger ({exc}); run `swarmnode ledger verify`"
+            ) from None
+        contract = cast(Contract, app)
+        return LedgerRecord(
+            chain_id=genesis.chain_id,
+            swarm=genesis.name,
+            height=contract.height,
+            members=contract.members(),
+            rounds=contract.transparency(),
+            stopped=contract.stopped,
+            last_merged_hash=contract.last_merged_hash,
+        )
+
+
+def ledger_json(record: LedgerRecord) -> dict[str, Any]:
+    names = {m.node_id: m.name for m in record.members}
+    data = cast(dict[str, Any], to_jsonable(record))
+    for summary in data["rounds"]:  # names next to peer ids: what a human auditor reads
+        for c in summary["contributors"]:
+            c["name"] = _name_of(names, c["node_id"])
+    return data
+
+
+def _name_of(names: dict[Any, str], peer_id: str | None) -> str:
+    if peer_id is None:
+        return "-"
+    for node, name in names.items():
+        if node.peer_id == peer_id:
+            return str(name)
+    return peer_id[-8:]
+
+
+def format_ledger(record: LedgerRecord) -> str:
+    names = {m.node_id: m.name for m in record.members}
+
+    def who(node: Any) -> str:
+        return "-" if node is None else names.get(node, node.short)
+
+    lines = [
+        f"swarm {record.swarm!r}  chain {record.chain_id.hex()[:16]}  height {record.height}",
+        "members: " + ", ".join(f"{m.name} ({m.node_id.short}, since {m.since})" for m in record.members),
+    ]
+    if not record.rounds:
+        lines.append("no closed rounds yet")
+    for r in record.rounds:
+        total = sum(c.weight for c in r.contributors) or 1
+        contributors = ", ".join(
+            f"{who(c.node_id)} {c.weight} ({100 * c.weight / total:.0f}%)" for c in r.contributors
+        )
+        metric = "-" if r.median_metric is None else f"{r.median_metric:.4f}"
+        merged = "-" if r.merged_hash is None else r.merged_hash.hex()[:16]
+        lines.append(
+            f"round {r.number}: {r.outcome}  leader {who(r.leader)}  verifier {who(r.verifier)}  "
+            f"decrypt {'/'.join(who(n) for n in r.decrypt_set) or '-'}  median metric {metric}  "
+            f"merged {merged}  heights {r.start_height}-{r.close_height}"
+        )
+        lines.append(f"  contributors: {contributors or '-'}" + (f"  note: {r.note}" if r.note else ""))
+    if record.stopped is not None:
+        final = record.stopped.final_model_hash
+        lines.append(
+            f"stopped at height {record.stopped.height}: {record.stopped.reason}; "
+            f"{record.stopped.merged_rounds} merged rounds; final model "
+            f"{'-' if final is None else final.hex()}"
+        )
+    return "\n".join(lines)

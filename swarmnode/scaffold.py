@@ -1,0 +1,508 @@
+"""Files a site needs before it runs: node key + site.toml, genesis, invitations.
+
+`swarmnode init`, `genesis`, `invite` and `join` are thin wrappers over these
+functions. Everything here is plain file work (no network, no trio), so tests
+drive it directly and the CLI only formats results and maps errors to exit
+codes.
+
+Formats
+- Key file: `crypto.identity.NodeIdentity.save` (mode 0600, refuses to overwrite).
+- site.toml: rendered by `render_site_toml`, commented, loadable by
+  `swarmnode.config.NodeConfig.load` (a test checks every rendering loads).
+- genesis.cbor: `consensus.genesis.Genesis` canonical CBOR (its hash is the chain id).
+- invite.cbor: an `Invite` in canonical CBOR: the genesis bytes (exactly, so the
+  joiner computes the same chain id) and bootstrap multiaddrs with /p2p/ ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final, final
+
+from consensus.genesis import (
+    DecryptionThreshold,
+    FoundingMember,
+    Genesis,
+    GenesisError,
+    JoinPolicy,
+    StoppingRule,
+    TrainingParams,
+)
+from crypto import cbor
+from crypto.errors import KeyFileError, ProtocolError
+from crypto.identity import NodeId, NodeIdentity
+from models.data import SKLEARN_DATASETS, Dataset, DatasetError, load_dataset
+from models.spec import ModelSpec, SpecError, logistic_regression, mlp
+
+from .config import ConfigError, NodeConfig
+
+_B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_PEER_ID_PREFIX: Final = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+INVITE_VERSION: Final = 1
+DEFAULT_POSITIVE_CLASS: Final = {"breast_cancer": "malignant"}
+
+
+class SetupError(Exception):
+    """A setup step cannot be done; the message is one line naming the file/value at fault."""
+
+
+# -- keys and peer ids ----------------------------------------------------------------
+
+
+def node_id_from_peer_id(text: str) -> NodeId:
+    """Decode a libp2p Ed25519 peer id (``12D3KooW...``) without importing libp2p."""
+    n = 0
+    for ch in text:
+        index = _B58.find(ch)
+        if index < 0:
+            raise ValueError(f"{text!r} is not base58")
+        n = n * 58 + index
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    raw = b"\0" * (len(text) - len(text.lstrip("1"))) + raw
+    if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
+        raise ValueError(f"{text!r} is not an Ed25519 peer id")
+    node = NodeId(raw[len(_PEER_ID_PREFIX) :])
+    if node.peer_id != text:  # e.g. extra leading '1's
+        raise ValueError(f"{text!r} is not a canonical peer id")
+    return node
+
+
+def parse_public_key(text: str) -> NodeId:
+    """A member's key as a peer id, 64 hex digits, or a key file path."""
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return NodeId(bytes.fromhex(text))
+    if text.startswith("12D3KooW"):
+        return node_id_from_peer_id(text)
+    path = Path(text)
+    if path.exists():
+        try:
+            return NodeIdentity.load(path).node_id
+        except KeyFileError as exc:
+            raise SetupError(str(exc)) from None
+    raise SetupError(f"{text!r}: expected a peer id (12D3KooW...), 64 hex digits or an existing key file")
+
+
+def load_identity(path: Path) -> NodeIdentity:
+    try:
+        return NodeIdentity.load(path)
+    except KeyFileError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def transport_address(host: str, port: int) -> str:
+    return f"/ip4/{host}/tcp/{port}"
+
+
+def peer_address(host: str, port: int, node: NodeId) -> str:
+    return f"{transport_address(host, port)}/p2p/{node.peer_id}"
+
+
+def member_line(name: str, node: NodeId, host: str, port: int) -> str:
+    """What a site hands to the genesis organiser: ``NAME=PEER_ID@MULTIADDR``."""
+    return f"{name}={node.peer_id}@{transport_address(host, port)}"
+
+
+# -- site.toml ------------------------------------------------------------------------
+
+
+def _toml(value: object) -> str:
+    """A TOML literal for str/int/float/bool/list (JSON string escapes are valid TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML literal for {value!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteSettings:
+    """Everything `render_site_toml` writes; defaults are what `swarmnode init` uses."""
+
+    name: str
+    data: str = "breast_cancer"
+    label_column: str | None = None
+    positive_class: str | None = None
+    test_source: str | None = None
+    model: ModelSpec
+    host: str = "127.0.0.1"
+    port: int = 7000
+    bootstrap: tuple[str, ...] = ()
+    key_file: str = "node.key"
+    storage_dir: str = "state"
+    genesis: str = "genesis.cbor"
+    log_level: str = "info"
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    validation_fraction: float = 0.2
+    weightage: int = 1
+    seed: int = 0
+    merge_timeout: float = 3600.0
+
+
+def render_site_toml(s: SiteSettings) -> str:
+    """A commented site.toml; every key is one `NodeConfig.load` accepts."""
+    m = s.model
+    optional_data = []
+    if s.label_column is not None:
+        optional_data.append(f"label_column = {_toml(s.label_column)}")
+    else:
+        optional_data.append('# label_column = "diagnosis"   # required for .csv and .h5ad files')
+    if s.positive_class is not None:
+        optional_data.append(f"positive_class = {_toml(s.positive_class)}")
+    else:
+        optional_data.append('# positive_class = "AML"       # train "this class vs the rest"')
+    if s.test_source is not None:
+        optional_data.append(f"test_source = {_toml(s.test_source)}")
+    else:
+        optional_data.append('# test_source = "test.npz"     # held-out data to report test metrics on')
+    model_lines = [f"kind = {_toml(m.kind)}", f"n_features = {m.n_features}", f"n_classes = {m.n_classes}"]
+    if m.hidden:
+        model_lines.append(f"hidden = {_toml(list(m.hidden))}")
+    if m.dropout:
+        model_lines.append(f"dropout = {_toml(m.dropout)}")
+    if m.batch_norm:
+        model_lines.append("batch_norm = true")
+    if m.image_shape is not None:
+        model_lines.append(f"image_shape = {_toml(list(m.image_shape))}")
+    if m.conv_channels:
+        model_lines.append(f"conv_channels = {_toml(list(m.conv_channels))}")
+    return f"""\
+# swarmnode site configuration for {s.name!r}.
+# Relative paths are relative to this file's directory. Unknown keys are errors.
+# Any key can be overridden at start: swarmnode run --config site.toml --set training.lr=0.01
+
+[node]
+name = {_toml(s.name)}            # this site's display name on the ledger
+key_file = {_toml(s.key_file)}      # Ed25519 node key (mode 0600); its peer id is the site's identity
+storage_dir = {_toml(s.storage_dir)}      # ledger, key-epoch secrets, metrics, final model
+log_level = {_toml(s.log_level)}        # debug | info | warning | error
+
+[network]
+host = {_toml(s.host)}     # listen address (IPv4)
+port = {s.port}              # listen port (0: any free port)
+# Peers dialled first: multiaddrs with /p2p/<peer id>. Founding members are also
+# dialled at the addresses recorded in genesis.
+bootstrap = {_toml(list(s.bootstrap))}
+
+[ledger]
+genesis = {_toml(s.genesis)}  # the swarm's genesis file (from `swarmnode genesis` or an invite)
+# propose_timeout = 1.0        # seconds before a silent block proposer is skipped
+# block_interval = 0.05        # seconds between blocks when transactions wait
+
+[data]
+# A bundled dataset ({", ".join(SKLEARN_DATASETS)}) or a .csv / .h5ad / .npz file.
+# This data never leaves the site: only (encrypted) model parameters do.
+source = {_toml(s.data)}
+{chr(10).join(optional_data)}
+
+[data.preprocess]
+standardize = true             # scale features with this site's own mean and std
+log1p = false                  # log(1 + x) first (expression counts)
+# genes = ["GENE1", "GENE2"]   # keep exactly these features, in this order
+
+[model]
+# Must be identical at every site: genesis records its hash.
+# kind: logreg | mlp | cnn
+{chr(10).join(model_lines)}
+
+[training]
+# In the swarm, genesis decides when to merge (sync_every) and when to stop (max_rounds);
+# epochs and patience apply to local-only training (baselines).
+epochs = {s.epochs}
+batch_size = {s.batch_size}
+optimizer = "adam"             # sgd | adam | adamw
+lr = {_toml(s.lr)}
+# Local validation split: its metric is reported with every Ready (median drives early stop).
+validation_fraction = {_toml(s.validation_fraction)}
+balance_classes = false        # weight the loss by inverse local class frequency
+
+[swarm]
+weightage = {s.weightage}                  # 1-100: scales this site's merge weight (samples x weightage)
+seed = {s.seed}                       # local training randomness
+merge_timeout = {_toml(s.merge_timeout)}        # seconds to wait for one merge before giving up
+"""
+
+
+def infer_model(
+    data_source: str,
+    *,
+    label_column: str | None,
+    positive_class: str | None,
+    kind: str,
+    hidden: tuple[int, ...],
+    base_dir: Path,
+) -> ModelSpec:
+    """A model spec sized for the site's data (features and classes read from the data)."""
+    source = data_source
+    if source not in SKLEARN_DATASETS and not Path(source).is_absolute():
+        source = str(base_dir / source)
+    try:
+        data: Dataset = load_dataset(source, label_column=label_column, positive_class=positive_class)
+    except DatasetError as exc:
+        raise SetupError(f"data source: {exc}") from None
+    try:
+        if kind == "logreg":
+            return logistic_regression(data.n_features, data.n_classes)
+        if kind == "mlp":
+            return mlp(data.n_features, data.n_classes, hidden=hidden or (64, 32), dropout=0.0)
+    except SpecError as exc:
+        raise SetupError(f"model: {exc}") from None
+    raise SetupError(f"--model {kind!r}: expected logreg or mlp (write a cnn spec into site.toml by hand)")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    config_path: Path
+    key_path: Path
+    node_id: NodeId
+    member_line: str
+
+
+def init_site(directory: Path, settings: SiteSettings, *, identity: NodeIdentity | None = None) -> InitResult:
+    """Create `directory`/node.key and site.toml; refuses to overwrite either."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "site.toml"
+    key_path = directory / settings.key_file
+    if config_path.exists():
+        raise SetupError(f"{config_path}: already exists; remove it or choose another --dir")
+    if key_path.exists():
+        raise SetupError(f"{key_path}: a key file already exists; remove it or choose another --dir")
+    identity = NodeIdentity.generate() if identity is None else identity
+    try:
+        identity.save(key_path)
+    except (KeyFileError, OSError) as exc:
+        raise SetupError(f"{key_path}: cannot write key file ({exc})") from None
+    text = render_site_toml(settings)
+    with config_path.open("x", encoding="utf-8") as f:
+        f.write(text)
+    NodeConfig.load(config_path)  # what we wrote must load: a bug here is ours, surface it now
+    return InitResult(
+        config_path=config_path,
+        key_path=key_path,
+        node_id=identity.node_id,
+        member_line=member_line(settings.name, identity.node_id, settings.host, settings.port),
+    )
+
+
+# -- genesis --------------------------------------------------------------------------
+
+
+def parse_member(text: str) -> FoundingMember:
+    """``NAME=KEY@ADDR[,ADDR...]``; KEY is a peer id, 64 hex digits or a key file."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        raise SetupError(f"--member {text!r}: expected NAME=PEER_ID@/ip4/HOST/tcp/PORT")
+    key_text, _, addresses_text = rest.partition("@")
+    node = parse_public_key(key_text)
+    addresses = tuple(a for a in addresses_text.split(",") if a)
+    try:
+        return FoundingMember(name=name, node_id=node, addresses=addresses)
+    except ValueError as exc:
+        raise SetupError(f"--member {text!r}: {exc}") from None
+
+
+def parse_threshold(text: str) -> DecryptionThreshold:
+    numerator, sep, denominator = text.partition("/")
+    try:
+        return DecryptionThreshold(numerator=int(numerator), denominator=int(denominator))
+    except ValueError as exc:
+        detail = "" if sep else " (expected a/b, e.g. 1/2)"
+        raise SetupError(f"--threshold {text!r}: {exc}{detail}") from None
+
+
+def parse_join_policy(text: str) -> JoinPolicy:
+    """``members:K`` (K member approvals) or ``admin:KEY``."""
+    mode, _, value = text.partition(":")
+    try:
+        if mode == "members":
+            return JoinPolicy(mode="members", approvals=int(value or "1"))
+        if mode == "admin":
+            return JoinPolicy(mode="admin", admin=parse_public_key(value))
+    except ValueError as exc:
+        raise SetupError(f"--join-policy {text!r}: {exc}") from None
+    raise SetupError(f"--join-policy {text!r}: expected members:K or admin:KEY")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenesisSettings:
+    name: str
+    members: tuple[FoundingMember, ...]
+    model: ModelSpec
+    merge_method: str = "mean"
+    secure: bool = True
+    min_peers: int = 2
+    sync_every: int = 1
+    sync_unit: str = "epochs"
+    threshold: DecryptionThreshold = field(default_factory=DecryptionThreshold)
+    max_rounds: int = 10
+    patience: int = 0
+    min_delta: float = 0.0
+    goal: str = "max"
+    join_policy: JoinPolicy = field(default_factory=JoinPolicy)
+    nonce: bytes = b""
+
+
+def build_genesis(s: GenesisSettings) -> Genesis:
+    try:
+        return Genesis(
+            name=s.name,
+            members=s.members,
+            training=TrainingParams(
+                model_spec_hash=s.model.spec_hash(),
+                merge_method=s.merge_method,
+                secure=s.secure,
+                min_peers=s.min_peers,
+                sync_every=s.sync_every,
+                sync_unit=s.sync_unit,
+                threshold=s.threshold,
+                stopping=StoppingRule(
+                    max_rounds=s.max_rounds, patience=s.patience, min_delta=s.min_delta, goal=s.goal
+                ),
+            ),
+            join_policy=s.join_policy,
+            nonce=s.nonce,
+        )
+    except ValueError as exc:  # the genesis dataclasses name the field: "training.min_peers: ..."
+        raise SetupError(f"genesis: {exc}") from None
+
+
+def save_genesis(genesis: Genesis, path: Path) -> None:
+    try:
+        genesis.save(path)
+    except GenesisError as exc:
+        raise SetupError(str(exc)) from None
+    except OSError as exc:
+        raise SetupError(f"{path}: cannot write genesis ({exc.strerror})") from None
+
+
+def load_genesis(path: Path) -> Genesis:
+    try:
+        return Genesis.load(path)
+    except GenesisError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def load_site(path: Path, overrides: Sequence[str] = ()) -> NodeConfig:
+    """`NodeConfig.load` with its ConfigError kept (the CLI maps it to exit code 2)."""
+    return NodeConfig.load(path, overrides)
+
+
+# -- invitations ----------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invite:
+    """What a joining site needs: the exact genesis bytes and whom to dial."""
+
+    version: int
+    genesis: bytes
+    bootstrap: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.version != INVITE_VERSION:
+            raise ValueError(f"version: this node reads invite version {INVITE_VERSION}")
+        if not self.bootstrap:
+            raise ValueError("bootstrap: an invite needs at least one address to dial")
+        for address in self.bootstrap:
+            if not address.startswith("/") or "/p2p/" not in address:
+                raise ValueError(f"bootstrap: {address!r} is not a multiaddr with /p2p/<peer id>")
+
+
+def make_invite(config: NodeConfig, extra_bootstrap: Sequence[str] = ()) -> Invite:
+    """An invite from a member's site: its own address, the founders' and `extra_bootstrap`."""
+    genesis = load_genesis(config.ledger.genesis)
+    me = load_identity(config.node.key_file).node_id
+    addresses: list[str] = list(extra_bootstrap)
+    if config.network.port:
+        addresses.append(peer_address(config.network.host, config.network.port, me))
+    for member in genesis.members:
+        addresses += [f"{a}/p2p/{member.node_id.peer_id}" for a in member.addresses if "/p2p/" not in a]
+    addresses += list(config.network.bootstrap)
+    unique = tuple(dict.fromkeys(addresses))
+    try:
+        return Invite(version=INVITE_VERSION, genesis=genesis.to_bytes(), bootstrap=unique)
+    except ValueError as exc:
+        raise SetupError(f"invite: {exc}") from None
+
+
+def save_invite(invite: Invite, path: Path) -> None:
+    try:
+        with path.open("xb") as f:
+            f.write(cbor.dumps_dataclass(invite))
+    except FileExistsError:
+        raise SetupError(f"{path}: already exists; refusing to overwrite") from None
+
+
+def load_invite(path: Path) -> tuple[Invite, Genesis]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"{path}: cannot read invite ({exc.strerror})") from None
+    try:
+        invite = cbor.loads_dataclass(Invite, data)
+        genesis = Genesis.from_bytes(invite.genesis)
+    except (ProtocolError, GenesisError) as exc:
+        raise SetupError(f"{path}: not a valid invite: {exc}") from None
+    return invite, genesis
+
+
+def join_site(directory: Path, invite_path: Path, settings: SiteSettings) -> tuple[InitResult, Genesis]:
+    """Create a joining site: key, site.toml with the invite's bootstrap, and the genesis file.
+
+    The model in `settings` must be the one genesis records (checked by hash).
+    """
+    invite, genesis = load_invite(invite_path)
+    if settings.model.spec_hash() != genesis.training.model_spec_hash:
+        raise SetupError(
+            f"{invite_path}: the swarm trains a different model than {settings.model.kind} with "
+            f"{settings.model.n_features} features and {settings.model.n_classes} classes "
+            "(spec hash differs); pass the --model and data the swarm uses"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    genesis_path = directory / settings.genesis
+    if genesis_path.exists():
+        raise SetupError(f"{genesis_path}: already exists; choose another --dir")
+    settings = replace(settings, bootstrap=invite.bootstrap)
+    result = init_site(directory, settings)
+    save_genesis(genesis, genesis_path)
+    return result, genesis
+
+
+__all__ = [
+    "ConfigError",
+    "GenesisSettings",
+    "InitResult",
+    "Invite",
+    "SetupError",
+    "SiteSettings",
+    "build_genesis",
+    "infer_model",
+    "init_site",
+    "join_site",
+    "load_genesis",
+    "load_invite",
+    "make_invite",
+    "member_line",
+    "node_id_from_peer_id",
+    "parse_join_policy",
+    "parse_member",
+    "parse_public_key",
+    "parse_threshold",
+    "peer_address",
+    "render_site_toml",
+    "save_genesis",
+    "save_invite",
+]
