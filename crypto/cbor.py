@@ -151,10 +151,8 @@ def to_cbor_value(obj: object) -> CborValue:
         return obj.public_key
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         floats = _float_fields(type(obj))
-        return {
-            f.name: to_cbor_value(float(getattr(obj, f.name)) if f.name in floats else getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-        }
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return {name: to_cbor_value(_as_float(v) if name in floats else v) for name, v in values.items()}
     if isinstance(obj, tuple | list):
         return [to_cbor_value(item) for item in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
