@@ -9,8 +9,7 @@ restart every secret or blob it has announced on the ledger.
 Layout under ``storage_dir``::
 
     keys/epoch-<n>.keys      EpochKeys.export_secret() of key epoch n (secret)
-    keys/epoch-<n>.public    our public key share blob of epoch n (served to peers)
-    keys/epoch-<n>.sealed    our sealed Shamir shares bundle of epoch n (served to peers)
+    keys/epoch-<n>.bundle    our revealed public share + sealed Shamir shares of epoch n
     models/<sha256 hex>.f32  merged parameters (little-endian float32), by hash
 """
 
@@ -64,8 +63,8 @@ class NodeFiles:
         return self.keys / f"epoch-{epoch}.{kind}"
 
     def save_epoch(self, epoch: int, kind: str, data: bytes) -> None:
-        """kind: "keys" (secret), "public" or "sealed" (our announced blobs)."""
-        if kind not in ("keys", "public", "sealed"):
+        """kind: "keys" (secret) or "bundle" (our announced reveal, served to peers)."""
+        if kind not in ("keys", "bundle"):
             raise ValueError(f"unknown key-epoch file kind {kind!r}")
         write_private(self._epoch_file(epoch, kind), data)
 

@@ -103,6 +103,7 @@ from .net.base import Inbound, Transport, TransportError
 from .round import (
     AggregateContributions,
     CombineShares,
+    CommitEpochShare,
     ConfirmEpoch,
     Contribute,
     Delivery,
@@ -112,7 +113,7 @@ from .round import (
     MakeDecryptionShare,
     MergeWanted,
     Plan,
-    PublishEpochShares,
+    RevealEpochShares,
     Stage,
     SubmitPhaseTimeout,
     SubmitReady,
@@ -127,7 +128,6 @@ log = logging.getLogger("swarmnode.node")
 
 CONSENSUS_TOPIC: Final = "consensus"
 BLOCKS_PROTOCOL: Final = "/swarmnode/blocks/1"
-SNAPSHOT_EVERY: Final = 20
 _RETRY_FIRST: Final = 0.5
 _RETRY_MAX: Final = 8.0
 _RESUBMIT_AFTER: Final = 15.0  # a job done this long ago but still planned runs again
@@ -225,12 +225,13 @@ class NodeOptions:
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class EpochSealedBundle:
-    """Blob format of our sealed Shamir shares of one key epoch (one per other member)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochBundle:
+    """Blob of one member's key-epoch reveal: its public share (checked against the
+    commitment on the ledger) and one sealed Shamir share per other member."""
 
-    epoch: bytes
-    shares: tuple[SealedKeyShare, ...]
+    public: PublicKeyShare
+    sealed: tuple[SealedKeyShare, ...]
 
 
 # -- the node ---------------------------------------------------------------------------------
@@ -280,12 +281,17 @@ class Node:
         assert isinstance(app, Contract)
         self.contract: Final[Contract] = app
         self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
+        pacing: dict[str, float] = {}
+        if "commit" in TimeoutConfig.__dataclass_fields__:
+            # Block pacing after a commit (Tendermint's timeout_commit), where the core has it.
+            pacing["commit"] = config.ledger.block_interval
         timeouts = TimeoutConfig(
             propose=config.ledger.propose_timeout,
             prevote=config.ledger.propose_timeout / 2,
             precommit=config.ledger.propose_timeout / 2,
             delta=config.ledger.propose_timeout / 2,
             rebroadcast=config.ledger.propose_timeout,
+            **pacing,
         )
         self._core = TendermintCore(
             identity=identity,
@@ -364,10 +370,9 @@ class Node:
                     self.transport.set_handler(BLOCKS_PROTOCOL, self._serve_blocks)
                     # Re-serve what we announced in the current key epoch (lost with a restart).
                     epoch = self.contract.key_epoch().number
-                    for kind in ("public", "sealed"):
-                        data = self.files.load_epoch(epoch, kind)
-                        if data is not None:
-                            self.transport.put_blob(data)
+                    bundle = self.files.load_epoch(epoch, "bundle")
+                    if bundle is not None:
+                        self.transport.put_blob(bundle)
                     self._refresh_peers()
                     inbox = await self.transport.subscribe(CONSENSUS_TOPIC)
                     nursery.start_soon(self._gossip_pump, inbox)
@@ -479,8 +484,11 @@ class Node:
     def _on_commit(self, commit: Commit) -> None:
         block = commit.block
         self._store.append_block(block, commit.certificate)
-        if block.height % SNAPSHOT_EVERY == 0:
-            self._store.save_snapshot(block.height, commit.app_hash, self.contract.snapshot())
+        # The core attaches the application snapshot of exactly this height (block sync may
+        # commit several blocks in one step, so the contract can already be further ahead).
+        snapshot = getattr(commit, "snapshot", None)
+        if isinstance(snapshot, bytes):
+            self._store.save_snapshot(block.height, commit.app_hash, snapshot)
         for tx, result in zip(block.txs, commit.results, strict=True):
             if result is not None and self._is_own(tx):
                 self._log.debug("own transaction rejected at height %d: %s", block.height, result)
@@ -621,7 +629,8 @@ class Node:
 
     async def _perform_job(self, job: Job) -> None:
         handlers: dict[type, Callable[[Job], Awaitable[None]]] = {
-            PublishEpochShares: self._publish_epoch,
+            CommitEpochShare: self._commit_epoch,
+            RevealEpochShares: self._reveal_epoch,
             ConfirmEpoch: self._confirm_epoch,
             SubmitReady: self._ready,
             Contribute: self._contribute,
@@ -636,33 +645,33 @@ class Node:
 
     # key epochs ----------------------------------------------------------------------------
 
-    async def _publish_epoch(self, job: Job) -> None:
-        assert isinstance(job, PublishEpochShares)
+    async def _commit_epoch(self, job: Job) -> None:
+        assert isinstance(job, CommitEpochShare)
         epoch = self._epochs.get(job.epoch)
         if epoch is None:
-            if self.files.load_epoch(job.epoch, "public") is not None:
-                # Announced before a restart: the secret behind it is gone with the process
-                # (only the finished key share is persisted). See the README's limits.
-                raise SwarmError(f"key epoch {job.epoch} was started before a restart and cannot resume")
             spec = EpochSpec(job.epoch_id, job.members, job.threshold)
             epoch = await self._compute(start_key_epoch, spec, self.identity)
             self._epochs[job.epoch] = epoch
+        await self.submit(EpochPublicShare(epoch=job.epoch, share_hash=epoch.commitment))
+        self._log.info("key epoch %d: committed our public share", job.epoch)
+
+    async def _reveal_epoch(self, job: Job) -> None:
+        assert isinstance(job, RevealEpochShares)
+        epoch = self._epochs.get(job.epoch)
+        if epoch is None:
+            # Committed before a restart: the secret behind the commitment died with the
+            # process (only finished key shares are persisted). See the README's limits.
+            raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
+        epoch.expect_commitments(dict(job.commitments))
         outgoing = epoch.outgoing()
-        public = cbor.dumps_dataclass(outgoing[0])
-        sealed = cbor.dumps_dataclass(
-            EpochSealedBundle(job.epoch_id, tuple(s for s in outgoing[1:] if isinstance(s, SealedKeyShare)))
-        )
-        # Persist before the hashes go out: after a restart we still serve what we announced.
-        self.files.save_epoch(job.epoch, "public", public)
-        self.files.save_epoch(job.epoch, "sealed", sealed)
-        public_hash = self.transport.put_blob(public)
-        sealed_hash = self.transport.put_blob(sealed)
-        record = self.contract.key_epoch().record(self.node_id)
-        if record is not None and record.public_share_hash is None:
-            await self.submit(EpochPublicShare(epoch=job.epoch, share_hash=public_hash))
-        if record is not None and record.sealed_shares_hash is None:
-            await self.submit(EpochSealedShares(epoch=job.epoch, shares_hash=sealed_hash))
-        self._log.info("key epoch %d: published our shares", job.epoch)
+        public = next(b for b in outgoing if isinstance(b, PublicKeyShare))
+        sealed = tuple(b for b in outgoing if isinstance(b, SealedKeyShare))
+        bundle = cbor.dumps_dataclass(EpochBundle(public=public, sealed=sealed))
+        # Persist before the hash goes out: after a restart we still serve what we announced.
+        self.files.save_epoch(job.epoch, "bundle", bundle)
+        digest = self.transport.put_blob(bundle)
+        await self.submit(EpochSealedShares(epoch=job.epoch, shares_hash=digest))
+        self._log.info("key epoch %d: revealed our shares", job.epoch)
 
     async def _confirm_epoch(self, job: Job) -> None:
         assert isinstance(job, ConfirmEpoch)
@@ -671,16 +680,15 @@ class Node:
             epoch = self._epochs.get(job.epoch)
             if epoch is None:
                 raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
-            sealed_by = dict(job.sealed_shares)
-            for member, public_hash in job.public_shares:
+            epoch.expect_commitments(dict(job.commitments))
+            for member, bundle_hash in job.bundles:
                 if member == self.node_id:
                     continue
-                public = cbor.loads_dataclass(PublicKeyShare, await self._fetch(public_hash, member))
-                epoch.receive(member, public)
-                bundle = cbor.loads_dataclass(EpochSealedBundle, await self._fetch(sealed_by[member], member))
-                mine = [s for s in bundle.shares if s.recipient == self.node_id]
+                bundle = cbor.loads_dataclass(EpochBundle, await self._fetch(bundle_hash, member))
+                epoch.receive(member, bundle.public)  # checked against its commitment
+                mine = [s for s in bundle.sealed if s.recipient == self.node_id]
                 if len(mine) != 1:
-                    raise ProtocolError(f"{member.short}'s sealed shares hold {len(mine)} shares for us")
+                    raise ProtocolError(f"{member.short}'s bundle holds {len(mine)} shares for us")
                 epoch.receive(member, mine[0])
             keys = await self._compute(epoch.finish)
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())

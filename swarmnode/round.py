@@ -76,9 +76,9 @@ class LocalFacts:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PublishEpochShares:
-    """Key epoch: draw our secret, persist it, put our public share and sealed shares as
-    blobs and commit their hashes (`EpochPublicShare`, `EpochSealedShares`)."""
+class CommitEpochShare:
+    """Key epoch, step 1: draw our secret and commit the hash of our public key share
+    (`EpochPublicShare`); nothing is revealed before every member has committed."""
 
     epoch: int
     epoch_id: bytes
@@ -87,21 +87,34 @@ class PublishEpochShares:
 
     @property
     def key(self) -> tuple[object, ...]:
-        return ("epoch-publish", self.epoch)
+        return ("epoch-commit", self.epoch)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevealEpochShares:
+    """Key epoch, step 2 (every commitment is on the ledger): put our public share and
+    sealed Shamir shares as one blob, persisted first, and commit its hash
+    (`EpochSealedShares`)."""
+
+    epoch: int
+    commitments: tuple[tuple[NodeId, bytes], ...]  # member -> committed public-share hash
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-reveal", self.epoch)
 
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConfirmEpoch:
-    """Key epoch: fetch every member's committed blobs, finish, persist the keys and
-    commit the collective key's hash (`EpochComplete`)."""
+    """Key epoch, step 3: fetch every member's committed bundle, check it against its
+    commitment, finish, persist the keys and commit the collective key's hash
+    (`EpochComplete`)."""
 
     epoch: int
-    epoch_id: bytes
-    members: tuple[NodeId, ...]
-    threshold: int
-    public_shares: tuple[tuple[NodeId, bytes], ...]  # member -> committed public share hash
-    sealed_shares: tuple[tuple[NodeId, bytes], ...]  # member -> committed sealed bundle hash
+    commitments: tuple[tuple[NodeId, bytes], ...]
+    bundles: tuple[tuple[NodeId, bytes], ...]  # member -> committed bundle blob hash
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -227,7 +240,8 @@ class SubmitPhaseTimeout:
 
 
 Job = (
-    PublishEpochShares
+    CommitEpochShare
+    | RevealEpochShares
     | ConfirmEpoch
     | SubmitReady
     | Contribute
@@ -369,36 +383,33 @@ PHASE_ROLES: Final[Mapping[Phase, _Planner]] = {
 
 
 def _plan_epoch(contract: Contract, facts: LocalFacts) -> list[Job]:
+    """Commit, then reveal, then confirm: each step once all members finished the previous."""
     epoch = contract.key_epoch()
     me = facts.me
     record = epoch.record(me)
     if epoch.complete or record is None or contract.member(me) is None:
         return []
-    if record.public_share_hash is None or record.sealed_shares_hash is None:
+    if record.public_share_hash is None:
         return [
-            PublishEpochShares(
+            CommitEpochShare(
                 epoch=epoch.number, epoch_id=epoch.seed, members=epoch.members, threshold=epoch.threshold
             )
         ]
+    commitments: list[tuple[NodeId, bytes]] = []
+    for other in epoch.records:
+        if other.public_share_hash is None:
+            return []  # wait for every commitment before revealing anything
+        commitments.append((other.node_id, other.public_share_hash))
+    if record.sealed_shares_hash is None:
+        return [RevealEpochShares(epoch=epoch.number, commitments=tuple(commitments))]
     if record.collective_key_hash is not None:
         return []
-    public: list[tuple[NodeId, bytes]] = []
-    sealed: list[tuple[NodeId, bytes]] = []
+    bundles: list[tuple[NodeId, bytes]] = []
     for other in epoch.records:
-        if other.public_share_hash is None or other.sealed_shares_hash is None:
-            return []  # wait for everyone's hashes
-        public.append((other.node_id, other.public_share_hash))
-        sealed.append((other.node_id, other.sealed_shares_hash))
-    return [
-        ConfirmEpoch(
-            epoch=epoch.number,
-            epoch_id=epoch.seed,
-            members=epoch.members,
-            threshold=epoch.threshold,
-            public_shares=tuple(public),
-            sealed_shares=tuple(sealed),
-        )
-    ]
+        if other.sealed_shares_hash is None:
+            return []
+        bundles.append((other.node_id, other.sealed_shares_hash))
+    return [ConfirmEpoch(epoch=epoch.number, commitments=tuple(commitments), bundles=tuple(bundles))]
 
 
 def answering_round(contract: Contract, me: NodeId, wanted: MergeWanted) -> Round | None:

@@ -13,16 +13,22 @@ and by anything that wants N nodes quickly::
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from consensus.genesis import FoundingMember, Genesis, JoinPolicy, StoppingRule, Timeouts, TrainingParams
 from crypto.identity import NodeId, NodeIdentity
 from models.spec import ModelSpec
-from models.training import TrainConfig
+from models.training import LocalTrainer, TrainConfig
 
 from .config import DataSection, LedgerSection, NodeConfig, NodeSection, SwarmSection
+from .node import MergeResult, Node, StopInfo, SwarmStopped
 
 SIM_TIMEOUTS: Final = Timeouts(ready_wait=30.0, contribute=20.0, aggregate=20.0, verify=20.0, decrypt=20.0)
 
@@ -98,3 +104,64 @@ class SwarmPlan:
             for i in range(founders + joiners)
         )
         return cls(genesis, identities, configs, founders, root, spec)
+
+
+# -- a training loop over Node.merge, for simulations and tests ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SiteOutcome:
+    """What one simulated site ended with."""
+
+    name: str
+    rounds: tuple[int, ...]  # the rounds whose merged model it received
+    final_hash: bytes | None
+    final_parameters: npt.NDArray[np.float32] | None
+    stop: StopInfo | None
+    error: str | None = None
+
+
+async def train_with_swarm(
+    node: Node,
+    trainer: LocalTrainer,
+    *,
+    epochs_per_round: int,
+    start: npt.NDArray[np.float32] | None = None,
+    merge_timeout: float = 600.0,
+    on_round: Callable[[MergeResult], Awaitable[None]] | None = None,
+) -> SiteOutcome:
+    """The Swarm Learning loop of one site: train k epochs, merge, load, until the swarm stops."""
+    params = trainer.parameters() if start is None else start
+    rounds: list[int] = []
+    last: MergeResult | None = None
+    while True:
+        result = trainer.train_epochs(epochs_per_round, start=params)
+        metric = None if result.validation is None else result.validation.roc_auc
+        if metric is not None and not math.isfinite(metric):
+            metric = None
+        try:
+            merged = await node.merge(
+                result.parameters, result.num_samples, val_metric=metric, timeout=merge_timeout
+            )
+        except SwarmStopped as stopped:
+            last = stopped.final if stopped.final is not None else last
+            break
+        rounds.append(merged.round)
+        last = merged
+        params = merged.parameters
+        trainer.load_parameters(params)
+        if on_round is not None:
+            await on_round(merged)
+        if merged.stopped:
+            break
+    info = await node.wait_stopped()
+    final = info.final if info.final is not None else last
+    if final is not None:
+        trainer.load_parameters(final.parameters)
+    return SiteOutcome(
+        name=node.config.node.name,
+        rounds=tuple(rounds),
+        final_hash=None if final is None else final.params_hash,
+        final_parameters=None if final is None else final.parameters,
+        stop=info,
+    )

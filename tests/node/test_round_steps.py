@@ -34,13 +34,14 @@ from crypto.identity import NodeId, NodeIdentity
 from swarmnode.round import (
     AggregateContributions,
     CombineShares,
+    CommitEpochShare,
     ConfirmEpoch,
     Contribute,
     LoadMerged,
     LocalFacts,
     MakeDecryptionShare,
     MergeWanted,
-    PublishEpochShares,
+    RevealEpochShares,
     SubmitPhaseTimeout,
     SubmitReady,
     VerifyAggregate,
@@ -187,14 +188,24 @@ def published(c: Contract) -> None:
 
 
 def half_published(c: Contract) -> None:
-    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
+    committed(c)
     commit(c, (IDS[0].node_id, EpochSealedShares(epoch=1, shares_hash=h("s0"))))
 
 
+def committed(c: Contract) -> None:
+    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
+
+
+def committed_partly(c: Contract) -> None:
+    commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS[:3])])
+
+
 STEPS = [
-    Step("genesis: every member publishes epoch shares", nothing, first, {}, ["PublishEpochShares"]),
-    Step("own shares committed, others missing: wait", half_published, first, {}, []),
-    Step("all shares committed: confirm the epoch", published, first, {}, ["ConfirmEpoch"]),
+    Step("genesis: every member commits its public share", nothing, first, {}, ["CommitEpochShare"]),
+    Step("some commitments missing: reveal nothing yet", committed_partly, first, {}, []),
+    Step("all commitments on the ledger: reveal", committed, first, {}, ["RevealEpochShares"]),
+    Step("own bundle committed, others missing: wait", half_published, first, {}, []),
+    Step("all bundles committed: confirm the epoch", published, first, {}, ["ConfirmEpoch"]),
     Step("epoch complete, no merge waiting: idle", to_epoch_complete, first, {}, []),
     Step("epoch complete, merge waiting: Ready", to_epoch_complete, first, {"wanted": WANT}, ["SubmitReady"]),
     Step("contribute phase: participant contributes", to_contribute, first, {"wanted": WANT}, ["Contribute"]),
@@ -291,13 +302,18 @@ def test_job_fields_follow_the_ledger() -> None:
 def test_epoch_jobs_carry_the_epoch_spec() -> None:
     c = make_contract()
     (job,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
-    assert isinstance(job, PublishEpochShares)
+    assert isinstance(job, CommitEpochShare)
     epoch = c.key_epoch()
     assert (job.epoch, job.epoch_id, job.members, job.threshold) == (1, epoch.seed, epoch.members, 3)
-    published(c)
+    committed(c)
+    (reveal,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
+    assert isinstance(reveal, RevealEpochShares)
+    assert dict(reveal.commitments)[IDS[3].node_id] == h("p3")
+    commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
     (confirm,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
     assert isinstance(confirm, ConfirmEpoch)
-    assert dict(confirm.public_shares)[IDS[3].node_id] == h("p3")
+    assert dict(confirm.commitments)[IDS[3].node_id] == h("p3")
+    assert dict(confirm.bundles)[IDS[1].node_id] == h("s1")
 
 
 def test_deadline_is_measured_from_first_sight_of_the_stage() -> None:
