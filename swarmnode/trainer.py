@@ -1,0 +1,654 @@
+"""The PyTorch helper: local training with a swarm merge every k epochs.
+
+In the spirit of other frameworks' training callbacks: you bring the local
+training (a `models.LocalTrainer`, or your own torch module, DataLoader and
+optimiser), the swarm's genesis brings the rules, and `SwarmTrainer` runs the
+loop every site runs::
+
+    train k epochs -> report (params, num_samples, val metric) -> block until merged
+    -> load the merged params -> evaluate -> ... until the swarm stops
+
+- k (``sync_every``) and the unit (epochs or optimiser steps) come from
+  ``genesis.training``; weightage comes from the node's config (the node
+  multiplies ``num_samples`` by it).
+- The validation metric reported with Ready is computed on the local
+  validation data; which one (``roc_auc``, ``loss``, ...) defaults from the
+  stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss).
+- The merge method is the genesis's; asking for another one, or for a robust
+  plaintext merge in a ``secure = true`` swarm, is a `SwarmSetupError` saying why.
+- Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_merged``, ``on_stop``).
+
+`SwarmTrainer` itself does no I/O: `next_sync()` trains and returns what to
+offer, `merged(result)` takes the round's merge, `finish(...)` ends. Two small
+drivers use it: `run(SwarmNode)` (blocking) and `arun(Node)` (trio), and
+`run_site(config)` is the whole ``swarmnode run`` for one site (async).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, final
+
+import numpy as np
+import torch
+import trio
+from torch import nn
+
+from consensus.genesis import SECURE_MERGE_METHODS, Genesis
+from models.data import Dataset, load_dataset
+from models.flatten import FloatVector, flatten, layout_of, unflatten
+from models.training import LocalTrainer, Metrics, classification_metrics, init_parameters
+
+from .config import NodeConfig
+from .net.base import Transport
+from .node import MergeResult, Node, SwarmError, SwarmStopped, open_swarm_node
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from crypto.identity import NodeIdentity
+
+    from .api import SwarmNode
+
+__all__ = [
+    "RoundRecord",
+    "SiteReport",
+    "SwarmCallback",
+    "SwarmSetupError",
+    "SwarmTrainer",
+    "SyncPoint",
+    "TrainingSummary",
+    "run_site",
+    "train_with_swarm",
+]
+
+T = TypeVar("T")
+METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
+LARGER_IS_BETTER: Final = frozenset({"accuracy", "balanced_accuracy", "f1", "roc_auc"})
+METRICS_FILE: Final = "metrics.json"
+
+
+class SwarmSetupError(SwarmError):
+    """Local training does not fit the swarm's rules (model, merge method, metric, sync unit)."""
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SyncPoint:
+    """What this site offers at a sync point."""
+
+    parameters: FloatVector
+    num_samples: int
+    val_metric: float | None
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class RoundRecord:
+    """One merged round as this site saw it.
+
+    local:  validation metrics of the locally trained model (what was reported).
+    merged: validation metrics of the merged model on the same local data.
+    """
+
+    round: int
+    local_epochs: int  # local epochs (or steps) trained so far
+    num_samples: int
+    train_loss: float
+    val_metric: float | None
+    local: Metrics | None
+    merged: Metrics | None
+    participants: int
+    weight: int
+    params_hash: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "round": self.round,
+            "local_epochs": self.local_epochs,
+            "num_samples": self.num_samples,
+            "train_loss": _json_float(self.train_loss),
+            "val_metric": self.val_metric,
+            "local": None if self.local is None else self.local.to_dict(),
+            "merged": None if self.merged is None else self.merged.to_dict(),
+            "participants": self.participants,
+            "weight": self.weight,
+            "params_hash": self.params_hash,
+        }
+
+
+@final
+@dataclass(frozen=True, eq=False, kw_only=True)
+class TrainingSummary:
+    """How training ended. `parameters` is the final model (the swarm's final merge
+    if it stopped with one, else this site's last merged or local parameters)."""
+
+    parameters: FloatVector
+    rounds: tuple[RoundRecord, ...]
+    stop_reason: str
+    final_hash: bytes | None
+    metric: str
+    test: Metrics | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "stop_reason": self.stop_reason,
+            "final_hash": None if self.final_hash is None else self.final_hash.hex(),
+            "rounds": [r.to_dict() for r in self.rounds],
+            "test": None if self.test is None else self.test.to_dict(),
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+class SwarmCallback:
+    """Per-round hooks; override what you need (all do nothing by default)."""
+
+    def on_round_start(self, round_index: int, trainer: SwarmTrainer) -> None:
+        """Before local training towards the `round_index`-th sync point (1-based)."""
+
+    def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
+        """After the merged parameters were loaded and evaluated."""
+
+    def on_stop(self, summary: TrainingSummary) -> None:
+        """Once, when the swarm stopped training."""
+
+
+# -- local learners ----------------------------------------------------------------------------
+
+
+class LocalLearner(Protocol):
+    """What SwarmTrainer needs from local training."""
+
+    @property
+    def num_samples(self) -> int: ...
+
+    def train(self, amount: int, unit: str) -> float:
+        """Train `amount` epochs or steps; return the mean training loss."""
+        ...
+
+    def parameters(self) -> FloatVector: ...
+
+    def load(self, parameters: FloatVector) -> None: ...
+
+    def validate(self) -> Metrics | None: ...
+
+    def test(self) -> Metrics | None: ...
+
+
+@final
+class _SpecLearner:
+    """A `models.LocalTrainer` (its own validation split; optional test data)."""
+
+    def __init__(self, trainer: LocalTrainer, test_data: Dataset | None) -> None:
+        self.trainer = trainer
+        self.test_data = test_data
+
+    @property
+    def num_samples(self) -> int:
+        return self.trainer.num_samples
+
+    def train(self, amount: int, unit: str) -> float:
+        if unit != "epochs":
+            raise SwarmSetupError(
+                f"this swarm syncs every {amount} {unit}; models.LocalTrainer trains whole epochs only "
+                "(use SwarmTrainer.from_torch for step-based sync)"
+            )
+        return self.trainer.train_epochs(amount).train_loss
+
+    def parameters(self) -> FloatVector:
+        return self.trainer.parameters()
+
+    def load(self, parameters: FloatVector) -> None:
+        self.trainer.load_parameters(parameters)
+
+    def validate(self) -> Metrics | None:
+        return self.trainer.validate()
+
+    def test(self) -> Metrics | None:
+        return None if self.test_data is None else self.trainer.evaluate(self.test_data)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@final
+class _TorchLearner:
+    """A user's classifier: module (logits out), DataLoader of (x, y) batches, optimiser."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
+        test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
+        num_samples: int | None,
+    ) -> None:
+        self.model = model
+        self.layout = layout_of(model)
+        self.train_loader = train_loader
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.val_loader = val_loader
+        self.test_loader = test_loader
+        if num_samples is None:
+            try:
+                num_samples = len(train_loader.dataset)  # type: ignore[arg-type]
+            except TypeError:
+                raise SwarmSetupError(
+                    "the training DataLoader's dataset has no len(): pass num_samples"
+                ) from None
+        if num_samples < 1:
+            raise SwarmSetupError("the training data is empty")
+        self._num_samples = num_samples
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def train(self, amount: int, unit: str) -> float:
+        self.model.train()
+        losses: list[float] = []
+        if unit == "epochs":
+            for _ in range(amount):
+                losses.extend(self._step(x, y) for x, y in self.train_loader)
+        else:
+            while len(losses) < amount:
+                before = len(losses)
+                for x, y in self.train_loader:
+                    losses.append(self._step(x, y))
+                    if len(losses) == amount:
+                        break
+                if len(losses) == before:
+                    raise SwarmSetupError("the training DataLoader yielded no batches")
+        return float(np.mean(losses)) if losses else math.nan
+
+    def parameters(self) -> FloatVector:
+        return flatten(self.model, self.layout)
+
+    def load(self, parameters: FloatVector) -> None:
+        unflatten(self.model, parameters, self.layout)
+
+    def _evaluate(self, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None) -> Metrics | None:
+        if loader is None:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        logits: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        try:
+            with torch.no_grad():
+                for x, y in loader:
+                    logits.append(self.model(x))
+                    labels.append(y)
+        finally:
+            self.model.train(was_training)
+        if not logits:
+            return None
+        all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+        loss = float(self.loss_fn(all_logits, all_labels))
+        probabilities = torch.softmax(all_logits, dim=1).double().numpy()
+        return classification_metrics(
+            all_labels.numpy().astype(np.int64), probabilities, all_logits.shape[1], loss=loss
+        )
+
+    def validate(self) -> Metrics | None:
+        return self._evaluate(self.val_loader)
+
+    def test(self) -> Metrics | None:
+        return self._evaluate(self.test_loader)
+
+
+# -- the trainer -------------------------------------------------------------------------------
+
+
+def check_merge_method(genesis: Genesis, requested: str | None) -> str:
+    """The swarm's merge method; a `SwarmSetupError` if `requested` is not what genesis fixed."""
+    rules = genesis.training
+    if requested is None or requested == rules.merge_method:
+        return rules.merge_method
+    if rules.secure and requested not in SECURE_MERGE_METHODS:
+        raise SwarmSetupError(
+            f"merge method {requested!r} needs plaintext updates, but swarm {genesis.name!r} has "
+            f"secure = true in its genesis: only {', '.join(SECURE_MERGE_METHODS)} can be computed on "
+            "encrypted updates. Robust merges need a swarm founded with secure = false."
+        )
+    raise SwarmSetupError(
+        f"merge method {requested!r} differs from swarm {genesis.name!r}'s genesis "
+        f"({rules.merge_method!r}); every member merges by the genesis rule"
+    )
+
+
+def default_metric(genesis: Genesis) -> str:
+    return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
+
+
+@final
+class SwarmTrainer:
+    """Local training between swarm merges (see the module docstring)."""
+
+    def __init__(
+        self,
+        learner: LocalLearner,
+        genesis: Genesis,
+        *,
+        metric: str | None = None,
+        merge_method: str | None = None,
+        sync_every: int | None = None,
+        callbacks: Sequence[SwarmCallback] = (),
+    ) -> None:
+        self.learner: Final = learner
+        self.genesis: Final = genesis
+        self.merge_method: Final = check_merge_method(genesis, merge_method)
+        self.metric: Final = metric if metric is not None else default_metric(genesis)
+        if self.metric not in METRICS:
+            raise SwarmSetupError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        goal = genesis.training.stopping.goal
+        if (self.metric in LARGER_IS_BETTER) != (goal == "max"):
+            raise SwarmSetupError(
+                f"metric {self.metric!r} does not fit the stopping rule's goal {goal!r} "
+                f"({'larger' if goal == 'max' else 'smaller'} is better)"
+            )
+        self.sync_every: Final = sync_every if sync_every is not None else genesis.training.sync_every
+        if self.sync_every < 1:
+            raise SwarmSetupError("sync_every must be >= 1")
+        self.sync_unit: Final = genesis.training.sync_unit
+        self.callbacks: Final = tuple(callbacks)
+        self.rounds: list[RoundRecord] = []
+        self._trained = 0
+        self._pending: tuple[float, Metrics | None, float | None] | None = None
+        self._last: MergeResult | None = None
+
+    @classmethod
+    def from_local_trainer(
+        cls, trainer: LocalTrainer, genesis: Genesis, *, test_data: Dataset | None = None, **options: object
+    ) -> SwarmTrainer:
+        """Wrap a `models.LocalTrainer` (validation on its local split)."""
+        return cls(_SpecLearner(trainer, test_data), genesis, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_torch(
+        cls,
+        model: nn.Module,
+        train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        genesis: Genesis,
+        *,
+        loss_fn: LossFn = nn.functional.cross_entropy,
+        val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        num_samples: int | None = None,
+        **options: object,
+    ) -> SwarmTrainer:
+        """Wrap a classifier returning logits, trained in place on (x, y) batches."""
+        learner = _TorchLearner(model, train_loader, optimizer, loss_fn, val_loader, test_loader, num_samples)
+        return cls(learner, genesis, **options)  # type: ignore[arg-type]
+
+    # -- the steps (no I/O) ----------------------------------------------------------------
+
+    def next_sync(self) -> SyncPoint:
+        """Train up to the next sync point and return what to offer to the merge."""
+        for callback in self.callbacks:
+            callback.on_round_start(len(self.rounds) + 1, self)
+        loss = self.learner.train(self.sync_every, self.sync_unit)
+        self._trained += self.sync_every
+        local = self.learner.validate()
+        value = None if local is None else getattr(local, self.metric)
+        val_metric = None if value is None or not math.isfinite(value) else float(value)
+        self._pending = (loss, local, val_metric)
+        return SyncPoint(
+            parameters=self.learner.parameters(), num_samples=self.learner.num_samples, val_metric=val_metric
+        )
+
+    def merged(self, result: MergeResult) -> RoundRecord:
+        """Load the round's merged parameters and record the round."""
+        if self._pending is None:
+            raise RuntimeError("merged() without a preceding next_sync()")
+        loss, local, val_metric = self._pending
+        self._pending = None
+        self.learner.load(result.parameters)
+        self._last = result
+        record = RoundRecord(
+            round=result.round,
+            local_epochs=self._trained,
+            num_samples=self.learner.num_samples,
+            train_loss=loss,
+            val_metric=val_metric,
+            local=local,
+            merged=self.learner.validate(),
+            participants=len(result.participants),
+            weight=result.weight,
+            params_hash=result.params_hash.hex(),
+        )
+        self.rounds.append(record)
+        for callback in self.callbacks:
+            callback.on_merged(result, record)
+        return record
+
+    def finish(self, reason: str, final: MergeResult | None = None) -> TrainingSummary:
+        """End training: load the swarm's final model (if any), test, call on_stop."""
+        final = (
+            final
+            if final is not None
+            else (self._last if self._last is not None and self._last.stopped else None)
+        )
+        if final is not None:
+            self.learner.load(final.parameters)
+        summary = TrainingSummary(
+            parameters=self.learner.parameters(),
+            rounds=tuple(self.rounds),
+            stop_reason=reason,
+            final_hash=None if final is None else final.params_hash,
+            metric=self.metric,
+            test=self.learner.test(),
+        )
+        for callback in self.callbacks:
+            callback.on_stop(summary)
+        return summary
+
+    # -- drivers -----------------------------------------------------------------------------
+
+    def run(self, node: SwarmNode, *, timeout: float | None = None) -> TrainingSummary:
+        """Train with `node` (blocking) until the swarm stops; returns the summary."""
+        while True:
+            offer = self.next_sync()
+            try:
+                result = node.merge(
+                    offer.parameters, offer.num_samples, val_metric=offer.val_metric, timeout=timeout
+                )
+            except SwarmStopped as stop:
+                self._pending = None
+                return self.finish(str(stop), stop.final)
+            self.merged(result)
+            if result.stopped:
+                return self.finish("training stopped with this round", result)
+
+    async def arun(
+        self, node: Node, *, inline_compute: bool = False, timeout: float | None = None
+    ) -> TrainingSummary:
+        """Train with a trio `Node`; local training runs in a worker thread unless
+        `inline_compute` (virtual-time tests)."""
+
+        async def compute(fn: Callable[[], T]) -> T:
+            return fn() if inline_compute else await trio.to_thread.run_sync(fn)
+
+        while True:
+            offer = await compute(self.next_sync)
+            try:
+                result = await node.merge(
+                    offer.parameters, offer.num_samples, val_metric=offer.val_metric, timeout=timeout
+                )
+            except SwarmStopped as stop:
+                self._pending = None
+                final = stop.final
+                return await compute(partial(self.finish, str(stop), final))
+            await compute(partial(self.merged, result))
+            if result.stopped:
+                return await compute(partial(self.finish, "training stopped with this round", result))
+
+
+def train_with_swarm(
+    node: SwarmNode,
+    model: nn.Module,
+    train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    metric: str | None = None,
+    merge_method: str | None = None,
+    callbacks: Iterable[SwarmCallback] = (),
+    timeout: float | None = None,
+) -> TrainingSummary:
+    """Train `model` in place with a merge every ``genesis.training.sync_every`` epochs
+    (or steps) until the swarm stops; the model ends at the swarm's final model."""
+    trainer = SwarmTrainer.from_torch(
+        model,
+        train_loader,
+        optimizer,
+        node.genesis,
+        loss_fn=loss_fn,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        metric=metric,
+        merge_method=merge_method,
+        callbacks=tuple(callbacks),
+    )
+    return trainer.run(node, timeout=timeout)
+
+
+# -- one site, as `swarmnode run` runs it ------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SiteReport:
+    site: str
+    node_id: str
+    summary: TrainingSummary
+    metrics_path: Path
+
+
+def initial_parameters(genesis: Genesis, config: NodeConfig) -> FloatVector:
+    """Every site starts from the same model: initialised from a seed derived from the chain id."""
+    return init_parameters(config.model, seed=int.from_bytes(genesis.chain_id[:8], "big") >> 1)
+
+
+def check_model(genesis: Genesis, config: NodeConfig) -> None:
+    if config.model.spec_hash() != genesis.training.model_spec_hash:
+        raise SwarmSetupError(
+            f"{config.source or 'site config'}: the [model] section ({config.model}) is not the model "
+            f"swarm {genesis.name!r} trains: its spec hash {config.model.spec_hash().hex()[:16]} differs "
+            f"from the genesis's {genesis.training.model_spec_hash.hex()[:16]} (copy the [model] section "
+            "from the invitation or a member's site.toml)"
+        )
+
+
+def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrainer, Dataset | None]:
+    """Load this site's data (and test data) per config and build its LocalTrainer."""
+    check_model(genesis, config)
+    data = load_dataset(
+        config.data.source, label_column=config.data.label_column, positive_class=config.data.positive_class
+    )
+    test = None
+    if config.data.test_source is not None:
+        test = load_dataset(
+            config.data.test_source,
+            label_column=config.data.label_column,
+            positive_class=config.data.positive_class,
+        )
+    trainer = LocalTrainer(
+        config.model,
+        data,
+        config.training,
+        generator=torch.Generator().manual_seed(config.swarm.seed),
+        preprocess=config.data.preprocess,  # fitted on this site's training rows only
+        initial_parameters=initial_parameters(genesis, config),
+    )
+    return trainer, test
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # readers (the report, a live view) never see half a file
+
+
+@final
+class _MetricsWriter(SwarmCallback):
+    def __init__(
+        self, path: Path, site: str, metric: str, progress: Callable[[RoundRecord], None] | None
+    ) -> None:
+        self.path = path
+        self.site = site
+        self.metric = metric
+        self.progress = progress
+        self.rounds: list[dict[str, object]] = []
+
+    def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
+        self.rounds.append(record.to_dict())
+        _write_json(
+            self.path, {"site": self.site, "metric": self.metric, "rounds": self.rounds, "final": None}
+        )
+        if self.progress is not None:
+            self.progress(record)
+
+    def on_stop(self, summary: TrainingSummary) -> None:
+        _write_json(self.path, {"site": self.site, **summary.to_dict()})
+
+
+async def run_site(
+    config: NodeConfig,
+    *,
+    transport: Transport | None = None,
+    identity: NodeIdentity | None = None,
+    progress: Callable[[RoundRecord], None] | None = None,
+    callbacks: Sequence[SwarmCallback] = (),
+    inline_compute: bool = False,
+    timeout: float | None = None,
+) -> SiteReport:
+    """Run one site until the swarm stops (async: call it inside ``trio.run``).
+
+    Loads the site's data per ``config.data`` (preprocessing fitted locally), checks
+    that ``config.model`` is the genesis model, starts the node (libp2p per
+    ``config.network`` unless `transport` is given), trains with a merge every
+    ``sync_every`` epochs and writes per-round metrics to
+    ``<storage_dir>/metrics.json`` after every round (and the summary at the end).
+    `progress` is called with each round's `RoundRecord`, like every callback in the
+    thread that trains (a worker thread unless `inline_compute`).
+    """
+    genesis = Genesis.load(config.ledger.genesis)
+    local, test = build_local_trainer(config, genesis)
+    storage = Path(config.node.storage_dir)
+    storage.mkdir(parents=True, exist_ok=True)
+    metrics_path = storage / METRICS_FILE
+    writer = _MetricsWriter(metrics_path, config.node.name, default_metric(genesis), progress)
+    trainer = SwarmTrainer.from_local_trainer(local, genesis, test_data=test, callbacks=(*callbacks, writer))
+    async with open_swarm_node(
+        config, transport=transport, identity=identity, inline_compute=inline_compute, genesis=genesis
+    ) as node:
+        summary = await trainer.arun(node, inline_compute=inline_compute, timeout=timeout)
+        node_id = node.node_id.peer_id
+    return SiteReport(site=config.node.name, node_id=node_id, summary=summary, metrics_path=metrics_path)
