@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +73,7 @@ from .node import (
 
 if TYPE_CHECKING:
     from torch import nn
+    from trio_typing import TaskStatus
 
 __all__ = ["NodeOpener", "SwarmNode", "create_local_swarm", "local_swarm"]
 
@@ -193,7 +194,7 @@ class _LoopThread:
         hosted: _Hosted[T],
         open_context: Callable[[], AbstractAsyncContextManager[T]],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
         try:
@@ -216,7 +217,7 @@ class _LoopThread:
                 scope.cancel()
             hosted.done.set()
 
-    def call(self, hosted: _Hosted[object], afn: Callable[[], Awaitable[T]]) -> T:
+    def call(self, hosted: _Hosted[Any], afn: Callable[[], Awaitable[T]]) -> T:
         """Run `afn` on the loop; cancelled with a SwarmError once `hosted` ends."""
 
         async def guarded() -> T:
@@ -232,7 +233,7 @@ class _LoopThread:
 
         return self._run(guarded)
 
-    def call_sync(self, hosted: _Hosted[object], fn: Callable[[], T]) -> T:
+    def call_sync(self, hosted: _Hosted[Any], fn: Callable[[], T]) -> T:
         async def run() -> T:
             if hosted.ended:
                 raise hosted.ended_error()
@@ -240,7 +241,7 @@ class _LoopThread:
 
         return self._run(run)
 
-    def release(self, hosted: _Hosted[object], timeout: float) -> None:
+    def release(self, hosted: _Hosted[Any], timeout: float) -> None:
         """Leave the hosted context: gracefully within `timeout`, then by cancelling it."""
 
         async def leave() -> None:
