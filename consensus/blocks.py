@@ -137,12 +137,13 @@ class EnvelopeOpener:
     opening is a pure function of the bytes. Failures are not cached.
     """
 
-    __slots__ = ("_cache", "_size", "codec")
+    __slots__ = ("_budget", "_bytes", "_cache", "codec")
 
-    def __init__(self, codec: EnvelopeCodec, size: int = 65536) -> None:
+    def __init__(self, codec: EnvelopeCodec, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.codec: Final = codec
         self._cache: OrderedDict[bytes, Envelope] = OrderedDict()
-        self._size = size
+        self._budget = max_bytes  # of wire bytes held (a proposal may be ~1 MiB, a vote ~200 B)
+        self._bytes = 0
 
     @property
     def chain_id(self) -> bytes:
@@ -155,8 +156,10 @@ class EnvelopeOpener:
             return cached
         envelope = self.codec.open(wire)
         self._cache[wire] = envelope
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+        self._bytes += len(wire)
+        while self._bytes > self._budget:
+            evicted, _ = self._cache.popitem(last=False)
+            self._bytes -= len(evicted)
         return envelope
 
 

@@ -13,6 +13,9 @@ state until none fires, so the order in which messages arrive never matters
 for which rules eventually fire; "for the first time" rules are guarded by
 per-round flags. Beyond the paper:
 
+- after a commit the next height starts only when the COMMIT timer fires
+  (Tendermint's timeout_commit): it paces blocks instead of spinning out empty
+  ones as fast as the network allows, and lets late precommits arrive;
 - a REBROADCAST timer re-sends this round's own signed messages and pending
   transactions, so progress survives lost messages (gossip retransmission);
 - a node that sees messages of a higher height asks the sender for blocks
@@ -58,6 +61,7 @@ class TimeoutKind(enum.Enum):
     PREVOTE = "prevote"
     PRECOMMIT = "precommit"
     REBROADCAST = "rebroadcast"
+    COMMIT = "commit"  # wait after a commit before round 0 of the next height
 
 
 # The steps under which own signed messages are recorded (PersistSigned.step).
@@ -76,10 +80,13 @@ class TimeoutConfig:
     precommit: float = 0.5
     delta: float = 0.5
     rebroadcast: float = 1.0
+    commit: float = 1.0  # block pacing; 0 starts the next height at once
 
     def __post_init__(self) -> None:
-        if min(self.propose, self.prevote, self.precommit, self.rebroadcast) <= 0 or self.delta < 0:
-            raise ValueError("timeouts must be positive and delta non-negative")
+        if min(self.propose, self.prevote, self.precommit, self.rebroadcast) <= 0:
+            raise ValueError("propose, prevote, precommit and rebroadcast timeouts must be positive")
+        if self.delta < 0 or self.commit < 0:
+            raise ValueError("delta and commit must be non-negative")
 
     def duration(self, kind: TimeoutKind, round: int) -> float:
         base = {
@@ -87,7 +94,10 @@ class TimeoutConfig:
             TimeoutKind.PREVOTE: self.prevote,
             TimeoutKind.PRECOMMIT: self.precommit,
             TimeoutKind.REBROADCAST: self.rebroadcast,
+            TimeoutKind.COMMIT: self.commit,
         }[kind]
+        if kind in (TimeoutKind.REBROADCAST, TimeoutKind.COMMIT):
+            return base
         return base + self.delta * round
 
 
@@ -97,6 +107,11 @@ class CoreConfig:
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     mempool: MempoolLimits = field(default_factory=MempoolLimits)
     max_future_messages: int = 4096  # buffered messages of height+1
+    snapshot_every: int = 100  # heights between application snapshots in Commit (0: never)
+
+    def __post_init__(self) -> None:
+        if self.max_future_messages < 0 or self.snapshot_every < 0:
+            raise ValueError("max_future_messages and snapshot_every must be non-negative")
 
 
 @final
@@ -198,6 +213,10 @@ class Commit:
     certificate: CommitCertificate
     results: tuple[str | None, ...]  # per tx: None = applied, else the rejection reason
     app_hash: bytes  # application state after this block
+    # Application snapshot after this block, every `CoreConfig.snapshot_every` heights. Taken
+    # here because one input may commit several blocks (block sync): by the time the shell
+    # performs this action the application may already be further ahead.
+    snapshot: bytes | None = None
 
 
 @final
@@ -263,6 +282,7 @@ class TendermintCore:
         self.config: Final = config
         self.mempool: Final = Mempool(app.check_tx, config.mempool)
         self._started = False
+        self._waiting = False  # committed, the next height's round 0 not started yet
         self._evidence: list[Equivocation] = []
         self._height = resume.height
         self._last_hash = resume.last_block_hash
@@ -344,6 +364,7 @@ class TendermintCore:
         self._height = height
         self._validators = self.app.validators(height)
         self._prev_validators = self.app.validators(height - 1) if height > 1 else ()
+        self._next_validators = self.app.validators(height + 1)  # known: changes lag two heights
         self._keeper = VoteKeeper(height, self._validators)
         self._round = 0
         self._step = Step.PROPOSE
@@ -382,6 +403,7 @@ class TendermintCore:
                 ScheduleTimeout(TimeoutKind.PROPOSE, h, round, timeouts.duration(TimeoutKind.PROPOSE, round))
             )
         out.append(ScheduleTimeout(TimeoutKind.REBROADCAST, h, round, timeouts.rebroadcast))
+        self._waiting = False
         return out
 
     def _build_block(self) -> Block:
@@ -507,7 +529,11 @@ class TendermintCore:
             self._blocks.setdefault(block.hash, block)
 
     def _on_future(self, envelope: Envelope, height: int) -> list[Action]:
-        if height == self._height + 1 and len(self._future) < self.config.max_future_messages:
+        if (
+            height == self._height + 1
+            and len(self._future) < self.config.max_future_messages
+            and envelope.sender in self._next_validators
+        ):
             self._future.setdefault(envelope.wire, envelope)
         return self._maybe_request_blocks(envelope.sender)
 
@@ -555,6 +581,8 @@ class TendermintCore:
     def _on_timeout(self, timeout: TimeoutFired) -> list[Action]:
         if timeout.height != self._height or timeout.round != self._round:
             return []  # stale
+        if self._waiting:
+            return self._start_round(0) if timeout.kind is TimeoutKind.COMMIT else []
         kind, step = timeout.kind, self._step
         if kind is TimeoutKind.PROPOSE and step is Step.PROPOSE:  # L57
             return self._prevote(None)  # L59-60
@@ -609,6 +637,8 @@ class TendermintCore:
     def _evaluate(self) -> list[Action]:
         """Fire "upon" rules until none applies (each firing changes state or sets a flag)."""
         out: list[Action] = []
+        if self._waiting:
+            return out  # between a commit and the next height's round 0: only collect messages
         while True:
             fired = self._fire_one()
             if fired is None:
@@ -674,13 +704,20 @@ class TendermintCore:
         """L49-54: commit, apply, move to the next height and start its round 0."""
         results = self.app.apply_block(block.height, block.txs)
         app_hash = self.app.app_hash()
+        every = self.config.snapshot_every
+        snapshot = self.app.snapshot() if every and block.height % every == 0 else None
         self.mempool.update(block.txs)
-        out: list[Action] = [Commit(block, certificate, results, app_hash)]
+        out: list[Action] = [Commit(block, certificate, results, app_hash, snapshot)]
         self._last_hash = block.hash
         self._last_certificate = certificate
         future = list(self._future.values())
         self._enter_height(block.height + 1)  # L52-54 (resets lock and valid values)
-        out += self._start_round(0)
+        pause = self.config.timeouts.commit
+        if pause > 0:
+            self._waiting = True  # L54 StartRound(0) once the COMMIT timer fires
+            out.append(ScheduleTimeout(TimeoutKind.COMMIT, self._height, 0, pause))
+        else:
+            out += self._start_round(0)
         for envelope in future:  # messages of the new height that arrived early
             out += self._accept(envelope)
         return out

@@ -200,7 +200,9 @@ class InvariantViolation(AssertionError):
     """A safety or liveness property of the ledger failed in a simulated schedule."""
 
 
-SIM_TIMEOUTS: Final = TimeoutConfig(propose=0.3, prevote=0.1, precommit=0.1, delta=0.1, rebroadcast=0.25)
+SIM_TIMEOUTS: Final = TimeoutConfig(
+    propose=0.3, prevote=0.1, precommit=0.1, delta=0.1, rebroadcast=0.25, commit=0.1
+)
 
 
 def sim_identity(index: int) -> NodeIdentity:
@@ -263,8 +265,7 @@ class Simulation:
         self.chain_id: Final = sha256(b"swarmnode-sim-chain" + bytes([n]))
         self.opener: Final = EnvelopeOpener(EnvelopeCodec(self.chain_id, CONSENSUS_MESSAGES))
         self._app_factory = app_factory
-        self.config: Final = CoreConfig(timeouts=timeouts)
-        self.snapshot_every = snapshot_every
+        self.config: Final = CoreConfig(timeouts=timeouts, snapshot_every=snapshot_every)
         byz = set(byzantine)
         self.nodes = [
             SimNode(
@@ -432,8 +433,8 @@ class Simulation:
     def _on_commit(self, node: SimNode, commit: Commit) -> None:
         block, certificate = commit.block, commit.certificate
         node.store.append_block(block, certificate)
-        if node.app is not None and block.height % self.snapshot_every == 0:
-            node.store.save_snapshot(block.height, commit.app_hash, node.app.snapshot())
+        if commit.snapshot is not None:
+            node.store.save_snapshot(block.height, commit.app_hash, commit.snapshot)
         node.commits[block.height] = block.hash
         node.commit_times[block.height] = self.now
         for tx, result in zip(block.txs, commit.results, strict=True):

@@ -226,6 +226,11 @@ class LedgerStore:
         rows = self._db.execute("SELECT height, app_hash FROM snapshots ORDER BY height")
         return [(int(h), bytes(a)) for h, a in rows]
 
+    def snapshot(self, height: int) -> tuple[bytes, bytes] | None:
+        """(app hash, state) of the snapshot taken after block `height`, if any."""
+        row = self._db.execute("SELECT app_hash, state FROM snapshots WHERE height = ?", (height,)).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
     def latest_snapshot(self) -> tuple[int, bytes, bytes] | None:
         """(height, app hash, state) of the newest snapshot at or below the tip."""
         row = self._db.execute(

@@ -114,12 +114,31 @@ def verify_chain(store: LedgerStore, app_factory: AppFactory) -> ChainReport:
             problem("certificate", str(exc))
         app.apply_block(height, block.txs)
         app_hash = app.app_hash()
-        recorded = snapshots.get(height)
-        if recorded is not None and recorded != app_hash:
-            problem("snapshot", "stored snapshot hash differs from the replayed state")
+        if height in snapshots:
+            problem_text = _check_snapshot(store, app_factory, height, app_hash)
+            if problem_text is not None:
+                problem("snapshot", problem_text)
         problems.extend(found)
         if not problems:
             verified = height
         prev_hash = digest
         expected = height + 1
     return ChainReport(store.chain_id, examined, verified, app_hash, tuple(problems))
+
+
+def _check_snapshot(store: LedgerStore, app_factory: AppFactory, height: int, replayed: bytes) -> str | None:
+    """Why the snapshot after `height` is wrong (recorded hash or restored state), or None."""
+    stored = store.snapshot(height)
+    if stored is None:
+        return "snapshot vanished while verifying"
+    recorded, state = stored
+    if recorded != replayed:
+        return "recorded snapshot hash differs from the replayed state"
+    fresh = app_factory()
+    try:
+        fresh.restore(state)
+    except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+        return f"snapshot state does not restore: {exc}"
+    if fresh.app_hash() != replayed:
+        return "snapshot state restores to another state than the replayed one"
+    return None

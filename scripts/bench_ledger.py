@@ -24,6 +24,7 @@ docs/results/bench_ledger.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import platform
@@ -46,8 +47,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# No block pacing (timeout_commit = 0): measure how fast consensus itself goes.
+TIMEOUTS = dataclasses.replace(SIM_TIMEOUTS, commit=0.0)
+
+
 def run(n: int, faults: LinkFaults, heights: int, seed: int) -> dict[str, float | int]:
-    sim = Simulation(n, seed, faults=faults)
+    sim = Simulation(n, seed, faults=faults, timeouts=TIMEOUTS)
     submitted: dict[bytes, float] = {}
     wall = time.perf_counter()
     tick, k = 0.02, 0
@@ -120,11 +125,12 @@ def main() -> None:
         "machine": platform.machine(),
         "seed": args.seed,
         "timeouts": {
-            "propose": SIM_TIMEOUTS.propose,
-            "prevote": SIM_TIMEOUTS.prevote,
-            "precommit": SIM_TIMEOUTS.precommit,
-            "delta": SIM_TIMEOUTS.delta,
-            "rebroadcast": SIM_TIMEOUTS.rebroadcast,
+            "propose": TIMEOUTS.propose,
+            "prevote": TIMEOUTS.prevote,
+            "precommit": TIMEOUTS.precommit,
+            "delta": TIMEOUTS.delta,
+            "rebroadcast": TIMEOUTS.rebroadcast,
+            "commit": TIMEOUTS.commit,
         },
         "conditions": {
             name: {

@@ -265,3 +265,13 @@ def test_opener_cache_returns_the_same_envelope_and_does_not_cache_failures() ->
     for _ in range(2):
         with pytest.raises(BadSignature):
             OPENER.open(broken)
+
+
+def test_opener_cache_is_bounded_in_bytes() -> None:
+    small = EnvelopeOpener(OPENER.codec, max_bytes=1000)
+    wires = [seal(IDS[0], Prevote(height=h, round=0, block_hash=None)) for h in range(1, 20)]
+    first = small.open(wires[0])
+    for wire in wires[1:]:
+        small.open(wire)
+    assert small.open(wires[-1]) is small.open(wires[-1])
+    assert small.open(wires[0]) is not first  # evicted, verified again

@@ -44,7 +44,7 @@ VALIDATORS = tuple(i.node_id for i in IDS)
 OUTSIDER = sim_identity(99)
 CHAIN = bytes(range(32))
 OPENER = EnvelopeOpener(EnvelopeCodec(CHAIN, CONSENSUS_MESSAGES))
-TIMEOUTS = TimeoutConfig(propose=1.0, prevote=0.5, precommit=0.5, delta=0.25, rebroadcast=2.0)
+TIMEOUTS = TimeoutConfig(propose=1.0, prevote=0.5, precommit=0.5, delta=0.25, rebroadcast=2.0, commit=0.75)
 GENESIS_APP_HASH = KVApp(VALIDATORS).app_hash()
 
 
@@ -150,9 +150,21 @@ HAPPY_PATH = [
     ),
     Row("v1 precommits B: 2 of 4", precommit(1, 0, B), [], Step.PRECOMMIT, locked=B, valid=B),
     Row(
-        "L49: v3 precommits B: decide, next height round 0 (proposer v2: wait)",
+        "L49: v3 precommits B: decide, wait timeout_commit before height 2",
         precommit(3, 0, B),
-        [("commit", 1, value(B)), ("timeout", "propose", 2, 0, 1.0), ("timeout", "rebroadcast", 2, 0, 2.0)],
+        [("commit", 1, value(B)), ("timeout", "commit", 2, 0, 0.75)],
+        Step.PROPOSE,
+    ),
+    Row(
+        "a height-2 prevote while waiting is only collected",
+        prevote(1, 0, None, height=2),
+        [],
+        Step.PROPOSE,
+    ),
+    Row(
+        "commit timer: round 0 of height 2 (proposer v2: wait for its proposal)",
+        timeout(TimeoutKind.COMMIT, 0, height=2),
+        [("timeout", "propose", 2, 0, 1.0), ("timeout", "rebroadcast", 2, 0, 2.0)],
         Step.PROPOSE,
     ),
     Row("late precommit of the decided height is ignored", precommit(2, 0, B), [], Step.PROPOSE),

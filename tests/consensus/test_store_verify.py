@@ -202,3 +202,14 @@ def test_recover_from_snapshot_plus_replay_matches_full_replay(chain: tuple[Path
 def test_open_existing_refuses_missing_files(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such"):
         LedgerStore.open_existing(tmp_path / "nope.sqlite")
+
+
+def test_verify_chain_restores_each_snapshot(chain: tuple[Path, Simulation], tmp_path: Path) -> None:
+    path, sim = chain
+    copy = copy_of(path, tmp_path)
+    with LedgerStore.open_existing(copy) as store:
+        later = store.snapshot(6)
+    assert later is not None
+    tamper(copy, "UPDATE snapshots SET state = ? WHERE height = 3", later[1])  # right hash, wrong state
+    tamper(copy, "UPDATE snapshots SET state = ? WHERE height = 6", b"\xff")  # garbage
+    assert problems(copy, sim) == [(3, "snapshot"), (6, "snapshot")]
