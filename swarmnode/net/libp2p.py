@@ -96,6 +96,7 @@ MAINTAIN_INTERVAL: Final = 0.25
 EXCHANGE_INTERVAL: Final = 10.0  # dials exchange at once; this only catches late joiners
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 8.0
+MAX_ADDRESS_BOOK: Final = 1024  # peers learned from peer lists (ledger-supplied ones are not capped)
 
 # GossipSub parameters verified on loopback (notes/libp2p.md section 3).
 GOSSIP_DEGREE: Final = 3
@@ -413,8 +414,15 @@ class Libp2pTransport(Transport):
             cleaned.append(address)
         self._learn(peer, tuple(cleaned))
 
-    def _learn(self, peer: NodeId, addrs: tuple[str, ...]) -> None:
+    def _learn(self, peer: NodeId, addrs: tuple[str, ...], *, hearsay: bool = False) -> None:
+        """Remember `peer`'s addresses. Hearsay (a peer list) about non-members is ignored,
+        and never grows the book past MAX_ADDRESS_BOOK, so a peer cannot flood it."""
         if peer == self.node_id or not addrs:
+            return
+        if hearsay and (
+            not self._is_allowed(peer)
+            or (peer not in self._address_book and len(self._address_book) >= MAX_ADDRESS_BOOK)
+        ):
             return
         if self._address_book.get(peer) != addrs:
             self._address_book[peer] = addrs
@@ -515,7 +523,7 @@ class Libp2pTransport(Transport):
             finally:
                 await _close_quietly(stream)
         for entry in answer.peers:
-            self._learn(entry.node, entry.addrs)
+            self._learn(entry.node, entry.addrs, hearsay=True)
 
     async def _serve_peers(self, stream: INetStream) -> None:
         peer = await self._accept(stream)
@@ -526,7 +534,7 @@ class Libp2pTransport(Transport):
                 hello = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
                 for entry in hello.peers:
                     if entry.node == peer:  # a peer speaks only for its own addresses here
-                        self._learn(entry.node, entry.addrs)
+                        self._learn(entry.node, entry.addrs, hearsay=True)
                 known = [self._my_entry()]
                 for other in sorted(self.peers(), key=lambda n: n.public_key):
                     addrs = self._address_book.get(other)
