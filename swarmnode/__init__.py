@@ -3,6 +3,64 @@
 Sites train one shared model on data that never leaves them: nodes meet on a
 libp2p mesh, agree on membership and rounds through a permissioned BFT ledger,
 and merge parameters with threshold CKKS so no one sees another site's update.
+
+This module is the public API (each name re-exported explicitly, as trio does):
+
+- `SwarmNode`: a node in a background thread for ordinary synchronous code;
+  ``merge(model_or_params, num_samples)`` at each sync point.
+- `open_swarm_node`: the same node, trio-native (an async context manager).
+- `SwarmTrainer`, `train_with_swarm`, `SwarmCallback`: local PyTorch training
+  with a merge every k epochs; `run_site`: one site as ``swarmnode run`` runs it.
+- `local_swarm`, `create_local_swarm`: a whole swarm in one process.
 """
 
+from .api import SwarmNode as SwarmNode
+from .api import create_local_swarm as create_local_swarm
+from .api import local_swarm as local_swarm
+from .config import ConfigError as ConfigError
+from .config import NodeConfig as NodeConfig
+from .node import MergeResult as MergeResult
+from .node import MergeTimeout as MergeTimeout
+from .node import Node as Node
+from .node import NodeClosed as NodeClosed
+from .node import NodeStatus as NodeStatus
+from .node import StopInfo as StopInfo
+from .node import SwarmError as SwarmError
+from .node import SwarmStopped as SwarmStopped
+from .node import open_swarm_node as open_swarm_node
+from .trainer import RoundRecord as RoundRecord
+from .trainer import SiteReport as SiteReport
+from .trainer import SwarmCallback as SwarmCallback
+from .trainer import SwarmSetupError as SwarmSetupError
+from .trainer import SwarmTrainer as SwarmTrainer
+from .trainer import TrainingSummary as TrainingSummary
+from .trainer import run_site as run_site
+from .trainer import train_with_swarm as train_with_swarm
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "MergeResult",
+    "MergeTimeout",
+    "Node",
+    "NodeClosed",
+    "NodeConfig",
+    "NodeStatus",
+    "RoundRecord",
+    "SiteReport",
+    "StopInfo",
+    "SwarmCallback",
+    "SwarmError",
+    "SwarmNode",
+    "SwarmSetupError",
+    "SwarmStopped",
+    "SwarmTrainer",
+    "TrainingSummary",
+    "__version__",
+    "create_local_swarm",
+    "local_swarm",
+    "open_swarm_node",
+    "run_site",
+    "train_with_swarm",
+]
