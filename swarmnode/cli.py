@@ -214,6 +214,71 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- run ------------------------------------------------------------------------------
+
+
+def _setup_logging(level: str, *, quiet: bool) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("swarmnode")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    # Under the live view only warnings reach the terminal (the table shows the rest).
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())) if quiet else level.upper())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from .liveview import render, site_row
+    from .siterun import SiteMonitor, run_site_monitored
+    from .trainer import default_metric
+
+    config = NodeConfig.load(args.config, args.set)
+    genesis = load_genesis(config.ledger.genesis)
+    live_view = sys.stdout.isatty() and not args.plain
+    _setup_logging(config.node.log_level, quiet=live_view)
+    monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
+
+    async def run_plain() -> dict[str, object]:
+        return await run_site_monitored(config, monitor=monitor)
+
+    if not live_view:
+        final = trio.run(run_plain)
+    else:
+        from rich.live import Live
+
+        def table() -> object:
+            metrics = {"metric": monitor.metric, "rounds": monitor.records}
+            state = "stopped" if monitor.final is not None else "running"
+            return render([site_row(config.node.name, state, monitor.status, metrics)], genesis.name)
+
+        async def run_live() -> dict[str, object]:
+            with Live(table(), refresh_per_second=4) as live:  # type: ignore[arg-type]
+                async with trio.open_nursery() as nursery:
+
+                    async def refresh() -> None:
+                        while True:
+                            live.update(table())  # type: ignore[arg-type]
+                            await trio.sleep(0.25)
+
+                    nursery.start_soon(refresh)
+                    result = await run_site_monitored(config, monitor=monitor)
+                    live.update(table())  # type: ignore[arg-type]
+                    nursery.cancel_scope.cancel()
+                return result
+
+        final = trio.run(run_live)
+    test = final.get("test")
+    _out(f"stopped: {final.get('stop_reason')}; final model {final.get('final_hash')}")
+    if isinstance(test, dict):
+        _out("test metrics: " + ", ".join(f"{k} {v}" for k, v in test.items()))
+    _out(f"metrics: {config.node.storage_dir / 'metrics.json'}")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------
 
 
@@ -304,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(handler=cmd_ledger_show)
 
+    p = sub.add_parser("run", help="run this site until the swarm stops (Ctrl-C stops, a restart resumes)")
+    p.add_argument("--config", default="site.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
+    p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
+    p.set_defaults(handler=cmd_run)
+
     p = sub.add_parser("status", help="ask the running node: membership, round, phase, height")
     p.add_argument("--config", default="site.toml")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -312,6 +383,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _USAGE_ERRORS: Final = (ConfigError, SetupError, KeyFileError, GenesisError, DatasetError)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one real error inside (nested) exception groups of a single exception."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """Exit code for an error the user can act on (printed as one line); None: a bug."""
+    if isinstance(exc, _USAGE_ERRORS):
+        return EXIT_USAGE
+    # Runtime modules are imported only by the commands that need them (torch is slow to load).
+    trainer = sys.modules.get("swarmnode.trainer")
+    if trainer is not None and isinstance(exc, trainer.SwarmSetupError):
+        return EXIT_USAGE
+    base = sys.modules.get("swarmnode.net.base")
+    if base is not None and isinstance(exc, base.TransportError):
+        return EXIT_USAGE  # e.g. the configured port is in use
+    node = sys.modules.get("swarmnode.node")
+    if node is not None and isinstance(exc, node.SwarmError):
+        return EXIT_FAILED
+    if isinstance(exc, CommandFailed | StoreError):
+        return EXIT_FAILED
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,12 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except _USAGE_ERRORS as exc:
-        print(f"swarmnode: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except (CommandFailed, StoreError) as exc:
-        print(f"swarmnode: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("swarmnode: interrupted", file=sys.stderr, flush=True)
-        return 130
+    except BaseException as raised:
+        error = _leaf(raised)
+        if isinstance(error, BrokenPipeError):  # e.g. `swarmnode ledger show | head`
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILED
+        if isinstance(error, KeyboardInterrupt):
+            print("swarmnode: interrupted; state is saved, run the same command to resume", file=sys.stderr)
+            return 130
+        code = _exit_code(error)
+        if code is None:
+            raise
+        print(f"swarmnode: error: {error}", file=sys.stderr, flush=True)
+        return code
