@@ -259,6 +259,7 @@ class _Proposed:
     envelope: Envelope
 
 
+MAX_ROUNDS_AHEAD: Final = 1000  # messages further ahead of our round are dropped
 _MAX_PROPOSALS_PER_ROUND: Final = 4  # a Byzantine proposer may send several; keep a few
 
 
@@ -484,10 +485,12 @@ class TendermintCore:
         body, sender = envelope.body, envelope.sender
         if sender not in self._keeper.validators:
             return []  # not a validator of this height: dropped
+        assert isinstance(body, Proposal | Prevote | Precommit)
+        if body.round > self._round + MAX_ROUNDS_AHEAD:
+            return []  # bounds what a Byzantine validator can make us store; honest rounds grow slowly
         if isinstance(body, Proposal):
             return self._accept_proposal(envelope, body)
         step = VoteStep.PREVOTE if isinstance(body, Prevote) else VoteStep.PRECOMMIT
-        assert isinstance(body, Prevote | Precommit)
         before = len(self._keeper.evidence)
         self._keeper.add(SignedVote(sender, step, body.height, body.round, body.block_hash, envelope.wire))
         return [ReportEvidence(e) for e in self._record_evidence(self._keeper.evidence[before:])]

@@ -30,8 +30,8 @@ from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import MalformedMessage, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
-from .app import AppFactory, Application
-from .blocks import Block, CommitCertificate, EnvelopeOpener, sha256, verify_certificate
+from .app import Application
+from .blocks import Block, EnvelopeOpener, sha256, verify_certificate
 from .core import (
     Action,
     Broadcast,
@@ -608,8 +608,6 @@ def _conflicting(body: Proposal | Prevote | Precommit) -> Proposal | Prevote | P
 
 __all__ = [
     "SIM_TIMEOUTS",
-    "AppFactory",
-    "CommitCertificate",
     "InvariantViolation",
     "KVApp",
     "ScheduleResult",

@@ -412,3 +412,16 @@ def test_api_misuse_is_a_local_error() -> None:
     core.start()
     with pytest.raises(LocalProtocolError):
         core.start()
+
+
+def test_messages_far_ahead_are_dropped_not_stored() -> None:
+    core = new_core()
+    core.start()
+    for who in (1, 2, 3):
+        assert core.handle(prevote(who, 5000, None)) == []
+    assert core.state.round == 0  # no round skip on messages beyond the window
+    assert core.handle(prevote(1, 900, None)) == []
+    assert [summary(a)[:4] for a in core.handle(prevote(2, 900, None))] == [
+        ("timeout", "propose", 1, 900),
+        ("timeout", "rebroadcast", 1, 900),
+    ]
