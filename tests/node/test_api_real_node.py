@@ -1,0 +1,113 @@
+"""SwarmNode with real nodes: two sites in this process over a MemoryNetwork (real time,
+secure merges, compute in worker threads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crypto.errors import KeyFileError
+from models.flatten import flatten
+from models.nets import build_model
+from models.spec import logistic_regression, mlp
+from swarmnode.api import SwarmNode, create_local_swarm, local_swarm
+from swarmnode.config import NodeConfig
+from swarmnode.node import MergeResult, MergeTimeout, NodeStatus, SwarmError, SwarmStopped, params_hash
+from swarmnode.simswarm import SIM_TIMEOUTS
+
+pytestmark = pytest.mark.timeout(120)
+
+SPEC = logistic_regression(4, 2)  # 10 parameters
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> tuple[NodeConfig, ...]:
+    return create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, weightages=(1, 3))
+
+
+def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    box: list[object] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def swarmnode_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("swarmnode-")}
+
+
+def test_two_sites_merge_to_identical_models_until_the_swarm_stops(configs: tuple[NodeConfig, ...]) -> None:
+    before = swarmnode_threads()
+    model = build_model(SPEC, torch.Generator().manual_seed(0))
+    start = flatten(model)
+    other = np.linspace(-1, 1, start.size).astype(np.float32)
+    with local_swarm(configs) as (a, b):
+        thread, box = in_thread(lambda: b.merge(other, 30, val_metric=0.7))
+        first = a.merge(model, 10, val_metric=0.6)  # a torch module: merged weights loaded in place
+        thread.join(60)
+        (first_b,) = box
+        assert isinstance(first_b, MergeResult)
+        np.testing.assert_array_equal(first.parameters, first_b.parameters)  # bit-identical
+        assert first.params_hash == first_b.params_hash == params_hash(first.parameters)
+        np.testing.assert_array_equal(flatten(model), first.parameters)
+        assert first.round == 1
+        assert first.weight == 10 * 1 + 30 * 3
+        expected = (start * 10 + other * 90) / 100
+        np.testing.assert_allclose(first.parameters, expected, atol=1e-3)  # CKKS approximation
+
+        thread, box = in_thread(lambda: b.merge(other, 30))
+        second = a.merge(start, 10)
+        thread.join(60)
+        (second_b,) = box
+        assert isinstance(second_b, MergeResult)
+        assert second_b.params_hash == second.params_hash
+        assert second.round == 2
+        with pytest.raises(SwarmStopped) as stopped:
+            a.merge(start, 10)
+        final = stopped.value.final
+        assert final is not None
+        assert final.params_hash == second.params_hash
+        info = a.wait_stopped(timeout=30)
+        assert info.final_model_hash == second.params_hash
+        assert info.saved_to is not None
+        np.testing.assert_array_equal(np.load(info.saved_to), second.parameters)
+        status = a.status()
+        assert isinstance(status, NodeStatus)
+        assert status.stopped
+        assert status.name == "site-0"
+    assert swarmnode_threads() == before
+
+
+def test_merge_timeout_with_a_real_node(configs: tuple[NodeConfig, ...]) -> None:
+    with local_swarm(configs) as (a, _):
+        with pytest.raises(MergeTimeout):
+            a.merge(np.zeros(10, np.float32), 5, timeout=1.0)  # min_peers = 2, the other site never offers
+        assert a.running
+        with pytest.raises(ValueError, match="expected 10 parameters"):
+            a.merge(np.zeros(11, np.float32), 5)  # the node's own check crosses the thread unchanged
+
+
+def test_real_startup_errors_reach_the_constructor(tmp_path: Path, configs: tuple[NodeConfig, ...]) -> None:
+    before = swarmnode_threads()
+    wrong_model = dataclasses.replace(configs[0], model=mlp(4, 2, hidden=(3,)))
+    with pytest.raises(SwarmError, match="does not match the genesis model spec"), local_swarm([wrong_model]):
+        pass
+    no_key = dataclasses.replace(
+        configs[0], node=dataclasses.replace(configs[0].node, key_file=tmp_path / "missing.key")
+    )
+    with pytest.raises(KeyFileError, match=r"missing\.key"):
+        SwarmNode(no_key)
+    assert swarmnode_threads() == before
