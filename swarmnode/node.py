@@ -113,6 +113,7 @@ from .round import (
     MakeDecryptionShare,
     MergeWanted,
     Plan,
+    PrefetchContributions,
     RevealEpochShares,
     Stage,
     SubmitPhaseTimeout,
@@ -634,6 +635,7 @@ class Node:
             ConfirmEpoch: self._confirm_epoch,
             SubmitReady: self._ready,
             Contribute: self._contribute,
+            PrefetchContributions: self._prefetch,
             AggregateContributions: self._aggregate,
             VerifyAggregate: self._verify,
             MakeDecryptionShare: self._decryption_share,
@@ -717,6 +719,11 @@ class Node:
     async def _sum(self, contributions: Sequence[ContributionRecord]) -> bytes:
         blobs = [await self._fetch(c.blob_hash, c.node_id) for c in contributions]
         return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+
+    async def _prefetch(self, job: Job) -> None:
+        assert isinstance(job, PrefetchContributions)
+        for c in job.contributions:
+            await self._fetch(c.blob_hash, c.node_id)  # kept in our blob store, served on
 
     async def _aggregate(self, job: Job) -> None:
         assert isinstance(job, AggregateContributions)

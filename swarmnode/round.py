@@ -151,6 +151,21 @@ class Contribute:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrefetchContributions:
+    """The next few in the leader rotation copy the committed contributions as they land,
+    so a leader that crashes after contributing does not take its update down with it
+    (any replacement leader or verifier can still add every committed contribution)."""
+
+    round: int
+    contributions: tuple[ContributionRecord, ...]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("prefetch", self.round, len(self.contributions))
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AggregateContributions:
     """Leader: fetch the committed contributions, add them, put the sum, commit its hash."""
 
@@ -245,6 +260,7 @@ Job = (
     | ConfirmEpoch
     | SubmitReady
     | Contribute
+    | PrefetchContributions
     | AggregateContributions
     | VerifyAggregate
     | MakeDecryptionShare
@@ -369,10 +385,33 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
     return jobs
 
 
+REPLICAS: Final = 3
+"""How many participants at the head of the rotation (leader, verifier, next) hold copies
+of every committed contribution."""
+
+
+def _plan_prefetch(r: Round, facts: LocalFacts) -> list[Job]:
+    if facts.me not in r.active[:REPLICAS]:
+        return []
+    others = tuple(c for c in r.contributions if c.node_id != facts.me)
+    if r.contributors:
+        chosen = set(r.contributors)
+        others = tuple(c for c in others if c.node_id in chosen)
+    return [PrefetchContributions(round=r.number, contributions=others)] if others else []
+
+
+def _plan_contribute_and_prefetch(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    return _plan_contribute(contract, r, facts) + _plan_prefetch(r, facts)
+
+
+def _plan_aggregate_and_prefetch(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    return _plan_aggregate(contract, r, facts) + _plan_prefetch(r, facts)
+
+
 PHASE_ROLES: Final[Mapping[Phase, _Planner]] = {
     Phase.READY: _plan_ready,  # every member with a merge waiting
-    Phase.CONTRIBUTE: _plan_contribute,  # every participant not dropped
-    Phase.AGGREGATE: _plan_aggregate,  # the leader
+    Phase.CONTRIBUTE: _plan_contribute_and_prefetch,  # every participant; the head copies
+    Phase.AGGREGATE: _plan_aggregate_and_prefetch,  # the leader; the head copies
     Phase.VERIFY: _plan_verify,  # the verifier
     Phase.DECRYPT: _plan_decrypt,  # decrypt set: shares; participants: combine
 }

@@ -41,6 +41,7 @@ from swarmnode.round import (
     LocalFacts,
     MakeDecryptionShare,
     MergeWanted,
+    PrefetchContributions,
     RevealEpochShares,
     SubmitPhaseTimeout,
     SubmitReady,
@@ -178,6 +179,10 @@ def bystander(c: Contract) -> NodeId:
     return next(p for p in r.participants if p not in (r.leader, r.verifier))
 
 
+def tail(c: Contract) -> NodeId:
+    return c.round.active[-1]
+
+
 def nothing(c: Contract) -> None:
     pass
 
@@ -217,12 +222,21 @@ STEPS = [
         [],
     ),
     Step("contribute after the merge call left: nothing", to_contribute, first, {}, []),
-    Step("aggregate phase: the leader aggregates", to_aggregate, leader, {}, ["AggregateContributions"]),
-    Step("aggregate phase: others wait", to_aggregate, bystander, {}, []),
+    Step(
+        "aggregate phase: the leader aggregates (and holds copies)",
+        to_aggregate,
+        leader,
+        {},
+        ["AggregateContributions", "PrefetchContributions"],
+    ),
+    Step(
+        "aggregate phase: the next in rotation copies", to_aggregate, bystander, {}, ["PrefetchContributions"]
+    ),
+    Step("aggregate phase: the tail waits", to_aggregate, tail, {}, []),
     Step(
         "aggregate deadline passed: waiting party votes",
         to_aggregate,
-        bystander,
+        tail,
         {"stage_since": "stage-minus-12"},
         ["SubmitPhaseTimeout"],
     ),
@@ -231,7 +245,7 @@ STEPS = [
         to_aggregate,
         leader,
         {"stage_since": "stage-minus-12"},
-        ["AggregateContributions"],
+        ["AggregateContributions", "PrefetchContributions"],
     ),
     Step("verify phase: the verifier recomputes", to_verify, verifier, {}, ["VerifyAggregate"]),
     Step(
@@ -319,7 +333,7 @@ def test_epoch_jobs_carry_the_epoch_spec() -> None:
 def test_deadline_is_measured_from_first_sight_of_the_stage() -> None:
     c = make_contract()
     to_aggregate(c)
-    me = bystander(c)
+    me = tail(c)
     plan = reconcile(c, facts(me, now=7.0))
     assert plan.stage == (1, Phase.AGGREGATE.value, c.round.step)
     assert plan.deadline == 7.0 + TIMEOUTS.aggregate
@@ -403,3 +417,17 @@ def test_job_keys_are_stable_and_distinct() -> None:
     ]
     assert len({j.key for j in jobs}) == len(jobs)
     assert SubmitReady(round=1, weight=9, val_metric=0.1).key == jobs[0].key
+
+
+def test_contributions_are_copied_by_the_head_of_the_rotation() -> None:
+    c = make_contract()
+    to_contribute(c)
+    head, last = c.round.active[0], c.round.active[-1]
+    commit(c, (last, Contribution(round=1, blob_hash=h("late"), blob_size=9)))
+    plan = reconcile(c, facts(head))
+    (prefetch,) = [j for j in plan.jobs if isinstance(j, PrefetchContributions)]
+    assert [x.node_id for x in prefetch.contributions] == [last]
+    assert prefetch.key == ("prefetch", 1, 1)
+    assert not [
+        j for j in reconcile(c, facts(last, wanted=WANT)).jobs if isinstance(j, PrefetchContributions)
+    ]
