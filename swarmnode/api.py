@@ -54,6 +54,7 @@ from consensus.genesis import (
 )
 from crypto.identity import NodeId, NodeIdentity
 from models.data import PreprocessConfig
+from models.flatten import flatten, layout_of, unflatten
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
@@ -175,13 +176,19 @@ class _LoopThread:
         except (trio.RunFinishedError, trio.Cancelled):
             raise NodeClosed("the swarmnode event loop has stopped") from self._crash
 
-    def host(self, what: str, open_context: Callable[[], AbstractAsyncContextManager[T]]) -> _Hosted[T]:
-        """Enter `open_context()` on the loop; raise what entering raised."""
+    def host(
+        self, what: str, open_context: Callable[[], AbstractAsyncContextManager[T]], *, timeout: float
+    ) -> _Hosted[T]:
+        """Enter `open_context()` on the loop; raise what entering raised (or a SwarmError
+        if it took longer than `timeout` seconds)."""
         hosted: _Hosted[T] = _Hosted(what)
 
         async def start() -> None:
             assert self._nursery is not None
-            await self._nursery.start(self._hold, hosted, open_context)
+            with trio.move_on_after(timeout):
+                await self._nursery.start(self._hold, hosted, open_context)
+                return
+            raise SwarmError(f"{what} did not start within {timeout:g} s")
 
         try:
             self._run(start)
@@ -280,7 +287,7 @@ class SwarmNode:
                     on the node's event loop (a transport belongs to one loop).
                     Default: libp2p as configured.
     identity:       the node key; default: loaded from ``config.node.key_file``.
-    inline_compute: run crypto and training on the event loop (for virtual-time tests).
+    inline_compute: run the node's crypto on its event loop instead of worker threads.
     opener:         the async context manager factory that runs the node;
                     `open_swarm_node` unless a test passes another.
     """
@@ -322,7 +329,9 @@ class SwarmNode:
                 yield node
 
         try:
-            self._hosted: _Hosted[Node] = self._loop.host(f"swarm node {config.node.name!r}", open_node)
+            self._hosted: _Hosted[Node] = self._loop.host(
+                f"swarm node {config.node.name!r}", open_node, timeout=startup_timeout
+            )
         except BaseException:
             if self._owns_loop:
                 self._loop.close(close_timeout)
@@ -361,8 +370,6 @@ class SwarmNode:
         `timeout` (default ``config.swarm.merge_timeout``) seconds, `SwarmError` if
         the node failed or was closed.
         """
-        from models.flatten import flatten, layout_of, unflatten
-
         if isinstance(model_or_params, np.ndarray):
             if model_or_params.dtype != np.float32 or model_or_params.ndim != 1:
                 raise TypeError(
@@ -553,7 +560,7 @@ def local_swarm(
     nodes: list[SwarmNode] = []
     try:
         network: _Hosted[MemoryNetwork] = loop.host(
-            "memory network", lambda: open_memory_network(seed, faults)
+            "memory network", lambda: open_memory_network(seed, faults), timeout=startup_timeout
         )
         for config in configs:
             identity = NodeIdentity.load(config.node.key_file)

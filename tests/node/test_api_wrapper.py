@@ -362,3 +362,15 @@ def test_calls_from_the_loop_thread_are_refused(configs: tuple[NodeConfig, ...])
                 node.status()
 
         trio.from_thread.run(call_back_in, trio_token=node._loop._token)
+
+
+def test_a_node_that_never_starts_is_given_up_after_the_startup_timeout(
+    configs: tuple[NodeConfig, ...],
+) -> None:
+    @asynccontextmanager
+    async def hanging(config: NodeConfig, **kwargs: object) -> AsyncIterator[FakeNode]:
+        await trio.sleep_forever()  # e.g. a listen address that never comes up
+        yield FakeNode(config, NodeIdentity.load(config.node.key_file).node_id, FakeSwarm(1, 1))
+
+    with pytest.raises(SwarmError, match=r"did not start within 0\.3 s"):
+        SwarmNode(configs[0], opener=hanging, startup_timeout=0.3)
