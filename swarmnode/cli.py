@@ -279,6 +279,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- report -------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    files = write_report(Path(args.dir))
+    _out(f"report: {files.html}")
+    for plot in files.plots:
+        _out(f"plot:   {plot}")
+    return EXIT_OK
+
+
+# -- testnet ------------------------------------------------------------------------
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .testnet import (
+        View,
+        compute_baselines,
+        describe_plan,
+        prepare_testnet,
+        run_processes,
+        run_simulated,
+    )
+
+    workdir = Path(args.workdir)
+    plan = prepare_testnet(
+        workdir,
+        nodes=args.nodes,
+        dataset=args.dataset,
+        scenario=args.scenario,
+        rounds=args.rounds,
+        model=args.model,
+        seed=args.seed,
+        lr=args.lr,
+        sync_every=args.sync_every,
+        secure=args.secure,
+        overwrite=args.overwrite,
+    )
+    _out(describe_plan(plan))
+    live = sys.stdout.isatty() and not args.plain
+    title = f"swarmnode testnet: {args.nodes} sites, {args.dataset}/{args.scenario}, {args.rounds} rounds"
+    with View(title, live, _out) as view:
+        if args.sim:
+            outcome = run_simulated(plan, timeout=args.timeout, view=view, seed=args.seed)
+        else:
+            outcome = run_processes(plan, timeout=args.timeout, view=view)
+    for name, digest in outcome.final_hashes.items():
+        _out(f"{name}: final model {digest}")
+    _out("computing local-only and central baselines ...")
+    compute_baselines(plan)
+    files = write_report(workdir, title=title)
+    _out(f"report: {files.html}")
+    for plot in files.plots:
+        _out(f"plot:   {plot}")
+    if not outcome.agreed:
+        raise CommandFailed("the sites ended with different (or missing) final models")
+    _out("all sites hold the same final model")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------
 
 
@@ -374,6 +437,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
     p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("report", help="HTML + PNG report of the sites under a directory")
+    p.add_argument("--dir", default=".", help="work dir holding site directories (default .)")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("testnet", help="run N sites on this machine (or --sim in memory) and write a report")
+    p.add_argument("--nodes", type=int, default=3, help="number of sites (>= 2, default 3)")
+    p.add_argument("--dataset", default="breast_cancer", help="bundled dataset (breast_cancer, digits, wine)")
+    p.add_argument(
+        "--scenario",
+        default="uneven_class",
+        help="site split: even, uneven_size, uneven_class, few_positives, dirichlet (default uneven_class)",
+    )
+    p.add_argument("--rounds", type=int, default=10, help="merged rounds before the swarm stops (default 10)")
+    p.add_argument("--sim", action="store_true", help="in-process nodes over the in-memory network")
+    p.add_argument("--workdir", default="swarmnode-testnet", help="work dir (default ./swarmnode-testnet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier testnet work dir")
+    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument("--lr", type=float, default=0.01, help="local learning rate (default 0.01)")
+    p.add_argument("--sync-every", type=int, default=1, help="local epochs between merges (default 1)")
+    p.add_argument("--secure", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    p.set_defaults(handler=cmd_testnet)
 
     p = sub.add_parser("status", help="ask the running node: membership, round, phase, height")
     p.add_argument("--config", default="site.toml")

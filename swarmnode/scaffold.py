@@ -30,6 +30,7 @@ from consensus.genesis import (
     GenesisError,
     JoinPolicy,
     StoppingRule,
+    Timeouts,
     TrainingParams,
 )
 from crypto import cbor
@@ -351,6 +352,7 @@ class GenesisSettings:
     min_delta: float = 0.0
     goal: str = "max"
     join_policy: JoinPolicy = field(default_factory=JoinPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     nonce: bytes = b""
 
 
@@ -367,6 +369,7 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                 sync_every=s.sync_every,
                 sync_unit=s.sync_unit,
                 threshold=s.threshold,
+                timeouts=s.timeouts,
                 stopping=StoppingRule(
                     max_rounds=s.max_rounds, patience=s.patience, min_delta=s.min_delta, goal=s.goal
                 ),
