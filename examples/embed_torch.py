@@ -52,7 +52,7 @@ def tensors(data: models.Dataset, fit_on: models.Dataset) -> tuple[torch.Tensor,
 
 
 def main(rounds: int = 5) -> float:
-    data = models.load_dataset("breast_cancer")
+    data = models.load_dataset("breast_cancer", positive_class="malignant")
     split = models.split_sites(data.labels, models.preset_scenario("uneven_class", 3), seed=0)
     sites = [split.site_data(data, i) for i in range(3)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,7 +41,7 @@ def save_npz(data: Dataset, path: Path) -> str:
 
 
 def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeConfig, ...]:
-    data = load_dataset("breast_cancer")
+    data = load_dataset("breast_cancer", positive_class="malignant")
     split = split_sites(data.labels, preset_scenario("uneven_class", n_sites), seed=0)
     test = save_npz(split.test_data(data), tmp_path / "test.npz")
     configs = create_local_swarm(
