@@ -44,6 +44,21 @@ JsonObject = dict[str, Any]
 MAX_INDEX: Final = 64  # peers outside 0..63 of the namespace are reported by peer id
 REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
+# `swarmnode/__init__.py` re-exports the embedding API, which imports torch: seconds per process,
+# and the children need none of it. They start with a bare `swarmnode` package object instead, so
+# only `swarmnode.net` and `swarmnode.testing` (and what those import) are loaded.
+_CHILD_BOOTSTRAP: Final = (
+    "import sys, types; "
+    "package = types.ModuleType('swarmnode'); package.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['swarmnode'] = package; "
+    "from swarmnode.net.nodeproc import main; main(sys.argv[1:])"
+)
+
+
+def child_python() -> list[str]:
+    """The command line prefix that runs this module's `main` without importing swarmnode/__init__."""
+    return [sys.executable, "-c", _CHILD_BOOTSTRAP, str(Path(__file__).resolve().parents[1])]
+
 
 # ---------------------------------------------------------------------- child
 
@@ -290,7 +305,7 @@ async def spawn_node(
     ready_timeout: float = 60.0,
 ) -> AsyncIterator[NodeProcess]:
     """Start a child node and wait until it listens; SIGKILL it on exit, whatever happened."""
-    argv = [sys.executable, "-m", "swarmnode.net.nodeproc", "--index", str(index), "--namespace", namespace]
+    argv = [*child_python(), "--index", str(index), "--namespace", namespace]
     for address in bootstrap:
         argv += ["--bootstrap", address]
     if allowed is not None:
