@@ -424,6 +424,16 @@ class SwarmNode:
 
         return self._loop.call(self._hosted, wait)
 
+    def latest_model(self, timeout: float = 60.0) -> MergeResult | None:
+        """The latest merged model on the ledger (fetched by its hash if this node lacks
+        it, e.g. after joining), or None before the first merge. Nothing is loaded."""
+        self._check_open()
+
+        async def latest() -> MergeResult | None:
+            return await self._hosted.get().latest_model(timeout=timeout)
+
+        return self._loop.call(self._hosted, latest)
+
     def _check_open(self) -> None:
         if self._closed:
             raise self._hosted.ended_error()

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from .api import SwarmNode
 
 __all__ = [
+    "METRICS_FILE",
+    "LocalLearner",
     "RoundRecord",
     "SiteReport",
     "SwarmCallback",
@@ -64,6 +66,11 @@ __all__ = [
     "SwarmTrainer",
     "SyncPoint",
     "TrainingSummary",
+    "build_local_trainer",
+    "check_merge_method",
+    "check_model",
+    "default_metric",
+    "initial_parameters",
     "run_site",
     "train_with_swarm",
 ]

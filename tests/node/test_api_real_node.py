@@ -84,6 +84,9 @@ def test_two_sites_merge_to_identical_models_until_the_swarm_stops(configs: tupl
         assert info.final_model_hash == second.params_hash
         assert info.saved_to is not None
         np.testing.assert_array_equal(np.load(info.saved_to), second.parameters)
+        latest = b.latest_model()
+        assert latest is not None
+        assert latest.params_hash == second.params_hash
         status = a.status()
         assert isinstance(status, NodeStatus)
         assert status.stopped
