@@ -32,6 +32,7 @@ How the thread is kept honest:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -88,6 +89,19 @@ NodeOpener = Callable[..., AbstractAsyncContextManager[Node]]
 
 DEFAULT_STARTUP_TIMEOUT: Final = 300.0
 DEFAULT_CLOSE_TIMEOUT: Final = 30.0
+
+# Nodes not closed by their owner are closed at interpreter exit (their loop threads are
+# daemons so that a hung loop cannot block exit; this gives them a clean shutdown first).
+_OPEN_NODES: set[SwarmNode] = set()  # strong: an unclosed node's thread runs on
+
+
+@atexit.register
+def _close_open_nodes() -> None:
+    for node in list(_OPEN_NODES):
+        try:
+            node.close()
+        except Exception as exc:  # at exit there is no caller left to raise to
+            log.warning("closing %r at exit failed: %r", node, exc)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -337,6 +351,7 @@ class SwarmNode:
                 self._loop.close(close_timeout)
             raise
         self.node_id: Final = self._hosted.get().node_id
+        _OPEN_NODES.add(self)
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: Sequence[str] = ()) -> SwarmNode:
@@ -450,6 +465,7 @@ class SwarmNode:
         if self._closed:
             return
         self._closed = True
+        _OPEN_NODES.discard(self)
         self._loop.release(self._hosted, self.close_timeout)
         if self._owns_loop:
             self._loop.close(self.close_timeout)

@@ -374,3 +374,13 @@ def test_a_node_that_never_starts_is_given_up_after_the_startup_timeout(
 
     with pytest.raises(SwarmError, match=r"did not start within 0\.3 s"):
         SwarmNode(configs[0], opener=hanging, startup_timeout=0.3)
+
+
+def test_nodes_left_open_are_closed_at_exit(configs: tuple[NodeConfig, ...]) -> None:
+    from swarmnode import api
+
+    node = SwarmNode(configs[0], opener=fake_opener(FakeSwarm(1, 1)))
+    assert node in api._OPEN_NODES
+    api._close_open_nodes()  # what atexit runs
+    assert not node.running
+    assert node not in api._OPEN_NODES
