@@ -12,32 +12,68 @@ This module is the public API (each name re-exported explicitly, as trio does):
 - `SwarmTrainer`, `train_with_swarm`, `SwarmCallback`: local PyTorch training
   with a merge every k epochs; `run_site`: one site as ``swarmnode run`` runs it.
 - `local_swarm`, `create_local_swarm`: a whole swarm in one process.
+
+The names are imported on first use (PEP 562): ``import swarmnode.net...`` in a
+process that needs no training (a transport child, the CLI's ``--version``)
+does not pay for torch and TenSEAL. Type checkers read the imports below.
 """
 
-from .api import SwarmNode as SwarmNode
-from .api import create_local_swarm as create_local_swarm
-from .api import local_swarm as local_swarm
-from .config import ConfigError as ConfigError
-from .config import NodeConfig as NodeConfig
-from .node import MergeResult as MergeResult
-from .node import MergeTimeout as MergeTimeout
-from .node import Node as Node
-from .node import NodeClosed as NodeClosed
-from .node import NodeStatus as NodeStatus
-from .node import StopInfo as StopInfo
-from .node import SwarmError as SwarmError
-from .node import SwarmStopped as SwarmStopped
-from .node import open_swarm_node as open_swarm_node
-from .trainer import RoundRecord as RoundRecord
-from .trainer import SiteReport as SiteReport
-from .trainer import SwarmCallback as SwarmCallback
-from .trainer import SwarmSetupError as SwarmSetupError
-from .trainer import SwarmTrainer as SwarmTrainer
-from .trainer import TrainingSummary as TrainingSummary
-from .trainer import run_site as run_site
-from .trainer import train_with_swarm as train_with_swarm
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Final
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .api import SwarmNode as SwarmNode
+    from .api import create_local_swarm as create_local_swarm
+    from .api import local_swarm as local_swarm
+    from .config import ConfigError as ConfigError
+    from .config import NodeConfig as NodeConfig
+    from .node import MergeResult as MergeResult
+    from .node import MergeTimeout as MergeTimeout
+    from .node import Node as Node
+    from .node import NodeClosed as NodeClosed
+    from .node import NodeStatus as NodeStatus
+    from .node import StopInfo as StopInfo
+    from .node import SwarmError as SwarmError
+    from .node import SwarmStopped as SwarmStopped
+    from .node import open_swarm_node as open_swarm_node
+    from .trainer import RoundRecord as RoundRecord
+    from .trainer import SiteReport as SiteReport
+    from .trainer import SwarmCallback as SwarmCallback
+    from .trainer import SwarmSetupError as SwarmSetupError
+    from .trainer import SwarmTrainer as SwarmTrainer
+    from .trainer import TrainingSummary as TrainingSummary
+    from .trainer import run_site as run_site
+    from .trainer import train_with_swarm as train_with_swarm
+
+# public name -> the submodule defining it
+_EXPORTS: Final[dict[str, str]] = {
+    "SwarmNode": "api",
+    "create_local_swarm": "api",
+    "local_swarm": "api",
+    "ConfigError": "config",
+    "NodeConfig": "config",
+    "MergeResult": "node",
+    "MergeTimeout": "node",
+    "Node": "node",
+    "NodeClosed": "node",
+    "NodeStatus": "node",
+    "StopInfo": "node",
+    "SwarmError": "node",
+    "SwarmStopped": "node",
+    "open_swarm_node": "node",
+    "RoundRecord": "trainer",
+    "SiteReport": "trainer",
+    "SwarmCallback": "trainer",
+    "SwarmSetupError": "trainer",
+    "SwarmTrainer": "trainer",
+    "TrainingSummary": "trainer",
+    "run_site": "trainer",
+    "train_with_swarm": "trainer",
+}
 
 __all__ = [
     "ConfigError",
@@ -64,3 +100,16 @@ __all__ = [
     "run_site",
     "train_with_swarm",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swarmnode' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

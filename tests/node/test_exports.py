@@ -1,11 +1,15 @@
 """swarmnode's public surface: `__all__` is exactly the re-exported names, each
-defined in the module it claims (trio's test_exports, STYLE T1)."""
+defined in the module it claims (trio's test_exports, STYLE T1), imported lazily."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import swarmnode
 
@@ -13,15 +17,14 @@ import swarmnode
 def test_all_lists_exactly_the_explicit_re_exports() -> None:
     tree = ast.parse(Path(inspect.getfile(swarmnode)).read_text(encoding="utf-8"))
     re_exported = {
-        alias.asname
-        for node in tree.body
-        if isinstance(node, ast.ImportFrom)
+        alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
         for alias in node.names
         if alias.asname == alias.name  # the `X as X` form marks a public re-export
     }
-    assert set(swarmnode.__all__) == re_exported | {"__version__"}
-    assert swarmnode.__all__ == sorted(swarmnode.__all__)
-    assert len(set(swarmnode.__all__)) == len(swarmnode.__all__)
+    assert re_exported == swarmnode._EXPORTS
+    assert swarmnode.__all__ == sorted([*re_exported, "__version__"])
 
 
 def test_every_public_name_resolves_to_its_defining_module() -> None:
@@ -30,9 +33,21 @@ def test_every_public_name_resolves_to_its_defining_module() -> None:
         if name == "__version__":
             assert isinstance(value, str)
             continue
-        module = value.__module__
-        assert module.startswith("swarmnode."), (name, module)
-        assert getattr(__import__(module, fromlist=[name]), name) is value
+        module = f"swarmnode.{swarmnode._EXPORTS[name]}"
+        assert value.__module__ == module, (name, value.__module__)
+        assert getattr(sys.modules[module], name) is value
+    assert set(swarmnode.__all__) <= set(dir(swarmnode))
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        swarmnode.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    check = "import sys, swarmnode; assert 'torch' not in sys.modules; print(swarmnode.__version__)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == swarmnode.__version__
 
 
 def test_errors_form_one_hierarchy() -> None:
