@@ -486,16 +486,25 @@ class Libp2pTransport(Transport):
                         nursery.start_soon(self._exchange_quietly, peer)
                 await trio.sleep(MAINTAIN_INTERVAL)
 
+    async def _connect(self, peer: NodeId) -> None:
+        """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
+        peer_id = libp2p_id(peer)
+        addrs = [multiaddr.Multiaddr(a) for a in self._address_book.get(peer, ())]
+        # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
+        unblock = getattr(self._host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id)
+        await self._host.connect(PeerInfo(peer_id, addrs))
+
+    async def _open_stream(self, peer: NodeId, protocol: TProtocol) -> INetStream:
+        if peer not in self.peers() and peer in self._address_book:
+            await self._connect(peer)  # e.g. right after add_peer_addresses, before the maintainer ran
+        return await self._host.new_stream(libp2p_id(peer), [protocol])
+
     async def _dial(self, peer: NodeId) -> None:
         try:
-            peer_id = libp2p_id(peer)
-            addrs = [multiaddr.Multiaddr(a) for a in self._address_book.get(peer, ())]
-            # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
-            unblock = getattr(self._host.get_network(), "unblock_peer", None)
-            if unblock is not None:
-                unblock(peer_id)
             with trio.fail_after(DIAL_TIMEOUT):
-                await self._host.connect(PeerInfo(peer_id, addrs))
+                await self._connect(peer)
         except Exception as exc:  # unreachable for now: the backoff decides when to retry
             log.debug("dial %s failed: %r", peer.short, exc)
             return
@@ -516,7 +525,7 @@ class Libp2pTransport(Transport):
     async def exchange_peers(self, peer: NodeId) -> None:
         """Tell `peer` where we listen, learn whom it is connected to, and dial them."""
         with self._peer_operation(peer, "peer exchange", EXCHANGE_TIMEOUT):
-            stream = await self._host.new_stream(libp2p_id(peer), [PEERS_PROTOCOL])
+            stream = await self._open_stream(peer, PEERS_PROTOCOL)
             try:
                 await stream.write(wire.frame(wire.encode(wire.PeerList((self._my_entry(),)))))
                 answer = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
@@ -626,7 +635,7 @@ class Libp2pTransport(Transport):
             raise PeerUnreachable(f"{peer.short} is not an allowed peer")
         payload = wire.frame(wire.encode(wire.RpcRequest(protocol, data)))
         with self._peer_operation(peer, f"request {protocol!r}", timeout):
-            stream = await self._host.new_stream(libp2p_id(peer), [RPC_PROTOCOL])
+            stream = await self._open_stream(peer, RPC_PROTOCOL)
             try:
                 await stream.write(payload)
                 answer = wire.decode_rpc_response(
@@ -682,7 +691,7 @@ class Libp2pTransport(Transport):
 
     async def _fetch_blob(self, peer: NodeId, digest: bytes, timeout: float) -> bytes:
         with self._peer_operation(peer, f"blob {digest.hex()[:12]}", timeout):
-            stream = await self._host.new_stream(libp2p_id(peer), [BLOB_PROTOCOL])
+            stream = await self._open_stream(peer, BLOB_PROTOCOL)
             try:
                 await stream.write(wire.frame(digest))
                 header = wire.decode_blob_header(await _read_frame(stream, wire.BLOB_HEADER_LIMIT))

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from crypto.errors import BlobHashMismatch
+from crypto.identity import NodeId
 from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
 from swarmnode.net.libp2p import Libp2pTransport, open_libp2p_transport, parse_peer_multiaddr
 from swarmnode.testing import LyingBlobStore, make_identity, pseudo_random_bytes, wait_until
@@ -118,3 +119,14 @@ async def test_closing_mid_transfer_ends_the_fetch_and_does_not_hang() -> None:
             assert isinstance(outcome[0], TransportError)
             with pytest.raises(TransportClosed):
                 client.put_blob(b"late")
+
+
+async def test_request_right_after_learning_an_address_dials_first() -> None:
+    async def echo(sender: NodeId, data: bytes) -> bytes:
+        return data
+
+    with trio.fail_after(30):
+        async with open_libp2p_transport(IDS[0]) as a, open_libp2p_transport(IDS[1]) as b:
+            a.set_handler("echo", echo)
+            b.add_peer_addresses(a.node_id, a.listen_addrs)
+            assert await b.request(a.node_id, "echo", b"now") == b"now"
