@@ -29,7 +29,6 @@ import statistics
 import struct
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,6 @@ import trio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-# A bare `swarmnode` package: its __init__ re-exports the embedding API, which imports torch
-# (seconds per process); this script and its raw children need only swarmnode.net/testing.
-_package = types.ModuleType("swarmnode")
-_package.__path__ = [str(REPO / "swarmnode")]
-sys.modules.setdefault("swarmnode", _package)
 
 from swarmnode.net.nodeproc import NodeProcess, emit_event, spawn_node, spawn_process  # noqa: E402
 from swarmnode.testing import pseudo_random_bytes  # noqa: E402

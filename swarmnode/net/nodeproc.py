@@ -44,20 +44,10 @@ JsonObject = dict[str, Any]
 MAX_INDEX: Final = 64  # peers outside 0..63 of the namespace are reported by peer id
 REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
-# `swarmnode/__init__.py` re-exports the embedding API, which imports torch: seconds per process,
-# and the children need none of it. They start with a bare `swarmnode` package object instead, so
-# only `swarmnode.net` and `swarmnode.testing` (and what those import) are loaded.
-_CHILD_BOOTSTRAP: Final = (
-    "import sys, types; "
-    "package = types.ModuleType('swarmnode'); package.__path__ = [sys.argv.pop(1)]; "
-    "sys.modules['swarmnode'] = package; "
-    "from swarmnode.net.nodeproc import main; main(sys.argv[1:])"
-)
-
 
 def child_python() -> list[str]:
-    """The command line prefix that runs this module's `main` without importing swarmnode/__init__."""
-    return [sys.executable, "-c", _CHILD_BOOTSTRAP, str(Path(__file__).resolve().parents[1])]
+    """The command line prefix that runs this module's `main` in a fresh interpreter."""
+    return [sys.executable, "-m", "swarmnode.net.nodeproc"]
 
 
 # ---------------------------------------------------------------------- child
