@@ -322,6 +322,7 @@ class SwarmNode:
         self.genesis: Final = Genesis.load(config.ledger.genesis)  # fail early, with the file's name
         self.close_timeout: Final = close_timeout
         self._merge_lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self._closed = False
         self._owns_loop = _loop is None
         self._loop = (
@@ -462,13 +463,14 @@ class SwarmNode:
 
     def close(self) -> None:
         """Shut the node down and, if it has its own loop, stop and join the thread (bounded)."""
-        if self._closed:
-            return
-        self._closed = True
-        _OPEN_NODES.discard(self)
-        self._loop.release(self._hosted, self.close_timeout)
-        if self._owns_loop:
-            self._loop.close(self.close_timeout)
+        with self._close_lock:  # e.g. the owner and the atexit hook at once
+            if self._closed:
+                return
+            self._closed = True
+            _OPEN_NODES.discard(self)
+            self._loop.release(self._hosted, self.close_timeout)
+            if self._owns_loop:
+                self._loop.close(self.close_timeout)
 
     def __enter__(self) -> SwarmNode:
         return self
