@@ -298,8 +298,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_testnet(args: argparse.Namespace) -> int:
     from .report import write_report
     from .testnet import (
+        BaselineJob,
         View,
-        compute_baselines,
         describe_plan,
         prepare_testnet,
         run_processes,
@@ -323,15 +323,20 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     _out(describe_plan(plan))
     live = sys.stdout.isatty() and not args.plain
     title = f"swarmnode testnet: {args.nodes} sites, {args.dataset}/{args.scenario}, {args.rounds} rounds"
-    with View(title, live, _out) as view:
-        if args.sim:
-            outcome = run_simulated(plan, timeout=args.timeout, view=view, seed=args.seed)
-        else:
-            outcome = run_processes(plan, timeout=args.timeout, view=view)
+    baselines = BaselineJob(plan)  # trains while the swarm runs
+    try:
+        with View(title, live, _out) as view:
+            if args.sim:
+                outcome = run_simulated(plan, timeout=args.timeout, view=view, seed=args.seed)
+            else:
+                outcome = run_processes(plan, timeout=args.timeout, view=view)
+    except BaseException:
+        baselines.stop()
+        raise
     for name, digest in outcome.final_hashes.items():
         _out(f"{name}: final model {digest}")
-    _out("computing local-only and central baselines ...")
-    compute_baselines(plan)
+    _out("local-only and central baselines ...")
+    baselines.result()
     files = write_report(workdir, title=title)
     _out(f"report: {files.html}")
     for plot in files.plots:

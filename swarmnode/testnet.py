@@ -269,6 +269,39 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
     return baselines
 
 
+class BaselineJob:
+    """`compute_baselines` in a child process (its own process group) while the swarm runs,
+    which mostly waits on the network and the ledger. A process, not a thread: it can be
+    stopped at once on Ctrl-C, and torch is never torn down mid-computation at exit."""
+
+    def __init__(self, plan: TestnetPlan) -> None:
+        self._plan = plan
+        self._log = (plan.workdir / "baselines.log").open("wb")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "swarmnode.testnet", "baselines", str(plan.workdir)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+            start_new_session=True,
+        )
+
+    def result(self, timeout: float = 900.0) -> dict[str, Any]:
+        try:
+            code = self._process.wait(timeout=timeout)
+        finally:
+            self.stop()
+        if code != 0:
+            tail = _log_tail(self._plan.workdir / "baselines.log")
+            raise SetupError(f"baselines failed (exit {code}); last log lines:\n{tail}")
+        result: dict[str, Any] = json.loads((self._plan.workdir / "baselines.json").read_text())
+        return result
+
+    def stop(self) -> None:
+        stop_all((self._process,), grace=0.0)
+        self._log.close()
+
+
 # -- running --------------------------------------------------------------------------
 
 
@@ -492,3 +525,9 @@ def describe_plan(plan: TestnetPlan) -> str:
         lines.append(f"  {site.name}: 127.0.0.1:{site.port}  {site.node_id.short}  samples per class {c}")
     lines.append(f"  held-out test set: samples per class {counts[-1]}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `python -m swarmnode.testnet baselines WORKDIR` (what BaselineJob runs)
+    if len(sys.argv) != 3 or sys.argv[1] != "baselines":
+        raise SystemExit("usage: python -m swarmnode.testnet baselines WORKDIR")
+    compute_baselines(TestnetPlan.load(Path(sys.argv[2])))
