@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crypto.errors import KeyFileError
-from models.flatten import flatten
+from models.flatten import flatten, layout_of
 from models.nets import build_model
 from models.spec import logistic_regression, mlp
 from swarmnode.api import SwarmNode, create_local_swarm, local_swarm
@@ -114,3 +114,35 @@ def test_real_startup_errors_reach_the_constructor(tmp_path: Path, configs: tupl
     with pytest.raises(KeyFileError, match=r"missing\.key"):
         SwarmNode(no_key)
     assert swarmnode_threads() == before
+
+
+def test_train_with_swarm_on_real_nodes(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from swarmnode.trainer import TrainingSummary, train_with_swarm
+
+    configs = create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, sync_every=2)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(80, 4, generator=generator)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    halves = [slice(0, 40), slice(40, 80)]
+    models_ = [nn.Linear(4, 2), nn.Linear(4, 2)]  # the layout of logistic_regression(4, 2)
+
+    def site(i: int, node: SwarmNode) -> TrainingSummary:
+        data = TensorDataset(x[halves[i]], y[halves[i]])
+        loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(i))
+        optimizer = torch.optim.SGD(models_[i].parameters(), lr=0.1)
+        return train_with_swarm(node, models_[i], loader, optimizer, val_loader=loader, test_loader=loader)
+
+    with local_swarm(configs) as nodes, ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(site, range(2), nodes))
+    assert [len(s.rounds) for s in summaries] == [2, 2]
+    assert summaries[0].final_hash == summaries[1].final_hash is not None
+    np.testing.assert_array_equal(summaries[0].parameters, summaries[1].parameters)
+    for model in models_:  # each module ends at the swarm's final model
+        np.testing.assert_array_equal(flatten(model, layout_of(model)), summaries[0].parameters)
+    assert all(r.local_epochs == 2 * (k + 1) for s in summaries for k, r in enumerate(s.rounds))
+    assert all(s.test is not None and s.test.accuracy > 0.8 for s in summaries)
