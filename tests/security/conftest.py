@@ -184,9 +184,7 @@ def hostile_bytes(rnd: random.Random, valid: bytes) -> bytes:
     return rnd.randbytes(rnd.randrange(0, 256))
 
 
-def sign_raw_envelope(
-    identity: NodeIdentity, chain_id: bytes, type_name: str, body: bytes
-) -> bytes:
+def sign_raw_envelope(identity: NodeIdentity, chain_id: bytes, type_name: str, body: bytes) -> bytes:
     """A correctly signed envelope around arbitrary body bytes (what `EnvelopeCodec.seal`
     would produce for a body it could encode): the input reaches the body decoder."""
     unsigned: dict[str, cbor.CborValue] = {
@@ -303,7 +301,8 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
     keys = sorted((i.node_id for i in ledger.identities), key=lambda n: n.public_key)
     block = ledger.blocks[2]
     synced = tuple(
-        SyncedBlock(block=b, certificate=c) for b, c in zip(ledger.blocks[1:4], ledger.certificates[1:4])
+        SyncedBlock(block=b, certificate=c)
+        for b, c in zip(ledger.blocks[1:4], ledger.certificates[1:4], strict=True)
     )
     samples: list[object] = [
         Proposal(height=block.height, round=0, block=block, pol_round=-1),

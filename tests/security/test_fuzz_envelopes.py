@@ -13,6 +13,7 @@ type that re-encodes to the signed bytes.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from consensus.messages import CONSENSUS_MESSAGES
 from consensus.transactions import TX_MESSAGES
@@ -22,7 +23,8 @@ from crypto.errors import MessageTooLarge, ProtocolError
 from crypto.identity import NodeIdentity
 from crypto.threshold import THRESHOLD_MESSAGES
 
-from .conftest import FuzzKit, LedgerSample  # noqa: F401  (types only)
+if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
+    from conftest import FuzzKit, LedgerSample
 
 ALL_TYPES = CONSENSUS_MESSAGES.merge(TX_MESSAGES).merge(THRESHOLD_MESSAGES)
 SIGNER = NodeIdentity.from_seed(b"\x42" * 32)
