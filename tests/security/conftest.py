@@ -13,6 +13,7 @@ for a long local run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tracemalloc
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.blocks import Block, CommitCertificate
+from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
 from consensus.messages import (
     BlockRequest,
     BlockResponse,
@@ -52,6 +54,7 @@ from consensus.transactions import (
     PhaseTimeout,
     Ready,
     Stop,
+    TxSigner,
     VoteEquivocation,
 )
 from crypto import cbor
@@ -337,3 +340,49 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
     for body in samples:
         out.setdefault(type(body), []).append(body)
     return out
+
+
+# -- a contract chain: 4 founding members plus outsiders -------------------------------------------
+
+MEMBER_KEYS: Final = tuple(
+    NodeIdentity.from_seed(hashlib.sha256(b"member %d" % i).digest()) for i in range(4)
+)
+OUTSIDER_KEYS: Final = tuple(
+    NodeIdentity.from_seed(hashlib.sha256(b"outsider %d" % i).digest()) for i in range(2)
+)
+
+
+def make_genesis(name: str = "security-test", *, min_peers: int = 3, max_rounds: int = 5) -> Genesis:
+    return Genesis(
+        name=name,
+        members=tuple(
+            FoundingMember(name=f"site-{i}", node_id=k.node_id, addresses=(f"/ip4/127.0.0.1/tcp/{4001 + i}",))
+            for i, k in enumerate(MEMBER_KEYS)
+        ),
+        training=TrainingParams(
+            model_spec_hash=hashlib.sha256(b"spec").digest(),
+            min_peers=min_peers,
+            stopping=StoppingRule(max_rounds=max_rounds),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ContractKit:
+    """A genesis, its members' and two outsiders' transaction signers."""
+
+    genesis: Genesis
+    members: tuple[NodeIdentity, ...] = MEMBER_KEYS
+    outsiders: tuple[NodeIdentity, ...] = OUTSIDER_KEYS
+
+    def signer(self, identity: NodeIdentity) -> TxSigner:
+        return TxSigner(self.genesis.chain_id, identity)
+
+    def by_key_order(self) -> list[NodeIdentity]:
+        """Members in key order: the contract's rotation (leader, verifier, ...) follows it."""
+        return sorted(self.members, key=lambda i: i.public_key)
+
+
+@pytest.fixture(scope="session")
+def contract_kit() -> ContractKit:
+    return ContractKit(make_genesis())
