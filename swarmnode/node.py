@@ -129,6 +129,8 @@ log = logging.getLogger("swarmnode.node")
 
 CONSENSUS_TOPIC: Final = "consensus"
 BLOCKS_PROTOCOL: Final = "/swarmnode/blocks/1"
+REPLICATE_PROTOCOL: Final = "/swarmnode/replicate/1"
+REPLICATE_TIMEOUT: Final = 30.0
 _RETRY_FIRST: Final = 0.5
 _RETRY_MAX: Final = 8.0
 _RESUBMIT_AFTER: Final = 15.0  # a job done this long ago but still planned runs again
@@ -223,6 +225,19 @@ class NodeOptions:
     inline_compute: bool = False
     idle_block_interval: float | None = None  # default: half the propose timeout
     faults: Faults = field(default_factory=Faults)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicateRequest:
+    """Wire body of a replicate request: copy blob `digest` of round `round` from me."""
+
+    round: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if self.round < 1 or len(self.digest) != 32:
+            raise ValueError("round must be >= 1 and digest a SHA-256")
 
 
 @final
@@ -369,6 +384,7 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self.transport.set_handler(BLOCKS_PROTOCOL, self._serve_blocks)
+                    self.transport.set_handler(REPLICATE_PROTOCOL, self._serve_replicate)
                     # Re-serve what we announced in the current key epoch (lost with a restart).
                     epoch = self.contract.key_epoch().number
                     bundle = self.files.load_epoch(epoch, "bundle")
@@ -569,7 +585,8 @@ class Node:
                 self._deliver(plan.delivery)
             if plan.stopped:
                 self._on_stopped(plan)
-            wake = math.inf if plan.deadline is None else plan.deadline
+            # A deadline already passed is handled by its SubmitPhaseTimeout job: no busy wake-up.
+            wake = plan.deadline if plan.deadline is not None and plan.deadline > now else math.inf
             for job in plan.jobs:
                 key = job.key
                 if key in self._running:
@@ -713,12 +730,33 @@ class Node:
         keys = self._keys[job.epoch]
         blob = await self._compute(encrypt_update, keys, params, float(job.weight), float(job.total_weight))
         digest = self.transport.put_blob(blob)
+        # The leader, verifier and next in line copy the blob before its hash is committed,
+        # so the update survives if we (or the leader) crash right after (DESIGN 5.3).
+        request = cbor.dumps_dataclass(ReplicateRequest(round=job.round, digest=digest))
+        async with trio.open_nursery() as nursery:
+            for peer in job.replicas:
+                nursery.start_soon(self._ask_to_replicate, peer, request)
         await self.submit(Contribution(round=job.round, blob_hash=digest, blob_size=len(blob)))
         self._log.info("round %d: contributed %s", job.round, digest.hex()[:12])
 
     async def _sum(self, contributions: Sequence[ContributionRecord]) -> bytes:
         blobs = [await self._fetch(c.blob_hash, c.node_id) for c in contributions]
         return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+
+    async def _ask_to_replicate(self, peer: NodeId, request: bytes) -> None:
+        try:
+            await self.transport.request(peer, REPLICATE_PROTOCOL, request, timeout=REPLICATE_TIMEOUT)
+        except TransportError as exc:
+            self._log.info("%s did not copy our contribution: %s", peer.short, exc)
+
+    async def _serve_replicate(self, sender: NodeId, data: bytes) -> bytes:
+        """A participant asks us (head of the rotation) to copy its contribution blob."""
+        request = cbor.loads_dataclass(ReplicateRequest, data)
+        r = self.contract.round
+        if request.round != r.number or sender not in r.participants:
+            raise SwarmError(f"{sender.short} is not a participant of round {request.round}")
+        await self.transport.get_blob(request.digest, peer=sender, timeout=REPLICATE_TIMEOUT)
+        return b"ok"
 
     async def _prefetch(self, job: Job) -> None:
         assert isinstance(job, PrefetchContributions)

@@ -143,6 +143,7 @@ class Contribute:
     epoch: int
     weight: int
     total_weight: int
+    replicas: tuple[NodeId, ...] = ()  # who should hold a copy before the hash is committed
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -306,6 +307,11 @@ PHASE_TIMEOUT: Final[Mapping[Phase, Callable[[Timeouts], float]]] = {
 
 _Planner = Callable[[Contract, Round, LocalFacts], list[Job]]
 
+REPLICAS: Final = 3
+"""How many participants at the head of the rotation (leader, verifier, next) hold copies
+of every contribution: the contributor has them copy it before committing its hash (DESIGN
+5.3), and they fetch whatever they still miss once it is committed."""
+
 
 def _plan_ready(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
     wanted = facts.wanted
@@ -322,7 +328,16 @@ def _plan_contribute(contract: Contract, r: Round, facts: LocalFacts) -> list[Jo
         return []  # nothing to contribute (the merge call went away) or no key: we will be dropped
     record = r.ready_record(me)
     assert record is not None  # participants are Ready members
-    return [Contribute(round=r.number, epoch=r.epoch, weight=record.weight, total_weight=r.ready_weight)]
+    replicas = tuple(p for p in r.active[:REPLICAS] if p != me)
+    return [
+        Contribute(
+            round=r.number,
+            epoch=r.epoch,
+            weight=record.weight,
+            total_weight=r.ready_weight,
+            replicas=replicas,
+        )
+    ]
 
 
 def _committed_contributions(r: Round) -> tuple[ContributionRecord, ...]:
@@ -383,11 +398,6 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
             )
         )
     return jobs
-
-
-REPLICAS: Final = 3
-"""How many participants at the head of the rotation (leader, verifier, next) hold copies
-of every committed contribution."""
 
 
 def _plan_prefetch(r: Round, facts: LocalFacts) -> list[Job]:

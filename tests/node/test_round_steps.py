@@ -298,7 +298,8 @@ def test_job_fields_follow_the_ledger() -> None:
     c = make_contract()
     to_contribute(c)
     (job,) = reconcile(c, facts(IDS[1].node_id, wanted=WANT)).jobs
-    assert job == Contribute(round=1, epoch=1, weight=20, total_weight=100)
+    head = tuple(p for p in c.round.active[:3] if p != IDS[1].node_id)
+    assert job == Contribute(round=1, epoch=1, weight=20, total_weight=100, replicas=head)
     assert job.key == ("contribute", 1)
     c = make_contract()
     to_verify(c)

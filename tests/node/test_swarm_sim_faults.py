@@ -1,0 +1,196 @@
+"""Fault handling of the secure round (DESIGN 5.6) with whole nodes on MemoryTransport.
+
+Each test runs a 4-node swarm in virtual time (trio's MockClock, autojump) with
+synthetic parameters (the merge arithmetic is what is checked, not learning):
+site i submits ``params = round + i`` with weight ``10 (i + 1)``. A fault is
+injected into one node; every live node must finish training with the same
+final model, equal to the ledger's final hash and to the weighted mean of the
+contributions that the ledger says were merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from consensus.contract import CONTRIBUTION_TIMEOUT, DECRYPTOR_TIMEOUT, LEADER_TIMEOUT, WRONG_AGGREGATE
+from crypto.identity import NodeId
+from models import logistic_regression
+from swarmnode.net.memory import open_memory_network
+from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.simswarm import SwarmPlan
+
+SPEC = logistic_regression(30, 2)
+N_PARAMS = 62
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Site:
+    index: int
+    node: Node | None = None
+    results: list[MergeResult] = field(default_factory=list)
+    final: MergeResult | None = None
+    crashed: bool = False
+
+
+def by_key(ids: Sequence[NodeId]) -> list[NodeId]:
+    return sorted(ids, key=lambda n: n.public_key)
+
+
+async def run_swarm(
+    tmp_path: Path,
+    *,
+    faults: dict[int, Faults],
+    max_rounds: int = 3,
+    founders: int = 4,
+) -> tuple[SwarmPlan, list[Site]]:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=founders, max_rounds=max_rounds)
+    sites = [Site(i) for i in range(founders)]
+
+    async def run_site(site: Site, net_transport: object) -> None:
+        i = site.index
+        options = NodeOptions(inline_compute=True, faults=faults.get(i, Faults()))
+        async with open_swarm_node(
+            plan.configs[i],
+            transport=net_transport,  # type: ignore[arg-type]
+            identity=plan.identities[i],
+            genesis=plan.genesis,
+            options=options,
+        ) as node:
+            site.node = node
+            params = np.full(N_PARAMS, float(i), np.float32)
+            while True:
+                try:
+                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
+                except SwarmStopped as stopped:
+                    site.final = stopped.final
+                    break
+                except NodeClosed:
+                    site.crashed = True
+                    return
+                site.results.append(result)
+                if result.stopped:
+                    site.final = result
+                    break
+                params = result.parameters + 1.0 + i
+            await node.wait_stopped()
+
+    async with open_memory_network(seed=3) as net, trio.open_nursery() as nursery:
+        for site in sites:
+            nursery.start_soon(run_site, site, net.transport(plan.ids[site.index]))
+    return plan, sites
+
+
+def check_outcome(sites: list[Site], *, crashed: frozenset[int] = frozenset()) -> list[Site]:
+    live = [s for s in sites if s.index not in crashed]
+    assert {s.index for s in sites if s.crashed} == set(crashed)
+    finals = {s.final.params_hash for s in live if s.final is not None}
+    assert len(finals) == 1, "live nodes disagree on the final model"
+    assert all(s.final is not None for s in live)
+    for site in live:
+        assert site.node is not None
+        assert site.node.contract.final_model_hash in finals
+        saved = np.load(site.node.storage_dir / "final_model.npy")
+        assert saved.tobytes() == live[0].final.parameters.tobytes()  # type: ignore[union-attr]
+    # Bit-identical parameters per round on every node that received the round.
+    by_round: dict[int, set[bytes]] = {}
+    for site in live:
+        for r in site.results:
+            by_round.setdefault(r.round, set()).add(r.parameters.tobytes())
+    assert all(len(v) == 1 for v in by_round.values())
+    return live
+
+
+def evidence_kinds(node: Node) -> set[tuple[str, NodeId]]:
+    return {(e.kind, e.offender) for e in node.contract.evidence()}
+
+
+async def test_leader_crash_in_aggregate_phase(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    ids = SwarmPlan.create(tmp_path, SPEC, founders=4).ids
+    leader_id = by_key(ids)[0]  # round 1's leader: first in key order
+    leader = ids.index(leader_id)
+    _plan, sites = await run_swarm(tmp_path, faults={leader: Faults(crash_before=frozenset({"aggregate"}))})
+    live = check_outcome(sites, crashed=frozenset({leader}))
+    node = live[0].node
+    assert node is not None
+    assert (LEADER_TIMEOUT, leader_id) in evidence_kinds(node)
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert first.outcome == "merged"
+    assert leader_id in first.contributors  # its committed update survived its crash
+    assert first.aggregator != leader_id
+    assert node.contract.stopped is not None
+
+
+async def test_leader_publishing_a_wrong_aggregate_is_proven_wrong(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    leader_id = by_key(plan.ids)[0]
+    leader = plan.ids.index(leader_id)
+    plan, sites = await run_swarm(tmp_path, faults={leader: Faults(wrong_aggregate=True)})
+    live = check_outcome(sites)
+    node = live[0].node
+    assert node is not None
+    assert (WRONG_AGGREGATE, leader_id) in evidence_kinds(node)
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert first.outcome == "merged"
+    assert leader_id in first.excluded
+    # The merge is the true weighted mean of round 1's updates (params i, weights 10(i+1)).
+    weights = np.array([10 * (i + 1) for i in range(4)], dtype=np.float64)
+    expected = float(np.dot(weights, np.arange(4)) / weights.sum())
+    r1 = next(r for r in live[0].results if r.round == 1)
+    np.testing.assert_allclose(r1.parameters, expected, atol=1e-4)
+
+
+async def test_decryptor_crash(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    rotation = by_key(plan.ids)
+    # Round 1: leader rotation[0], verifier rotation[1], decrypt set sorted(rotation[:3]).
+    decryptor_id = rotation[2]
+    victim = plan.ids.index(decryptor_id)
+    plan, sites = await run_swarm(
+        tmp_path, faults={victim: Faults(crash_before=frozenset({"decryption-share"}))}
+    )
+    live = check_outcome(sites, crashed=frozenset({victim}))
+    node = live[0].node
+    assert node is not None
+    assert (DECRYPTOR_TIMEOUT, decryptor_id) in evidence_kinds(node)
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert first.outcome == "merged"
+    assert decryptor_id not in first.decrypt_set
+
+
+async def test_contributor_vanishing_mid_round(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    vanishing_id = by_key(plan.ids)[3]  # holds no role in round 1
+    victim = plan.ids.index(vanishing_id)
+    plan, sites = await run_swarm(tmp_path, faults={victim: Faults(crash_before=frozenset({"contribute"}))})
+    live = check_outcome(sites, crashed=frozenset({victim}))
+    node = live[0].node
+    assert node is not None
+    assert (CONTRIBUTION_TIMEOUT, vanishing_id) in evidence_kinds(node)
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert first.outcome == "merged"
+    assert vanishing_id in first.dropped
+    assert vanishing_id not in first.contributors
+    # The mean is over the three remaining contributions only.
+    kept = [i for i in range(4) if i != victim]
+    weights = np.array([10 * (i + 1) for i in kept], dtype=np.float64)
+    expected = float(np.dot(weights, np.array(kept, dtype=np.float64)) / weights.sum())
+    r1 = next(r for r in live[0].results if r.round == 1)
+    np.testing.assert_allclose(r1.parameters, expected, atol=1e-4)
