@@ -219,9 +219,16 @@ class FuzzKit:
     hostile = staticmethod(hostile_bytes)
     sign_raw = staticmethod(sign_raw_envelope)
 
-    def run(self, case: Callable[[random.Random], str], *, cases: int | None = None) -> FuzzStats:
+    def run(
+        self,
+        case: Callable[[random.Random], str],
+        *,
+        cases: int | None = None,
+        fresh: Callable[[], None] | None = None,
+    ) -> FuzzStats:
         """Run `case(rnd)` at least `cases` times (default FUZZ_CASES) from hypothesis-drawn
-        seeds, `BATCH` per example; `case` asserts and returns an outcome label."""
+        seeds, `BATCH` per example; `case` asserts and returns an outcome label. A stateful
+        entry point passes `fresh`, called before each batch, so every example replays alone."""
         wanted = self.cases if cases is None else cases
         outcomes: dict[str, int] = {}
         examples = max(1, -(-wanted // BATCH))
@@ -236,6 +243,8 @@ class FuzzKit:
         @given(st.integers(min_value=0, max_value=2**64 - 1))
         def batch(seed: int) -> None:
             rnd = random.Random(seed)
+            if fresh is not None:
+                fresh()
             for _ in range(BATCH):
                 label = case(rnd)
                 outcomes[label] = outcomes.get(label, 0) + 1
