@@ -194,3 +194,95 @@ async def test_contributor_vanishing_mid_round(
     expected = float(np.dot(weights, np.array(kept, dtype=np.float64)) / weights.sum())
     r1 = next(r for r in live[0].results if r.round == 1)
     np.testing.assert_allclose(r1.parameters, expected, atol=1e-4)
+
+
+async def test_node_joining_after_round_two(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A fifth site asks to join once round 2 merged; one member approves (policy: 1 approval).
+    A new key epoch runs with five members, the joiner downloads the latest merged model by
+    its ledger hash, then takes part in the following rounds."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, joiners=1, max_rounds=5)
+    sites = [Site(i) for i in range(5)]
+    joiner_id = plan.ids[4]
+    first_model: list[MergeResult] = []
+    ready = trio.Event()
+
+    async def run_site(site: Site, transport: object) -> None:
+        i = site.index
+        async with open_swarm_node(
+            plan.configs[i],
+            transport=transport,  # type: ignore[arg-type]
+            identity=plan.identities[i],
+            genesis=plan.genesis,
+            inline_compute=True,
+        ) as node:
+            site.node = node
+            if i == 0:
+                ready.set()
+            params = np.full(N_PARAMS, float(i), np.float32)
+            while True:
+                try:
+                    result = await node.merge(params, 10 * (i + 1), timeout=900)
+                except SwarmStopped as stopped:
+                    site.final = stopped.final
+                    break
+                site.results.append(result)
+                if result.stopped:
+                    site.final = result
+                    break
+                params = result.parameters + 1.0
+            await node.wait_stopped()
+
+    async def run_joiner(transport: object) -> None:
+        site = sites[4]
+        async with open_swarm_node(
+            plan.configs[4],
+            transport=transport,  # type: ignore[arg-type]
+            identity=plan.identities[4],
+            genesis=plan.genesis,
+            inline_compute=True,
+        ) as joiner:
+            site.node = joiner
+            member = sites[0].node
+            assert member is not None
+            await member.submit_transaction(joiner.join_request())
+            await member.wait_for(lambda c: any(p.node_id == joiner_id for p in c.pending_joins()))
+            await member.approve(joiner_id)
+            await joiner.wait_for(lambda c: c.member(joiner_id) is not None and c.key_epoch().complete)
+            latest = await joiner.latest_model()
+            assert latest is not None
+            first_model.append(latest)
+            params = latest.parameters + 1.0
+            while True:
+                try:
+                    result = await joiner.merge(params, 25, timeout=900)
+                except SwarmStopped as stopped:
+                    site.final = stopped.final
+                    break
+                site.results.append(result)
+                if result.stopped:
+                    site.final = result
+                    break
+                params = result.parameters + 1.0
+            await joiner.wait_stopped()
+
+    async with open_memory_network(seed=5) as net, trio.open_nursery() as nursery:
+        for site in sites[:4]:
+            nursery.start_soon(run_site, site, net.transport(plan.ids[site.index]))
+        await ready.wait()
+        node0 = sites[0].node
+        assert node0 is not None
+        await node0.wait_for(lambda c: c.state.merged_rounds >= 2)
+        nursery.start_soon(run_joiner, net.transport(joiner_id))
+
+    live = check_outcome(sites)
+    node = live[0].node
+    assert node is not None
+    assert node.contract.member(joiner_id) is not None
+    assert node.contract.key_epoch().number == 2
+    assert joiner_id in node.contract.key_epoch().members
+    assert first_model[0].round >= 2
+    assert sites[4].results, "the joiner took part in no round"
+    joined_round = node.contract.round_record(sites[4].results[0].round)
+    assert joined_round is not None
+    assert joiner_id in joined_round.contributors
+    assert joined_round.epoch == 2
