@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from crypto import cbor
+from crypto.envelope import EnvelopeCodec
+from crypto.errors import ProtocolError
 
 from .app import AppFactory, Application
-from .blocks import GENESIS_PREV_HASH, Block, CommitCertificate
+from .blocks import GENESIS_PREV_HASH, Block, CommitCertificate, EnvelopeOpener, verify_certificate
 from .core import PRECOMMIT_STEP, Resume
 from .errors import EquivocationRefused, StoreError
-from .messages import MAX_SYNC_BLOCKS, BlockRequest, BlockResponse, SyncedBlock
+from .messages import CONSENSUS_MESSAGES, MAX_SYNC_BLOCKS, BlockRequest, BlockResponse, SyncedBlock
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -241,18 +243,59 @@ class LedgerStore:
 
 
 def recover(store: LedgerStore, app_factory: AppFactory) -> tuple[Application, Resume]:
-    """Rebuild the application (newest snapshot + replay) and where the core resumes."""
+    """Rebuild the application (newest snapshot + replay) and where the core resumes.
+
+    Refuses (`StoreError`, naming height and field) to go on from a store whose replayed
+    part is corrupt or tampered with: every block after the snapshot must decode, carry
+    its stored hash, link to its predecessor, state the application hash the replay
+    reached, and come with a certificate of >2/3 valid precommits of its validators; a
+    tampered snapshot must restore to its recorded hash and to the hash the next block
+    states. Blocks below the snapshot are not read here; `verify_chain` (`swarmnode
+    ledger verify`) re-checks the whole chain from genesis.
+    """
     app = app_factory()
     start = 1
     snapshot = store.latest_snapshot()
     if snapshot is not None:
         height, app_hash, state = snapshot
-        app.restore(state)
+        try:
+            app.restore(state)
+        except (ProtocolError, ValueError) as exc:
+            raise StoreError(f"{store.path}: height {height}: snapshot: does not restore ({exc})") from None
         if app.app_hash() != app_hash:
-            raise StoreError(f"snapshot at height {height} does not restore to its recorded app hash")
+            raise StoreError(
+                f"{store.path}: height {height}: snapshot: does not restore to its recorded app hash"
+            )
         start = height + 1
-    for stored in store.blocks(start):
-        app.apply_block(stored.block.height, stored.block.txs)
+    opener = EnvelopeOpener(EnvelopeCodec(store.chain_id, CONSENSUS_MESSAGES))
+    prev_hash = GENESIS_PREV_HASH if start == 1 else store._hash(start - 1)
+    for height, stored_hash, raw_block, raw_certificate in store.raw_blocks(start):
+
+        def corrupt(field: str, message: str, height: int = height) -> StoreError:
+            return StoreError(
+                f"{store.path}: height {height}: {field}: {message}; refusing to start from a corrupt "
+                "ledger (run `swarmnode ledger verify` for the full report)"
+            )
+
+        try:
+            block = cbor.loads_dataclass(Block, raw_block)
+            certificate = cbor.loads_dataclass(CommitCertificate, raw_certificate)
+        except ProtocolError as exc:
+            raise corrupt("block", f"does not decode ({exc})") from None
+        if block.height != height or block.hash != stored_hash:
+            raise corrupt("hash", "the stored block is not the block committed at this height")
+        if block.prev_hash != prev_hash:
+            raise corrupt("prev_hash", f"does not link to block {height - 1}")
+        if block.app_hash != app.app_hash():
+            raise corrupt("app_hash", f"differs from the state replayed up to block {height - 1}")
+        if certificate.height != height or certificate.block_hash != stored_hash:
+            raise corrupt("certificate", "certifies another height or block")
+        try:
+            verify_certificate(certificate, opener, app.validators(height))
+        except ProtocolError as exc:
+            raise corrupt("certificate", str(exc)) from None
+        app.apply_block(height, block.txs)
+        prev_hash = stored_hash
     tip = store.tip_height()
     last_hash = GENESIS_PREV_HASH if tip == 0 else store._hash(tip)
     resume = Resume(
