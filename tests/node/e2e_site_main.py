@@ -1,0 +1,67 @@
+"""One site of the end-to-end test, run as its own process (not collected by pytest).
+
+    python e2e_site_main.py SITE.toml SITE_INDEX N_SITES SPLIT_SEED RESULT.json
+
+Loads the `NodeConfig`, its part of breast cancer (uneven-class split), and runs
+the Swarm Learning loop over a real `Libp2pTransport` until the swarm stops; then
+writes the outcome (final hash, rounds, per-round wall times) as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import trio
+
+from models import LocalTrainer, load_sklearn, preset_scenario, split_sites
+from swarmnode.config import NodeConfig
+from swarmnode.node import MergeResult, open_swarm_node
+from swarmnode.simswarm import train_with_swarm
+
+
+async def main(config_path: str, index: int, n_sites: int, seed: int, out: str) -> None:
+    config = NodeConfig.load(config_path)
+    data = load_sklearn("breast_cancer", positive_class="malignant")
+    split = split_sites(data.labels, preset_scenario("uneven_class", n_sites), seed)
+    trainer = LocalTrainer(
+        config.model,
+        split.site_data(data, index),
+        config.training,
+        generator=torch.Generator().manual_seed(config.swarm.seed),
+    )
+    common_start = LocalTrainer(
+        config.model, split.site_data(data, 0), config.training, generator=torch.Generator().manual_seed(0)
+    ).parameters()
+    times: list[float] = []
+    last = [time.monotonic()]
+
+    async def on_round(result: MergeResult) -> None:
+        now = time.monotonic()
+        times.append(now - last[0])
+        last[0] = now
+
+    async with open_swarm_node(config) as node:
+        outcome = await train_with_swarm(
+            node, trainer, epochs_per_round=2, start=common_start, merge_timeout=240, on_round=on_round
+        )
+        ledger_final = node.contract.final_model_hash
+    result = {
+        "site": config.node.name,
+        "rounds": list(outcome.rounds),
+        "final_hash": None if outcome.final_hash is None else outcome.final_hash.hex(),
+        "ledger_final_hash": None if ledger_final is None else ledger_final.hex(),
+        "round_wall_s": times,
+        "test_auc": trainer.evaluate(split.test_data(data)).roc_auc,
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
