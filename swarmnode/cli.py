@@ -27,6 +27,7 @@ from . import __version__
 from .config import ConfigError, NodeConfig
 from .control import ControlError, request_control
 from .scaffold import (
+    JOIN_REQUEST_FILE,
     GenesisSettings,
     SetupError,
     SiteSettings,
@@ -115,10 +116,35 @@ def cmd_join(args: argparse.Namespace) -> int:
     _out(f"created {result.key_path} (mode 0600), {result.config_path} and the genesis of {genesis.name!r}")
     _out(f"chain id: {genesis.chain_id.hex()}")
     _out(f"peer id:  {result.node_id.peer_id}")
+    request = directory / JOIN_REQUEST_FILE
+    policy = genesis.join_policy
+    needed = "the admin key" if policy.mode == "admin" else f"{policy.approvals} member(s)"
+    _out(f"wrote {request}: send it to a member, who runs")
+    _out(f"  swarmnode approve --config THEIR/site.toml --request {request.name}")
     _out(
-        f"start it with `swarmnode run --config {result.config_path}`: it asks to join; "
-        f"members approve per the join policy ({genesis.join_policy.mode})"
+        f"admission needs approval by {needed}; others run: swarmnode approve --peer {result.node_id.peer_id}"
     )
+    _out(f"then start this site: swarmnode run --config {result.config_path}")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    if (args.request is None) == (args.peer is None):
+        raise SetupError("approve: give exactly one of --request FILE or --peer PEER_ID")
+    if args.request is not None:
+        try:
+            tx = Path(args.request).read_bytes()
+        except OSError as exc:
+            raise SetupError(f"{args.request}: cannot read join request ({exc.strerror})") from None
+        command, call_args = "submit-join", {"tx": tx.hex()}
+    else:
+        command, call_args = "approve", {"peer_id": args.peer}
+    try:
+        result = request_control(config.node.storage_dir, command, args=call_args, timeout=90.0)
+    except ControlError as exc:
+        raise CommandFailed(str(exc)) from None
+    _out(f"approved {result['joiner']} (as {result['approved_by']})")
     return EXIT_OK
 
 
@@ -229,9 +255,20 @@ def _setup_logging(level: str, *, quiet: bool) -> None:
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())) if quiet else level.upper())
 
 
+def _ctrl_c_stops() -> None:
+    """Make SIGINT raise KeyboardInterrupt even if it was inherited as ignored (a shell starts
+    background jobs that way), so Ctrl-C and `swarmnode testnet` can always stop a node cleanly."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    _ctrl_c_stops()
     from .liveview import render, site_row
     from .siterun import SiteMonitor, run_site_monitored
     from .trainer import default_metric
@@ -306,6 +343,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
         run_simulated,
     )
 
+    _ctrl_c_stops()
     workdir = Path(args.workdir)
     plan = prepare_testnet(
         workdir,
@@ -426,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invite", required=True, help="invite file from `swarmnode invite`")
     _add_site_options(p, join=True)
     p.set_defaults(handler=cmd_join)
+
+    p = sub.add_parser("approve", help="admit a joining site (through this site's running node)")
+    p.add_argument("--config", default="site.toml", help="this member's site.toml (its node must run)")
+    p.add_argument("--request", help="the joiner's join-request.cbor (submits it, then approves)")
+    p.add_argument("--peer", help="approve an already pending joiner by peer id")
+    p.set_defaults(handler=cmd_approve)
 
     p = sub.add_parser("ledger", help="verify or show the ledger")
     ledger = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)

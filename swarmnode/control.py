@@ -5,9 +5,14 @@ port and token are written to ``<storage_dir>/control.json`` with mode 0600,
 so only the user who runs the node (who can read the storage dir) can ask it
 anything. Nothing here listens on a routable address.
 
-Protocol: the client sends one JSON line ``{"token": ..., "command": "status"}``;
+Protocol: the client sends one JSON line ``{"token": ..., "command": ..., "args": {...}}``;
 the server answers one JSON line ``{"ok": true, "result": {...}}`` or
-``{"ok": false, "error": "..."}`` and closes. Requests are capped at 4 KiB and
+``{"ok": false, "error": "..."}`` and closes. Commands:
+
+- ``status``: the node's `status()`.
+- ``submit-join`` ``{"tx": hex}``: submit a joiner's signed JoinRequest, wait until it
+  is pending on the ledger, then approve it as this member.
+- ``approve`` ``{"peer_id": ...}``: approve a pending join request. Requests are capped at 4 KiB and
 a client gets 5 s to send its line.
 
 `to_jsonable` turns the runtime's frozen status dataclasses into JSON (node ids
@@ -40,7 +45,8 @@ if TYPE_CHECKING:
 CONTROL_FILE: Final = "control.json"
 MAX_REQUEST: Final = 4096
 CLIENT_TIMEOUT: Final = 5.0
-COMMANDS: Final = ("status",)
+COMMANDS: Final = ("status", "submit-join", "approve")
+JOIN_WAIT: Final = 60.0
 
 
 class ControlError(Exception):
@@ -143,12 +149,45 @@ async def _answer(stream: trio.SocketStream, node: StatusSource, token: str) -> 
     if not hmac.compare_digest(request["token"].encode(), token.encode()):
         return {"ok": False, "error": "wrong token"}
     command = request.get("command")
+    args = request.get("args") or {}
+    if not isinstance(args, dict):
+        return {"ok": False, "error": "args must be an object"}
     if command == "status":
         return {"ok": True, "result": to_jsonable(node.status())}
+    if command in ("submit-join", "approve"):
+        try:
+            return {"ok": True, "result": await _membership(node, command, args)}
+        except Exception as exc:  # the node's refusal (bad tx, no pending request) goes back as text
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}
 
 
-def request_control(storage_dir: Path, command: str = "status", *, timeout: float = 5.0) -> Any:
+async def _membership(node: Any, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    from consensus.transactions import JoinRequest, tx_codec
+
+    if command == "submit-join":
+        tx = bytes.fromhex(str(args.get("tx", "")))
+        envelope = tx_codec(node.contract.chain_id).open(tx)  # ProtocolError names what is wrong
+        if not isinstance(envelope.body, JoinRequest):
+            raise ValueError(f"expected a signed JoinRequest, got {envelope.type}")
+        joiner = envelope.sender
+        await node.submit_transaction(tx)
+        with trio.fail_after(JOIN_WAIT):
+            await node.wait_for(
+                lambda c: any(p.node_id == joiner for p in c.pending_joins()) or c.is_member(joiner)
+            )
+    else:
+        from .scaffold import node_id_from_peer_id
+
+        joiner = node_id_from_peer_id(str(args.get("peer_id", "")))
+    if not node.contract.is_member(joiner):
+        await node.approve(joiner)
+    return {"joiner": joiner.peer_id, "approved_by": node.node_id.peer_id}
+
+
+def request_control(
+    storage_dir: Path, command: str = "status", *, args: dict[str, Any] | None = None, timeout: float = 5.0
+) -> Any:
     """Ask the node running on `storage_dir` (blocking; for the CLI). Raises `ControlError`."""
     control_path = storage_dir / CONTROL_FILE
     try:
@@ -160,7 +199,8 @@ def request_control(storage_dir: Path, command: str = "status", *, timeout: floa
         raise ControlError(f"{control_path}: unreadable control file ({exc})") from None
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-            conn.sendall(json.dumps({"token": token, "command": command}).encode() + b"\n")
+            request = {"token": token, "command": command, "args": args or {}}
+            conn.sendall(json.dumps(request).encode() + b"\n")
             chunks = []
             while chunk := conn.recv(65536):
                 chunks.append(chunk)

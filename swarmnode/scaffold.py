@@ -33,6 +33,7 @@ from consensus.genesis import (
     Timeouts,
     TrainingParams,
 )
+from consensus.transactions import JoinRequest, TxSigner
 from crypto import cbor
 from crypto.errors import KeyFileError, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
@@ -44,6 +45,7 @@ from .config import ConfigError, NodeConfig
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _PEER_ID_PREFIX: Final = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 INVITE_VERSION: Final = 1
+JOIN_REQUEST_FILE: Final = "join-request.cbor"
 DEFAULT_POSITIVE_CLASS: Final = {"breast_cancer": "malignant"}
 
 
@@ -463,7 +465,8 @@ def load_invite(path: Path) -> tuple[Invite, Genesis]:
 
 
 def join_site(directory: Path, invite_path: Path, settings: SiteSettings) -> tuple[InitResult, Genesis]:
-    """Create a joining site: key, site.toml with the invite's bootstrap, and the genesis file.
+    """Create a joining site: key, site.toml with the invite's bootstrap, the genesis file and
+    ``join-request.cbor`` (its signed `JoinRequest`, which a member submits with `swarmnode approve`).
 
     The model in `settings` must be the one genesis records (checked by hash).
     """
@@ -481,6 +484,9 @@ def join_site(directory: Path, invite_path: Path, settings: SiteSettings) -> tup
     settings = replace(settings, bootstrap=invite.bootstrap)
     result = init_site(directory, settings)
     save_genesis(genesis, genesis_path)
+    identity = load_identity(result.key_path)
+    request = JoinRequest(name=settings.name, addresses=(transport_address(settings.host, settings.port),))
+    (directory / JOIN_REQUEST_FILE).write_bytes(TxSigner(genesis.chain_id, identity).sign(request))
     return result, genesis
 
 

@@ -6,12 +6,18 @@ import json
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from consensus.contract import Contract
+from consensus.genesis import FoundingMember
+from consensus.transactions import JoinRequest, Leave, TxSigner
 from crypto.identity import NodeId, NodeIdentity
+from models.spec import logistic_regression
 from swarmnode.control import CONTROL_FILE, ControlError, request_control, serve_control, to_jsonable
+from swarmnode.scaffold import GenesisSettings, build_genesis
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,71 @@ def test_to_jsonable_covers_status_values() -> None:
     assert to_jsonable({node: (b"\xff", Path("/x"), float("inf"), None, True)}) == {
         node.peer_id: ["ff", "/x", None, None, True]
     }
+
+
+class FakeMemberNode:
+    """Just enough of `Node` for the membership commands: a real contract, blocks of one tx."""
+
+    def __init__(self, tmp_path: Path) -> None:
+
+        self.identity = NodeIdentity.generate()
+        self.node_id = self.identity.node_id
+        other = NodeIdentity.generate().node_id
+        self.genesis = build_genesis(
+            GenesisSettings(
+                name="g",
+                members=(
+                    FoundingMember(name="me", node_id=self.node_id),
+                    FoundingMember(name="other", node_id=other),
+                ),
+                model=logistic_regression(4, 2),
+            )
+        )
+        self.contract = Contract(self.genesis)
+        self.approved: list[NodeId] = []
+
+    def status(self) -> dict[str, int]:
+        return {"height": self.contract.height}
+
+    async def submit_transaction(self, tx: bytes) -> None:
+        reasons = self.contract.apply_block(self.contract.height + 1, [tx])
+        if reasons[0] is not None:
+            raise ValueError(reasons[0])
+
+    async def wait_for(self, predicate: Any) -> None:
+        assert predicate(self.contract)
+
+    async def approve(self, joiner: NodeId) -> None:
+        self.approved.append(joiner)
+
+
+async def test_submit_join_and_approve_commands(tmp_path: Path) -> None:
+    node = FakeMemberNode(tmp_path)
+    joiner = NodeIdentity.generate()
+    request = TxSigner(node.genesis.chain_id, joiner).sign(
+        JoinRequest(name="late", addresses=("/ip4/127.0.0.1/tcp/9",))
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, node, tmp_path)
+
+        def call(command: str, args: dict[str, Any]) -> Any:
+            return request_control(tmp_path, command, args=args)
+
+        result = await trio.to_thread.run_sync(call, "submit-join", {"tx": request.hex()})
+        assert result == {"joiner": joiner.node_id.peer_id, "approved_by": node.node_id.peer_id}
+        assert node.approved == [joiner.node_id]
+        assert [p.node_id for p in node.contract.pending_joins()] == [joiner.node_id]
+        await trio.to_thread.run_sync(call, "approve", {"peer_id": joiner.node_id.peer_id})
+        assert node.approved == [joiner.node_id] * 2
+        # a transaction of another kind, another chain, or garbage is refused with the reason
+        other_kind = TxSigner(node.genesis.chain_id, joiner).sign(Leave(member_since=0))
+        with pytest.raises(ControlError, match="expected a signed JoinRequest"):
+            await trio.to_thread.run_sync(call, "submit-join", {"tx": other_kind.hex()})
+        foreign = TxSigner(b"\x01" * 32, joiner).sign(JoinRequest(name="x", addresses=()))
+        with pytest.raises(ControlError, match="WrongChain"):
+            await trio.to_thread.run_sync(call, "submit-join", {"tx": foreign.hex()})
+        with pytest.raises(ControlError, match="ValueError"):
+            await trio.to_thread.run_sync(call, "submit-join", {"tx": "zz"})
+        with pytest.raises(ControlError, match=r"not an Ed25519 peer id|base58"):
+            await trio.to_thread.run_sync(call, "approve", {"peer_id": "nobody"})
+        nursery.cancel_scope.cancel()

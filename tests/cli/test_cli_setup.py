@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from consensus.genesis import Genesis
+from consensus.transactions import JoinRequest, tx_codec
 from crypto.identity import NodeIdentity
 from swarmnode.cli import main
 from swarmnode.config import NodeConfig
@@ -139,6 +140,15 @@ def test_invite_and_join(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert Genesis.load(config.ledger.genesis).chain_id == genesis.chain_id
     assert genesis.chain_id.hex() in out
     assert config.network.bootstrap == loaded.bootstrap
+    # the signed join request a member submits with `swarmnode approve --request`
+    envelope = tx_codec(genesis.chain_id).open((tmp_path / "c" / "join-request.cbor").read_bytes())
+    assert isinstance(envelope.body, JoinRequest)
+    assert envelope.sender == NodeIdentity.load(tmp_path / "c" / "node.key").node_id
+    assert envelope.body.addresses == ("/ip4/127.0.0.1/tcp/7323",)
+    assert main(["approve", "--config", str(a)]) == 2
+    assert "exactly one of --request FILE or --peer" in capsys.readouterr().err
+    assert main(["approve", "--config", str(a), "--request", str(tmp_path / "c" / "join-request.cbor")]) == 1
+    assert "is the node running" in capsys.readouterr().err
     # a joiner whose model differs from the swarm's is told so before anything is written
     assert main(["join", "--invite", str(invite), "--name", "d", "--dir", str(tmp_path / "d"),
                  "--model", "mlp"]) == 2  # fmt: skip
