@@ -104,7 +104,12 @@ class LedgerStore:
             self._db.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, exc_type: object, *rest: object) -> None:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self._db.execute("COMMIT")
+            elif self._db.in_transaction:
+                # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR): an
+                # explicit ROLLBACK would then fail and hide the real error ("disk is full").
+                self._db.execute("ROLLBACK")
 
     def _transaction(self) -> LedgerStore._Tx:
         return LedgerStore._Tx(self._db)
@@ -279,9 +284,12 @@ def recover(store: LedgerStore, app_factory: AppFactory) -> tuple[Application, R
 
         try:
             block = cbor.loads_dataclass(Block, raw_block)
-            certificate = cbor.loads_dataclass(CommitCertificate, raw_certificate)
         except ProtocolError as exc:
             raise corrupt("block", f"does not decode ({exc})") from None
+        try:
+            certificate = cbor.loads_dataclass(CommitCertificate, raw_certificate)
+        except ProtocolError as exc:
+            raise corrupt("certificate", f"does not decode ({exc})") from None
         if block.height != height or block.hash != stored_hash:
             raise corrupt("hash", "the stored block is not the block committed at this height")
         if block.prev_hash != prev_hash:
