@@ -290,7 +290,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         def table() -> object:
             metrics = {"metric": monitor.metric, "rounds": monitor.records}
             state = "stopped" if monitor.final is not None else "running"
-            return render([site_row(config.node.name, state, monitor.status, metrics)], genesis.name)
+            return render(
+                [site_row(config.node.name, state, monitor.status, metrics)], genesis.name, monitor.metric
+            )
 
         async def run_live() -> dict[str, object]:
             with Live(table(), refresh_per_second=4) as live:  # type: ignore[arg-type]

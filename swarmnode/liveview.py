@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, final
 
+from rich import box
 from rich.table import Table
 
-COLUMNS: Final = ("site", "state", "round", "phase", "roles", "height", "members", "peers", "local", "merged")
+COLUMNS: Final = ("site", "state", "round", "phase", "roles", "height", "peers", "local", "merged")
+ROLE_LETTERS: Final = {"participant": "P", "leader": "L", "verifier": "V", "decryptor": "D"}
 
 
 @final
@@ -25,8 +27,7 @@ class SiteRow:
     phase: str
     roles: str
     height: str
-    members: str
-    peers: str
+    peers: str  # connected / other members
     local: str
     merged: str
 
@@ -49,28 +50,31 @@ def site_row(
     rounds = (metrics or {}).get("rounds") or []
     last = rounds[-1] if rounds and isinstance(rounds[-1], Mapping) else None
 
-    def count(key: str) -> str:
-        value = status.get(key)
-        return str(len(value)) if isinstance(value, list) else "-"
+    peers, members = status.get("peers"), status.get("members")
+    connected = "-"
+    if isinstance(peers, list) and isinstance(members, list):
+        connected = f"{len(peers)}/{max(0, len(members) - 1)}"
 
     return SiteRow(
         site=site,
         state=state,
         round=str(status.get("round", "-")),
         phase=str(status.get("phase", "-")),
-        roles=",".join(status.get("roles") or ()) or "-",
+        roles="".join(ROLE_LETTERS.get(r, r[:1].upper()) for r in status.get("roles") or ()) or "-",
         height=str(status.get("height", "-")),
-        members=count("members"),
-        peers=count("peers"),
-        local=f"{metric} {_metric(last, 'local', metric)}",
+        peers=connected,
+        local=_metric(last, "local", metric),
         merged=_metric(last, "merged", metric),
     )
 
 
-def render(rows: Sequence[SiteRow], title: str) -> Table:
-    table = Table(title=title, expand=False)
+def render(rows: Sequence[SiteRow], title: str, metric: str = "roc_auc") -> Table:
+    """Roles: P participant, L leader, V verifier, D decryptor; local/merged: last round's
+    validation `metric` of the local model before the merge and of the merged model."""
+    table = Table(title=title, caption=f"roles P/L/V/D: participant/leader/verifier/decryptor; "
+                  f"local, merged: validation {metric}", box=box.SIMPLE_HEAD, expand=False)  # fmt: skip
     for name in COLUMNS:
-        table.add_column(name, justify="right" if name in ("round", "height", "members", "peers") else "left")
+        table.add_column(name, justify="right" if name in ("round", "height", "peers") else "left")
     for row in rows:
         table.add_row(*(getattr(row, name) for name in COLUMNS))
     return table

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from swarmnode.cli import main
+from swarmnode.cli import format_status, main
 from swarmnode.config import NodeConfig
 from swarmnode.control import ControlError, request_control
 
@@ -89,6 +89,9 @@ def test_testnet_three_real_processes_same_final_model_ledger_and_report(
     assert probe.status is not None
     assert len(probe.status["members"]) == 3
     assert {"round", "phase", "height", "last_merged_hash", "peers"} <= set(probe.status)
+    shown = format_status(probe.status)
+    assert f"round: {probe.status['round']}" in shown
+    assert "history" not in shown
 
     # the ledger of every site verifies and records the same final model
     configs = [str(workdir / f"site{i}" / "site.toml") for i in range(3)]
