@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from consensus.errors import StoreError
-from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, GenesisError
+from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, GenesisError, Timeouts
 from crypto.errors import KeyFileError
 from models.data import DatasetError
 from models.spec import ModelSpec
@@ -151,6 +151,21 @@ def cmd_approve(args: argparse.Namespace) -> int:
 # -- genesis / invite -----------------------------------------------------------------
 
 
+def _timeouts(args: argparse.Namespace) -> Timeouts:
+    p = args.phase_timeout
+    try:
+        return Timeouts(
+            ready_wait=args.ready_wait,
+            contribute=p,
+            aggregate=p,
+            verify=p,
+            decrypt=p,
+            key_epoch=args.key_epoch_timeout,
+        )
+    except ValueError as exc:  # names the field: "training.timeouts.decrypt: must be in (0, 86400] seconds"
+        raise SetupError(f"genesis: {exc}") from None
+
+
 def cmd_genesis(args: argparse.Namespace) -> int:
     if not args.member:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
@@ -171,6 +186,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         min_delta=args.min_delta,
         goal=args.goal,
         join_policy=parse_join_policy(args.join_policy),
+        timeouts=_timeouts(args),
         nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
     )
     genesis = build_genesis(settings)
@@ -448,6 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")
     p.add_argument("--join-policy", default="members:1", metavar="members:K|admin:KEY")
+    defaults = Timeouts()
+    p.add_argument(
+        "--ready-wait",
+        type=float,
+        default=defaults.ready_wait,
+        help="seconds a round waits for every member's Ready before starting with those ready",
+    )
+    p.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=defaults.contribute,
+        help="seconds for each of contribute/aggregate/verify/decrypt before replacing a party",
+    )
+    p.add_argument("--key-epoch-timeout", type=float, default=defaults.key_epoch)  # fmt: skip
     p.add_argument("--nonce", help="fixed nonce (default random: two swarms never share a chain id)")
     p.add_argument("--out", default="genesis.cbor", help="output file (default genesis.cbor)")
     p.set_defaults(handler=cmd_genesis)

@@ -81,7 +81,7 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
         "genesis", "--name", "demo", "--member", member(tmp_path, "a", 7311),
         "--member", f"b={b_id.peer_id}@/ip4/127.0.0.1/tcp/7312", "--model-from", str(a),
         "--min-peers", "2", "--threshold", "2/3", "--max-rounds", "4", "--patience", "2",
-        "--join-policy", "members:2", "--out", str(out),
+        "--join-policy", "members:2", "--phase-timeout", "30", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     genesis = Genesis.load(out)
@@ -92,6 +92,7 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
     assert (genesis.training.threshold.numerator, genesis.training.threshold.denominator) == (2, 3)
     assert (genesis.training.stopping.max_rounds, genesis.training.stopping.patience) == (4, 2)
     assert genesis.join_policy.approvals == 2
+    assert (genesis.training.timeouts.decrypt, genesis.training.timeouts.ready_wait) == (30.0, 600.0)
     assert main(argv) == 2  # never overwrites a genesis
     assert "refusing to overwrite" in capsys.readouterr().err
 
@@ -111,6 +112,7 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
     assert "--threshold" in fails(*ok_member, "--threshold", "3/2")
     assert "join_policy.approvals" in fails(*ok_member, "--join-policy", "members:5")
     assert "expected members:K or admin:KEY" in fails(*ok_member, "--join-policy", "everyone")
+    assert "training.timeouts.contribute" in fails(*ok_member, "--phase-timeout", "0")
     assert "config file not found" in fails(*ok_member, "--model-from", str(tmp_path / "nope.toml"))
     # plaintext robust merges are allowed when the swarm says so
     assert main(["genesis", *ok_member, "--model-from", str(a), "--no-secure", "--merge", "median",
