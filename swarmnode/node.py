@@ -328,6 +328,7 @@ class Node:
         self._timer_wakeup = trio.Event()
         self._held: tuple[float, Envelope] | None = None
         self._changed = trio.Event()
+        self._committed = trio.Event()
         self._stage_since: tuple[Stage, float] | None = None
         self._running: set[tuple[object, ...]] = set()
         self._done: dict[tuple[object, ...], float] = {}
@@ -511,6 +512,9 @@ class Node:
                 self._log.debug("own transaction rejected at height %d: %s", block.height, result)
         self._refresh_peers()
         self._changed.set()
+        # Wake `wait_for` callers: set the event they hold, then hand out a fresh one.
+        self._committed.set()
+        self._committed = trio.Event()
 
     def _is_own(self, tx: bytes) -> bool:
         try:
@@ -1001,9 +1005,7 @@ class Node:
     async def wait_for(self, predicate: Callable[[Contract], bool]) -> None:
         """Wait until `predicate(contract)` holds after some commit (bound it with a timeout)."""
         while not predicate(self.contract):
-            waiter = self._changed
-            await waiter.wait()
-            await trio.sleep(0)
+            await self._committed.wait()
 
     # -- status ----------------------------------------------------------------------------------
 
