@@ -297,17 +297,13 @@ class Node:
         assert isinstance(app, Contract)
         self.contract: Final[Contract] = app
         self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
-        pacing: dict[str, float] = {}
-        if "commit" in TimeoutConfig.__dataclass_fields__:
-            # Block pacing after a commit (Tendermint's timeout_commit), where the core has it.
-            pacing["commit"] = config.ledger.block_interval
         timeouts = TimeoutConfig(
             propose=config.ledger.propose_timeout,
             prevote=config.ledger.propose_timeout / 2,
             precommit=config.ledger.propose_timeout / 2,
             delta=config.ledger.propose_timeout / 2,
             rebroadcast=config.ledger.propose_timeout,
-            **pacing,
+            commit=config.ledger.block_interval,  # block pacing after a commit (timeout_commit)
         )
         self._core = TendermintCore(
             identity=identity,
@@ -504,9 +500,8 @@ class Node:
         self._store.append_block(block, commit.certificate)
         # The core attaches the application snapshot of exactly this height (block sync may
         # commit several blocks in one step, so the contract can already be further ahead).
-        snapshot = getattr(commit, "snapshot", None)
-        if isinstance(snapshot, bytes):
-            self._store.save_snapshot(block.height, commit.app_hash, snapshot)
+        if commit.snapshot is not None:
+            self._store.save_snapshot(block.height, commit.app_hash, commit.snapshot)
         for tx, result in zip(block.txs, commit.results, strict=True):
             if result is not None and self._is_own(tx):
                 self._log.debug("own transaction rejected at height %d: %s", block.height, result)
