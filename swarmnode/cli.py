@@ -286,7 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _ctrl_c_stops()
     from .liveview import render, site_row
-    from .siterun import SiteMonitor, run_site_monitored
+    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
     from .trainer import default_metric
 
     config = NodeConfig.load(args.config, args.set)
@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
 
     async def run_plain() -> dict[str, object]:
-        return await run_site_monitored(config, monitor=monitor)
+        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
 
     if not live_view:
         final = trio.run(run_plain)
@@ -320,7 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.25)
 
                     nursery.start_soon(refresh)
-                    result = await run_site_monitored(config, monitor=monitor)
+                    result = await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
                     live.update(table())  # type: ignore[arg-type]
                     nursery.cancel_scope.cancel()
                 return result
@@ -555,7 +555,12 @@ _USAGE_ERRORS: Final = (ConfigError, SetupError, KeyFileError, GenesisError, Dat
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The one real error inside (nested) exception groups of a single exception."""
+    """The one real error inside (nested) exception groups of a single exception; an
+    interrupt anywhere in a group wins (the other errors are its consequences)."""
+    if isinstance(exc, BaseExceptionGroup):
+        interrupt, _ = exc.split(KeyboardInterrupt)
+        if interrupt is not None:
+            return KeyboardInterrupt()
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc

@@ -47,6 +47,7 @@ MAX_REQUEST: Final = 4096
 CLIENT_TIMEOUT: Final = 5.0
 COMMANDS: Final = ("status", "submit-join", "approve")
 JOIN_WAIT: Final = 60.0
+_SERVING: dict[Path, int] = {}  # storage dir -> port of the endpoint this process serves there
 
 
 class ControlError(Exception):
@@ -102,7 +103,13 @@ async def serve_control(
     """Serve `node.status()` on 127.0.0.1 until cancelled; removes control.json on exit.
 
     Start it in the node's nursery: ``port = await nursery.start(serve_control, node, dir)``.
+    Idempotent per storage dir within a process: a second call (say the runtime and the CLI
+    both start one) reports the running endpoint's port and waits, so one control.json exists.
     """
+    key = storage_dir.resolve()
+    if key in _SERVING:
+        task_status.started(_SERVING[key])
+        await trio.sleep_forever()
     storage_dir.mkdir(parents=True, exist_ok=True)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = int(listeners[0].socket.getsockname()[1])
@@ -116,11 +123,13 @@ async def serve_control(
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
+    _SERVING[key] = port
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handle, listeners)
             task_status.started(port)
     finally:
+        del _SERVING[key]
         with contextlib.suppress(OSError):
             # Only remove our own file: a restarted node may have written a new one.
             if json.loads(control_path.read_text()).get("token") == token:

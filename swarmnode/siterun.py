@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import trio
 
@@ -46,6 +47,7 @@ from .trainer import (
 )
 
 log = logging.getLogger("swarmnode.run")
+T = TypeVar("T")
 STATUS_POLL: Final = 0.25
 
 
@@ -191,6 +193,32 @@ async def _watch(node: Node, monitor: SiteMonitor) -> None:
                 len(status.get("peers", ())),
             )
         await trio.sleep(STATUS_POLL)
+
+
+async def stop_on_signal(work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work`; on SIGINT (Ctrl-C) or SIGTERM cancel it (a structured, clean shutdown: the
+    node closes its store and transport in its own `finally`) and raise KeyboardInterrupt.
+
+    Cancelling, rather than letting trio inject KeyboardInterrupt wherever the code happens to
+    be, keeps the interrupt out of the middle of a store write or a protocol step."""
+    outcome: list[T] = []
+    signalled: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for number in signals:
+                    signalled.append(number)
+                    log.warning("signal %d: stopping (run again to resume)", number)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        outcome.append(await work())
+        nursery.cancel_scope.cancel()
+    if signalled or not outcome:
+        raise KeyboardInterrupt
+    return outcome[0]
 
 
 async def run_site_monitored(

@@ -462,7 +462,7 @@ def run_simulated(plan: TestnetPlan, *, timeout: float, view: View, seed: int = 
     from crypto.identity import NodeIdentity
 
     from .net.memory import open_memory_network
-    from .siterun import SiteMonitor, run_site_monitored
+    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
     from .trainer import default_metric
 
     genesis = Genesis.load(plan.genesis_path)
@@ -508,7 +508,7 @@ def run_simulated(plan: TestnetPlan, *, timeout: float, view: View, seed: int = 
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main)
+        trio.run(stop_on_signal, main)
     except trio.TooSlowError:
         raise SetupError(f"simulated testnet did not finish within {timeout:g} s") from None
     return RunOutcome(

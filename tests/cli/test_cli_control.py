@@ -172,3 +172,15 @@ async def test_submit_join_and_approve_commands(tmp_path: Path) -> None:
         with pytest.raises(ControlError, match=r"not an Ed25519 peer id|base58"):
             await trio.to_thread.run_sync(call, "approve", {"peer_id": "nobody"})
         nursery.cancel_scope.cancel()
+
+
+async def test_second_serve_control_on_one_storage_dir_reuses_the_first(tmp_path: Path) -> None:
+    node = FakeNode()
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(serve_control, node, tmp_path)
+        second = await nursery.start(serve_control, node, tmp_path)
+        assert first == second
+        assert json.loads((tmp_path / CONTROL_FILE).read_text())["port"] == first
+        assert (await trio.to_thread.run_sync(request_control, tmp_path))["round"] == 3
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / CONTROL_FILE).exists()

@@ -178,6 +178,10 @@ def test_ctrl_c_stops_every_site_process(tmp_path: Path) -> None:
     assert b"interrupted" in err
     assert b"Traceback" not in err
     assert processes_mentioning(str(workdir)) == []
+    for i in range(2):  # each site stopped on its SIGINT (a clean shutdown), not by the SIGKILL fallback
+        log = (workdir / f"site{i}" / "run.log").read_text()
+        assert "swarmnode: interrupted" in log, log[-2000:]
+        assert "Traceback" not in log
 
 
 def test_run_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
