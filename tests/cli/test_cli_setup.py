@@ -93,6 +93,8 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
     assert (genesis.training.stopping.max_rounds, genesis.training.stopping.patience) == (4, 2)
     assert genesis.join_policy.approvals == 2
     assert (genesis.training.timeouts.decrypt, genesis.training.timeouts.ready_wait) == (30.0, 600.0)
+    assert main(["genesis-show", str(out)]) == 0
+    assert "swarm 'demo'" in capsys.readouterr().out
     assert main(argv) == 2  # never overwrites a genesis
     assert "refusing to overwrite" in capsys.readouterr().err
 
@@ -227,3 +229,20 @@ def test_console_script_runs_in_a_subprocess(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "is the node running" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_report_and_ledger_without_runs_say_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--dir", str(tmp_path)]) == 2
+    assert "no site.toml found" in capsys.readouterr().err
+    config = init(tmp_path, "a", 7341)
+    assert main(["genesis", "--member", member(tmp_path, "a", 7341), "--model-from", str(config),
+                 "--out", str(tmp_path / "a" / "genesis.cbor")]) == 0  # fmt: skip
+    capsys.readouterr()
+    for command in (["ledger", "verify"], ["ledger", "show"]):
+        assert main([*command, "--config", str(config)]) == 2
+        assert "no ledger yet" in capsys.readouterr().err
+    # a site that never ran still gets a report page (no plots to draw)
+    assert main(["report", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "report" / "report.html").exists()
