@@ -399,11 +399,6 @@ def load_genesis(path: Path) -> Genesis:
         raise SetupError(str(exc)) from None
 
 
-def load_site(path: Path, overrides: Sequence[str] = ()) -> NodeConfig:
-    """`NodeConfig.load` with its ConfigError kept (the CLI maps it to exit code 2)."""
-    return NodeConfig.load(path, overrides)
-
-
 # -- invitations ----------------------------------------------------------------------
 
 
