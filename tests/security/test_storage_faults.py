@@ -15,8 +15,7 @@
   file system: ``database or disk is full``): the failing write leaves the store as it
   was, the node's shell stops instead of running ahead of its store, and once space
   is back the ledger restarts from the store and catches up, nothing lost.
-- **The CLI.** `swarmnode ledger verify` over a real site's tampered ledger names the
-  height and field; `swarmnode ledger show` and the node's `recover` refuse it.
+(The CLI over a real site's tampered ledger: `test_storage_faults_processes.py`.)
 
 Run as a script (``python test_storage_faults.py child ...``) this file is the child.
 """
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -88,12 +86,10 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "child":
 
 import pytest  # noqa: E402
 
-from consensus.blocks import Block  # noqa: E402
 from consensus.errors import StoreError  # noqa: E402
 from consensus.simulator import KVApp, Simulation, kv_set, sim_identity  # noqa: E402
 from consensus.store import LedgerStore, recover  # noqa: E402
 from consensus.verify import verify_chain  # noqa: E402
-from crypto import cbor  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 VALIDATORS = tuple(sim_identity(i).node_id for i in range(N_NODES))
@@ -377,64 +373,3 @@ def test_full_disk_stops_the_node_and_it_catches_up_after(tmp_path: Path) -> Non
         for height in range(1, committed[i] + 1):  # nothing committed before the fault was lost
             assert node.store.block(height) is not None
     again.close()
-
-
-# -- the CLI over a real site's ledger ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sim_testnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two whole nodes, one secure round, in virtual time (`swarmnode testnet --sim`)."""
-    from swarmnode.cli import main
-
-    workdir = tmp_path_factory.mktemp("testnet") / "sim"
-    args = ["testnet", "--sim", "--nodes", "2", "--rounds", "1", "--workdir", str(workdir), "--plain",
-            "--scenario", "even", "--timeout", "300"]  # fmt: skip
-    assert main(args) == 0
-    return workdir
-
-
-def test_cli_ledger_verify_names_a_tampered_block_and_the_node_refuses_it(
-    sim_testnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from consensus.contract import Contract
-    from consensus.genesis import Genesis
-    from swarmnode.cli import main
-
-    workdir = tmp_path / "sim"  # a copy: site.toml paths are relative (../genesis.cbor, ../data)
-    shutil.copytree(sim_testnet, workdir, ignore=shutil.ignore_patterns("report"))
-    config = workdir / "site0" / "site.toml"
-    ledger = workdir / "site0" / "state" / "ledger.sqlite"
-    assert ledger.exists()
-    assert main(["ledger", "verify", "--config", str(config)]) == 0
-    capsys.readouterr()
-    # Flip one byte of a transaction inside the newest block that has one.
-    with LedgerStore.open_existing(ledger) as store:
-        height = max(s.block.height for s in store.blocks() if s.block.txs)
-        raw = next(b for h, _, b, _ in store.raw_blocks(height) if h == height)
-    block = cbor.loads_dataclass(Block, raw)
-    tx = bytearray(block.txs[0])
-    tx[-5] ^= 0x01  # inside the transaction's signature
-    forged = Block(
-        height=block.height,
-        prev_hash=block.prev_hash,
-        proposer=block.proposer,
-        txs=(bytes(tx), *block.txs[1:]),
-        app_hash=block.app_hash,
-        last_commit=block.last_commit,
-    )
-    with sqlite3.connect(ledger) as db:
-        db.execute("UPDATE blocks SET block = ? WHERE height = ?", (cbor.dumps_dataclass(forged), height))
-    db.close()
-    assert main(["ledger", "verify", "--config", str(config)]) == 1
-    out = capsys.readouterr()
-    report = out.out + out.err
-    assert f"height {height}: hash" in report, report
-    assert f"height {height}: certificate" in report, report
-    assert main(["ledger", "show", "--config", str(config)]) != 0
-    shown = capsys.readouterr()
-    assert "cannot replay the ledger" in shown.out + shown.err
-    # What a node runs at start: it refuses to go on from this store.
-    genesis = Genesis.load(sim_testnet / "genesis.cbor")
-    with LedgerStore(ledger, genesis.chain_id) as store, pytest.raises(StoreError, match=f"height {height}"):
-        recover(store, lambda: Contract(genesis))
