@@ -537,6 +537,10 @@ class Node:
     def _refresh_peers(self) -> None:
         state = self.contract.state
         allowed = {m.node_id for m in state.members} | {p.node_id for p in state.pending}
+        # A member that left still validates until the new set takes effect (two heights on):
+        # keep talking to every validator of the heights still to be decided.
+        for height in range(state.height, state.height + 3):
+            allowed.update(self.contract.validators(height))
         self.transport.set_allowed_peers(allowed)
         learn = getattr(self.transport, "add_peer_addresses", None)
         if learn is not None:
