@@ -22,7 +22,7 @@ import trio.testing
 from consensus.contract import CONTRIBUTION_TIMEOUT, DECRYPTOR_TIMEOUT, LEADER_TIMEOUT, WRONG_AGGREGATE
 from crypto.identity import NodeId
 from models import logistic_regression
-from swarmnode.net.memory import open_memory_network
+from swarmnode.net.memory import NO_FAULTS, LinkFaults, open_memory_network
 from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 
@@ -50,6 +50,8 @@ async def run_swarm(
     faults: dict[int, Faults],
     max_rounds: int = 3,
     founders: int = 4,
+    link_faults: LinkFaults = NO_FAULTS,
+    seed: int = 3,
 ) -> tuple[SwarmPlan, list[Site]]:
     plan = SwarmPlan.create(tmp_path, SPEC, founders=founders, max_rounds=max_rounds)
     sites = [Site(i) for i in range(founders)]
@@ -286,3 +288,15 @@ async def test_node_joining_after_round_two(tmp_path: Path, autojump_clock: trio
     assert joined_round is not None
     assert joiner_id in joined_round.contributors
     assert joined_round.epoch == 2
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+async def test_lossy_reordering_duplicating_links(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, seed: int
+) -> None:
+    """5 % of all messages lost, 5 % duplicated, delays 1-50 ms (so reordered)."""
+    faults = LinkFaults(drop=0.05, duplicate=0.05, min_delay=0.001, max_delay=0.05)
+    _plan, sites = await run_swarm(tmp_path, faults={}, link_faults=faults, seed=seed)
+    live = check_outcome(sites)
+    for site in live:
+        assert [r.round for r in site.results] == [1, 2, 3]
