@@ -15,7 +15,7 @@ epoch budget:
 and evaluates every model on the same held-out test set (ROC AUC and balanced
 accuracy; the malignant class is the positive class of breast_cancer).
 
-    python scripts/reproduce.py            # breast_cancer, 3/8/16 sites, 5 scenarios, 5 seeds (< 30 min)
+    python scripts/reproduce.py            # 3/8 sites x 5 seeds, 16 sites x 3 seeds (< 30 min)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
 
 Writes ``docs/results/reproduce[_quick].json`` (every run + summary + markdown
@@ -155,6 +155,18 @@ def run_case(
     }
 
 
+def split_problem(dataset: str, scenario: str, n_sites: int, seed: int) -> str | None:
+    """Why this scenario cannot be split for this many sites (e.g. halving sizes over 16 sites)."""
+    from models import load_dataset, preset_scenario, split_sites
+
+    data = load_dataset(dataset, positive_class=POSITIVE.get(dataset))
+    try:
+        split_sites(data.labels, preset_scenario(scenario, n_sites), seed)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _run_case_star(args: tuple[str, str, int, int, int, int]) -> JsonDict:
     try:
         return run_case(*args)
@@ -283,15 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3/8 sites, 2 seeds, 5 rounds: a few minutes")
     parser.add_argument("--json", type=Path, default=None, help="output JSON (default: docs/results/)")
     parser.add_argument("--datasets", default="breast_cancer", help="comma list: breast_cancer,digits,wine")
-    parser.add_argument("--sites", default=None, help="comma list of site counts (default 3,8,16; quick 3,8)")
+    parser.add_argument("--sites", default=None, help="comma list of site counts (default 3,8)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seeds", type=int, default=None, help="seeds per case (default 5; quick 2)")
+    parser.add_argument("--large-sites", default="16", help="extra, costlier site counts (not with --quick)")
+    parser.add_argument("--large-seeds", type=int, default=3, help="seeds for --large-sites")
     parser.add_argument("--rounds", type=int, default=None, help="merge rounds (default 10; quick 5)")
     parser.add_argument("--epochs-per-round", type=int, default=5)
     parser.add_argument("--metric", default="roc_auc", choices=METRICS)
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel processes")
     args = parser.parse_args(argv)
-    sites = [int(s) for s in (args.sites or ("3,8" if args.quick else "3,8,16")).split(",")]
+    sites = [int(s) for s in (args.sites or "3,8").split(",")]
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 10)
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -303,16 +317,34 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or REPO / "docs" / "results" / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    cases = [
+    large = [int(x) for x in args.large_sites.split(",") if x] if not args.quick else []
+    large_seeds = min(seeds, args.large_seeds)
+    planned = [
         (d, sc, n, seed, rounds, args.epochs_per_round)
         for d in datasets
-        for n in sorted(sites, reverse=True)  # longest first: better packing over the workers
+        for n in sorted(set(sites) | set(large), reverse=True)  # longest first: better packing
         for sc in scenarios
-        for seed in range(seeds)
+        for seed in range(large_seeds if n in large and n not in sites else seeds)
     ]
+    cases, not_applicable = [], []
+    for case in planned:
+        problem = split_problem(*case[:4])
+        if problem is None:
+            cases.append(case)
+        else:
+            not_applicable.append(
+                {
+                    "dataset": case[0],
+                    "scenario": case[1],
+                    "n_sites": case[2],
+                    "seed": case[3],
+                    "reason": problem,
+                }
+            )
     print(
         f"{len(cases)} cases ({len(datasets)} datasets x sites {sites} x {len(scenarios)} scenarios x "
-        f"{seeds} seeds), {rounds} rounds x {args.epochs_per_round} epochs, {args.jobs} jobs",
+        f"{seeds} seeds; sites {large} x {large_seeds} seeds), {rounds} rounds x {args.epochs_per_round} "
+        f"epochs, {args.jobs} jobs; not applicable: {len(not_applicable)}",
         flush=True,
     )
     started = time.perf_counter()
@@ -350,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "datasets": datasets,
             "sites": sites,
+            "large_sites": large,
+            "large_seeds": large_seeds if large else None,
             "scenarios": scenarios,
             "seeds": seeds,
             "rounds": rounds,
@@ -368,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": rows,
         "misses": misses,
         "failed_cases": failed,
+        "not_applicable": not_applicable,
         "table_md": table,
         "runs": runs,
     }

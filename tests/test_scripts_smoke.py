@@ -1,0 +1,66 @@
+"""Smoke tests of the two result scripts on their smallest settings (real nodes, real outputs).
+
+Each runs the script as a subprocess, bounded in time, into a temp dir, and checks the
+JSON it wrote: the structure, and facts that must hold whatever the machine's speed
+(every swarm node ended with the same model, bytes were sent, both merge modes ran).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_script(args: list[str], timeout: float = 240.0) -> None:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_reproduce_smallest_case(tmp_path: Path) -> None:
+    out = tmp_path / "reproduce.json"
+    run_script(
+        ["scripts/reproduce.py", "--quick", "--sites", "3", "--seeds", "1", "--rounds", "2",
+         "--scenarios", "uneven_class", "--jobs", "1", "--json", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["failed_cases"] == []
+    (run,) = result["runs"]
+    assert run["swarm_same_final_model"] is True
+    assert run["swarm_rounds"] == 2
+    assert len(run["sites"]) == 3
+    assert all(0.0 <= site["swarm"]["roc_auc"] <= 1.0 for site in run["sites"])
+    (row,) = result["summary"]
+    assert row["scenario"] == "uneven_class"
+    assert row["seeds"] == 1
+    assert "| breast_cancer | 3 | uneven_class |" in result["table_md"]
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_round_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run_script(
+        ["scripts/bench_round.py", "--ns", "2", "--sizes", "10k", "--rounds", "1", "--scaling", "",
+         "--flower", "recorded", "--json", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    modes = {p["mode"]: p for p in result["processes"]}
+    assert set(modes) == {"plain", "secure"}
+    for res in modes.values():
+        assert "error" not in res, res
+        assert res["same_model_everywhere"] is True
+        assert res["measured_rounds"] == 1
+        assert res["bytes_sent_per_node"] > 0
+    # A ciphertext is larger than the float32 vector: the secure mode must send more.
+    assert modes["secure"]["bytes_sent_per_node"] > modes["plain"]["bytes_sent_per_node"]
+    assert "NOT this run" in result["flower_source"]
+    (row,) = result["ratios"]
+    assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=2/10k
