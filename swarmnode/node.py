@@ -224,6 +224,7 @@ class Faults:
 class NodeOptions:
     inline_compute: bool = False
     idle_block_interval: float | None = None  # default: half the propose timeout
+    stop_linger: float = 5.0  # seconds a stopped node keeps serving on exit from open_swarm_node
     faults: Faults = field(default_factory=Faults)
 
 
@@ -1109,5 +1110,9 @@ async def open_swarm_node(
             await nursery.start(node.run)
             try:
                 yield node
+                if node.contract.stopped is not None and not node._closed:
+                    # Stay a little so peers a block behind can still sync the stop and
+                    # fetch the final model from us before we disappear.
+                    await trio.sleep(node.options.stop_linger)
             finally:
                 await node.aclose()
