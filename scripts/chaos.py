@@ -9,7 +9,8 @@ one `swarmnode run` process per site in its own process group, then injects faul
 - ``kill@<phase>``: once the swarm is in round-phase <phase> (ready, contribute,
   aggregate, verify, decrypt), SIGKILL a random minority site (at most f = (n-1)//3 at a
   time, so the ledger keeps a quorum) and restart it after ``--down`` seconds.
-- ``restart-all``: SIGKILL every site at once mid-training and restart them all.
+- ``restart-all``: SIGKILL every site at once mid-training (from the middle round on, in
+  ``--restart-all-phase``, default any phase) and restart them all.
 
 Before each kill it records the site's committed ledger height (read from its SQLite
 store). At the end, once every process has exited: every site holds the same final
@@ -176,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
             if pending and round_ is not None:
                 kind = pending[0]
                 target_phase = kind.split("@", 1)[1] if "@" in kind else None
-                fire = (target_phase == phase) if target_phase else round_ >= restart_all_after_round
+                if target_phase:
+                    fire = target_phase == phase
+                else:
+                    fire = round_ >= restart_all_after_round and args.restart_all_phase in ("any", phase)
                 if fire:
                     pending.pop(0)
                     victims = names if kind == "restart-all" else rng.sample(names, f)
@@ -279,6 +283,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
     parser.add_argument("--down", type=float, default=2.0, help="seconds a killed site stays down")
     parser.add_argument("--phases", nargs="*", default=list(PHASES), choices=PHASES)
+    parser.add_argument(
+        "--restart-all-phase",
+        default="any",
+        choices=("any", *PHASES),
+        help="phase in which to restart every site (default: whatever phase the middle round is in)",
+    )
     parser.add_argument("--json", help="where to write the result (default <workdir>/chaos.json)")
     return run(parser.parse_args())
 
