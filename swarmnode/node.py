@@ -224,7 +224,9 @@ class Faults:
 class NodeOptions:
     inline_compute: bool = False
     idle_block_interval: float | None = None  # default: half the propose timeout
-    stop_linger: float = 5.0  # seconds a stopped node keeps serving on exit from open_swarm_node
+    stop_linger: float | None = (
+        None  # seconds a stopped node keeps serving on exit (default: 2 propose timeouts)
+    )
     faults: Faults = field(default_factory=Faults)
 
 
@@ -1113,6 +1115,7 @@ async def open_swarm_node(
                 if node.contract.stopped is not None and not node._closed:
                     # Stay a little so peers a block behind can still sync the stop and
                     # fetch the final model from us before we disappear.
-                    await trio.sleep(node.options.stop_linger)
+                    linger = node.options.stop_linger
+                    await trio.sleep(2 * config.ledger.propose_timeout if linger is None else linger)
             finally:
                 await node.aclose()
