@@ -211,11 +211,17 @@ class Faults:
     """Misbehaviour for fault-injection tests (all off by default).
 
     wrong_aggregate: as leader, commit the hash of a wrong (but well-formed) aggregate.
+    wrong_verdict:   as verifier, agree with whatever aggregate the leader committed
+                     without recomputing it (colludes with a lying leader).
+    trust_aggregate: as decrypt-set member, make a share for the committed aggregate
+                     without recomputing it (a colluding decryptor).
     crash_before:    job kinds ("aggregate", "decryption-share", "contribute", ...) before
                      which the node crashes: it stops every task and closes its transport.
     """
 
     wrong_aggregate: bool = False
+    wrong_verdict: bool = False
+    trust_aggregate: bool = False
     crash_before: frozenset[str] = frozenset()
 
 
@@ -335,6 +341,8 @@ class Node:
         self._epochs: dict[int, KeyEpoch] = {}
         self._keys: dict[int, EpochKeys] = {}
         self._models: dict[bytes, FloatVector] = {}
+        # (round, step, aggregate hash) we would not decrypt: not the sum of the contributions.
+        self._refused_aggregates: set[tuple[int, int, bytes]] = set()
         self._wanted: MergeWanted | None = None
         self._wanted_params: FloatVector | None = None
         self._waiter: _Waiter | None = None
@@ -745,8 +753,12 @@ class Node:
         await self.submit(Contribution(round=job.round, blob_hash=digest, blob_size=len(blob)))
         self._log.info("round %d: contributed %s", job.round, digest.hex()[:12])
 
-    async def _sum(self, contributions: Sequence[ContributionRecord]) -> bytes:
-        blobs = [await self._fetch(c.blob_hash, c.node_id) for c in contributions]
+    async def _sum(self, contributions: Sequence[ContributionRecord], holder: NodeId | None = None) -> bytes:
+        """The sum of `contributions`, fetched by their committed hashes (verified on receipt)
+        from `holder` if given (the leader holds them all), else from each contributor."""
+        blobs = [
+            await self._fetch(c.blob_hash, c.node_id if holder is None else holder) for c in contributions
+        ]
         return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
 
     async def _ask_to_replicate(self, peer: NodeId, request: bytes) -> None:
@@ -788,6 +800,16 @@ class Node:
 
     async def _verify(self, job: Job) -> None:
         assert isinstance(job, VerifyAggregate)
+        if self.options.faults.wrong_verdict:
+            await self.submit(
+                AggregateVerdict(
+                    round=job.round,
+                    step=job.step,
+                    aggregate_hash=job.claimed_hash,
+                    recomputed_hash=job.claimed_hash,
+                )
+            )
+            return
         aggregate = await self._sum(job.contributions)
         digest = self.transport.put_blob(aggregate)  # if the claim is wrong, ours becomes the claim
         await self.submit(
@@ -800,7 +822,33 @@ class Node:
 
     async def _decryption_share(self, job: Job) -> None:
         assert isinstance(job, MakeDecryptionShare)
-        aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
+        refusal = (job.round, job.step, job.aggregate_hash)
+        if refusal in self._refused_aggregates:
+            return  # already refused: the decrypt deadline replaces us or aborts the round
+        if self.options.faults.trust_aggregate:
+            aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
+        else:
+            # Privacy: decrypt only what we summed ourselves from the committed contributions
+            # (fetched by their committed hashes, verified by the transport). A leader and a
+            # verifier colluding cannot get a single update (or any other blob) decrypted.
+            if len(job.committed) != job.contributions or len(job.committed) < max(
+                2, self.genesis.training.min_peers
+            ):
+                raise SwarmError(f"round {job.round}: the committed contributions do not match the aggregate")
+            # Fetched from the aggregator: it just summed them, and a contributor may be gone.
+            aggregate = await self._sum(job.committed, holder=job.aggregator)
+            if hashlib.sha256(aggregate).digest() != job.aggregate_hash:
+                self._refused_aggregates.add(refusal)
+                self._log.warning(
+                    "round %d step %d: the committed aggregate %s is not the sum of the %d committed "
+                    "contributions; refusing to make a decryption share",
+                    job.round,
+                    job.step,
+                    job.aggregate_hash.hex()[:12],
+                    len(job.committed),
+                )
+                return
+            self.transport.put_blob(aggregate)  # serve it to the combiners as well
         keys = self._keys[job.epoch]
         min_peers = self.genesis.training.min_peers
         share = await self._compute(

@@ -197,7 +197,11 @@ class VerifyAggregate:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MakeDecryptionShare:
-    """Decrypt-set member: fetch the committed aggregate, make our share, commit its hash."""
+    """Decrypt-set member: recompute the aggregate from the committed contributions itself,
+    and only if its hash is the committed aggregate hash make our share and commit its hash.
+
+    The member never trusts the leader's blob (nor the verifier's verdict): a leader and a
+    verifier colluding could otherwise have it decrypt a single site's update."""
 
     round: int
     step: int
@@ -206,6 +210,7 @@ class MakeDecryptionShare:
     aggregator: NodeId | None
     decrypt_set: tuple[NodeId, ...]
     contributions: int  # committed contributions in the aggregate (>= min_peers, checked)
+    committed: tuple[ContributionRecord, ...]  # those contributions, sorted by contributor key
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -382,6 +387,7 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
                 aggregator=r.aggregator,
                 decrypt_set=r.decrypt_set,
                 contributions=len(r.contributors),
+                committed=_committed_contributions(r),
             )
         )
     shares = [HashVote(node_id=p, value=v) for p in r.decrypt_set if (v := r.decryption_share(p)) is not None]

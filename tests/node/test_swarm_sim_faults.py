@@ -300,3 +300,38 @@ async def test_lossy_reordering_duplicating_links(
     live = check_outcome(sites)
     for site in live:
         assert [r.round for r in site.results] == [1, 2, 3]
+
+
+async def test_colluding_leader_and_verifier_get_nothing_decrypted(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Round 1's leader commits a wrong aggregate (the first update counted twice) and its
+    verifier approves it unchecked; both would also decrypt it. The honest decrypt-set
+    members recompute the sum from the committed contributions, refuse, and are timed out
+    one after the other until round 1 aborts: nothing is ever merged from the bogus
+    aggregate, and the following rounds (other leaders) complete training."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    rotation = by_key(plan.ids)
+    leader, verifier = plan.ids.index(rotation[0]), plan.ids.index(rotation[1])
+    faults = {
+        leader: Faults(wrong_aggregate=True, trust_aggregate=True),
+        verifier: Faults(wrong_verdict=True, trust_aggregate=True),
+    }
+    _plan, sites = await run_swarm(tmp_path, faults=faults)
+    live = check_outcome(sites)
+    node = live[0].node
+    assert node is not None
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert first.outcome == "aborted"
+    assert first.merged_hash is None
+    assert first.aggregator == rotation[0]  # the bogus claim was never proven wrong ...
+    honest = {(DECRYPTOR_TIMEOUT, rotation[2]), (DECRYPTOR_TIMEOUT, rotation[3])}
+    assert honest <= evidence_kinds(node)  # ... but the honest decryptors would not decrypt it
+    assert {v.node_id for v in first.decryption_shares} <= {rotation[0], rotation[1]}
+    for site in live:
+        assert 1 not in [r.round for r in site.results]
+        assert site.results, "training did not complete"
+    merged = [r for r in node.contract.history() if r.outcome == "merged"]
+    assert len(merged) == 3
+    assert all(r.number > 1 for r in merged)
