@@ -11,12 +11,15 @@ Layout under ``storage_dir``::
     keys/epoch-<n>.keys      EpochKeys.export_secret() of key epoch n (secret)
     keys/epoch-<n>.bundle    our revealed public share + sealed Shamir shares of epoch n
     models/<sha256 hex>.f32  merged parameters (little-endian float32), by hash
+    blobs/<sha256 hex>       blobs of the open round (contributions, aggregates, decryption
+                             shares), re-served after a restart; deleted once their round closed
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Final, final
 
@@ -48,12 +51,13 @@ def write_private(path: Path, data: bytes) -> None:
 class NodeFiles:
     """Key-epoch files and merged models of one node (see the module docstring)."""
 
-    __slots__ = ("keys", "models", "root")
+    __slots__ = ("blobs", "keys", "models", "root")
 
     def __init__(self, storage_dir: str | os.PathLike[str]) -> None:
         self.root: Final = Path(storage_dir)
         self.keys: Final = self.root / "keys"
         self.models: Final = self.root / "models"
+        self.blobs: Final = self.root / "blobs"
 
     # key epochs ------------------------------------------------------------------------
 
@@ -100,3 +104,43 @@ class NodeFiles:
         except FileNotFoundError:
             return None
         return data if hashlib.sha256(data).digest() == digest else None
+
+    # round blobs -----------------------------------------------------------------------
+
+    def save_blob(self, data: bytes) -> bytes:
+        """Store a round blob under its SHA-256 (durable on return); returns the hash."""
+        digest = hashlib.sha256(data).digest()
+        target = self.blobs / digest.hex()
+        if not target.exists():
+            write_private(target, data)
+        return digest
+
+    def stored_blobs(self) -> Iterator[tuple[bytes, bytes]]:
+        """(hash, bytes) of every stored round blob whose content matches its name."""
+        if not self.blobs.is_dir():
+            return
+        for path in sorted(self.blobs.iterdir()):
+            try:
+                digest = bytes.fromhex(path.name)
+            except ValueError:
+                continue  # a temporary file of an interrupted write, or a stranger
+            if len(digest) != 32:
+                continue
+            data = path.read_bytes()
+            if hashlib.sha256(data).digest() == digest:
+                yield digest, data
+
+    def delete_blobs_except(self, keep: Set[bytes]) -> int:
+        """Delete every stored round blob not in `keep`; returns how many went."""
+        if not self.blobs.is_dir():
+            return 0
+        deleted = 0
+        for path in self.blobs.iterdir():
+            try:
+                digest = bytes.fromhex(path.name)
+            except ValueError:
+                continue
+            if digest not in keep:
+                path.unlink(missing_ok=True)
+                deleted += 1
+        return deleted

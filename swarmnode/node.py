@@ -343,6 +343,9 @@ class Node:
         self._models: dict[bytes, FloatVector] = {}
         # (round, step, aggregate hash) we would not decrypt: not the sum of the contributions.
         self._refused_aggregates: set[tuple[int, int, bytes]] = set()
+        # Round blobs persisted by this process -> their round (blobs/ outlives a restart).
+        self._blob_rounds: dict[bytes, int] = {}
+        self._blobs_pruned_for = 0  # the open round when blobs/ was last pruned
         self._wanted: MergeWanted | None = None
         self._wanted_params: FloatVector | None = None
         self._waiter: _Waiter | None = None
@@ -371,6 +374,11 @@ class Node:
             data = self.files.load_model(digest)
             if data is not None:
                 self._hold_model(digest, data)
+        # Blobs of the round that was open when we went down: peers may need them (after a
+        # full restart nobody else has them). Blobs of rounds closed since go at the next prune.
+        for _digest, data in self.files.stored_blobs():
+            self.transport.put_blob(data)
+        self._blobs_pruned_for = self.contract.round.number
 
     def _model_hashes_on_ledger(self) -> list[bytes]:
         hashes = [r.merged_hash for r in self.contract.history() if r.merged_hash is not None]
@@ -517,6 +525,7 @@ class Node:
             if result is not None and self._is_own(tx):
                 self._log.debug("own transaction rejected at height %d: %s", block.height, result)
         self._refresh_peers()
+        self._prune_blobs()
         self._changed.set()
         # Wake `wait_for` callers: set the event they hold, then hand out a fresh one.
         self._committed.set()
@@ -648,16 +657,47 @@ class Node:
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args)
 
-    async def _fetch(self, digest: bytes, owner: NodeId | None) -> bytes:
-        """A blob by hash: from `owner` first (who announced it), then from anyone."""
+    async def _fetch(self, digest: bytes, owner: NodeId | None, *, keep_round: int | None = None) -> bytes:
+        """A blob by hash: from `owner` first (who announced it), then from anyone.
+
+        With `keep_round`, the blob belongs to that (open) round and is persisted to
+        ``blobs/`` so that we can serve it again after a restart."""
+        data: bytes | None = None
         if owner is not None and owner != self.node_id:
             try:
-                return await self.transport.get_blob(digest, peer=owner, timeout=30.0)
+                data = await self.transport.get_blob(digest, peer=owner, timeout=30.0)
             except (TransportError, ProtocolError) as exc:
                 self._log.debug(
                     "blob %s not from %s (%s); asking anyone", digest.hex()[:12], owner.short, exc
                 )
-        return await self.transport.get_blob(digest, timeout=60.0)
+        if data is None:
+            data = await self.transport.get_blob(digest, timeout=60.0)
+        if keep_round is not None:
+            self._keep_blob(keep_round, data)
+        return data
+
+    def _keep_blob(self, round_number: int, data: bytes) -> bytes:
+        """Persist a blob of round `round_number` (before its hash is committed or used) and
+        serve it; returns its hash. `_prune_blobs` deletes it once the round closed."""
+        digest = self.files.save_blob(data)
+        self._blob_rounds[digest] = max(round_number, self._blob_rounds.get(digest, 0))
+        self.transport.put_blob(data)
+        return digest
+
+    def _prune_blobs(self) -> None:
+        """After the open round changed: delete the stored blobs of closed rounds."""
+        r = self.contract.round
+        if r.number <= self._blobs_pruned_for:
+            return
+        self._blobs_pruned_for = r.number
+        keep = {c.blob_hash for c in r.contributions} | {v.value for v in r.decryption_shares}
+        if r.aggregate_hash is not None:
+            keep.add(r.aggregate_hash)
+        keep |= {d for d, n in self._blob_rounds.items() if n >= r.number}
+        self._blob_rounds = {d: n for d, n in self._blob_rounds.items() if n >= r.number}
+        deleted = self.files.delete_blobs_except(keep)
+        if deleted:
+            self._log.debug("deleted %d blobs of closed rounds", deleted)
 
     async def _perform_job(self, job: Job) -> None:
         handlers: dict[type, Callable[[Job], Awaitable[None]]] = {
@@ -743,7 +783,7 @@ class Node:
             raise SwarmError("no parameters to contribute")
         keys = self._keys[job.epoch]
         blob = await self._compute(encrypt_update, keys, params, float(job.weight), float(job.total_weight))
-        digest = self.transport.put_blob(blob)
+        digest = self._keep_blob(job.round, blob)
         # The leader, verifier and next in line copy the blob before its hash is committed,
         # so the update survives if we (or the leader) crash right after (DESIGN 5.3).
         request = cbor.dumps_dataclass(ReplicateRequest(round=job.round, digest=digest))
@@ -753,11 +793,14 @@ class Node:
         await self.submit(Contribution(round=job.round, blob_hash=digest, blob_size=len(blob)))
         self._log.info("round %d: contributed %s", job.round, digest.hex()[:12])
 
-    async def _sum(self, contributions: Sequence[ContributionRecord], holder: NodeId | None = None) -> bytes:
+    async def _sum(
+        self, round_number: int, contributions: Sequence[ContributionRecord], holder: NodeId | None = None
+    ) -> bytes:
         """The sum of `contributions`, fetched by their committed hashes (verified on receipt)
         from `holder` if given (the leader holds them all), else from each contributor."""
         blobs = [
-            await self._fetch(c.blob_hash, c.node_id if holder is None else holder) for c in contributions
+            await self._fetch(c.blob_hash, c.node_id if holder is None else holder, keep_round=round_number)
+            for c in contributions
         ]
         return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
 
@@ -774,24 +817,25 @@ class Node:
         # Members only, for the open round or the next (our ledger may be a block behind).
         if self.contract.member(sender) is None or not current <= request.round <= current + 1:
             raise SwarmError(f"no copy for {sender.short} in round {request.round} (we are at {current})")
-        await self.transport.get_blob(request.digest, peer=sender, timeout=REPLICATE_TIMEOUT)
+        data = await self.transport.get_blob(request.digest, peer=sender, timeout=REPLICATE_TIMEOUT)
+        self._keep_blob(request.round, data)
         return b"ok"
 
     async def _prefetch(self, job: Job) -> None:
         assert isinstance(job, PrefetchContributions)
         for c in job.contributions:
-            await self._fetch(c.blob_hash, c.node_id)  # kept in our blob store, served on
+            await self._fetch(c.blob_hash, c.node_id, keep_round=job.round)  # kept and served on
 
     async def _aggregate(self, job: Job) -> None:
         assert isinstance(job, AggregateContributions)
-        aggregate = await self._sum(job.contributions)
+        aggregate = await self._sum(job.round, job.contributions)
         if self.options.faults.wrong_aggregate:
             # A well-formed but wrong sum: the first contribution counted twice.
             first = await self._fetch(job.contributions[0].blob_hash, job.contributions[0].node_id)
             aggregate = await self._compute(
                 lambda: aggregate_contributions([aggregate, first], length=self.n_params)
             )
-        digest = self.transport.put_blob(aggregate)
+        digest = self._keep_blob(job.round, aggregate)
         contributors = tuple(c.node_id for c in job.contributions)
         await self.submit(
             Aggregate(round=job.round, step=job.step, aggregate_hash=digest, contributors=contributors)
@@ -810,8 +854,8 @@ class Node:
                 )
             )
             return
-        aggregate = await self._sum(job.contributions)
-        digest = self.transport.put_blob(aggregate)  # if the claim is wrong, ours becomes the claim
+        aggregate = await self._sum(job.round, job.contributions)
+        digest = self._keep_blob(job.round, aggregate)  # if the claim is wrong, ours becomes the claim
         await self.submit(
             AggregateVerdict(
                 round=job.round, step=job.step, aggregate_hash=job.claimed_hash, recomputed_hash=digest
@@ -826,7 +870,7 @@ class Node:
         if refusal in self._refused_aggregates:
             return  # already refused: the decrypt deadline replaces us or aborts the round
         if self.options.faults.trust_aggregate:
-            aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
+            aggregate = await self._fetch(job.aggregate_hash, job.aggregator, keep_round=job.round)
         else:
             # Privacy: decrypt only what we summed ourselves from the committed contributions
             # (fetched by their committed hashes, verified by the transport). A leader and a
@@ -836,7 +880,7 @@ class Node:
             ):
                 raise SwarmError(f"round {job.round}: the committed contributions do not match the aggregate")
             # Fetched from the aggregator: it just summed them, and a contributor may be gone.
-            aggregate = await self._sum(job.committed, holder=job.aggregator)
+            aggregate = await self._sum(job.round, job.committed, holder=job.aggregator)
             if hashlib.sha256(aggregate).digest() != job.aggregate_hash:
                 self._refused_aggregates.add(refusal)
                 self._log.warning(
@@ -848,7 +892,7 @@ class Node:
                     len(job.committed),
                 )
                 return
-            self.transport.put_blob(aggregate)  # serve it to the combiners as well
+            self._keep_blob(job.round, aggregate)  # serve it to the combiners as well
         keys = self._keys[job.epoch]
         min_peers = self.genesis.training.min_peers
         share = await self._compute(
@@ -861,13 +905,13 @@ class Node:
                 length=self.n_params,
             )
         )
-        digest = self.transport.put_blob(share)
+        digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
 
     async def _combine(self, job: Job) -> None:
         assert isinstance(job, CombineShares)
-        aggregate = await self._fetch(job.aggregate_hash, job.aggregator)
-        shares = [await self._fetch(vote.value, vote.node_id) for vote in job.shares]
+        aggregate = await self._fetch(job.aggregate_hash, job.aggregator, keep_round=job.round)
+        shares = [await self._fetch(vote.value, vote.node_id, keep_round=job.round) for vote in job.shares]
         keys = self._keys[job.epoch]
         merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
         data = merged.mean.astype("<f4").tobytes()
