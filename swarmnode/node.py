@@ -81,7 +81,7 @@ from consensus.transactions import (
 )
 from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
-from crypto.errors import ProtocolError
+from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
 from crypto.identity import NodeId, NodeIdentity
 from crypto.secure_merge import (
     EpochKeys,
@@ -549,8 +549,10 @@ class Node:
 
     async def _serve_blocks(self, sender: NodeId, data: bytes) -> bytes:
         request = self._opener.open(data)
-        if not isinstance(request.body, BlockRequest) or request.sender != sender:
-            raise ProtocolError("expected a block request signed by its sender")
+        if not isinstance(request.body, BlockRequest):
+            raise UnknownMessageType(f"expected a block request, got {type(request.body).__name__}")
+        if request.sender != sender:
+            raise MalformedMessage(f"block request signed by {request.sender.short}, sent by {sender.short}")
         response = self._store.block_response(request.body)
         return self._opener.codec.seal(self.identity, response)
 
@@ -761,7 +763,7 @@ class Node:
                 epoch.receive(member, bundle.public)  # checked against its commitment
                 mine = [s for s in bundle.sealed if s.recipient == self.node_id]
                 if len(mine) != 1:
-                    raise ProtocolError(f"{member.short}'s bundle holds {len(mine)} shares for us")
+                    raise InvalidKeyShare(f"{member.short}'s bundle holds {len(mine)} shares for us")
                 epoch.receive(member, mine[0])
             keys = await self._compute(epoch.finish)
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())
@@ -929,7 +931,9 @@ class Node:
             if data is None:
                 data = await self._fetch(job.params_hash, None)
             if len(data) != 4 * self.n_params:
-                raise ProtocolError(f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}")
+                raise MalformedMessage(
+                    f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}"
+                )
             self.files.save_model(data)
             self._hold_model(job.params_hash, data)
 

@@ -1,9 +1,12 @@
-"""Round blobs survive a full restart of the swarm (blobs/ in each storage directory)."""
+"""Fixes to the node runtime: round blobs survive a full restart of the swarm (blobs/ in
+each storage directory); handlers raise concrete ProtocolError subclasses; equivocation
+evidence from the consensus core goes on the ledger."""
 
 from __future__ import annotations
 
 import hashlib
 import stat
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,15 @@ import pytest
 import trio
 import trio.testing
 
+from consensus.blocks import EnvelopeOpener
+from consensus.messages import CONSENSUS_MESSAGES, BlockRequest
+from crypto.envelope import EnvelopeCodec
+from crypto.errors import MalformedMessage, UnknownMessageType
 from models import logistic_regression
 from swarmnode.keystore import NodeFiles
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped, open_swarm_node
+from swarmnode.round import LoadMerged
 from swarmnode.simswarm import SwarmPlan
 
 SPEC = logistic_regression(30, 2)
@@ -127,3 +135,32 @@ def test_round_blob_files_are_private_verified_and_pruned(tmp_path: Path) -> Non
     assert list(files.stored_blobs()) == [(a, b"contribution")]
     assert files.delete_blobs_except({a}) == 1
     assert sorted(p.name for p in files.blobs.iterdir()) == [".x.tmp", a.hex()]
+
+
+async def test_handlers_raise_specific_protocol_errors(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Bad peer input raises a concrete ProtocolError subclass (ProtocolError itself is abstract)."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
+    opener = EnvelopeOpener(EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES))
+    async with open_memory_network(seed=2) as net, AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                open_swarm_node(
+                    plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
+                    genesis=plan.genesis, inline_compute=True,
+                )
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        forged = opener.codec.seal(plan.identities[0], BlockRequest(from_height=1))
+        with pytest.raises(MalformedMessage, match="signed by"):
+            await a._serve_blocks(b.node_id, forged)
+        good = opener.codec.seal(plan.identities[1], BlockRequest(from_height=1))
+        response = await a._serve_blocks(b.node_id, good)
+        with pytest.raises(UnknownMessageType):
+            await a._serve_blocks(a.node_id, response)  # a response is no request
+        short = a.transport.put_blob(b"\0" * 12)
+        with pytest.raises(MalformedMessage, match="12 bytes"):
+            await a._load_merged(LoadMerged(round=1, params_hash=short))
+        assert short not in a._models
