@@ -42,6 +42,8 @@ import trio
 from consensus.blocks import EnvelopeOpener
 from consensus.contract import MERGED, Contract, ContributionRecord, RoundSummary, summarize
 from consensus.core import (
+    PRECOMMIT_STEP,
+    PREVOTE_STEP,
     Action,
     Broadcast,
     Commit,
@@ -78,7 +80,9 @@ from consensus.transactions import (
     Stop,
     TxBody,
     TxSigner,
+    VoteEquivocation,
 )
+from consensus.votes import Equivocation
 from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
@@ -135,6 +139,7 @@ _RETRY_FIRST: Final = 0.5
 _RETRY_MAX: Final = 8.0
 _RESUBMIT_AFTER: Final = 15.0  # a job done this long ago but still planned runs again
 _INBOX: Final = 4096
+_VOTE_STEPS: Final = frozenset({PREVOTE_STEP, PRECOMMIT_STEP})  # equivocations the contract records
 
 T = TypeVar("T")
 FloatVector = npt.NDArray[np.float32]
@@ -343,6 +348,7 @@ class Node:
         self._models: dict[bytes, FloatVector] = {}
         # (round, step, aggregate hash) we would not decrypt: not the sum of the contributions.
         self._refused_aggregates: set[tuple[int, int, bytes]] = set()
+        self._reported_evidence: set[tuple[bytes, bytes]] = set()  # vote pairs submitted as evidence
         # Round blobs persisted by this process -> their round (blobs/ outlives a restart).
         self._blob_rounds: dict[bytes, int] = {}
         self._blobs_pruned_for = 0  # the open round when blobs/ was last pruned
@@ -504,9 +510,35 @@ class Node:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._request_blocks, action.peer, action.envelope)
             elif isinstance(action, ReportEvidence):
-                self._log.warning("equivocation by %s: %s", action.evidence.validator, action.evidence)
+                self._report_equivocation(action.evidence)
             elif isinstance(action, TxRejected):
                 self._log.debug("transaction %s not admitted: %s", action.tx_hash.hex()[:12], action.reason)
+
+    def _report_equivocation(self, evidence: Equivocation) -> None:
+        """Put a validator's double vote on the ledger (`VoteEquivocation`), once per pair.
+
+        The contract takes prevote/precommit pairs only; a double proposal is logged."""
+        self._log.warning(
+            "equivocation by %s at height %d round %d (%s)",
+            evidence.validator.short,
+            evidence.height,
+            evidence.round,
+            evidence.step,
+        )
+        pair = (min(evidence.first, evidence.second), max(evidence.first, evidence.second))
+        if evidence.step not in _VOTE_STEPS or pair in self._reported_evidence:
+            return
+        if self.contract.member(self.node_id) is None:
+            return  # only members may submit evidence
+        try:
+            body = VoteEquivocation(first=pair[0], second=pair[1])
+        except ValueError as exc:
+            self._log.info("equivocation evidence not submittable: %s", exc)
+            return
+        self._reported_evidence.add(pair)
+        # Not awaited here: we run inside the consensus loop, which drains the inbox `submit` feeds.
+        assert self._nursery is not None
+        self._nursery.start_soon(self.submit, body)
 
     async def _publish(self, envelope: Envelope) -> None:
         try:

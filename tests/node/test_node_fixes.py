@@ -15,7 +15,11 @@ import trio
 import trio.testing
 
 from consensus.blocks import EnvelopeOpener
-from consensus.messages import CONSENSUS_MESSAGES, BlockRequest
+from consensus.contract import EQUIVOCATION
+from consensus.core import ReportEvidence
+from consensus.messages import CONSENSUS_MESSAGES, BlockRequest, Prevote
+from consensus.transactions import TxBody, VoteEquivocation
+from consensus.votes import Equivocation
 from crypto.envelope import EnvelopeCodec
 from crypto.errors import MalformedMessage, UnknownMessageType
 from models import logistic_regression
@@ -164,3 +168,48 @@ async def test_handlers_raise_specific_protocol_errors(
         with pytest.raises(MalformedMessage, match="12 bytes"):
             await a._load_merged(LoadMerged(round=1, params_hash=short))
         assert short not in a._models
+
+
+async def test_equivocation_evidence_is_submitted_once_and_recorded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The core reports two conflicting prevotes of a member; the node submits one
+    `VoteEquivocation` per piece of evidence (however often it is reported) and the
+    contract records it. A double *proposal* (not recordable by the contract) is only logged."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
+    codec = EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES)
+    async with open_memory_network(seed=3) as net, AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                open_swarm_node(
+                    plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
+                    genesis=plan.genesis, inline_compute=True,
+                )
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        submitted: list[object] = []
+        real_submit = a.submit
+
+        async def counting_submit(body: TxBody) -> None:
+            submitted.append(body)
+            await real_submit(body)
+
+        a.submit = counting_submit  # type: ignore[method-assign]
+        height = max(1, a.contract.height)
+        votes = [
+            codec.seal(
+                plan.identities[1], Prevote(height=height, round=0, block_hash=hashlib.sha256(x).digest())
+            )
+            for x in (b"one", b"two")
+        ]  # fmt: skip
+        evidence = Equivocation(b.node_id, height, 0, "prevote", votes[0], votes[1])
+        swapped = Equivocation(b.node_id, height, 0, "prevote", votes[1], votes[0])
+        proposal = Equivocation(b.node_id, height, 0, "proposal", votes[0], votes[1])
+        await a._perform([ReportEvidence(evidence), ReportEvidence(proposal)])
+        await a._perform([ReportEvidence(evidence), ReportEvidence(swapped)])
+        with trio.fail_after(120):
+            await a.wait_for(lambda c: any(e.kind == EQUIVOCATION for e in c.evidence()))
+        assert [type(x) for x in submitted] == [VoteEquivocation]
+        (recorded,) = [e for e in a.contract.evidence() if e.kind == EQUIVOCATION]
+        assert recorded.offender == b.node_id
