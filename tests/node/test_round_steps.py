@@ -433,3 +433,18 @@ def test_contributions_are_copied_by_the_head_of_the_rotation() -> None:
     assert not [
         j for j in reconcile(c, facts(last, wanted=WANT)).jobs if isinstance(j, PrefetchContributions)
     ]
+
+
+def test_a_stuck_job_does_not_hold_back_the_timeout_vote() -> None:
+    """All shares are in but the combine job keeps failing (say the aggregate blob is gone
+    everywhere): past the decrypt deadline the same plan also holds the timeout vote, so the
+    contract can abort the round instead of the node retrying forever."""
+    c = make_contract()
+    to_shares(c)
+    me = c.round.participants[0]
+    stage = (1, Phase.DECRYPT.value, c.round.step)
+    before = reconcile(c, facts(me, now=10.0, stage_since=(stage, 10.0)))
+    assert [type(j).__name__ for j in before.jobs] == ["CombineShares"]
+    after = reconcile(c, facts(me, now=10.0 + TIMEOUTS.decrypt, stage_since=(stage, 10.0)))
+    assert [type(j).__name__ for j in after.jobs] == ["CombineShares", "SubmitPhaseTimeout"]
+    assert len({j.key for j in after.jobs}) == 2  # independent keys: one's retries never block the other
