@@ -21,6 +21,10 @@ nursery that `open_swarm_node` owns (nothing outlives the ``async with``):
 Key-epoch messages travel as content-addressed blobs whose hashes the members
 commit (`EpochPublicShare`, `EpochSealedShares`): a member that was offline
 fetches them later by hash, and what was announced is bound by the ledger.
+Round blobs (contributions, aggregates, decryption shares) this node puts or
+fetches are persisted to ``storage_dir/blobs`` before their hashes are committed
+or used and re-served after a restart (a restart of the whole swarm loses no
+round); they are deleted once their round closed.
 """
 
 from __future__ import annotations

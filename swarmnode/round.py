@@ -21,7 +21,9 @@ it still owes, so nothing is lost across a crash.
 Which role acts in which phase is a table (`PHASE_ROLES`), as is the deadline
 of each phase (`PHASE_TIMEOUT`). Safety rules enforced here as well as in the
 contract and the crypto facade: a decryption share is only ever planned for a
-committed aggregate of at least ``min_peers`` contributions.
+committed aggregate of at least ``min_peers`` contributions, and the job carries
+those contributions so that the decryptor recomputes the aggregate itself and
+refuses a committed hash that is not their sum (leader and verifier may collude).
 """
 
 from __future__ import annotations
