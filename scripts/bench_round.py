@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="model sizes (default 10k,100k,1M; quick 10k,100k)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 3; quick 2)")
     parser.add_argument("--scaling", default=None, help="in-memory node counts (default 32,64; quick 8,16)")
+    parser.add_argument("--scaling-rounds", type=int, default=1, help="measured rounds at scale (default 1)")
     parser.add_argument(
         "--flower",
         choices=("run", "recorded", "skip"),
@@ -508,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flower-rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="per process run")
     args = parser.parse_args(argv)
-    ns = [int(x) for x in (args.ns or "2,4").split(",")]
+    ns = [int(x) for x in (args.ns if args.ns is not None else "2,4").split(",") if x]
     sizes = (args.sizes or ("10k,100k" if args.quick else "10k,100k,1M")).split(",")
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)
     scaling_ns = [
@@ -541,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
 
+    partial = out.with_suffix(".partial.json")  # a crash later must not lose the measured stages
+    partial.write_text(json.dumps({"processes": processes}, indent=1) + "\n")
     if flower_mode == "run":
         print("[flower] running the anchor benchmark (several minutes) ...", flush=True)
         try:
@@ -564,9 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         flower = {"source": "skipped", "runs": []}
 
+    partial.write_text(json.dumps({"processes": processes, "flower": flower}, indent=1) + "\n")
     scaling = []
     for n in scaling_ns:
-        res = run_scaling(n, rounds + 1)
+        res = run_scaling(n, args.scaling_rounds + 1)
         scaling.append(res)
         print(
             f"[scale] N={n}: {res['wall_s_per_round']:.1f} s wall/round, {res['virtual_s_per_round']:.1f} s "
@@ -591,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             "ns": ns,
             "sizes": sizes,
             "measured_rounds": rounds,
+            "scaling_measured_rounds": args.scaling_rounds,
             "scaling": scaling_ns,
             "flower": flower_mode,
             "processes": "one OS process per node, libp2p on 127.0.0.1",
@@ -611,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    partial.unlink(missing_ok=True)
     plot(result, out.with_suffix(".png"))
     print(table)
     print(f"Flower numbers: {flower.get('source')}")
