@@ -25,6 +25,15 @@ Round blobs (contributions, aggregates, decryption shares) this node puts or
 fetches are persisted to ``storage_dir/blobs`` before their hashes are committed
 or used and re-served after a restart (a restart of the whole swarm loses no
 round); they are deleted once their round closed.
+
+Plaintext mode (genesis ``training.secure = false``) keeps the same phases and
+contract: the key epoch still runs (the contract opens rounds only after one),
+a contribution is a `PlaintextUpdate` (raw float32 parameters + weight), the
+leader's "aggregate" is ``models.merge(genesis merge_method, ...)`` over the
+decoded updates in node-id order (the verifier recomputes it), each decrypt-set
+member's "share" is a `PlaintextConfirmation` of the aggregate hash it
+recomputed (still refused below min_peers), and combining yields the aggregate
+itself as the merged parameters.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, cast, final
 
 import numpy as np
 import numpy.typing as npt
@@ -104,6 +113,8 @@ from crypto.secure_merge import (
     start_key_epoch,
 )
 from models.flatten import spec_layout
+from models.merge import MergeMethod
+from models.merge import merge as merge_parameters
 
 from .config import NodeConfig
 from .keystore import NodeFiles
@@ -247,6 +258,61 @@ class NodeOptions:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlaintextUpdate:
+    """A contribution blob when genesis `training.secure` is false: the RAW float32
+    parameters (little endian) and the merge weight. Canonical CBOR, like every format."""
+
+    weight: int
+    length: int
+    params: bytes
+
+    def __post_init__(self) -> None:
+        if self.weight < 1 or self.length < 1 or len(self.params) != 4 * self.length:
+            raise ValueError("weight and length must be >= 1 and params must hold length float32 values")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlaintextConfirmation:
+    """A T member's "decryption share" in plaintext mode: nothing to decrypt, so it confirms
+    the aggregate it recomputed from the committed contributions (the phase still completes)."""
+
+    round: int
+    step: int
+    node_id: NodeId
+    aggregate_hash: bytes
+
+
+def encode_plaintext_update(parameters: FloatVector, weight: int) -> bytes:
+    """The contribution blob of plaintext mode."""
+    vector = np.ascontiguousarray(parameters, dtype="<f4").reshape(-1)
+    return cbor.dumps_dataclass(PlaintextUpdate(weight=weight, length=vector.size, params=vector.tobytes()))
+
+
+def decode_plaintext_update(data: bytes, *, length: int) -> tuple[FloatVector, int]:
+    """(float32 parameters, weight) of a peer's plaintext contribution; a wrong length or a
+    NaN/infinity raises MalformedMessage (a peer's bad input), schema errors SchemaError."""
+    update = cbor.loads_dataclass(PlaintextUpdate, data)
+    if update.length != length:
+        raise MalformedMessage(f"plaintext update has {update.length} parameters, expected {length}")
+    vector = np.frombuffer(update.params, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise MalformedMessage("plaintext update holds NaN or infinity")
+    return vector, update.weight
+
+
+def decode_plaintext_model(data: bytes, *, length: int) -> FloatVector:
+    """A merged parameter blob (raw little-endian float32), checked for size and finiteness."""
+    if len(data) != 4 * length:
+        raise MalformedMessage(f"merged model blob has {len(data)} bytes, expected {4 * length}")
+    vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise MalformedMessage("merged model blob holds NaN or infinity")
+    return vector
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicateRequest:
     """Wire body of a replicate request: copy blob `digest` of round `round` from me."""
 
@@ -296,8 +362,6 @@ class Node:
             )
         if genesis.training.ckks_params != DEFAULT_CKKS_PARAMS:
             raise SwarmError(f"unsupported CKKS parameter set {genesis.training.ckks_params!r}")
-        if not genesis.training.secure:
-            raise SwarmError("plaintext merges (secure = false) are not supported by this runtime yet")
         self.config: Final = config
         self.genesis: Final = genesis
         self.identity: Final = identity
@@ -819,8 +883,13 @@ class Node:
         params = self._wanted_params
         if params is None:
             raise SwarmError("no parameters to contribute")
-        keys = self._keys[job.epoch]
-        blob = await self._compute(encrypt_update, keys, params, float(job.weight), float(job.total_weight))
+        if self.genesis.training.secure:
+            keys = self._keys[job.epoch]
+            blob = await self._compute(
+                encrypt_update, keys, params, float(job.weight), float(job.total_weight)
+            )
+        else:
+            blob = encode_plaintext_update(params, job.weight)
         digest = self._keep_blob(job.round, blob)
         # The leader, verifier and next in line copy the blob before its hash is committed,
         # so the update survives if we (or the leader) crash right after (DESIGN 5.3).
@@ -836,11 +905,23 @@ class Node:
     ) -> bytes:
         """The sum of `contributions`, fetched by their committed hashes (verified on receipt)
         from `holder` if given (the leader holds them all), else from each contributor."""
+        if not self.genesis.training.secure:
+            # Plaintext mode: node-id order makes the merge input (and so its hash) canonical.
+            contributions = sorted(contributions, key=lambda c: c.node_id.public_key)
         blobs = [
             await self._fetch(c.blob_hash, c.node_id if holder is None else holder, keep_round=round_number)
             for c in contributions
         ]
+        if not self.genesis.training.secure:
+            return await self._compute(lambda: self._plaintext_merge(blobs))
         return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+
+    def _plaintext_merge(self, blobs: Sequence[bytes]) -> bytes:
+        """The genesis merge method over decoded plaintext updates: the merged float32 params."""
+        decoded = [decode_plaintext_update(blob, length=self.n_params) for blob in blobs]
+        method = cast(MergeMethod, self.genesis.training.merge_method)  # validated by the genesis
+        merged = merge_parameters(method, [v for v, _ in decoded], [float(w) for _, w in decoded])
+        return np.ascontiguousarray(merged, dtype="<f4").tobytes()
 
     async def _ask_to_replicate(self, peer: NodeId, request: bytes) -> None:
         try:
@@ -870,9 +951,13 @@ class Node:
         if self.options.faults.wrong_aggregate:
             # A well-formed but wrong sum: the first contribution counted twice.
             first = await self._fetch(job.contributions[0].blob_hash, job.contributions[0].node_id)
-            aggregate = await self._compute(
-                lambda: aggregate_contributions([aggregate, first], length=self.n_params)
-            )
+            if self.genesis.training.secure:
+                aggregate = await self._compute(
+                    lambda: aggregate_contributions([aggregate, first], length=self.n_params)
+                )
+            else:
+                wrong = decode_plaintext_model(aggregate, length=self.n_params) + np.float32(1.0)
+                aggregate = wrong.astype("<f4").tobytes()
         digest = self._keep_blob(job.round, aggregate)
         contributors = tuple(c.node_id for c in job.contributions)
         await self.submit(
@@ -931,6 +1016,18 @@ class Node:
                 )
                 return
             self._keep_blob(job.round, aggregate)  # serve it to the combiners as well
+        if not self.genesis.training.secure:
+            if job.contributions < max(2, self.genesis.training.min_peers):
+                raise SwarmError(f"round {job.round}: fewer than min_peers contributions; no confirmation")
+            confirmation = PlaintextConfirmation(
+                round=job.round,
+                step=job.step,
+                node_id=self.node_id,
+                aggregate_hash=hashlib.sha256(aggregate).digest(),
+            )
+            digest = self._keep_blob(job.round, cbor.dumps_dataclass(confirmation))
+            await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
+            return
         keys = self._keys[job.epoch]
         min_peers = self.genesis.training.min_peers
         share = await self._compute(
@@ -950,9 +1047,17 @@ class Node:
         assert isinstance(job, CombineShares)
         aggregate = await self._fetch(job.aggregate_hash, job.aggregator, keep_round=job.round)
         shares = [await self._fetch(vote.value, vote.node_id, keep_round=job.round) for vote in job.shares]
-        keys = self._keys[job.epoch]
-        merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
-        data = merged.mean.astype("<f4").tobytes()
+        if self.genesis.training.secure:
+            keys = self._keys[job.epoch]
+            merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
+            data = merged.mean.astype("<f4").tobytes()
+        else:
+            # Plaintext: the aggregate IS the merged model; the shares only confirm it.
+            for vote, share in zip(job.shares, shares, strict=True):
+                confirmation = cbor.loads_dataclass(PlaintextConfirmation, share)
+                if confirmation.node_id != vote.node_id or confirmation.aggregate_hash != job.aggregate_hash:
+                    raise MalformedMessage(f"{vote.node_id.short}'s confirmation is not for this aggregate")
+            data = decode_plaintext_model(aggregate, length=self.n_params).astype("<f4").tobytes()
         if len(data) != 4 * self.n_params:
             raise SwarmError(f"merged model has {len(data) // 4} parameters, expected {self.n_params}")
         digest = self.files.save_model(data)
