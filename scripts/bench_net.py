@@ -37,7 +37,13 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from swarmnode.net.nodeproc import NodeProcess, emit_event, spawn_node, spawn_process  # noqa: E402
+from swarmnode.net.nodeproc import (  # noqa: E402
+    NodeProcess,
+    emit_event,
+    serve_commands,
+    spawn_node,
+    spawn_process,
+)
 from swarmnode.testing import pseudo_random_bytes  # noqa: E402
 
 TOPIC = "bench/gossip"
@@ -128,32 +134,11 @@ async def _raw_node(index: int) -> None:
         listeners = await nursery.start(trio.serve_tcp, serve, 0)
         port = listeners[0].socket.getsockname()[1]
         emit_event({"ev": "ready", "addrs": [str(port)]})
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        buffer = b""
 
-        async def run(command: dict[str, Any]) -> None:
-            try:
-                emit_event({"ev": "reply", "id": command["id"], "ok": True, **await handle(command)})
-            except Exception as exc:
-                emit_event(
-                    {
-                        "ev": "reply",
-                        "id": command["id"],
-                        "ok": False,
-                        "error": type(exc).__name__,
-                        "message": str(exc),
-                    }
-                )
+        async def answer(command: dict[str, Any], _: trio.Nursery) -> dict[str, Any]:
+            return await handle(command)
 
-        async for chunk in stdin:
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                command = json.loads(line)
-                if command["cmd"] == "quit":
-                    nursery.cancel_scope.cancel()
-                    return
-                nursery.start_soon(run, command)
+        await serve_commands(answer)
         nursery.cancel_scope.cancel()
 
 

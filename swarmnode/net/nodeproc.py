@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -135,6 +135,43 @@ class _Child:
                 raise ValueError(f"unknown command {other!r}")
 
 
+async def serve_commands(handle: Callable[[JsonObject, trio.Nursery], Awaitable[JsonObject]]) -> None:
+    """Answer the parent's JSON-line commands on stdin, one task each, until "quit" or EOF.
+
+    `handle` gets the command and a nursery for work that outlives the reply; every
+    command gets one "reply" event, with the exception's type and message if it failed.
+    """
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with trio.open_nursery() as nursery:
+
+        async def run(command: JsonObject) -> None:
+            try:
+                result = await handle(command, nursery)
+                emit_event({"ev": "reply", "id": command["id"], "ok": True, **result})
+            except Exception as exc:  # reported to the parent, which asserts on the type
+                emit_event(
+                    {
+                        "ev": "reply",
+                        "id": command["id"],
+                        "ok": False,
+                        "error": type(exc).__name__,
+                        "message": str(exc),
+                    }
+                )
+
+        buffer = b""
+        async for chunk in stdin:
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                command = json.loads(line)
+                if command["cmd"] == "quit":
+                    nursery.cancel_scope.cancel()
+                    return
+                nursery.start_soon(run, command)
+        nursery.cancel_scope.cancel()  # parent went away: stop
+
+
 async def _child_main(args: argparse.Namespace) -> None:
     from swarmnode.net.libp2p import open_libp2p_transport
     from swarmnode.testing import LyingBlobStore, make_identity
@@ -154,35 +191,7 @@ async def _child_main(args: argparse.Namespace) -> None:
     ) as transport:
         child = _Child(transport, args.namespace)
         emit_event({"ev": "ready", "addrs": list(transport.listen_addrs)})
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        async with trio.open_nursery() as nursery:
-
-            async def run(command: JsonObject) -> None:
-                try:
-                    result = await child.handle(command, nursery)
-                    emit_event({"ev": "reply", "id": command["id"], "ok": True, **result})
-                except Exception as exc:  # reported to the parent, which asserts on the type
-                    emit_event(
-                        {
-                            "ev": "reply",
-                            "id": command["id"],
-                            "ok": False,
-                            "error": type(exc).__name__,
-                            "message": str(exc),
-                        }
-                    )
-
-            buffer = b""
-            async for chunk in stdin:
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    command = json.loads(line)
-                    if command["cmd"] == "quit":
-                        nursery.cancel_scope.cancel()
-                        break
-                    nursery.start_soon(run, command)
-            nursery.cancel_scope.cancel()  # parent went away: stop
+        await serve_commands(child.handle)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
