@@ -82,6 +82,7 @@ EPOCH_ID_SIZE: Final = 32
 _CRS_DOMAIN: Final = b"swarmnode/ckks-crs/v1"
 _SHARE_MAGIC: Final = b"SND1"
 _COMMITMENT_DOMAIN: Final = b"swarmnode/ckks-public-share/v1\x00"
+_SEALED_BOX_OVERHEAD: Final = 48  # X25519 sealed box: ephemeral public key + Poly1305 tag
 
 
 class EpochIncomplete(Exception):
@@ -307,6 +308,72 @@ class EpochKeys:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class OwnDealing:
+    """What a member deals in a key epoch, all it needs to reveal and finish it: the packed
+    public share ``b_i`` (key level), its own Shamir share ``f_i(x_i)`` (data level, secret)
+    and the sealed shares for the other members (in member order)."""
+
+    public_share: bytes
+    own_share: bytes
+    sealed: tuple[SealedKeyShare, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredSealedShare:
+    recipient: NodeId
+    box: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredKeyEpoch:
+    """Schema of `KeyEpoch.export_secret` (local storage, never sent)."""
+
+    version: int
+    epoch_id: bytes
+    members: tuple[NodeId, ...]
+    threshold: int
+    me: NodeId
+    public_share: bytes
+    own_share: bytes
+    sealed: tuple[StoredSealedShare, ...]
+
+
+def _sealed_box_size(ctx: CkksContext, epoch_id: bytes, dealer: NodeId, recipient: NodeId) -> int:
+    """Byte size of the sealed box holding one Shamir share (CBOR lengths depend on sizes only)."""
+    content = KeyShareContent(
+        epoch_id, dealer, recipient, bytes(_poly_bytes(ctx.params, len(ctx.data_moduli)))
+    )
+    return len(cbor.dumps_dataclass(content)) + _SEALED_BOX_OVERHEAD
+
+
+def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> OwnDealing:
+    """Draw a fresh secret s_i and error e_i; publish-ready ``b_i = -a*s_i + e_i`` and the
+    Shamir shares of s_i. `secret` and the Shamir polynomial go out of scope here: only the
+    shares survive (the other members' inside sealed boxes)."""
+    seal_ctx = ctx.seal
+    key_col = column(seal_ctx.key_moduli)
+    secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))
+    error = seal_ctx.ntt(seal_ctx.sample_error(os.urandom(64)))
+    a_times_s = shoup_mul(a, secret, shoup_quotients(secret, seal_ctx.key_moduli), key_col)
+    public_share = pack60(add_mod(neg_mod(a_times_s, key_col), error, key_col))
+    me = identity.node_id
+    shares = _shamir_shares(ctx, secret[: len(ctx.data_moduli)], spec.threshold, len(spec.members))
+    own = b""
+    sealed: list[SealedKeyShare] = []
+    for member, share in zip(spec.members, shares, strict=True):
+        packed = pack60(share)
+        if member == me:
+            own = packed
+            continue
+        content = KeyShareContent(spec.epoch_id, me, member, packed)
+        sealed.append(SealedKeyShare(spec.epoch_id, member, member.seal(cbor.dumps_dataclass(content))))
+    return OwnDealing(public_share=public_share, own_share=own, sealed=tuple(sealed))
+
+
+@final
 class KeyEpoch:
     """One member's side of a key epoch, driven with envelope bodies in and out (no I/O).
 
@@ -334,6 +401,7 @@ class KeyEpoch:
         "_a",
         "_commitments",
         "_context",
+        "_dealing",
         "_identity",
         "_outgoing",
         "_public",
@@ -342,37 +410,97 @@ class KeyEpoch:
         "spec",
     )
 
-    def __init__(self, spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> None:
+    def __init__(
+        self,
+        spec: EpochSpec,
+        identity: NodeIdentity,
+        params: CkksParams = DEFAULT_PARAMS,
+        *,
+        dealing: OwnDealing | None = None,
+    ) -> None:
+        """Draw a fresh secret for `spec` (or, from `import_secret` only, take back a stored
+        `dealing` of ours: the same public share, own Shamir share and sealed boxes)."""
         if not spec.is_member(identity.node_id):
             raise ValueError("this node is not a member of the epoch")
         ctx = context(params)
         self._context = ctx
         self._identity = identity
         self.spec: Final = spec
-        seal_ctx = ctx.seal
-        key_col = column(seal_ctx.key_moduli)
         self._a = common_random_poly(ctx, spec.epoch_id)
-        secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))
-        error = seal_ctx.ntt(seal_ctx.sample_error(os.urandom(64)))
-        a_times_s = shoup_mul(self._a, secret, shoup_quotients(secret, seal_ctx.key_moduli), key_col)
-        public_share = add_mod(neg_mod(a_times_s, key_col), error, key_col)
+        if dealing is None:
+            dealing = _deal(ctx, spec, identity, self._a)
         me = identity.node_id
-        self._public: dict[NodeId, bytes] = {me: pack60(public_share)}
-        shares = _shamir_shares(ctx, secret[: len(ctx.data_moduli)], spec.threshold, len(spec.members))
-        self._received: dict[NodeId, bytes] = {}
-        outgoing: list[PublicKeyShare | SealedKeyShare] = [PublicKeyShare(spec.epoch_id, self._public[me])]
-        for member, share in zip(spec.members, shares, strict=True):
-            packed = pack60(share)
-            if member == me:
-                self._received[me] = packed
-                continue
-            content = KeyShareContent(spec.epoch_id, me, member, packed)
-            box = member.seal(cbor.dumps_dataclass(content))
-            outgoing.append(SealedKeyShare(spec.epoch_id, member, box))
-        self._outgoing = tuple(outgoing)
-        self.commitment: Final = public_share_commitment(spec.epoch_id, me, self._public[me])
+        self._dealing = dealing
+        self._public: dict[NodeId, bytes] = {me: dealing.public_share}
+        self._received: dict[NodeId, bytes] = {me: dealing.own_share}
+        self._outgoing: tuple[PublicKeyShare | SealedKeyShare, ...] = (
+            PublicKeyShare(spec.epoch_id, dealing.public_share),
+            *dealing.sealed,
+        )
+        self.commitment: Final = public_share_commitment(spec.epoch_id, me, dealing.public_share)
         self._commitments: dict[NodeId, bytes] | None = None
-        # `secret` and the Shamir polynomial go out of scope here: only sigma survives the epoch.
+
+    def export_secret(self) -> bytes:
+        """Canonical bytes of our dealing, to finish this epoch after a restart (SECRET: our
+        own Shamir share of s_i is inside; store like `EpochKeys.export_secret`, mode 0600).
+
+        What other members sent us is not included (it is refetched from their committed
+        bundles), nor are the fixed commitments (they are on the ledger)."""
+        d = self._dealing
+        stored = StoredKeyEpoch(
+            version=1,
+            epoch_id=self.spec.epoch_id,
+            members=self.spec.members,
+            threshold=self.spec.threshold,
+            me=self._identity.node_id,
+            public_share=d.public_share,
+            own_share=d.own_share,
+            sealed=tuple(StoredSealedShare(recipient=b.recipient, box=b.box) for b in d.sealed),
+        )
+        return cbor.dumps_dataclass(stored)
+
+    @classmethod
+    def import_secret(
+        cls, data: bytes, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS
+    ) -> KeyEpoch:
+        """Inverse of `export_secret` for the same identity: the restored epoch has the same
+        commitment and reveals byte-identical shares. Every field is checked; a bad file raises
+        a `ProtocolError` subclass (`SchemaError`, `NonCanonicalEncoding`, `InvalidKeyShare`...)
+        whose message names what is wrong."""
+        stored = cbor.loads_dataclass(StoredKeyEpoch, data, max_depth=3)
+        if stored.version != 1:
+            raise InvalidKeyShare(f"unsupported stored key-epoch version {stored.version}")
+        try:
+            spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
+        except ValueError as exc:
+            raise InvalidKeyShare(f"stored key epoch: {exc}") from None
+        me = identity.node_id
+        if stored.me != me:
+            raise InvalidKeyShare(f"stored key epoch belongs to {stored.me.short}, not to {me.short}")
+        if not spec.is_member(me):
+            raise InvalidKeyShare("stored key epoch: this node is not one of its members")
+        ctx = context(params)
+        _unpack_poly(
+            ctx, stored.public_share, len(ctx.seal.key_moduli), InvalidKeyShare, "stored public share"
+        )
+        _unpack_poly(ctx, stored.own_share, len(ctx.data_moduli), InvalidKeyShare, "stored own key share")
+        others = tuple(m for m in spec.members if m != me)
+        recipients = tuple(s.recipient for s in stored.sealed)
+        if recipients != others:
+            raise InvalidKeyShare("stored key epoch: need one sealed share per other member, in member order")
+        for share in stored.sealed:
+            expected = _sealed_box_size(ctx, spec.epoch_id, me, share.recipient)
+            if len(share.box) != expected:
+                raise InvalidKeyShare(
+                    f"stored sealed share for {share.recipient.short} has {len(share.box)} bytes, "
+                    f"expected {expected}"
+                )
+        dealing = OwnDealing(
+            public_share=stored.public_share,
+            own_share=stored.own_share,
+            sealed=tuple(SealedKeyShare(spec.epoch_id, s.recipient, s.box) for s in stored.sealed),
+        )
+        return cls(spec, identity, params, dealing=dealing)
 
     def expect_commitments(self, commitments: Mapping[NodeId, bytes]) -> tuple[NodeId, ...]:
         """Fix every member's public-share commitment (from the ledger) before anything is revealed.
