@@ -12,8 +12,14 @@ the server answers one JSON line ``{"ok": true, "result": {...}}`` or
 - ``status``: the node's `status()`.
 - ``submit-join`` ``{"tx": hex}``: submit a joiner's signed JoinRequest, wait until it
   is pending on the ledger, then approve it as this member.
-- ``approve`` ``{"peer_id": ...}``: approve a pending join request. Requests are capped at 4 KiB and
-a client gets 5 s to send its line.
+- ``approve`` ``{"peer_id": ...}``: approve a pending join request.
+- ``partition`` ``{"peer_ids": [...]}`` and ``heal``: fault injection for chaos runs and tests
+  (`Libp2pTransport.partition` / `heal` on the node's transport: this node stops talking to
+  those peers until healed). Refused unless the node process was started with the environment
+  variable ``SWARMNODE_FAULT_INJECTION=1`` (read once, when the endpoint starts), so a production
+  node never accepts them, and no network peer can reach this endpoint anyway.
+
+Requests are capped at 4 KiB and a client gets 5 s to send its line.
 
 `to_jsonable` turns the runtime's frozen status dataclasses into JSON (node ids
 as peer ids, hashes as hex), so the server needs nothing from the node but a
@@ -45,7 +51,9 @@ if TYPE_CHECKING:
 CONTROL_FILE: Final = "control.json"
 MAX_REQUEST: Final = 4096
 CLIENT_TIMEOUT: Final = 5.0
-COMMANDS: Final = ("status", "submit-join", "approve")
+COMMANDS: Final = ("status", "submit-join", "approve", "partition", "heal")
+FAULT_COMMANDS: Final = ("partition", "heal")
+FAULT_INJECTION_ENV: Final = "SWARMNODE_FAULT_INJECTION"
 JOIN_WAIT: Final = 60.0
 _SERVING: dict[Path, int] = {}  # storage dir -> port of the endpoint this process serves there
 
@@ -98,14 +106,20 @@ async def serve_control(
     node: StatusSource,
     storage_dir: Path,
     *,
+    fault_injection: bool | None = None,
     task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `node.status()` on 127.0.0.1 until cancelled; removes control.json on exit.
+
+    `fault_injection` enables the ``partition``/``heal`` commands; None (the default, what
+    `swarmnode run` uses) means: on only if ``SWARMNODE_FAULT_INJECTION=1`` is set now.
 
     Start it in the node's nursery: ``port = await nursery.start(serve_control, node, dir)``.
     Idempotent per storage dir within a process: a second call (say the runtime and the CLI
     both start one) reports the running endpoint's port and waits, so one control.json exists.
     """
+    if fault_injection is None:
+        fault_injection = os.environ.get(FAULT_INJECTION_ENV) == "1"
     key = storage_dir.resolve()
     if key in _SERVING:
         task_status.started(_SERVING[key])
@@ -119,7 +133,7 @@ async def serve_control(
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
-            reply = await _answer(stream, node, token)
+            reply = await _answer(stream, node, token, fault_injection)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
@@ -136,7 +150,9 @@ async def serve_control(
                 control_path.unlink()
 
 
-async def _answer(stream: trio.SocketStream, node: StatusSource, token: str) -> dict[str, Any]:
+async def _answer(
+    stream: trio.SocketStream, node: StatusSource, token: str, fault_injection: bool
+) -> dict[str, Any]:
     data = b""
     with trio.move_on_after(CLIENT_TIMEOUT):
         while b"\n" not in data and len(data) <= MAX_REQUEST:
@@ -168,7 +184,34 @@ async def _answer(stream: trio.SocketStream, node: StatusSource, token: str) -> 
             return {"ok": True, "result": await _membership(node, command, args)}
         except Exception as exc:  # the node's refusal (bad tx, no pending request) goes back as text
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    if command in FAULT_COMMANDS:
+        if not fault_injection:
+            return {
+                "ok": False,
+                "error": f"fault injection is off (start the node with {FAULT_INJECTION_ENV}=1 to allow it)",
+            }
+        try:
+            return {"ok": True, "result": _inject_fault(node, command, args)}
+        except Exception as exc:  # bad peer ids, a transport without fault injection
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}
+
+
+def _inject_fault(node: Any, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Partition the node's transport from some peers, or heal it; reports what is blocked now."""
+    transport = node.transport
+    if not hasattr(transport, command):
+        raise ValueError(f"{type(transport).__name__} has no fault injection")
+    if command == "partition":
+        from .scaffold import node_id_from_peer_id
+
+        peer_ids = args.get("peer_ids")
+        if not isinstance(peer_ids, list) or not all(isinstance(p, str) for p in peer_ids):
+            raise ValueError("partition needs peer_ids: a list of peer id strings")
+        transport.partition({node_id_from_peer_id(p) for p in peer_ids})
+    else:
+        transport.heal()
+    return {"blocked": sorted(p.peer_id for p in transport.blocked)}
 
 
 async def _membership(node: Any, command: str, args: dict[str, Any]) -> dict[str, Any]:

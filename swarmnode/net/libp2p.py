@@ -17,6 +17,14 @@ What was verified to work (see notes/libp2p.md) and is therefore what we use:
   other peer is closed as soon as it is up, its streams are reset unread, and
   its gossip is rejected by a topic validator (not relayed) and filtered again
   before delivery (nothing of a non-member reaches the layer above).
+- Fault injection (tests and chaos runs only): `partition(blocked)` treats the
+  blocked peers exactly like non-members on that same path (connections
+  closed, inbound streams reset, no dialling, gossip rejected, requests and
+  blob fetches refused) until `heal()`. It is a local method call, off by
+  default; no message a peer can send switches it on. Call it on both sides
+  for a symmetric partition. A node process exposes it only through its local
+  control endpoint, and only when started with ``SWARMNODE_FAULT_INJECTION=1``
+  (`swarmnode.control`).
 
 libp2p is imported only by this module (never by `swarmnode.net`'s
 ``__init__``), so the rest of the code base imports without it. No libp2p
@@ -275,6 +283,7 @@ class Libp2pTransport(Transport):
         self._allowed: frozenset[NodeId] | None = (
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
         )
+        self._blocked: frozenset[NodeId] = frozenset()  # fault injection: `partition`
         self._handlers: dict[str, RequestHandler] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[Inbound]]] = {}
         self._address_book: dict[NodeId, tuple[str, ...]] = {}
@@ -416,11 +425,12 @@ class Libp2pTransport(Transport):
 
     def _learn(self, peer: NodeId, addrs: tuple[str, ...], *, hearsay: bool = False) -> None:
         """Remember `peer`'s addresses. Hearsay (a peer list) about non-members is ignored,
-        and never grows the book past MAX_ADDRESS_BOOK, so a peer cannot flood it."""
+        and never grows the book past MAX_ADDRESS_BOOK, so a peer cannot flood it.
+        Addresses of a member we partitioned away are still learned: they are needed at `heal`."""
         if peer == self.node_id or not addrs:
             return
         if hearsay and (
-            not self._is_allowed(peer)
+            not self._is_member(peer)
             or (peer not in self._address_book and len(self._address_book) >= MAX_ADDRESS_BOOK)
         ):
             return
@@ -430,13 +440,22 @@ class Libp2pTransport(Transport):
 
     # ------------------------------------------------------------------ permissioning
 
-    def _is_allowed(self, peer: NodeId | None) -> bool:
+    def _is_member(self, peer: NodeId | None) -> bool:
+        """On the allow-list (or no allow-list set), whatever the injected faults."""
         if peer is None:
             return False
         return self._allowed is None or peer in self._allowed
 
+    def _is_allowed(self, peer: NodeId | None) -> bool:
+        """May we talk to `peer` now: a member and not partitioned away."""
+        return self._is_member(peer) and peer not in self._blocked
+
     def set_allowed_peers(self, peers: AbstractSet[NodeId]) -> None:
         self._allowed = frozenset(peers) | {self.node_id}
+        self._recheck_connections()
+
+    def _recheck_connections(self) -> None:
+        """Hand every open connection to the guard, which closes those no longer allowed."""
         for peer_id in self._host.get_connected_peers():
             with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                 self._guard_send.send_nowait(peer_id)
@@ -445,15 +464,47 @@ class Libp2pTransport(Transport):
         nodes = (node_id_of(p) for p in self._host.get_connected_peers())
         return frozenset(n for n in nodes if n is not None and n != self.node_id and self._is_allowed(n))
 
+    # ------------------------------------------------------------------ fault injection
+
+    @property
+    def blocked(self) -> frozenset[NodeId]:
+        """The peers cut off by `partition` (empty unless a test injected a partition)."""
+        return self._blocked
+
+    def partition(self, blocked: AbstractSet[NodeId]) -> None:
+        """Fault injection: cut this node off from `blocked` until `heal` (replaces an earlier cut).
+
+        Blocked peers go through the permissioning path as if they were non-members: their
+        connections are closed now, new ones as soon as they are up, their streams are reset
+        unread, they are not dialled, their gossip (originated or relayed) is dropped, and our
+        requests and blob fetches to them fail with `PeerUnreachable`. The allow-list itself is
+        untouched, so `set_allowed_peers` (membership changes) does not undo the cut.
+        """
+        self._check_open()
+        if self.node_id in blocked:
+            raise ValueError("a node cannot partition itself away")
+        self._blocked = frozenset(blocked)
+        log.warning("fault injection: partitioned from %s", sorted(p.short for p in self._blocked))
+        self._recheck_connections()
+
+    def heal(self) -> None:
+        """Undo `partition`: the maintainer redials the formerly blocked peers at once."""
+        self._check_open()
+        healed, self._blocked = self._blocked, frozenset()
+        for peer in healed:
+            self._backoff.pop(peer, None)
+        if healed:
+            log.warning("fault injection: healed, redialling %s", sorted(p.short for p in healed))
+
     async def _guard(self) -> None:
-        """Close every connection of a peer outside the allow-list, as soon as we learn of it."""
+        """Close every connection of a peer outside the allow-list (or blocked), as soon as we learn of it."""
         async with trio.open_nursery() as nursery:
             async for peer_id in self._guard_receive:
                 if not self._is_allowed(node_id_of(peer_id)):
                     nursery.start_soon(self._disconnect, peer_id)
 
     async def _disconnect(self, peer_id: ID) -> None:
-        log.info("closing connection of non-member %s", peer_id.to_base58())
+        log.info("closing connection of non-member or blocked peer %s", peer_id.to_base58())
         with trio.move_on_after(DIAL_TIMEOUT):
             try:
                 await self._host.disconnect(peer_id)
@@ -497,6 +548,8 @@ class Libp2pTransport(Transport):
         await self._host.connect(PeerInfo(peer_id, addrs))
 
     async def _open_stream(self, peer: NodeId, protocol: TProtocol) -> INetStream:
+        if not self._is_allowed(peer):
+            raise PeerUnreachable(f"{peer.short} is not an allowed peer")
         if peer not in self.peers() and peer in self._address_book:
             await self._connect(peer)  # e.g. right after add_peer_addresses, before the maintainer ran
         return await self._host.new_stream(libp2p_id(peer), [protocol])
@@ -591,8 +644,8 @@ class Libp2pTransport(Transport):
         return receive
 
     def _validate_gossip(self, forwarder: ID, message: Any) -> bool:
-        """Reject (and do not relay) gossip originated or forwarded by a non-member."""
-        if self._allowed is None:
+        """Reject (and do not relay) gossip originated or forwarded by a non-member or blocked peer."""
+        if self._allowed is None and not self._blocked:
             return True
         origin = node_id_of(ID(message.from_id))
         return self._is_allowed(origin) and (

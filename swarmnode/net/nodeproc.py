@@ -11,7 +11,9 @@ on both sides. Protocol: one JSON object per line.
   per gossip message, and ``{"ev": "reply", "id": n, "ok": bool, ...}`` per command.
 - parent -> child: ``{"id": n, "cmd": ..., ...}``; commands: subscribe,
   publish, put_blob (pseudo-random bytes of a size and seed), get_blob,
-  request, peers, set_allowed, quit. Every command runs concurrently.
+  request, peers, set_allowed, partition (``"peers": [indices]``: fault
+  injection, `Libp2pTransport.partition`), heal, quit. Every command runs
+  concurrently.
 
 `NodeProcess` is the parent side: start it with `spawn_node`, which always
 kills the child (SIGKILL) when the block exits, also on failure.
@@ -130,6 +132,15 @@ class _Child:
                 return {"peers": sorted(self.name(p) for p in t.peers() if p in self.index_of)}
             case "set_allowed":
                 t.set_allowed_peers({self.by_index[i] for i in command["peers"]})
+                return {}
+            case "partition" | "heal":  # fault injection; test children only (nothing else runs this loop)
+                faulty = getattr(t, command["cmd"], None)
+                if faulty is None:
+                    raise ValueError(f"{type(t).__name__} has no fault injection")
+                if command["cmd"] == "partition":
+                    faulty({self.by_index[i] for i in command["peers"]})
+                else:
+                    faulty()
                 return {}
             case other:
                 raise ValueError(f"unknown command {other!r}")
