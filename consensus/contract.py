@@ -28,6 +28,19 @@ change (a) updates the validator set effective two heights later, and (b)
 starts a new key epoch, which completes once every member has published its
 public-share and sealed-shares hashes and confirmed the same collective key.
 
+Key-epoch deadline. An epoch moves through stages (`EpochStage`: commit, reveal,
+confirm); a member that did its part of the current stage and whose local
+``key_epoch`` deadline for it passed submits `EpochTimeout`. Once a majority of
+those waiting members did, the epoch is abandoned and a new one starts over the
+members that did their part; the silent ones get `EPOCH_TIMEOUT` evidence and
+stay members (validators, no keys, no round roles) until they come back: a member
+left out of a complete epoch submits `EpochRejoin` and a new epoch over that
+epoch's members plus itself starts. The threshold t of every epoch is the genesis
+rule applied to the whole membership (leaving dead members out never lowers the
+collusion bar), so an epoch may leave members out only while at least
+``max(min_peers, t)`` remain; with fewer, the votes stand and the swarm waits for
+the missing members (`Contract.epoch_waiting_for` names them).
+
 Rounds (DESIGN section 5). ``READY`` collects `Ready(r)`. The round starts,
 decided by the contract, when the key epoch is complete and either every
 member is Ready or the ready-wait timeout was decided, with at least
@@ -72,7 +85,10 @@ from .transactions import (
     DecryptionShare,
     EpochComplete,
     EpochPublicShare,
+    EpochRejoin,
     EpochSealedShares,
+    EpochStage,
+    EpochTimeout,
     Evict,
     JoinRequest,
     Leave,
@@ -104,6 +120,7 @@ VERIFIER_TIMEOUT: Final = "verifier_timeout"
 DECRYPTOR_TIMEOUT: Final = "decryptor_timeout"
 CONTRIBUTION_TIMEOUT: Final = "contribution_timeout"
 EQUIVOCATION: Final = "equivocation"  # detail: canonical CBOR [vote type, height, round]
+EPOCH_TIMEOUT: Final = "epoch_timeout"  # detail: canonical CBOR [key epoch, stage]
 
 
 def _key(node: NodeId) -> bytes:
@@ -183,10 +200,29 @@ class KeyEpoch:
     records: tuple[EpochMember, ...]  # one per member, same order as `members`
     complete_height: int | None = None
     collective_key_hash: bytes | None = None
+    timeout_votes: tuple[NodeId, ...] = ()  # EpochTimeout voters of the current stage, sorted
 
     @property
     def complete(self) -> bool:
         return self.complete_height is not None
+
+    @property
+    def stage(self) -> EpochStage:
+        """The first stage some member has not done yet (CONFIRM once complete)."""
+        if any(r.public_share_hash is None for r in self.records):
+            return EpochStage.COMMIT
+        if any(r.sealed_shares_hash is None for r in self.records):
+            return EpochStage.REVEAL
+        return EpochStage.CONFIRM
+
+    def lagging(self) -> tuple[NodeId, ...]:
+        """Members that have not done their part of the current stage (in member order)."""
+        field = {
+            EpochStage.COMMIT: "public_share_hash",
+            EpochStage.REVEAL: "sealed_shares_hash",
+            EpochStage.CONFIRM: "collective_key_hash",
+        }[self.stage]
+        return tuple(r.node_id for r in self.records if getattr(r, field) is None)
 
     def record(self, node: NodeId) -> EpochMember | None:
         for record in self.records:
@@ -479,6 +515,24 @@ class Contract:
     def key_epoch(self) -> KeyEpoch:
         return self._state.epoch
 
+    def epoch_timeout_voters(self) -> tuple[NodeId, ...]:
+        """Who may submit `EpochTimeout` for the current key-epoch stage (those waiting)."""
+        return _epoch_timeout_voters(self._state)
+
+    def epoch_quorum(self) -> int:
+        """Members a key epoch that leaves members out must keep: max(min_peers, t)."""
+        return _epoch_quorum(self._state, self._genesis)
+
+    def epoch_waiting_for(self) -> tuple[NodeId, ...]:
+        """The members holding up the current key epoch (empty once it is complete)."""
+        epoch = self._state.epoch
+        return () if epoch.complete else epoch.lagging()
+
+    def epoch_left_out(self) -> tuple[NodeId, ...]:
+        """Members without a place in the current key epoch (they missed a deadline)."""
+        members = set(self._state.epoch.members)
+        return tuple(m for m in self._state.member_ids if m not in members)
+
     @property
     def phase(self) -> Phase:
         return Phase(self._state.round.phase)
@@ -566,7 +620,7 @@ def genesis_state(genesis: Genesis) -> ContractState:
         pending=(),
         evictions=(),
         validator_sets=(ValidatorSet(effective=0, validators=ids),),
-        epoch=_make_epoch(chain_id, genesis, 1, 0, ids),
+        epoch=_make_epoch(chain_id, genesis, 1, 0, ids, len(ids)),
         round=Round(number=1),
         history=(),
         history_root=_HISTORY_ROOT_0,
@@ -587,16 +641,20 @@ def validators_at(state: ContractState, height: int) -> tuple[NodeId, ...]:
 
 
 def _make_epoch(
-    chain_id: bytes, genesis: Genesis, number: int, height: int, ids: tuple[NodeId, ...]
+    chain_id: bytes, genesis: Genesis, number: int, height: int, ids: tuple[NodeId, ...], member_count: int
 ) -> KeyEpoch:
+    """Key epoch `number` over `ids` (sorted), with t from the genesis rule for the whole
+    membership of `member_count` (the caller keeps ``len(ids) >= t``)."""
     seed = hashlib.sha256(
         _EPOCH_SEED_DOMAIN + chain_id + number.to_bytes(8, "big") + b"".join(n.public_key for n in ids)
     ).digest()
+    threshold = genesis.training.threshold.threshold(member_count)
+    assert threshold <= len(ids)
     return KeyEpoch(
         number=number,
         start_height=height,
         members=ids,
-        threshold=genesis.training.threshold.threshold(len(ids)),
+        threshold=threshold,
         seed=seed,
         records=tuple(EpochMember(node_id=n) for n in ids),
     )
@@ -629,6 +687,10 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             return _evict(s, g, h, sender, body)
         case EpochPublicShare() | EpochSealedShares() | EpochComplete():
             return _epoch_tx(s, g, h, sender, body)
+        case EpochTimeout():
+            return _epoch_timeout(s, g, h, sender, body)
+        case EpochRejoin():
+            return _epoch_rejoin(s, g, h, sender, body)
         case Ready():
             return _ready(s, g, h, sender, body)
         case Stop():
@@ -822,7 +884,7 @@ def _membership_changed(s: ContractState, g: Genesis, h: int) -> ContractState:
     ids = s.member_ids
     entry = ValidatorSet(effective=h + VALIDATOR_DELAY, validators=ids)
     sets = tuple(v for v in s.validator_sets if v.effective < entry.effective)
-    epoch = _make_epoch(s.chain_id, g, s.epoch.number + 1, h, ids)
+    epoch = _make_epoch(s.chain_id, g, s.epoch.number + 1, h, ids, len(ids))
     return replace(s, validator_sets=(*sets, entry), epoch=epoch)
 
 
@@ -860,12 +922,85 @@ def _epoch_tx(
                 return "key epoch shares are incomplete"
             updated = replace(record, collective_key_hash=body.collective_key_hash)
     records = tuple(updated if r is record else r for r in epoch.records)
+    stage = epoch.stage
     epoch = replace(epoch, records=records)
+    if epoch.stage != stage:
+        epoch = replace(epoch, timeout_votes=())  # a new stage: a new deadline and new voters
     confirmations = {r.collective_key_hash for r in records}
     if None not in confirmations and len(confirmations) == 1:
         epoch = replace(epoch, complete_height=h, collective_key_hash=records[0].collective_key_hash)
     s = replace(s, epoch=epoch)
     return _try_start(s, g, h) if epoch.complete else s
+
+
+def _epoch_quorum(s: ContractState, g: Genesis) -> int:
+    return max(g.training.min_peers, g.training.threshold.threshold(len(s.members)))
+
+
+def _epoch_timeout_voters(s: ContractState) -> tuple[NodeId, ...]:
+    """The members of the running key epoch that did their part of its current stage."""
+    epoch = s.epoch
+    if epoch.complete:
+        return ()
+    lagging = set(epoch.lagging())
+    return _sorted(m for m in epoch.members if m not in lagging and s.member(m) is not None)
+
+
+def _epoch_timeout(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochTimeout) -> Result:
+    if s.member(sender) is None:
+        return "not a member"
+    epoch = s.epoch
+    if body.epoch != epoch.number:
+        return f"stale key epoch {body.epoch}, the current one is {epoch.number}"
+    if epoch.complete:
+        return f"key epoch {epoch.number} is already complete"
+    if body.stage != epoch.stage:
+        return f"key epoch {epoch.number} is in stage {epoch.stage}, not {body.stage}"
+    voters = _epoch_timeout_voters(s)
+    if sender not in voters:
+        return f"not waiting in stage {epoch.stage} of key epoch {epoch.number}"
+    if sender in epoch.timeout_votes:
+        return "key-epoch timeout already reported"
+    epoch = replace(epoch, timeout_votes=_sorted((*epoch.timeout_votes, sender)))
+    s = replace(s, epoch=epoch)
+    if len(set(epoch.timeout_votes) & set(voters)) < len(voters) // 2 + 1:
+        return s
+    return _on_epoch_timeout(s, g, h)
+
+
+def _on_epoch_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
+    """A majority of the waiting members saw the stage deadline pass: start over without the
+    members that did not do their part, if enough remain; else keep waiting for them."""
+    epoch = s.epoch
+    lagging = epoch.lagging()
+    remaining = tuple(m for m in epoch.members if m not in lagging and s.member(m) is not None)
+    if not lagging:
+        # Everyone confirmed, but not the same collective key (a member dealt or computed
+        # wrongly): nobody is provably silent, so start over with fresh secrets, same members.
+        remaining = tuple(m for m in epoch.members if s.member(m) is not None)
+    if len(remaining) < _epoch_quorum(s, g):
+        return s  # the votes stand; `epoch_waiting_for` names who the swarm waits for
+    detail = cbor.dumps([epoch.number, epoch.stage.value])
+    blame = tuple(
+        Evidence(height=h, round=s.round.number, kind=EPOCH_TIMEOUT, offender=m, detail=detail)
+        for m in lagging
+    )
+    new_epoch = _make_epoch(s.chain_id, g, epoch.number + 1, h, _sorted(remaining), len(s.members))
+    return replace(s, epoch=new_epoch, evidence=(*s.evidence, *blame))
+
+
+def _epoch_rejoin(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochRejoin) -> Result:
+    if s.member(sender) is None:
+        return "not a member"
+    epoch = s.epoch
+    if body.epoch != epoch.number:
+        return f"stale key epoch {body.epoch}, the current one is {epoch.number}"
+    if sender in epoch.members:
+        return f"already a member of key epoch {epoch.number}"
+    if not epoch.complete:
+        return f"key epoch {epoch.number} is still running; rejoin once it is complete"
+    ids = _sorted((*(m for m in epoch.members if s.member(m) is not None), sender))
+    return replace(s, epoch=_make_epoch(s.chain_id, g, epoch.number + 1, h, ids, len(s.members)))
 
 
 # rounds ---------------------------------------------------------------------------------
@@ -905,7 +1040,9 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
     r = s.round
     if r.phase != Phase.READY or s.stopped is not None or not s.epoch.complete:
         return s
-    members = set(s.member_ids)
+    # Only members of the key epoch hold its keys: the others (left out after missing an
+    # epoch deadline) neither take part nor hold the start up.
+    members = set(s.member_ids) & set(s.epoch.members)
     ready = [x.node_id for x in r.ready if x.node_id in members]
     everyone = set(ready) == members
     if not (everyone or r.ready_timed_out) or len(ready) < _needed(s, g):

@@ -8,7 +8,7 @@ a transaction cannot be replayed on another swarm.
 Replays on the same chain are refused by the contract's state, not by a
 growing set of seen ids: every body is bound to the state it acts on (a join
 request to the joiner's last departure height, a leave to the member's join
-height, key-epoch records to an epoch, round records to a round and its
+height, key-epoch records to an epoch and its stage, round records to a round and its
 `step`), so submitting the same transaction again always finds its slot
 already filled or stale and is rejected with a reason.
 
@@ -164,6 +164,41 @@ class EpochComplete:
     def __post_init__(self) -> None:
         _range(self.epoch, 1, 2**62, "epoch")
         _hash(self.collective_key_hash, "collective_key_hash")
+
+
+class EpochStage(StrEnum):
+    """Where the current key epoch is: which record every member still has to commit."""
+
+    COMMIT = "commit"  # `EpochPublicShare`: the hash of each member's public share
+    REVEAL = "reveal"  # `EpochSealedShares`: each member's bundle of public + sealed shares
+    CONFIRM = "confirm"  # `EpochComplete`: each member's hash of the collective public key
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochTimeout:
+    """The signer's deadline for `stage` of key epoch `epoch` passed while it was waiting on
+    other members (it had done its own part of that stage)."""
+
+    epoch: int
+    stage: str
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
+        if self.stage not in {s.value for s in EpochStage}:
+            raise ValueError(f"stage: {self.stage!r} is not a key-epoch stage")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochRejoin:
+    """The signer, a member left out of the complete key epoch `epoch` (it missed a deadline
+    of an earlier one), is back: a new epoch starts over `epoch`'s members and the signer."""
+
+    epoch: int
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
 
 
 # -- training rounds ------------------------------------------------------------------
@@ -343,6 +378,8 @@ TxBody = (
     | EpochPublicShare
     | EpochSealedShares
     | EpochComplete
+    | EpochTimeout
+    | EpochRejoin
     | Ready
     | Contribution
     | Aggregate
@@ -362,6 +399,8 @@ TX_BODIES: Final[tuple[type, ...]] = (
     EpochPublicShare,
     EpochSealedShares,
     EpochComplete,
+    EpochTimeout,
+    EpochRejoin,
     Ready,
     Contribution,
     Aggregate,
@@ -382,6 +421,8 @@ TX_MESSAGES.register("tx.evict", Evict, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.public-share", EpochPublicShare, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.sealed-shares", EpochSealedShares, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.complete", EpochComplete, max_size=_SMALL)
+TX_MESSAGES.register("tx.epoch.timeout", EpochTimeout, max_size=_SMALL)
+TX_MESSAGES.register("tx.epoch.rejoin", EpochRejoin, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.ready", Ready, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.contribution", Contribution, max_size=_SMALL)
 # 256 members x (32-byte key + 2 bytes of CBOR header) plus the rest.

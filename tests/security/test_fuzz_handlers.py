@@ -183,7 +183,9 @@ def random_field(rnd: random.Random, hint: object, people: list[NodeId]) -> obje
     if hint is bool:
         return rnd.random() < 0.5
     if hint is str:
-        return rnd.choice(("", "contribute", "aggregate", "verify", "decrypt", "ready", "site-0", "site-x"))
+        phases = ("contribute", "aggregate", "verify", "decrypt", "ready")
+        stages = ("commit", "reveal", "confirm")  # key-epoch stages (EpochTimeout)
+        return rnd.choice(("", *phases, *stages, "site-0", "site-x"))
     if hint is bytes:
         return rnd.randbytes(32)
     if hint is NodeId:
