@@ -44,7 +44,7 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     workdir = tmp_path_factory.mktemp("chaos") / "net"
     command = [
         sys.executable, str(CHAOS), "--nodes", "4", "--rounds", "2", "--phases", "contribute",
-        "--restart-all-phase", "ready", "--seed", "3", "--workdir", str(workdir),
+        "--restart-all-phase", "ready", "--partitions", "--seed", "3", "--workdir", str(workdir),
         "--timeout", str(RUN_LIMIT - 60),
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
