@@ -76,6 +76,7 @@ class Fault:
     kind: str  # "kill@<phase>", "split@<phase>", "isolate@<phase>" or "restart-all"
     sites: list[str]  # killed, or cut off (isolate: the minority; split: the first half)
     round: int | None = None
+    phase: str | None = None  # the swarm's phase when the fault was injected
     heights_before: dict[str, int] = field(default_factory=dict)  # committed before the fault
     recovery_seconds: float | None = None
     outcome: str = "pending"
@@ -228,7 +229,7 @@ def inject_kill(
     fault.heights_before = {v: swarm.committed_height(v) for v in fault.sites}
     for v in fault.sites:
         swarm.kill(v)
-    log(started, f"{fault.kind}: killed {fault.sites} in round {fault.round}")
+    log(started, f"{fault.kind}: killed {fault.sites} in round {fault.round} ({fault.phase})")
     time.sleep(args.down)
     for v in fault.sites:
         swarm.start(v)
@@ -351,18 +352,19 @@ def run(args: argparse.Namespace) -> int:
                 if fire:
                     pending.pop(0)
                     if family == "kill":
-                        fault = Fault(kind, [v for v in rng.sample(names, f) if codes[v] is None], round_)
+                        victims = [v for v in rng.sample(names, f) if codes[v] is None]
+                        fault = Fault(kind, victims, round_, phase)
                         if fault.sites:
                             inject_kill(swarm, fault, args, deadline, started)
                             faults.append(fault)
                     elif family == "restart-all":
-                        fault = Fault(kind, live, round_)
+                        fault = Fault(kind, live, round_, phase)
                         if fault.sites:
                             inject_kill(swarm, fault, args, deadline, started)
                             faults.append(fault)
                     else:
                         groups = partition_groups(family, names, f, rng)
-                        fault = Fault(kind, groups[0], round_, groups=groups)
+                        fault = Fault(kind, groups[0], round_, phase, groups=groups)
                         inject_partition(swarm, fault, args, deadline, started)
                         faults.append(fault)
             time.sleep(0.3)

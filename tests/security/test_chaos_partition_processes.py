@@ -1,0 +1,98 @@
+"""Network partitions between real node processes, then heal (CI size of `scripts/chaos.py`).
+
+One chaos run: 4 `swarmnode run` processes on 127.0.0.1 (started with
+``SWARMNODE_FAULT_INJECTION=1``) train 3 secure rounds. In round 1's contribute phase
+the swarm is split 2+2 for 15 s: neither half has a BFT quorum, so no site may commit
+a height above what was certified before the cut. Once that heals, in a later
+contribute phase one site is cut off from the other three until they merged a round:
+the majority keeps training, the minority commits nothing, and after the heal it
+catches up. Training must finish with one final model on every site, equal to the
+final model every ledger records, every ledger verified (also through `swarmnode
+ledger verify`), zero lost commits and identical blocks everywhere. Every process is
+killed (process groups) on any exit path by the script; the test bounds the script.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarmnode.cli import main
+
+pytestmark = pytest.mark.timeout(600)
+CHAOS = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
+RUN_LIMIT = 540.0
+
+
+@pytest.fixture(scope="module")
+def partition_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    workdir = tmp_path_factory.mktemp("chaos-partition") / "net"
+    command = [
+        sys.executable, str(CHAOS), "--nodes", "4", "--rounds", "3", "--phases", "--no-restart-all",
+        "--partitions", "split", "isolate", "--partition-phase", "contribute", "--split-seconds", "15",
+        "--isolate-max-seconds", "240", "--seed", "5", "--workdir", str(workdir),
+        "--timeout", str(RUN_LIMIT - 60),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # chaos.py stops every site process group in `finally`
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    print(text)
+    assert proc.returncode == 0, text[-3000:]
+    return workdir, json.loads((workdir / "chaos.json").read_text()), text
+
+
+def test_split_without_quorum_stalls_and_an_isolated_site_catches_up(
+    partition_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, result, text = partition_run
+    assert result["ok"]
+    split, isolate = result["faults"]
+    assert [split["kind"], isolate["kind"]] == ["split@contribute", "isolate@contribute"]
+    assert all(f["outcome"] == "recovered" for f in result["faults"])
+    assert all(f["recovery_seconds"] is not None for f in result["faults"])
+
+    assert sorted(len(g) for g in split["groups"]) == [2, 2]
+    # No half had a quorum: nothing above the height certified before the cut.
+    assert max(split["heights_at_heal"].values()) <= max(split["heights_settled"].values())
+
+    minority, majority = isolate["groups"]
+    assert len(minority) == 1
+    assert len(majority) == 3
+    assert isolate["merged_while_cut"] >= 1
+    assert all(isolate["heights_at_heal"][m] == isolate["heights_settled"][m] for m in minority)
+    assert max(isolate["heights_at_heal"][n] for n in majority) > max(
+        isolate["heights_settled"][n] for n in majority
+    )
+
+    assert result["lost_commits"] == 0
+    assert result["divergent_blocks"] == 0
+    assert result["divergent_models"] == 0
+    finals = set(result["final_hashes"].values())
+    assert len(finals) == 1
+    assert None not in finals
+    assert set(result["ledger_final_hashes"].values()) == finals
+    assert all(result["ledgers_ok"].values())
+    assert "lost commits: 0" in text
+
+
+def test_every_site_ledger_verifies_through_the_cli(
+    partition_run: tuple[Path, dict[str, Any], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir, result, _ = partition_run
+    for site in result["final_hashes"]:
+        assert main(["ledger", "verify", "--config", str(workdir / site / "site.toml")]) == 0
+        assert "all valid" in capsys.readouterr().out
