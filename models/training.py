@@ -30,7 +30,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 
-from .data import Dataset, PreprocessConfig, Preprocessor
+from .data import Dataset, FeatureMoments, PreprocessConfig, Preprocessor
 from .flatten import FloatVector, flatten, unflatten
 from .nets import SpecNet, bind_generator, build_model
 from .spec import ModelSpec
@@ -231,18 +231,20 @@ class LocalTrainer:
         train_rows, val_rows = stratified_holdout(
             data.labels, config.validation_fraction, np.random.default_rng(split_seed)
         )
-        train = data.subset(train_rows)
-        # Preprocessing statistics come from this site's training rows only.
-        self.preprocessor: Final = Preprocessor.fit(train, preprocess)
-        if len(self.preprocessor.feature_names) != spec.n_features:
+        self._train_data = data.subset(train_rows)
+        self._val_data = data.subset(val_rows) if val_rows.size else None
+        # Statistics come from this site's training rows; with standardize = "swarm" the
+        # swarm replaces them by the pooled ones (`standardize_with`) before training.
+        self._preprocessor = Preprocessor.fit(self._train_data, preprocess)
+        if len(self._preprocessor.feature_names) != spec.n_features:
             raise ValueError(
-                f"{data.source}: {len(self.preprocessor.feature_names)} features after preprocessing, "
+                f"{data.source}: {len(self._preprocessor.feature_names)} features after preprocessing, "
                 f"but the spec expects {spec.n_features}"
             )
-        self._x, self._y = self._tensors(train)
+        self._x, self._y = self._tensors(self._train_data)
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
-        if val_rows.size:
-            self._val = self._tensors(data.subset(val_rows))
+        if self._val_data is not None:
+            self._val = self._tensors(self._val_data)
         counts = torch.bincount(self._y, minlength=spec.n_classes).double()
         self._class_weights: torch.Tensor | None = None
         if config.balance_classes:
@@ -251,8 +253,26 @@ class LocalTrainer:
         self._optimizer = _make_optimizer(self.model, config)
 
     def _tensors(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        processed = self.preprocessor.transform(data)
+        processed = self._preprocessor.transform(data)
         return torch.from_numpy(processed.features.copy()), torch.from_numpy(processed.labels.copy())
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The preprocessing applied to training, validation and evaluation data."""
+        return self._preprocessor
+
+    def feature_moments(self) -> FeatureMoments:
+        """Per-feature mean and mean square of this site's training rows after the
+        statistics-free steps (genes, log1p): its share of the swarm's pooled statistics."""
+        return Preprocessor.moments(self._train_data, self._preprocessor.config)
+
+    def standardize_with(self, pooled: FeatureMoments) -> None:
+        """Standardise with ``pooled`` statistics (the swarm's) from now on: training,
+        validation and `evaluate` data alike. Model and optimiser state are kept."""
+        self._preprocessor = self._preprocessor.with_moments(pooled)
+        self._x, self._y = self._tensors(self._train_data)
+        if self._val_data is not None:
+            self._val = self._tensors(self._val_data)
 
     @property
     def num_samples(self) -> int:

@@ -10,10 +10,15 @@ epoch budget:
 * **swarm**: one real `swarmnode` node per site (the production runtime:
   ledger, round protocol, threshold-CKKS secure merge) over an in-memory
   network in virtual time (trio's MockClock, inline compute), each site
-  training `epochs_per_round` epochs between merges for `rounds` rounds,
+  running the spec-built trainer path of ``swarmnode run`` (`SwarmTrainer`):
+  swarm-agreed standardisation first (the first merged rounds carry the
+  sites' per-feature moments through the secure mean; 2 rounds here), then
+  `epochs_per_round` epochs between merges for `rounds` training rounds,
 
 and evaluates every model on the same held-out test set (ROC AUC and balanced
 accuracy; the malignant class is the positive class of breast_cancer).
+Standardisation: a site alone uses its own mean/std, the central model those
+of the pooled rows, the swarm the pooled statistics agreed through the merge.
 
     python scripts/reproduce.py            # 3/8 sites x 5 seeds, 16 sites x 3 seeds (< 30 min)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
@@ -71,10 +76,12 @@ def run_case(
 
     from consensus.genesis import StoppingRule
     from models import LocalTrainer, TrainConfig, load_dataset, mlp, preset_scenario, split_sites
+    from models.data import PreprocessConfig, statistics_rounds
     from models.training import init_parameters
     from swarmnode.net.memory import open_memory_network
     from swarmnode.node import open_swarm_node
-    from swarmnode.simswarm import SwarmPlan, train_with_swarm
+    from swarmnode.simswarm import SwarmPlan
+    from swarmnode.trainer import TRAINING, SwarmTrainer
 
     torch.set_num_threads(1)
     data = load_dataset(dataset, positive_class=POSITIVE.get(dataset))
@@ -85,19 +92,26 @@ def run_case(
     test = split.test_data(data)
     sites = [split.site_data(data, i) for i in range(n_sites)]
     init = init_parameters(spec, seed=seed)
+    stats_rounds = statistics_rounds(data.n_features, init.size)
 
-    def trainer(part: Any, torch_seed: int) -> Any:
+    def trainer(part: Any, torch_seed: int, standardize: str) -> Any:
         return LocalTrainer(
-            spec, part, config, generator=torch.Generator().manual_seed(torch_seed), initial_parameters=init
+            spec,
+            part,
+            config,
+            generator=torch.Generator().manual_seed(torch_seed),
+            initial_parameters=init,
+            preprocess=PreprocessConfig(standardize=standardize),  # type: ignore[arg-type]
         )
 
     started = time.perf_counter()
     local = []
     for i, part in enumerate(sites):
-        t = trainer(part, 1000 * seed + i)
+        t = trainer(part, 1000 * seed + i, "local")
         t.train_epochs(epochs)
         local.append(_metrics(t.evaluate(test)))
-    central_trainer = trainer(split.union_data(data), 1000 * seed + 999)
+    # One model on the union: standardised with the statistics of the pooled rows.
+    central_trainer = trainer(split.union_data(data), 1000 * seed + 999, "local")
     central_trainer.train_epochs(epochs)
     central = _metrics(central_trainer.evaluate(test))
     baseline_seconds = time.perf_counter() - started
@@ -108,12 +122,15 @@ def run_case(
     # Ledger files on tmpfs: simulation speed, not disk fsync speed (the protocol is the same).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="reproduce-", dir=shm) as tmp:
-        plan = SwarmPlan.create(Path(tmp), spec, founders=n_sites, max_rounds=rounds, train=config)
-        if plan.genesis.training.stopping != StoppingRule(max_rounds=rounds):
+        # The ledger's max_rounds counts the statistics rounds too: `rounds` training rounds follow.
+        max_rounds = rounds + stats_rounds
+        plan = SwarmPlan.create(Path(tmp), spec, founders=n_sites, max_rounds=max_rounds, train=config)
+        if plan.genesis.training.stopping != StoppingRule(max_rounds=max_rounds):
             raise RuntimeError("unexpected stopping rule in the simulated genesis")
 
         async def site(i: int, network: Any) -> None:
-            t = trainer(sites[i], 1000 * seed + i)
+            t = trainer(sites[i], 1000 * seed + i, "swarm")
+            swarm_trainer = SwarmTrainer.from_local_trainer(t, plan.genesis, sync_every=epochs_per_round)
             async with open_swarm_node(
                 plan.configs[i],
                 transport=network.transport(plan.ids[i]),
@@ -121,9 +138,10 @@ def run_case(
                 genesis=plan.genesis,
                 inline_compute=True,
             ) as node:
-                outcome = await train_with_swarm(node, t, epochs_per_round=epochs_per_round, start=init)
-            swarm[i] = {**_metrics(t.evaluate(test)), "rounds": len(outcome.rounds)}
-            hashes[i] = None if outcome.final_hash is None else outcome.final_hash.hex()
+                summary = await swarm_trainer.arun(node, inline_compute=True)
+            trained = sum(r.kind == TRAINING for r in summary.rounds)
+            swarm[i] = {**_metrics(t.evaluate(test)), "rounds": trained}
+            hashes[i] = None if summary.final_hash is None else summary.final_hash.hex()
 
         async def main() -> None:
             async with open_memory_network(seed=seed) as network, trio.open_nursery() as nursery:
@@ -151,6 +169,7 @@ def run_case(
         "central": central,
         "swarm_same_final_model": len(set(hashes.values())) == 1 and None not in hashes.values(),
         "swarm_rounds": min(s["rounds"] for s in swarm.values()),
+        "swarm_statistics_rounds": stats_rounds,
         "seconds": {"baselines": round(baseline_seconds, 2), "swarm": round(swarm_seconds, 2)},
     }
 
@@ -290,6 +309,18 @@ def plot(rows: Sequence[JsonDict], runs: Sequence[JsonDict], path: Path, title: 
 # ------------------------------------------------------------------------------- main
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3/8 sites, 2 seeds, 5 rounds: a few minutes")
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f"epochs, {args.jobs} jobs; not applicable: {len(not_applicable)}",
         flush=True,
     )
+    load_before = os.getloadavg()
     started = time.perf_counter()
     runs: list[JsonDict] = []
     failed: list[JsonDict] = []
@@ -367,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     elapsed = time.perf_counter() - started
+    load_after = os.getloadavg()
     runs.sort(key=lambda r: (r["dataset"], r["n_sites"], SCENARIOS.index(r["scenario"]), r["seed"]))
     rows = summarise(runs, args.metric)
     table = markdown_table(rows)
@@ -392,13 +425,24 @@ def main(argv: list[str] | None = None) -> int:
             "model": "mlp hidden (64, 32), dropout 0.2, adam lr 1e-3, batch 32",
             "metric": args.metric,
             "swarm": "real swarmnode nodes, secure merge (threshold CKKS), MemoryTransport, virtual time",
+            "standardization": {
+                "local": "each site alone: its own training rows' mean/std",
+                "central": "mean/std of the pooled rows",
+                "swarm": "swarm-agreed: pooled mean/std merged securely before training "
+                "(statistics rounds on the ledger, not counted in `rounds`)",
+            },
+            "jobs": args.jobs,
         },
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            # The machine is shared: 1/5/15-minute load averages when the run started and ended.
+            "load_average_start": [round(x, 2) for x in load_before],
+            "load_average_end": [round(x, 2) for x in load_after],
+            "git_commit": _git_commit(),
         },
-        "elapsed_seconds": round(elapsed, 1),
+        "elapsed_s": round(elapsed, 1),
         "summary": rows,
         "misses": misses,
         "failed_cases": failed,

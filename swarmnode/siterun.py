@@ -87,9 +87,17 @@ class SiteMonitor:
 
     def timings(self) -> dict[str, Any]:
         with self._lock:
+            # Statistics rounds (swarm standardisation) train nothing: train_s is None for them.
+            training = [rec["round"] for rec in self.records if rec.get("kind", "training") == "training"]
+            index = {r: i for i, r in enumerate(training, start=1)}
             rounds = [
-                {"round": r, "train_s": self.train_seconds.get(i), "merge_s": self.merge_seconds.get(r)}
-                for i, r in enumerate((rec["round"] for rec in self.records), start=1)
+                {
+                    "round": rec["round"],
+                    "kind": rec.get("kind", "training"),
+                    "train_s": self.train_seconds.get(index[rec["round"]]) if rec["round"] in index else None,
+                    "merge_s": self.merge_seconds.get(rec["round"]),
+                }
+                for rec in self.records
             ]
             return {"rounds": rounds, "phases": list(self.phases)}
 
@@ -126,6 +134,14 @@ class _TimedLearner:
 
     def test(self) -> Any:
         return self._inner.test()
+
+    def swarm_moments(self) -> Any:
+        # Swarm standardisation is optional for a learner (see SwarmTrainer): pass it through.
+        moments_of = getattr(self._inner, "swarm_moments", None)
+        return moments_of() if callable(moments_of) else None
+
+    def use_pooled_moments(self, pooled: Any) -> None:
+        self._inner.use_pooled_moments(pooled)  # type: ignore[attr-defined]
 
 
 def _write_json(path: Path, value: object) -> None:

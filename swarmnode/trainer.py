@@ -17,6 +17,21 @@ loop every site runs::
 - The merge method is the genesis's; asking for another one, or for a robust
   plaintext merge in a ``secure = true`` swarm, is a `SwarmSetupError` saying why.
 - Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_merged``, ``on_stop``).
+- Swarm-agreed standardisation (``[data.preprocess] standardize = "swarm"``, the
+  default for a `models.LocalTrainer`): before any training, the first
+  ``k = statistics_rounds(n_features, n_params)`` merged rounds of the ledger
+  carry each site's per-feature mean and mean square (after genes / log1p) through
+  the normal secure weighted mean (weight = the site's rows x weightage), packed
+  into model-sized vectors (`models.data.PooledMoments`: first a per-feature
+  power-of-two scale, then the scaled moments); every site then standardises
+  with the pooled mean and std. Nobody sees another site's statistics, only
+  the pooled ones. These rounds report no validation metric
+  (so patience ignores them) but do count towards genesis ``max_rounds``: a
+  swarm with ``max_rounds = R`` trains ``R - k`` merged rounds
+  (`training_rounds`). Their `RoundRecord` has ``kind = "statistics"``.
+  `SwarmTrainer.from_torch` leaves normalisation to the user (use
+  `models.data.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
+  the same by hand).
 
 `SwarmTrainer` itself does no I/O: `next_sync()` trains and returns what to
 offer, `merged(result)` takes the round's merge, `finish(...)` ends. Two small
@@ -41,7 +56,7 @@ import trio
 from torch import nn
 
 from consensus.genesis import SECURE_MERGE_METHODS, Genesis
-from models.data import Dataset, load_dataset
+from models.data import Dataset, FeatureMoments, PooledMoments, load_dataset, statistics_rounds
 from models.flatten import FloatVector, flatten, layout_of, unflatten
 from models.training import LocalTrainer, Metrics, classification_metrics, init_parameters
 
@@ -73,12 +88,15 @@ __all__ = [
     "initial_parameters",
     "run_site",
     "train_with_swarm",
+    "training_rounds",
 ]
 
 T = TypeVar("T")
 METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
 LARGER_IS_BETTER: Final = frozenset({"accuracy", "balanced_accuracy", "f1", "roc_auc"})
 METRICS_FILE: Final = "metrics.json"
+TRAINING: Final = "training"
+STATISTICS: Final = "statistics"  # a merge of the swarm's standardisation statistics
 
 
 class SwarmSetupError(SwarmError):
@@ -91,11 +109,17 @@ class SwarmSetupError(SwarmError):
 @final
 @dataclass(frozen=True, eq=False, kw_only=True)
 class SyncPoint:
-    """What this site offers at a sync point."""
+    """What this site offers at a sync point.
+
+    kind: ``"training"`` (model parameters) or ``"statistics"`` (the `index`-th vector of
+    this site's packed feature moments; merged as the ledger's merged round index + 1).
+    """
 
     parameters: FloatVector
     num_samples: int
     val_metric: float | None
+    kind: str = TRAINING
+    index: int = 0
 
 
 @final
@@ -105,6 +129,8 @@ class RoundRecord:
 
     local:  validation metrics of the locally trained model (what was reported).
     merged: validation metrics of the merged model on the same local data.
+    kind:   ``"training"``, or ``"statistics"`` for a standardisation-statistics merge
+            (no training, no metrics; see the module docstring).
     """
 
     round: int
@@ -117,10 +143,12 @@ class RoundRecord:
     participants: int
     weight: int
     params_hash: str
+    kind: str = TRAINING
 
     def to_dict(self) -> dict[str, object]:
         return {
             "round": self.round,
+            "kind": self.kind,
             "local_epochs": self.local_epochs,
             "num_samples": self.num_samples,
             "train_loss": _json_float(self.train_loss),
@@ -226,6 +254,15 @@ class _SpecLearner:
 
     def test(self) -> Metrics | None:
         return None if self.test_data is None else self.trainer.evaluate(self.test_data)
+
+    def swarm_moments(self) -> FeatureMoments | None:
+        """This site's share of the swarm's statistics, or None unless standardize = "swarm"."""
+        if self.trainer.preprocessor.config.mode != "swarm":
+            return None
+        return self.trainer.feature_moments()
+
+    def use_pooled_moments(self, pooled: FeatureMoments) -> None:
+        self.trainer.standardize_with(pooled)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -351,6 +388,13 @@ def default_metric(genesis: Genesis) -> str:
     return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
 
 
+def training_rounds(genesis: Genesis, n_features: int, n_params: int, *, swarm_standardize: bool) -> int:
+    """Merged training rounds a swarm runs: genesis ``max_rounds`` minus the statistics
+    rounds of swarm standardisation (which count as merged rounds on the ledger)."""
+    k = statistics_rounds(n_features, n_params) if swarm_standardize else 0
+    return genesis.training.stopping.max_rounds - k
+
+
 @final
 class SwarmTrainer:
     """Local training between swarm merges (see the module docstring)."""
@@ -386,6 +430,33 @@ class SwarmTrainer:
         self._trained = 0
         self._pending: tuple[float, Metrics | None, float | None] | None = None
         self._last: MergeResult | None = None
+        # Swarm standardisation: the agreement on pooled moments and its merges' hashes.
+        self._agreement: PooledMoments | None = None
+        self._statistics_hashes: set[bytes] = set()
+        self._pending_statistics: int | None = None
+        moments_of = getattr(learner, "swarm_moments", None)
+        moments = moments_of() if callable(moments_of) else None
+        if isinstance(moments, FeatureMoments):
+            n_params = int(learner.parameters().size)
+            self._agreement = PooledMoments(moments, n_params, source=genesis.name)
+            max_rounds = genesis.training.stopping.max_rounds
+            if max_rounds <= self._agreement.rounds:
+                raise SwarmSetupError(
+                    f"swarm {genesis.name!r} stops after max_rounds = {max_rounds} merged rounds, but "
+                    f"swarm standardisation of {moments.n_features} features takes the first "
+                    f"{self._agreement.rounds} merged round(s) (model size {n_params}): no training "
+                    'would happen. Raise max_rounds in the genesis or set standardize = "local".'
+                )
+
+    @property
+    def statistics_rounds(self) -> int:
+        """Merged rounds this site spends on swarm standardisation (0 if not "swarm")."""
+        return 0 if self._agreement is None else self._agreement.rounds
+
+    @property
+    def standardizing(self) -> bool:
+        """True until the swarm's pooled statistics are in use (if swarm standardisation is on)."""
+        return self._agreement is not None and not self._agreement.done
 
     @classmethod
     def from_local_trainer(
@@ -415,7 +486,18 @@ class SwarmTrainer:
     # -- the steps (no I/O) ----------------------------------------------------------------
 
     def next_sync(self) -> SyncPoint:
-        """Train up to the next sync point and return what to offer to the merge."""
+        """Train up to the next sync point and return what to offer to the merge (first,
+        with swarm standardisation, the packed statistics: no training before them)."""
+        if self._agreement is not None and not self._agreement.done:
+            index = self._agreement.index
+            self._pending_statistics = index
+            return SyncPoint(
+                parameters=self._agreement.next_vector(),
+                num_samples=self.learner.num_samples,
+                val_metric=None,
+                kind=STATISTICS,
+                index=index,
+            )
         for callback in self.callbacks:
             callback.on_round_start(len(self.rounds) + 1, self)
         loss = self.learner.train(self.sync_every, self.sync_unit)
@@ -429,7 +511,10 @@ class SwarmTrainer:
         )
 
     def merged(self, result: MergeResult) -> RoundRecord:
-        """Load the round's merged parameters and record the round."""
+        """Load the round's merged parameters (or, for a statistics merge, keep the pooled
+        statistics and start using them once all are in) and record the round."""
+        if self._pending_statistics is not None:
+            return self._merged_statistics(result, self._pending_statistics)
         if self._pending is None:
             raise RuntimeError("merged() without a preceding next_sync()")
         loss, local, val_metric = self._pending
@@ -453,6 +538,49 @@ class SwarmTrainer:
             callback.on_merged(result, record)
         return record
 
+    def _merged_statistics(self, result: MergeResult, index: int) -> RoundRecord:
+        self._pending_statistics = None
+        assert self._agreement is not None
+        assert self._agreement.index == index
+        self._agreement.merged(result.parameters)
+        self._statistics_hashes.add(result.params_hash)
+        if self._agreement.done:
+            self.learner.use_pooled_moments(self._agreement.result())  # type: ignore[attr-defined]
+        record = RoundRecord(
+            round=result.round,
+            local_epochs=self._trained,
+            num_samples=self.learner.num_samples,
+            train_loss=math.nan,
+            val_metric=None,
+            local=None,
+            merged=None,
+            participants=len(result.participants),
+            weight=result.weight,
+            params_hash=result.params_hash.hex(),
+            kind=STATISTICS,
+        )
+        self.rounds.append(record)
+        for callback in self.callbacks:
+            callback.on_merged(result, record)
+        return record
+
+    def check_ledger(self, offer: SyncPoint, merged_rounds: int) -> None:
+        """Refuse to offer statistics unless the ledger is exactly where they belong
+        (``merged_rounds`` = merged rounds so far): a site that joined late, or whose
+        standardize setting differs from the others', would otherwise mix statistics and
+        model parameters in one merge."""
+        if offer.kind == STATISTICS and merged_rounds != offer.index:
+            raise SwarmSetupError(
+                f"swarm standardisation needs this site's statistics in merged round {offer.index + 1}, "
+                f"but the ledger already has {merged_rounds} merged round(s): this site joined after the "
+                'statistics rounds (set standardize = "local" or "none" for it, or start it with the swarm)'
+            )
+        if offer.kind == TRAINING and merged_rounds < self.statistics_rounds:
+            raise SwarmSetupError(
+                f"the ledger has {merged_rounds} merged round(s), fewer than this site's "
+                f"{self.statistics_rounds} statistics rounds"
+            )
+
     def finish(self, reason: str, final: MergeResult | None = None) -> TrainingSummary:
         """End training: load the swarm's final model (if any), test, call on_stop."""
         final = (
@@ -460,6 +588,9 @@ class SwarmTrainer:
             if final is not None
             else (self._last if self._last is not None and self._last.stopped else None)
         )
+        if final is not None and final.params_hash in self._statistics_hashes:
+            final = None  # stopped during the statistics rounds: there is no merged model
+        self._pending_statistics = None
         if final is not None:
             self.learner.load(final.parameters)
         summary = TrainingSummary(
@@ -502,6 +633,8 @@ class SwarmTrainer:
 
         while True:
             offer = await compute(self.next_sync)
+            if node.contract.stopped is None:
+                self.check_ledger(offer, node.contract.state.merged_rounds)
             try:
                 result = await node.merge(
                     offer.parameters, offer.num_samples, val_metric=offer.val_metric, timeout=timeout

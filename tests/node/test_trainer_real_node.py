@@ -1,5 +1,7 @@
 """run_site with real nodes: three breast-cancer sites (uneven classes) on a MemoryNetwork,
-secure mean merges, in trio virtual time (inline compute)."""
+secure mean merges, in trio virtual time (inline compute). The sites standardise with
+the swarm's pooled statistics (the default): merged rounds 1-2 carry them (30 features,
+a 62-parameter model: one scale vector, one moments vector), rounds 3-5 train."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeCon
 async def test_three_sites_train_to_the_same_final_model(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    configs = site_configs(tmp_path, 3, max_rounds=3)
+    configs = site_configs(tmp_path, 3, max_rounds=5)
     reports: dict[int, SiteReport] = {}
     seen: list[RoundRecord] = []
     async with open_memory_network(seed=3) as network, trio.open_nursery() as nursery:
@@ -92,7 +94,8 @@ async def test_three_sites_train_to_the_same_final_model(
     assert final_hash is not None
     for report in reports.values():
         summary = report.summary
-        assert [r.round for r in summary.rounds] == [1, 2, 3]
+        assert [r.round for r in summary.rounds] == [1, 2, 3, 4, 5]
+        assert [r.kind for r in summary.rounds] == ["statistics"] * 2 + ["training"] * 3
         assert params_hash(summary.parameters) == final_hash  # every site holds the final model
         assert all(r.participants == 3 for r in summary.rounds)
         assert summary.test is not None
@@ -101,13 +104,15 @@ async def test_three_sites_train_to_the_same_final_model(
         np.testing.assert_array_equal(saved, summary.parameters)
         written = json.loads(report.metrics_path.read_text())
         assert written["final_hash"] == final_hash.hex()
-        assert [r["round"] for r in written["rounds"]] == [1, 2, 3]
+        assert [r["round"] for r in written["rounds"]] == [1, 2, 3, 4, 5]
+        assert [r["kind"] for r in written["rounds"]] == ["statistics"] * 2 + ["training"] * 3
         assert written["test"]["roc_auc"] == summary.test.roc_auc
-        assert all(r["merged"]["n_samples"] > 0 for r in written["rounds"])
-    assert len(seen) == 9  # progress: every site, every round
+        assert all(r["merged"] is None and r["val_metric"] is None for r in written["rounds"][:2])
+        assert all(r["merged"]["n_samples"] > 0 for r in written["rounds"][2:])
+    assert len(seen) == 15  # progress: every site, every round
     # the merge is weighted by local sample counts: the merged model is the same on all sites,
     # their reported local validation metrics differ
-    assert len({r.params_hash for r in seen}) == 3
+    assert len({r.params_hash for r in seen}) == 5
 
 
 async def test_a_site_with_another_model_is_refused_before_starting(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
-from models.data import load_dataset
+from models.data import PreprocessConfig, load_dataset
 from models.spec import ModelSpec, logistic_regression, mlp
 from models.training import LocalTrainer, TrainConfig
 from swarmnode.config import DataSection, NodeConfig, NodeSection
@@ -62,7 +62,11 @@ def cancer_trainer_parts() -> tuple[LocalTrainer, object]:
     rows = np.random.default_rng(0).permutation(data.n_samples)
     site, test = data.subset(np.sort(rows[:200])), data.subset(np.sort(rows[400:]))
     trainer = LocalTrainer(
-        SPEC, site, TrainConfig(batch_size=32, lr=0.01), generator=torch.Generator().manual_seed(0)
+        SPEC,
+        site,
+        TrainConfig(batch_size=32, lr=0.01),
+        generator=torch.Generator().manual_seed(0),
+        preprocess=PreprocessConfig(standardize="local"),  # swarm standardisation: test_trainer_standardize
     )
     return trainer, test
 
