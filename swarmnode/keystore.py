@@ -9,6 +9,9 @@ restart every secret or blob it has announced on the ledger.
 Layout under ``storage_dir``::
 
     keys/epoch-<n>.keys      EpochKeys.export_secret() of key epoch n (secret)
+    keys/epoch-<n>.dealing   KeyEpoch.export_secret() of the unfinished key epoch n (secret:
+                             our own Shamir share); written before our commitment is
+                             submitted, deleted once epoch n's keys are saved
     keys/epoch-<n>.bundle    our revealed public share + sealed Shamir shares of epoch n
     models/<sha256 hex>.f32  merged parameters (little-endian float32), by hash
     blobs/<sha256 hex>       blobs of the open round (contributions, aggregates, decryption
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Final, final
 
 _MODE: Final = 0o600
+_EPOCH_KINDS: Final = ("keys", "dealing", "bundle")
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -40,7 +44,11 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
@@ -67,10 +75,22 @@ class NodeFiles:
         return self.keys / f"epoch-{epoch}.{kind}"
 
     def save_epoch(self, epoch: int, kind: str, data: bytes) -> None:
-        """kind: "keys" (secret) or "bundle" (our announced reveal, served to peers)."""
-        if kind not in ("keys", "bundle"):
+        """kind: "keys" (secret), "dealing" (secret: our part of an unfinished epoch) or
+        "bundle" (our announced reveal, served to peers)."""
+        if kind not in _EPOCH_KINDS:
             raise ValueError(f"unknown key-epoch file kind {kind!r}")
         write_private(self._epoch_file(epoch, kind), data)
+
+    def delete_epoch(self, epoch: int, kind: str) -> None:
+        """Remove one key-epoch file (durably: the directory is fsynced); absent is fine."""
+        if kind not in _EPOCH_KINDS:
+            raise ValueError(f"unknown key-epoch file kind {kind!r}")
+        path = self._epoch_file(epoch, kind)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_directory(path.parent)
 
     def load_epoch(self, epoch: int, kind: str) -> bytes | None:
         try:
@@ -79,11 +99,15 @@ class NodeFiles:
             return None
 
     def epochs_with_keys(self) -> list[int]:
+        return self.epochs_with("keys")
+
+    def epochs_with(self, kind: str) -> list[int]:
+        """Numbers of the key epochs that have a file of `kind`, ascending."""
         if not self.keys.is_dir():
             return []
         numbers = []
-        for path in self.keys.glob("epoch-*.keys"):
-            stem = path.name[len("epoch-") : -len(".keys")]
+        for path in self.keys.glob(f"epoch-*.{kind}"):
+            stem = path.name[len("epoch-") : -len(f".{kind}")]
             if stem.isdigit():
                 numbers.append(int(stem))
         return sorted(numbers)
