@@ -1,0 +1,190 @@
+"""SwarmTrainer's swarm-agreed standardisation without a network (a real swarm runs it in
+test_trainer_real_node.py and test_swarm_sim.py), and the site.toml switch for it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
+from models.data import FeatureMoments, PreprocessConfig, load_dataset, statistics_rounds
+from models.spec import ModelSpec, mlp
+from models.training import LocalTrainer, TrainConfig
+from swarmnode.config import ConfigError, NodeConfig
+from swarmnode.node import MergeResult
+from swarmnode.testing import make_identity
+from swarmnode.trainer import STATISTICS, TRAINING, SwarmSetupError, SwarmTrainer
+
+pytestmark = pytest.mark.timeout(120)
+
+# 30 features, 35 parameters: the 60 scaled moments need two vectors, the 30 scales one.
+SPEC = mlp(30, 2, hidden=(1,))
+
+
+def genesis_for(spec: ModelSpec, max_rounds: int) -> Genesis:
+    return Genesis(
+        name="std-swarm",
+        members=(FoundingMember(name="a", node_id=make_identity(0).node_id),),
+        training=TrainingParams(
+            model_spec_hash=spec.spec_hash(), stopping=StoppingRule(max_rounds=max_rounds)
+        ),
+    )
+
+
+def result(round_: int, parameters: np.ndarray, weight: int) -> MergeResult:
+    return MergeResult(
+        round=round_,
+        parameters=parameters,
+        params_hash=hashlib.sha256(parameters.tobytes()).digest(),
+        participants=(make_identity(0).node_id, make_identity(1).node_id),
+        weight=weight,
+        stopped=False,
+    )
+
+
+def two_sites(standardize: str = "swarm") -> list[LocalTrainer]:
+    torch.set_num_threads(1)
+    data = load_dataset("breast_cancer")
+    rows = np.random.default_rng(0).permutation(data.n_samples)
+    parts = [data.subset(np.sort(rows[:60])), data.subset(np.sort(rows[60:400]))]  # uneven sizes
+    return [
+        LocalTrainer(
+            SPEC,
+            part,
+            TrainConfig(lr=0.01),
+            generator=torch.Generator().manual_seed(i),
+            preprocess=PreprocessConfig(standardize=standardize),  # type: ignore[arg-type]
+        )
+        for i, part in enumerate(parts)
+    ]
+
+
+def test_statistics_rounds_come_first_and_give_every_site_the_pooled_statistics() -> None:
+    sites = two_sites()
+    k = statistics_rounds(30, 35)
+    assert k == 3
+    genesis = genesis_for(SPEC, max_rounds=k + 2)
+    trainers = [SwarmTrainer.from_local_trainer(s, genesis) for s in sites]
+    own_scale = sites[0].preprocessor.scale.copy()
+    start = [s.parameters() for s in sites]
+    expected = FeatureMoments.pool([s.feature_moments() for s in sites])  # training rows of both sites
+    for r in range(1, k + 1):
+        assert all(t.standardizing for t in trainers)
+        offers = [t.next_sync() for t in trainers]
+        for t, offer in zip(trainers, offers, strict=True):
+            assert (offer.kind, offer.index, offer.val_metric) == (STATISTICS, r - 1, None)
+            assert offer.parameters.shape == (35,)
+            t.check_ledger(offer, merged_rounds=r - 1)  # where the ledger must be
+        weights = [o.num_samples for o in offers]
+        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
+        merged = (weighted / sum(weights)).astype(np.float32)
+        records = [t.merged(result(r, merged, sum(weights))) for t in trainers]
+        assert all(rec.kind == STATISTICS and rec.merged is None for rec in records)
+    assert not any(t.standardizing for t in trainers)
+    for s, before in zip(sites, start, strict=True):
+        np.testing.assert_array_equal(s.parameters(), before)  # statistics never touch the model
+    mean, scale = expected.standardization()
+    for s in sites:
+        np.testing.assert_allclose(s.preprocessor.mean, mean, rtol=1e-5)
+        np.testing.assert_allclose(s.preprocessor.scale, scale, rtol=1e-4)
+    assert not np.allclose(own_scale, scale, rtol=1e-2)  # the pooled statistics differ from site 0's own
+
+    offer = trainers[0].next_sync()  # now training, with a validation metric again
+    assert offer.kind == TRAINING
+    assert offer.val_metric is not None
+    trainers[0].check_ledger(offer, merged_rounds=k)
+    record = trainers[0].merged(result(k + 1, offer.parameters, 100))
+    assert record.to_dict()["kind"] == TRAINING
+    assert [r.kind for r in trainers[0].rounds] == [STATISTICS] * k + [TRAINING]
+
+
+def test_a_site_out_of_step_with_the_ledger_does_not_offer_statistics() -> None:
+    site = two_sites()[0]
+    trainer = SwarmTrainer.from_local_trainer(site, genesis_for(SPEC, max_rounds=10))
+    offer = trainer.next_sync()
+    with pytest.raises(SwarmSetupError, match=r"merged round 1, but the ledger already has 4 merged round"):
+        trainer.check_ledger(offer, merged_rounds=4)  # it joined after the statistics rounds
+
+
+def test_max_rounds_must_leave_training_rounds() -> None:
+    site = two_sites()[0]
+    with pytest.raises(SwarmSetupError, match=r"max_rounds = 3 .* first 3 merged round\(s\)"):
+        SwarmTrainer.from_local_trainer(site, genesis_for(SPEC, max_rounds=3))
+    local = two_sites("local")[0]
+    assert SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, max_rounds=3)).statistics_rounds == 0
+
+
+def test_stopping_during_the_statistics_rounds_keeps_the_model() -> None:
+    site = two_sites()[0]
+    before = site.parameters()
+    trainer = SwarmTrainer.from_local_trainer(site, genesis_for(SPEC, max_rounds=10))
+    offer = trainer.next_sync()
+    merged = trainer.merged(result(1, offer.parameters, 60))
+    assert merged.kind == STATISTICS
+    stats = result(1, offer.parameters, 60)
+    summary = trainer.finish("stopped by vote", stats)
+    assert summary.final_hash is None  # the last merge was statistics, not a model
+    np.testing.assert_array_equal(summary.parameters, before)
+
+
+def test_the_torch_helper_leaves_normalisation_to_the_user() -> None:
+    model = nn.Linear(30, 2)
+    spec_free = TensorDataset(torch.zeros(8, 30), torch.zeros(8, dtype=torch.int64))
+    trainer = SwarmTrainer.from_torch(
+        model,
+        DataLoader(spec_free, batch_size=4),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        genesis_for(SPEC, max_rounds=2),
+    )
+    assert trainer.statistics_rounds == 0
+    assert trainer.next_sync().kind == TRAINING
+
+
+SITE = """
+[node]
+name = "a"
+
+[data]
+source = "breast_cancer"
+
+[data.preprocess]
+{line}
+
+[model]
+kind = "mlp"
+n_features = 30
+n_classes = 2
+hidden = [1]
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "mode"),
+    [("", "swarm"), ('standardize = "swarm"', "swarm"), ('standardize = "local"', "local"),
+     ('standardize = "none"', "none"), ("standardize = true", "local"), ("standardize = false", "none")],
+)
+def test_site_toml_standardize_switch(tmp_path: Path, line: str, mode: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE.format(line=line))
+    assert NodeConfig.load(path).data.preprocess.mode == mode
+
+
+@pytest.mark.parametrize("value", ['"global"', "1", '"Swarm"'])
+def test_site_toml_standardize_errors_name_file_key_and_value(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE.format(line=f"standardize = {value}"))
+    with pytest.raises(ConfigError) as error:
+        NodeConfig.load(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "data.preprocess.standardize" in message
+    assert value.strip('"') in message
+    assert "'swarm', 'local', 'none'" in message
+    with pytest.raises(ConfigError, match=r"data.preprocess.standardize = 'loc'"):
+        NodeConfig.load(path, overrides=["data.preprocess.standardize=loc"])
