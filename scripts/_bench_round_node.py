@@ -21,25 +21,25 @@ Measurements (all inside this process):
 * bytes sent: the kernel's ``tcpi_bytes_sent`` of this process's TCP
   sockets (``ss -tinp``), summed before and after the window.
 
-``--mode plain`` is the same protocol (ledger, phases, blob transfers, the
-decryption phase with token shares) with plaintext float32 payloads: the
-runtime refuses ``secure = false`` geneses (`swarmnode/node.py`, "plaintext
-merges ... are not supported by this runtime yet"), so this benchmark swaps the
-four crypto functions `swarmnode.node` imported for plaintext ones. It is a
-measurement baseline only, never a way to run a swarm.
+``--mode plain`` runs the runtime's own plaintext mode: the same genesis with
+``training.secure = false`` (merge ``mean``), so the same protocol (ledger,
+phases, replicated blobs, the decrypt phase with signed confirmations instead
+of decryption shares) carries raw float32 updates (`Node._plaintext_merge`).
+Its "encrypt" phase is encoding the update, "aggregate" the plaintext merge,
+"combine" decoding the merged model.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,13 +47,22 @@ REPO: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
 
+# Names `swarmnode.node` calls per phase (module functions, or methods "<class>.<name>").
 PHASES: Final = {
-    "encrypt_update": "encrypt",
-    "aggregate_contributions": "aggregate",
-    "decryption_share": "decryption_share",
-    "combine": "combine",
+    "secure": {
+        "encrypt_update": "encrypt",
+        "aggregate_contributions": "aggregate",  # only a faulty leader's
+        "AggregateBuilder.add": "aggregate",  # the sum, added as the blobs arrive
+        "AggregateBuilder.result": "aggregate",
+        "decryption_share": "decryption_share",
+        "combine": "combine",
+    },
+    "plain": {
+        "encode_plaintext_update": "encrypt",
+        "Node._plaintext_merge": "aggregate",
+        "decode_plaintext_model": "combine",
+    },
 }
 _BYTES_SENT: Final = re.compile(r"bytes_sent:(\d+)")
 
@@ -78,50 +87,6 @@ def tcp_bytes_sent(pid: int) -> int:
             if match:
                 total += int(match.group(1))
     return total
-
-
-# -- plaintext stand-ins with the crypto facade's signatures --------------------------------
-
-_HEADER: Final = 8  # float64 normalised weight (sum), then float32 values
-
-
-def plain_encrypt_update(
-    keys: object, parameters: npt.ArrayLike, weight: float, total_weight: float
-) -> bytes:
-    share = weight / total_weight
-    vector = np.asarray(parameters, dtype=np.float64) * share
-    return np.float64(share).tobytes() + vector.astype("<f4").tobytes()
-
-
-def plain_aggregate(contributions: Sequence[bytes], *, length: int, params: object = None) -> bytes:
-    weight = 0.0
-    total = np.zeros(length, dtype=np.float64)
-    for blob in contributions:
-        if len(blob) != _HEADER + 4 * length:
-            raise ValueError("plaintext contribution of the wrong size")
-        weight += float(np.frombuffer(blob[:_HEADER], dtype="<f8")[0])
-        total += np.frombuffer(blob[_HEADER:], dtype="<f4")
-    return np.float64(weight).tobytes() + total.astype("<f4").tobytes()
-
-
-def plain_decryption_share(keys: object, aggregate: bytes, decrypt_set: object, **kwargs: object) -> bytes:
-    return hashlib.sha256(b"plaintext-share" + aggregate).digest()  # a token: nothing to decrypt
-
-
-def plain_combine(spec: object, aggregate: bytes, shares: Sequence[bytes], **kwargs: object) -> Any:
-    from crypto.secure_merge import MergedMean
-
-    weight = float(np.frombuffer(aggregate[:_HEADER], dtype="<f8")[0])
-    values = np.frombuffer(aggregate[_HEADER:], dtype="<f4").astype(np.float64)
-    return MergedMean((values / weight).astype(np.float32), weight)
-
-
-PLAIN: Final = {
-    "encrypt_update": plain_encrypt_update,
-    "aggregate_contributions": plain_aggregate,
-    "decryption_share": plain_decryption_share,
-    "combine": plain_combine,
-}
 
 
 class PhaseClock:
@@ -185,9 +150,14 @@ async def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     clock = PhaseClock()
-    for name, phase in PHASES.items():
-        original = PLAIN[name] if args.mode == "plain" else getattr(node_module, name)
-        setattr(node_module, name, clock.wrap(phase, original))
+    for name, phase in PHASES[args.mode].items():
+        owner: Any = node_module
+        if "." in name:
+            cls, name = name.split(".")
+            owner = getattr(node_module, cls, None)
+        original = getattr(owner, name, None)
+        if original is not None:  # (an older runtime may not call it)
+            setattr(owner, name, clock.wrap(phase, original))
 
     ports = [int(p) for p in args.ports.split(",")]
     n = args.n
@@ -205,6 +175,9 @@ async def run(args: argparse.Namespace) -> None:
         addresses=addresses,
         namespace=f"bench-round-{n}-{args.hidden}-{args.mode}",
     )
+    genesis = plan.genesis
+    if args.mode == "plain":  # the runtime's plaintext mode, visible on the ledger
+        genesis = replace(genesis, training=replace(genesis.training, secure=False, merge_method="mean"))
     me = plan.identities[args.index]
     bootstrap = [peer_address("127.0.0.1", ports[j], plan.ids[j]) for j in range(n) if j != args.index]
 
@@ -233,7 +206,7 @@ async def run(args: argparse.Namespace) -> None:
     async with open_libp2p_transport(me, listen_port=ports[args.index], bootstrap=bootstrap) as transport:
         transport.get_blob = clock.wrap_async("transfer", transport.get_blob)  # type: ignore[method-assign]
         async with open_swarm_node(
-            plan.configs[args.index], transport=transport, identity=me, genesis=plan.genesis
+            plan.configs[args.index], transport=transport, identity=me, genesis=genesis
         ) as node:
             emit({"ev": "up", "index": args.index, "t": time.time()})
             for _ in range(args.rounds):

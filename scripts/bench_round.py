@@ -7,10 +7,10 @@
    process per site, real libp2p, everyone dials everyone): for every model
    size (MLP 30-h-h-2 on breast_cancer, h = 85/300/983: 10,117 / 100,202 /
    999,713 parameters, the Flower anchor's model) and N, one run with the
-   secure merge (threshold CKKS) and one with the same protocol carrying
-   plaintext float32 updates ("plain", see the child's docstring: the runtime
-   refuses secure = false, so the four crypto calls are swapped for plaintext
-   ones). Each round = one local epoch (SGD, the anchor's settings) + merge.
+   secure merge (threshold CKKS) and one with the runtime's plaintext mode
+   ("plain": genesis ``training.secure = false``, merge ``mean``: the same
+   protocol and contract carrying plaintext float32 updates). Each round =
+   one local epoch (SGD, the anchor's settings) + merge.
    Reported per round (median of the measured rounds; round 1 also runs the
    key epoch and is not counted):
    * ``merge_s``: from the sync point (the last node called merge()) to the

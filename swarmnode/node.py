@@ -45,6 +45,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar, cast, final
 
@@ -70,6 +71,7 @@ from consensus.core import (
     TendermintCore,
     TimeoutConfig,
     TimeoutFired,
+    TimeoutKind,
     TxRejected,
     TxSubmitted,
 )
@@ -84,7 +86,9 @@ from consensus.transactions import (
     DecryptionShare,
     EpochComplete,
     EpochPublicShare,
+    EpochRejoin,
     EpochSealedShares,
+    EpochTimeout,
     JoinRequest,
     Leave,
     MergedModel,
@@ -101,6 +105,7 @@ from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
 from crypto.identity import NodeId, NodeIdentity
 from crypto.secure_merge import (
+    AggregateBuilder,
     EpochKeys,
     EpochSpec,
     KeyEpoch,
@@ -126,6 +131,7 @@ from .round import (
     ConfirmEpoch,
     Contribute,
     Delivery,
+    EpochStageKey,
     Job,
     LoadMerged,
     LocalFacts,
@@ -133,11 +139,16 @@ from .round import (
     MergeWanted,
     Plan,
     PrefetchContributions,
+    PrepareAggregate,
+    RejoinEpoch,
     RevealEpochShares,
     Stage,
+    SubmitEpochTimeout,
     SubmitPhaseTimeout,
     SubmitReady,
     VerifyAggregate,
+    epoch_deadline,
+    epoch_stage,
     reconcile,
 )
 
@@ -219,6 +230,7 @@ class NodeStatus:
     roles: tuple[str, ...]  # "participant", "leader", "verifier", "decryptor"
     key_epoch: int
     key_epoch_complete: bool
+    key_epoch_waiting_for: tuple[NodeId, ...]  # members holding the running key epoch up
     last_merged_hash: bytes | None
     stopped: bool
     peers: tuple[NodeId, ...]
@@ -405,9 +417,13 @@ class Node:
         self._timer_seq = 0
         self._timer_wakeup = trio.Event()
         self._held: tuple[float, Envelope] | None = None
+        # Our next height's start, held while we would propose an empty block (see below).
+        self._idle_start: tuple[float, TimeoutFired] | None = None
+        self._idle_waited = False
         self._changed = trio.Event()
         self._committed = trio.Event()
         self._stage_since: tuple[Stage, float] | None = None
+        self._epoch_stage_since: tuple[EpochStageKey, float] | None = None
         self._running: set[tuple[object, ...]] = set()
         self._done: dict[tuple[object, ...], float] = {}
         self._retry: dict[tuple[object, ...], tuple[float, float]] = {}  # key -> (not before, backoff)
@@ -420,6 +436,13 @@ class Node:
         # Round blobs persisted by this process -> their round (blobs/ outlives a restart).
         self._blob_rounds: dict[bytes, int] = {}
         self._blobs_pruned_for = 0  # the open round when blobs/ was last pruned
+        # Blob fetches under way (digest -> done): a second fetch of the same blob waits for
+        # the first and then reads the transport's store, so no blob crosses the wire twice.
+        self._fetching: dict[bytes, trio.Event] = {}
+        # Results of this round's expensive steps that several jobs need (our own sum of a set
+        # of contributions, our decryption share of it): key -> bytes, computed once.
+        self._computed: dict[tuple[object, ...], bytes] = {}
+        self._computing: dict[tuple[object, ...], trio.Event] = {}
         self._wanted: MergeWanted | None = None
         self._wanted_params: FloatVector | None = None
         self._waiter: _Waiter | None = None
@@ -444,6 +467,7 @@ class Node:
                 self._keys[epoch] = EpochKeys.import_secret(data)
             except ProtocolError as exc:
                 self._log.error("key file of epoch %d is unreadable: %s", epoch, exc)
+        self._load_epoch_dealings()
         for digest in self._model_hashes_on_ledger():
             data = self.files.load_model(digest)
             if data is not None:
@@ -453,6 +477,35 @@ class Node:
         for _digest, data in self.files.stored_blobs():
             self.transport.put_blob(data)
         self._blobs_pruned_for = self.contract.round.number
+
+    def _load_epoch_dealings(self) -> None:
+        """Take back our part of the key epoch that was running when we went down (persisted
+        before its commitment went out), so that we can still reveal and finish it."""
+        current = self.contract.key_epoch()
+        for number in self.files.epochs_with("dealing"):
+            if number in self._keys or number != current.number or current.complete:
+                self.files.delete_epoch(number, "dealing")  # finished or superseded
+                continue
+            data = self.files.load_epoch(number, "dealing")
+            if data is None:
+                continue
+            try:
+                epoch = KeyEpoch.import_secret(data, self.identity)
+            except ProtocolError as exc:
+                self._log.error("key epoch %d: our stored dealing is unusable: %s", number, exc)
+                continue
+            if epoch.spec != EpochSpec(current.seed, current.members, current.threshold):
+                self._log.error("key epoch %d: our stored dealing is for another epoch setup", number)
+                continue
+            self._epochs[number] = epoch
+            self._log.info("key epoch %d: resumed with our stored dealing", number)
+
+    def _prune_epoch_dealings(self) -> None:
+        """Drop dealings of epochs the ledger has moved past (abandoned or superseded)."""
+        current = self.contract.key_epoch().number
+        for number in [n for n in self._epochs if n < current]:
+            del self._epochs[number]
+            self.files.delete_epoch(number, "dealing")
 
     def _model_hashes_on_ledger(self) -> list[bytes]:
         hashes = [r.merged_hash for r in self.contract.history() if r.merged_hash is not None]
@@ -537,17 +590,47 @@ class Node:
         await self._perform(self._core.start())
         while True:
             deadline = self._held[0] if self._held is not None else math.inf
+            if self._idle_start is not None:
+                deadline = min(deadline, self._idle_start[0])
             event: Event | None = None
             with trio.move_on_at(deadline):
                 event = await self._inbox.receive()
+            if isinstance(event, TimeoutFired) and self._defer_height_start(event):
+                self._idle_start = (trio.current_time() + self._idle_interval, event)
+                event = None
             if event is not None:
                 await self._perform(self._core.handle(event))
+            if self._idle_start is not None and (
+                trio.current_time() >= self._idle_start[0] or len(self._core.mempool) > 0
+            ):
+                _, start = self._idle_start
+                self._idle_start = None
+                # Waited the idle interval already: an empty proposal now goes out at once.
+                self._idle_waited = len(self._core.mempool) == 0
+                await self._perform(self._core.handle(start))
+                self._idle_waited = False
             if self._held is not None and (
                 trio.current_time() >= self._held[0] or len(self._core.mempool) > 0
             ):
                 _, envelope = self._held
                 self._held = None
                 await self._publish(envelope)
+
+    def _defer_height_start(self, fired: TimeoutFired) -> bool:
+        """Whether to hold back the start of the next height (the commit timeout) because we
+        would propose it with nothing in the mempool.
+
+        Idle pacing used to hold only our *empty proposal*: a transaction arriving meanwhile
+        released it, but as an empty block, and waited for the height after (two consensus
+        rounds for the first transaction of every round phase). Holding the height start
+        instead (the same bound: ``idle_block_interval``, below the others' propose timeout)
+        lets that transaction into the very block we then propose."""
+        return (
+            fired.kind is TimeoutKind.COMMIT
+            and self._idle_interval > 0
+            and len(self._core.mempool) == 0
+            and self._core.proposer(fired.height, 0) == self.node_id
+        )
 
     async def _perform(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -563,6 +646,7 @@ class Node:
                     and action.envelope.sender == self.node_id
                     and not body.block.txs
                     and len(self._core.mempool) == 0
+                    and not self._idle_waited
                 ):
                     self._held = (trio.current_time() + self._idle_interval, action.envelope)
                 else:
@@ -626,6 +710,8 @@ class Node:
                 self._log.debug("own transaction rejected at height %d: %s", block.height, result)
         self._refresh_peers()
         self._prune_blobs()
+        self._forget_computed()
+        self._prune_epoch_dealings()
         self._changed.set()
         # Wake `wait_for` callers: set the event they hold, then hand out a fresh one.
         self._committed.set()
@@ -694,6 +780,7 @@ class Node:
             key_epochs=frozenset(self._keys),
             held_models=frozenset(self._models),
             stage_since=self._stage_since,
+            epoch_stage_since=self._epoch_stage_since,
         )
 
     async def _round_driver(self) -> None:
@@ -712,6 +799,9 @@ class Node:
                 self._on_stopped(plan)
             # A deadline already passed is handled by its SubmitPhaseTimeout job: no busy wake-up.
             wake = plan.deadline if plan.deadline is not None and plan.deadline > now else math.inf
+            if plan.recheck is not None and plan.recheck > now:
+                wake = min(wake, plan.recheck)
+            wake = min(wake, self._track_epoch_stage(now))
             for job in plan.jobs:
                 key = job.key
                 if key in self._running:
@@ -730,13 +820,28 @@ class Node:
             with trio.move_on_at(wake):
                 await self._changed.wait()
 
+    def _track_epoch_stage(self, now: float) -> float:
+        """Note when we first saw the key-epoch stage; returns when our deadline vote for it
+        is due (inf if none, or already due: the SubmitEpochTimeout job handles that)."""
+        stage = epoch_stage(self.contract)
+        if stage is None:
+            self._epoch_stage_since = None
+            return math.inf
+        if self._epoch_stage_since is None or self._epoch_stage_since[0] != stage:
+            self._epoch_stage_since = (stage, now)
+            self._log.debug("key epoch %d stage %s", *stage)
+        due = epoch_deadline(self.contract, self._facts())
+        return due if due is not None and due > now else math.inf
+
     async def _run_job(self, job: Job) -> None:
         key = job.key
         kind = str(key[0])
+        started = trio.current_time()
         try:
             if kind in self.options.faults.crash_before:
                 raise _Crash(kind)
             await self._perform_job(job)
+            self._log.debug("job %s done in %.2fs", key, trio.current_time() - started)
         except _Crash:
             self._log.warning("simulated crash before %s", key)
             self._crashed = True
@@ -763,7 +868,21 @@ class Node:
         """A blob by hash: from `owner` first (who announced it), then from anyone.
 
         With `keep_round`, the blob belongs to that (open) round and is persisted to
-        ``blobs/`` so that we can serve it again after a restart."""
+        ``blobs/`` so that we can serve it again after a restart. Concurrent fetches of one
+        blob share one transfer (the transport's blob store is the cache)."""
+        while (pending := self._fetching.get(digest)) is not None:
+            await pending.wait()
+        done = self._fetching[digest] = trio.Event()
+        try:
+            data = await self._fetch_once(digest, owner)
+        finally:
+            del self._fetching[digest]
+            done.set()
+        if keep_round is not None:
+            self._keep_blob(keep_round, data)
+        return data
+
+    async def _fetch_once(self, digest: bytes, owner: NodeId | None) -> bytes:
         data: bytes | None = None
         if owner is not None and owner != self.node_id:
             try:
@@ -774,9 +893,32 @@ class Node:
                 )
         if data is None:
             data = await self.transport.get_blob(digest, timeout=60.0)
-        if keep_round is not None:
-            self._keep_blob(keep_round, data)
         return data
+
+    async def _once(self, key: tuple[object, ...], compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        """`compute()` once per node for `key` (jobs asking concurrently share the run; a
+        failed run leaves nothing behind, the next caller tries again)."""
+        while True:
+            if key in self._computed:
+                return self._computed[key]
+            pending = self._computing.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._computing[key] = trio.Event()
+        try:
+            result = await compute()
+            self._computed[key] = result
+            return result
+        finally:
+            del self._computing[key]
+            done.set()
+
+    def _forget_computed(self) -> None:
+        """Drop the results of rounds that are closed (they hold whole ciphertexts)."""
+        current = self.contract.round.number
+        for key in [k for k in self._computed if cast(int, k[1]) < current]:
+            del self._computed[key]
 
     def _keep_blob(self, round_number: int, data: bytes) -> bytes:
         """Persist a blob of round `round_number` (before its hash is committed or used) and
@@ -806,9 +948,12 @@ class Node:
             CommitEpochShare: self._commit_epoch,
             RevealEpochShares: self._reveal_epoch,
             ConfirmEpoch: self._confirm_epoch,
+            SubmitEpochTimeout: self._epoch_timeout,
+            RejoinEpoch: self._rejoin_epoch,
             SubmitReady: self._ready,
             Contribute: self._contribute,
             PrefetchContributions: self._prefetch,
+            PrepareAggregate: self._prepare,
             AggregateContributions: self._aggregate,
             VerifyAggregate: self._verify,
             MakeDecryptionShare: self._decryption_share,
@@ -826,6 +971,9 @@ class Node:
         if epoch is None:
             spec = EpochSpec(job.epoch_id, job.members, job.threshold)
             epoch = await self._compute(start_key_epoch, spec, self.identity)
+            # Persist before the commitment goes out: a restart must still be able to reveal
+            # (and finish with) exactly what the ledger will hold our commitment to.
+            self.files.save_epoch(job.epoch, "dealing", epoch.export_secret())
             self._epochs[job.epoch] = epoch
         await self.submit(EpochPublicShare(epoch=job.epoch, share_hash=epoch.commitment))
         self._log.info("key epoch %d: committed our public share", job.epoch)
@@ -834,8 +982,8 @@ class Node:
         assert isinstance(job, RevealEpochShares)
         epoch = self._epochs.get(job.epoch)
         if epoch is None:
-            # Committed before a restart: the secret behind the commitment died with the
-            # process (only finished key shares are persisted). See the README's limits.
+            # Our stored dealing was lost or unusable (logged at start): the epoch's deadline
+            # excludes us and a following epoch takes us back in (see `consensus.contract`).
             raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
         epoch.expect_commitments(dict(job.commitments))
         outgoing = epoch.outgoing()
@@ -869,8 +1017,31 @@ class Node:
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())
             self._keys[job.epoch] = keys
             self._epochs.pop(job.epoch, None)
+            self.files.delete_epoch(job.epoch, "dealing")  # the keys supersede it
         await self.submit(EpochComplete(epoch=job.epoch, collective_key_hash=keys.public_key_digest))
         self._log.info("key epoch %d: collective key %s", job.epoch, keys.public_key_digest.hex()[:12])
+
+    async def _epoch_timeout(self, job: Job) -> None:
+        assert isinstance(job, SubmitEpochTimeout)
+        missing = ", ".join(m.short for m in job.waiting_for) or "nobody (the confirmations differ)"
+        self._log.warning("key epoch %d: %s deadline passed, waiting for %s", job.epoch, job.stage, missing)
+        await self.submit(EpochTimeout(epoch=job.epoch, stage=job.stage))
+        done = len(self.contract.epoch_timeout_voters())
+        quorum = self.contract.epoch_quorum()
+        if job.waiting_for and done < quorum:
+            self._log.warning(
+                "key epoch %d cannot start over without %s: only %d members did their part, %d needed "
+                "(max(min_peers, t)); the swarm waits for them",
+                job.epoch,
+                missing,
+                done,
+                quorum,
+            )
+
+    async def _rejoin_epoch(self, job: Job) -> None:
+        assert isinstance(job, RejoinEpoch)
+        self._log.info("left out of key epoch %d (a missed deadline): asking to rejoin", job.epoch)
+        await self.submit(EpochRejoin(epoch=job.epoch))
 
     # round jobs ----------------------------------------------------------------------------
 
@@ -903,18 +1074,50 @@ class Node:
     async def _sum(
         self, round_number: int, contributions: Sequence[ContributionRecord], holder: NodeId | None = None
     ) -> bytes:
-        """The sum of `contributions`, fetched by their committed hashes (verified on receipt)
-        from `holder` if given (the leader holds them all), else from each contributor."""
+        """Our own sum of `contributions`, fetched by their committed hashes (verified on
+        receipt) all at once, each from its contributor while it is connected (spreads the
+        load over every uplink), else from `holder` (the aggregator holds them all), else
+        from anyone (the head of the rotation holds copies). Computed once per node and set of
+        contributions: the leader's aggregate, the verifier's verdict and a decryptor's check
+        share it."""
+        # Node-id order makes the input canonical (the plaintext merge's hash depends on it;
+        # ciphertext addition does not).
+        ordered = tuple(sorted(contributions, key=lambda c: c.node_id.public_key))
+        key = ("sum", round_number, tuple(c.blob_hash for c in ordered))
+        connected = self.transport.peers() | {self.node_id}
+        sources = tuple(c.node_id if c.node_id in connected else holder for c in ordered)
+        return await self._once(key, lambda: self._fetch_and_sum(round_number, ordered, sources))
+
+    async def _fetch_and_sum(
+        self,
+        round_number: int,
+        contributions: Sequence[ContributionRecord],
+        sources: Sequence[NodeId | None],
+    ) -> bytes:
         if not self.genesis.training.secure:
-            # Plaintext mode: node-id order makes the merge input (and so its hash) canonical.
-            contributions = sorted(contributions, key=lambda c: c.node_id.public_key)
-        blobs = [
-            await self._fetch(c.blob_hash, c.node_id if holder is None else holder, keep_round=round_number)
-            for c in contributions
-        ]
-        if not self.genesis.training.secure:
+            blobs: list[bytes] = [b""] * len(contributions)
+
+            async def fetch(k: int, c: ContributionRecord) -> None:
+                blobs[k] = await self._fetch(c.blob_hash, sources[k], keep_round=round_number)
+
+            async with trio.open_nursery() as nursery:
+                for k, c in enumerate(contributions):
+                    nursery.start_soon(fetch, k, c)
             return await self._compute(lambda: self._plaintext_merge(blobs))
-        return await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+        # Secure: add each ciphertext as it arrives (addition mod q is order-independent), so
+        # decoding the first overlaps the transfer of the others.
+        builder = AggregateBuilder(self.n_params)
+        adding = trio.Lock()
+
+        async def fetch_and_add(c: ContributionRecord, source: NodeId | None) -> None:
+            blob = await self._fetch(c.blob_hash, source, keep_round=round_number)
+            async with adding:
+                await self._compute(builder.add, blob)
+
+        async with trio.open_nursery() as nursery:
+            for c, source in zip(contributions, sources, strict=True):
+                nursery.start_soon(fetch_and_add, c, source)
+        return await self._compute(builder.result)
 
     def _plaintext_merge(self, blobs: Sequence[bytes]) -> bytes:
         """The genesis merge method over decoded plaintext updates: the merged float32 params."""
@@ -942,8 +1145,49 @@ class Node:
 
     async def _prefetch(self, job: Job) -> None:
         assert isinstance(job, PrefetchContributions)
-        for c in job.contributions:
-            await self._fetch(c.blob_hash, c.node_id, keep_round=job.round)  # kept and served on
+        async with trio.open_nursery() as nursery:
+            for c in job.contributions:
+                nursery.start_soon(partial(self._fetch, keep_round=job.round), c.blob_hash, c.node_id)
+
+    async def _prepare(self, job: Job) -> None:
+        """Verifier / decrypt set during the aggregate phase: our own sum now, and (decrypt
+        set) our share of it, kept here until the ledger asks for exactly that sum."""
+        assert isinstance(job, PrepareAggregate)
+        aggregate = await self._sum(job.round, job.contributions)
+        if (
+            self.genesis.training.secure
+            and self.node_id in job.decrypt_set
+            and job.epoch in self._keys
+            and not self.options.faults.trust_aggregate
+        ):
+            await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, len(job.contributions))
+
+    async def _share_of(
+        self,
+        round_number: int,
+        epoch: int,
+        aggregate: bytes,
+        decrypt_set: tuple[NodeId, ...],
+        contributions: int,
+    ) -> bytes:
+        """Our decryption share of `aggregate` for `decrypt_set`, made once (its smudging noise is
+        fresh per call: one aggregate never gets two different shares from us)."""
+        keys = self._keys[epoch]
+        min_peers = self.genesis.training.min_peers
+        key = ("share", round_number, epoch, decrypt_set, contributions, hashlib.sha256(aggregate).digest())
+        return await self._once(
+            key,
+            lambda: self._compute(
+                lambda: decryption_share(
+                    keys,
+                    aggregate,
+                    decrypt_set,
+                    contributions=contributions,
+                    min_peers=min_peers,
+                    length=self.n_params,
+                )
+            ),
+        )
 
     async def _aggregate(self, job: Job) -> None:
         assert isinstance(job, AggregateContributions)
@@ -1002,7 +1246,7 @@ class Node:
                 2, self.genesis.training.min_peers
             ):
                 raise SwarmError(f"round {job.round}: the committed contributions do not match the aggregate")
-            # Fetched from the aggregator: it just summed them, and a contributor may be gone.
+            # Usually summed already (`PrepareAggregate`, while the leader was adding).
             aggregate = await self._sum(job.round, job.committed, holder=job.aggregator)
             if hashlib.sha256(aggregate).digest() != job.aggregate_hash:
                 self._refused_aggregates.add(refusal)
@@ -1028,25 +1272,24 @@ class Node:
             digest = self._keep_blob(job.round, cbor.dumps_dataclass(confirmation))
             await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
             return
-        keys = self._keys[job.epoch]
-        min_peers = self.genesis.training.min_peers
-        share = await self._compute(
-            lambda: decryption_share(
-                keys,
-                aggregate,
-                job.decrypt_set,
-                contributions=job.contributions,
-                min_peers=min_peers,
-                length=self.n_params,
-            )
-        )
+        share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
         digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
 
     async def _combine(self, job: Job) -> None:
         assert isinstance(job, CombineShares)
-        aggregate = await self._fetch(job.aggregate_hash, job.aggregator, keep_round=job.round)
-        shares = [await self._fetch(vote.value, vote.node_id, keep_round=job.round) for vote in job.shares]
+        # All at once; a decryptor holds the aggregate (its own sum) and its own share already.
+        blobs: dict[bytes, bytes] = {}
+
+        async def fetch(digest: bytes, owner: NodeId | None) -> None:
+            blobs[digest] = await self._fetch(digest, owner, keep_round=job.round)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch, job.aggregate_hash, job.aggregator)
+            for vote in job.shares:
+                nursery.start_soon(fetch, vote.value, vote.node_id)
+        aggregate = blobs[job.aggregate_hash]
+        shares = [blobs[vote.value] for vote in job.shares]
         if self.genesis.training.secure:
             keys = self._keys[job.epoch]
             merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
@@ -1273,6 +1516,7 @@ class Node:
             roles=tuple(roles),
             key_epoch=epoch.number,
             key_epoch_complete=epoch.complete,
+            key_epoch_waiting_for=contract.epoch_waiting_for(),
             last_merged_hash=contract.last_merged_hash,
             stopped=contract.stopped is not None,
             peers=tuple(sorted(self.transport.peers(), key=lambda n: n.public_key)),

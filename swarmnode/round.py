@@ -60,6 +60,9 @@ class MergeWanted:
 Stage = tuple[int, str, int]
 """(round, phase, step): the unit a phase deadline is measured for."""
 
+EpochStageKey = tuple[int, str]
+"""(key epoch, stage): the unit a key-epoch deadline is measured for."""
+
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +73,7 @@ class LocalFacts:
     key_epochs: frozenset[int] = frozenset()  # key epochs whose collective key and share we hold
     held_models: frozenset[bytes] = frozenset()  # merged parameter hashes we hold locally
     stage_since: tuple[Stage, float] | None = None  # when we first saw the stage
+    epoch_stage_since: tuple[EpochStageKey, float] | None = None  # same for the key-epoch stage
     want_final_model: bool = True  # fetch the final model once training stopped
 
 
@@ -121,6 +125,33 @@ class ConfirmEpoch:
     @property
     def key(self) -> tuple[object, ...]:
         return ("epoch-confirm", self.epoch)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitEpochTimeout:
+    """Our `key_epoch` deadline for this stage passed while we waited on other members."""
+
+    epoch: int
+    stage: str
+    waiting_for: tuple[NodeId, ...]  # the members that have not done their part (for the log)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-timeout", self.epoch, self.stage)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejoinEpoch:
+    """We are a member left out of the complete key epoch `epoch` (we missed a deadline of
+    an earlier one): ask for a new epoch that includes us (`EpochRejoin`)."""
+
+    epoch: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-rejoin", self.epoch)
 
 
 @final
@@ -179,6 +210,27 @@ class AggregateContributions:
     @property
     def key(self) -> tuple[object, ...]:
         return ("aggregate", self.round, self.step)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareAggregate:
+    """Verifier and decrypt set, while the leader aggregates: fetch the committed
+    contributions (each from its contributor) and add them ourselves now, not after the
+    leader's hash and the verdict are committed; a decrypt-set member also makes its
+    decryption share of that sum. Nothing is published here: the verdict and the share
+    go out through `VerifyAggregate` and `MakeDecryptionShare`, the share only if the
+    committed aggregate hash is this very sum's."""
+
+    round: int
+    step: int
+    epoch: int
+    contributions: tuple[ContributionRecord, ...]  # the committed ones, sorted by contributor key
+    decrypt_set: tuple[NodeId, ...]  # the share is for this set (its Lagrange coefficients)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("prepare", self.round, self.step)
 
 
 @final
@@ -266,10 +318,13 @@ Job = (
     CommitEpochShare
     | RevealEpochShares
     | ConfirmEpoch
+    | SubmitEpochTimeout
+    | RejoinEpoch
     | SubmitReady
     | Contribute
     | PrefetchContributions
     | AggregateContributions
+    | PrepareAggregate
     | VerifyAggregate
     | MakeDecryptionShare
     | CombineShares
@@ -298,6 +353,7 @@ class Plan:
     deadline: float | None  # when our PhaseTimeout for `stage` becomes due (if we vote)
     delivery: Delivery | None
     stopped: bool
+    recheck: float | None = None  # when the plan changes without a commit (a combine grace ends)
 
 
 # -- the tables -------------------------------------------------------------------------------
@@ -393,8 +449,8 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
             )
         )
     shares = [HashVote(node_id=p, value=v) for p in r.decrypt_set if (v := r.decryption_share(p)) is not None]
-    voted = any(v.node_id == me for v in r.merged_votes)
-    if me in r.participants and len(shares) == len(r.decrypt_set) and not voted:
+    combine_at = _combine_at(contract, r, facts)
+    if combine_at is not None and facts.now >= combine_at:
         jobs.append(
             CombineShares(
                 round=r.number,
@@ -406,6 +462,58 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
             )
         )
     return jobs
+
+
+OUTSIDER_COMBINE_GRACE: Final = 8
+"""Participants outside the decrypt set combine only once ``1/8`` of the decrypt deadline
+has passed in the step (and the round is still open).
+
+The contract closes a round at t matching merged-model hashes and the decrypt set has
+exactly t members, who already hold the aggregate (they summed it themselves): they alone
+can close the round, and everyone else then loads the merged model by its committed hash
+(checked on receipt), so every participant still ends with the same, ledger-proven model.
+An outsider combining as well would fetch the aggregate and all t shares (1.5 ciphertexts
+per share set) and spend the CPU the decryptors need right then. If a decryptor dies after
+its share, the outsiders' votes complete the quorum after the grace."""
+
+
+def _stage_since(r: Round, facts: LocalFacts) -> float:
+    stage: Stage = (r.number, r.phase, r.step)
+    if facts.stage_since is not None and facts.stage_since[0] == stage:
+        return facts.stage_since[1]
+    return facts.now
+
+
+def _combine_at(contract: Contract, r: Round, facts: LocalFacts) -> float | None:
+    """When we combine the committed shares (None: not us, or not yet possible)."""
+    me = facts.me
+    if r.phase != Phase.DECRYPT.value or r.aggregate_hash is None or me not in r.participants:
+        return None
+    if any(r.decryption_share(p) is None for p in r.decrypt_set):
+        return None
+    if any(v.node_id == me for v in r.merged_votes):
+        return None
+    if me in r.decrypt_set:
+        return facts.now
+    grace = PHASE_TIMEOUT[Phase.DECRYPT](contract.genesis.training.timeouts) / OUTSIDER_COMBINE_GRACE
+    return _stage_since(r, facts) + grace
+
+
+def _plan_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    me = facts.me
+    if me != r.verifier and me not in r.decrypt_set:
+        return []
+    if len(r.contributors) < max(2, contract.genesis.training.min_peers):
+        return []  # never decrypted (the contract aborts such a round): nothing worth adding
+    return [
+        PrepareAggregate(
+            round=r.number,
+            step=r.step,
+            epoch=r.epoch,
+            contributions=_committed_contributions(r),
+            decrypt_set=r.decrypt_set,
+        )
+    ]
 
 
 def _plan_prefetch(r: Round, facts: LocalFacts) -> list[Job]:
@@ -422,16 +530,16 @@ def _plan_contribute_and_prefetch(contract: Contract, r: Round, facts: LocalFact
     return _plan_contribute(contract, r, facts) + _plan_prefetch(r, facts)
 
 
-def _plan_aggregate_and_prefetch(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
-    return _plan_aggregate(contract, r, facts) + _plan_prefetch(r, facts)
+def _plan_aggregate_and_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
+    return _plan_aggregate(contract, r, facts) + _plan_prefetch(r, facts) + _plan_prepare(contract, r, facts)
 
 
 PHASE_ROLES: Final[Mapping[Phase, _Planner]] = {
     Phase.READY: _plan_ready,  # every member with a merge waiting
     Phase.CONTRIBUTE: _plan_contribute_and_prefetch,  # every participant; the head copies
-    Phase.AGGREGATE: _plan_aggregate_and_prefetch,  # the leader; the head copies
+    Phase.AGGREGATE: _plan_aggregate_and_prepare,  # the leader; the head copies; V and T add too
     Phase.VERIFY: _plan_verify,  # the verifier
-    Phase.DECRYPT: _plan_decrypt,  # decrypt set: shares; participants: combine
+    Phase.DECRYPT: _plan_decrypt,  # decrypt set: shares, then combine; others combine after a grace
 }
 """Who acts in which phase: one planner per phase (the contract moves the phases)."""
 
@@ -439,12 +547,48 @@ PHASE_ROLES: Final[Mapping[Phase, _Planner]] = {
 # -- the reconciler -------------------------------------------------------------------------
 
 
+def epoch_stage(contract: Contract) -> EpochStageKey | None:
+    """The running key epoch's (number, stage); None once it is complete."""
+    epoch = contract.key_epoch()
+    return None if epoch.complete else (epoch.number, epoch.stage.value)
+
+
+def epoch_deadline(contract: Contract, facts: LocalFacts) -> float | None:
+    """When our `EpochTimeout` for the current key-epoch stage is due: `key_epoch` seconds
+    after we first saw the stage; None if we are not waiting on anyone or already voted."""
+    stage = epoch_stage(contract)
+    if stage is None or facts.me not in contract.epoch_timeout_voters():
+        return None
+    if facts.me in contract.key_epoch().timeout_votes:
+        return None
+    since = facts.now
+    if facts.epoch_stage_since is not None and facts.epoch_stage_since[0] == stage:
+        since = facts.epoch_stage_since[1]
+    return since + contract.genesis.training.timeouts.key_epoch
+
+
 def _plan_epoch(contract: Contract, facts: LocalFacts) -> list[Job]:
-    """Commit, then reveal, then confirm: each step once all members finished the previous."""
+    """Our key-epoch steps, plus the epoch's deadline vote once it is due."""
+    jobs = _plan_epoch_steps(contract, facts)
+    deadline = epoch_deadline(contract, facts)
+    if deadline is not None and facts.now >= deadline:
+        epoch = contract.key_epoch()
+        waiting = contract.epoch_waiting_for()
+        jobs.append(SubmitEpochTimeout(epoch=epoch.number, stage=epoch.stage.value, waiting_for=waiting))
+    return jobs
+
+
+def _plan_epoch_steps(contract: Contract, facts: LocalFacts) -> list[Job]:
+    """Commit, then reveal, then confirm: each step once all members finished the previous.
+    A member left out of the complete epoch asks to be taken back in."""
     epoch = contract.key_epoch()
     me = facts.me
     record = epoch.record(me)
-    if epoch.complete or record is None or contract.member(me) is None:
+    if contract.member(me) is None:
+        return []
+    if record is None:
+        return [RejoinEpoch(epoch=epoch.number)] if epoch.complete else []
+    if epoch.complete:
         return []
     if record.public_share_hash is None:
         return [
@@ -509,14 +653,15 @@ def reconcile(contract: Contract, facts: LocalFacts) -> Plan:
     phase = Phase(r.phase)
     jobs += PHASE_ROLES[phase](contract, r, planning)
     stage: Stage = (r.number, r.phase, r.step)
-    if facts.stage_since is not None and facts.stage_since[0] == stage:
-        since = facts.stage_since[1]
-    else:
-        since = facts.now
+    since = _stage_since(r, facts)
+    combine_at = _combine_at(contract, r, planning)
+    recheck = combine_at if combine_at is not None and combine_at > facts.now else None
     deadline: float | None = None
     voters = contract.timeout_voters()
     if facts.me in voters and facts.me not in r.timeout_votes:
         deadline = since + PHASE_TIMEOUT[phase](contract.genesis.training.timeouts)
         if facts.now >= deadline:
             jobs.append(SubmitPhaseTimeout(round=r.number, phase=r.phase, step=r.step))
-    return Plan(jobs=tuple(jobs), stage=stage, deadline=deadline, delivery=delivery, stopped=False)
+    return Plan(
+        jobs=tuple(jobs), stage=stage, deadline=deadline, delivery=delivery, stopped=False, recheck=recheck
+    )

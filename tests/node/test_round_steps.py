@@ -32,6 +32,7 @@ from consensus.transactions import (
 from crypto import cbor
 from crypto.identity import NodeId, NodeIdentity
 from swarmnode.round import (
+    OUTSIDER_COMBINE_GRACE,
     AggregateContributions,
     CombineShares,
     CommitEpochShare,
@@ -42,6 +43,7 @@ from swarmnode.round import (
     MakeDecryptionShare,
     MergeWanted,
     PrefetchContributions,
+    PrepareAggregate,
     RevealEpochShares,
     SubmitPhaseTimeout,
     SubmitReady,
@@ -223,14 +225,25 @@ STEPS = [
     ),
     Step("contribute after the merge call left: nothing", to_contribute, first, {}, []),
     Step(
-        "aggregate phase: the leader aggregates (and holds copies)",
+        "aggregate phase: the leader aggregates (and holds copies, prepares its share)",
         to_aggregate,
         leader,
         {},
-        ["AggregateContributions", "PrefetchContributions"],
+        ["AggregateContributions", "PrefetchContributions", "PrepareAggregate"],
     ),
     Step(
-        "aggregate phase: the next in rotation copies", to_aggregate, bystander, {}, ["PrefetchContributions"]
+        "aggregate phase: the verifier copies and adds them now",
+        to_aggregate,
+        verifier,
+        {},
+        ["PrefetchContributions", "PrepareAggregate"],
+    ),
+    Step(
+        "aggregate phase: the next in rotation (a decryptor) copies and adds them now",
+        to_aggregate,
+        bystander,
+        {},
+        ["PrefetchContributions", "PrepareAggregate"],
     ),
     Step("aggregate phase: the tail waits", to_aggregate, tail, {}, []),
     Step(
@@ -245,7 +258,7 @@ STEPS = [
         to_aggregate,
         leader,
         {"stage_since": "stage-minus-12"},
-        ["AggregateContributions", "PrefetchContributions"],
+        ["AggregateContributions", "PrefetchContributions", "PrepareAggregate"],
     ),
     Step("verify phase: the verifier recomputes", to_verify, verifier, {}, ["VerifyAggregate"]),
     Step(
@@ -263,7 +276,15 @@ STEPS = [
         {"key_epochs": frozenset()},
         [],
     ),
-    Step("all shares committed: every participant combines", to_shares, non_decryptor, {}, ["CombineShares"]),
+    Step("all shares committed: a decryptor combines", to_shares, decryptor, {}, ["CombineShares"]),
+    Step("all shares committed: an outsider waits for the decryptors", to_shares, non_decryptor, {}, []),
+    Step(
+        "all shares committed, round still open after the grace: an outsider combines too",
+        to_shares,
+        non_decryptor,
+        {"stage_since": "past-combine-grace"},
+        ["CombineShares"],
+    ),
     Step("merged, hash not held: load it", to_merged, first, {"wanted": WANT}, ["LoadMerged"]),
     Step(
         "merged, hash held: deliver, nothing to do",
@@ -291,6 +312,9 @@ def test_step(step: Step) -> None:
     if kw.get("stage_since") == "stage-minus-12":
         r = c.round
         kw["stage_since"] = ((r.number, r.phase, r.step), 100.0 - 12.0)
+    if kw.get("stage_since") == "past-combine-grace":
+        r = c.round
+        kw["stage_since"] = ((r.number, r.phase, r.step), 100.0 - TIMEOUTS.decrypt / OUTSIDER_COMBINE_GRACE)
     assert kinds(c, facts(me, **kw)) == step.expect
 
 
@@ -309,9 +333,40 @@ def test_job_fields_follow_the_ledger() -> None:
     assert [x.node_id for x in verify.contributions] == list(c.round.contributors)
     c = make_contract()
     to_shares(c)
-    (combine,) = reconcile(c, facts(non_decryptor(c))).jobs
+    me = next(p for p in c.round.decrypt_set if p != c.round.leader)  # no share job left
+    (combine,) = reconcile(c, facts(me)).jobs
     assert isinstance(combine, CombineShares)
     assert [v.node_id for v in combine.shares] == list(c.round.decrypt_set)
+
+
+def test_prepare_carries_the_committed_contributions_and_decrypt_set() -> None:
+    c = make_contract()
+    to_aggregate(c)
+    r = c.round
+    (prepare,) = [j for j in reconcile(c, facts(verifier(c))).jobs if isinstance(j, PrepareAggregate)]
+    assert [x.node_id for x in prepare.contributions] == list(r.contributors)
+    assert (prepare.round, prepare.step, prepare.epoch, prepare.decrypt_set) == (1, r.step, 1, r.decrypt_set)
+    assert prepare.key == ("prepare", 1, r.step)
+    # Nothing to prepare once the aggregate is committed (the verdict job takes over).
+    to_verify(c2 := make_contract())
+    assert not [j for j in reconcile(c2, facts(verifier(c2))).jobs if isinstance(j, PrepareAggregate)]
+
+
+def test_outsider_plan_rechecks_when_its_combine_grace_ends() -> None:
+    """The driver must wake up by itself when the grace ends: no block may come (the
+    decryptors that would close the round are gone)."""
+    c = make_contract()
+    to_shares(c)
+    stage = (1, Phase.DECRYPT.value, c.round.step)
+    outsider = reconcile(c, facts(non_decryptor(c), now=100.0, stage_since=(stage, 99.0)))
+    assert outsider.jobs == ()
+    assert outsider.recheck == 99.0 + TIMEOUTS.decrypt / OUTSIDER_COMBINE_GRACE
+    inside = reconcile(c, facts(decryptor(c), now=100.0, stage_since=(stage, 99.0)))
+    assert inside.recheck is None
+    # Once it voted (it combined after all): nothing more to wait for.
+    outsider_id = non_decryptor(c)
+    commit(c, (outsider_id, MergedModel(round=1, step=c.round.step, params_hash=h("merged"))))
+    assert reconcile(c, facts(outsider_id, now=100.0, stage_since=(stage, 99.0))).recheck is None
 
 
 def test_epoch_jobs_carry_the_epoch_spec() -> None:
