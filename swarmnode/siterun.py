@@ -8,10 +8,12 @@ lines and per-phase timings), and timing of local training.
 Files in ``<storage_dir>`` (read by `swarmnode report`):
 
 - ``metrics.json``: the trainer's format (``site``, ``metric``, ``rounds``: one
-  `RoundRecord.to_dict()` per merged round; at the end also ``stop_reason``,
-  ``final_hash``, ``test``), plus ``timings``: ``{"rounds": [{"round", "train_s",
-  "merge_s"}], "phases": [{"round", "phase", "seconds"}]}``. Phase durations are
-  as this node observed them (status polled every 0.25 s).
+  `RoundRecord.to_dict()` per merged round, ``kind`` ``"statistics"`` for the
+  swarm-standardisation rounds that open the ledger and ``"training"`` after
+  them; at the end also ``stop_reason``, ``final_hash``, ``test``), plus
+  ``timings``: ``{"rounds": [{"round", "kind", "train_s", "merge_s"}], "phases":
+  [{"round", "phase", "seconds"}]}``. Phase durations are as this node observed
+  them (status polled every 0.25 s).
 """
 
 from __future__ import annotations
