@@ -9,8 +9,10 @@ nursery that `open_swarm_node` owns (nothing outlives the ``async with``):
   block-sync answers, timers, our transactions) from one channel and performs
   the core's actions in order: `PersistSigned` is written to SQLite before the
   `Broadcast` after it is sent, a `Commit` is stored before anything else.
-  An own proposal of an *empty* block is held back up to ``idle_block_interval``
-  (or until a transaction shows up) so an idle swarm does not spin out blocks.
+  Idle pacing, so an idle swarm does not spin out blocks: when we are the next
+  height's proposer with an empty mempool, the height's start is held back up to
+  ``idle_block_interval`` (or until a transaction shows up, which then goes into
+  that very block); an own empty proposal in a later round is held the same way.
 * gossip pump (topic ``consensus``), a timer task, and a block-sync server.
 * round driver: after every commit or local change, `reconcile()` says which
   jobs this node owes; each job key runs once (retried with back-off if it
