@@ -115,6 +115,11 @@ class PhaseClock:
 
         return timed
 
+    def busy_spans(self, start: float, end: float) -> list[tuple[float, float]]:
+        """The union of all timed calls (any phase) inside [start, end], as sorted spans."""
+        spans = sorted((max(s, start), min(e, end)) for _, s, e in self.calls if e > start and s < end)
+        return union_spans(spans)
+
     def window(self, start: float, end: float) -> dict[str, Any]:
         """Per phase: summed call time and the union of call intervals, inside [start, end]."""
         out: dict[str, Any] = {}
@@ -133,6 +138,19 @@ class PhaseClock:
                 busy += cur_e - cur_s
             out[phase] = {"calls": len(spans), "sum_s": sum(e - s for s, e in spans), "busy_s": busy}
         return out
+
+
+def union_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Merge sorted (start, end) spans into disjoint ones."""
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(spans):
+        if e <= s:
+            continue
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -233,6 +251,7 @@ async def run(args: argparse.Namespace) -> None:
                         "end": end,
                         "bytes_sent": sent1 - sent0,
                         "phases": clock.window(start, end),
+                        "busy_spans": clock.busy_spans(start, end),
                         "hash": merged.params_hash.hex(),
                         "roles": [role for role in ("leader", "verifier") if _was(node, merged.round, role)],
                     }
