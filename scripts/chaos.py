@@ -36,8 +36,9 @@ prints a table of the faults tried, their outcome and the recovery time, and wri
 as JSON (``--json``; default ``<workdir>/chaos.json``).
 
 Exit status 0 only if training finished, every fault passed, with zero lost commits and
-zero divergent models or blocks. Everything it starts is killed (process groups) on any
-exit path.
+zero divergent models or blocks. A run that stops early (a site process exits with an
+error, or ``--timeout``) still prints the table and writes the JSON, with ``error`` set.
+Everything it starts is killed (process groups) on any exit path.
 """
 
 from __future__ import annotations
@@ -322,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
     swarm = Swarm(plan)
     started = time.monotonic()
     deadline = started + args.timeout
+    error: str | None = None  # why the run stopped early (still reported, exit status 1)
     try:
         for name in names:
             swarm.start(name)
@@ -331,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
             codes = swarm.exit_codes()
             failed = {n: c for n, c in codes.items() if c not in (None, 0)}
             if failed:
-                raise RuntimeError(f"site process failed: {failed}; see {workdir}/site*/run*.log")
+                error = f"site process failed: {failed}; see {workdir}/site*/run*.log"
+                break
             if all(c == 0 for c in codes.values()):
                 break
             round_, phase = swarm_phase(swarm)
@@ -369,11 +372,11 @@ def run(args: argparse.Namespace) -> int:
                         faults.append(fault)
             time.sleep(0.3)
         else:
-            raise RuntimeError(f"training did not finish within {args.timeout:g} s")
+            error = f"training did not finish within {args.timeout:g} s"
     finally:
         swarm.stop()
     return report(
-        swarm, faults, schedule, time.monotonic() - started, Path(args.json or workdir / "chaos.json")
+        swarm, faults, schedule, time.monotonic() - started, Path(args.json or workdir / "chaos.json"), error
     )
 
 
@@ -395,13 +398,21 @@ def describe(fault: Fault) -> str:
     )
 
 
-def report(swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: float, out: Path) -> int:
+def report(
+    swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: float, out: Path, error: str | None
+) -> int:
     names = list(swarm.processes)
     finals: dict[str, str | None] = {}
     for name in names:
         metrics = swarm.configs[name].node.storage_dir / "metrics.json"
         finals[name] = json.loads(metrics.read_text()).get("final_hash") if metrics.exists() else None
-    verified = {name: verify_site_ledger(swarm.configs[name]) for name in names}
+    verified: dict[str, bool] = {}
+    for name in names:
+        try:
+            verified[name] = verify_site_ledger(swarm.configs[name]).ok
+        except Exception as exc:  # e.g. no ledger yet: not verified
+            print(f"{name}: cannot verify the ledger: {exc}")
+            verified[name] = False
     ledger_finals: dict[str, str | None] = {}
     for name in names:
         try:
@@ -414,8 +425,12 @@ def report(swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: floa
     # Nothing committed before a fault is lost, and all sites agree block by block.
     blocks: dict[str, dict[int, bytes]] = {}
     for name in names:
-        with LedgerStore.open_existing(ledger_path(swarm.configs[name])) as store:
-            blocks[name] = {h: digest for h, digest, _, _ in store.raw_blocks()}
+        try:
+            with LedgerStore.open_existing(ledger_path(swarm.configs[name])) as store:
+                blocks[name] = {h: digest for h, digest, _, _ in store.raw_blocks()}
+        except Exception as exc:  # no ledger at all: counted as losing everything it had
+            print(f"{name}: cannot read the ledger store: {exc}")
+            blocks[name] = {}
     lost = 0
     for fault in faults:
         for site, height in fault.heights_before.items():
@@ -426,6 +441,8 @@ def report(swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: floa
     hashes = set(finals.values()) | set(ledger_finals.values())
     divergent_models = len(hashes) - 1 if None not in hashes else len(names)
     print(f"\nchaos run: {len(names)} sites, {seconds:.0f} s, faults planned: {', '.join(schedule)}")
+    if error:
+        print(f"RUN FAILED: {error}")
     print(f"{'fault':20s} {'sites':22s} {'round':>5s}  {'outcome':24s} {'recovery s':>10s}  while cut")
     for fault in faults:
         rec = "-" if fault.recovery_seconds is None else f"{fault.recovery_seconds:.1f}"
@@ -440,14 +457,15 @@ def report(swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: floa
     print(f"final models: {len(set(finals.values()))} distinct {sorted(set(map(str, finals.values())))}")
     print(f"ledgers' final model: {sorted(set(map(str, ledger_finals.values())))}")
     print(
-        f"ledgers verified: {sum(r.ok for r in verified.values())}/{len(names)}; lost commits: {lost}; "
+        f"ledgers verified: {sum(verified.values())}/{len(names)}; lost commits: {lost}; "
         f"divergent blocks: {divergent_blocks}; divergent models: {divergent_models}"
     )
     ok = (
-        lost == 0
+        error is None
+        and lost == 0
         and divergent_blocks == 0
         and divergent_models == 0
-        and all(r.ok for r in verified.values())
+        and all(verified.values())
         and all(f.outcome == "recovered" for f in faults)
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -457,11 +475,12 @@ def report(swarm: Swarm, faults: list[Fault], schedule: list[str], seconds: floa
                 "sites": len(names),
                 "seconds": round(seconds, 1),
                 "schedule": schedule,
+                "error": error,
                 "faults": [asdict(f) for f in faults],
                 "not_fired": not_fired,
                 "final_hashes": finals,
                 "ledger_final_hashes": ledger_finals,
-                "ledgers_ok": {n: r.ok for n, r in verified.items()},
+                "ledgers_ok": verified,
                 "lost_commits": lost,
                 "divergent_blocks": divergent_blocks,
                 "divergent_models": divergent_models,
