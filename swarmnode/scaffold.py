@@ -209,7 +209,7 @@ source = {_toml(s.data)}
 {chr(10).join(optional_data)}
 
 [data.preprocess]
-standardize = true             # scale features with this site's own mean and std
+standardize = "swarm"          # pooled mean/std agreed via the secure merge; "local": own; "none"
 log1p = false                  # log(1 + x) first (expression counts)
 # genes = ["GENE1", "GENE2"]   # keep exactly these features, in this order
 

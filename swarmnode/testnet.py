@@ -133,7 +133,8 @@ def prepare_testnet(
     secure: bool = True,
     overwrite: bool = False,
 ) -> TestnetPlan:
-    from models.data import DatasetError, load_dataset
+    from models.data import DatasetError, load_dataset, statistics_rounds
+    from models.flatten import spec_layout
     from models.spec import logistic_regression, mlp
     from models.splits import preset_scenario, split_sites
 
@@ -205,7 +206,8 @@ def prepare_testnet(
             merge_method="mean",
             min_peers=2,
             sync_every=sync_every,
-            max_rounds=rounds,
+            # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
+            max_rounds=rounds + statistics_rounds(data.n_features, spec_layout(spec).size),
             join_policy=JoinPolicy(mode="members", approvals=1),
             timeouts=TESTNET_TIMEOUTS,
             nonce=os.urandom(16),
