@@ -176,6 +176,10 @@ FloatVector = npt.NDArray[np.float32]
 # -- public values and errors ---------------------------------------------------------------
 
 
+_PEER_WATCH: Final = 0.5  # seconds between checks that a blob's source is still connected
+_SUM_WAIT: Final = 5.0  # seconds a job waits for another job's sum of the same blobs
+
+
 class SwarmError(Exception):
     """The swarm could not give what was asked (base of the runtime's errors)."""
 
@@ -440,7 +444,7 @@ class Node:
         self._blobs_pruned_for = 0  # the open round when blobs/ was last pruned
         # Blob fetches under way (digest -> done): a second fetch of the same blob waits for
         # the first and then reads the transport's store, so no blob crosses the wire twice.
-        self._fetching: dict[bytes, trio.Event] = {}
+        self._fetching: dict[tuple[bytes, NodeId | None], trio.Event] = {}
         # Results of this round's expensive steps that several jobs need (our own sum of a set
         # of contributions, our decryption share of it): key -> bytes, computed once.
         self._computed: dict[tuple[object, ...], bytes] = {}
@@ -871,14 +875,16 @@ class Node:
 
         With `keep_round`, the blob belongs to that (open) round and is persisted to
         ``blobs/`` so that we can serve it again after a restart. Concurrent fetches of one
-        blob share one transfer (the transport's blob store is the cache)."""
-        while (pending := self._fetching.get(digest)) is not None:
+        blob from one source share one transfer (the transport's blob store is the cache);
+        another source is not held up by a stuck one."""
+        source = (digest, owner)
+        while (pending := self._fetching.get(source)) is not None:
             await pending.wait()
-        done = self._fetching[digest] = trio.Event()
+        done = self._fetching[source] = trio.Event()
         try:
             data = await self._fetch_once(digest, owner)
         finally:
-            del self._fetching[digest]
+            del self._fetching[source]
             done.set()
         if keep_round is not None:
             self._keep_blob(keep_round, data)
@@ -888,7 +894,7 @@ class Node:
         data: bytes | None = None
         if owner is not None and owner != self.node_id:
             try:
-                data = await self.transport.get_blob(digest, peer=owner, timeout=30.0)
+                data = await self._from_connected(digest, owner)
             except (TransportError, ProtocolError) as exc:
                 self._log.debug(
                     "blob %s not from %s (%s); asking anyone", digest.hex()[:12], owner.short, exc
@@ -897,16 +903,58 @@ class Node:
             data = await self.transport.get_blob(digest, timeout=60.0)
         return data
 
-    async def _once(self, key: tuple[object, ...], compute: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def _from_connected(self, digest: bytes, owner: NodeId) -> bytes | None:
+        """The blob from `owner`; None as soon as `owner`, connected when we asked, is no longer
+        among our peers (it died mid-transfer: ask someone else now, not after the timeout)."""
+        got: list[bytes] = []
+        failed: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def fetch() -> None:
+                try:
+                    got.append(await self.transport.get_blob(digest, peer=owner, timeout=30.0))
+                except (TransportError, ProtocolError) as exc:
+                    failed.append(exc)
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                if owner not in self.transport.peers():
+                    return  # not connected now: the fetch dials it (bounded by its timeout)
+                while owner in self.transport.peers():
+                    await trio.sleep(_PEER_WATCH)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(fetch)
+            nursery.start_soon(watch)
+        if got:
+            return got[0]
+        if failed:
+            raise failed[0]
+        return None
+
+    async def _once(
+        self,
+        key: tuple[object, ...],
+        compute: Callable[[], Awaitable[bytes]],
+        *,
+        wait_limit: float = math.inf,
+    ) -> bytes:
         """`compute()` once per node for `key` (jobs asking concurrently share the run; a
-        failed run leaves nothing behind, the next caller tries again)."""
+        failed run leaves nothing behind, the next caller tries again). A caller waits at
+        most `wait_limit` for a run under way, then computes on its own (a deterministic
+        result: only for computations whose copies are equal bytes)."""
         while True:
             if key in self._computed:
                 return self._computed[key]
             pending = self._computing.get(key)
             if pending is None:
                 break
-            await pending.wait()
+            with trio.move_on_after(wait_limit) as waited:
+                await pending.wait()
+            if waited.cancelled_caught:
+                result = await compute()
+                self._computed.setdefault(key, result)
+                return result
         done = self._computing[key] = trio.Event()
         try:
             result = await compute()
@@ -915,6 +963,28 @@ class Node:
         finally:
             del self._computing[key]
             done.set()
+
+    @staticmethod
+    async def _concurrently(tasks: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Run `tasks` at once; the first failure cancels the rest and is raised as itself.
+
+        Not as a trio ExceptionGroup: `_run_job` retries a job on a TransportError (a peer
+        gone, a blob missing) and must see it as one, or a fetch that fails in a nursery
+        would take the whole node down instead of being retried."""
+        failures: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def run(task: Callable[[], Awaitable[None]]) -> None:
+                try:
+                    await task()
+                except Exception as exc:  # re-raised below, the first one only
+                    failures.append(exc)
+                    nursery.cancel_scope.cancel()
+
+            for task in tasks:
+                nursery.start_soon(run, task)
+        if failures:
+            raise failures[0]
 
     def _forget_computed(self) -> None:
         """Drop the results of rounds that are closed (they hold whole ciphertexts)."""
@@ -1077,18 +1147,23 @@ class Node:
         self, round_number: int, contributions: Sequence[ContributionRecord], holder: NodeId | None = None
     ) -> bytes:
         """Our own sum of `contributions`, fetched by their committed hashes (verified on
-        receipt) all at once, each from its contributor while it is connected (spreads the
-        load over every uplink), else from `holder` (the aggregator holds them all), else
+        receipt) all at once: from `holder` if given (the aggregator holds them all), else each
+        from its contributor while it is connected (spreads the load over every uplink), else
         from anyone (the head of the rotation holds copies). Computed once per node and set of
         contributions: the leader's aggregate, the verifier's verdict and a decryptor's check
-        share it."""
+        share it; a caller does not wait more than `_SUM_WAIT` for another's run (whose source
+        may hang) before summing with its own sources."""
         # Node-id order makes the input canonical (the plaintext merge's hash depends on it;
         # ciphertext addition does not).
         ordered = tuple(sorted(contributions, key=lambda c: c.node_id.public_key))
         key = ("sum", round_number, tuple(c.blob_hash for c in ordered))
         connected = self.transport.peers() | {self.node_id}
-        sources = tuple(c.node_id if c.node_id in connected else holder for c in ordered)
-        return await self._once(key, lambda: self._fetch_and_sum(round_number, ordered, sources))
+        sources = tuple(
+            holder if holder is not None else c.node_id if c.node_id in connected else None for c in ordered
+        )
+        return await self._once(
+            key, lambda: self._fetch_and_sum(round_number, ordered, sources), wait_limit=_SUM_WAIT
+        )
 
     async def _fetch_and_sum(
         self,
@@ -1102,9 +1177,7 @@ class Node:
             async def fetch(k: int, c: ContributionRecord) -> None:
                 blobs[k] = await self._fetch(c.blob_hash, sources[k], keep_round=round_number)
 
-            async with trio.open_nursery() as nursery:
-                for k, c in enumerate(contributions):
-                    nursery.start_soon(fetch, k, c)
+            await self._concurrently([partial(fetch, k, c) for k, c in enumerate(contributions)])
             return await self._compute(lambda: self._plaintext_merge(blobs))
         # Secure: add each ciphertext as it arrives (addition mod q is order-independent), so
         # decoding the first overlaps the transfer of the others.
@@ -1116,9 +1189,9 @@ class Node:
             async with adding:
                 await self._compute(builder.add, blob)
 
-        async with trio.open_nursery() as nursery:
-            for c, source in zip(contributions, sources, strict=True):
-                nursery.start_soon(fetch_and_add, c, source)
+        await self._concurrently(
+            [partial(fetch_and_add, c, source) for c, source in zip(contributions, sources, strict=True)]
+        )
         return await self._compute(builder.result)
 
     def _plaintext_merge(self, blobs: Sequence[bytes]) -> bytes:
@@ -1147,9 +1220,11 @@ class Node:
 
     async def _prefetch(self, job: Job) -> None:
         assert isinstance(job, PrefetchContributions)
-        async with trio.open_nursery() as nursery:
-            for c in job.contributions:
-                nursery.start_soon(partial(self._fetch, keep_round=job.round), c.blob_hash, c.node_id)
+
+        async def fetch(c: ContributionRecord) -> None:
+            await self._fetch(c.blob_hash, c.node_id, keep_round=job.round)  # kept and served on
+
+        await self._concurrently([partial(fetch, c) for c in job.contributions])
 
     async def _prepare(self, job: Job) -> None:
         """Verifier / decrypt set during the aggregate phase: our own sum now, and (decrypt
@@ -1286,10 +1361,10 @@ class Node:
         async def fetch(digest: bytes, owner: NodeId | None) -> None:
             blobs[digest] = await self._fetch(digest, owner, keep_round=job.round)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch, job.aggregate_hash, job.aggregator)
-            for vote in job.shares:
-                nursery.start_soon(fetch, vote.value, vote.node_id)
+        await self._concurrently(
+            [partial(fetch, job.aggregate_hash, job.aggregator)]
+            + [partial(fetch, vote.value, vote.node_id) for vote in job.shares]
+        )
         aggregate = blobs[job.aggregate_hash]
         shares = [blobs[vote.value] for vote in job.shares]
         if self.genesis.training.secure:

@@ -335,3 +335,24 @@ async def test_colluding_leader_and_verifier_get_nothing_decrypted(
     merged = [r for r in node.contract.history() if r.outcome == "merged"]
     assert len(merged) == 3
     assert all(r.number > 1 for r in merged)
+
+
+async def test_decryptor_dying_after_its_share_does_not_take_the_combiners_down(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A decryptor commits its share and dies before anyone fetched it: the other
+    combiners' concurrent fetches fail (the blob is gone with it). That is a retried job
+    failure (a TransportError, not an ExceptionGroup escaping the job), then the decrypt
+    deadline; the survivors finish training on one model."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    rotation = by_key(plan.ids)
+    victim = plan.ids.index(rotation[2])  # in round 1's decrypt set, neither leader nor verifier
+    _plan, sites = await run_swarm(tmp_path, faults={victim: Faults(crash_before=frozenset({"combine"}))})
+    live = check_outcome(sites, crashed=frozenset({victim}))
+    node = live[0].node
+    assert node is not None
+    first = node.contract.round_record(1)
+    assert first is not None
+    assert rotation[2] in {v.node_id for v in first.decryption_shares} or first.outcome == "merged"
+    for site in live:
+        assert site.results, "training did not complete"
