@@ -1387,16 +1387,21 @@ class Node:
 
     async def _load_merged(self, job: Job) -> None:
         assert isinstance(job, LoadMerged)
-        if job.params_hash not in self._models:
-            data = self.files.load_model(job.params_hash)
-            if data is None:
-                data = await self._fetch(job.params_hash, None)
-            if len(data) != 4 * self.n_params:
-                raise MalformedMessage(
-                    f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}"
-                )
-            self.files.save_model(data)
-            self._hold_model(job.params_hash, data)
+        await self.merged_parameters(job.params_hash)
+
+    async def merged_parameters(self, params_hash: bytes) -> FloatVector:
+        """A merged model by its ledger hash: held, on disk, or fetched from any peer (the
+        transport checks the hash); read-only."""
+        held = self._models.get(params_hash)
+        if held is not None:
+            return held
+        data = self.files.load_model(params_hash)
+        if data is None:
+            data = await self._fetch(params_hash, None)
+        if len(data) != 4 * self.n_params:
+            raise MalformedMessage(f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}")
+        self.files.save_model(data)
+        return self._hold_model(params_hash, data)
 
     async def _phase_timeout(self, job: Job) -> None:
         assert isinstance(job, SubmitPhaseTimeout)

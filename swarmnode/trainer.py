@@ -622,6 +622,21 @@ class SwarmTrainer:
             if result.stopped:
                 return self.finish("training stopped with this round", result)
 
+    async def _recover_statistics(self, node: Node) -> None:
+        """After a restart (or a late join) the statistics rounds may already be merged: their
+        results are merged models on the ledger, public to members, so take them from there
+        instead of offering statistics into a round that now merges models."""
+        agreement = self._agreement
+        if agreement is None or agreement.done:
+            return
+        merged = [r.merged_hash for r in node.contract.history() if r.outcome == "merged"]
+        for digest in merged[agreement.index : agreement.rounds]:
+            assert digest is not None  # a merged round records its model's hash
+            agreement.merged(await node.merged_parameters(digest))
+            self._statistics_hashes.add(digest)
+        if agreement.done:
+            self.learner.use_pooled_moments(agreement.result())  # type: ignore[attr-defined]
+
     async def arun(
         self, node: Node, *, inline_compute: bool = False, timeout: float | None = None
     ) -> TrainingSummary:
@@ -631,6 +646,7 @@ class SwarmTrainer:
         async def compute(fn: Callable[[], T]) -> T:
             return fn() if inline_compute else await trio.to_thread.run_sync(fn)
 
+        await self._recover_statistics(node)
         while True:
             offer = await compute(self.next_sync)
             if node.contract.stopped is None:

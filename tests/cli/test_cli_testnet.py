@@ -79,7 +79,9 @@ def test_testnet_three_real_processes_same_final_model_ledger_and_report(
     hashes = {m["final_hash"] for m in metrics}
     assert len(hashes) == 1
     assert None not in hashes
-    assert all(len(m["rounds"]) == 3 and m["test"] is not None for m in metrics)
+    # 2 statistics merges (swarm-agreed standardisation of 30 features) then the 3 training rounds
+    assert all([r["kind"] for r in m["rounds"]] == ["statistics"] * 2 + ["training"] * 3 for m in metrics)
+    assert all(m["test"] is not None for m in metrics)
     summary = json.loads((workdir / "report" / "report.json").read_text())
     assert set(summary["final_hashes"].values()) == hashes
     assert summary["central"] is not None
@@ -100,11 +102,11 @@ def test_testnet_three_real_processes_same_final_model_ledger_and_report(
         assert "all valid" in capsys.readouterr().out
     assert main(["ledger", "show", "--config", configs[1], "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert [r["outcome"] for r in record["rounds"]] == ["merged"] * 3
+    assert [r["outcome"] for r in record["rounds"]] == ["merged"] * 5
     assert record["stopped"]["final_model_hash"] in hashes
     assert {c["name"] for c in record["rounds"][0]["contributors"]} == {"site0", "site1", "site2"}
     assert main(["ledger", "show", "--config", configs[2]]) == 0
-    assert "round 3: merged" in capsys.readouterr().out
+    assert "round 5: merged" in capsys.readouterr().out
 
     # a tampered copy of a ledger fails verification, naming height and field
     copy = tmp_path / "copy"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from consensus.contract import MERGED, Round
 from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
 from models.data import FeatureMoments, PreprocessConfig, load_dataset, statistics_rounds
 from models.spec import ModelSpec, mlp
@@ -102,6 +104,49 @@ def test_statistics_rounds_come_first_and_give_every_site_the_pooled_statistics(
     record = trainers[0].merged(result(k + 1, offer.parameters, 100))
     assert record.to_dict()["kind"] == TRAINING
     assert [r.kind for r in trainers[0].rounds] == [STATISTICS] * k + [TRAINING]
+
+
+class _LedgerWithMergedRounds:
+    """What `SwarmTrainer._recover_statistics` reads of a node: the closed rounds and the
+    merged models by hash."""
+
+    def __init__(self, merged: list[np.ndarray]) -> None:
+        self.models = {hashlib.sha256(v.tobytes()).digest(): v for v in merged}
+        rounds = [Round(number=i + 1, outcome=MERGED, merged_hash=d) for i, d in enumerate(self.models)]
+        aborted = Round(number=len(rounds) + 1, outcome="aborted")
+        self.contract = SimpleNamespace(history=lambda: (rounds[0], aborted, *rounds[1:]))
+
+    async def merged_parameters(self, params_hash: bytes) -> np.ndarray:
+        return self.models[params_hash]
+
+
+async def test_a_restarted_site_takes_the_pooled_statistics_from_the_ledger() -> None:
+    sites = two_sites()
+    k = statistics_rounds(30, 35)
+    genesis = genesis_for(SPEC, max_rounds=k + 2)
+    trainers = [SwarmTrainer.from_local_trainer(s, genesis) for s in sites]
+    merged_vectors = []
+    for r in range(1, k + 1):
+        offers = [t.next_sync() for t in trainers]
+        weights = [o.num_samples for o in offers]
+        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
+        merged_vectors.append((weighted / sum(weights)).astype(np.float32))
+        for t in trainers:
+            t.merged(result(r, merged_vectors[-1], sum(weights)))
+    # Site 0 restarts: a fresh trainer over the same data, the ledger past the statistics rounds.
+    site = two_sites()[0]
+    restarted = SwarmTrainer.from_local_trainer(site, genesis)
+    ledger = _LedgerWithMergedRounds(merged_vectors)
+    with pytest.raises(SwarmSetupError):
+        restarted.check_ledger(restarted.next_sync(), merged_rounds=k)  # without recovery: refused
+    restarted = SwarmTrainer.from_local_trainer(site, genesis)
+    await restarted._recover_statistics(ledger)  # type: ignore[arg-type]
+    assert not restarted.standardizing
+    np.testing.assert_array_equal(site.preprocessor.mean, sites[0].preprocessor.mean)
+    np.testing.assert_array_equal(site.preprocessor.scale, sites[0].preprocessor.scale)
+    offer = restarted.next_sync()
+    assert offer.kind == TRAINING
+    restarted.check_ledger(offer, merged_rounds=k)
 
 
 def test_a_site_out_of_step_with_the_ledger_does_not_offer_statistics() -> None:
