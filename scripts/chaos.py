@@ -277,8 +277,10 @@ def inject_partition(
     else:
         minority = fault.sites
         minority_stalled = all(fault.heights_at_heal[m] == fault.heights_settled[m] for m in minority)
+        # Against the heights before the cut: a fast majority may merge its round while the
+        # cut settles, and that progress counts (only the minority must not move after it).
         majority_moved = max(fault.heights_at_heal[n] for n in majority) > max(
-            fault.heights_settled[n] for n in majority
+            fault.heights_before[n] for n in majority
         )
         if not minority_stalled:
             fault.outcome = "minority committed"
