@@ -14,13 +14,18 @@ for a long local run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -399,3 +404,37 @@ class ContractKit:
 @pytest.fixture(scope="session")
 def contract_kit() -> ContractKit:
     return ContractKit(make_genesis())
+
+
+CHAOS_SCRIPT: Final = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
+
+
+def _run_chaos(workdir: Path, arguments: Sequence[str], *, limit: float) -> tuple[dict[str, Any], str]:
+    """One bounded run of ``scripts/chaos.py`` in `workdir` (its own timeout a minute under
+    `limit`); asserts it passed and returns its JSON result and console output. On timeout a
+    SIGINT lets the script stop every site process group in its `finally`."""
+    command = [sys.executable, str(CHAOS_SCRIPT), *arguments, "--workdir", str(workdir),
+               "--timeout", str(limit - 60)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    print(text)
+    assert proc.returncode == 0, text[-3000:]
+    return json.loads((workdir / "chaos.json").read_text()), text
+
+
+ChaosRunner = Callable[..., tuple[dict[str, Any], str]]
+
+
+@pytest.fixture(scope="session")
+def run_chaos() -> ChaosRunner:
+    """`run_chaos(workdir, arguments, limit=seconds) -> (result JSON, output)`: see `_run_chaos`."""
+    return _run_chaos

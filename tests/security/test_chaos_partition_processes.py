@@ -14,45 +14,33 @@ killed (process groups) on any exit path by the script; the test bounds the scri
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from swarmnode.cli import main
 
+if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
+    from conftest import ChaosRunner
+
 pytestmark = pytest.mark.timeout(600)
-CHAOS = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
 RUN_LIMIT = 540.0
 
 
 @pytest.fixture(scope="module")
-def partition_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+def partition_run(
+    tmp_path_factory: pytest.TempPathFactory, run_chaos: ChaosRunner
+) -> tuple[Path, dict[str, Any], str]:
     workdir = tmp_path_factory.mktemp("chaos-partition") / "net"
-    command = [
-        sys.executable, str(CHAOS), "--nodes", "4", "--rounds", "3", "--phases", "--no-restart-all",
+    result, text = run_chaos(
+        workdir,
+        ["--nodes", "4", "--rounds", "3", "--phases", "--no-restart-all",
         "--partitions", "split", "isolate", "--partition-phase", "contribute", "--split-seconds", "15",
-        "--isolate-max-seconds", "240", "--seed", "5", "--workdir", str(workdir),
-        "--timeout", str(RUN_LIMIT - 60),
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # chaos.py stops every site process group in `finally`
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode(errors="replace")
-    print(text)
-    assert proc.returncode == 0, text[-3000:]
-    return workdir, json.loads((workdir / "chaos.json").read_text()), text
+        "--isolate-max-seconds", "240", "--seed", "5"],
+        limit=RUN_LIMIT,
+    )
+    return workdir, result, text
 
 
 def test_split_without_quorum_stalls_and_an_isolated_site_catches_up(
