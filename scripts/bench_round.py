@@ -267,7 +267,8 @@ def recorded_flower() -> JsonDict:
     return data
 
 
-def flower_round(flower: JsonDict, variant: str, n: int, size: str) -> float | None:
+def flower_figure(flower: JsonDict, variant: str, n: int, size: str, key: str) -> float | None:
+    """`key` of the Flower run of `variant` at N = `n` and `size`, if it ran without error."""
     for run in flower.get("runs", []):
         if (
             run.get("variant") == variant
@@ -275,19 +276,7 @@ def flower_round(flower: JsonDict, variant: str, n: int, size: str) -> float | N
             and run.get("size") == size
             and "error" not in run
         ):
-            return float(run["round_s_median"])
-    return None
-
-
-def flower_bytes(flower: JsonDict, variant: str, n: int, size: str) -> float | None:
-    for run in flower.get("runs", []):
-        if (
-            run.get("variant") == variant
-            and run.get("n") == n
-            and run.get("size") == size
-            and "error" not in run
-        ):
-            return float(run["up_bytes_median"])
+            return float(run[key])
     return None
 
 
@@ -303,7 +292,6 @@ def run_scaling(n: int, rounds: int) -> JsonDict:
     from consensus.genesis import Timeouts
     from models import mlp
     from swarmnode.net.memory import open_memory_network
-    from swarmnode.node import open_swarm_node
     from swarmnode.simswarm import SwarmPlan
 
     spec = mlp(30, 2, hidden=(HIDDEN["10k"], HIDDEN["10k"]))
@@ -324,13 +312,7 @@ def run_scaling(n: int, rounds: int) -> JsonDict:
 
         async def site(i: int, network: Any) -> None:
             params = np.random.default_rng(i).normal(0, 0.05, size).astype(np.float32)
-            async with open_swarm_node(
-                plan.configs[i],
-                transport=network.transport(plan.ids[i]),
-                identity=plan.identities[i],
-                genesis=plan.genesis,
-                inline_compute=True,
-            ) as node:
+            async with plan.open_node(i, network) as node:
                 for _ in range(rounds):
                     merged = await node.merge(params, 100, timeout=36000)
                     marks.setdefault(merged.round, []).append((trio.current_time(), time.perf_counter()))
@@ -391,9 +373,9 @@ def ratio_table(swarm: Sequence[JsonDict], flower: JsonDict) -> tuple[list[JsonD
             ),
             None,
         )
-        fedavg = flower_round(flower, "msgapi", s["n"], s["size"])
-        legacy = flower_round(flower, "legacy", s["n"], s["size"])
-        secagg = flower_round(flower, "secaggplus", s["n"], s["size"])
+        fedavg = flower_figure(flower, "msgapi", s["n"], s["size"], "round_s_median")
+        legacy = flower_figure(flower, "legacy", s["n"], s["size"], "round_s_median")
+        secagg = flower_figure(flower, "secaggplus", s["n"], s["size"], "round_s_median")
         rows.append(
             {
                 "n": s["n"],
@@ -413,7 +395,9 @@ def ratio_table(swarm: Sequence[JsonDict], flower: JsonDict) -> tuple[list[JsonD
                 "some_node_busy_fraction": s.get("some_node_busy_fraction"),
                 "secure_bytes_per_node": s["bytes_sent_per_node"],
                 "plain_bytes_per_node": None if plain is None else plain["bytes_sent_per_node"],
-                "flower_fedavg_up_bytes_per_client": flower_bytes(flower, "msgapi", s["n"], s["size"]),
+                "flower_fedavg_up_bytes_per_client": flower_figure(
+                    flower, "msgapi", s["n"], s["size"], "up_bytes_median"
+                ),
             }
         )
 

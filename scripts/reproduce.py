@@ -79,7 +79,6 @@ def run_case(
     from models.data import PreprocessConfig, statistics_rounds
     from models.training import init_parameters
     from swarmnode.net.memory import open_memory_network
-    from swarmnode.node import open_swarm_node
     from swarmnode.simswarm import SwarmPlan
     from swarmnode.trainer import TRAINING, SwarmTrainer
 
@@ -131,13 +130,7 @@ def run_case(
         async def site(i: int, network: Any) -> None:
             t = trainer(sites[i], 1000 * seed + i, "swarm")
             swarm_trainer = SwarmTrainer.from_local_trainer(t, plan.genesis, sync_every=epochs_per_round)
-            async with open_swarm_node(
-                plan.configs[i],
-                transport=network.transport(plan.ids[i]),
-                identity=plan.identities[i],
-                genesis=plan.genesis,
-                inline_compute=True,
-            ) as node:
+            async with plan.open_node(i, network) as node:
                 summary = await swarm_trainer.arun(node, inline_compute=True)
             trained = sum(r.kind == TRAINING for r in summary.rounds)
             swarm[i] = {**_metrics(t.evaluate(test)), "rounds": trained}

@@ -5,9 +5,7 @@ and by anything that wants N nodes quickly::
 
     swarm = SwarmPlan.create(tmp_path, spec, n=4, timeouts=FAST_TIMEOUTS, max_rounds=5)
     async with open_memory_network(seed=1) as net:
-        async with open_swarm_node(swarm.configs[0], transport=net.transport(swarm.ids[0]),
-                                   identity=swarm.identities[0], genesis=swarm.genesis,
-                                   inline_compute=True) as node: ...
+        async with swarm.open_node(0, net) as node: ...
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -28,7 +27,8 @@ from models.spec import ModelSpec
 from models.training import LocalTrainer, TrainConfig
 
 from .config import DataSection, LedgerSection, NodeConfig, NodeSection, SwarmSection
-from .node import MergeResult, Node, StopInfo, SwarmStopped
+from .net.memory import MemoryNetwork
+from .node import MergeResult, Node, StopInfo, SwarmStopped, open_swarm_node
 
 SIM_TIMEOUTS: Final = Timeouts(ready_wait=30.0, contribute=20.0, aggregate=20.0, verify=20.0, decrypt=20.0)
 
@@ -52,6 +52,19 @@ class SwarmPlan:
     @property
     def ids(self) -> tuple[NodeId, ...]:
         return tuple(i.node_id for i in self.identities)
+
+    def open_node(
+        self, index: int, network: MemoryNetwork, *, genesis: Genesis | None = None
+    ) -> AbstractAsyncContextManager[Node]:
+        """Node `index` on `network`, computing inline (virtual-time simulations); `genesis`
+        overrides the plan's."""
+        return open_swarm_node(
+            self.configs[index],
+            transport=network.transport(self.ids[index]),
+            identity=self.identities[index],
+            genesis=self.genesis if genesis is None else genesis,
+            inline_compute=True,
+        )
 
     @classmethod
     def create(

@@ -69,10 +69,7 @@ async def test_full_restart_after_the_aggregate_was_committed(
 
         async def second_life(i: int) -> None:
             net.restart(plan.ids[i])
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net) as node:
                 restarted[i] = node
                 params = np.full(N_PARAMS, float(i), np.float32)
                 while True:
@@ -148,15 +145,7 @@ async def test_handlers_raise_specific_protocol_errors(
     plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
     opener = EnvelopeOpener(EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES))
     async with open_memory_network(seed=2) as net, AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                open_swarm_node(
-                    plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                    genesis=plan.genesis, inline_compute=True,
-                )
-            )
-            for i in range(2)
-        ]  # fmt: skip
+        a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]
         forged = opener.codec.seal(plan.identities[0], BlockRequest(from_height=1))
         with pytest.raises(MalformedMessage, match="signed by"):
             await a._serve_blocks(b.node_id, forged)
@@ -179,15 +168,7 @@ async def test_equivocation_evidence_is_submitted_once_and_recorded(
     plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
     codec = EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES)
     async with open_memory_network(seed=3) as net, AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                open_swarm_node(
-                    plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                    genesis=plan.genesis, inline_compute=True,
-                )
-            )
-            for i in range(2)
-        ]  # fmt: skip
+        a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]
         submitted: list[object] = []
         real_submit = a.submit
 

@@ -24,7 +24,6 @@ from swarmnode.node import (
     SwarmStopped,
     decode_plaintext_update,
     encode_plaintext_update,
-    open_swarm_node,
     params_hash,
 )
 from swarmnode.simswarm import SwarmPlan
@@ -56,10 +55,7 @@ async def test_plaintext_training_completes(
     async with open_memory_network(seed=5) as net:
 
         async def site(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net, genesis=genesis) as node:
                 nodes[i] = node
                 params = submitted_params(i, 0)
                 while True:

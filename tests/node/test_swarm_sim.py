@@ -29,7 +29,6 @@ from models import LocalTrainer, TrainConfig, load_sklearn, mlp, preset_scenario
 from models.data import PreprocessConfig, statistics_rounds
 from models.flatten import spec_layout
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 from swarmnode.trainer import STATISTICS, SwarmTrainer, TrainingSummary
 
@@ -93,13 +92,7 @@ async def test_four_site_secure_swarm_beats_local_and_matches_central(
                 sites[i], plan.genesis, sync_every=EPOCHS_PER_ROUND
             )
             assert swarm_trainer.statistics_rounds == k
-            async with open_swarm_node(
-                plan.configs[i],
-                transport=net.transport(plan.ids[i]),
-                identity=plan.identities[i],
-                genesis=plan.genesis,
-                inline_compute=True,
-            ) as node:
+            async with plan.open_node(i, net) as node:
                 summaries[i] = await swarm_trainer.arun(node, inline_compute=True)
                 assert node.contract.final_model_hash == summaries[i].final_hash  # type: ignore[union-attr]
                 assert node.contract.stopped is not None
