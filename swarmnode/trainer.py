@@ -542,10 +542,7 @@ class SwarmTrainer:
         self._pending_statistics = None
         assert self._agreement is not None
         assert self._agreement.index == index
-        self._agreement.merged(result.parameters)
-        self._statistics_hashes.add(result.params_hash)
-        if self._agreement.done:
-            self.learner.use_pooled_moments(self._agreement.result())  # type: ignore[attr-defined]
+        self._take_statistics(result.parameters, result.params_hash)
         record = RoundRecord(
             round=result.round,
             local_epochs=self._trained,
@@ -632,10 +629,15 @@ class SwarmTrainer:
         merged = [r.merged_hash for r in node.contract.history() if r.outcome == "merged"]
         for digest in merged[agreement.index : agreement.rounds]:
             assert digest is not None  # a merged round records its model's hash
-            agreement.merged(await node.merged_parameters(digest))
-            self._statistics_hashes.add(digest)
-        if agreement.done:
-            self.learner.use_pooled_moments(agreement.result())  # type: ignore[attr-defined]
+            self._take_statistics(await node.merged_parameters(digest), digest)
+
+    def _take_statistics(self, vector: FloatVector, params_hash: bytes) -> None:
+        """One merged statistics vector; with the last one the pooled statistics take effect."""
+        assert self._agreement is not None
+        self._agreement.merged(vector)
+        self._statistics_hashes.add(params_hash)
+        if self._agreement.done:
+            self.learner.use_pooled_moments(self._agreement.result())  # type: ignore[attr-defined]
 
     async def arun(
         self, node: Node, *, inline_compute: bool = False, timeout: float | None = None
