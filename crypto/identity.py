@@ -10,6 +10,7 @@ sealing key is known from its ledger record alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -47,6 +48,13 @@ def _base58(data: bytes) -> str:
     return "1" * leading_zeros + "".join(reversed(out))
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer_id_of(public_key: bytes) -> str:
+    # Cached: envelopes, logs and the transport ask for the same few ids hundreds of
+    # thousands of times in a long simulation, and base58 is a bignum loop.
+    return _base58(_PEER_ID_PREFIX + public_key)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class NodeId:
@@ -61,7 +69,7 @@ class NodeId:
     @property
     def peer_id(self) -> str:
         """The libp2p peer ID (base58, ``12D3KooW...``) of this key."""
-        return _base58(_PEER_ID_PREFIX + self.public_key)
+        return _peer_id_of(self.public_key)
 
     @property
     def short(self) -> str:
