@@ -68,6 +68,8 @@ class TimeoutKind(enum.Enum):
 PROPOSAL_STEP: Final = "proposal"
 PREVOTE_STEP: Final = "prevote"
 PRECOMMIT_STEP: Final = "precommit"
+REBROADCAST_BACKOFF_CAP: Final = 4
+"""Re-sends within one round wait ``rebroadcast``, then twice, then four times as long."""
 
 
 @final
@@ -381,6 +383,7 @@ class TendermintCore:
         self._signed = {}
         self._future: dict[bytes, Envelope] = {}
         self._sync_seen: dict[NodeId, int] = {}
+        self._rebroadcast_after = self.config.timeouts.rebroadcast
 
     def _start_round(self, round: int) -> list[Action]:  # L11 StartRound
         self._round = round  # L12
@@ -403,7 +406,8 @@ class TendermintCore:
             out.append(
                 ScheduleTimeout(TimeoutKind.PROPOSE, h, round, timeouts.duration(TimeoutKind.PROPOSE, round))
             )
-        out.append(ScheduleTimeout(TimeoutKind.REBROADCAST, h, round, timeouts.rebroadcast))
+        self._rebroadcast_after = timeouts.rebroadcast
+        out.append(ScheduleTimeout(TimeoutKind.REBROADCAST, h, round, self._rebroadcast_after))
         self._waiting = False
         return out
 
@@ -608,8 +612,14 @@ class TendermintCore:
             gossip = TxGossip(txs=pending)
             out.append(Broadcast(self._opener.open(self._opener.codec.seal(self._identity, gossip))))
         self._sync_seen.clear()
-        timeouts = self.config.timeouts
-        out.append(ScheduleTimeout(TimeoutKind.REBROADCAST, self._height, self._round, timeouts.rebroadcast))
+        # Back off within a round: when messages are slow because every node is busy, blind
+        # re-sends every second multiplied the gossip (8 processes on 2 cores: each vote
+        # arrived ~4 times and latency grew to seconds). A new round starts at the base again.
+        cap = self.config.timeouts.rebroadcast * REBROADCAST_BACKOFF_CAP
+        self._rebroadcast_after = min(2 * self._rebroadcast_after, cap)
+        out.append(
+            ScheduleTimeout(TimeoutKind.REBROADCAST, self._height, self._round, self._rebroadcast_after)
+        )
         return out
 
     # -- the rules of Algorithm 1 ------------------------------------------------------------

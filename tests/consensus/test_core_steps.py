@@ -425,3 +425,22 @@ def test_messages_far_ahead_are_dropped_not_stored() -> None:
         ("timeout", "propose", 1, 900),
         ("timeout", "rebroadcast", 1, 900),
     ]
+
+
+def test_rebroadcasts_back_off_within_a_round_and_reset_in_the_next() -> None:
+    core = new_core()
+    core.start()
+
+    def next_rebroadcast(r: int) -> float:
+        scheduled = [
+            a for a in core.handle(timeout(TimeoutKind.REBROADCAST, r)) if isinstance(a, ScheduleTimeout)
+        ]
+        assert [(a.kind, a.round) for a in scheduled] == [(TimeoutKind.REBROADCAST, r)]
+        return scheduled[0].duration
+
+    assert [next_rebroadcast(0) for _ in range(4)] == [4.0, 8.0, 8.0, 8.0]
+    assert ("timeout", "rebroadcast", 1, 1, 2.0) in [
+        summary(a) for a in core.handle(timeout(TimeoutKind.PRECOMMIT, 0))
+    ]
+    assert next_rebroadcast(1) == 4.0
+    assert core.handle(timeout(TimeoutKind.REBROADCAST, 0)) == []  # stale: the old round's timer
