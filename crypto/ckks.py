@@ -225,26 +225,42 @@ def packed_size(coefficients: int) -> int:
 
 
 def pack60(values: U64) -> bytes:
-    """Pack residues (< 2^60, even count) two per 15 bytes, little endian."""
+    """Pack residues (< 2^60, even count) two per 15 bytes, little endian.
+
+    Pair i is the 120-bit little-endian integer ``v0 + v1 * 2^60`` at byte 15 i. It is
+    written as two unaligned 8-byte words through strided views of the output: bytes
+    ``15i .. 15i+7`` (``v0 | v1 << 60``) and ``15i+7 .. 15i+14`` (the pair's bits 56..119);
+    the byte both words cover gets the same value from each, so no pass over the bytes
+    is needed (one vector op per word, no 16-byte staging copy).
+    """
     pairs = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1, 2)
-    words = np.empty_like(pairs)
-    words[:, 0] = pairs[:, 0] | (pairs[:, 1] << np.uint64(60))
-    words[:, 1] = pairs[:, 1] >> np.uint64(4)
-    raw = words.astype("<u8", copy=False).view(np.uint8).reshape(-1, 16)
-    return np.ascontiguousarray(raw[:, :15]).tobytes()
+    count = pairs.shape[0]
+    out = np.empty(15 * count, dtype=np.uint8)
+    if count:
+        low, high = pairs[:, 0], pairs[:, 1]
+        _words(out, 0, count)[...] = low | (high << np.uint64(60))
+        _words(out, 7, count)[...] = ((low >> np.uint64(56)) & np.uint64(0xF)) | (high << np.uint64(4))
+    return out.tobytes()
+
+
+def _words(buffer: npt.NDArray[np.uint8] | bytes | memoryview, offset: int, count: int) -> U64:
+    """`count` little-endian u64 words at byte ``offset + 15 i`` of `buffer` (a strided view, no copy)."""
+    view: U64 = np.ndarray((count,), dtype="<u8", buffer=buffer, offset=offset, strides=(15,))
+    return view
 
 
 def unpack60(data: bytes | memoryview, count: int) -> U64:
-    """Inverse of `pack60`: `count` residues from exactly ``packed_size(count)`` bytes."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size != packed_size(count) or count % 2:
+    """Inverse of `pack60`: `count` residues from exactly ``packed_size(count)`` bytes.
+
+    Every 15-byte pair decodes to two values below 2^60 and back to the same bytes, so
+    the packing itself is canonical; callers check each value against its prime.
+    """
+    if count % 2 or len(data) != packed_size(count):
         raise ValueError("packed length mismatch")
-    padded = np.zeros((count // 2, 16), dtype=np.uint8)
-    padded[:, :15] = raw.reshape(-1, 15)
-    words = padded.view("<u8").reshape(-1, 2).astype(np.uint64, copy=False)
     out = np.empty((count // 2, 2), dtype=np.uint64)
-    out[:, 0] = words[:, 0] & _MASK60
-    out[:, 1] = (words[:, 0] >> np.uint64(60)) | (words[:, 1] << np.uint64(4))
+    if count:
+        np.bitwise_and(_words(data, 0, count // 2), _MASK60, out=out[:, 0])
+        np.right_shift(_words(data, 7, count // 2), np.uint64(4), out=out[:, 1])
     return out.reshape(-1)
 
 
@@ -439,9 +455,13 @@ class Aggregator:
     def add(self, vector: EncryptedVector) -> None:
         if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
+        q_col = self.context.q_col
         for start, batch in vector.batches():
-            stop = start + batch.shape[0]
-            self._sum[start:stop] = add_mod(self._sum[start:stop], batch, self.context.q_col)
+            total = self._sum[start : start + batch.shape[0]]
+            # In place: both below q < 2^61, so the sum does not wrap; min(r, r - q) is r mod q
+            # (r - q wraps to a huge value exactly when r < q).
+            np.add(total, batch, out=total)
+            np.minimum(total, total - q_col, out=total)
         self.count += 1
 
     def result(self) -> EncryptedVector:

@@ -88,6 +88,21 @@ def test_pack60_round_trips(values: np.ndarray) -> None:
     assert np.array_equal(ckks.unpack60(packed, values.size), values)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**60 - 1), min_size=2, max_size=40).filter(lambda v: len(v) % 2 == 0))
+def test_pack60_byte_layout_is_the_120_bit_little_endian_pair(values: list[int]) -> None:
+    """The wire layout (content-addressed blobs depend on it): pair i is ``v0 + v1 * 2^60`` in
+    15 little-endian bytes, whatever vector tricks the packer uses."""
+    reference = b"".join(
+        (values[i] + (values[i + 1] << 60)).to_bytes(15, "little") for i in range(0, len(values), 2)
+    )
+    packed = ckks.pack60(np.array(values, dtype=np.uint64))
+    assert packed == reference
+    # and from a view at an odd offset into a larger buffer, as blob bodies are read
+    body = memoryview(b"\x07" + reference + b"\x09")[1:-1]
+    assert ckks.unpack60(body, len(values)).tolist() == values
+
+
 def test_pack60_rejects_wrong_lengths() -> None:
     with pytest.raises(ValueError, match="packed length"):
         ckks.unpack60(b"\0" * 14, 2)
