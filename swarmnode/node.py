@@ -995,9 +995,12 @@ class Node:
     def _keep_blob(self, round_number: int, data: bytes) -> bytes:
         """Persist a blob of round `round_number` (before its hash is committed or used) and
         serve it; returns its hash. `_prune_blobs` deletes it once the round closed."""
-        digest = self.files.save_blob(data)
+        # The transport knows the hash of a blob it handed us (no 30 MB re-hash); the disk copy
+        # is written once: a hash still in `_blob_rounds` has its file (pruning drops both).
+        digest = self.transport.put_blob(data)
+        if digest not in self._blob_rounds:
+            self.files.save_blob(data)
         self._blob_rounds[digest] = max(round_number, self._blob_rounds.get(digest, 0))
-        self.transport.put_blob(data)
         return digest
 
     def _prune_blobs(self) -> None:

@@ -131,3 +131,36 @@ def test_blob_store_evicts_least_recently_used() -> None:
     assert len(store) == 2
     with pytest.raises(ValueError, match="capacity"):
         store.put(b"x" * 11)
+
+
+def test_blob_store_names_the_hash_of_its_own_objects_only() -> None:
+    store = BlobStore(capacity_bytes=100)
+    data = bytes(range(40))
+    digest = store.put(data)
+    held = store.get(digest)
+    assert held is not None
+    assert store.digest_of(held) == digest
+    assert store.digest_of(bytes(bytearray(data))) is None  # equal bytes, another object: hash it
+    assert store.digest_of(b"not stored") is None
+    assert store.put(held) == digest  # known object: no re-hash needed, same answer
+    other = bytes(range(50, 100))
+    assert store.put(other, digest=blob_hash(other)) == blob_hash(other)  # a verified download
+    store.put(bytes(range(100, 140)))  # evicts `data`
+    assert digest not in store
+    assert store.digest_of(held) is None  # evicted objects are forgotten
+
+
+async def test_read_some_never_hands_out_more_than_asked() -> None:
+    pytest.importorskip("libp2p")
+    from swarmnode.net.libp2p import _read_some
+
+    assert await _read_some(_FakeStream(b"abcdef"), 4) == b"abc"  # what the stream has, up to 4
+    with pytest.raises(EOFError, match="mid-blob"):
+        await _read_some(_FakeStream(b""), 4)
+
+    class _Greedy:
+        async def read(self, n: int | None = None) -> bytes:
+            return b"x" * 10
+
+    with pytest.raises(EOFError, match="asked for at most 4"):
+        await _read_some(_Greedy(), 4)
