@@ -19,7 +19,16 @@ Measurements (all inside this process):
   is timed by wrapping the names `swarmnode.node` calls (no change in
   behaviour: the wrapper calls the original);
 * bytes sent: the kernel's ``tcpi_bytes_sent`` of this process's TCP
-  sockets (``ss -tinp``), summed before and after the window.
+  sockets (``ss -tinp``), summed before and after the window;
+* CPU seconds of this process in the window (``cpu_s``, all threads) and of its
+  trio thread alone (``loop_cpu_s``: transport and protocol; the rest is crypto in
+  worker threads): unlike wall time, not inflated by other jobs on the host.
+
+Profiling (opt-in): with ``SWARMNODE_BENCH_PROFILE=DIR`` in the environment, every
+node process writes cProfile stats of its measured rounds (not the warm-up) to
+``DIR/node<I>-loop.stacks`` (the trio thread: transport, protocol; sampled stacks
+in flamegraph's collapsed format) and ``DIR/node<I>-compute.prof`` (cProfile of the
+crypto calls run in worker threads; read it with ``python -m pstats``).
 
 ``--mode plain`` runs the runtime's own plaintext mode: the same genesis with
 ``training.secure = false`` (merge ``mean``), so the same protocol (ledger,
@@ -32,11 +41,14 @@ Its "encrypt" phase is encoding the update, "aggregate" the plaintext merge,
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -89,16 +101,90 @@ def tcp_bytes_sent(pid: int) -> int:
     return total
 
 
+class ComputeProfile:
+    """cProfile of the wrapped calls, in whichever (worker) thread they run, while `active`.
+
+    A `cProfile.Profile` only sees the thread that enabled it, so each call gets its own,
+    merged into one `pstats.Stats` afterwards."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._lock = threading.Lock()
+        self._stats: pstats.Stats | None = None
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.active:
+            return fn(*args, **kwargs)
+        profile = cProfile.Profile(time.thread_time)  # CPU time: robust to a loaded host
+        profile.enable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            profile.disable()
+            with self._lock:
+                if self._stats is None:
+                    self._stats = pstats.Stats(profile)
+                else:
+                    self._stats.add(profile)
+
+    def dump(self, path: Path) -> None:
+        if self._stats is not None:
+            self._stats.dump_stats(str(path))
+
+
+class StackSampler:
+    """A sampling profiler of one thread (the trio loop), cheap enough not to change timing.
+
+    cProfile on the trio thread slowed it ~3x and turned a 10 s round into minutes of
+    retries; sampling `sys._current_frames()` every `interval` from a helper thread costs
+    the loop almost nothing. Samples in which the thread waits in the I/O poll are
+    counted separately (idle)."""
+
+    def __init__(self, thread_id: int, interval: float = 0.002) -> None:
+        self._thread_id = thread_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stacks: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            frame = sys._current_frames().get(self._thread_id)
+            names = []
+            while frame is not None:
+                code = frame.f_code
+                names.append(f"{Path(code.co_filename).name}:{code.co_name}")
+                frame = frame.f_back
+            key = ";".join(reversed(names))
+            self.stacks[key] = self.stacks.get(key, 0) + 1
+
+    def dump(self, path: Path) -> None:
+        """Collapsed stacks (``a;b;c count`` per line, flamegraph.pl format)."""
+        path.write_text("".join(f"{k} {v}\n" for k, v in sorted(self.stacks.items())))
+
+
 class PhaseClock:
     """Timed calls: (phase, start, end) in wall-clock seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: ComputeProfile | None = None) -> None:
         self.calls: list[tuple[str, float, float]] = []
+        self.profile = profile
 
     def wrap(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.time()
             try:
+                if self.profile is not None:
+                    return self.profile.run(fn, *args, **kwargs)
                 return fn(*args, **kwargs)
             finally:
                 self.calls.append((phase, start, time.time()))
@@ -167,7 +253,10 @@ async def run(args: argparse.Namespace) -> None:
     from swarmnode.simswarm import SwarmPlan
 
     torch.set_num_threads(1)
-    clock = PhaseClock()
+    profile_dir = os.environ.get("SWARMNODE_BENCH_PROFILE")
+    compute_profile = ComputeProfile() if profile_dir else None
+    loop_profile = StackSampler(threading.get_ident()) if profile_dir else None
+    clock = PhaseClock(compute_profile)
     for name, phase in PHASES[args.mode].items():
         owner: Any = node_module
         if "." in name:
@@ -227,7 +316,10 @@ async def run(args: argparse.Namespace) -> None:
             plan.configs[args.index], transport=transport, identity=me, genesis=genesis
         ) as node:
             emit({"ev": "up", "index": args.index, "t": time.time()})
-            for _ in range(args.rounds):
+            for round_index in range(args.rounds):
+                if round_index == 1 and loop_profile is not None and compute_profile is not None:
+                    compute_profile.active = True  # measured rounds only, not the warm-up
+                    loop_profile.start()
                 train_s = 0.0
                 num_samples = 100
                 if trainer is not None:
@@ -237,7 +329,9 @@ async def run(args: argparse.Namespace) -> None:
                     params, num_samples = result.parameters, result.num_samples
                 sent0 = tcp_bytes_sent(pid)
                 start = time.time()
+                cpu0, loop_cpu0 = time.process_time(), time.thread_time()
                 merged = await node.merge(params, num_samples, timeout=900)
+                cpu_s, loop_cpu_s = time.process_time() - cpu0, time.thread_time() - loop_cpu0
                 end = time.time()
                 sent1 = tcp_bytes_sent(pid)
                 params = merged.parameters
@@ -250,12 +344,19 @@ async def run(args: argparse.Namespace) -> None:
                         "start": start,
                         "end": end,
                         "bytes_sent": sent1 - sent0,
+                        "cpu_s": cpu_s,  # this process, all threads (robust to a loaded host)
+                        "loop_cpu_s": loop_cpu_s,  # the trio thread: transport and protocol
                         "phases": clock.window(start, end),
                         "busy_spans": clock.busy_spans(start, end),
                         "hash": merged.params_hash.hex(),
                         "roles": [role for role in ("leader", "verifier") if _was(node, merged.round, role)],
                     }
                 )
+            if loop_profile is not None and compute_profile is not None and profile_dir:
+                loop_profile.stop()
+                compute_profile.active = False
+                loop_profile.dump(Path(profile_dir) / f"node{args.index}-loop.stacks")
+                compute_profile.dump(Path(profile_dir) / f"node{args.index}-compute.prof")
             # Serve blobs a slower sibling may still fetch, then leave.
             await trio.sleep(args.linger)
     emit({"ev": "done", "index": args.index})
