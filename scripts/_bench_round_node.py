@@ -25,7 +25,7 @@ Measurements (all inside this process):
   worker threads): unlike wall time, not inflated by other jobs on the host.
 
 Profiling (opt-in): with ``SWARMNODE_BENCH_PROFILE=DIR`` in the environment, every
-node process writes cProfile stats of its measured rounds (not the warm-up) to
+node process writes profiles of its measured rounds (not the warm-up) to
 ``DIR/node<I>-loop.stacks`` (the trio thread: transport, protocol; sampled stacks
 in flamegraph's collapsed format) and ``DIR/node<I>-compute.prof`` (cProfile of the
 crypto calls run in worker threads; read it with ``python -m pstats``).
