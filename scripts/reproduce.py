@@ -20,7 +20,7 @@ accuracy; the malignant class is the positive class of breast_cancer).
 Standardisation: a site alone uses its own mean/std, the central model those
 of the pooled rows, the swarm the pooled statistics agreed through the merge.
 
-    python scripts/reproduce.py            # 3/8 sites x 5 seeds, 16 sites x 3 seeds (< 30 min)
+    python scripts/reproduce.py            # 3/8/16 sites x 5 seeds (about 10 min on an idle 2-core machine)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
 
 Writes ``docs/results/reproduce[_quick].json`` (every run + summary + markdown
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seeds", type=int, default=None, help="seeds per case (default 5; quick 2)")
     parser.add_argument("--large-sites", default="16", help="extra, costlier site counts (not with --quick)")
-    parser.add_argument("--large-seeds", type=int, default=3, help="seeds for --large-sites")
+    parser.add_argument("--large-seeds", type=int, default=5, help="seeds for --large-sites")
     parser.add_argument("--rounds", type=int, default=None, help="merge rounds (default 10; quick 5)")
     parser.add_argument("--epochs-per-round", type=int, default=5)
     parser.add_argument("--metric", default="roc_auc", choices=METRICS)
