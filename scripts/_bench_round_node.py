@@ -359,8 +359,11 @@ async def run(args: argparse.Namespace) -> None:
                 compute_profile.active = False
                 loop_profile.dump(Path(profile_dir) / f"node{args.index}-loop.stacks")
                 compute_profile.dump(Path(profile_dir) / f"node{args.index}-compute.prof")
-            # Serve blobs a slower sibling may still fetch, then leave.
-            await trio.sleep(args.linger)
+            # Serve blobs a slower sibling may still fetch: stay until the runner, having seen
+            # every node's last round, closes our stdin (bounded by --linger).
+            emit({"ev": "finished", "index": args.index})
+            with trio.move_on_after(args.linger):
+                await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
     emit({"ev": "done", "index": args.index})
 
 
@@ -388,7 +391,7 @@ def main() -> None:
     parser.add_argument("--ports", required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--train", action="store_true")
-    parser.add_argument("--linger", type=float, default=3.0)
+    parser.add_argument("--linger", type=float, default=600.0, help="max seconds to wait for the runner")
     args = parser.parse_args()
     import trio
 

@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,17 +122,13 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
                             root,
                             "--train",
                         ],
+                        stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=log,
                         start_new_session=True,
                     )
                 )
-            deadline = time.monotonic() + timeout
-            outputs: list[str] = []
-            for proc in procs:
-                left = max(1.0, deadline - time.monotonic())
-                out, _ = proc.communicate(timeout=left)
-                outputs.append(out.decode())
+            outputs = collect_outputs(procs, time.monotonic() + timeout)
         except subprocess.TimeoutExpired:
             tails = []
             for log in logs:
@@ -153,6 +150,38 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
                 log.close()
     events = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
     return summarise_rounds(n, size, mode, [e for e in events if e["ev"] == "round"])
+
+
+def collect_outputs(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -> list[str]:
+    """Every node's stdout. A node that finished its rounds keeps serving its blobs until
+    all have (a straggler may still need them): then the nodes' stdin is closed and they leave."""
+    outputs: list[list[str]] = [[] for _ in procs]
+    finished = [threading.Event() for _ in procs]
+
+    def read(k: int) -> None:
+        stdout = procs[k].stdout
+        assert stdout is not None
+        for line in stdout:
+            text = line.decode()
+            outputs[k].append(text)
+            if '"ev": "finished"' in text:
+                finished[k].set()
+        finished[k].set()  # exited (or crashed): nobody waits for it
+
+    readers = [threading.Thread(target=read, args=(k,), daemon=True) for k in range(len(procs))]
+    for reader in readers:
+        reader.start()
+    for event in finished:
+        if not event.wait(max(0.0, deadline - time.monotonic())):
+            raise subprocess.TimeoutExpired(procs[0].args, deadline)
+    for proc in procs:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    for proc in procs:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    for reader in readers:
+        reader.join(timeout=max(1.0, deadline - time.monotonic()))
+    return ["".join(lines) for lines in outputs]
 
 
 def summarise_rounds(n: int, size: str, mode: str, events: Sequence[JsonDict]) -> JsonDict:
