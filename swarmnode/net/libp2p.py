@@ -189,24 +189,18 @@ class _Readable(Protocol):
 async def _read_exact(stream: _Readable, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        try:
-            data = await stream.read(min(BLOB_CHUNK, n - len(buf)))
-        except StreamEOF:  # py-libp2p 0.8.1 raises at EOF instead of returning b""
-            data = b""
-        if not data:
-            raise EOFError(f"stream closed after {len(buf)} of {n} bytes")
-        buf += data
+        buf += await _read_some(stream, min(BLOB_CHUNK, n - len(buf)), f"after {len(buf)} of {n} bytes")
     return bytes(buf)
 
 
-async def _read_some(stream: _Readable, n: int) -> bytes:
+async def _read_some(stream: _Readable, n: int, where: str = "mid-blob") -> bytes:
     """Between 1 and `n` bytes, as the stream has them (no copy); EOFError if it ended."""
     try:
         data = await stream.read(n)
     except StreamEOF:  # py-libp2p 0.8.1 raises at EOF instead of returning b""
         data = b""
     if not data:
-        raise EOFError("stream closed mid-blob")
+        raise EOFError(f"stream closed {where}")
     if len(data) > n:  # a stream must not hand out more than asked; never trust it to
         raise EOFError(f"stream returned {len(data)} bytes, asked for at most {n}")
     return data
