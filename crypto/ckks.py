@@ -61,7 +61,16 @@ import numpy.typing as npt
 
 from . import cbor
 from .errors import InvalidCiphertext, ProtocolError
-from .rns import U64, add_mod, column, scalar_operand, shoup_mul, shoup_quotients, signed_split_residues
+from .rns import (
+    U64,
+    add_mod,
+    add_mod_into,
+    column,
+    scalar_operand,
+    shoup_mul,
+    shoup_quotients,
+    signed_split_residues,
+)
 from .sealbridge import PublicKeyEncryptor, SealContext, he_standard_max_bits
 
 F64 = npt.NDArray[np.float64]
@@ -455,13 +464,8 @@ class Aggregator:
     def add(self, vector: EncryptedVector) -> None:
         if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
-        q_col = self.context.q_col
         for start, batch in vector.batches():
-            total = self._sum[start : start + batch.shape[0]]
-            # In place: both below q < 2^61, so the sum does not wrap; min(r, r - q) is r mod q
-            # (r - q wraps to a huge value exactly when r < q).
-            np.add(total, batch, out=total)
-            np.minimum(total, total - q_col, out=total)
+            add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.q_col)
         self.count += 1
 
     def result(self) -> EncryptedVector:

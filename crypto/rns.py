@@ -73,6 +73,15 @@ def add_mod(a: U64, b: U64, q_col: U64) -> U64:
     return result
 
 
+def add_mod_into(total: U64, b: U64, q_col: U64) -> None:
+    """``total = (total + b) mod q`` in place (no temporaries the size of `total` kept).
+
+    Both below q < 2^63, so the sum does not wrap; min(r, r - q) is r mod q (r - q wraps
+    to a huge value exactly when r < q)."""
+    np.add(total, b, out=total)
+    np.minimum(total, total - q_col, out=total)
+
+
 def sub_mod(a: U64, b: U64, q_col: U64) -> U64:
     result: U64 = np.where(a >= b, a - b, a + (q_col - b))
     return result

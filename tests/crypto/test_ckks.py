@@ -352,3 +352,21 @@ def test_equal_parameters_share_one_context_across_threads() -> None:
     assert all(c is contexts[0] for c in contexts)
     assert ckks.context(params) is contexts[0]
     assert ckks.context(ckks.CkksParams()) is CTX
+
+
+def test_in_place_modular_sum_matches_add_mod_at_the_edges() -> None:
+    q = CTX.q_col
+    rng = np.random.default_rng(7)
+    top = q - np.uint64(1)
+    a = np.concatenate(
+        [np.zeros_like(q), top, top, rng.integers(0, 1 << 59, size=(q.shape[0], 64), dtype=np.uint64) % q],
+        axis=1,
+    )
+    b = np.concatenate(
+        [top, np.ones_like(q), top, rng.integers(0, 1 << 59, size=(q.shape[0], 64), dtype=np.uint64) % q],
+        axis=1,
+    )
+    expected = rns.add_mod(a, b, q)
+    rns.add_mod_into(a, b, q)
+    assert np.array_equal(a, expected)
+    assert bool(np.all(a < q))
