@@ -131,9 +131,11 @@ class NodeFiles:
 
     # round blobs -----------------------------------------------------------------------
 
-    def save_blob(self, data: bytes) -> bytes:
-        """Store a round blob under its SHA-256 (durable on return); returns the hash."""
-        digest = hashlib.sha256(data).digest()
+    def save_blob(self, data: bytes, *, digest: bytes | None = None) -> bytes:
+        """Store a round blob under its SHA-256 (durable on return); returns the hash.
+        `digest`: the hash the caller already holds for these very bytes (not computed again)."""
+        if digest is None:
+            digest = hashlib.sha256(data).digest()
         target = self.blobs / digest.hex()
         if not target.exists():
             write_private(target, data)

@@ -999,7 +999,7 @@ class Node:
         # is written once: a hash still in `_blob_rounds` has its file (pruning drops both).
         digest = self.transport.put_blob(data)
         if digest not in self._blob_rounds:
-            self.files.save_blob(data)
+            self.files.save_blob(data, digest=digest)
         self._blob_rounds[digest] = max(round_number, self._blob_rounds.get(digest, 0))
         return digest
 
