@@ -128,7 +128,7 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
                         start_new_session=True,
                     )
                 )
-            outputs = collect_outputs(procs, time.monotonic() + timeout)
+            outputs = collect_outputs(procs, timeout)
         except subprocess.TimeoutExpired:
             tails = []
             for log in logs:
@@ -152,9 +152,10 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
     return summarise_rounds(n, size, mode, [e for e in events if e["ev"] == "round"])
 
 
-def collect_outputs(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -> list[str]:
-    """Every node's stdout. A node that finished its rounds keeps serving its blobs until
-    all have (a straggler may still need them): then the nodes' stdin is closed and they leave."""
+def collect_outputs(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[str]:
+    """Every node's stdout (TimeoutExpired after `timeout` s). A node that finished its rounds
+    keeps serving its blobs until all have (a straggler may still need them): then the nodes'
+    stdin is closed and they leave."""
     outputs: list[list[str]] = [[] for _ in procs]
     finished = [threading.Event() for _ in procs]
 
@@ -168,12 +169,13 @@ def collect_outputs(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -
                 finished[k].set()
         finished[k].set()  # exited (or crashed): nobody waits for it
 
+    deadline = time.monotonic() + timeout
     readers = [threading.Thread(target=read, args=(k,), daemon=True) for k in range(len(procs))]
     for reader in readers:
         reader.start()
     for event in finished:
         if not event.wait(max(0.0, deadline - time.monotonic())):
-            raise subprocess.TimeoutExpired(procs[0].args, deadline)
+            raise subprocess.TimeoutExpired(procs[0].args, timeout)
     for proc in procs:
         if proc.stdin is not None:
             proc.stdin.close()
