@@ -35,7 +35,7 @@ def partition_run(
     workdir = tmp_path_factory.mktemp("chaos-partition") / "net"
     result, text = run_chaos(
         workdir,
-        ["--nodes", "4", "--rounds", "3", "--phases", "--no-restart-all",
+        ["--nodes", "4", "--rounds", "4", "--phases", "--no-restart-all",
         "--partitions", "split", "isolate", "--partition-phase", "contribute", "--split-seconds", "15",
         "--isolate-max-seconds", "240", "--seed", "5"],
         limit=RUN_LIMIT,
