@@ -19,6 +19,17 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
   weight, so the sum of all contributions is the weighted mean times the weight sum
   and stays within ``max_abs_value``; the decoded sum must stay below ~2^28.9 in
   absolute value or it wraps silently, hence inputs are checked before encoding.
+- **c0 travels rescaled**: a ciphertext is ``(c0, c1)`` mod ``q0 * q1``, but only c1 is
+  sent at full width (NTT form). c0 is sent as ``round(c0 / q0) mod q1`` in coefficient
+  form (CKKS's rescale by q0, 60 of its 120 bits), so a ciphertext costs 3 instead of 4
+  residues per coefficient. Rounding c0 is safe and nearly free: it is a function of what
+  the sender would send anyway, it adds at most q0/2 ~ 2^59 (2^-31 at scale 2^90) to the
+  decrypted sum per contribution, and it does not touch the secret key. c1 must stay whole:
+  its rounding error would be multiplied by the secret key and end up as key-dependent
+  noise in every decryption, which the smudging is sized to hide only when it is ~2^10.
+  Sums of rescaled c0 stay exact mod q1 (``q0 * sum round(c0_i / q0)``), and decryption
+  shares are rescaled the same way (`threshold`), so decryption adds rescaled values mod q1
+  and decodes ``q0 * centred(k) / 2^scale``.
 - The weight coefficient is encoded at its own, finer scale 2^110 (the sum of normalised
   weights is about 1, far below the 2^119 wrap): the mean divides by the decrypted weight
   sum, so its error would be multiplied by the values' magnitude (100 x 3e-7 at scale
@@ -36,8 +47,9 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
 Wire format of a ciphertext blob (`EncryptedVector.to_bytes`):
 
     b"SNC1" | u32 big-endian header length | canonical CBOR of `CiphertextHeader` | body
-    body = the (chunks, 2 polys, L primes, N) uint64 residues in C order, packed two
-           60-bit coefficients per 15 bytes (30 bytes per parameter)
+    body = (chunks, 3 rows, N) uint64 residues in C order, packed two 60-bit
+           coefficients per 15 bytes (22.5 bytes per parameter); the rows of a chunk are
+           c0 rescaled (mod q1, coefficient form), c1 mod q0 and c1 mod q1 (NTT form)
 
 The header is schema-checked CBOR; the body stays outside CBOR so a 50M-parameter
 blob (1.5 GB) is never copied to be parsed. The decoder checks the magic, header,
@@ -75,7 +87,7 @@ from .sealbridge import PublicKeyEncryptor, SealContext, he_standard_max_bits
 
 F64 = npt.NDArray[np.float64]
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2  # 2: c0 rescaled to q1 (22.5 bytes per parameter, was 30)
 PACKED_BITS: Final = 60
 MAX_VALUES: Final = 1 << 27  # 134M parameters: far above the 50M target, bounds allocations
 BATCH_CHUNKS: Final = 32  # ciphertexts processed per numpy batch: 16 MiB of residues
@@ -84,6 +96,7 @@ _BLOB_PREFIX: Final = struct.Struct(">4sI")
 _CIPHERTEXT_MAGIC: Final = b"SNC1"
 _SPLIT_SHIFT: Final = 52  # round(v * 2^90) = high * 2^52 + low, both exact in float64/int64
 _MASK60: Final = np.uint64((1 << 60) - 1)
+_CIPHERTEXT_ROWS: Final = 3  # c0 rescaled, c1 mod q0, c1 mod q1
 
 H = TypeVar("H")
 
@@ -149,7 +162,7 @@ def chunk_count(params: CkksParams, length: int) -> int:
 class CkksContext:
     """Everything derived from `CkksParams`: the SEAL context, primes, encoder and decoder."""
 
-    __slots__ = ("_crt", "data_moduli", "params", "q_col", "seal")
+    __slots__ = ("_crt", "ciphertext_col", "data_moduli", "params", "q_col", "rescaled_col", "seal")
 
     def __init__(self, params: CkksParams) -> None:
         self.params: Final = params
@@ -157,6 +170,8 @@ class CkksContext:
         self.data_moduli: Final = self.seal.data_moduli
         self.q_col: Final = column(self.data_moduli)
         q0, q1 = self.data_moduli
+        self.rescaled_col: Final = column([q1])  # rescaled polys live mod q1 alone
+        self.ciphertext_col: Final = column([q1, q0, q1])  # the rows of a ciphertext batch
         self._crt = scalar_operand([pow(q0, -1, q1)], [q1])
 
     @property
@@ -164,7 +179,7 @@ class CkksContext:
         return self.seal.data_parms_id
 
     def encode(self, scaled: F64) -> U64:
-        """``x mod q_j`` in NTT form for integer-valued floats ``|x| < 2^114``: ``(k * N,)`` to ``(k, L, N)``.
+        """``x mod q_j``, coefficient form, for integer-valued floats ``|x| < 2^114``: (k*N,) to (k, L, N).
 
         Callers scale and round first (``rint(ldexp(v, scale_bits))``). The split
         ``x = high * 2^52 + low`` is exact in float64, so no Python integers are needed.
@@ -177,35 +192,47 @@ class CkksContext:
         residues = signed_split_residues(
             high.astype(np.int64), low.astype(np.uint64), _SPLIT_SHIFT, self.data_moduli
         )
-        by_chunk = residues.reshape(len(self.data_moduli), -1, n).transpose(1, 0, 2)
-        return np.stack([self.seal.ntt(np.ascontiguousarray(chunk)) for chunk in by_chunk])
+        return residues.reshape(len(self.data_moduli), -1, n).transpose(1, 0, 2)
 
-    def decode(self, plaintexts: U64) -> F64:
-        """Inverse of `encode` for ``(k, L, N)`` NTT-form residues: centred CRT / 2^scale as float64.
+    def to_coefficients(self, polys: U64) -> U64:
+        """Inverse NTT of a ``(k, L, N)`` batch."""
+        return np.stack([self.seal.intt(p) for p in polys])
 
-        Garner's CRT with a float finish: ``x = x0 + q0 * k`` with k the centred
-        ``(x1 - x0) * q0^-1 mod q1``; ``x / Delta = x0 / Delta + k * (q0 / Delta)``
-        (differs from the exact rational by ~2^-52 relative, 2.3e-13 measured).
-        Deterministic: every member decoding the same residues gets the same floats.
+    def rescale(self, coefficients: U64) -> U64:
+        """``round(x / q0) mod q1`` for integers x mod q0*q1 given as ``(..., 2, N)`` coefficient residues.
+
+        Garner: ``x = x0 + q0 * g`` with ``g = (x1 - x0) * q0^-1 mod q1``, so the rounded
+        quotient is g, plus one when ``x0 / q0 >= 1/2`` (q0 is odd), wrapping at q1.
         """
         q0, q1 = self.data_moduli
-        coeff = np.stack([self.seal.intt(p) for p in plaintexts])
-        x0, x1 = coeff[:, 0, :], coeff[:, 1, :]
+        x0, x1 = coefficients[..., 0, :], coefficients[..., 1, :]
         q1_arr = np.array([q1], dtype=np.uint64)
         x0_mod_q1 = np.where(x0 >= np.uint64(q1), x0 - np.uint64(q1), x0)  # q0 < 2 * q1
         diff = np.where(x1 >= x0_mod_q1, x1 - x0_mod_q1, x1 + (np.uint64(q1) - x0_mod_q1))
-        k = shoup_mul(diff, self._crt[0][0], self._crt[1][0], q1_arr)
-        k_signed = np.where(k > np.uint64(q1 // 2), k.astype(np.int64) - np.int64(q1), k.astype(np.int64))
-        scale = self.params.scale_bits
-        values = np.ldexp(x0.astype(np.float64), -scale) + k_signed.astype(np.float64) * math.ldexp(
-            q0, -scale
-        )
-        result: F64 = values.reshape(-1)
+        quotient = shoup_mul(diff, self._crt[0][0], self._crt[1][0], q1_arr)
+        rounded = quotient + (x0 > np.uint64(q0 // 2)).astype(np.uint64)
+        result: U64 = np.where(rounded == np.uint64(q1), np.uint64(0), rounded)
         return result
 
-    def check_residues(self, data: U64, error: type[ProtocolError], what: str) -> None:
-        """Raise `error` unless every residue in ``(..., L, N)`` is below its prime."""
-        if bool(np.any(data >= self.q_col)):
+    def decode(self, rescaled: U64) -> F64:
+        """Rescaled residues ``(k, N)`` mod q1 to floats: ``q0 * centred(k) / 2^scale``, flattened.
+
+        Each unit of k is ``q0 / 2^90 ~ 2^-30``; the float product adds ~2^-52 relative.
+        Deterministic: every member decoding the same residues gets the same floats.
+        """
+        q0, q1 = self.data_moduli
+        signed = np.where(
+            rescaled > np.uint64(q1 // 2),
+            rescaled.astype(np.int64) - np.int64(q1),
+            rescaled.astype(np.int64),
+        )
+        values: F64 = signed.astype(np.float64).reshape(-1) * math.ldexp(q0, -self.params.scale_bits)
+        return values
+
+    @staticmethod
+    def check_residues(data: U64, moduli: U64, error: type[ProtocolError], what: str) -> None:
+        """Raise `error` unless every residue of `data` is below its modulus (`moduli` broadcasts)."""
+        if bool(np.any(data >= moduli)):
             raise error(f"{what}: a coefficient is not below its prime")
 
 
@@ -223,6 +250,16 @@ def context(params: CkksParams = DEFAULT_PARAMS) -> CkksContext:
         if found is None:
             found = _contexts[params] = CkksContext(params)
         return found
+
+
+def ciphertext_body_size(params: CkksParams, length: int) -> int:
+    """Bytes of the packed body of a `length`-value ciphertext blob (3 residues per coefficient)."""
+    return packed_size(chunk_count(params, length) * _CIPHERTEXT_ROWS * params.degree)
+
+
+def rescaled_body_size(params: CkksParams, length: int) -> int:
+    """Bytes of `length` values' worth of rescaled polys (one residue mod q1 per coefficient)."""
+    return packed_size(chunk_count(params, length) * params.degree)
 
 
 # -- 60-bit packing --------------------------------------------------------------------
@@ -352,13 +389,17 @@ class EncryptedVector:
         return len(self._wire)
 
     def batch(self, start: int, stop: int) -> U64:
-        """Ciphertexts ``[start, stop)`` as ``(k, 2, L, N)`` residues."""
-        per_chunk = 2 * len(self.context.data_moduli) * self.context.params.degree
+        """Ciphertexts ``[start, stop)`` as ``(k, 3, N)`` residues (moduli `CkksContext.ciphertext_col`).
+
+        Row 0 is c0 rescaled (mod q1, coefficient form); rows 1 and 2 are c1 (NTT form), so
+        ``batch[:, 1:]`` is the ``(k, L, N)`` c1 batch.
+        """
+        n = self.context.params.degree
+        per_chunk = _CIPHERTEXT_ROWS * n
         if not 0 <= start <= stop <= self.chunks:
             raise IndexError("chunk range out of bounds")
         raw = self._body[packed_size(start * per_chunk) : packed_size(stop * per_chunk)]
-        values = unpack60(raw, (stop - start) * per_chunk)
-        return values.reshape(stop - start, 2, len(self.context.data_moduli), self.context.params.degree)
+        return unpack60(raw, (stop - start) * per_chunk).reshape(stop - start, _CIPHERTEXT_ROWS, n)
 
     def batches(self) -> Iterator[tuple[int, U64]]:
         for start in range(0, self.chunks, BATCH_CHUNKS):
@@ -366,7 +407,7 @@ class EncryptedVector:
 
     @classmethod
     def from_residues(cls, ctx: CkksContext, length: int, batches: Iterable[U64]) -> EncryptedVector:
-        """Build the canonical blob from ``(k, 2, L, N)`` residue batches in chunk order."""
+        """Build the canonical blob from ``(k, 3, N)`` residue batches (see `batch`) in chunk order."""
         chunks = chunk_count(ctx.params, length)
         header = CiphertextHeader(WIRE_VERSION, ctx.parms_id, ctx.params.scale_bits, length, chunks, 2)
         wire = encode_blob(_CIPHERTEXT_MAGIC, header, (pack60(b) for b in batches))
@@ -385,13 +426,13 @@ class EncryptedVector:
             raise InvalidCiphertext(f"ciphertext length {header.length} out of range")
         if header.polys != 2 or header.chunks != chunk_count(params, header.length):
             raise InvalidCiphertext("ciphertext shape does not match its length")
-        expected = packed_size(header.chunks * 2 * len(ctx.data_moduli) * params.degree)
+        expected = ciphertext_body_size(params, header.length)
         if len(body) != expected:
             raise InvalidCiphertext(f"ciphertext body has {len(body)} bytes, expected {expected}")
         vector = cls(ctx, header.length, data, body)
         if validate:
             for _, batch in vector.batches():
-                ctx.check_residues(batch, InvalidCiphertext, "ciphertext")
+                ctx.check_residues(batch, ctx.ciphertext_col, InvalidCiphertext, "ciphertext")
         return vector
 
 
@@ -436,9 +477,10 @@ def encrypt(
             scaled[: hi - lo] = np.rint(np.ldexp(vector[lo:hi].astype(np.float64) * w, params.scale_bits))
             if lo <= length < stop * n:
                 scaled[length - lo] = np.rint(np.ldexp(w, params.weight_scale_bits))
-            plain = ctx.encode(scaled)
-            out = np.stack([encryptor.encrypt_zero() for _ in range(stop - start)])
-            out[:, 0] = add_mod(out[:, 0], plain, ctx.q_col)
+            zeros = np.stack([encryptor.encrypt_zero() for _ in range(stop - start)])
+            out = np.empty((stop - start, _CIPHERTEXT_ROWS, n), dtype=np.uint64)
+            out[:, 0] = ctx.rescale(add_mod(ctx.to_coefficients(zeros[:, 0]), ctx.encode(scaled), ctx.q_col))
+            out[:, 1:] = zeros[:, 1]
             yield out
 
     return EncryptedVector.from_residues(ctx, length, batches())
@@ -458,14 +500,14 @@ class Aggregator:
         self.context: Final = ctx
         self.length: Final = length
         self.count = 0
-        shape = (chunk_count(ctx.params, length), 2, len(ctx.data_moduli), ctx.params.degree)
+        shape = (chunk_count(ctx.params, length), _CIPHERTEXT_ROWS, ctx.params.degree)
         self._sum: U64 = np.zeros(shape, dtype=np.uint64)
 
     def add(self, vector: EncryptedVector) -> None:
         if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
         for start, batch in vector.batches():
-            add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.q_col)
+            add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.ciphertext_col)
         self.count += 1
 
     def result(self) -> EncryptedVector:
@@ -491,7 +533,7 @@ def add(vectors: Iterable[EncryptedVector]) -> EncryptedVector:
 
 
 def decrypt_with_secret(ctx: CkksContext, vector: EncryptedVector, secret: U64) -> tuple[F64, float]:
-    """Single-key decryption ``c0 + c1 * s`` (for tests and the two-party self-check).
+    """Single-key decryption ``c0 + rescale(c1 * s)`` (for tests and the two-party self-check).
 
     `secret` is an NTT-form data-level ``(L, N)`` secret; returns (weighted sum, weight sum).
     """
@@ -499,7 +541,8 @@ def decrypt_with_secret(ctx: CkksContext, vector: EncryptedVector, secret: U64) 
     out = np.empty(vector.chunks * ctx.params.degree, dtype=np.float64)
     n = ctx.params.degree
     for start, batch in vector.batches():
-        plain = add_mod(batch[:, 0], shoup_mul(batch[:, 1], secret, quotients, ctx.q_col), ctx.q_col)
+        c1_s = ctx.rescale(ctx.to_coefficients(shoup_mul(batch[:, 1:], secret, quotients, ctx.q_col)))
+        plain = add_mod(batch[:, 0], c1_s, ctx.rescaled_col)
         out[start * n : (start + batch.shape[0]) * n] = ctx.decode(plain)
     return split_weight(ctx.params, out, vector.length)
 

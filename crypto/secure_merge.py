@@ -44,10 +44,10 @@ from .ckks import (
     Aggregator,
     CkksParams,
     EncryptedVector,
-    chunk_count,
+    ciphertext_body_size,
     context,
     encrypt,
-    packed_size,
+    rescaled_body_size,
 )
 from .errors import InvalidAggregate, InvalidCiphertext
 from .identity import NodeId, NodeIdentity
@@ -106,12 +106,12 @@ def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams 
 
 def ciphertext_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
     """Upper bound on the bytes of an encrypted `length`-parameter vector (for blob size caps)."""
-    return packed_size(chunk_count(params, length) * 2 * 2 * params.degree) + MAX_HEADER + 8
+    return ciphertext_body_size(params, length) + MAX_HEADER + 8
 
 
 def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
     """Upper bound on the bytes of one decryption share of a `length`-parameter aggregate."""
-    return packed_size(chunk_count(params, length) * 2 * params.degree) + MAX_HEADER + 8
+    return rescaled_body_size(params, length) + MAX_HEADER + 8
 
 
 def encrypt_update(keys: EpochKeys, parameters: npt.ArrayLike, weight: float, total_weight: float) -> bytes:

@@ -19,12 +19,16 @@ Key epoch (`KeyEpoch`), for an ordered member list with Shamir points 1..n:
    at 0 is the collective secret ``s = sum_i s_i``.
 
 Decryption of an aggregate ``(c0, c1)`` by a decrypt set T (``|T| >= t``): member k
-publishes ``d_k = c1 * lambda_k^T * sigma_k + e_k`` with ``lambda_k^T`` its Lagrange
-coefficient at 0 for the points of T (per prime) and ``e_k`` smudging noise uniform on
-``[-2^68, 2^68)`` (integer-exact, `os.urandom`); ``c0 + sum_{k in T} d_k`` decodes to
-the sum. A share is bound to T through its Lagrange coefficient: combined with any
-other set it decodes to noise. Fewer than t shares carry no information about s
-(Shamir), and the smudging hides each member's ``sigma_k`` in its published share.
+publishes ``d_k = rescale(c1 * lambda_k^T * sigma_k + e_k)`` with ``lambda_k^T`` its
+Lagrange coefficient at 0 for the points of T (per prime), ``e_k`` smudging noise uniform
+on ``[-2^68, 2^68)`` (integer-exact, `os.urandom`) and ``rescale(x) = round(x / q0) mod q1``
+(`CkksContext.rescale`); ``c0 + sum_{k in T} d_k`` mod q1 (c0 travels rescaled too) decodes
+to the sum. Rescaling a share is rounding after the smudging, so it reveals nothing more;
+its error (at most q0/2 ~ 2^59 per share) is far below the smudging's 2^68 and halves the
+share (one residue per coefficient instead of two). A share is bound to T through its
+Lagrange coefficient: combined with any other set it decodes to noise. Fewer than t shares
+carry no information about s (Shamir), and the smudging hides each member's ``sigma_k`` in
+its published share.
 
 Not covered (documented limits): no verifiable secret sharing or proofs of correct
 decryption shares: a member that deals or decrypts wrongly makes the epoch or the
@@ -58,6 +62,7 @@ from .ckks import (
     encode_blob,
     pack60,
     packed_size,
+    rescaled_body_size,
     split_weight,
     unpack60,
 )
@@ -224,12 +229,11 @@ def _scalar_mul(poly: U64, scalars: Sequence[int], moduli: Sequence[int]) -> U64
 
 
 def smudging_noise(ctx: CkksContext, chunks: int) -> U64:
-    """``(chunks, L, N)`` NTT-form noise, each coefficient exactly uniform on ``[-2^b, 2^b)``."""
+    """``(chunks, L, N)`` coefficient-form noise, each coefficient exactly uniform on ``[-2^b, 2^b)``."""
     n = ctx.params.degree
     high, low, shift = uniform_signed_wide(ctx.params.smudging_bits, chunks * n)
     residues = signed_split_residues(high, low, shift, ctx.data_moduli)
-    by_chunk = residues.reshape(len(ctx.data_moduli), chunks, n).transpose(1, 0, 2)
-    return np.stack([ctx.seal.ntt(np.ascontiguousarray(c)) for c in by_chunk])
+    return residues.reshape(len(ctx.data_moduli), chunks, n).transpose(1, 0, 2)
 
 
 # -- key epoch ----------------------------------------------------------------------------
@@ -637,8 +641,8 @@ class DecryptionShareHeader:
 class DecryptionShare:
     """One member's decryption share of an aggregate for a decrypt set (a content-addressed blob).
 
-    Wire: ``b"SND1" | u32 header length | CBOR DecryptionShareHeader | (chunks, L, N) residues
-    packed at 60 bits`` (15 bytes per parameter).
+    Wire: ``b"SND1" | u32 header length | CBOR DecryptionShareHeader | (chunks, N) rescaled
+    residues mod q1 packed at 60 bits`` (7.5 bytes per parameter).
     """
 
     __slots__ = ("_body", "_wire", "context", "header")
@@ -655,10 +659,10 @@ class DecryptionShare:
         return self._wire
 
     def batch(self, start: int, stop: int) -> U64:
-        per_chunk = len(self.context.data_moduli) * self.context.params.degree
-        raw = self._body[packed_size(start * per_chunk) : packed_size(stop * per_chunk)]
-        shape = (stop - start, len(self.context.data_moduli), self.context.params.degree)
-        return unpack60(raw, (stop - start) * per_chunk).reshape(shape)
+        """Chunks ``[start, stop)`` as ``(k, N)`` rescaled residues mod q1."""
+        n = self.context.params.degree
+        raw = self._body[packed_size(start * n) : packed_size(stop * n)]
+        return unpack60(raw, (stop - start) * n).reshape(stop - start, n)
 
     @classmethod
     def from_bytes(cls, ctx: CkksContext, data: bytes) -> DecryptionShare:
@@ -673,20 +677,20 @@ class DecryptionShare:
             raise InvalidDecryptionShare("decrypt set must be increasing positive points including the maker")
         if not 0 < header.length <= MAX_VALUES or header.chunks != chunk_count(ctx.params, header.length):
             raise InvalidDecryptionShare("decryption share length/shape mismatch")
-        expected = packed_size(header.chunks * len(ctx.data_moduli) * ctx.params.degree)
+        expected = rescaled_body_size(ctx.params, header.length)
         if len(body) != expected:
             raise InvalidDecryptionShare(f"decryption share body has {len(body)} bytes, expected {expected}")
         share = cls(ctx, header, data, body)
         for start in range(0, header.chunks, BATCH_CHUNKS):
             batch = share.batch(start, min(start + BATCH_CHUNKS, header.chunks))
-            ctx.check_residues(batch, InvalidDecryptionShare, "share")
+            ctx.check_residues(batch, ctx.rescaled_col, InvalidDecryptionShare, "share")
         return share
 
 
 def partial_decryption(ctx: CkksContext, c1: U64, lagrange_key: U64, lagrange_quotients: U64) -> U64:
-    """``c1 * (lambda * sigma) + smudging`` for a ``(k, L, N)`` batch of c1 polys."""
-    product = shoup_mul(c1, lagrange_key, lagrange_quotients, ctx.q_col)
-    return add_mod(product, smudging_noise(ctx, c1.shape[0]), ctx.q_col)
+    """``rescale(c1 * (lambda * sigma) + smudging)`` for a ``(k, L, N)`` batch of c1 polys: ``(k, N)``."""
+    product = ctx.to_coefficients(shoup_mul(c1, lagrange_key, lagrange_quotients, ctx.q_col))
+    return ctx.rescale(add_mod(product, smudging_noise(ctx, c1.shape[0]), ctx.q_col))
 
 
 def make_decryption_share(
@@ -711,7 +715,7 @@ def make_decryption_share(
         WIRE_VERSION, ctx.parms_id, spec.epoch_id, digest, points, me, aggregate.length, aggregate.chunks
     )
     parts = (
-        pack60(partial_decryption(ctx, batch[:, 1], lagrange, quotients)) for _, batch in aggregate.batches()
+        pack60(partial_decryption(ctx, batch[:, 1:], lagrange, quotients)) for _, batch in aggregate.batches()
     )
     wire = encode_blob(_SHARE_MAGIC, header, parts)
     return DecryptionShare.from_bytes(ctx, wire)
@@ -758,6 +762,6 @@ def combine_shares(
         stop = start + batch.shape[0]
         plain = batch[:, 0]
         for share in shares:
-            plain = add_mod(plain, share.batch(start, stop), ctx.q_col)
+            plain = add_mod(plain, share.batch(start, stop), ctx.rescaled_col)
         out[start * n : stop * n] = ctx.decode(plain)
     return split_weight(ctx.params, out, aggregate.length)
