@@ -62,8 +62,10 @@ def test_split_without_quorum_stalls_and_an_isolated_site_catches_up(
     assert len(majority) == 3
     assert isolate["merged_while_cut"] >= 1
     assert all(isolate["heights_at_heal"][m] == isolate["heights_settled"][m] for m in minority)
+    # Progress against the heights before the cut (as the script judges it): a fast majority
+    # may merge its round within the SETTLE seconds before `heights_settled` is read.
     assert max(isolate["heights_at_heal"][n] for n in majority) > max(
-        isolate["heights_settled"][n] for n in majority
+        isolate["heights_before"][n] for n in majority
     )
 
     assert result["lost_commits"] == 0
