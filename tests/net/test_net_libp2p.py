@@ -8,7 +8,13 @@ import trio
 from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId
 from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
-from swarmnode.net.libp2p import Libp2pTransport, open_libp2p_transport, parse_peer_multiaddr
+from swarmnode.net.libp2p import (
+    Libp2pTransport,
+    _verify_each_record_once,
+    libp2p_id,
+    open_libp2p_transport,
+    parse_peer_multiaddr,
+)
 from swarmnode.testing import LyingBlobStore, make_identity, pseudo_random_bytes, wait_until
 
 IDS = [make_identity(i, "libp2p-test") for i in range(4)]
@@ -130,3 +136,43 @@ async def test_request_right_after_learning_an_address_dials_first() -> None:
             a.set_handler("echo", echo)
             b.add_peer_addresses(a.node_id, a.listen_addrs)
             assert await b.request(a.node_id, "echo", b"now") == b"now"
+
+
+class _Rpc:
+    def __init__(self, record: bytes | None) -> None:
+        self.senderRecord = record or b""
+        self._has = record is not None
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's spelling
+        return name == "senderRecord" and self._has
+
+
+class _Host:
+    """Stands in for a libp2p host: only its identity (and weak-referenceability) matters."""
+
+
+def test_signed_peer_records_are_verified_once_per_record_and_host() -> None:
+    calls: list[bytes] = []
+    refused = {b"forged"}
+
+    def check(rpc: _Rpc, host: object, peer: object) -> bool:
+        calls.append(rpc.senderRecord)
+        return rpc.senderRecord not in refused
+
+    verify = _verify_each_record_once(check)  # type: ignore[arg-type]
+    host, other_host = _Host(), _Host()
+    alice, bob = libp2p_id(IDS[0].node_id), libp2p_id(IDS[1].node_id)
+    for _ in range(3):
+        assert verify(_Rpc(b"record-1"), host, alice)  # type: ignore[arg-type]
+    assert calls == [b"record-1"]
+    assert verify(_Rpc(b"record-1"), other_host, alice)  # type: ignore[arg-type]  # another host: its own check
+    assert verify(_Rpc(b"record-1"), host, bob)  # type: ignore[arg-type]  # the same bytes from another peer
+    assert verify(_Rpc(b"record-2"), host, alice)  # type: ignore[arg-type]  # re-signed: checked again
+    assert calls == [b"record-1"] * 3 + [b"record-2"]
+    for _ in range(2):  # a refused record is never remembered
+        assert not verify(_Rpc(b"forged"), host, alice)  # type: ignore[arg-type]
+    assert calls[-2:] == [b"forged", b"forged"]
+    assert verify(_Rpc(b"record-2"), host, alice)  # type: ignore[arg-type]
+    assert calls[-1] == b"forged"  # the latest record accepted from alice is still remembered
+    assert verify(_Rpc(None), host, alice)  # type: ignore[arg-type]  # no record: libp2p's own answer
+    assert calls[-1] == b""
