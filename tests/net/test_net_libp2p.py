@@ -9,7 +9,10 @@ from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId
 from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
 from swarmnode.net.libp2p import (
+    YAMUX_INITIAL_WINDOW,
+    YAMUX_WINDOW,
     Libp2pTransport,
+    _credit_in_batches,
     _verify_each_record_once,
     libp2p_id,
     open_libp2p_transport,
@@ -176,3 +179,55 @@ def test_signed_peer_records_are_verified_once_per_record_and_host() -> None:
     assert calls[-1] == b"forged"  # the latest record accepted from alice is still remembered
     assert verify(_Rpc(None), host, alice)  # type: ignore[arg-type]  # no record: libp2p's own answer
     assert calls[-1] == b""
+
+
+class _YamuxStream:
+    """The parts of py-libp2p's YamuxStream that receive-credit accounting touches."""
+
+    def __init__(self) -> None:
+        self.window_lock = trio.Lock()
+        self._pending_recv_release = 0
+        self.updates: list[int] = []
+
+    async def send_window_update(self, increment: int, skip_lock: bool = False) -> None:
+        self.updates.append(increment)
+
+
+async def test_yamux_credit_goes_back_in_batches_of_half_a_window() -> None:
+    stream = _YamuxStream()
+    message = 1000
+    reads_to_half = -(-(YAMUX_INITIAL_WINDOW // 2) // message)
+    for _ in range(reads_to_half - 1):
+        await _credit_in_batches(stream, bytes_read=message)
+    assert stream.updates == []  # a gossip message no longer costs a WINDOW_UPDATE frame
+    await _credit_in_batches(stream, bytes_read=message)
+    consumed = reads_to_half * message
+    # Everything consumed comes back, and the window grows from the spec's 256 KiB.
+    assert stream.updates == [consumed + YAMUX_WINDOW - YAMUX_INITIAL_WINDOW]
+    await _credit_in_batches(stream, bytes_read=YAMUX_WINDOW // 2 - 1)
+    assert len(stream.updates) == 1  # the grown window batches at its own half
+    await _credit_in_batches(stream, bytes_read=1)
+    assert stream.updates[1:] == [YAMUX_WINDOW // 2]
+
+
+async def test_a_large_blob_moves_with_a_handful_of_window_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    updates: list[int] = []
+    send_update = YamuxStream.send_window_update
+
+    async def counted(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await send_update(self, increment, skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+    data = pseudo_random_bytes(12 << 20, seed=11)
+    with trio.fail_after(60):
+        async with open_libp2p_transport(IDS[0]) as server:
+            digest = server.put_blob(data)
+            async with open_libp2p_transport(IDS[1], bootstrap=server.listen_addrs) as client:
+                await wait_until(lambda: server.node_id in client.peers(), what="connected")
+                updates.clear()
+                assert await client.get_blob(digest, peer=server.node_id) == data
+    # 12 MiB in 64 KiB frames was ~190 updates with py-libp2p's credit-on-every-read.
+    assert 0 < len(updates) <= 12
