@@ -150,9 +150,9 @@ def _patch_libp2p() -> None:
     if defaults is None or len(defaults) != 2:  # pragma: no cover - guards a libp2p upgrade
         raise RuntimeError("py-libp2p RpcQueue changed; re-check the queue patch in swarmnode/net/libp2p.py")
     _rpc_queue_module.RpcQueue.__init__.__defaults__ = (4096, defaults[1])
-    check = _verify_each_record_once(_pubsub_module.maybe_consume_signed_record)
-    _pubsub_module.maybe_consume_signed_record = check  # type: ignore[assignment]
-    _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[assignment]
+    check = _verify_each_record_once(_pubsub_module.maybe_consume_signed_record)  # type: ignore[attr-defined]
+    _pubsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
+    _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _yamux_module.YamuxStream._auto_tune_and_send_window_update = _credit_in_batches  # type: ignore[method-assign]
     _libp2p_patched = True
 
