@@ -37,6 +37,13 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from swarmnode.net.libp2p import (  # noqa: E402
+    GOSSIP_DEGREE,
+    GOSSIP_DEGREE_HIGH,
+    GOSSIP_DEGREE_LOW,
+    GOSSIP_HEARTBEAT_S,
+    YAMUX_WINDOW,
+)
 from swarmnode.net.nodeproc import (  # noqa: E402
     NodeProcess,
     emit_event,
@@ -336,7 +343,11 @@ def main() -> None:
             "gossip_hosts": 5,
             "gossip_rounds": args.rounds,
             "gossip_round_intervals_s": intervals,
-            "libp2p": "TCP + Noise + Yamux, GossipSub D=3 heartbeat 1 s, strict signing",
+            "libp2p": (
+                f"TCP + Noise + Yamux (window {YAMUX_WINDOW >> 20} MiB, credit per half window), "
+                f"GossipSub D={GOSSIP_DEGREE}/{GOSSIP_DEGREE_LOW}/{GOSSIP_DEGREE_HIGH}, "
+                f"heartbeat {GOSSIP_HEARTBEAT_S} s, strict signing"
+            ),
         },
         "wall_time_s": round(time.time() - started, 1),
         **results,
