@@ -157,10 +157,9 @@ def _patch_libp2p() -> None:
     _libp2p_patched = True
 
 
-YAMUX_INITIAL_WINDOW: Final = _yamux_module.DEFAULT_WINDOW_SIZE  # 256 KiB, fixed by the yamux spec
 YAMUX_WINDOW: Final = 4 * 1024 * 1024
 """Receive window a stream grows to with its first credit: a 22.5 MB blob then needs
-about 11 credits, not 180."""
+about 11 credits, not the 180 of the spec's fixed 256 KiB."""
 
 
 async def _credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
@@ -170,18 +169,19 @@ async def _credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
     default): one more Noise-encrypted frame and send() per gossip message received,
     about a sixth of a node's event-loop time with 8 nodes (sampled). Here the bytes a
     stream's reader consumed are credited back in one frame when they reach half its
-    window, and the first credit grows the window from the spec's 256 KiB to
-    `YAMUX_WINDOW`. Never deadlocks: a sender blocked on credit has a full window
-    outstanding, so once the reader consumes it the pending count is past half.
+    window, and the first credit grows the window (py-libp2p's `target_recv_window`,
+    the spec's 256 KiB at first) to `YAMUX_WINDOW`. Never deadlocks: a sender blocked
+    on credit has a full window outstanding, so once the reader consumes it the pending
+    count is past half.
     """
     async with self.window_lock:
         self._pending_recv_release += bytes_read
         pending = self._pending_recv_release
-        window = getattr(self, "_swarmnode_window", YAMUX_INITIAL_WINDOW)
+        window = self.target_recv_window
         if pending < window // 2:
             return
         self._pending_recv_release = 0
-        self._swarmnode_window = YAMUX_WINDOW
+        self.target_recv_window = YAMUX_WINDOW
     await self.send_window_update(pending + YAMUX_WINDOW - window)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, YamuxStream
 
 from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId
 from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
 from swarmnode.net.libp2p import (
-    YAMUX_INITIAL_WINDOW,
     YAMUX_WINDOW,
     Libp2pTransport,
     _credit_in_batches,
@@ -187,6 +187,7 @@ class _YamuxStream:
     def __init__(self) -> None:
         self.window_lock = trio.Lock()
         self._pending_recv_release = 0
+        self.target_recv_window = DEFAULT_WINDOW_SIZE  # the spec's initial 256 KiB
         self.updates: list[int] = []
 
     async def send_window_update(self, increment: int, skip_lock: bool = False) -> None:
@@ -196,14 +197,14 @@ class _YamuxStream:
 async def test_yamux_credit_goes_back_in_batches_of_half_a_window() -> None:
     stream = _YamuxStream()
     message = 1000
-    reads_to_half = -(-(YAMUX_INITIAL_WINDOW // 2) // message)
+    reads_to_half = -(-(DEFAULT_WINDOW_SIZE // 2) // message)
     for _ in range(reads_to_half - 1):
         await _credit_in_batches(stream, bytes_read=message)
     assert stream.updates == []  # a gossip message no longer costs a WINDOW_UPDATE frame
     await _credit_in_batches(stream, bytes_read=message)
     consumed = reads_to_half * message
     # Everything consumed comes back, and the window grows from the spec's 256 KiB.
-    assert stream.updates == [consumed + YAMUX_WINDOW - YAMUX_INITIAL_WINDOW]
+    assert stream.updates == [consumed + YAMUX_WINDOW - DEFAULT_WINDOW_SIZE]
     await _credit_in_batches(stream, bytes_read=YAMUX_WINDOW // 2 - 1)
     assert len(stream.updates) == 1  # the grown window batches at its own half
     await _credit_in_batches(stream, bytes_read=1)
@@ -211,8 +212,6 @@ async def test_yamux_credit_goes_back_in_batches_of_half_a_window() -> None:
 
 
 async def test_a_large_blob_moves_with_a_handful_of_window_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    from libp2p.stream_muxer.yamux.yamux import YamuxStream
-
     updates: list[int] = []
     send_update = YamuxStream.send_window_update
 
