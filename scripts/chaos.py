@@ -69,6 +69,7 @@ PHASES = ("ready", "contribute", "aggregate", "verify", "decrypt")
 PARTITIONS = ("split", "isolate")
 SETTLE = 5.0  # s after a cut before its heights count: a block certified before it may still land
 POLL = 0.5
+PHASE_POLL = 0.1  # s between phase checks: a 10k-parameter round's phase can last a few tenths of a second
 RECOVERY_LIMIT = 300.0
 
 
@@ -372,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                         fault = Fault(kind, groups[0], round_, phase, groups=groups)
                         inject_partition(swarm, fault, args, deadline, started)
                         faults.append(fault)
-            time.sleep(0.3)
+            time.sleep(PHASE_POLL)
         else:
             error = f"training did not finish within {args.timeout:g} s"
     finally:

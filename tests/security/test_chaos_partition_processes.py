@@ -1,7 +1,8 @@
 """Network partitions between real node processes, then heal (CI size of `scripts/chaos.py`).
 
 One chaos run: 4 `swarmnode run` processes on 127.0.0.1 (started with
-``SWARMNODE_FAULT_INJECTION=1``) train 3 secure rounds. In round 1's contribute phase
+``SWARMNODE_FAULT_INJECTION=1``) train 6 secure rounds (the isolation needs two rounds
+left after it fires, and a round takes about a second). In round 1's contribute phase
 the swarm is split 2+2 for 15 s: neither half has a BFT quorum, so no site may commit
 a height above what was certified before the cut. Once that heals, in a later
 contribute phase one site is cut off from the other three until they merged a round:
@@ -35,7 +36,7 @@ def partition_run(
     workdir = tmp_path_factory.mktemp("chaos-partition") / "net"
     result, text = run_chaos(
         workdir,
-        ["--nodes", "4", "--rounds", "4", "--phases", "--no-restart-all",
+        ["--nodes", "4", "--rounds", "6", "--phases", "--no-restart-all",
         "--partitions", "split", "isolate", "--partition-phase", "contribute", "--split-seconds", "15",
         "--isolate-max-seconds", "240", "--seed", "5"],
         limit=RUN_LIMIT,
