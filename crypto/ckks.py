@@ -8,8 +8,8 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
 - Ring degree N = 8192, coefficient moduli of 60, 60 and 60 bits. Total 180 bits; the
   HE standard's 128-bit table allows at most 218 bits at N = 8192 (SEAL's
   ``SEC_LEVEL_TYPE.TC128`` enforces it when the context is built), so this is 128-bit
-  security with room to spare. The last prime is SEAL's special prime, used only inside
-  public-key encryption; ciphertexts live at the data level ``q0 * q1`` (~2^120).
+  security with room to spare. The last prime is SEAL's special prime, used only by the
+  key epoch's public key shares; ciphertexts live at the data level ``q0 * q1`` (~2^120).
 - **Coefficient encoding** at scale Delta = 2^90: value i goes to plaintext coefficient i
   as ``round(v * 2^90) mod q_j``. Only additions are ever done, so no CKKS slot encoder
   is needed: N values per ciphertext instead of N/2 and no sqrt(N) error blow-up.
@@ -19,17 +19,28 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
   weight, so the sum of all contributions is the weighted mean times the weight sum
   and stays within ``max_abs_value``; the decoded sum must stay below ~2^28.9 in
   absolute value or it wraps silently, hence inputs are checked before encoding.
-- **c0 travels rescaled**: a ciphertext is ``(c0, c1)`` mod ``q0 * q1``, but only c1 is
-  sent at full width (NTT form). c0 is sent as ``round(c0 / q0) mod q1`` in coefficient
-  form (CKKS's rescale by q0, 60 of its 120 bits), so a ciphertext costs 3 instead of 4
-  residues per coefficient. Rounding c0 is safe and nearly free: it is a function of what
-  the sender would send anyway, it adds at most q0/2 ~ 2^59 (2^-31 at scale 2^90) to the
-  decrypted sum per contribution, and it does not touch the secret key. c1 must stay whole:
-  its rounding error would be multiplied by the secret key and end up as key-dependent
-  noise in every decryption, which the smudging is sized to hide only when it is ~2^10.
-  Sums of rescaled c0 stay exact mod q1 (``q0 * sum round(c0_i / q0)``), and decryption
-  shares are rescaled the same way (`threshold`), so decryption adds rescaled values mod q1
-  and decodes ``q0 * centred(k) / 2^scale``.
+- **Encryption with the contributor's own key share, c1 from a seed**: member i of a key
+  epoch holds its additive secret ``s_i`` (``s = sum_i s_i``, `threshold`). It encrypts
+  ``c0 = Delta*m + e - a * s_i`` with ``a`` expanded by SHAKE-128 from a fresh random
+  16-byte seed, the epoch and the contributor's id, and ``e`` a centred binomial error
+  (eta = 21, sigma 3.24, SEAL's sigma is 3.2): an RLWE sample under ``s_i`` like SEAL's
+  symmetric encryption. Only c0 and the seed travel; anyone re-expands ``a``. A sum keeps
+  every contributor's (id, seed), and decrypting it needs ``sum_i a_i * s_i`` over exactly
+  those contributors, which the decrypt set computes from its per-dealer Shamir shares of
+  each ``s_i`` (`threshold.make_decryption_share`). A fresh seed per encryption means a
+  mask is never reused, whatever a crashed node re-encrypts. Compared with public-key
+  encryption under the collective key this is a third of the bytes and no
+  ``encrypt_zero`` (u, two errors, the special prime); the threshold is the same (any t
+  members can rebuild ``s_i`` from their shares, as they can rebuild ``s``).
+- **c0 travels rescaled**: c0 is sent as ``round(c0 / q0) mod q1`` in coefficient form
+  (CKKS's rescale by q0, 60 of its 120 bits), so a ciphertext costs one residue per
+  coefficient. Rounding c0 is safe and nearly free: it is a function of what the sender
+  would send anyway, it adds at most q0/2 ~ 2^59 (2^-31 at scale 2^90) to the decrypted
+  sum per contribution, and it does not touch the secret key. The mask ``a * s`` is never
+  rounded before the decryption share's smudging: its rounding error would be
+  key-dependent noise. Sums of rescaled c0 stay exact mod q1 (``q0 * sum round(c0_i /
+  q0)``), and decryption shares are rescaled the same way (`threshold`), so decryption
+  adds rescaled values mod q1 and decodes ``q0 * centred(k) / 2^scale``.
 - The weight coefficient is encoded at its own, finer scale 2^110 (the sum of normalised
   weights is about 1, far below the 2^119 wrap): the mean divides by the decrypted weight
   sum, so its error would be multiplied by the values' magnitude (100 x 3e-7 at scale
@@ -40,19 +51,22 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
   2.4e-6 with all 16 shares (scripts/bench_crypto.py, docs/results/bench_crypto.json);
   5.2e-6 with 64 shares in notes/threshold-ckks.md. Casting the mean to float32 adds up to
   2^-18 ~ 3.8e-6 at |v| ~ 100. `tests/crypto/test_secure_merge.py` checks <= 1e-5 at 16.
-- Security of the smudging: each share's noise (std 2^67.2) exceeds the aggregate's own
-  noise (std ~21 n, 2^10.4 at n = 64) by 2^56.8; the statistical distance it leaves is
-  about N * max|e| / 2^69 ~ 2^-43 per decryption even with a single honest smudger.
+- Security of the smudging: the aggregate's own secret-dependent noise is the sum of n
+  centred binomial errors (std 3.24 sqrt(n), 2^4.7 at n = 64; at most 21 n = 2^10.4);
+  each share's noise (std 2^67.2) exceeds that std by 2^62.5, and the statistical
+  distance it leaves is about N * max|e| / 2^69 ~ 2^-45.6 per ciphertext even with a
+  single honest smudger (docs/SECURITY.md section 4).
 
 Wire format of a ciphertext blob (`EncryptedVector.to_bytes`):
 
     b"SNC1" | u32 big-endian header length | canonical CBOR of `CiphertextHeader` | body
-    body = (chunks, 3 rows, N) uint64 residues in C order, packed two 60-bit
-           coefficients per 15 bytes (22.5 bytes per parameter); the rows of a chunk are
-           c0 rescaled (mod q1, coefficient form), c1 mod q0 and c1 mod q1 (NTT form)
+    body = (chunks, N) uint64 residues of c0 rescaled (mod q1, coefficient form) in C
+           order, packed two 60-bit coefficients per 15 bytes (7.5 bytes per parameter)
 
+The header names the key epoch and, sorted by public key, every contributor in the sum
+with its mask seed (one for a contribution, k for a sum of k).
 The header is schema-checked CBOR; the body stays outside CBOR so a 50M-parameter
-blob (1.5 GB) is never copied to be parsed. The decoder checks the magic, header,
+blob (375 MB) is never copied to be parsed. The decoder checks the magic, header,
 parms id, shapes and exact length, and that every coefficient is below its prime; the
 encoding is canonical (decode then encode gives the same bytes), so blobs can be
 content-addressed by SHA-256.
@@ -61,10 +75,12 @@ content-addressed by SHA-256.
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
@@ -72,31 +88,38 @@ import numpy as np
 import numpy.typing as npt
 
 from . import cbor
-from .errors import InvalidCiphertext, ProtocolError
+from .errors import InvalidAggregate, InvalidCiphertext, ProtocolError
+from .identity import NodeId
 from .rns import (
     U64,
     add_mod,
     add_mod_into,
+    centered_binomial,
     column,
+    expand_uniform_mod,
     scalar_operand,
     shoup_mul,
     shoup_quotients,
     signed_split_residues,
+    sub_mod,
 )
-from .sealbridge import PublicKeyEncryptor, SealContext, he_standard_max_bits
+from .sealbridge import SealContext, he_standard_max_bits
 
 F64 = npt.NDArray[np.float64]
 
-WIRE_VERSION: Final = 2  # 2: c0 rescaled to q1 (22.5 bytes per parameter, was 30)
+WIRE_VERSION: Final = 3  # 3: key-share encryption, c1 from a seed (7.5 bytes per parameter, was 22.5)
 PACKED_BITS: Final = 60
 MAX_VALUES: Final = 1 << 27  # 134M parameters: far above the 50M target, bounds allocations
 BATCH_CHUNKS: Final = 32  # ciphertexts processed per numpy batch: 16 MiB of residues
-MAX_HEADER: Final = 1024
+MAX_HEADER: Final = 1 << 16
+MAX_CONTRIBUTORS: Final = 1024  # (id, seed) pairs in one header: 53 KiB of CBOR at most
+SEED_SIZE: Final = 16
+ERROR_ETA: Final = 21  # centred binomial RLWE error: variance 10.5, sigma 3.24
+_MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v1"
 _BLOB_PREFIX: Final = struct.Struct(">4sI")
 _CIPHERTEXT_MAGIC: Final = b"SNC1"
 _SPLIT_SHIFT: Final = 52  # round(v * 2^90) = high * 2^52 + low, both exact in float64/int64
 _MASK60: Final = np.uint64((1 << 60) - 1)
-_CIPHERTEXT_ROWS: Final = 3  # c0 rescaled, c1 mod q0, c1 mod q1
 
 H = TypeVar("H")
 
@@ -111,7 +134,7 @@ class CkksParams:
     uniform on +-2^68 per decryption share, inputs bounded by 2^20 in absolute value.
     Measured max abs error of a decrypted sum: 2.0e-6 (16 members) to 5.2e-6 (64).
     Smudging margin: per-share noise std 2^67.2 over the n = 64 aggregate's own noise
-    std 2^10.4, i.e. 2^56.8.
+    std 2^4.7, i.e. 2^62.5.
     """
 
     degree: int = 8192
@@ -162,7 +185,7 @@ def chunk_count(params: CkksParams, length: int) -> int:
 class CkksContext:
     """Everything derived from `CkksParams`: the SEAL context, primes, encoder and decoder."""
 
-    __slots__ = ("_crt", "ciphertext_col", "data_moduli", "params", "q_col", "rescaled_col", "seal")
+    __slots__ = ("_crt", "data_moduli", "params", "q_col", "rescaled_col", "seal")
 
     def __init__(self, params: CkksParams) -> None:
         self.params: Final = params
@@ -170,8 +193,7 @@ class CkksContext:
         self.data_moduli: Final = self.seal.data_moduli
         self.q_col: Final = column(self.data_moduli)
         q0, q1 = self.data_moduli
-        self.rescaled_col: Final = column([q1])  # rescaled polys live mod q1 alone
-        self.ciphertext_col: Final = column([q1, q0, q1])  # the rows of a ciphertext batch
+        self.rescaled_col: Final = column([q1])  # rescaled polys (ciphertexts, shares) live mod q1 alone
         self._crt = scalar_operand([pow(q0, -1, q1)], [q1])
 
     @property
@@ -252,13 +274,9 @@ def context(params: CkksParams = DEFAULT_PARAMS) -> CkksContext:
         return found
 
 
-def ciphertext_body_size(params: CkksParams, length: int) -> int:
-    """Bytes of the packed body of a `length`-value ciphertext blob (3 residues per coefficient)."""
-    return packed_size(chunk_count(params, length) * _CIPHERTEXT_ROWS * params.degree)
-
-
 def rescaled_body_size(params: CkksParams, length: int) -> int:
-    """Bytes of `length` values' worth of rescaled polys (one residue mod q1 per coefficient)."""
+    """Bytes of `length` values' worth of rescaled polys (one residue mod q1 per coefficient):
+    the body of a ciphertext blob and of a decryption share."""
     return packed_size(chunk_count(params, length) * params.degree)
 
 
@@ -315,7 +333,7 @@ def unpack60(data: bytes | memoryview, count: int) -> U64:
 
 def encode_blob(magic: bytes, header: object, body_parts: Iterable[bytes]) -> bytes:
     head = cbor.dumps_dataclass(header)
-    # BytesIO.getvalue() hands over its buffer without a copy: a 1.5 GB blob costs 1.5 GB once,
+    # BytesIO.getvalue() hands over its buffer without a copy: a 375 MB blob costs 375 MB once,
     # where b"".join over a generator would hold every part and the result at the same time.
     out = io.BytesIO()
     out.write(_BLOB_PREFIX.pack(magic, len(head)))
@@ -352,14 +370,35 @@ def decode_blob(
 @final
 @dataclass(frozen=True, slots=True)
 class CiphertextHeader:
-    """Header of a ciphertext blob. Everything the body's size depends on is here and checked."""
+    """Header of a ciphertext blob. Everything the body's size depends on is here and checked.
+
+    `contributors` (strictly increasing by public key) and `seeds` (aligned) name whose
+    key shares mask the sum, and how to re-expand each mask.
+    """
 
     version: int
     parms_id: bytes  # SEAL parms id of the data level: pins N, the primes and the scheme
     scale_bits: int
     length: int  # parameter values; the weight rides in one extra coefficient
     chunks: int
-    polys: int
+    epoch: bytes  # the key epoch whose key shares encrypted it
+    contributors: tuple[NodeId, ...]
+    seeds: tuple[bytes, ...]
+
+
+def mask(ctx: CkksContext, epoch: bytes, contributor: NodeId, seed: bytes, start: int, stop: int) -> U64:
+    """Chunks ``[start, stop)`` of a contributor's uniform mask polynomial ``a``: ``(k, L, N)``, NTT form.
+
+    SHAKE-128 of (domain, epoch, contributor, seed, chunk, prime): the same for everyone, and
+    a contributor's seed cannot be replayed under another id or epoch.
+    """
+    n = ctx.params.degree
+    prefix = _MASK_DOMAIN + epoch + contributor.public_key + seed
+    out = np.empty((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
+    for chunk in range(start, stop):
+        for j, q in enumerate(ctx.data_moduli):
+            out[chunk - start, j] = expand_uniform_mod(prefix + struct.pack(">IB", chunk, j), q, n)
+    return out
 
 
 @final
@@ -367,20 +406,32 @@ class EncryptedVector:
     """`length` weighted values plus their weight, encrypted as `chunks` CKKS ciphertexts.
 
     Holds the validated wire bytes; numpy residues are unpacked one batch at a time, so a
-    50M-parameter vector costs its 1.5 GB of wire bytes and no more.
+    50M-parameter vector costs its 375 MB of wire bytes and no more.
     """
 
-    __slots__ = ("_body", "_wire", "context", "length")
+    __slots__ = ("_body", "_wire", "context", "header")
 
-    def __init__(self, ctx: CkksContext, length: int, wire: bytes, body: memoryview) -> None:
+    def __init__(self, ctx: CkksContext, header: CiphertextHeader, wire: bytes, body: memoryview) -> None:
         self.context: Final = ctx
-        self.length: Final = length
+        self.header: Final = header
         self._wire = wire
         self._body = body
 
     @property
+    def length(self) -> int:
+        return self.header.length
+
+    @property
     def chunks(self) -> int:
-        return chunk_count(self.context.params, self.length)
+        return self.header.chunks
+
+    @property
+    def epoch(self) -> bytes:
+        return self.header.epoch
+
+    @property
+    def contributors(self) -> tuple[NodeId, ...]:
+        return self.header.contributors
 
     def to_bytes(self) -> bytes:
         return self._wire
@@ -389,27 +440,32 @@ class EncryptedVector:
         return len(self._wire)
 
     def batch(self, start: int, stop: int) -> U64:
-        """Ciphertexts ``[start, stop)`` as ``(k, 3, N)`` residues (moduli `CkksContext.ciphertext_col`).
-
-        Row 0 is c0 rescaled (mod q1, coefficient form); rows 1 and 2 are c1 (NTT form), so
-        ``batch[:, 1:]`` is the ``(k, L, N)`` c1 batch.
-        """
+        """Ciphertexts ``[start, stop)`` as ``(k, N)`` rescaled c0 residues mod q1 (coefficient form)."""
         n = self.context.params.degree
-        per_chunk = _CIPHERTEXT_ROWS * n
         if not 0 <= start <= stop <= self.chunks:
             raise IndexError("chunk range out of bounds")
-        raw = self._body[packed_size(start * per_chunk) : packed_size(stop * per_chunk)]
-        return unpack60(raw, (stop - start) * per_chunk).reshape(stop - start, _CIPHERTEXT_ROWS, n)
+        raw = self._body[packed_size(start * n) : packed_size(stop * n)]
+        return unpack60(raw, (stop - start) * n).reshape(stop - start, n)
 
     def batches(self) -> Iterator[tuple[int, U64]]:
         for start in range(0, self.chunks, BATCH_CHUNKS):
             yield start, self.batch(start, min(start + BATCH_CHUNKS, self.chunks))
 
+    def masks(self, start: int, stop: int) -> Iterator[tuple[NodeId, U64]]:
+        """Each contributor's mask for chunks ``[start, stop)`` (see `mask`)."""
+        for contributor, seed in zip(self.header.contributors, self.header.seeds, strict=True):
+            yield contributor, mask(self.context, self.epoch, contributor, seed, start, stop)
+
     @classmethod
-    def from_residues(cls, ctx: CkksContext, length: int, batches: Iterable[U64]) -> EncryptedVector:
-        """Build the canonical blob from ``(k, 3, N)`` residue batches (see `batch`) in chunk order."""
-        chunks = chunk_count(ctx.params, length)
-        header = CiphertextHeader(WIRE_VERSION, ctx.parms_id, ctx.params.scale_bits, length, chunks, 2)
+    def from_residues(
+        cls, ctx: CkksContext, length: int, epoch: bytes, seeds: dict[NodeId, bytes], batches: Iterable[U64]
+    ) -> EncryptedVector:
+        """Build the canonical blob from ``(k, N)`` residue batches (see `batch`) in chunk order."""
+        ordered = sorted(seeds, key=lambda node: node.public_key)
+        header = CiphertextHeader(
+            WIRE_VERSION, ctx.parms_id, ctx.params.scale_bits, length, chunk_count(ctx.params, length),
+            epoch, tuple(ordered), tuple(seeds[node] for node in ordered),
+        )  # fmt: skip
         wire = encode_blob(_CIPHERTEXT_MAGIC, header, (pack60(b) for b in batches))
         return cls.from_bytes(ctx, wire, validate=False)
 
@@ -424,15 +480,24 @@ class EncryptedVector:
             raise InvalidCiphertext("ciphertext is for other CKKS parameters")
         if not 0 < header.length <= MAX_VALUES:
             raise InvalidCiphertext(f"ciphertext length {header.length} out of range")
-        if header.polys != 2 or header.chunks != chunk_count(params, header.length):
+        if header.chunks != chunk_count(params, header.length):
             raise InvalidCiphertext("ciphertext shape does not match its length")
-        expected = ciphertext_body_size(params, header.length)
+        if len(header.epoch) != 32:
+            raise InvalidCiphertext("ciphertext epoch id must have 32 bytes")
+        keys = [c.public_key for c in header.contributors]
+        if not 0 < len(keys) <= MAX_CONTRIBUTORS or any(b <= a for a, b in itertools.pairwise(keys)):
+            raise InvalidCiphertext(
+                f"ciphertext must name 1..{MAX_CONTRIBUTORS} distinct contributors in key order"
+            )
+        if len(header.seeds) != len(keys) or any(len(seed) != SEED_SIZE for seed in header.seeds):
+            raise InvalidCiphertext(f"ciphertext needs one {SEED_SIZE}-byte mask seed per contributor")
+        expected = rescaled_body_size(params, header.length)
         if len(body) != expected:
             raise InvalidCiphertext(f"ciphertext body has {len(body)} bytes, expected {expected}")
-        vector = cls(ctx, header.length, data, body)
+        vector = cls(ctx, header, data, body)
         if validate:
             for _, batch in vector.batches():
-                ctx.check_residues(batch, ctx.ciphertext_col, InvalidCiphertext, "ciphertext")
+                ctx.check_residues(batch, ctx.rescaled_col, InvalidCiphertext, "ciphertext")
         return vector
 
 
@@ -445,21 +510,39 @@ def normalised_weight(weight: float, total_weight: float) -> float:
     return weight / total_weight
 
 
-def encrypt(
-    ctx: CkksContext, encryptor: PublicKeyEncryptor, values: npt.ArrayLike, weight: float, total_weight: float
-) -> EncryptedVector:
-    """Encrypt ``(w * values, w)`` with ``w = weight / total_weight`` under `encryptor`'s public key.
+def small_residues(values: npt.NDArray[np.int64], moduli: Sequence[int]) -> U64:
+    """Small signed integers ``(..., N)`` as residues ``(..., L, N)`` mod every prime."""
+    q_col = column(moduli)
+    expanded = values[..., None, :]
+    result: U64 = np.where(expanded < 0, q_col + expanded.astype(np.uint64), expanded.astype(np.uint64))
+    return result
 
-    `values` is a 1-D float vector (float32 model parameters, any length up to
-    `MAX_VALUES`); non-finite values or ``|v| > max_abs_value`` are rejected before
-    anything is encoded. Randomness: SEAL's CSPRNG (seeded from the OS) for every
-    ciphertext. Processed `BATCH_CHUNKS` ciphertexts at a time.
+
+def encrypt(
+    ctx: CkksContext,
+    secret: U64,
+    epoch: bytes,
+    contributor: NodeId,
+    values: npt.ArrayLike,
+    weight: float,
+    total_weight: float,
+) -> EncryptedVector:
+    """Encrypt ``(w * values, w)`` with ``w = weight / total_weight`` under `contributor`'s key share.
+
+    `secret` is the contributor's additive secret ``s_i`` of key epoch `epoch` (NTT form,
+    data level ``(L, N)``); each chunk is ``rescale(Delta*m + e - a * s_i)`` with ``a`` its
+    `mask` under a fresh seed. `values` is a 1-D float vector (float32 model parameters,
+    any length up to `MAX_VALUES`); non-finite values or ``|v| > max_abs_value`` are
+    rejected before anything is encoded. Randomness (seed, errors) comes from `os.urandom`.
+    Processed `BATCH_CHUNKS` ciphertexts at a time.
     """
     vector = np.asarray(values)
     if vector.ndim != 1 or not 0 < vector.size <= MAX_VALUES:
         raise ValueError(f"values must be a 1-D vector of 1..{MAX_VALUES} floats")
     if vector.dtype.kind != "f":
         raise ValueError(f"values must be floats, got {vector.dtype}")
+    if secret.shape != (len(ctx.data_moduli), ctx.params.degree) or len(epoch) != 32:
+        raise ValueError("secret must be a data-level (L, N) poly and epoch a 32-byte id")
     w = normalised_weight(weight, total_weight)
     params = ctx.params
     limit = params.max_abs_value
@@ -468,6 +551,8 @@ def encrypt(
     length = vector.size
     n = ctx.params.degree
     chunks = chunk_count(ctx.params, length)
+    seed = os.urandom(SEED_SIZE)
+    quotients = shoup_quotients(secret, ctx.data_moduli)
 
     def batches() -> Iterator[U64]:
         for start in range(0, chunks, BATCH_CHUNKS):
@@ -477,50 +562,68 @@ def encrypt(
             scaled[: hi - lo] = np.rint(np.ldexp(vector[lo:hi].astype(np.float64) * w, params.scale_bits))
             if lo <= length < stop * n:
                 scaled[length - lo] = np.rint(np.ldexp(w, params.weight_scale_bits))
-            zeros = np.stack([encryptor.encrypt_zero() for _ in range(stop - start)])
-            out = np.empty((stop - start, _CIPHERTEXT_ROWS, n), dtype=np.uint64)
-            out[:, 0] = ctx.rescale(add_mod(ctx.to_coefficients(zeros[:, 0]), ctx.encode(scaled), ctx.q_col))
-            out[:, 1:] = zeros[:, 1]
-            yield out
+            a = mask(ctx, epoch, contributor, seed, start, stop)
+            a_s = ctx.to_coefficients(shoup_mul(a, secret, quotients, ctx.q_col))
+            error = small_residues(
+                centered_binomial(ERROR_ETA, (stop - start) * n).reshape(stop - start, n), ctx.data_moduli
+            )
+            message = add_mod(ctx.encode(scaled), error, ctx.q_col)
+            yield ctx.rescale(sub_mod(message, a_s, ctx.q_col))
 
-    return EncryptedVector.from_residues(ctx, length, batches())
+    return EncryptedVector.from_residues(ctx, length, epoch, {contributor: seed}, batches())
 
 
 @final
 class Aggregator:
-    """Homomorphic sum of encrypted vectors of one length, added as they arrive.
+    """Homomorphic sum of encrypted vectors of one length and key epoch, added as they arrive.
 
-    Addition mod q is exact and order-independent, so anyone adding the same blobs gets
-    the same bytes (the verifier recomputes the leader's aggregate and compares hashes).
+    Addition mod q is exact and order-independent, and the header lists the contributors in
+    key order, so anyone adding the same blobs gets the same bytes (the verifier recomputes
+    the leader's aggregate and compares hashes). A contributor can be in the sum only once.
     """
 
-    __slots__ = ("_sum", "context", "count", "length")
+    __slots__ = ("_epoch", "_seeds", "_sum", "context", "length")
 
     def __init__(self, ctx: CkksContext, length: int) -> None:
         self.context: Final = ctx
         self.length: Final = length
-        self.count = 0
-        shape = (chunk_count(ctx.params, length), _CIPHERTEXT_ROWS, ctx.params.degree)
-        self._sum: U64 = np.zeros(shape, dtype=np.uint64)
+        self._epoch: bytes | None = None
+        self._seeds: dict[NodeId, bytes] = {}
+        self._sum: U64 = np.zeros((chunk_count(ctx.params, length), ctx.params.degree), dtype=np.uint64)
+
+    @property
+    def count(self) -> int:
+        """Contributors in the sum so far."""
+        return len(self._seeds)
 
     def add(self, vector: EncryptedVector) -> None:
+        """Add `vector`; `InvalidAggregate` (and no change) if it is for another epoch or
+        names a contributor already in the sum."""
         if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
+        if self._epoch is not None and vector.epoch != self._epoch:
+            raise InvalidAggregate("cannot add ciphertexts of two key epochs")
+        if twice := [c.short for c in vector.contributors if c in self._seeds]:
+            raise InvalidAggregate(f"already in the sum: {', '.join(twice)}")
+        if len(self._seeds) + len(vector.contributors) > MAX_CONTRIBUTORS:
+            raise InvalidAggregate(f"a sum holds at most {MAX_CONTRIBUTORS} contributors")
         for start, batch in vector.batches():
-            add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.ciphertext_col)
-        self.count += 1
+            add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.rescaled_col)
+        self._epoch = vector.epoch
+        self._seeds.update(zip(vector.contributors, vector.header.seeds, strict=True))
 
     def result(self) -> EncryptedVector:
-        if not self.count:
+        if self._epoch is None:
             raise ValueError("nothing was added")
         s = self._sum
         return EncryptedVector.from_residues(
-            self.context, self.length, (s[i : i + BATCH_CHUNKS] for i in range(0, s.shape[0], BATCH_CHUNKS))
-        )
+            self.context, self.length, self._epoch, self._seeds,
+            (s[i : i + BATCH_CHUNKS] for i in range(0, s.shape[0], BATCH_CHUNKS)),
+        )  # fmt: skip
 
 
 def add(vectors: Iterable[EncryptedVector]) -> EncryptedVector:
-    """The homomorphic sum of one or more encrypted vectors of the same length and parameters."""
+    """The homomorphic sum of one or more encrypted vectors of the same length, parameters and epoch."""
     items = iter(vectors)
     first = next(items, None)
     if first is None:
@@ -532,18 +635,25 @@ def add(vectors: Iterable[EncryptedVector]) -> EncryptedVector:
     return total.result()
 
 
-def decrypt_with_secret(ctx: CkksContext, vector: EncryptedVector, secret: U64) -> tuple[F64, float]:
-    """Single-key decryption ``c0 + rescale(c1 * s)`` (for tests and the two-party self-check).
+def decrypt_with_secret(
+    ctx: CkksContext, vector: EncryptedVector, secrets: Mapping[NodeId, U64]
+) -> tuple[F64, float]:
+    """Decryption with every contributor's own secret: ``c0 + rescale(sum_i a_i * s_i)`` (for tests).
 
-    `secret` is an NTT-form data-level ``(L, N)`` secret; returns (weighted sum, weight sum).
+    `secrets` maps each contributor to its NTT-form data-level ``(L, N)`` secret; returns
+    (weighted sum, weight sum).
     """
-    quotients = shoup_quotients(secret, ctx.data_moduli)
     out = np.empty(vector.chunks * ctx.params.degree, dtype=np.float64)
     n = ctx.params.degree
     for start, batch in vector.batches():
-        c1_s = ctx.rescale(ctx.to_coefficients(shoup_mul(batch[:, 1:], secret, quotients, ctx.q_col)))
-        plain = add_mod(batch[:, 0], c1_s, ctx.rescaled_col)
-        out[start * n : (start + batch.shape[0]) * n] = ctx.decode(plain)
+        stop = start + batch.shape[0]
+        masked = np.zeros((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
+        for contributor, a in vector.masks(start, stop):
+            secret = secrets[contributor]
+            quotients = shoup_quotients(secret, ctx.data_moduli)
+            add_mod_into(masked, shoup_mul(a, secret, quotients, ctx.q_col), ctx.q_col)
+        plain = add_mod(batch, ctx.rescale(ctx.to_coefficients(masked)), ctx.rescaled_col)
+        out[start * n : stop * n] = ctx.decode(plain)
     return split_weight(ctx.params, out, vector.length)
 
 

@@ -13,6 +13,7 @@ Randomness comes only from `os.urandom`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Final
@@ -26,6 +27,7 @@ I64 = npt.NDArray[np.int64]
 _MASK32: Final = np.uint64(0xFFFFFFFF)
 _SHIFT32: Final = np.uint64(32)
 MAX_PRIME_BITS: Final = 61
+_BLOCK: Final = 1 << 14  # entries per block of a large product (~20 temporaries of 128 KiB)
 
 
 def column(moduli: Sequence[int]) -> U64:
@@ -52,7 +54,31 @@ def shoup_quotients(operand: U64, moduli: Sequence[int]) -> U64:
 
 
 def shoup_mul(a: U64, operand: U64, quotients: U64, q_col: U64) -> U64:
-    """``a * operand mod q`` (broadcasting), given the operand's Shoup quotients. Entries of a < q."""
+    """``a * operand mod q`` (broadcasting), given the operand's Shoup quotients. Entries of a < q.
+
+    Large inputs go through in blocks of rows of `a` (about `_BLOCK` entries): the twenty
+    temporaries of a block stay in cache, which makes it about three times faster than
+    one pass over the whole array.
+    """
+    rows = a.shape[0] if a.ndim else 1
+    if a.ndim == 0 or a.size <= _BLOCK:
+        return _shoup_mul(a, operand, quotients, q_col)
+    step = max(1, _BLOCK * rows // a.size)
+    out = np.empty(np.broadcast_shapes(a.shape, operand.shape, quotients.shape, q_col.shape), dtype=np.uint64)
+    for start in range(0, rows, step):
+        stop = start + step
+        out[start:stop] = _shoup_mul(
+            a[start:stop], *(_rows(x, start, stop, a.ndim) for x in (operand, quotients, q_col))
+        )
+    return out
+
+
+def _rows(x: U64, start: int, stop: int, ndim: int) -> U64:
+    """Rows ``[start, stop)`` of a broadcast operand if it spans `a`'s first axis, else all of it."""
+    return x[start:stop] if x.ndim == ndim and x.shape[0] != 1 else x
+
+
+def _shoup_mul(a: U64, operand: U64, quotients: U64, q_col: U64) -> U64:
     with np.errstate(over="ignore"):
         r = a * operand - mulhi64(a, quotients) * q_col  # wraps mod 2^64; true value in [0, 2q)
     result: U64 = np.where(r >= q_col, r - q_col, r)
@@ -127,6 +153,40 @@ def uniform_mod(q: int, count: int) -> U64:
         out[filled : filled + accepted.size] = accepted
         filled += accepted.size
     return out
+
+
+def expand_uniform_mod(seed: bytes, q: int, count: int) -> U64:
+    """`count` residues exactly uniform mod q, deterministic in `seed` (SHAKE-128 as the XOF).
+
+    Rejection sampling on ``bit_length(q)``-bit words of the XOF stream: everyone expanding
+    the same seed gets the same residues. A longer digest extends the same stream, so the
+    rare retry (a 60-bit prime rejects about 2^-43 of the words) keeps the accepted prefix.
+    """
+    bits = q.bit_length()
+    extra = 16
+    while True:
+        stream = hashlib.shake_128(seed).digest(8 * (count + extra))
+        words = np.frombuffer(stream, dtype="<u8") >> np.uint64(64 - bits)
+        accepted = words[words < np.uint64(q)]
+        if accepted.size >= count:
+            return accepted[:count].astype(np.uint64)
+        extra *= 4
+
+
+def centered_binomial(eta: int, count: int) -> I64:
+    """`count` samples of the centred binomial distribution with parameter eta (variance eta/2).
+
+    Each sample is ``popcount(x) - popcount(y)`` for two independent eta-bit words from the
+    OS CSPRNG: the RLWE error of Kyber/Saber, exact and constant-time in numpy.
+    """
+    if not 1 <= eta <= 32:
+        raise ValueError("eta must be in [1, 32]")
+    words = random_u64(count)
+    mask = np.uint64((1 << eta) - 1)
+    ones = np.bitwise_count(words & mask).astype(np.int64)
+    others = np.bitwise_count((words >> np.uint64(32)) & mask).astype(np.int64)
+    result: I64 = ones - others
+    return result
 
 
 def uniform_signed_wide(log_bound: int, count: int) -> tuple[I64, U64, int]:

@@ -216,31 +216,6 @@ class SealContext:
         body = meta + self._array_bytes(data)
         return self._header(len(body)) + body
 
-    def public_key_encryptor(self, public_key: U64) -> PublicKeyEncryptor:
-        """SEAL `Encryptor` for the NTT-form key-level public key ``(b, a)`` of shape (2, L_key, N)."""
-        if public_key.shape != (2, len(self.key_moduli), self.degree):
-            raise ValueError(f"public key must have shape (2, {len(self.key_moduli)}, {self.degree})")
-        key = seal.PublicKey()
-        _load_bytes(
-            lambda path: key.load(self._context, path),
-            self._ciphertext_bytes(self.key_parms_id, public_key, 1.0),
-        )
-        return PublicKeyEncryptor(self, seal.Encryptor(self._context, key))
-
-    def read_ciphertext(self, ciphertext: object) -> U64:
-        """A data-level NTT-form SEAL ciphertext as ``(2, L, N)`` uint64."""
-        body = _saved_body(ciphertext)
-        *parms, ntt_form, size, degree, primes, _scale, _correction = _CIPHERTEXT_META.unpack_from(body, 0)
-        shape = (2, len(self.data_moduli), self.degree)
-        if (_parms_id_bytes(parms), ntt_form, (size, primes, degree)) != (self.data_parms_id, 1, shape):
-            raise SealLayoutError("SEAL ciphertext is not a fresh data-level NTT-form ciphertext")
-        offset = _CIPHERTEXT_META.size + _HEADER.size
-        (count,) = _COUNT.unpack_from(body, offset)
-        if count != 2 * shape[1] * shape[2]:
-            raise SealLayoutError("SEAL ciphertext coefficient count mismatch")
-        flat = np.frombuffer(body, dtype="<u8", count=count, offset=offset + _COUNT.size)
-        return flat.astype(np.uint64).reshape(shape)
-
     def decrypt_with_secret(self, secret_key: U64, ciphertext: U64, scale: float) -> U64:
         """SEAL's own `Decryptor` on our arrays: ``c0 + c1 * s`` (NTT form, data level).
 
@@ -263,25 +238,3 @@ class SealContext:
         (count,) = _COUNT.unpack_from(body, offset)
         flat = np.frombuffer(body, dtype="<u8", count=count, offset=offset + _COUNT.size)
         return flat.astype(np.uint64).reshape(len(self.data_moduli), self.degree)
-
-
-@final
-class PublicKeyEncryptor:
-    """SEAL public-key encryption of zero, returned as numpy (caller adds the message to c0)."""
-
-    __slots__ = ("_context", "_encryptor")
-
-    def __init__(self, context: SealContext, encryptor: object) -> None:
-        self._context = context
-        self._encryptor = encryptor
-
-    def encrypt_zero(self) -> U64:
-        """A fresh encryption of 0 at the data level, ``(2, L, N)`` NTT form.
-
-        SEAL samples the ternary ``u`` and the errors from its own CSPRNG (seeded from
-        the OS), encrypts at the key level and divides by the special prime. Adding an
-        NTT-form message to c0 gives exactly what `Encryptor.encrypt(plaintext)` gives.
-        """
-        ciphertext = seal.Ciphertext()
-        self._encryptor.encrypt_zero(ciphertext)  # type: ignore[attr-defined]
-        return self._context.read_ciphertext(ciphertext)

@@ -13,8 +13,9 @@ A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
     # contribute: weight = local samples x weightage, total = the round's total Ready weight
     blob = encrypt_update(keys, params_vector, weight, total_weight)
 
-    # leader (and verifier): add the contributions; hash the result and commit it
-    aggregate = aggregate_contributions([blob_1, ..., blob_k], length=len(params_vector))
+    # leader (and verifier): add the contributions, each checked against its committed
+    # contributor; hash the result and commit it
+    aggregate = aggregate_contributions({node_1: blob_1, ...}, length=len(params_vector))
 
     # members of the decrypt set T: one share each, exchanged among T
     share = decryption_share(keys, aggregate, T, contributions=k, min_peers=min_peers)
@@ -31,7 +32,7 @@ can be content-addressed by SHA-256 and the verifier can recompute the leader's 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -44,7 +45,6 @@ from .ckks import (
     Aggregator,
     CkksParams,
     EncryptedVector,
-    ciphertext_body_size,
     context,
     encrypt,
     rescaled_body_size,
@@ -106,7 +106,7 @@ def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams 
 
 def ciphertext_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
     """Upper bound on the bytes of an encrypted `length`-parameter vector (for blob size caps)."""
-    return ciphertext_body_size(params, length) + MAX_HEADER + 8
+    return rescaled_body_size(params, length) + MAX_HEADER + 8
 
 
 def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
@@ -115,12 +115,16 @@ def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> i
 
 
 def encrypt_update(keys: EpochKeys, parameters: npt.ArrayLike, weight: float, total_weight: float) -> bytes:
-    """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under the collective key.
+    """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under our key share.
 
-    Raises ValueError for a non-1-D, non-float, non-finite or out-of-range vector (|v| above
-    ``params.max_abs_value``) or a weight outside ``(0, total_weight]``.
+    Only a decrypt set of the epoch can remove its mask, and only inside a sum of at least
+    min_peers contributions (see `decryption_share`). Raises ValueError for a non-1-D,
+    non-float, non-finite or out-of-range vector (|v| above ``params.max_abs_value``) or a
+    weight outside ``(0, total_weight]``.
     """
-    return encrypt(keys.context, keys.encryptor, parameters, weight, total_weight).to_bytes()
+    return encrypt(
+        keys.context, keys.secret, keys.spec.epoch_id, keys.me, parameters, weight, total_weight
+    ).to_bytes()
 
 
 def _decode(ctx_params: CkksParams, blob: bytes, length: int) -> EncryptedVector:
@@ -145,21 +149,26 @@ class AggregateBuilder:
         """Contributions added so far."""
         return self._aggregator.count
 
-    def add(self, blob: bytes) -> None:
-        """Add one contribution; `InvalidCiphertext` (and no change) if the blob is bad."""
-        self._aggregator.add(_decode(self._params, blob, self._aggregator.length))
+    def add(self, blob: bytes, contributor: NodeId) -> None:
+        """Add `contributor`'s committed contribution; `InvalidCiphertext` (and no change) if
+        the blob is bad or is not exactly one contribution of `contributor`, `InvalidAggregate`
+        if it is for another key epoch than the others or `contributor` is already in."""
+        vector = _decode(self._params, blob, self._aggregator.length)
+        if vector.contributors != (contributor,):
+            raise InvalidCiphertext(f"the blob committed by {contributor.short} is not its own contribution")
+        self._aggregator.add(vector)
 
     def result(self) -> bytes:
         return self._aggregator.result().to_bytes()
 
 
 def aggregate_contributions(
-    contributions: Iterable[bytes], *, length: int, params: CkksParams = DEFAULT_PARAMS
+    contributions: Mapping[NodeId, bytes], *, length: int, params: CkksParams = DEFAULT_PARAMS
 ) -> bytes:
-    """The homomorphic sum of contribution blobs (deterministic bytes)."""
+    """The homomorphic sum of contribution blobs by contributor (deterministic bytes)."""
     builder = AggregateBuilder(length, params)
-    for blob in contributions:
-        builder.add(blob)
+    for contributor, blob in contributions.items():
+        builder.add(blob, contributor)
     return builder.result()
 
 
@@ -175,9 +184,10 @@ def decryption_share(
     """Our decryption share of `aggregate` for decrypt set `decrypt_set`, or `DecryptionRefused`.
 
     `contributions` is the number of contributions the ledger committed for this aggregate:
-    an honest member refuses unless it is at least ``max(min_peers, 2)``, is in the decrypt
-    set, and the set has at least t distinct members. `length` (the model size), if given,
-    must match the aggregate's.
+    an honest member refuses unless the aggregate sums exactly that many contributors, at
+    least ``max(min_peers, 2)``, all members of the epoch, is in the decrypt set, and the set
+    has at least t distinct members. `length` (the model size), if given, must match the
+    aggregate's.
     """
     if contributions < max(min_peers, MIN_CONTRIBUTIONS):
         raise DecryptionRefused(
@@ -186,6 +196,10 @@ def decryption_share(
     vector = EncryptedVector.from_bytes(keys.context, aggregate)
     if length is not None and vector.length != length:
         raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
+    if len(vector.contributors) != contributions:
+        raise DecryptionRefused(
+            f"aggregate sums {len(vector.contributors)} contributors, the ledger committed {contributions}"
+        )
     return make_decryption_share(keys, vector, decrypt_set).to_bytes()
 
 

@@ -14,21 +14,27 @@ Key epoch (`KeyEpoch`), for an ordered member list with Shamir points 1..n:
    degree ``t - 1`` polynomial ``f_i`` (uniform coefficients from `os.urandom`) and
    sends ``f_i(x_k)`` to member k in an X25519 sealed box (`SealedKeyShare`); the box
    content names epoch, dealer and recipient, so a box cannot be replayed elsewhere.
-4. Collective public key ``(sum_i b_i, a)``; member k's key share is
-   ``sigma_k = sum_i f_i(x_k)``, a point on a degree ``t - 1`` polynomial whose value
-   at 0 is the collective secret ``s = sum_i s_i``.
+4. Collective public key ``(sum_i b_i, a)`` (members compare its digest on the ledger).
+   Member k keeps its own secret ``s_i`` (it encrypts its updates with it, `ckks.encrypt`)
+   and every dealer's share ``f_i(x_k)``: for any set K of dealers, ``sum_{i in K}
+   f_i(x_k)`` is a point on a degree ``t - 1`` polynomial whose value at 0 is
+   ``s_K = sum_{i in K} s_i``.
 
-Decryption of an aggregate ``(c0, c1)`` by a decrypt set T (``|T| >= t``): member k
-publishes ``d_k = rescale(c1 * lambda_k^T * sigma_k + e_k)`` with ``lambda_k^T`` its
-Lagrange coefficient at 0 for the points of T (per prime), ``e_k`` smudging noise uniform
-on ``[-2^68, 2^68)`` (integer-exact, `os.urandom`) and ``rescale(x) = round(x / q0) mod q1``
-(`CkksContext.rescale`); ``c0 + sum_{k in T} d_k`` mod q1 (c0 travels rescaled too) decodes
-to the sum. Rescaling a share is rounding after the smudging, so it reveals nothing more;
+Decryption of an aggregate (rescaled ``c0`` and the (contributor, mask seed) pairs of the
+set K it sums, see `ckks`) by a decrypt set T (``|T| >= t``): member k publishes
+``d_k = rescale(lambda_k^T * sum_{i in K} a_i * f_i(x_k) + e_k)`` with ``a_i``
+contributor i's mask, ``lambda_k^T`` its Lagrange coefficient at 0 for the points of T
+(per prime), ``e_k`` smudging noise uniform on ``[-2^68, 2^68)`` (integer-exact,
+`os.urandom`) and ``rescale(x) = round(x / q0) mod q1`` (`CkksContext.rescale`);
+``c0 + sum_{k in T} d_k`` mod q1 decodes to the sum, since ``c0 = sum_{i in K}
+(Delta*m_i + e_i - a_i * s_i)``. Rescaling a share is rounding after the smudging, so it reveals nothing more;
 its error (at most q0/2 ~ 2^59 per share) is far below the smudging's 2^68 and halves the
 share (one residue per coefficient instead of two). A share is bound to T through its
 Lagrange coefficient: combined with any other set it decodes to noise. Fewer than t shares
-carry no information about s (Shamir), and the smudging hides each member's ``sigma_k`` in
-its published share.
+carry no information about any ``s_i`` (Shamir), and the smudging hides each member's
+dealer shares in its published share. A share is bound to K too: it removes exactly the
+masks of K, so it decrypts the sum over K and nothing else (K is at least min_peers
+contributors, checked by every decryptor).
 
 Not covered (documented limits): no verifiable secret sharing or proofs of correct
 decryption shares: a member that deals or decrypts wrongly makes the epoch or the
@@ -40,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -72,6 +78,7 @@ from .identity import NodeId, NodeIdentity
 from .rns import (
     U64,
     add_mod,
+    add_mod_into,
     column,
     neg_mod,
     scalar_operand,
@@ -81,7 +88,6 @@ from .rns import (
     uniform_mod,
     uniform_signed_wide,
 )
-from .sealbridge import PublicKeyEncryptor
 
 EPOCH_ID_SIZE: Final = 32
 _CRS_DOMAIN: Final = b"swarmnode/ckks-crs/v1"
@@ -250,24 +256,25 @@ class StoredEpochKeys:
     threshold: int
     me: NodeId
     public_key: bytes
-    key_share: bytes
+    secret: bytes  # our own s_i (data level, NTT form)
+    dealer_shares: bytes  # f_i(x_me) of every member i, in member order
 
 
 @final
 class EpochKeys:
-    """The outcome of a key epoch at one member: collective public key and own key share."""
+    """The outcome of a key epoch at one member: collective public key, own secret, dealer shares."""
 
-    __slots__ = ("_encryptor", "context", "key_share", "me", "public_key", "spec")
+    __slots__ = ("context", "dealer_shares", "me", "public_key", "secret", "spec")
 
     def __init__(
-        self, ctx: CkksContext, spec: EpochSpec, me: NodeId, public_key: U64, key_share: U64
+        self, ctx: CkksContext, spec: EpochSpec, me: NodeId, public_key: U64, secret: U64, dealer_shares: U64
     ) -> None:
         self.context: Final = ctx
         self.spec: Final = spec
         self.me: Final = me
         self.public_key: Final = public_key  # (2, L_key, N): (sum b_i, a), NTT form
-        self.key_share: Final = key_share  # (L, N): sigma_me, NTT form, data level
-        self._encryptor: PublicKeyEncryptor | None = None
+        self.secret: Final = secret  # (L, N): our s_i, NTT form, data level
+        self.dealer_shares: Final = dealer_shares  # (n, L, N): f_i(x_me) in member order, NTT form
 
     @property
     def public_key_digest(self) -> bytes:
@@ -277,8 +284,8 @@ class EpochKeys:
     def export_secret(self) -> bytes:
         """Canonical bytes of these keys for the node's own key store (secret: store with mode 0600)."""
         stored = StoredEpochKeys(
-            1, self.spec.epoch_id, self.spec.members, self.spec.threshold, self.me,
-            pack60(self.public_key), pack60(self.key_share),
+            2, self.spec.epoch_id, self.spec.members, self.spec.threshold, self.me,
+            pack60(self.public_key), pack60(self.secret), pack60(self.dealer_shares),
         )  # fmt: skip
         return cbor.dumps_dataclass(stored)
 
@@ -287,7 +294,7 @@ class EpochKeys:
         """Inverse of `export_secret`; raises a `ProtocolError` subclass if the bytes are bad."""
         stored = cbor.loads_dataclass(StoredEpochKeys, data, max_depth=2)
         ctx = context(params)
-        if stored.version != 1:
+        if stored.version != 2:
             raise InvalidKeyShare(f"unsupported stored key version {stored.version}")
         try:
             spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
@@ -301,24 +308,29 @@ class EpochKeys:
         crs = _unpack_poly(ctx, stored.public_key[half:], key_primes, InvalidKeyShare, "stored public key")
         if not np.array_equal(crs, common_random_poly(ctx, spec.epoch_id)):
             raise InvalidKeyShare("stored public key does not match the epoch's common random polynomial")
-        share = _unpack_poly(ctx, stored.key_share, len(ctx.data_moduli), InvalidKeyShare, "key share")
-        return cls(ctx, spec, stored.me, np.stack([public, crs]), share)
-
-    @property
-    def encryptor(self) -> PublicKeyEncryptor:
-        if self._encryptor is None:
-            self._encryptor = self.context.seal.public_key_encryptor(self.public_key)
-        return self._encryptor
+        data_primes = len(ctx.data_moduli)
+        secret = _unpack_poly(ctx, stored.secret, data_primes, InvalidKeyShare, "stored secret")
+        size = _poly_bytes(params, data_primes)
+        members = len(spec.members)
+        if len(stored.dealer_shares) != members * size:
+            raise InvalidKeyShare(f"stored dealer shares: need {members} of {size} bytes")
+        dealer_shares = np.stack([
+            _unpack_poly(ctx, stored.dealer_shares[k * size : (k + 1) * size], data_primes, InvalidKeyShare,
+                         "stored dealer share")
+            for k in range(members)
+        ])  # fmt: skip
+        return cls(ctx, spec, stored.me, np.stack([public, crs]), secret, dealer_shares)
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class OwnDealing:
     """What a member deals in a key epoch, all it needs to reveal and finish it: the packed
-    public share ``b_i`` (key level), its own Shamir share ``f_i(x_i)`` (data level, secret)
-    and the sealed shares for the other members (in member order)."""
+    public share ``b_i`` (key level), its secret ``s_i`` and own Shamir share ``f_i(x_i)``
+    (data level, secret) and the sealed shares for the other members (in member order)."""
 
     public_share: bytes
+    secret: bytes
     own_share: bytes
     sealed: tuple[SealedKeyShare, ...]
 
@@ -341,6 +353,7 @@ class StoredKeyEpoch:
     threshold: int
     me: NodeId
     public_share: bytes
+    secret: bytes
     own_share: bytes
     sealed: tuple[StoredSealedShare, ...]
 
@@ -355,8 +368,8 @@ def _sealed_box_size(ctx: CkksContext, epoch_id: bytes, dealer: NodeId, recipien
 
 def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> OwnDealing:
     """Draw a fresh secret s_i and error e_i; publish-ready ``b_i = -a*s_i + e_i`` and the
-    Shamir shares of s_i. `secret` and the Shamir polynomial go out of scope here: only the
-    shares survive (the other members' inside sealed boxes)."""
+    Shamir shares of s_i. The Shamir polynomial goes out of scope here: only the shares
+    (the other members' inside sealed boxes) and s_i itself (data level) survive."""
     seal_ctx = ctx.seal
     key_col = column(seal_ctx.key_moduli)
     secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))
@@ -374,7 +387,8 @@ def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> 
             continue
         content = KeyShareContent(spec.epoch_id, me, member, packed)
         sealed.append(SealedKeyShare(spec.epoch_id, member, member.seal(cbor.dumps_dataclass(content))))
-    return OwnDealing(public_share=public_share, own_share=own, sealed=tuple(sealed))
+    data_secret = pack60(secret[: len(ctx.data_moduli)])
+    return OwnDealing(public_share=public_share, secret=data_secret, own_share=own, sealed=tuple(sealed))
 
 
 @final
@@ -452,12 +466,13 @@ class KeyEpoch:
         bundles), nor are the fixed commitments (they are on the ledger)."""
         d = self._dealing
         stored = StoredKeyEpoch(
-            version=1,
+            version=2,
             epoch_id=self.spec.epoch_id,
             members=self.spec.members,
             threshold=self.spec.threshold,
             me=self._identity.node_id,
             public_share=d.public_share,
+            secret=d.secret,
             own_share=d.own_share,
             sealed=tuple(StoredSealedShare(recipient=b.recipient, box=b.box) for b in d.sealed),
         )
@@ -472,7 +487,7 @@ class KeyEpoch:
         a `ProtocolError` subclass (`SchemaError`, `NonCanonicalEncoding`, `InvalidKeyShare`...)
         whose message names what is wrong."""
         stored = cbor.loads_dataclass(StoredKeyEpoch, data, max_depth=3)
-        if stored.version != 1:
+        if stored.version != 2:
             raise InvalidKeyShare(f"unsupported stored key-epoch version {stored.version}")
         try:
             spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
@@ -487,6 +502,7 @@ class KeyEpoch:
         _unpack_poly(
             ctx, stored.public_share, len(ctx.seal.key_moduli), InvalidKeyShare, "stored public share"
         )
+        _unpack_poly(ctx, stored.secret, len(ctx.data_moduli), InvalidKeyShare, "stored secret")
         _unpack_poly(ctx, stored.own_share, len(ctx.data_moduli), InvalidKeyShare, "stored own key share")
         others = tuple(m for m in spec.members if m != me)
         recipients = tuple(s.recipient for s in stored.sealed)
@@ -501,6 +517,7 @@ class KeyEpoch:
                 )
         dealing = OwnDealing(
             public_share=stored.public_share,
+            secret=stored.secret,
             own_share=stored.own_share,
             sealed=tuple(SealedKeyShare(spec.epoch_id, s.recipient, s.box) for s in stored.sealed),
         )
@@ -579,22 +596,26 @@ class KeyEpoch:
         return tuple(m for m in self.spec.members if m not in self._public or m not in self._received)
 
     def finish(self) -> EpochKeys:
-        """The collective public key and our key share; `EpochIncomplete` until nothing is missing."""
+        """The collective public key, our secret and every dealer's share for us;
+        `EpochIncomplete` until nothing is missing."""
         if missing := self.missing():
             raise EpochIncomplete(f"missing messages from {', '.join(m.short for m in missing)}")
         ctx = self._context
         key_col = column(ctx.seal.key_moduli)
+        data_primes = len(ctx.data_moduli)
         b = np.zeros_like(self._a)
-        sigma = np.zeros((len(ctx.data_moduli), ctx.params.degree), dtype=np.uint64)
-        for member in self.spec.members:  # fixed order; the sums are order-independent anyway
+        for member in self.spec.members:  # fixed order; the sum is order-independent anyway
             b = add_mod(
                 b, _unpack_poly(ctx, self._public[member], 3, InvalidKeyShare, "public share"), key_col
             )
-            share = _unpack_poly(
-                ctx, self._received[member], len(ctx.data_moduli), InvalidKeyShare, "key share"
-            )
-            sigma = add_mod(sigma, share, ctx.q_col)
-        return EpochKeys(ctx, self.spec, self._identity.node_id, np.stack([b, self._a]), sigma)
+        dealer_shares = np.stack([
+            _unpack_poly(ctx, self._received[member], data_primes, InvalidKeyShare, "key share")
+            for member in self.spec.members
+        ])  # fmt: skip
+        secret = _unpack_poly(ctx, self._dealing.secret, data_primes, InvalidKeyShare, "own secret")
+        return EpochKeys(
+            ctx, self.spec, self._identity.node_id, np.stack([b, self._a]), secret, dealer_shares
+        )
 
 
 def _store_once(slot: dict[NodeId, bytes], sender: NodeId, value: bytes, what: str) -> None:
@@ -687,19 +708,20 @@ class DecryptionShare:
         return share
 
 
-def partial_decryption(ctx: CkksContext, c1: U64, lagrange_key: U64, lagrange_quotients: U64) -> U64:
-    """``rescale(c1 * (lambda * sigma) + smudging)`` for a ``(k, L, N)`` batch of c1 polys: ``(k, N)``."""
-    product = ctx.to_coefficients(shoup_mul(c1, lagrange_key, lagrange_quotients, ctx.q_col))
-    return ctx.rescale(add_mod(product, smudging_noise(ctx, c1.shape[0]), ctx.q_col))
-
-
 def make_decryption_share(
     keys: EpochKeys, aggregate: EncryptedVector, decrypt_set: Sequence[NodeId]
 ) -> DecryptionShare:
-    """Our share of `aggregate` for exactly `decrypt_set` (at least t members, us among them)."""
+    """Our share of `aggregate` for exactly `decrypt_set` (at least t members, us among them).
+
+    Removes the masks of exactly the aggregate's contributors (all members of this epoch).
+    """
     spec, ctx = keys.spec, keys.context
     if aggregate.context.params != ctx.params:
         raise ValueError("aggregate is for other parameters")
+    if aggregate.epoch != spec.epoch_id:
+        raise DecryptionRefused("aggregate is for another key epoch")
+    if not all(spec.is_member(c) for c in aggregate.contributors):
+        raise DecryptionRefused("aggregate names a contributor outside the epoch")
     if len(set(decrypt_set)) != len(decrypt_set) or not all(spec.is_member(m) for m in decrypt_set):
         raise DecryptionRefused("decrypt set must be distinct members of the epoch")
     if len(decrypt_set) < spec.threshold:
@@ -708,16 +730,28 @@ def make_decryption_share(
         raise DecryptionRefused("this node is not in the decrypt set")
     points = tuple(sorted(spec.point(m) for m in decrypt_set))
     me = spec.point(keys.me)
-    lagrange = _scalar_mul(keys.key_share, lagrange_at_zero(me, points, ctx.data_moduli), ctx.data_moduli)
-    quotients = shoup_quotients(lagrange, ctx.data_moduli)
+    lagrange = lagrange_at_zero(me, points, ctx.data_moduli)
+    operands = {}
+    for contributor in aggregate.contributors:  # lambda * f_i(x_me), a fixed Shoup operand per dealer
+        scaled = _scalar_mul(keys.dealer_shares[spec.point(contributor) - 1], lagrange, ctx.data_moduli)
+        operands[contributor] = (scaled, shoup_quotients(scaled, ctx.data_moduli))
     digest = hashlib.sha256(aggregate.to_bytes()).digest()
     header = DecryptionShareHeader(
         WIRE_VERSION, ctx.parms_id, spec.epoch_id, digest, points, me, aggregate.length, aggregate.chunks
     )
-    parts = (
-        pack60(partial_decryption(ctx, batch[:, 1:], lagrange, quotients)) for _, batch in aggregate.batches()
-    )
-    wire = encode_blob(_SHARE_MAGIC, header, parts)
+
+    def parts() -> Iterator[bytes]:
+        n = ctx.params.degree
+        for start in range(0, aggregate.chunks, BATCH_CHUNKS):
+            stop = min(start + BATCH_CHUNKS, aggregate.chunks)
+            product = np.zeros((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
+            for contributor, a in aggregate.masks(start, stop):
+                operand, quotients = operands[contributor]
+                add_mod_into(product, shoup_mul(a, operand, quotients, ctx.q_col), ctx.q_col)
+            noisy = add_mod(ctx.to_coefficients(product), smudging_noise(ctx, stop - start), ctx.q_col)
+            yield pack60(ctx.rescale(noisy))
+
+    wire = encode_blob(_SHARE_MAGIC, header, parts())
     return DecryptionShare.from_bytes(ctx, wire)
 
 
@@ -760,7 +794,7 @@ def combine_shares(
     out = np.empty(aggregate.chunks * n, dtype=np.float64)
     for start, batch in aggregate.batches():
         stop = start + batch.shape[0]
-        plain = batch[:, 0]
+        plain = batch
         for share in shares:
             plain = add_mod(plain, share.batch(start, stop), ctx.rescaled_col)
         out[start * n : stop * n] = ctx.decode(plain)

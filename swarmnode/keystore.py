@@ -10,7 +10,7 @@ Layout under ``storage_dir``::
 
     keys/epoch-<n>.keys      EpochKeys.export_secret() of key epoch n (secret)
     keys/epoch-<n>.dealing   KeyEpoch.export_secret() of the unfinished key epoch n (secret:
-                             our own Shamir share); written before our commitment is
+                             our s_i and own Shamir share); written before our commitment is
                              submitted, deleted once epoch n's keys are saved
     keys/epoch-<n>.bundle    our revealed public share + sealed Shamir shares of epoch n
     models/<sha256 hex>.f32  merged parameters (little-endian float32), by hash

@@ -108,6 +108,7 @@ from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, Unkn
 from crypto.identity import NodeId, NodeIdentity
 from crypto.secure_merge import (
     AggregateBuilder,
+    DecryptionRefused,
     EpochKeys,
     EpochSpec,
     KeyEpoch,
@@ -1190,7 +1191,7 @@ class Node:
         async def fetch_and_add(c: ContributionRecord, source: NodeId | None) -> None:
             blob = await self._fetch(c.blob_hash, source, keep_round=round_number)
             async with adding:
-                await self._compute(builder.add, blob)
+                await self._compute(builder.add, blob, c.node_id)
 
         await self._concurrently(
             [partial(fetch_and_add, c, source) for c, source in zip(contributions, sources, strict=True)]
@@ -1273,12 +1274,11 @@ class Node:
         assert isinstance(job, AggregateContributions)
         aggregate = await self._sum(job.round, job.contributions)
         if self.options.faults.wrong_aggregate:
-            # A well-formed but wrong sum: the first contribution counted twice.
-            first = await self._fetch(job.contributions[0].blob_hash, job.contributions[0].node_id)
+            # A well-formed but wrong sum: the last committed contribution left out.
             if self.genesis.training.secure:
-                aggregate = await self._compute(
-                    lambda: aggregate_contributions([aggregate, first], length=self.n_params)
-                )
+                kept = job.contributions[:-1]
+                blobs = {c.node_id: await self._fetch(c.blob_hash, c.node_id) for c in kept}
+                aggregate = await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
             else:
                 wrong = decode_plaintext_model(aggregate, length=self.n_params) + np.float32(1.0)
                 aggregate = wrong.astype("<f4").tobytes()
@@ -1352,7 +1352,12 @@ class Node:
             digest = self._keep_blob(job.round, cbor.dumps_dataclass(confirmation))
             await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
             return
-        share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+        try:
+            share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+        except DecryptionRefused as exc:
+            self._refused_aggregates.add(refusal)
+            self._log.warning("round %d step %d: no decryption share: %s", job.round, job.step, exc)
+            return
         digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
 

@@ -13,35 +13,38 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from crypto import cbor, ckks, rns
-from crypto.errors import InvalidCiphertext, ProtocolError
-from crypto.sealbridge import PublicKeyEncryptor, he_standard_max_bits
+from crypto.errors import InvalidAggregate, InvalidCiphertext, ProtocolError
+from crypto.identity import NodeId, NodeIdentity
+from crypto.sealbridge import he_standard_max_bits
 
 N = 8192
 CTX = ckks.context()
+EPOCH = os.urandom(32)
 
 
-class SingleKey:
-    """A plain (one-party) RLWE key pair on the same context: enough to test the ciphertext layer."""
+class Contributors:
+    """Members' own secrets (key level, NTT form) without a key epoch: enough to test the ciphertext layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int) -> None:
         seal = CTX.seal
-        key_col = rns.column(seal.key_moduli)
-        self.secret = seal.ntt(seal.sample_ternary(os.urandom(64)))  # key level
-        a = seal.sample_uniform(os.urandom(64))
-        error = seal.ntt(seal.sample_error(os.urandom(64)))
-        a_s = rns.shoup_mul(a, self.secret, rns.shoup_quotients(self.secret, seal.key_moduli), key_col)
-        self.public_key = np.stack([rns.add_mod(rns.neg_mod(a_s, key_col), error, key_col), a])
-        self.encryptor: PublicKeyEncryptor = seal.public_key_encryptor(self.public_key)
+        self.ids = [NodeIdentity.generate().node_id for _ in range(count)]
+        self.secrets = {node: seal.ntt(seal.sample_ternary(os.urandom(64))) for node in self.ids}
+
+    def data_secret(self, node: NodeId) -> np.ndarray:
+        return self.secrets[node][: len(CTX.data_moduli)]
 
     def decrypt(self, vector: ckks.EncryptedVector) -> tuple[np.ndarray, float]:
-        return ckks.decrypt_with_secret(CTX, vector, self.secret[: len(CTX.data_moduli)])
+        return ckks.decrypt_with_secret(CTX, vector, {n: self.data_secret(n) for n in vector.contributors})
 
 
-KEY = SingleKey()
+KEYS = Contributors(4)
 
 
-def encrypt(values: np.ndarray, weight: float = 1.0, total: float = 1.0) -> ckks.EncryptedVector:
-    return ckks.encrypt(CTX, KEY.encryptor, values, weight, total)
+def encrypt(
+    values: np.ndarray, weight: float = 1.0, total: float = 1.0, who: int = 0
+) -> ckks.EncryptedVector:
+    node = KEYS.ids[who]
+    return ckks.encrypt(CTX, KEYS.data_secret(node), EPOCH, node, values, weight, total)
 
 
 # -- parameters ------------------------------------------------------------------------------
@@ -164,6 +167,23 @@ def test_uniform_mod_and_wide_smudging_sampler() -> None:
     assert np.unique(low & np.uint64(1)).size == 2  # low bits are random, unlike a float sample
 
 
+def test_centred_binomial_error_and_seeded_uniform_expansion() -> None:
+    error = rns.centered_binomial(ckks.ERROR_ETA, 200_000)
+    assert int(error.min()) >= -ckks.ERROR_ETA
+    assert int(error.max()) <= ckks.ERROR_ETA
+    assert abs(float(error.var()) - ckks.ERROR_ETA / 2) < 0.2  # sigma 3.24
+    assert abs(float(error.mean())) < 0.05
+    q = CTX.data_moduli[1]
+    expanded = rns.expand_uniform_mod(b"seed", q, 50_000)
+    assert np.array_equal(expanded, rns.expand_uniform_mod(b"seed", q, 50_000))
+    assert np.array_equal(expanded[:1000], rns.expand_uniform_mod(b"seed", q, 1000))  # one stream
+    assert int(expanded.max()) < q
+    assert not np.array_equal(expanded[:1000], rns.expand_uniform_mod(b"seee", q, 1000))
+    small = rns.expand_uniform_mod(b"x", 12289, 20_000)  # a 14-bit prime rejects half of the words
+    assert int(small.max()) < 12289
+    assert abs(float(small.mean()) / 12289 - 0.5) < 0.02
+
+
 # -- encryption, addition, decryption --------------------------------------------------------
 
 
@@ -171,44 +191,67 @@ def test_encrypt_decrypt_and_weight_slot() -> None:
     values = np.random.default_rng(1).uniform(-100, 100, 3 * N - 1).astype(np.float32)  # weight fits chunk 3
     vector = encrypt(values, 3.0, 4.0)
     assert (vector.length, vector.chunks) == (values.size, 3)
-    sums, weight = KEY.decrypt(vector)
+    sums, weight = KEYS.decrypt(vector)
     assert np.abs(sums - 0.75 * values.astype(np.float64)).max() < 1e-9
     assert abs(weight - 0.75) < 1e-15
 
 
 def test_numpy_decryption_agrees_with_seal_decryptor() -> None:
-    ciphertext = KEY.encryptor.encrypt_zero()
+    """``(c0, a)`` with ``c0 = m + e - a*s`` is what SEAL's symmetric encryption makes: SEAL's own
+    `Decryptor` (``c0 + c1 * s``) recovers ``m + e`` from our arrays, bit for bit."""
+    node = KEYS.ids[0]
+    secret = KEYS.data_secret(node)
+    a = ckks.mask(CTX, EPOCH, node, b"\1" * ckks.SEED_SIZE, 0, 1)[0]
     plain = CTX.encode(np.rint(np.ldexp(np.linspace(-5, 5, N), 90)))[0]
-    ciphertext[0] = rns.add_mod(ciphertext[0], CTX.seal.ntt(plain), CTX.q_col)
-    secret = KEY.secret[:2]
-    ours = rns.add_mod(
-        ciphertext[0],
-        rns.shoup_mul(ciphertext[1], secret, rns.shoup_quotients(secret, CTX.data_moduli), CTX.q_col),
-        CTX.q_col,
-    )
-    assert np.array_equal(CTX.seal.decrypt_with_secret(KEY.secret, ciphertext, 2.0**90), ours)
-    # what travels: c0 rescaled; decrypting that agrees with SEAL's decryption rescaled, to a unit
-    ours_rescaled = CTX.decode(CTX.rescale(CTX.to_coefficients(ours[None])))
-    rows = np.concatenate([CTX.rescale(CTX.to_coefficients(ciphertext[None, 0])), ciphertext[1]])
-    ckks_vector = ckks.EncryptedVector.from_residues(CTX, N - 1, [rows[None]])
-    sums, _ = KEY.decrypt(ckks_vector)
-    assert np.abs(sums - ours_rescaled[: N - 1]).max() <= 2.0**-29
-    assert np.abs(sums - np.linspace(-5, 5, N)[: N - 1]).max() < 1e-9
+    error = ckks.small_residues(rns.centered_binomial(ckks.ERROR_ETA, N), CTX.data_moduli)
+    message = rns.add_mod(plain, error, CTX.q_col)
+    a_s = CTX.seal.intt(rns.shoup_mul(a, secret, rns.shoup_quotients(secret, CTX.data_moduli), CTX.q_col))
+    c0 = CTX.seal.ntt(rns.sub_mod(message, a_s, CTX.q_col))
+    decrypted = CTX.seal.decrypt_with_secret(KEYS.secrets[node], np.stack([c0, a]), 2.0**90)
+    assert np.array_equal(decrypted, CTX.seal.ntt(message))
+
+
+def test_masks_are_deterministic_uniform_and_bound_to_epoch_contributor_and_seed() -> None:
+    node, other = KEYS.ids[:2]
+    seed = os.urandom(ckks.SEED_SIZE)
+    first = ckks.mask(CTX, EPOCH, node, seed, 0, 3)
+    assert first.shape == (3, 2, N)
+    assert np.array_equal(first, ckks.mask(CTX, EPOCH, node, seed, 0, 3))
+    assert np.array_equal(first[1:], ckks.mask(CTX, EPOCH, node, seed, 1, 3))  # chunk-addressed
+    assert bool(np.all(first < CTX.q_col))
+    assert abs(float(first[:, 0].mean()) / CTX.data_moduli[0] - 0.5) < 0.01
+    for changed in (
+        ckks.mask(CTX, EPOCH, other, seed, 0, 3),
+        ckks.mask(CTX, os.urandom(32), node, seed, 0, 3),
+        ckks.mask(CTX, EPOCH, node, os.urandom(ckks.SEED_SIZE), 0, 3),
+    ):
+        assert not bool(np.any(changed == first))  # equal by chance with probability ~2^-45
+
+
+def test_a_contribution_does_not_decrypt_without_its_own_secret() -> None:
+    values = np.linspace(-1, 1, 500)
+    vector = encrypt(values)
+    wrong = {vector.contributors[0]: KEYS.data_secret(KEYS.ids[1])}
+    sums, _ = ckks.decrypt_with_secret(CTX, vector, wrong)
+    assert np.abs(sums - values).min() > 1e-3  # uniform garbage, nowhere near the values
 
 
 def test_encryption_is_randomised() -> None:
     values = np.ones(10)
-    assert encrypt(values).to_bytes() != encrypt(values).to_bytes()
+    first, second = encrypt(values), encrypt(values)
+    assert first.to_bytes() != second.to_bytes()
+    assert first.header.seeds != second.header.seeds  # a fresh mask every time: never reused
 
 
 def test_addition_is_exact_and_order_independent() -> None:
     rng = np.random.default_rng(2)
     vectors = [rng.uniform(-100, 100, 5000) for _ in range(3)]
     weights = [1.0, 2.5, 6.5]
-    encrypted = [encrypt(v, w, 10.0) for v, w in zip(vectors, weights, strict=True)]
+    encrypted = [encrypt(v, w, 10.0, who=k) for k, (v, w) in enumerate(zip(vectors, weights, strict=True))]
     total = ckks.add(encrypted)
     assert total.to_bytes() == ckks.add(reversed(encrypted)).to_bytes()  # verifier recomputes the same bytes
-    sums, weight = KEY.decrypt(total)
+    assert total.contributors == tuple(sorted(KEYS.ids[:3], key=lambda n: n.public_key))
+    sums, weight = KEYS.decrypt(total)
     expected = sum(w / 10.0 * v for v, w in zip(vectors, weights, strict=True))
     # each rescaled c0 and the decryption round by up to half a unit of q0 / 2^90 ~ 2^-30
     assert np.abs(sums - expected).max() < 4 * 2.0**-30
@@ -220,10 +263,10 @@ def test_moderately_large_vector_crosses_batches() -> None:
     values = np.random.default_rng(3).uniform(-1, 1, length).astype(np.float32)
     vector = encrypt(values, 1.0, 2.0)
     assert vector.chunks == ckks.BATCH_CHUNKS + 6
-    body = ckks.packed_size(vector.chunks * 3 * N)
-    assert body < len(vector) <= body + 200
+    body = ckks.packed_size(vector.chunks * N)
+    assert body < len(vector) <= body + 300  # the header: epoch, contributor id and seed
     decoded = ckks.EncryptedVector.from_bytes(CTX, vector.to_bytes())
-    sums, weight = KEY.decrypt(ckks.add([decoded, decoded]))
+    sums, weight = KEYS.decrypt(ckks.add([decoded, encrypt(values, 1.0, 2.0, who=1)]))
     assert np.abs(sums - values.astype(np.float64)).max() < 3 * 2.0**-30  # three rescale roundings
     assert weight == pytest.approx(1.0, abs=1e-14)
 
@@ -258,6 +301,18 @@ def test_aggregator_refuses_mismatched_lengths() -> None:
         aggregator.result()
 
 
+def test_aggregator_refuses_a_contributor_twice_and_mixed_epochs() -> None:
+    aggregator = ckks.Aggregator(CTX, 10)
+    aggregator.add(encrypt(np.zeros(10)))
+    with pytest.raises(InvalidAggregate, match="already in the sum"):
+        aggregator.add(encrypt(np.ones(10)))  # the same contributor again, even with a fresh mask
+    node = KEYS.ids[1]
+    elsewhere = ckks.encrypt(CTX, KEYS.data_secret(node), os.urandom(32), node, np.zeros(10), 1.0, 1.0)
+    with pytest.raises(InvalidAggregate, match="two key epochs"):
+        aggregator.add(elsewhere)
+    assert aggregator.count == 1  # nothing changed
+
+
 # -- wire format --------------------------------------------------------------------------------
 
 SMALL = encrypt(np.random.default_rng(4).uniform(-3, 3, N + 100))
@@ -282,15 +337,18 @@ def test_wire_round_trips_exactly() -> None:
     decoded = ckks.EncryptedVector.from_bytes(CTX, WIRE)
     assert decoded.to_bytes() == WIRE
     assert np.array_equal(decoded.batch(0, decoded.chunks), SMALL.batch(0, SMALL.chunks))
-    rebuilt = ckks.EncryptedVector.from_residues(CTX, decoded.length, [decoded.batch(0, decoded.chunks)])
+    seeds = dict(zip(decoded.contributors, decoded.header.seeds, strict=True))
+    rebuilt = ckks.EncryptedVector.from_residues(
+        CTX, decoded.length, EPOCH, seeds, [decoded.batch(0, decoded.chunks)]
+    )
     assert rebuilt.to_bytes() == WIRE  # canonical: one encoding per ciphertext
     body = len(WIRE) - PREFIX - _header_length(WIRE)
-    assert body == 2 * 3 * N * 60 // 8  # 2 ciphertexts x (c0 rescaled + c1 at 2 primes) x N, 60 bits each
+    assert body == 2 * N * 60 // 8  # 2 ciphertexts x c0 rescaled x N, 60 bits each (c1 is the seed)
 
 
-def test_wire_size_is_22_5_bytes_per_parameter() -> None:
+def test_wire_size_is_7_5_bytes_per_parameter() -> None:
     per_parameter = (len(WIRE) - PREFIX - _header_length(WIRE)) / (SMALL.chunks * N)
-    assert per_parameter == 22.5
+    assert per_parameter == 7.5
 
 
 @pytest.mark.parametrize("cut", [0, 3, 7, 8, 20, PREFIX + 40, len(WIRE) // 2, len(WIRE) - 15, len(WIRE) - 1])
@@ -308,15 +366,22 @@ def test_trailing_bytes_are_rejected() -> None:
     "changes",
     [
         {"version": 1},  # the format before c0 was rescaled
-        {"version": 3},
+        {"version": 2},  # public-key encryption, c1 on the wire
+        {"version": 4},
         {"parms_id": b"\1" * 32},
         {"scale_bits": 60},
         {"length": 0},
         {"length": SMALL.length + N},  # claims a third chunk the body does not have
         {"length": ckks.MAX_VALUES + 1},
         {"chunks": 3},
-        {"polys": 3},
+        {"polys": 2},
         {"extra": 1},
+        {"epoch": b"\1" * 31},
+        {"contributors": []},
+        {"seeds": []},
+        {"seeds": [b"\1" * 15]},
+        {"seeds": [b"\1" * 16, b"\2" * 16]},
+        {"contributors": [b"\1" * 31]},
         {"length": -1},
         {"length": "9"},
     ],
@@ -324,6 +389,18 @@ def test_trailing_bytes_are_rejected() -> None:
 def test_header_tampering_is_rejected(changes: dict[str, object]) -> None:
     with pytest.raises(InvalidCiphertext):
         ckks.EncryptedVector.from_bytes(CTX, _with_header(WIRE, **changes))
+
+
+def test_contributors_must_be_distinct_and_in_key_order() -> None:
+    low, high = sorted((KEYS.ids[0].public_key, KEYS.ids[1].public_key))
+    seeds = [b"\1" * 16, b"\2" * 16]
+    for order in ([high, low], [low, low]):
+        with pytest.raises(InvalidCiphertext, match="distinct contributors"):
+            ckks.EncryptedVector.from_bytes(CTX, _with_header(WIRE, contributors=order, seeds=seeds))
+    too_many = sorted(NodeIdentity.generate().public_key for _ in range(ckks.MAX_CONTRIBUTORS + 1))
+    forged = _with_header(WIRE, contributors=too_many, seeds=[b"\1" * 16] * len(too_many))
+    with pytest.raises(InvalidCiphertext, match="contributors"):
+        ckks.EncryptedVector.from_bytes(CTX, forged)
 
 
 def test_wrong_magic_and_header_length_are_rejected() -> None:
@@ -334,21 +411,15 @@ def test_wrong_magic_and_header_length_are_rejected() -> None:
         ckks.EncryptedVector.from_bytes(CTX, bytearray(WIRE))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("position", [0, 1, 8191, N + 3, 2 * N + 5, 3 * N + 1, 3 * N * 2 - 1])
+@pytest.mark.parametrize("position", [0, 1, 8191, N + 3, 2 * N - 1])
 @pytest.mark.parametrize("offset", [0, 1, 2**60])
 def test_out_of_range_coefficients_are_rejected(position: int, offset: int) -> None:
     residues = SMALL.batch(0, SMALL.chunks).copy()
     flat = residues.reshape(-1)
-    q0, q1 = CTX.data_moduli
-    modulus = (q1, q0, q1)[(position // N) % 3]  # rows: c0 rescaled, c1 mod q0, c1 mod q1
-    flat[position] = np.uint64(min(modulus + offset, 2**60 - 1))  # q, q+1, 2^60-1
-    forged = ckks.encode_blob(b"SNC1", _header(SMALL), [ckks.pack60(flat)])
+    flat[position] = np.uint64(min(CTX.data_moduli[1] + offset, 2**60 - 1))  # q1, q1+1, 2^60-1
+    forged = ckks.encode_blob(b"SNC1", SMALL.header, [ckks.pack60(flat)])
     with pytest.raises(InvalidCiphertext, match="not below its prime"):
         ckks.EncryptedVector.from_bytes(CTX, forged)
-
-
-def _header(vector: ckks.EncryptedVector) -> ckks.CiphertextHeader:
-    return ckks.CiphertextHeader(ckks.WIRE_VERSION, CTX.parms_id, 90, vector.length, vector.chunks, 2)
 
 
 @settings(max_examples=150, deadline=None)

@@ -59,11 +59,15 @@ def test_an_epoch_finished_with_a_restored_member_decrypts() -> None:
     keys = run(epochs)
     assert len({k.public_key_digest for k in keys}) == 1
     values = np.linspace(-1.0, 1.0, 100)
-    aggregate = ckks.encrypt(keys[0].context, keys[2].encryptor, values, 1.0, 1.0)
-    decrypt_set = [SPEC.members[0], SPEC.members[1]]  # the restored member's key share is needed
+    ctx = keys[0].context
+    aggregate = ckks.add(  # the restored member encrypts with its stored secret
+        ckks.encrypt(ctx, keys[k].secret, SPEC.epoch_id, keys[k].me, values * (k + 1), 1.0, 2.0)
+        for k in (0, 2)
+    )
+    decrypt_set = [SPEC.members[0], SPEC.members[1]]  # the restored member's dealer shares are needed
     shares = [th.make_decryption_share(keys[k], aggregate, decrypt_set) for k in (0, 1)]
     sums, weight = th.combine_shares(SPEC, aggregate, shares)
-    assert np.abs(sums - values).max() < 1e-5
+    assert np.abs(sums - 2 * values).max() < 1e-5  # (1 x values + 3 x values) / 2
     assert weight == pytest.approx(1.0, abs=1e-9)
 
 
@@ -104,7 +108,7 @@ def _coefficient_above_prime() -> bytes:
         (STORED[:-5], MalformedMessage, None),
         (STORED + b"\x00", MalformedMessage, None),
         (b"", MalformedMessage, None),
-        (tampered(version=2), InvalidKeyShare, "version"),
+        (tampered(version=1), InvalidKeyShare, "version"),  # before members kept their own secret
         (tampered(extra=1), SchemaError, None),
         (tampered(threshold=4), InvalidKeyShare, "threshold"),
         (tampered(epoch_id=b"short"), InvalidKeyShare, "epoch id"),
@@ -112,13 +116,15 @@ def _coefficient_above_prime() -> bytes:
         (tampered(public_share=b"\x00" * 100), InvalidKeyShare, "stored public share"),
         (tampered(public_share=_coefficient_above_prime()), InvalidKeyShare, "below its prime"),
         (tampered(own_share=b"\x00" * 100), InvalidKeyShare, "own key share"),
+        (tampered(secret=b"\x00" * 100), InvalidKeyShare, "stored secret"),
         (tampered(sealed=_sealed()[::-1]), InvalidKeyShare, "member order"),
         (tampered(sealed=_sealed()[:1]), InvalidKeyShare, "one sealed share per other member"),
         (tampered(sealed=[{**s, "box": s["box"][:-1]} for s in _sealed()]), InvalidKeyShare, "bytes"),  # type: ignore[index]
     ],
     ids=[
         "truncated", "trailing", "empty", "version", "unknown-field", "threshold", "epoch-id", "other-node",
-        "public-size", "public-range", "own-size", "sealed-order", "sealed-missing", "box-size",
+        "public-size", "public-range", "own-size", "secret-size", "sealed-order", "sealed-missing",
+        "box-size",
     ],
 )  # fmt: skip
 def test_a_bad_stored_epoch_is_refused_naming_the_problem(

@@ -9,7 +9,7 @@ from crypto import ckks, threshold
 from crypto import secure_merge as sm
 from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, InvalidDecryptionShare
-from crypto.identity import NodeIdentity
+from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import run_key_epoch
 
 SPEC4, IDS4, KEYS4 = run_key_epoch(4)  # t = 3
@@ -18,13 +18,18 @@ RNG = np.random.default_rng(5)
 VALUES = [RNG.uniform(-1, 1, LENGTH).astype(np.float32) for _ in range(4)]
 WEIGHTS = [10.0, 20.0, 30.0, 40.0]
 BLOBS = [sm.encrypt_update(k, v, w, sum(WEIGHTS)) for k, v, w in zip(KEYS4, VALUES, WEIGHTS, strict=True)]
-AGGREGATE = sm.aggregate_contributions(BLOBS, length=LENGTH)
+AGGREGATE = sm.aggregate_contributions(dict(zip(SPEC4.members, BLOBS, strict=True)), length=LENGTH)
 T = list(SPEC4.members[1:])  # points 2, 3, 4
 
 
 def expected_mean(values: list[np.ndarray], weights: list[float]) -> np.ndarray:
     total = sum(weights)
     return sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))  # type: ignore[return-value]
+
+
+def by_contributor(blobs: list[bytes], members: int = 4) -> dict[NodeId, bytes]:
+    """The first `members` contributions, keyed by their contributors (as the ledger commits them)."""
+    return dict(zip(SPEC4.members[:members], blobs, strict=False))
 
 
 def shares(aggregate: bytes = AGGREGATE, contributions: int = 4) -> list[bytes]:
@@ -48,22 +53,29 @@ def test_round_trip_through_the_facade() -> None:
 
 def test_streaming_aggregation_equals_batch_aggregation() -> None:
     builder = sm.AggregateBuilder(LENGTH)
-    for blob in reversed(BLOBS):
-        builder.add(blob)
+    for member, blob in reversed(list(zip(SPEC4.members, BLOBS, strict=True))):
+        builder.add(blob, member)
     assert builder.count == 4
     assert builder.result() == AGGREGATE  # the verifier recomputes the leader's bytes
 
 
 def test_builder_rejects_bad_blobs_and_keeps_its_sum() -> None:
     builder = sm.AggregateBuilder(LENGTH)
-    builder.add(BLOBS[0])
-    other_length = sm.encrypt_update(KEYS4[0], np.zeros(LENGTH + 1, np.float32), 1.0, 2.0)
+    members = SPEC4.members
+    builder.add(BLOBS[0], members[0])
+    other_length = sm.encrypt_update(KEYS4[1], np.zeros(LENGTH + 1, np.float32), 1.0, 2.0)
     for bad in (BLOBS[1][:-1], other_length, b"", BLOBS[1][:20]):
         with pytest.raises(InvalidCiphertext):
-            builder.add(bad)
+            builder.add(bad, members[1])
+    with pytest.raises(InvalidCiphertext, match="not its own contribution"):
+        builder.add(BLOBS[2], members[1])  # member 2 committed member 3's update as its own
+    with pytest.raises(InvalidCiphertext, match="not its own contribution"):
+        builder.add(AGGREGATE, members[1])  # a sum passed off as one contribution
+    with pytest.raises(InvalidAggregate, match="already in the sum"):
+        builder.add(sm.encrypt_update(KEYS4[0], VALUES[0], 1.0, 2.0), members[0])
     assert builder.count == 1
-    for blob in BLOBS[1:]:
-        builder.add(blob)
+    for member, blob in zip(members[1:], BLOBS[1:], strict=True):
+        builder.add(blob, member)
     assert builder.result() == AGGREGATE
 
 
@@ -77,6 +89,10 @@ def test_decryption_is_refused_below_min_peers_and_for_single_updates() -> None:
         sm.decryption_share(KEYS4[1], AGGREGATE, T[:2], contributions=4, min_peers=2)
     with pytest.raises(InvalidCiphertext, match="model has"):
         sm.decryption_share(KEYS4[1], AGGREGATE, T, contributions=4, min_peers=2, length=LENGTH + 1)
+    # The ledger committed 4 contributions; an aggregate of 3 (or a sum claiming 4 but naming 3) is refused.
+    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
+    with pytest.raises(sm.DecryptionRefused, match="sums 3 contributors"):
+        sm.decryption_share(KEYS4[1], partial, T, contributions=4, min_peers=2)
 
 
 def test_missing_or_foreign_shares() -> None:
@@ -87,7 +103,7 @@ def test_missing_or_foreign_shares() -> None:
         sm.combine(SPEC4, AGGREGATE, good, length=LENGTH - 1)
     with pytest.raises(InvalidDecryptionShare):
         sm.combine(SPEC4, AGGREGATE, [good[0][:-3], *good[1:]])
-    partial = sm.aggregate_contributions(BLOBS[:3], length=LENGTH)
+    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
     with pytest.raises(InvalidDecryptionShare, match="another aggregate"):
         sm.combine(SPEC4, partial, good)
 
@@ -95,13 +111,13 @@ def test_missing_or_foreign_shares() -> None:
 def test_an_overweight_contribution_is_detected_after_decryption() -> None:
     # A site claiming the whole round's weight pushes the weight sum above 1.
     cheat = sm.encrypt_update(KEYS4[0], VALUES[0], 100.0, 100.0)
-    aggregate = sm.aggregate_contributions([cheat, *BLOBS[1:]], length=LENGTH)
+    aggregate = sm.aggregate_contributions(by_contributor([cheat, *BLOBS[1:]]), length=LENGTH)
     with pytest.raises(InvalidAggregate, match="weight sum"):
         sm.combine(SPEC4, aggregate, shares(aggregate))
 
 
 def test_dropped_contributor_still_gives_the_weighted_mean_of_the_rest() -> None:
-    aggregate = sm.aggregate_contributions(BLOBS[:3], length=LENGTH)
+    aggregate = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
     merged = sm.combine(SPEC4, aggregate, shares(aggregate, contributions=3))
     assert merged.weight_sum == pytest.approx(0.6, abs=1e-10)
     assert np.abs(merged.mean - expected_mean(VALUES[:3], WEIGHTS[:3])).max() < 5e-6
@@ -110,7 +126,7 @@ def test_dropped_contributor_still_gives_the_weighted_mean_of_the_rest() -> None
 def test_blob_size_bounds() -> None:
     assert len(AGGREGATE) <= sm.ciphertext_size(LENGTH)
     assert all(len(s) <= sm.decryption_share_size(LENGTH) for s in shares())
-    assert sm.ciphertext_size(1_000_000) / 1_000_000 < 30.3
+    assert sm.ciphertext_size(1_000_000) / 1_000_000 < 7.7
 
 
 def test_epoch_via_facade_and_envelopes() -> None:
@@ -135,7 +151,7 @@ def test_epoch_via_facade_and_envelopes() -> None:
     keys = [e.finish() for e in epochs]
     values = [np.full(10, float(i), np.float32) for i in range(3)]
     blobs = [sm.encrypt_update(k, v, 1.0, 3.0) for k, v in zip(keys, values, strict=True)]
-    aggregate = sm.aggregate_contributions(blobs, length=10)
+    aggregate = sm.aggregate_contributions(dict(zip(spec.members, blobs, strict=True)), length=10)
     decrypt_set = list(spec.members[:2])
     parts = [sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2) for k in keys[:2]]
     merged = sm.combine(spec, aggregate, parts)
@@ -152,7 +168,7 @@ def test_sixteen_member_weighted_mean_precision() -> None:
     total = sum(weights)
     builder = sm.AggregateBuilder(length)
     for k, v, w in zip(keys, values, weights, strict=True):
-        builder.add(sm.encrypt_update(k, v, w, total))
+        builder.add(sm.encrypt_update(k, v, w, total), k.me)
     aggregate = builder.result()
     decrypt_set = list(spec.members[16 - spec.threshold :])
     parts = [

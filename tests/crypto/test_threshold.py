@@ -31,7 +31,7 @@ LENGTH = N + 500  # two ciphertexts per contribution
 VALUES = [RNG.uniform(-100, 100, LENGTH) for _ in range(3)]
 WEIGHTS = [3.0, 5.0, 12.0]
 CONTRIBUTIONS = [
-    ckks.encrypt(CTX, KEYS[i].encryptor, v, w, sum(WEIGHTS))
+    ckks.encrypt(CTX, KEYS[i].secret, SPEC.epoch_id, KEYS[i].me, v, w, sum(WEIGHTS))
     for i, (v, w) in enumerate(zip(VALUES, WEIGHTS, strict=True))
 ]
 AGGREGATE = ckks.add(CONTRIBUTIONS)
@@ -60,17 +60,21 @@ def test_every_member_derives_the_same_collective_public_key() -> None:
     assert not np.array_equal(crs, th.common_random_poly(CTX, os.urandom(32)))
 
 
-def test_key_shares_lie_on_one_polynomial_whose_value_at_zero_is_the_collective_secret() -> None:
-    # Interpolating any t key shares gives the same secret; it decrypts the aggregate alone.
-    secrets = []
-    for subset in [(1, 2, 3), (2, 4, 5), (1, 3, 4, 5)]:
-        total = np.zeros_like(KEYS[0].key_share)
-        for p in subset:
-            lam = th.lagrange_at_zero(p, subset, CTX.data_moduli)
-            total = rns.add_mod(total, th._scalar_mul(KEYS[p - 1].key_share, lam, CTX.data_moduli), CTX.q_col)
-        secrets.append(total)
-    assert all(np.array_equal(s, secrets[0]) for s in secrets)
-    sums, weight = ckks.decrypt_with_secret(CTX, AGGREGATE, secrets[0])
+def test_dealer_shares_lie_on_one_polynomial_whose_value_at_zero_is_the_dealers_secret() -> None:
+    # Interpolating any t members' shares of dealer i gives s_i; those secrets decrypt the aggregate.
+    rebuilt = {}
+    for dealer, keys in enumerate(KEYS):
+        secrets = []
+        for subset in [(1, 2, 3), (2, 4, 5), (1, 3, 4, 5)]:
+            total = np.zeros_like(keys.secret)
+            for p in subset:
+                lam = th.lagrange_at_zero(p, subset, CTX.data_moduli)
+                scaled = th._scalar_mul(KEYS[p - 1].dealer_shares[dealer], lam, CTX.data_moduli)
+                total = rns.add_mod(total, scaled, CTX.q_col)
+            secrets.append(total)
+        assert all(np.array_equal(s, keys.secret) for s in secrets)
+        rebuilt[keys.me] = secrets[0]
+    sums, weight = ckks.decrypt_with_secret(CTX, AGGREGATE, rebuilt)
     assert np.abs(sums - EXPECTED_SUM).max() < 1e-8  # one rescale rounding (2^-31) per contribution
     assert weight == pytest.approx(1.0, abs=1e-12)
 
@@ -222,13 +226,26 @@ def test_epoch_keys_export_and_import() -> None:
     data = KEYS[2].export_secret()
     restored = th.EpochKeys.import_secret(data)
     assert restored.public_key_digest == KEYS[2].public_key_digest
-    assert np.array_equal(restored.key_share, KEYS[2].key_share)
+    assert np.array_equal(restored.secret, KEYS[2].secret)
+    assert np.array_equal(restored.dealer_shares, KEYS[2].dealer_shares)
     assert (restored.spec, restored.me) == (SPEC, SPEC.members[2])
     tampered = cbor.loads(data)
     assert isinstance(tampered, dict)
     tampered["epoch_id"] = os.urandom(32)  # the CRS no longer matches
     with pytest.raises(InvalidKeyShare):
         th.EpochKeys.import_secret(cbor.dumps(tampered))
+    stored = cbor.loads(data)
+    assert isinstance(stored, dict)
+    shares = stored["dealer_shares"]
+    assert isinstance(shares, bytes)
+    for field, value, match in [
+        ("dealer_shares", shares[: len(shares) * 4 // 5], "dealer shares"),  # one member's missing
+        ("dealer_shares", shares[:-1], "dealer shares"),
+        ("secret", b"\0" * 10, "stored secret"),
+        ("version", 1, "version"),  # the format that kept only the summed key share
+    ]:
+        with pytest.raises(InvalidKeyShare, match=match):
+            th.EpochKeys.import_secret(cbor.dumps({**stored, field: value}))
 
 
 # -- t-of-n decryption ----------------------------------------------------------------------------
@@ -262,14 +279,14 @@ def test_fewer_than_t_shares_do_not_decrypt() -> None:
         th.make_decryption_share(KEYS[0], AGGREGATE, nodes((1, 2)))
     # The mathematics agrees: t-1 members interpolating as a 2-set get noise, not the sum.
     c = AGGREGATE.batch(0, AGGREGATE.chunks)
+    lowered = dataclasses.replace(SPEC, threshold=2)
     for pair in itertools.combinations(range(1, 6), 2):
-        plain = c[:, 0]
+        plain = c
         for p in pair:
-            lam_key = th._scalar_mul(
-                KEYS[p - 1].key_share, th.lagrange_at_zero(p, pair, CTX.data_moduli), CTX.data_moduli
-            )
-            d = th.partial_decryption(CTX, c[:, 1:], lam_key, rns.shoup_quotients(lam_key, CTX.data_moduli))
-            plain = rns.add_mod(plain, d, CTX.rescaled_col)
+            k = KEYS[p - 1]
+            keys = th.EpochKeys(CTX, lowered, k.me, k.public_key, k.secret, k.dealer_shares)
+            d = th.make_decryption_share(keys, AGGREGATE, nodes(pair))
+            plain = rns.add_mod(plain, d.batch(0, AGGREGATE.chunks), CTX.rescaled_col)
         assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() > 1e6
 
 
@@ -280,12 +297,12 @@ def test_a_share_for_one_decrypt_set_does_not_combine_with_another() -> None:
         th.combine_shares(SPEC, AGGREGATE, mixed)
     # Even with the labels stripped, its Lagrange coefficient is wrong for this set: noise.
     c = AGGREGATE.batch(0, AGGREGATE.chunks)
-    plain = c[:, 0]
+    plain = c
     for share in mixed:
         plain = rns.add_mod(plain, share.batch(0, AGGREGATE.chunks), CTX.rescaled_col)
     assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() > 1e6
     # The honest combination of the same set still works.
-    plain = c[:, 0]
+    plain = c
     for share in shares_for(t_one):
         plain = rns.add_mod(plain, share.batch(0, AGGREGATE.chunks), CTX.rescaled_col)
     assert np.abs(raw_decrypt(plain) - EXPECTED_SUM).max() < 1e-5
@@ -302,6 +319,31 @@ def test_shares_for_another_aggregate_or_epoch_or_repeated_are_refused() -> None
         th.combine_shares(other_spec, AGGREGATE, shares)
     with pytest.raises(InvalidDecryptionShare, match="same member"):
         th.combine_shares(SPEC, AGGREGATE, [shares[0], shares[0], shares[1]])
+
+
+def test_a_share_removes_exactly_the_masks_the_aggregate_names() -> None:
+    """Relabelling the aggregate (c0 of three contributions, header naming two) gets shares that
+    leave the third mask in: the sum decodes to noise, nobody's update comes out."""
+    two = ckks.add(CONTRIBUTIONS[:2])
+    seeds = dict(zip(two.contributors, two.header.seeds, strict=True))
+    relabelled = ckks.EncryptedVector.from_residues(
+        CTX, LENGTH, SPEC.epoch_id, seeds, [AGGREGATE.batch(0, AGGREGATE.chunks)]
+    )
+    shares = [th.make_decryption_share(KEYS[p - 1], relabelled, nodes((1, 2, 3))) for p in (1, 2, 3)]
+    sums, _ = th.combine_shares(SPEC, relabelled, shares)
+    assert np.abs(sums - EXPECTED_SUM).min() > 1e3
+
+
+def test_make_share_refuses_aggregates_of_another_epoch_or_of_outsiders() -> None:
+    other_spec, _, other_keys = run_key_epoch(3, 2)
+    foreign = ckks.encrypt(
+        CTX, other_keys[0].secret, other_spec.epoch_id, other_keys[0].me, VALUES[0], 1.0, 1.0
+    )
+    with pytest.raises(th.DecryptionRefused, match="another key epoch"):
+        th.make_decryption_share(KEYS[0], foreign, nodes((1, 2, 3)))
+    outsider = ckks.encrypt(CTX, other_keys[0].secret, SPEC.epoch_id, other_keys[0].me, VALUES[0], 1.0, 1.0)
+    with pytest.raises(th.DecryptionRefused, match="outside the epoch"):
+        th.make_decryption_share(KEYS[0], ckks.add([CONTRIBUTIONS[0], outsider]), nodes((1, 2, 3)))
 
 
 def test_make_share_refuses_bad_decrypt_sets() -> None:

@@ -10,14 +10,21 @@
 - An equivocating validator: the core reports it (`ReportEvidence`), the evidence as a
   `VoteEquivocation` transaction is recorded by the contract once, and the seeded
   simulator's schedules with Byzantine equivocators keep agreement.
-- A leader that drops a contribution, or replays a contributor's update of an
-  earlier round, with real CKKS blobs: the verifier's recomputation differs, the
-  contract records `wrong_aggregate` against the leader and decrypts the verifier's
-  (true) sum; an `Aggregate` naming fewer contributors is refused outright.
+- A leader that drops a contribution, replays a contributor's update of an earlier
+  round, or counts one update twice, with real CKKS blobs: the verifier's recomputation
+  differs, the contract records `wrong_aggregate` against the leader and decrypts the
+  verifier's (true) sum; an `Aggregate` naming fewer contributors is refused outright.
+  Ciphertext headers name their contributors, so a dropped update also leaves an
+  aggregate every honest decryptor refuses (it sums fewer contributors than committed);
+  a replayed update still names its contributor, so only the recomputation catches it.
+  The `Aggregator` refuses a contributor twice, and a hand-made sum counting one update
+  twice in place of another leaves two masks in: it decrypts to garbage, never to a mean.
 - Decryption refusals: an honest member refuses a decryption share for fewer than
-  `min_peers` contributions, a single contribution, a decrypt set below the threshold
-  or without itself; the contract refuses shares outside the decrypt phase and never
-  enters it with fewer than `min_peers` contributions.
+  `min_peers` contributions, a single contribution, an aggregate summing another number
+  of contributors than the ledger committed, an aggregate of another key epoch or naming
+  a non-member, a decrypt set below the threshold or without itself; the contract
+  refuses shares outside the decrypt phase and never enters it with fewer than
+  `min_peers` contributions.
 """
 
 from __future__ import annotations
@@ -57,12 +64,14 @@ from consensus.transactions import (
     VoteEquivocation,
     tx_codec,
 )
+from crypto import ckks
 from crypto import secure_merge as sm
 from crypto.envelope import EnvelopeCodec
-from crypto.errors import WrongChain
+from crypto.errors import InvalidAggregate, InvalidCiphertext, WrongChain
 from crypto.identity import NodeId, NodeIdentity
+from crypto.rns import add_mod_into
 from crypto.testing import run_key_epoch
-from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, PublicKeyShare
+from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, EpochKeys, PublicKeyShare
 from swarmnode.net.memory import open_memory_network
 
 if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
@@ -378,11 +387,13 @@ def test_simulated_equivocators_are_reported_and_never_break_agreement(seed: int
         pytest.skip(f"seed {seed} drew no Byzantine validator")
 
 
-# -- a leader that drops or replays a contribution (real CKKS blobs) -----------------------------
+# -- a leader that drops, replays or double-counts a contribution (real CKKS blobs) ---------------
+
+CryptoRound = tuple[list[EpochKeys], list[bytes], list[bytes]]
 
 
 @pytest.fixture(scope="module")
-def crypto_round(contract_kit: ContractKit) -> tuple[list[object], list[bytes], list[bytes]]:
+def crypto_round(contract_kit: ContractKit) -> CryptoRound:
     """The four members' keys and their contribution blobs for round 1 and round 2."""
     _, _, keys = run_key_epoch(list(contract_kit.members))
     length = 16
@@ -395,16 +406,32 @@ def crypto_round(contract_kit: ContractKit) -> tuple[list[object], list[bytes], 
         sm.encrypt_update(k, np.full(length, 10.0 + i, np.float32), w, 100.0)
         for i, (k, w) in enumerate(zip(keys, weights, strict=True))
     ]
-    return list(keys), r1, r2
+    return keys, r1, r2
 
 
-@pytest.mark.parametrize("attack", ["drop", "replay-old-round"])
+def hand_made_sum(blob_of: dict[NodeId, bytes], twice: NodeId, instead: NodeId) -> bytes:
+    """What a leader bypassing the `Aggregator` could build: `twice`'s update added a second time
+    in place of `instead`'s, under a well-formed header naming every contributor and its seed."""
+    ctx = ckks.context()
+    vectors = {n: ckks.EncryptedVector.from_bytes(ctx, blob) for n, blob in blob_of.items()}
+    first = vectors[twice]
+    total = np.zeros((first.chunks, ctx.params.degree), dtype=np.uint64)
+    for n in vectors:
+        add_mod_into(total, vectors[twice if n == instead else n].batch(0, first.chunks), ctx.rescaled_col)
+    seeds = {n: v.header.seeds[0] for n, v in vectors.items()}
+    return ckks.EncryptedVector.from_residues(ctx, first.length, first.epoch, seeds, [total]).to_bytes()
+
+
+@pytest.mark.parametrize("attack", ["drop", "replay-old-round", "count-twice"])
 def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier(
-    ledger: Ledger, crypto_round: tuple[list[object], list[bytes], list[bytes]], attack: str
+    ledger: Ledger, crypto_round: CryptoRound, attack: str
 ) -> None:
     keys, round_one_blobs, blobs = crypto_round
     members = list(ledger.kit.members)
     blob_of = {m.node_id: blob for m, blob in zip(members, blobs, strict=True)}
+    old_blob_of = {m.node_id: blob for m, blob in zip(members, round_one_blobs, strict=True)}
+    by_id = {m.node_id: k for m, k in zip(members, keys, strict=True)}
+    spec = keys[0].spec
     c = ledger.contract
     ledger.all_ready()
     r = c.round
@@ -415,31 +442,68 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
         )
     )
     r = c.round
-    assert r.leader is not None
-    assert r.verifier is not None
-    victim = next(n for n in r.contributors if n not in (r.leader, r.verifier))
+    leader, verifier = r.leader, r.verifier
+    assert leader is not None
+    assert verifier is not None
+    victim = next(n for n in r.contributors if n not in (leader, verifier))
+    committed = {n: blob_of[n] for n in r.contributors}
     # The leader must name every committed contributor: a shorter list is refused outright.
     fewer = tuple(n for n in r.contributors if n != victim)
     short = Aggregate(round=r.number, step=r.step, aggregate_hash=sha(b"x"), contributors=fewer)
-    assert "contributor set" in ledger.refused(ledger.tx(r.leader, short))
+    assert "contributor set" in ledger.refused(ledger.tx(leader, short))
     # So it names all of them but sums something else.
     if attack == "drop":
-        used = [blob_of[n] for n in r.contributors if n != victim]
+        forged = sm.aggregate_contributions({n: b for n, b in committed.items() if n != victim}, length=16)
+    elif attack == "replay-old-round":
+        forged = sm.aggregate_contributions({**committed, victim: old_blob_of[victim]}, length=16)
     else:
-        old = round_one_blobs[members.index(next(m for m in members if m.node_id == victim))]
-        used = [old if n == victim else blob_of[n] for n in r.contributors]
-    forged = sm.aggregate_contributions(used, length=16)
+        # The honest code path refuses a contributor twice, and a blob under another's name.
+        builder = sm.AggregateBuilder(16)
+        builder.add(blob_of[victim], victim)
+        with pytest.raises(InvalidAggregate, match="already in the sum"):
+            builder.add(blob_of[victim], victim)
+        other = next(n for n in r.contributors if n != victim)
+        with pytest.raises(InvalidCiphertext, match="not its own contribution"):
+            builder.add(blob_of[victim], other)
+        assert builder.count == 1
+        forged = hand_made_sum(committed, twice=victim, instead=other)
     ledger.ok(
         ledger.tx(
-            r.leader,
+            leader,
             Aggregate(round=r.number, step=r.step, aggregate_hash=sha(forged), contributors=r.contributors),
         )
     )
     # The verifier fetches the committed contributions by hash and recomputes the sum.
     r = c.round
-    true_sum = sm.aggregate_contributions([blob_of[n] for n in r.contributors], length=16)
+    true_sum = sm.aggregate_contributions({n: blob_of[n] for n in r.contributors}, length=16)
     assert sha(true_sum) != sha(forged)
+    # What honest decryptors would do with the forged sum, had the verifier not caught it.
+    ctx = ckks.context()
+    named = ckks.EncryptedVector.from_bytes(ctx, forged).contributors
+    true_names = ckks.EncryptedVector.from_bytes(ctx, true_sum).contributors
+    decrypt_set = list(spec.members[: spec.threshold])
+    if attack == "drop":  # it sums fewer contributors than the ledger committed: refused
+        assert victim not in named
+        with pytest.raises(DecryptionRefused, match="the ledger committed"):
+            sm.decryption_share(
+                by_id[decrypt_set[0]], forged, decrypt_set, contributions=len(r.contributors), min_peers=3
+            )
+    elif attack == "replay-old-round":  # the old blob still names its contributor
+        assert named == true_names
+    else:  # names match, but two masks stay in: garbage, never the victim's update counted twice
+        assert named == true_names
+        shares = [
+            sm.decryption_share(by_id[n], forged, decrypt_set, contributions=len(r.contributors), min_peers=3)
+            for n in decrypt_set
+        ]
+        try:
+            garbled = sm.combine(spec, forged, shares)
+        except InvalidAggregate:
+            pass
+        else:
+            assert float(np.abs(garbled.mean).max()) > 1e3
     bad_leader = r.aggregator
+    assert r.verifier is not None
     ledger.ok(
         ledger.tx(
             r.verifier,
@@ -454,6 +518,7 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     assert bad_leader in r.excluded
     assert bad_leader not in r.decrypt_set
     # The next verifier agrees with the recomputed sum; decrypting it gives the true mean.
+    assert r.verifier is not None
     ledger.ok(
         ledger.tx(
             r.verifier,
@@ -464,13 +529,11 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     )
     r = c.round
     assert r.phase == Phase.DECRYPT
-    by_id = {m.node_id: k for m, k in zip(members, keys, strict=True)}
-    spec = by_id[r.decrypt_set[0]].spec  # type: ignore[attr-defined]
     decrypt_set = [n for n in spec.members if n in r.decrypt_set]
     shares = [
         sm.decryption_share(by_id[n], true_sum, decrypt_set, contributions=len(r.contributors), min_peers=3)
         for n in decrypt_set
-    ]  # type: ignore[arg-type]
+    ]
     merged = sm.combine(spec, true_sum, shares)
     expected = sum(w * (10.0 + i) for i, w in enumerate([10.0, 20.0, 30.0, 40.0])) / 100.0
     np.testing.assert_allclose(merged.mean, expected, atol=1e-4)
@@ -479,30 +542,68 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
 # -- decryption refusals ----------------------------------------------------------------------
 
 
-def test_an_honest_member_refuses_to_decrypt_too_few_contributions(
-    crypto_round: tuple[list[object], list[bytes], list[bytes]], contract_kit: ContractKit
-) -> None:
+def test_an_honest_member_refuses_to_decrypt_too_few_contributions(crypto_round: CryptoRound) -> None:
     keys, _, blobs = crypto_round
     key = keys[0]
-    spec = key.spec  # type: ignore[attr-defined]
+    spec = key.spec
     members = list(spec.members)
-    full = sm.aggregate_contributions(blobs, length=16)
+    by_contributor = {k.me: blob for k, blob in zip(keys, blobs, strict=True)}
+    full = sm.aggregate_contributions(by_contributor, length=16)
     t = spec.threshold
     with pytest.raises(DecryptionRefused, match="contributions"):  # fewer than min_peers
-        sm.decryption_share(key, full, members[:t], contributions=2, min_peers=3)  # type: ignore[arg-type]
+        sm.decryption_share(key, full, members[:t], contributions=2, min_peers=3)
     with pytest.raises(DecryptionRefused, match="contributions"):  # a single update is never decrypted
-        sm.decryption_share(key, blobs[0], members[:t], contributions=1, min_peers=1)  # type: ignore[arg-type]
+        sm.decryption_share(key, blobs[0], members[:t], contributions=1, min_peers=1)
+    # ... not even when the ledger is made to claim more: the blob names its one contributor.
+    with pytest.raises(DecryptionRefused, match="sums 1 contributors"):
+        sm.decryption_share(key, blobs[0], members[:t], contributions=4, min_peers=3)
+    # An aggregate of three passed off as the four committed contributions (and vice versa).
+    three = sm.aggregate_contributions(dict(list(by_contributor.items())[:3]), length=16)
+    with pytest.raises(DecryptionRefused, match="sums 3 contributors, the ledger committed 4"):
+        sm.decryption_share(key, three, members[:t], contributions=4, min_peers=3)
+    with pytest.raises(DecryptionRefused, match="sums 4 contributors, the ledger committed 3"):
+        sm.decryption_share(key, full, members[:t], contributions=3, min_peers=3)
     with pytest.raises(DecryptionRefused, match="threshold"):  # a decrypt set below t
-        sm.decryption_share(key, full, members[: t - 1], contributions=4, min_peers=3)  # type: ignore[arg-type]
-    me = key.me  # type: ignore[attr-defined]
+        sm.decryption_share(key, full, members[: t - 1], contributions=4, min_peers=3)
+    me = key.me
     without_me = [m for m in members if m != me][:t]
     with pytest.raises(DecryptionRefused, match="not in the decrypt set"):
-        sm.decryption_share(key, full, without_me, contributions=4, min_peers=3)  # type: ignore[arg-type]
+        sm.decryption_share(key, full, without_me, contributions=4, min_peers=3)
     with pytest.raises(DecryptionRefused, match="distinct"):
-        sm.decryption_share(key, full, [me, me, *without_me[:1]], contributions=4, min_peers=3)  # type: ignore[arg-type]
+        sm.decryption_share(key, full, [me, me, *without_me[:1]], contributions=4, min_peers=3)
     stranger = NodeIdentity.from_seed(b"\x31" * 32).node_id
     with pytest.raises(DecryptionRefused, match="members of the epoch"):
-        sm.decryption_share(key, full, [me, *without_me[:1], stranger], contributions=4, min_peers=3)  # type: ignore[arg-type]
+        sm.decryption_share(key, full, [me, *without_me[:1], stranger], contributions=4, min_peers=3)
+
+
+def test_an_honest_member_refuses_an_aggregate_of_another_epoch_or_naming_a_non_member(
+    crypto_round: CryptoRound,
+) -> None:
+    keys, _, _ = crypto_round
+    key = keys[0]
+    spec = key.spec
+    ctx = ckks.context()
+    t = list(spec.members[: spec.threshold])
+    values = np.ones(16, np.float32)
+    # The members' own key shares, but under another epoch id: their masks are not this epoch's.
+    other_epoch = hashlib.sha256(b"another epoch").digest()
+    foreign = sm.aggregate_contributions(
+        {k.me: ckks.encrypt(ctx, k.secret, other_epoch, k.me, values, 1.0, 4.0).to_bytes() for k in keys},
+        length=16,
+    )
+    with pytest.raises(DecryptionRefused, match="another key epoch"):
+        sm.decryption_share(key, foreign, t, contributions=4, min_peers=3)
+    # An outsider's contribution under this epoch's id, summed with three members' updates:
+    # the decrypt set holds no shares of its secret, so it refuses rather than leak a mask.
+    stranger = NodeIdentity.from_seed(b"\x32" * 32).node_id
+    any_secret = np.zeros_like(keys[3].secret)  # whatever key it used, no member holds shares of it
+    intruder = ckks.encrypt(ctx, any_secret, spec.epoch_id, stranger, values, 1.0, 4.0).to_bytes()
+    mixed = {
+        k.me: ckks.encrypt(ctx, k.secret, spec.epoch_id, k.me, values, 1.0, 4.0).to_bytes() for k in keys[:3]
+    }
+    aggregate = sm.aggregate_contributions({**mixed, stranger: intruder}, length=16)
+    with pytest.raises(DecryptionRefused, match="outside the epoch"):
+        sm.decryption_share(key, aggregate, t, contributions=4, min_peers=3)
 
 
 def test_the_contract_refuses_shares_outside_decrypt_and_never_decrypts_below_min_peers(

@@ -10,15 +10,24 @@ CBOR, byte flips, truncation, splices of hostile CBOR heads, deep nesting, garba
 and the decoder must either refuse it with its documented error or return a value of
 the right type that encodes back to exactly the input bytes (one meaning per encoding).
 A refused snapshot leaves the contract's state untouched.
+
+Ciphertext headers name the key epoch and every contributor with its mask seed, so they
+also get structured attacks: contributors unsorted, repeated, missing or too many, seeds
+missing, extra or of the wrong size, an epoch id of the wrong size (always refused), a
+blob added under another contributor than the one that committed it, a contributor added
+twice or in another epoch (refused, the running sum unchanged), and a ciphertext renamed
+to another contributor (well-formed, but it decrypts to garbage: masks are bound to ids).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pytest
@@ -29,10 +38,11 @@ from consensus.genesis import Genesis, GenesisError
 from consensus.transactions import EpochPublicShare, Ready
 from crypto import cbor, ckks
 from crypto import secure_merge as sm
-from crypto.errors import MessageTooLarge, ProtocolError
+from crypto.errors import InvalidAggregate, InvalidCiphertext, MessageTooLarge, ProtocolError
+from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import run_key_epoch
 from crypto.threshold import DecryptionShare as ShareBlob
-from crypto.threshold import InsufficientShares
+from crypto.threshold import EpochKeys, EpochSpec, InsufficientShares
 from swarmnode.net import wire
 
 if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
@@ -62,8 +72,6 @@ def cbor_entry(
 
 
 def wire_samples() -> dict[str, tuple[list[bytes], Callable[[bytes], object]]]:
-    from crypto.identity import NodeId
-
     node = NodeId(NODE_KEY)
     return {
         "rpc-request": (
@@ -161,16 +169,29 @@ def test_contract_snapshot_restore(fuzz: FuzzKit, contract_kit: ContractKit) -> 
 # -- CKKS blobs: mutations of small valid blobs (10 parameters = one ciphertext chunk) ---------
 
 
+@dataclass(frozen=True, slots=True)
+class CkksSample:
+    """A 3-member epoch, each member's contribution, their aggregate and two decryption shares."""
+
+    spec: EpochSpec
+    keys: list[EpochKeys]
+    contributions: dict[NodeId, bytes]  # contributor -> blob, in member order
+    aggregate: bytes
+    shares: list[bytes]
+
+
 @pytest.fixture(scope="module")
-def ckks_sample() -> tuple[object, bytes, list[bytes]]:
+def ckks_sample() -> CkksSample:
     spec, _, keys = run_key_epoch(3)
-    blobs = [sm.encrypt_update(k, np.full(10, 0.25 * i, np.float32), 1.0, 3.0) for i, k in enumerate(keys)]
-    aggregate = sm.aggregate_contributions(blobs, length=10)
+    contributions = {
+        k.me: sm.encrypt_update(k, np.full(10, 0.25 * i, np.float32), 1.0, 3.0) for i, k in enumerate(keys)
+    }
+    aggregate = sm.aggregate_contributions(contributions, length=10)
     decrypt_set = list(spec.members[:2])
     shares = [
         sm.decryption_share(keys[i], aggregate, decrypt_set, contributions=3, min_peers=2) for i in (0, 1)
     ]
-    return spec, aggregate, shares
+    return CkksSample(spec, keys, contributions, aggregate, shares)
 
 
 def blob_variant(fuzz: FuzzKit, rnd: random.Random, blob: bytes) -> bytes:
@@ -193,14 +214,37 @@ def blob_variant(fuzz: FuzzKit, rnd: random.Random, blob: bytes) -> bytes:
     return blob + rnd.randbytes(rnd.randrange(1, 64))  # trailing garbage
 
 
-def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: tuple[object, bytes, list[bytes]]) -> None:
+def split_ciphertext(blob: bytes) -> tuple[ckks.CiphertextHeader, bytes]:
+    (head_len,) = struct.unpack_from(">I", blob, 4)
+    return cbor.loads_dataclass(ckks.CiphertextHeader, blob[8 : 8 + head_len]), blob[8 + head_len :]
+
+
+def with_header(blob: bytes, **changes: object) -> bytes:
+    """`blob` with header fields replaced (schema-valid CBOR, consistent length prefix, same body)."""
+    header, body = split_ciphertext(blob)
+    return ckks.encode_blob(blob[:4], dataclasses.replace(header, **changes), [body])  # type: ignore[arg-type]
+
+
+def canonical(vector: ckks.EncryptedVector) -> bytes:
+    """The blob rebuilt from the decoded header fields and residues: equal to the input iff the
+    input had one meaning (sorted contributors, aligned seeds, canonical CBOR and packing)."""
+    h = vector.header
+    seeds = dict(zip(h.contributors, h.seeds, strict=True))
+    rebuilt = ckks.EncryptedVector.from_residues(
+        vector.context, h.length, h.epoch, seeds, [vector.batch(0, vector.chunks)]
+    )
+    return rebuilt.to_bytes()
+
+
+def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
     """What a leader does with a fetched contribution: `AggregateBuilder.add` (decode, length
-    check, residue check, add). A refused blob leaves the running sum as it was."""
-    _, aggregate, _ = ckks_sample
+    check, committed-contributor check, residue check, epoch and duplicate checks, add). A
+    refused blob leaves the running sum as it was."""
+    (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
 
     def one_contribution() -> sm.AggregateBuilder:
         builder = sm.AggregateBuilder(10)
-        builder.add(aggregate)
+        builder.add(first_blob, first)
         return builder
 
     builder = one_contribution()
@@ -208,16 +252,19 @@ def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: tuple[object, byte
 
     def case(rnd: random.Random) -> str:
         nonlocal builder
-        data = blob_variant(fuzz, rnd, aggregate)
+        data = blob_variant(fuzz, rnd, blob)
         try:
-            builder.add(data)
+            builder.add(data, contributor)
         except ProtocolError as exc:
             assert builder.count == 1
             assert builder.result() == sum_before
             return type(exc).__name__
-        # A body byte changed to another in-range residue: indistinguishable from a real
-        # ciphertext (the verifier's recomputation, not the decoder, catches a wrong sum).
-        assert ckks.EncryptedVector.from_bytes(ckks.context(), data).to_bytes() == data
+        # A body byte changed to another in-range residue, or a seed byte changed: still a
+        # well-formed ciphertext of `contributor` (its committed hash and the verifier's
+        # recomputation, not the decoder, tell it from the real one).
+        vector = ckks.EncryptedVector.from_bytes(ckks.context(), data)
+        assert canonical(vector) == data
+        assert vector.contributors == (contributor,)
         builder = one_contribution()
         return "accepted"
 
@@ -225,10 +272,158 @@ def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: tuple[object, byte
     assert stats.outcomes["InvalidCiphertext"] > stats.cases // 2, stats.outcomes
 
 
-def test_decryption_share_blob_decoding(
-    fuzz: FuzzKit, ckks_sample: tuple[object, bytes, list[bytes]]
-) -> None:
-    _, _, shares = ckks_sample
+def test_aggregate_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
+    """What a decryptor decodes first: the leader's aggregate, three (contributor, seed) pairs."""
+    ctx = ckks.context()
+
+    def case(rnd: random.Random) -> str:
+        data = blob_variant(fuzz, rnd, ckks_sample.aggregate)
+        try:
+            vector = ckks.EncryptedVector.from_bytes(ctx, data)
+        except ProtocolError as exc:
+            return type(exc).__name__
+        assert canonical(vector) == data
+        return "accepted"
+
+    stats = fuzz.run(case)
+    assert stats.outcomes["InvalidCiphertext"] > stats.cases // 2, stats.outcomes
+
+
+HEADER_ATTACKS: Final = (
+    "unsorted", "duplicate", "empty", "seed-missing", "seed-extra", "seed-size", "epoch-size", "too-many",
+)  # fmt: skip
+
+
+def hostile_header_fields(rnd: random.Random, header: ckks.CiphertextHeader) -> tuple[str, dict[str, object]]:
+    """One schema-valid but inconsistent choice of (epoch, contributors, seeds)."""
+    contributors, seeds = list(header.contributors), list(header.seeds)
+
+    def fake_id() -> NodeId:
+        return NodeId(rnd.randbytes(32))
+
+    attack = rnd.choice(HEADER_ATTACKS)
+    if attack == "unsorted":  # at least two contributors, in descending key order
+        contributors.append(fake_id())
+        seeds.append(rnd.randbytes(ckks.SEED_SIZE))
+        order = sorted(range(len(contributors)), key=lambda i: contributors[i].public_key, reverse=True)
+        contributors, seeds = [contributors[i] for i in order], [seeds[i] for i in order]
+    elif attack == "duplicate":  # one contributor twice (with the same or another seed)
+        i = rnd.randrange(len(contributors))
+        contributors.insert(i, contributors[i])
+        seeds.insert(i, rnd.choice((seeds[i], rnd.randbytes(ckks.SEED_SIZE))))
+    elif attack == "empty":
+        contributors, seeds = [], rnd.choice(([], seeds))
+    elif attack == "seed-missing":
+        del seeds[rnd.randrange(len(seeds))]
+    elif attack == "seed-extra":
+        seeds.insert(rnd.randrange(len(seeds) + 1), rnd.randbytes(ckks.SEED_SIZE))
+    elif attack == "seed-size":
+        seeds[rnd.randrange(len(seeds))] = rnd.randbytes(rnd.choice((0, 1, 8, 15, 17, 32, 64)))
+    elif attack == "epoch-size":
+        return attack, {"epoch": rnd.randbytes(rnd.choice((0, 1, 16, 31, 33, 64)))}
+    else:  # one contributor more than a header may name
+        keys = sorted({rnd.randbytes(32) for _ in range(ckks.MAX_CONTRIBUTORS + 1)})
+        contributors = [NodeId(k) for k in keys]
+        seeds = [rnd.randbytes(ckks.SEED_SIZE) for _ in keys]
+    return attack, {"contributors": tuple(contributors), "seeds": tuple(seeds)}
+
+
+def test_ciphertext_header_fields(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
+    """Well-formed CBOR, inconsistent contributor list: contributors unsorted or repeated, none or
+    more than `MAX_CONTRIBUTORS`, seeds missing, extra or of the wrong size, an epoch id of the
+    wrong size. Refused by the decoder, by `AggregateBuilder.add` (the sum unchanged) and by a
+    decryptor, for a contribution and for an aggregate alike."""
+    ctx = ckks.context()
+    (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
+    builder = sm.AggregateBuilder(10)
+    builder.add(first_blob, first)
+    sum_before = builder.result()
+    decrypt_set = list(ckks_sample.spec.members[:2])
+    samples = ((contributor, blob), (contributor, ckks_sample.aggregate))
+
+    def case(rnd: random.Random) -> str:
+        who, sample = rnd.choice(samples)
+        attack, changes = hostile_header_fields(rnd, split_ciphertext(sample)[0])
+        data = with_header(sample, **changes)
+        with pytest.raises(InvalidCiphertext):
+            ckks.EncryptedVector.from_bytes(ctx, data)
+        with pytest.raises(InvalidCiphertext):
+            builder.add(data, who)
+        assert builder.count == 1
+        assert builder.result() == sum_before
+        with pytest.raises(InvalidCiphertext):
+            sm.decryption_share(ckks_sample.keys[0], data, decrypt_set, contributions=3, min_peers=2)
+        return attack
+
+    stats = fuzz.run(case, cases=min(fuzz.cases, 2000))
+    assert set(stats.outcomes) == set(HEADER_ATTACKS), stats.outcomes
+
+
+def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sample: CkksSample) -> None:
+    """A blob must be exactly one contribution of the contributor it was committed by
+    (`InvalidCiphertext`), and a contributor is summed once, in one key epoch
+    (`InvalidAggregate`); a refused blob leaves the sum unchanged."""
+    ctx = ckks.context()
+    keys = ckks_sample.keys
+    (a, blob_a), (b, blob_b), (c, blob_c) = ckks_sample.contributions.items()
+    stranger = NodeIdentity.from_seed(b"\x41" * 32).node_id
+    values = np.full(10, 0.25, np.float32)
+    epoch = ckks_sample.spec.epoch_id
+    another_epoch = hashlib.sha256(b"another epoch").digest()
+    pair = sorted((b, c), key=lambda n: n.public_key)
+    seed_of = {b: split_ciphertext(blob_b)[0].seeds[0], c: bytes(ckks.SEED_SIZE)}
+    posing_as_sum = with_header(blob_b, contributors=tuple(pair), seeds=tuple(seed_of[n] for n in pair))
+    assert ckks.EncryptedVector.from_bytes(ctx, posing_as_sum).contributors == tuple(pair)  # well-formed
+    builder = sm.AggregateBuilder(10)
+    builder.add(blob_a, a)
+    before = builder.result()
+    refused: list[tuple[type[ProtocolError], str, bytes, NodeId]] = [
+        (InvalidCiphertext, "not its own", blob_b, c),  # another member's blob under c's commitment
+        (InvalidCiphertext, "not its own", blob_b, stranger),
+        (InvalidCiphertext, "not its own", blob_a, b),  # a's blob again, passed off as b's
+        (InvalidCiphertext, "not its own", ckks_sample.aggregate, b),  # a sum naming b among others
+        (InvalidCiphertext, "not its own", posing_as_sum, b),  # b's blob claiming to sum c too
+        (InvalidAggregate, "already in the sum", blob_a, a),  # the same contribution twice
+        # A fresh encryption by a (new seed, as after a crash): still a twice.
+        (InvalidAggregate, "already in the sum",
+         ckks.encrypt(ctx, keys[0].secret, epoch, a, values, 1.0, 3.0).to_bytes(), a),
+        # b's real key share, but another key epoch than the sum's.
+        (InvalidAggregate, "two key epochs",
+         ckks.encrypt(ctx, keys[1].secret, another_epoch, b, values, 1.0, 3.0).to_bytes(), b),
+    ]  # fmt: skip
+    for error, message, blob, who in refused:
+        with pytest.raises(error, match=message):
+            builder.add(blob, who)
+        assert builder.count == 1
+        assert builder.result() == before
+    with pytest.raises(InvalidCiphertext, match="not its own"):  # the mapping form checks it too
+        sm.aggregate_contributions({a: blob_a, b: blob_c, c: blob_b}, length=10)
+    builder.add(blob_b, b)
+    builder.add(blob_c, c)
+    assert builder.result() == ckks_sample.aggregate
+
+
+def test_a_ciphertext_renamed_to_another_contributor_decrypts_to_garbage(ckks_sample: CkksSample) -> None:
+    """c commits a copy of b's ciphertext renamed to itself: well-formed, so the leader sums it,
+    but a mask is bound to its contributor's id (and epoch), so the decrypt set removes c's mask
+    where b's is: the result is refused or garbage, never b's update counted twice."""
+    (a, blob_a), (b, blob_b), (c, _) = ckks_sample.contributions.items()
+    copied = with_header(blob_b, contributors=(c,))
+    aggregate = sm.aggregate_contributions({a: blob_a, b: blob_b, c: copied}, length=10)
+    decrypt_set = list(ckks_sample.spec.members[:2])
+    shares = [
+        sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2)
+        for k in ckks_sample.keys[:2]
+    ]
+    try:
+        merged = sm.combine(ckks_sample.spec, aggregate, shares)
+    except InvalidAggregate:
+        return
+    assert float(np.abs(merged.mean).max()) > 1e3, merged.mean
+
+
+def test_decryption_share_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
+    shares = ckks_sample.shares
     ctx = ckks.context()
 
     def case(rnd: random.Random) -> str:
@@ -244,23 +439,21 @@ def test_decryption_share_blob_decoding(
     assert stats.outcomes["InvalidDecryptionShare"] > stats.cases // 2, stats.outcomes
 
 
-def test_combine_with_one_hostile_share(
-    fuzz: FuzzKit, ckks_sample: tuple[object, bytes, list[bytes]]
-) -> None:
+def test_combine_with_one_hostile_share(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
     """The whole decryption path over a hostile share: refused, or a merge whose weight checks out.
 
     `combine` costs ~10 ms (a full CKKS decode), so this entry point runs 500 cases; the
     share decoder it starts with is fuzzed 10,000 times above.
     """
-    spec, aggregate, shares = ckks_sample
-    honest = sm.combine(spec, aggregate, shares)  # type: ignore[arg-type]
+    spec, aggregate, shares = ckks_sample.spec, ckks_sample.aggregate, ckks_sample.shares
+    honest = sm.combine(spec, aggregate, shares)
 
     def case(rnd: random.Random) -> str:
         index = rnd.randrange(2)
         hostile = list(shares)
         hostile[index] = blob_variant(fuzz, rnd, shares[index])
         try:
-            merged = sm.combine(spec, aggregate, hostile)  # type: ignore[arg-type]
+            merged = sm.combine(spec, aggregate, hostile)
         except (ProtocolError, InsufficientShares) as exc:
             return type(exc).__name__
         if hostile[index] == shares[index]:
