@@ -2,7 +2,7 @@
 
 Everything is written atomically (temporary file, fsync, rename, fsync of the
 directory) with mode 0600, because the key-epoch files hold this node's
-decryption key share. The runtime writes a file *before* it publishes the hash
+secret and decryption key shares. The runtime writes a file *before* it publishes the hash
 that refers to it (persist before send): a node killed at any instant finds on
 restart every secret or blob it has announced on the ledger.
 

@@ -70,7 +70,7 @@ class LocalFacts:
     me: NodeId
     now: float
     wanted: MergeWanted | None = None
-    key_epochs: frozenset[int] = frozenset()  # key epochs whose collective key and share we hold
+    key_epochs: frozenset[int] = frozenset()  # key epochs whose keys (own secret, dealer shares) we hold
     held_models: frozenset[bytes] = frozenset()  # merged parameter hashes we hold locally
     stage_since: tuple[Stage, float] | None = None  # when we first saw the stage
     epoch_stage_since: tuple[EpochStageKey, float] | None = None  # same for the key-epoch stage
