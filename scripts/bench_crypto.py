@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import tenseal as ts
+from _provenance import git_commit  # scripts/ is on sys.path when this file runs
 
 from crypto import ckks, threshold
 from crypto import secure_merge as sm
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "tenseal": ts.__version__,
             "cpus": os.cpu_count(),
+            "git_commit": git_commit(),
             "loadavg_start": os.getloadavg(),
         },
     }

@@ -45,7 +45,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -63,6 +62,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from _bench_round_node import union_spans  # noqa: E402
+from _provenance import finish, machine  # noqa: E402
 
 HIDDEN: Final = {"10k": 85, "100k": 300, "1M": 983}
 CRYPTO_PHASES: Final = ("encrypt", "transfer", "aggregate", "decryption_share", "combine")
@@ -559,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_round_quick.json" if args.quick else "bench_round.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    host = machine()
     started = time.perf_counter()
 
     processes = []
@@ -636,11 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             "flower": flower_mode,
             "processes": "one OS process per node, libp2p on 127.0.0.1",
         },
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": host,
         "elapsed_s": None,
         "processes": processes,
         "flower": flower,
@@ -651,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "table_md": table,
     }
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    finish(host)
     out.write_text(json.dumps(result, indent=1) + "\n")
     partial.unlink(missing_ok=True)
     plot(result, out.with_suffix(".png"))

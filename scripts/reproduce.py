@@ -38,7 +38,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,9 @@ from typing import Any, Final
 
 REPO: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _provenance import finish, machine  # noqa: E402
 
 SCENARIOS: Final = ("even", "uneven_size", "uneven_class", "few_positives", "dirichlet")
 UNEVEN: Final = frozenset({"uneven_size", "uneven_class", "few_positives", "dirichlet"})
@@ -302,18 +304,6 @@ def plot(rows: Sequence[JsonDict], runs: Sequence[JsonDict], path: Path, title: 
 # ------------------------------------------------------------------------------- main
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3/8 sites, 2 seeds, 5 rounds: a few minutes")
@@ -371,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         f"epochs, {args.jobs} jobs; not applicable: {len(not_applicable)}",
         flush=True,
     )
-    load_before = os.getloadavg()
+    host = machine()
     started = time.perf_counter()
     runs: list[JsonDict] = []
     failed: list[JsonDict] = []
@@ -392,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     elapsed = time.perf_counter() - started
-    load_after = os.getloadavg()
+    finish(host)
     runs.sort(key=lambda r: (r["dataset"], r["n_sites"], SCENARIOS.index(r["scenario"]), r["seed"]))
     rows = summarise(runs, args.metric)
     table = markdown_table(rows)
@@ -426,15 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "jobs": args.jobs,
         },
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            # The machine is shared: 1/5/15-minute load averages when the run started and ended.
-            "load_average_start": [round(x, 2) for x in load_before],
-            "load_average_end": [round(x, 2) for x in load_after],
-            "git_commit": _git_commit(),
-        },
+        "machine": host,
         "elapsed_s": round(elapsed, 1),
         "summary": rows,
         "misses": misses,
