@@ -126,7 +126,7 @@ from models.merge import merge as merge_parameters
 
 from .config import NodeConfig
 from .keystore import NodeFiles
-from .net.base import Inbound, Transport, TransportError
+from .net.base import BlobNotFound, Inbound, Transport, TransportError
 from .round import (
     AggregateContributions,
     CombineShares,
@@ -179,6 +179,9 @@ FloatVector = npt.NDArray[np.float32]
 
 _PEER_WATCH: Final = 0.5  # seconds between checks that a blob's source is still connected
 _SUM_WAIT: Final = 5.0  # seconds a job waits for another job's sum of the same blobs
+# A node just (re)started has no peers for its first seconds, and a merged model it missed
+# is only on its peers: keep asking for this long before giving up.
+_MODEL_FETCH_PATIENCE: Final = 120.0
 
 
 class SwarmError(Exception):
@@ -1405,11 +1408,26 @@ class Node:
             return held
         data = self.files.load_model(params_hash)
         if data is None:
-            data = await self._fetch(params_hash, None)
+            data = await self._fetch_model(params_hash)
         if len(data) != 4 * self.n_params:
             raise MalformedMessage(f"merged model blob has {len(data)} bytes, expected {4 * self.n_params}")
         self.files.save_model(data)
         return self._hold_model(params_hash, data)
+
+    async def _fetch_model(self, params_hash: bytes) -> bytes:
+        """A merged model from any peer, asked again (backing off) while nobody delivers it,
+        up to `_MODEL_FETCH_PATIENCE`: a restarted node's trainer asks before it is connected."""
+        deadline = trio.current_time() + _MODEL_FETCH_PATIENCE
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                return await self._fetch(params_hash, None)
+            except BlobNotFound as exc:
+                if trio.current_time() + delay > deadline:
+                    raise
+                self._log.info("merged model %s: %s; again in %.1f s", params_hash.hex()[:12], exc, delay)
+                await trio.sleep(delay)
+                delay = min(2 * delay, _RETRY_MAX)
 
     async def _phase_timeout(self, job: Job) -> None:
         assert isinstance(job, SubmitPhaseTimeout)

@@ -6,6 +6,7 @@ member's transport (a non-member is already cut off by the allow-list).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -21,7 +22,7 @@ from consensus.messages import CONSENSUS_MESSAGES, BlockRequest, BlockResponse
 from crypto import cbor
 from crypto.envelope import EnvelopeCodec
 from models import logistic_regression, mlp
-from swarmnode.net.base import RequestRefused, Transport
+from swarmnode.net.base import BlobNotFound, RequestRefused, Transport
 from swarmnode.net.memory import MemoryNetwork, open_memory_network
 from swarmnode.node import (
     BLOCKS_PROTOCOL,
@@ -169,3 +170,29 @@ async def test_a_member_leaves_and_a_new_key_epoch_runs(
             result = await a.merge(params * 3, 1)
         assert result.participants == remaining
         np.testing.assert_allclose(result.parameters, 2.0, atol=1e-5)
+
+
+async def test_a_merged_model_nobody_holds_yet_is_asked_for_again_then_given_up(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A restarted node's trainer asks for a merged model before its peers are back: the
+    node keeps asking (backing off) and gets it once a peer has it; a model nobody ever
+    delivers fails with `BlobNotFound` after the patience, not at the first miss."""
+    async with swarm(tmp_path) as (_plan, _net, (a, b)):
+        model = np.arange(a.n_params, dtype="<f4").tobytes()
+        digest = hashlib.sha256(model).digest()
+
+        async def published_later() -> None:
+            await trio.sleep(5)
+            b.transport.put_blob(model)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(published_later)
+            started = trio.current_time()
+            got = await a.merged_parameters(digest)
+        assert got.tobytes() == model
+        assert trio.current_time() - started >= 5
+        started = trio.current_time()
+        with pytest.raises(BlobNotFound):
+            await a.merged_parameters(bytes(32))
+        assert trio.current_time() - started >= 100  # asked for about two minutes
