@@ -182,7 +182,11 @@ async def _credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
             return
         self._pending_recv_release = 0
         self.target_recv_window = YAMUX_WINDOW
-    await self.send_window_update(pending + YAMUX_WINDOW - window)
+        increment = pending + YAMUX_WINDOW - window
+        # The credit we grant is window the peer may use: the frame reader subtracts every
+        # data frame from recv_window and warns once it would go below zero.
+        self.recv_window += increment
+    await self.send_window_update(increment)
 
 
 def _verify_each_record_once(check: RecordCheck) -> RecordCheck:

@@ -188,7 +188,14 @@ class _YamuxStream:
         self.window_lock = trio.Lock()
         self._pending_recv_release = 0
         self.target_recv_window = DEFAULT_WINDOW_SIZE  # the spec's initial 256 KiB
+        self.recv_window = DEFAULT_WINDOW_SIZE  # what the peer may still send
         self.updates: list[int] = []
+
+    async def read(self, size: int) -> None:
+        """A data frame arrives (py-libp2p's frame reader takes it off the window), then is read."""
+        self.recv_window -= size
+        assert self.recv_window >= 0, "the peer was allowed to send more than we credited"
+        await _credit_in_batches(self, bytes_read=size)
 
     async def send_window_update(self, increment: int, skip_lock: bool = False) -> None:
         self.updates.append(increment)
@@ -199,19 +206,26 @@ async def test_yamux_credit_goes_back_in_batches_of_half_a_window() -> None:
     message = 1000
     reads_to_half = -(-(DEFAULT_WINDOW_SIZE // 2) // message)
     for _ in range(reads_to_half - 1):
-        await _credit_in_batches(stream, bytes_read=message)
+        await stream.read(message)
     assert stream.updates == []  # a gossip message no longer costs a WINDOW_UPDATE frame
-    await _credit_in_batches(stream, bytes_read=message)
+    await stream.read(message)
     consumed = reads_to_half * message
     # Everything consumed comes back, and the window grows from the spec's 256 KiB.
     assert stream.updates == [consumed + YAMUX_WINDOW - DEFAULT_WINDOW_SIZE]
-    await _credit_in_batches(stream, bytes_read=YAMUX_WINDOW // 2 - 1)
+    assert stream.recv_window == YAMUX_WINDOW  # all read: the whole grown window is the peer's
+    await stream.read(YAMUX_WINDOW // 2 - 1)
     assert len(stream.updates) == 1  # the grown window batches at its own half
-    await _credit_in_batches(stream, bytes_read=1)
+    await stream.read(1)
     assert stream.updates[1:] == [YAMUX_WINDOW // 2]
+    assert stream.recv_window == YAMUX_WINDOW
+    for _ in range(3):  # a peer that keeps sending full windows never exceeds what we credit
+        await stream.read(YAMUX_WINDOW // 2)
+        await stream.read(YAMUX_WINDOW // 2)
 
 
-async def test_a_large_blob_moves_with_a_handful_of_window_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_large_blob_moves_with_a_handful_of_window_updates(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     updates: list[int] = []
     send_update = YamuxStream.send_window_update
 
@@ -230,3 +244,5 @@ async def test_a_large_blob_moves_with_a_handful_of_window_updates(monkeypatch: 
                 assert await client.get_blob(digest, peer=server.node_id) == data
     # 12 MiB in 64 KiB frames was ~190 updates with py-libp2p's credit-on-every-read.
     assert 0 < len(updates) <= 12
+    # and the receiver's own window accounting agrees with the credit it granted
+    assert not [r for r in caplog.records if "exceeded receive window" in r.getMessage()]
