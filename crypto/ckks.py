@@ -451,10 +451,20 @@ class EncryptedVector:
         for start in range(0, self.chunks, BATCH_CHUNKS):
             yield start, self.batch(start, min(start + BATCH_CHUNKS, self.chunks))
 
-    def masks(self, start: int, stop: int) -> Iterator[tuple[NodeId, U64]]:
-        """Each contributor's mask for chunks ``[start, stop)`` (see `mask`)."""
+    def masked_sum(self, start: int, stop: int, operands: Mapping[NodeId, tuple[U64, U64]]) -> U64:
+        """``sum_i a_i * w_i`` over the contributors for chunks ``[start, stop)``: ``(k, L, N)``, NTT form.
+
+        `operands` gives each contributor's ``(L, N)`` NTT-form key material ``w_i`` and its
+        Shoup quotients (its own secret to decrypt, a dealer's Shamir share for a decryption
+        share); ``a_i`` is the contributor's `mask`.
+        """
+        ctx = self.context
+        total = np.zeros((stop - start, len(ctx.data_moduli), ctx.params.degree), dtype=np.uint64)
         for contributor, seed in zip(self.header.contributors, self.header.seeds, strict=True):
-            yield contributor, mask(self.context, self.epoch, contributor, seed, start, stop)
+            a = mask(ctx, self.epoch, contributor, seed, start, stop)
+            operand, quotients = operands[contributor]
+            add_mod_into(total, shoup_mul(a, operand, quotients, ctx.q_col), ctx.q_col)
+        return total
 
     @classmethod
     def from_residues(
@@ -645,13 +655,10 @@ def decrypt_with_secret(
     """
     out = np.empty(vector.chunks * ctx.params.degree, dtype=np.float64)
     n = ctx.params.degree
+    operands = {c: (secrets[c], shoup_quotients(secrets[c], ctx.data_moduli)) for c in vector.contributors}
     for start, batch in vector.batches():
         stop = start + batch.shape[0]
-        masked = np.zeros((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
-        for contributor, a in vector.masks(start, stop):
-            secret = secrets[contributor]
-            quotients = shoup_quotients(secret, ctx.data_moduli)
-            add_mod_into(masked, shoup_mul(a, secret, quotients, ctx.q_col), ctx.q_col)
+        masked = vector.masked_sum(start, stop, operands)
         plain = add_mod(batch, ctx.rescale(ctx.to_coefficients(masked)), ctx.rescaled_col)
         out[start * n : stop * n] = ctx.decode(plain)
     return split_weight(ctx.params, out, vector.length)

@@ -78,7 +78,6 @@ from .identity import NodeId, NodeIdentity
 from .rns import (
     U64,
     add_mod,
-    add_mod_into,
     column,
     neg_mod,
     scalar_operand,
@@ -741,21 +740,17 @@ def make_decryption_share(
     points = tuple(sorted(spec.point(m) for m in decrypt_set))
     me = spec.point(keys.me)
     lagrange = lagrange_at_zero(me, points, ctx.data_moduli)
-    dealers = {c: spec.point(c) - 1 for c in aggregate.contributors}
+    dealer_of = {c: spec.point(c) - 1 for c in aggregate.contributors}
+    operands = {c: (keys.dealer_shares[k], keys.dealer_quotients[k]) for c, k in dealer_of.items()}
     digest = hashlib.sha256(aggregate.to_bytes()).digest()
     header = DecryptionShareHeader(
         WIRE_VERSION, ctx.parms_id, spec.epoch_id, digest, points, me, aggregate.length, aggregate.chunks
     )
 
     def parts() -> Iterator[bytes]:
-        n = ctx.params.degree
         for start in range(0, aggregate.chunks, BATCH_CHUNKS):
             stop = min(start + BATCH_CHUNKS, aggregate.chunks)
-            masked = np.zeros((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
-            for contributor, a in aggregate.masks(start, stop):  # sum_i a_i * f_i(x_me)
-                k = dealers[contributor]
-                term = shoup_mul(a, keys.dealer_shares[k], keys.dealer_quotients[k], ctx.q_col)
-                add_mod_into(masked, term, ctx.q_col)
+            masked = aggregate.masked_sum(start, stop, operands)  # sum_i a_i * f_i(x_me)
             product = _scalar_mul(masked, lagrange, ctx.data_moduli)  # times lambda, once
             noisy = add_mod(ctx.to_coefficients(product), smudging_noise(ctx, stop - start), ctx.q_col)
             yield pack60(ctx.rescale(noisy))
