@@ -114,7 +114,6 @@ from crypto.secure_merge import (
     KeyEpoch,
     PublicKeyShare,
     SealedKeyShare,
-    aggregate_contributions,
     combine,
     decryption_share,
     encrypt_update,
@@ -1279,9 +1278,7 @@ class Node:
         if self.options.faults.wrong_aggregate:
             # A well-formed but wrong sum: the last committed contribution left out.
             if self.genesis.training.secure:
-                kept = job.contributions[:-1]
-                blobs = {c.node_id: await self._fetch(c.blob_hash, c.node_id) for c in kept}
-                aggregate = await self._compute(lambda: aggregate_contributions(blobs, length=self.n_params))
+                aggregate = await self._sum(job.round, job.contributions[:-1])
             else:
                 wrong = decode_plaintext_model(aggregate, length=self.n_params) + np.float32(1.0)
                 aggregate = wrong.astype("<f4").tobytes()

@@ -158,8 +158,8 @@ def _patch_libp2p() -> None:
 
 
 YAMUX_WINDOW: Final = 4 * 1024 * 1024
-"""Receive window a stream grows to with its first credit: a 22.5 MB blob then needs
-about 11 credits, not the 180 of the spec's fixed 256 KiB."""
+"""Receive window a stream grows to with its first credit: a 7.5 MB blob (a 1M-parameter
+contribution) then needs about 4 credits, not the 60 of the spec's fixed 256 KiB."""
 
 
 async def _credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
