@@ -80,7 +80,7 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
@@ -520,12 +520,12 @@ def normalised_weight(weight: float, total_weight: float) -> float:
     return weight / total_weight
 
 
-def small_residues(values: npt.NDArray[np.int64], moduli: Sequence[int]) -> U64:
-    """Small signed integers ``(..., N)`` as residues ``(..., L, N)`` mod every prime."""
-    q_col = column(moduli)
-    expanded = values[..., None, :]
-    result: U64 = np.where(expanded < 0, q_col + expanded.astype(np.uint64), expanded.astype(np.uint64))
-    return result
+def encryption_error(ctx: CkksContext, chunks: int) -> U64:
+    """``(chunks, L, N)`` coefficient-form RLWE error, centred binomial with eta `ERROR_ETA`."""
+    n = ctx.params.degree
+    error = centered_binomial(ERROR_ETA, chunks * n)
+    residues = signed_split_residues(error, np.zeros(error.shape, dtype=np.uint64), 0, ctx.data_moduli)
+    return residues.reshape(len(ctx.data_moduli), chunks, n).transpose(1, 0, 2)
 
 
 def encrypt(
@@ -574,10 +574,7 @@ def encrypt(
                 scaled[length - lo] = np.rint(np.ldexp(w, params.weight_scale_bits))
             a = mask(ctx, epoch, contributor, seed, start, stop)
             a_s = ctx.to_coefficients(shoup_mul(a, secret, quotients, ctx.q_col))
-            error = small_residues(
-                centered_binomial(ERROR_ETA, (stop - start) * n).reshape(stop - start, n), ctx.data_moduli
-            )
-            message = add_mod(ctx.encode(scaled), error, ctx.q_col)
+            message = add_mod(ctx.encode(scaled), encryption_error(ctx, stop - start), ctx.q_col)
             yield ctx.rescale(sub_mod(message, a_s, ctx.q_col))
 
     return EncryptedVector.from_residues(ctx, length, epoch, {contributor: seed}, batches())

@@ -203,8 +203,7 @@ def test_numpy_decryption_agrees_with_seal_decryptor() -> None:
     secret = KEYS.data_secret(node)
     a = ckks.mask(CTX, EPOCH, node, b"\1" * ckks.SEED_SIZE, 0, 1)[0]
     plain = CTX.encode(np.rint(np.ldexp(np.linspace(-5, 5, N), 90)))[0]
-    error = ckks.small_residues(rns.centered_binomial(ckks.ERROR_ETA, N), CTX.data_moduli)
-    message = rns.add_mod(plain, error, CTX.q_col)
+    message = rns.add_mod(plain, ckks.encryption_error(CTX, 1)[0], CTX.q_col)
     a_s = CTX.seal.intt(rns.shoup_mul(a, secret, rns.shoup_quotients(secret, CTX.data_moduli), CTX.q_col))
     c0 = CTX.seal.ntt(rns.sub_mod(message, a_s, CTX.q_col))
     decrypted = CTX.seal.decrypt_with_secret(KEYS.secrets[node], np.stack([c0, a]), 2.0**90)
