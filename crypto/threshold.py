@@ -27,14 +27,14 @@ contributor i's mask, ``lambda_k^T`` its Lagrange coefficient at 0 for the point
 (per prime), ``e_k`` smudging noise uniform on ``[-2^68, 2^68)`` (integer-exact,
 `os.urandom`) and ``rescale(x) = round(x / q0) mod q1`` (`CkksContext.rescale`);
 ``c0 + sum_{k in T} d_k`` mod q1 decodes to the sum, since ``c0 = sum_{i in K}
-(Delta*m_i + e_i - a_i * s_i)``. Rescaling a share is rounding after the smudging, so it reveals nothing more;
-its error (at most q0/2 ~ 2^59 per share) is far below the smudging's 2^68 and halves the
-share (one residue per coefficient instead of two). A share is bound to T through its
-Lagrange coefficient: combined with any other set it decodes to noise. Fewer than t shares
-carry no information about any ``s_i`` (Shamir), and the smudging hides each member's
-dealer shares in its published share. A share is bound to K too: it removes exactly the
-masks of K, so it decrypts the sum over K and nothing else (K is at least min_peers
-contributors, checked by every decryptor).
+(Delta*m_i + e_i - a_i * s_i)``. Rescaling a share is rounding after the smudging, so it
+reveals nothing more; its error (at most q0/2 ~ 2^59 per share) is far below the
+smudging's 2^68 and halves the share (one residue per coefficient instead of two). A
+share is bound to T through its Lagrange coefficient: combined with any other set it
+decodes to noise. Fewer than t shares carry no information about any ``s_i`` (Shamir), and
+the smudging hides each member's dealer shares in its published share. A share is bound
+to K too: it removes exactly the masks of K, so it decrypts the sum over K and nothing
+else (K is at least min_peers contributors, checked by every decryptor).
 
 Not covered (documented limits): no verifiable secret sharing or proofs of correct
 decryption shares: a member that deals or decrypts wrongly makes the epoch or the
