@@ -1,8 +1,9 @@
 """Where a result file came from: the machine, how busy it was, and the code's git commit.
 
-Every results script records `machine()` at the start of its run and `finish()` at the
-end, so a committed JSON says which commit produced it and on how loaded a host (the
-machine is shared: read ratios measured in one run rather than absolute times).
+reproduce.py and bench_round.py record `machine()` at the start of a run and `finish()` at
+the end, and bench_crypto.py adds `git_commit()` to its own host record, so their committed
+JSON says which commit produced it and on how loaded a host (the machine is shared: read
+ratios measured in one run rather than absolute times).
 """
 
 from __future__ import annotations
