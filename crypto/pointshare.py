@@ -17,10 +17,21 @@ Every honest point lies on one polynomial of degree t-1 whose value at 0 is
 the Lagrange coefficients at 0, then rescales) and every further point is an exact
 Reed-Solomon check. `check_points` compares random linear fingerprints of the points
 (coefficients hashed from the aggregate and every share, so no share can be made to fit
-them) and accepts a polynomial only when at least ``t + max_faulty`` points lie on it and
-no other polynomial reaches as many: then fewer than ``max_faulty + 1`` wrong shares
-cannot have made it, and every point off it is wrong (named, with its share digest).
-Otherwise it refuses (`WrongShareDetected`): a wrong share never changes a merge silently.
+them) and accepts a polynomial only when at least ``need = t + f`` points lie on it
+(f = `max_faulty`) and no other polynomial has as many; every point off it is wrong and
+named with its share digest. Otherwise it refuses (`WrongShareDetected`).
+
+With e wrong shares among m published points, colluding as they like:
+
+- a wrong polynomial reaches ``need`` points only through at least f + 1 wrong ones (it
+  shares at most t - 1 points with the honest one), and it is the only one there only if
+  the honest polynomial has fewer than ``need``, i.e. ``e > m - need``: so no merge is
+  changed while ``e <= max(f, m - t - f)``;
+- the honest polynomial is accepted and all e culprits named while ``e <= m - t - f``,
+  unless more than f of them line up on one polynomial (then: refused, nobody named).
+
+With m = t + 1 nothing can be named, and below ``t + f`` points (exactly t: nothing is
+checked) the merge is refused unless the caller lowers f.
 """
 
 from __future__ import annotations
