@@ -130,13 +130,14 @@ class PointShare:
     coefficient residues mod (q0, q1) packed at 60 bits`` (15 bytes per parameter).
     """
 
-    __slots__ = ("_body", "_wire", "context", "header")
+    __slots__ = ("_body", "_digest", "_wire", "context", "header")
 
     def __init__(self, ctx: CkksContext, header: PointShareHeader, wire: bytes, body: memoryview) -> None:
         self.context: Final = ctx
         self.header: Final = header
         self._wire = wire
         self._body = body
+        self._digest: bytes | None = None
 
     @property
     def point(self) -> int:
@@ -146,8 +147,10 @@ class PointShare:
         return self._wire
 
     def digest(self) -> bytes:
-        """SHA-256 of the blob: its content address and its name in evidence."""
-        return hashlib.sha256(self._wire).digest()
+        """SHA-256 of the blob: its content address and its name in evidence (hashed once)."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self._wire).digest()
+        return self._digest
 
     def batch(self, start: int, stop: int) -> U64:
         """Chunks ``[start, stop)`` as ``(k, 2, N)`` residues (coefficient form)."""
