@@ -7,10 +7,13 @@ Member j of a key epoch publishes, for an aggregate over contributors C,
 with ``f_i`` dealer i's Shamir polynomial of ``s_i`` (`crypto.threshold`), ``a_i``
 contributor i's mask and g the aggregate's PRSS noise polynomial (`crypto.prss`). No
 Lagrange coefficient, no decrypt set, no rescaling (15 bytes per parameter), and no
-fresh randomness: asking twice gives the same bytes, so a second release leaks nothing
-new, and no member ever multiplies its key material by a coefficient of someone's choice
-(the re-share attack on `threshold.make_decryption_share` needs two releases of one
-``y_j`` under different multipliers).
+fresh randomness: the noise is keyed by the aggregate's masks (contributors and seeds,
+`mask_digest`), not its bytes, so the body is a function of ``y_j`` alone. Asking twice,
+or for another aggregate with the same masks (a leader changing c0), gives the same
+body: a second release leaks nothing new, and no member ever multiplies its key material
+by a coefficient of someone's choice (the re-share attack on
+`threshold.make_decryption_share` needs two releases of one ``y_j`` under different
+multipliers or noises).
 
 Every honest point lies on one polynomial of degree t-1 whose value at 0 is
 ``a * s_C + sum_A r_A``, so any t points interpolate the decryption (the combiner applies
@@ -82,6 +85,7 @@ from .threshold import (
 
 _POINT_MAGIC: Final = b"SNP1"
 _FINGERPRINT_DOMAIN: Final = b"swarmnode/point-fingerprint/v1\x00"
+_MASKS_DOMAIN: Final = b"swarmnode/point-masks/v1\x00"
 # Independent fingerprints per prime: a wrong point passes one with probability <= 2/q
 # (a bilinear form in random chunk and coefficient weights), both with <= 2^-118.
 FINGERPRINTS: Final = 2
@@ -189,6 +193,14 @@ def aggregate_digest(aggregate: EncryptedVector) -> bytes:
     return hashlib.sha256(aggregate.to_bytes()).digest()
 
 
+def mask_digest(aggregate: EncryptedVector) -> bytes:
+    """SHA-256 of what fixes ``y_j``: the epoch and every (contributor, mask seed) of the sum."""
+    pairs = zip(aggregate.contributors, aggregate.header.seeds, strict=True)
+    return hashlib.sha256(
+        _MASKS_DOMAIN + aggregate.epoch + b"".join(c.public_key + seed for c, seed in pairs)
+    ).digest()
+
+
 def make_point_share(
     keys: EpochKeys, prss: PrssKeys, aggregate: EncryptedVector, sampler: NoiseSampler = DEFAULT_NOISE
 ) -> PointShare:
@@ -216,16 +228,17 @@ def make_point_share(
         c: (keys.dealer_shares[spec.point(c) - 1], keys.dealer_quotients[spec.point(c) - 1])
         for c in aggregate.contributors
     }
-    digest = aggregate_digest(aggregate)
+    masks = mask_digest(aggregate)
     header = PointShareHeader(
-        WIRE_VERSION, ctx.parms_id, spec.epoch_id, digest, me, aggregate.length, aggregate.chunks
-    )
+        WIRE_VERSION, ctx.parms_id, spec.epoch_id, aggregate_digest(aggregate), me, aggregate.length,
+        aggregate.chunks,
+    )  # fmt: skip
 
     def parts() -> Iterator[bytes]:
         for start in range(0, aggregate.chunks, BATCH_CHUNKS):
             stop = min(start + BATCH_CHUNKS, aggregate.chunks)
             point = ctx.to_coefficients(aggregate.masked_sum(start, stop, operands))
-            add_mod_into(point, noise_point(ctx, prss, digest, start, stop, sampler), ctx.q_col)
+            add_mod_into(point, noise_point(ctx, prss, masks, start, stop, sampler), ctx.q_col)
             yield pack60(point)
 
     return PointShare.from_bytes(ctx, encode_blob(_POINT_MAGIC, header, parts()))

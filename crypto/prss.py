@@ -3,7 +3,8 @@
 Cramer, Damgard and Ishai (TCC 2005): a key epoch of n members with threshold t gives
 every set A of t-1 Shamir points a 32-byte key ``k_A``, known to the n-t+1 members whose
 points are outside A. For an aggregate, every key expands to noise
-``r_A = PRF(k_A, aggregate digest, chunk)`` and the noise polynomial is
+``r_A = PRF(k_A, masks, chunk)`` (masks: a digest of the aggregate's contributors and mask
+seeds, `crypto.pointshare.mask_digest`) and the noise polynomial is
 
     g(x) = sum_A r_A * Z_A(x),   Z_A(x) = prod_{a in A} (a - x) / a   (mod each prime)
 
@@ -203,6 +204,8 @@ class PrssKeyCollector:
         self._commitments = dict(commitments)
         self._keys: dict[Subset, bytes] = {}
         for dealt in own:
+            if dealt.subset not in self._commitments or key_dealer(dealt.subset, n) != self._point:
+                raise ValueError(f"{dealt.subset} is not a set whose key this member deals")
             if dealt.commitment(spec.epoch_id) != commitments[dealt.subset]:
                 raise ValueError(f"the ledger's commitment for {dealt.subset} is not ours")
             self._keys[dealt.subset] = dealt.key
@@ -265,17 +268,18 @@ def _noise_residues(ctx: CkksContext, seed: bytes, start: int, stop: int, sample
 def noise_point(
     ctx: CkksContext,
     prss: PrssKeys,
-    aggregate_digest: bytes,
+    masks: bytes,
     start: int,
     stop: int,
     sampler: NoiseSampler = DEFAULT_NOISE,
 ) -> U64:
-    """``g(x_j)`` for chunks ``[start, stop)`` of the aggregate: ``(k, L, N)``, coefficient form."""
+    """``g(x_j)`` for chunks ``[start, stop)`` of the sum whose masks hash to `masks`:
+    ``(k, L, N)``, coefficient form."""
     moduli = ctx.data_moduli
     out = np.zeros((stop - start, len(moduli), ctx.params.degree), dtype=np.uint64)
     for subset, key in prss.keys:
         operand, quotients = scalar_operand([vanishing_at(subset, prss.point, q) for q in moduli], moduli)
-        seed = _NOISE_DOMAIN + prss.epoch_id + _subset_bytes(subset) + key + aggregate_digest
+        seed = _NOISE_DOMAIN + prss.epoch_id + _subset_bytes(subset) + key + masks
         noise = _noise_residues(ctx, seed, start, stop, sampler)
         add_mod_into(out, shoup_mul(noise, operand, quotients, column(moduli)), ctx.q_col)
     return out

@@ -129,6 +129,22 @@ def test_points_are_deterministic_and_bound_to_their_aggregate() -> None:
         rm.combine_points(s.spec, s.aggregate, [*s.points[:4], other.points[4]])
 
 
+def test_an_aggregate_with_the_same_masks_gets_the_same_point_body() -> None:
+    """A leader that changes c0 and asks again gets a point of another aggregate (header) with
+    the same body: the noise is keyed by the masks, so no second noisy copy of y_j exists."""
+    s = swarm(5)
+    vector = ckks.EncryptedVector.from_bytes(CTX, s.aggregate)
+    c0 = vector.batch(0, vector.chunks).copy()
+    c0[0, 0] = (c0[0, 0] + np.uint64(1)) % np.uint64(Q1)
+    seeds = dict(zip(vector.contributors, vector.header.seeds, strict=True))
+    other = ckks.EncryptedVector.from_residues(CTX, LENGTH, vector.epoch, seeds, [c0]).to_bytes()
+    assert other != s.aggregate
+    point = rm.make_point_share(s.keys[1], s.prss[1], other, contributions=5, min_peers=2)
+    first, second = PointShare.from_bytes(CTX, s.points[1]), PointShare.from_bytes(CTX, point)
+    assert first.header.aggregate != second.header.aggregate
+    assert np.array_equal(first.batch(0, 1), second.batch(0, 1))
+
+
 def test_an_honest_member_refuses_too_few_contributions_or_foreign_prss_keys() -> None:
     s = swarm(5)
     with pytest.raises(DecryptionRefused, match="at least 4"):  # t + 1 = 4
