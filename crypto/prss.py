@@ -109,14 +109,18 @@ DEFAULT_NOISE: Final[NoiseSampler] = uniform_noise
 
 def prss_subsets(members: int, threshold: int, *, max_keys: int = MAX_PRSS_KEYS) -> tuple[Subset, ...]:
     """Every (t-1)-set of the points 1..n, in lexicographic order; `PrssTooLarge` above `max_keys`."""
-    if not 1 <= threshold <= members:
-        raise ValueError(f"threshold {threshold} must be in [1, {members}]")
     count = comb(members, threshold - 1)
     if count > max_keys:
         raise PrssTooLarge(
             f"n = {members}, t = {threshold} needs C({members}, {threshold - 1}) = {count} PRSS keys, "
             f"above the limit of {max_keys} (about n = 10): use a decryption committee"
         )
+    return _all_subsets(members, threshold)
+
+
+def _all_subsets(members: int, threshold: int) -> tuple[Subset, ...]:
+    if not 1 <= threshold <= members:
+        raise ValueError(f"threshold {threshold} must be in [1, {members}]")
     return tuple(itertools.combinations(range(1, members + 1), threshold - 1))
 
 
@@ -178,7 +182,7 @@ class PrssKeys:
     keys: tuple[tuple[Subset, bytes], ...]
 
     def __post_init__(self) -> None:
-        expected = tuple(s for s in prss_subsets(self.members, self.threshold) if self.point not in s)
+        expected = tuple(s for s in _all_subsets(self.members, self.threshold) if self.point not in s)
         if tuple(subset for subset, _ in self.keys) != expected:
             raise ValueError(f"point {self.point} must hold exactly the keys of the sets without it")
         if any(len(key) != PRSS_KEY_SIZE for _, key in self.keys):
@@ -193,10 +197,16 @@ class PrssKeyCollector:
     __slots__ = ("_commitments", "_keys", "_point", "spec")
 
     def __init__(
-        self, spec: EpochSpec, me: NodeId, own: tuple[DealtKey, ...], commitments: Mapping[Subset, bytes]
+        self,
+        spec: EpochSpec,
+        me: NodeId,
+        own: tuple[DealtKey, ...],
+        commitments: Mapping[Subset, bytes],
+        *,
+        max_keys: int = MAX_PRSS_KEYS,
     ) -> None:
         n = len(spec.members)
-        subsets = prss_subsets(n, spec.threshold)
+        subsets = prss_subsets(n, spec.threshold, max_keys=max_keys)
         if set(commitments) != set(subsets) or any(len(c) != 32 for c in commitments.values()):
             raise ValueError("need one 32-byte commitment for every (t-1)-set of the epoch")
         self.spec: Final = spec
@@ -235,7 +245,7 @@ class PrssKeyCollector:
         if missing := self.missing():
             raise ValueError(f"still missing {len(missing)} PRSS keys, e.g. for {missing[0]}")
         n, t = len(self.spec.members), self.spec.threshold
-        ordered = tuple((s, self._keys[s]) for s in prss_subsets(n, t) if self._point not in s)
+        ordered = tuple((s, self._keys[s]) for s in _all_subsets(n, t) if self._point not in s)
         return PrssKeys(self.spec.epoch_id, n, t, self._point, ordered)
 
 
