@@ -207,7 +207,7 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
         byzantine = f"named {caught}"
     except rm.WrongShareDetected:
         byzantine = "detected, not named"
-    out = {
+    out: dict[str, Any] = {
         "threshold": t,
         "measured_params": length,
         "prss_keys_per_member": len(prss_keys[0].keys),
