@@ -12,7 +12,8 @@ Z_A has degree t-1, ``Z_A(0) = 1`` and vanishes on A, so member j computes its p
 ``g(x_j)`` from its own keys alone (``Z_A(x_j) = 0`` for the keys it lacks), every point
 lies on the one polynomial g of degree t-1, and ``g(0) = sum_A r_A``. A coalition K of
 t-1 members holds every key but ``k_K``: ``r_K`` stays pseudo-random to it and hides the
-aggregate's encryption error in the decrypted sum, as one honest smudger does today.
+aggregate's encryption error in the decrypted sum, as one honest smudger does in
+`crypto.threshold` (the bound is computational: SHAKE-256 as the PRF).
 
 Dealing (in the key epoch): the holder of A with the lowest point draws ``k_A`` from
 `os.urandom`, puts ``SHA-256(domain | epoch id | A | k_A)`` on the ledger
@@ -32,7 +33,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 from typing import Final, final
 
@@ -104,6 +105,8 @@ def uniform_noise(stream: XofStream, count: int, bits: int) -> WideIntegers:
     return high, low, shift
 
 
+# The same +-2^smudging_bits as a share of `crypto.threshold`; the one place to swap in a
+# sampler of proven bound (a discrete Gaussian of the same width) with this signature.
 DEFAULT_NOISE: Final[NoiseSampler] = uniform_noise
 
 
@@ -150,7 +153,7 @@ class DealtKey:
     """One key a member draws: the set A, ``k_A`` (secret), the other holders to send it to."""
 
     subset: Subset
-    key: bytes
+    key: bytes = field(repr=False)  # secret: kept out of logs
     recipients: tuple[int, ...]
 
     def commitment(self, epoch_id: bytes) -> bytes:
@@ -179,7 +182,7 @@ class PrssKeys:
     members: int
     threshold: int
     point: int
-    keys: tuple[tuple[Subset, bytes], ...]
+    keys: tuple[tuple[Subset, bytes], ...] = field(repr=False)  # secret: kept out of logs
 
     def __post_init__(self) -> None:
         expected = tuple(s for s in _all_subsets(self.members, self.threshold) if self.point not in s)
@@ -263,6 +266,7 @@ def _noise_residues(ctx: CkksContext, seed: bytes, start: int, stop: int, sample
     so a chunk's noise does not depend on how chunks are batched."""
     n = ctx.params.degree
     draws = [
+        # 12 bytes per coefficient is what `uniform_noise` reads; other samplers extend the stream.
         sampler(XofStream(seed + chunk.to_bytes(4, "big"), 12 * n), n, ctx.params.smudging_bits)
         for chunk in range(start, stop)
     ]
