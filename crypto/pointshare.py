@@ -217,12 +217,8 @@ def make_point_share(
         raise DecryptionRefused("aggregate is for another key epoch")
     if not all(spec.is_member(c) for c in aggregate.contributors):
         raise DecryptionRefused("aggregate names a contributor outside the epoch")
-    if (prss.epoch_id, prss.members, prss.threshold, prss.point) != (
-        spec.epoch_id,
-        len(spec.members),
-        spec.threshold,
-        me,
-    ):
+    ours = (spec.epoch_id, len(spec.members), spec.threshold, me)
+    if (prss.epoch_id, prss.members, prss.threshold, prss.point) != ours:
         raise DecryptionRefused("PRSS keys are for another epoch or member")
     operands = {
         c: (keys.dealer_shares[spec.point(c) - 1], keys.dealer_quotients[spec.point(c) - 1])
@@ -257,10 +253,12 @@ class Decision:
 
 
 def default_max_faulty(members: int, threshold: int) -> int:
-    """The wrong shares a combine withstands by default: ``max(1, floor((n - t) / 2))``.
+    """f for a combine by default: ``max(1, floor((n - t) / 2))``.
 
-    Up to this many members can withhold or lie and the other ``n - f >= t + f`` points
-    still decide the merge; at least one, so a single wrong share never passes unseen.
+    With all n points published, no merge is changed by up to ``ceil((n - t) / 2)`` wrong
+    shares and up to ``n - t - f`` are named; f members may withhold and the other
+    ``n - f >= t + f`` points still decide (n >= 5). At least 1, so that a single wrong
+    share never passes unseen (at n = 4 that takes all four points).
     """
     return max(1, (members - threshold) // 2)
 
