@@ -88,6 +88,7 @@ __all__ = [
     "decryption_share_size",
     "default_threshold",
     "encrypt_update",
+    "merged_mean",
     "start_key_epoch",
     "threshold_messages",
 ]
@@ -233,7 +234,12 @@ def combine(
     if length is not None and vector.length != length:
         raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
     decoded = [DecryptionShare.from_bytes(ctx, share) for share in shares]
-    sums, weight_sum = combine_shares(spec, vector, decoded)
+    return merged_mean(*combine_shares(spec, vector, decoded))
+
+
+def merged_mean(sums: npt.NDArray[np.float64], weight_sum: float) -> MergedMean:
+    """The weighted mean of a decrypted sum; `InvalidAggregate` if the weight sum is not in
+    ``(0, 1]`` or the mean is not finite (a corrupt contribution or share)."""
     if not (math.isfinite(weight_sum) and 0.0 < weight_sum <= _MAX_WEIGHT_SUM):
         raise InvalidAggregate(f"decrypted weight sum {weight_sum:.6g} is outside (0, 1]")
     mean = (sums / weight_sum).astype(np.float32)

@@ -12,6 +12,7 @@ import os
 
 from .ckks import DEFAULT_PARAMS, CkksParams
 from .identity import NodeIdentity
+from .prss import PrssKeyCollector, PrssKeys, deal_keys
 from .threshold import EpochKeys, EpochSpec, KeyEpoch, SealedKeyShare, default_threshold
 
 
@@ -43,3 +44,16 @@ def run_key_epoch(
                     continue
                 other.receive(sender.node_id, body)
     return spec, identities, [epoch.finish() for epoch in epochs]
+
+
+def run_prss_dealing(spec: EpochSpec) -> list[PrssKeys]:
+    """Every member's PRSS keys for `spec`, dealt as in a key epoch: each dealer draws its keys
+    and commits to them, each key goes to its holders only and is checked against its commitment."""
+    dealt = {member: deal_keys(spec, member) for member in spec.members}
+    commitments = {d.subset: d.commitment(spec.epoch_id) for keys in dealt.values() for d in keys}
+    collectors = {m: PrssKeyCollector(spec, m, dealt[m], commitments) for m in spec.members}
+    for dealer, keys in dealt.items():
+        for key in keys:
+            for recipient in key.recipients:
+                collectors[spec.members[recipient - 1]].receive(dealer, key.subset, key.key)
+    return [collectors[m].finish() for m in spec.members]

@@ -15,7 +15,11 @@ Measures, for one model-sized vector (1M parameters; 100k with --quick):
   on the contents or the names, and the 64-sum is never decrypted);
 - decryption share time per member and combine time (t = 9 of 16 shares);
 - max abs error of the 16-member weighted mean of vectors in [-100, 100] with random
-  weights, decrypted by t = 9 members and by all 16 (worst case: 16 smudging terms).
+  weights, decrypted by t = 9 members and by all 16 (worst case: 16 smudging terms);
+- robust decryption (`--robust`, or `--robust-only` to add just this section to an
+  existing --json file): point shares with PRSS-shared smudging (crypto/robust_merge.py)
+  against today's shares at n = 4, 5, 7, 10, every member contributing and publishing,
+  measured on a few ciphertexts and scaled linearly to `length` parameters.
 
 Timings on a shared 2-core host are noisy: each is reported as min and median over
 repetitions where there are several, with both CPU and wall time.
@@ -41,9 +45,11 @@ import tenseal as ts
 from _provenance import git_commit  # scripts/ is on sys.path when this file runs
 
 from crypto import ckks, threshold
+from crypto import robust_merge as rm
 from crypto import secure_merge as sm
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.pointshare import PointShare
+from crypto.testing import run_key_epoch, run_prss_dealing
 
 T = TypeVar("T")
 
@@ -148,6 +154,101 @@ def bench_large(length: int) -> dict[str, Any]:
     return out
 
 
+def _shifted_point(blob: bytes, length: int) -> bytes:
+    """`blob` with 2^83 (about 0.008 at scale 2^90) added to every coefficient but the weight."""
+    ctx = ckks.context()
+    share = PointShare.from_bytes(ctx, blob)
+    body = share.batch(0, share.header.chunks).copy()
+    for j, q in enumerate(ctx.data_moduli):
+        flat = body[:, j, :].reshape(-1)
+        weight = flat[length]
+        flat[:] = (flat + np.uint64((1 << 83) % q)) % np.uint64(q)
+        flat[length] = weight
+        body[:, j, :] = flat.reshape(body.shape[0], -1)
+    return ckks.encode_blob(blob[:4], share.header, [ckks.pack60(body)])
+
+
+def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
+    """Today's share and combine against point shares for n members (t = n // 2 + 1)."""
+    spec, _, keys = run_key_epoch(n)
+    prss_keys = run_prss_dealing(spec)
+    t = spec.threshold
+    length = chunks * ckks.DEFAULT_PARAMS.degree - 1
+    rng = np.random.default_rng(n)
+    values = [rng.uniform(-1, 1, length).astype(np.float32) for _ in range(n)]
+    weights = [float(w) for w in rng.integers(1, 10, n)]
+    total = sum(weights)
+    blobs = {k.me: sm.encrypt_update(k, v, w, total) for k, v, w in zip(keys, values, weights, strict=True)}
+    aggregate = sm.aggregate_contributions(blobs, length=length)
+    expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
+    for k in keys:
+        _ = k.dealer_quotients  # once per epoch in both designs
+    decrypt_set = list(spec.members[:t])
+    today_cpu, today = [], []
+    for k in keys[:t]:
+        share, cpu, _ = timed(
+            lambda k=k: sm.decryption_share(k, aggregate, decrypt_set, contributions=n, min_peers=2)  # type: ignore[misc]
+        )
+        today_cpu.append(cpu)
+        today.append(share)
+    merged, today_combine_cpu, _ = timed(lambda: sm.combine(spec, aggregate, today))
+    point_cpu, points = [], []
+    for k, p in zip(keys, prss_keys, strict=True):
+        point, cpu, _ = timed(
+            lambda k=k, p=p: rm.make_point_share(k, p, aggregate, contributions=n, min_peers=2)  # type: ignore[misc]
+        )
+        point_cpu.append(cpu)
+        points.append(point)
+    verdict, check_cpu, _ = timed(lambda: rm.combine_points(spec, aggregate, points))
+    bad = list(points)
+    bad[1] = _shifted_point(points[1], length)
+    try:
+        caught = [w.point for w in rm.combine_points(spec, aggregate, bad).wrong]
+        byzantine = f"named {caught}"
+    except rm.WrongShareDetected:
+        byzantine = "detected, not named"
+    out: dict[str, Any] = {
+        "threshold": t,
+        "measured_params": length,
+        "prss_keys_per_member": len(prss_keys[0].keys),
+        "max_faulty": verdict.max_faulty,
+        "today_share_cpu_s_per_1m": statistics.median(today_cpu) * scale,
+        "today_combine_cpu_s_per_1m": today_combine_cpu * scale,
+        "today_share_bytes_per_param": len(today[0]) / length,
+        "today_max_abs_error": float(np.abs(merged.mean - expected).max()),
+        "point_share_cpu_s_per_1m": statistics.median(point_cpu) * scale,
+        "point_check_combine_cpu_s_per_1m": check_cpu * scale,
+        "point_share_bytes_per_param": len(points[0]) / length,
+        "point_max_abs_error": float(np.abs(verdict.merged.mean - expected).max()),
+        "one_shifted_share_of_n": byzantine,
+    }
+    out["point_over_today_share"] = out["point_share_cpu_s_per_1m"] / out["today_share_cpu_s_per_1m"]
+    print(
+        f"robust n={n:2d} t={t}: share {out['today_share_cpu_s_per_1m']:.2f} -> "
+        f"{out['point_share_cpu_s_per_1m']:.2f} s CPU per 1M params ({out['point_over_today_share']:.1f}x), "
+        f"combine {out['today_combine_cpu_s_per_1m']:.2f} -> "
+        f"{out['point_check_combine_cpu_s_per_1m']:.2f} s, "
+        f"{out['today_share_bytes_per_param']:.1f} -> {out['point_share_bytes_per_param']:.1f} B/param, "
+        f"error {out['today_max_abs_error']:.1e} -> {out['point_max_abs_error']:.1e}; "
+        f"one shifted share: {byzantine}"
+    )
+    return out
+
+
+def bench_robust(length: int, sizes: list[int], chunks: int = 4) -> dict[str, Any]:
+    """Point shares vs today's shares, measured on `chunks` ciphertexts and scaled to `length`."""
+    params = ckks.DEFAULT_PARAMS
+    scale = ckks.chunk_count(params, length) / chunks
+    out: dict[str, Any] = {
+        "scaled_to_params": length,
+        "measured_chunks": chunks,
+        "cpu": "process CPU seconds",
+    }
+    for n in sizes:
+        out[str(n)] = bench_robust_one(n, chunks, scale)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k parameters instead of 1M")
@@ -155,11 +256,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--large", type=int, metavar="N", help="also run one end-to-end merge of N parameters (e.g. 50000000)"
     )
+    parser.add_argument("--robust", action="store_true", help="also measure robust decryption (point shares)")
+    parser.add_argument(
+        "--robust-only",
+        action="store_true",
+        help="measure only robust decryption and add it to the --json file (other sections kept)",
+    )
+    parser.add_argument(
+        "--robust-sizes", default="4,5,7,10", help="member counts for --robust (default 4,5,7,10)"
+    )
     args = parser.parse_args(argv)
     length = 100_000 if args.quick else 1_000_000
+    sizes = [int(x) for x in args.robust_sizes.split(",")]
+    if args.robust_only:
+        results: dict[str, Any] = {}
+        if args.json and args.json.exists():
+            results = json.loads(args.json.read_text())
+        results["robust_decryption"] = bench_robust(length, sizes)
+        results["robust_decryption"]["host"] = {"git_commit": git_commit(), "loadavg": os.getloadavg()}
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
     params = ckks.DEFAULT_PARAMS
     rng = np.random.default_rng(4)
-    results: dict[str, Any] = {
+    results = {
         "length": length,
         "quick": args.quick,
         "params": {
@@ -264,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             f"decrypt {label} ({len(parts)} shares): share {statistics.median(share_cpu):.2f} s CPU each, "
             f"combine {wall:.2f} s, max abs error {error:.2e} (float32 output {error32:.2e})"
         )
+    if args.robust:
+        results["robust_decryption"] = bench_robust(length, sizes)
     if args.large:
         results["large"] = bench_large(args.large)
     results["host"]["loadavg_end"] = os.getloadavg()

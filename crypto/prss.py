@@ -1,0 +1,299 @@
+"""Pseudo-random secret sharing (PRSS) of smudging noise, for point shares (`crypto.pointshare`).
+
+Cramer, Damgard and Ishai (TCC 2005): a key epoch of n members with threshold t gives
+every set A of t-1 Shamir points a 32-byte key ``k_A``, known to the n-t+1 members whose
+points are outside A. For an aggregate, every key expands to noise
+``r_A = PRF(k_A, masks, chunk)`` (masks: a digest of the aggregate's contributors and mask
+seeds, `crypto.pointshare.mask_digest`) and the noise polynomial is
+
+    g(x) = sum_A r_A * Z_A(x),   Z_A(x) = prod_{a in A} (a - x) / a   (mod each prime)
+
+Z_A has degree t-1, ``Z_A(0) = 1`` and vanishes on A, so member j computes its point
+``g(x_j)`` from its own keys alone (``Z_A(x_j) = 0`` for the keys it lacks), every point
+lies on the one polynomial g of degree t-1, and ``g(0) = sum_A r_A``. A coalition K of
+t-1 members holds every key but ``k_K``: ``r_K`` stays pseudo-random to it and hides the
+aggregate's encryption error in the decrypted sum, as one honest smudger does in
+`crypto.threshold` (the bound is computational: SHAKE-256 as the PRF).
+
+Dealing (in the key epoch): the holder of A with the lowest point draws ``k_A`` from
+`os.urandom`, puts ``SHA-256(domain | epoch id | A | k_A)`` on the ledger
+(`key_commitment`) and sends ``k_A`` sealed to the other holders (`deal_keys`); a holder
+refuses a key that does not match its dealer's commitment and names the dealer
+(`PrssKeyCollector.receive`).
+
+Each member holds ``C(n-1, t-1)`` keys and expands all of them for every chunk of every
+aggregate, and the decoded merge carries ``C(n, t-1)`` noise terms: `MAX_PRSS_KEYS` (252,
+``C(10, 5)``) bounds the design to about n = 10 (larger swarms need a decryption
+committee).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from math import comb
+from typing import Final, final
+
+import numpy as np
+
+from .ckks import CkksContext
+from .errors import ProtocolError
+from .identity import NodeId
+from .rns import I64, U64, add_mod_into, column, scalar_operand, shoup_mul, signed_split_residues
+from .threshold import EpochSpec
+
+PRSS_KEY_SIZE: Final = 32
+MAX_PRSS_KEYS: Final = 252  # C(10, 5): n = 10, t = 6
+_COMMITMENT_DOMAIN: Final = b"swarmnode/prss-key/v1\x00"
+_NOISE_DOMAIN: Final = b"swarmnode/prss-noise/v1\x00"
+
+Subset = tuple[int, ...]
+"""A set of t-1 Shamir points (1-based, strictly increasing)."""
+
+WideIntegers = tuple[I64, U64, int]
+"""Integers ``high * 2^shift + low`` (see `crypto.rns.signed_split_residues`)."""
+
+
+class PrssTooLarge(ValueError):
+    """Local: the epoch's n and t need more PRSS keys than the configured limit."""
+
+
+class InvalidPrssKey(ProtocolError):
+    """A dealt PRSS key is malformed, from the wrong dealer, or does not match its commitment."""
+
+
+@final
+class XofStream:
+    """A deterministic byte stream: SHAKE-256 of a seed, read front to back.
+
+    hashlib's SHAKE cannot squeeze incrementally; a longer digest of the same seed
+    extends the same stream, so the buffer doubles when a reader needs more.
+    """
+
+    __slots__ = ("_buffer", "_offset", "_seed")
+
+    def __init__(self, seed: bytes, expected: int = 0) -> None:
+        self._seed = seed
+        self._buffer = hashlib.shake_256(seed).digest(expected) if expected else b""
+        self._offset = 0
+
+    def read(self, size: int) -> bytes:
+        end = self._offset + size
+        if end > len(self._buffer):
+            self._buffer = hashlib.shake_256(self._seed).digest(max(end, 2 * len(self._buffer)))
+        out = self._buffer[self._offset : end]
+        self._offset = end
+        return out
+
+
+NoiseSampler = Callable[[XofStream, int, int], WideIntegers]
+"""``(stream, count, bits) -> count`` noise integers of width 2^bits drawn from the stream."""
+
+
+def uniform_noise(stream: XofStream, count: int, bits: int) -> WideIntegers:
+    """`count` integers exactly uniform on ``[-2^bits, 2^bits)``, from 12 bytes of the stream each."""
+    if not 33 <= bits <= 93:
+        raise ValueError("noise width must be 2^33 .. 2^93")
+    shift = 32
+    high_bits = bits - shift + 1  # sign included
+    words = np.frombuffer(stream.read(8 * count), dtype="<u8")
+    high = (words >> np.uint64(64 - high_bits)).astype(np.int64) - np.int64(1 << (high_bits - 1))
+    low = np.frombuffer(stream.read(4 * count), dtype="<u4").astype(np.uint64)
+    return high, low, shift
+
+
+# The same +-2^smudging_bits as a share of `crypto.threshold`; the one place to swap in a
+# sampler of proven bound (a discrete Gaussian of the same width) with this signature.
+DEFAULT_NOISE: Final[NoiseSampler] = uniform_noise
+
+
+def prss_subsets(members: int, threshold: int, *, max_keys: int = MAX_PRSS_KEYS) -> tuple[Subset, ...]:
+    """Every (t-1)-set of the points 1..n, in lexicographic order; `PrssTooLarge` above `max_keys`."""
+    count = comb(members, threshold - 1)
+    if count > max_keys:
+        raise PrssTooLarge(
+            f"n = {members}, t = {threshold} needs C({members}, {threshold - 1}) = {count} PRSS keys, "
+            f"above the limit of {max_keys} (about n = 10): use a decryption committee"
+        )
+    return _all_subsets(members, threshold)
+
+
+def _all_subsets(members: int, threshold: int) -> tuple[Subset, ...]:
+    if not 1 <= threshold <= members:
+        raise ValueError(f"threshold {threshold} must be in [1, {members}]")
+    return tuple(itertools.combinations(range(1, members + 1), threshold - 1))
+
+
+def key_holders(subset: Subset, members: int) -> tuple[int, ...]:
+    """The points that hold ``k_A``: every point outside A."""
+    return tuple(x for x in range(1, members + 1) if x not in subset)
+
+
+def key_dealer(subset: Subset, members: int) -> int:
+    """The point that draws ``k_A``: the lowest holder."""
+    return next(x for x in range(1, members + 1) if x not in subset)
+
+
+def _subset_bytes(subset: Subset) -> bytes:
+    """A canonical, prefix-free encoding of A: its size, then each point as u16."""
+    return len(subset).to_bytes(2, "big") + b"".join(x.to_bytes(2, "big") for x in subset)
+
+
+def key_commitment(epoch_id: bytes, subset: Subset, key: bytes) -> bytes:
+    """``SHA-256(domain | epoch id | A | k_A)``: what the dealer of A puts on the ledger."""
+    return hashlib.sha256(_COMMITMENT_DOMAIN + epoch_id + _subset_bytes(subset) + key).digest()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DealtKey:
+    """One key a member draws: the set A, ``k_A`` (secret), the other holders to send it to."""
+
+    subset: Subset
+    key: bytes = field(repr=False)  # secret: kept out of logs
+    recipients: tuple[int, ...]
+
+    def commitment(self, epoch_id: bytes) -> bytes:
+        return key_commitment(epoch_id, self.subset, self.key)
+
+
+def deal_keys(spec: EpochSpec, dealer: NodeId, *, max_keys: int = MAX_PRSS_KEYS) -> tuple[DealtKey, ...]:
+    """The keys `dealer` draws (fresh from `os.urandom`): one per set A whose lowest holder it is."""
+    n, point = len(spec.members), spec.point(dealer)
+    return tuple(
+        DealtKey(subset, os.urandom(PRSS_KEY_SIZE), tuple(x for x in key_holders(subset, n) if x != point))
+        for subset in prss_subsets(n, spec.threshold, max_keys=max_keys)
+        if key_dealer(subset, n) == point
+    )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PrssKeys:
+    """A member's PRSS keys for one epoch: ``k_A`` for every (t-1)-set A without its point.
+
+    `keys` is in the order of `prss_subsets`; the noise does not depend on that order.
+    """
+
+    epoch_id: bytes
+    members: int
+    threshold: int
+    point: int
+    keys: tuple[tuple[Subset, bytes], ...] = field(repr=False)  # secret: kept out of logs
+
+    def __post_init__(self) -> None:
+        expected = tuple(s for s in _all_subsets(self.members, self.threshold) if self.point not in s)
+        if tuple(subset for subset, _ in self.keys) != expected:
+            raise ValueError(f"point {self.point} must hold exactly the keys of the sets without it")
+        if any(len(key) != PRSS_KEY_SIZE for _, key in self.keys):
+            raise ValueError(f"PRSS keys have {PRSS_KEY_SIZE} bytes")
+
+
+@final
+class PrssKeyCollector:
+    """A member's side of PRSS dealing: its own dealt keys plus every key dealt to it, each
+    checked against its dealer's commitment from the ledger."""
+
+    __slots__ = ("_commitments", "_keys", "_point", "spec")
+
+    def __init__(
+        self,
+        spec: EpochSpec,
+        me: NodeId,
+        own: tuple[DealtKey, ...],
+        commitments: Mapping[Subset, bytes],
+        *,
+        max_keys: int = MAX_PRSS_KEYS,
+    ) -> None:
+        n = len(spec.members)
+        subsets = prss_subsets(n, spec.threshold, max_keys=max_keys)
+        if set(commitments) != set(subsets) or any(len(c) != 32 for c in commitments.values()):
+            raise ValueError("need one 32-byte commitment for every (t-1)-set of the epoch")
+        self.spec: Final = spec
+        self._point = spec.point(me)
+        self._commitments = dict(commitments)
+        self._keys: dict[Subset, bytes] = {}
+        for dealt in own:
+            if dealt.subset not in self._commitments or key_dealer(dealt.subset, n) != self._point:
+                raise ValueError(f"{dealt.subset} is not a set whose key this member deals")
+            if dealt.commitment(spec.epoch_id) != commitments[dealt.subset]:
+                raise ValueError(f"the ledger's commitment for {dealt.subset} is not ours")
+            self._keys[dealt.subset] = dealt.key
+
+    def receive(self, dealer: NodeId, subset: Subset, key: bytes) -> None:
+        """Accept ``k_A`` from `dealer`; `InvalidPrssKey` naming the dealer if it is not A's
+        dealer, the key is not for us, or it does not match the dealer's commitment."""
+        n = len(self.spec.members)
+        if not self.spec.is_member(dealer):
+            raise InvalidPrssKey(f"PRSS key from {dealer.short}, not a member of this epoch")
+        if subset not in self._commitments:
+            raise InvalidPrssKey(f"PRSS key from {dealer.short} for {subset}, not a (t-1)-set of the epoch")
+        if self.spec.point(dealer) != key_dealer(subset, n) or self._point in subset:
+            raise InvalidPrssKey(f"PRSS key from {dealer.short} for {subset}: not its key to deal to us")
+        if (
+            len(key) != PRSS_KEY_SIZE
+            or key_commitment(self.spec.epoch_id, subset, key) != self._commitments[subset]
+        ):
+            raise InvalidPrssKey(f"PRSS key for {subset} from {dealer.short} does not match its commitment")
+        self._keys[subset] = key
+
+    def missing(self) -> tuple[Subset, ...]:
+        """The sets whose key we should hold and do not have yet."""
+        return tuple(s for s in self._commitments if self._point not in s and s not in self._keys)
+
+    def finish(self) -> PrssKeys:
+        if missing := self.missing():
+            raise ValueError(f"still missing {len(missing)} PRSS keys, e.g. for {missing[0]}")
+        n, t = len(self.spec.members), self.spec.threshold
+        ordered = tuple((s, self._keys[s]) for s in _all_subsets(n, t) if self._point not in s)
+        return PrssKeys(self.spec.epoch_id, n, t, self._point, ordered)
+
+
+def vanishing_at(subset: Subset, x: int, q: int) -> int:
+    """``Z_A(x) = prod_{a in A} (a - x) / a mod q``: degree |A|, 1 at 0, zero on A."""
+    numerator, denominator = 1, 1
+    for a in subset:
+        numerator = numerator * (a - x) % q
+        denominator = denominator * a % q
+    return numerator * pow(denominator, -1, q) % q
+
+
+def _noise_residues(ctx: CkksContext, seed: bytes, start: int, stop: int, sampler: NoiseSampler) -> U64:
+    """``r_A`` of chunks ``[start, stop)`` as ``(k, L, N)`` residues: one XOF stream per chunk,
+    so a chunk's noise does not depend on how chunks are batched."""
+    n = ctx.params.degree
+    draws = [
+        # 12 bytes per coefficient is what `uniform_noise` reads; other samplers extend the stream.
+        sampler(XofStream(seed + chunk.to_bytes(4, "big"), 12 * n), n, ctx.params.smudging_bits)
+        for chunk in range(start, stop)
+    ]
+    shifts = {shift for _, _, shift in draws}
+    if len(shifts) != 1:
+        raise ValueError("the noise sampler must use one shift for every chunk")
+    high = np.concatenate([h for h, _, _ in draws])
+    low = np.concatenate([lo for _, lo, _ in draws])
+    residues = signed_split_residues(high, low, shifts.pop(), ctx.data_moduli)
+    return residues.reshape(len(ctx.data_moduli), stop - start, n).transpose(1, 0, 2)
+
+
+def noise_point(
+    ctx: CkksContext,
+    prss: PrssKeys,
+    masks: bytes,
+    start: int,
+    stop: int,
+    sampler: NoiseSampler = DEFAULT_NOISE,
+) -> U64:
+    """``g(x_j)`` for chunks ``[start, stop)`` of the sum whose masks hash to `masks`:
+    ``(k, L, N)``, coefficient form."""
+    moduli = ctx.data_moduli
+    out = np.zeros((stop - start, len(moduli), ctx.params.degree), dtype=np.uint64)
+    for subset, key in prss.keys:
+        operand, quotients = scalar_operand([vanishing_at(subset, prss.point, q) for q in moduli], moduli)
+        seed = _NOISE_DOMAIN + prss.epoch_id + _subset_bytes(subset) + key + masks
+        noise = _noise_residues(ctx, seed, start, stop, sampler)
+        add_mod_into(out, shoup_mul(noise, operand, quotients, column(moduli)), ctx.q_col)
+    return out
