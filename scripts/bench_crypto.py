@@ -43,7 +43,7 @@ from _provenance import git_commit  # scripts/ is on sys.path when this file run
 from crypto import ckks, threshold
 from crypto import secure_merge as sm
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ def readdressed(blob: bytes, contributor: NodeId) -> bytes:
     (seed,) = vector.header.seeds
     residues = (batch for _, batch in vector.batches())
     return ckks.EncryptedVector.from_residues(
-        ctx, vector.length, vector.epoch, {contributor: seed}, residues
+        ctx, vector.length, vector.binding, {contributor: seed}, residues
     ).to_bytes()
 
 
@@ -112,14 +112,17 @@ def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
 def bench_large(length: int) -> dict[str, Any]:
     """One merge of two `length`-parameter updates, end to end, one step at a time to bound memory."""
     spec, _, keys = run_key_epoch(3)  # t = 2
+    binding = round_binding(spec.epoch_id)
     rng = np.random.default_rng(9)
-    builder = sm.AggregateBuilder(length)
+    builder = sm.AggregateBuilder(length, binding=binding)
     expected = np.zeros(length, dtype=np.float64)
     out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
     for i, weight in enumerate((1.0, 3.0)):
         values = rng.uniform(-1, 1, length).astype(np.float32)
         expected += weight / 4.0 * values
-        blob, _, wall = timed(lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0))  # type: ignore[misc]
+        blob, _, wall = timed(
+            lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0, binding=binding)  # type: ignore[misc]
+        )
         out["encrypt_wall_s"].append(wall)
         out["ciphertext_bytes"] = len(blob)
         _, _, wall = timed(functools.partial(builder.add, blob, keys[i].me))
@@ -132,7 +135,9 @@ def bench_large(length: int) -> dict[str, Any]:
     for k in keys[:2]:
 
         def make_share(k: threshold.EpochKeys = k) -> bytes:
-            return sm.decryption_share(k, aggregate, decrypt_set, contributions=2, min_peers=2)
+            return sm.decryption_share(
+                k, aggregate, decrypt_set, contributions=2, min_peers=2, binding=binding
+            )
 
         part, _, wall = timed(make_share)
         parts.append(part)
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["key_epoch"] = bench_epochs([4, 16])
     spec, _, keys = run_key_epoch(16)
+    binding = round_binding(spec.epoch_id)
     members = 16
     values = [rng.uniform(-100, 100, length).astype(np.float32) for _ in range(members)]
     weights = [float(w) for w in rng.uniform(1, 1000, members)]
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     blobs, enc_cpu, enc_wall = [], [], []
     for k, v, w in zip(keys, values, weights, strict=True):
-        blob, cpu, wall = timed(lambda k=k, v=v, w=w: sm.encrypt_update(k, v, w, total))  # type: ignore[misc]
+        blob, cpu, wall = timed(lambda k=k, v=v, w=w: sm.encrypt_update(k, v, w, total, binding=binding))  # type: ignore[misc]
         blobs.append(blob)
         enc_cpu.append(cpu)
         enc_wall.append(wall)
@@ -221,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         by_contributor[stand_in] = readdressed(blobs[i % members], stand_in)
     for n in (4, 16, 64):
         contributions = dict(list(by_contributor.items())[:n])
-        aggregate, cpu, wall = timed(lambda c=contributions: sm.aggregate_contributions(c, length=length))  # type: ignore[misc]
+        aggregate, cpu, wall = timed(
+            lambda c=contributions: sm.aggregate_contributions(c, length=length, binding=binding)  # type: ignore[misc]
+        )
         if n == members:
             aggregate16 = aggregate
         results["aggregate"][str(n)] = {"cpu_s": cpu, "wall_s": wall, "per_contribution_cpu_s": cpu / n}
@@ -235,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         for k in keys[: len(decrypt_set)]:
 
             def make_share(k: threshold.EpochKeys = k, d: list[NodeId] = decrypt_set) -> bytes:
-                return sm.decryption_share(k, aggregate16, d, contributions=members, min_peers=2)
+                return sm.decryption_share(
+                    k, aggregate16, d, contributions=members, min_peers=2, binding=binding
+                )
 
             part, cpu, wall = timed(make_share)
             parts.append(part)
