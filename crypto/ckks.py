@@ -541,10 +541,10 @@ class EncryptedVector:
     ) -> EncryptedVector:
         """Build the canonical blob from ``(k, N)`` residue batches (see `batch`) in chunk order."""
         ordered = sorted(seeds, key=lambda node: node.public_key)
-        b = binding
         header = CiphertextHeader(
             WIRE_VERSION, ctx.parms_id, ctx.params.scale_bits, length, chunk_count(ctx.params, length),
-            b.chain_id, b.epoch, b.round, b.nonce, tuple(ordered), tuple(seeds[node] for node in ordered),
+            binding.chain_id, binding.epoch, binding.round, binding.nonce,
+            tuple(ordered), tuple(seeds[node] for node in ordered),
         )  # fmt: skip
         wire = encode_blob(_CIPHERTEXT_MAGIC, header, (pack60(b) for b in batches))
         return cls.from_bytes(ctx, wire, validate=False)
