@@ -1204,7 +1204,7 @@ class Node:
 
     def _binding(self, round_number: int) -> RoundBinding:
         """What every ciphertext of round `round_number` is bound to: our chain, the round's key
-        epoch and the nonce the ledger fixed when the round started (`contract.Round.nonce`)."""
+        epoch and the nonce the ledger fixed when it started (`consensus.contract.Round.nonce`)."""
         r = self.contract.round_record(round_number)
         keys = self._keys.get(r.epoch) if r is not None else None
         if r is None or keys is None:
