@@ -108,6 +108,7 @@ VALIDATOR_DELAY: Final = 2  # a set committed in block h governs heights h+2 onw
 MAX_PENDING_JOINS: Final = 64
 _EPOCH_SEED_DOMAIN: Final = b"swarmnode/key-epoch-seed/v1\x00"
 _HISTORY_ROOT_0: Final = hashlib.sha256(b"swarmnode/round-history/v1\x00").digest()
+_ROUND_NONCE_DOMAIN: Final = b"swarmnode/round-nonce/v1\x00"
 
 # Outcomes of a closed round.
 MERGED: Final = "merged"
@@ -282,6 +283,7 @@ class Round:
     epoch: int = 0
     threshold: int = 0
     start_height: int = 0
+    nonce: bytes = b""  # 32 bytes (`_round_nonce`): ciphertexts of the round are bound to it
     participants: tuple[NodeId, ...] = ()  # rotation order
     # Changing during the round:
     dropped: tuple[NodeId, ...] = ()  # participants whose contribution is not in the round
@@ -1057,9 +1059,24 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
         epoch=s.epoch.number,
         threshold=s.epoch.threshold,
         start_height=h,
+        nonce=_round_nonce(s, r.number, h),
         participants=order[offset:] + order[:offset],
     )
     return _assign_roles(replace(s, round=r), g, h)
+
+
+def _round_nonce(s: ContractState, number: int, h: int) -> bytes:
+    """The nonce of round `number` starting at height `h`, which every contribution's mask and
+    header bind (`crypto.ckks.RoundBinding`). Unique per chain, key epoch and round, and a
+    function of ledger state no member sets alone: the collective key (every member's share,
+    committed before any was revealed) and the hash chain of all closed rounds."""
+    epoch = s.epoch
+    assert epoch.collective_key_hash is not None  # rounds start only in a complete epoch
+    fields = (
+        s.chain_id, epoch.seed, epoch.collective_key_hash, number.to_bytes(8, "big"), h.to_bytes(8, "big"),
+        s.history_root,
+    )  # fmt: skip
+    return hashlib.sha256(_ROUND_NONCE_DOMAIN + b"".join(fields)).digest()
 
 
 def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:

@@ -22,7 +22,7 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
 - **Encryption with the contributor's own key share, c1 from a seed**: member i of a key
   epoch holds its additive secret ``s_i`` (``s = sum_i s_i``, `threshold`). It encrypts
   ``c0 = Delta*m + e - a * s_i`` with ``a`` expanded by SHAKE-128 from a fresh random
-  16-byte seed, the epoch and the contributor's id, and ``e`` a centred binomial error
+  16-byte seed, the round binding and the contributor's id, and ``e`` a centred binomial error
   (eta = 21, sigma 3.24, SEAL's sigma is 3.2): an RLWE sample under ``s_i`` like SEAL's
   symmetric encryption. Only c0 and the seed travel; anyone re-expands ``a``. A sum keeps
   every contributor's (id, seed), and decrypting it needs ``sum_i a_i * s_i`` over exactly
@@ -63,8 +63,11 @@ Wire format of a ciphertext blob (`EncryptedVector.to_bytes`):
     body = (chunks, N) uint64 residues of c0 rescaled (mod q1, coefficient form) in C
            order, packed two 60-bit coefficients per 15 bytes (7.5 bytes per parameter)
 
-The header names the key epoch and, sorted by public key, every contributor in the sum
-with its mask seed (one for a contribution, k for a sum of k).
+The header names the round it belongs to (`RoundBinding`: chain id, key epoch, round
+number and the contract's per-round nonce) and, sorted by public key, every contributor
+in the sum with its mask seed (one for a contribution, k for a sum of k). The binding's
+digest also goes into every mask, so a blob of another round, chain or epoch is refused
+by its header and, were the header rewritten, would not decrypt under this round's masks.
 The header is schema-checked CBOR; the body stays outside CBOR so a 50M-parameter
 blob (375 MB) is never copied to be parsed. The decoder checks the magic, header,
 parms id, shapes and exact length, and that every coefficient is below its prime; the
@@ -74,6 +77,7 @@ content-addressed by SHA-256.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import math
@@ -107,7 +111,9 @@ from .sealbridge import SealContext, he_standard_max_bits
 
 F64 = npt.NDArray[np.float64]
 
-WIRE_VERSION: Final = 3  # 3: key-share encryption, c1 from a seed (7.5 bytes per parameter, was 22.5)
+# 3: key-share encryption, c1 from a seed (7.5 bytes per parameter, was 22.5);
+# 4: the header and masks bind chain id, key epoch, round and round nonce (`RoundBinding`)
+WIRE_VERSION: Final = 4
 PACKED_BITS: Final = 60
 MAX_VALUES: Final = 1 << 27  # 134M parameters: far above the 50M target, bounds allocations
 BATCH_CHUNKS: Final = 32  # ciphertexts processed per numpy batch: 16 MiB of residues
@@ -115,7 +121,9 @@ MAX_HEADER: Final = 1 << 16
 MAX_CONTRIBUTORS: Final = 1024  # (id, seed) pairs in one header: 53 KiB of CBOR at most
 SEED_SIZE: Final = 16
 ERROR_ETA: Final = 21  # centred binomial RLWE error: variance 10.5, sigma 3.24
-_MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v1"
+_MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v2"
+_BINDING_DOMAIN: Final = b"swarmnode/round-binding/v1\x00"
+BINDING_ID_SIZE: Final = 32  # chain id, key epoch id and round nonce are SHA-256 digests
 _BLOB_PREFIX: Final = struct.Struct(">4sI")
 _CIPHERTEXT_MAGIC: Final = b"SNC1"
 _SPLIT_SHIFT: Final = 52  # round(v * 2^90) = high * 2^52 + low, both exact in float64/int64
@@ -369,11 +377,51 @@ def decode_blob(
 
 @final
 @dataclass(frozen=True, slots=True)
+class RoundBinding:
+    """The round a ciphertext belongs to: chain, key epoch, round number and round nonce.
+
+    The nonce is fixed by the ledger when the round starts (`consensus.contract.Round`).
+    Every contribution of the round carries the binding in its header and its masks; the
+    aggregator and the decryption share refuse any other, so a blob of an earlier round of
+    the same key epoch, or of another chain, never enters this round's aggregate.
+    """
+
+    chain_id: bytes
+    epoch: bytes  # the key epoch id (the contract's epoch seed)
+    round: int
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        if any(len(field) != BINDING_ID_SIZE for field in (self.chain_id, self.epoch, self.nonce)):
+            raise ValueError(f"chain id, key epoch id and round nonce must have {BINDING_ID_SIZE} bytes")
+        if not 0 < self.round < 1 << 63:
+            raise ValueError(f"round {self.round} is not a positive 63-bit number")
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the domain and the four fields: what every mask is expanded under."""
+        fields = self.chain_id + self.epoch + self.round.to_bytes(8, "big") + self.nonce
+        return hashlib.sha256(_BINDING_DOMAIN + fields).digest()
+
+    def differs_in(self, other: RoundBinding) -> str | None:
+        """The first field in which `other` differs (for error messages), None if it is equal."""
+        fields = (
+            ("chain", self.chain_id, other.chain_id),
+            ("key epoch", self.epoch, other.epoch),
+            ("round", self.round, other.round),
+            ("round nonce", self.nonce, other.nonce),
+        )
+        return next((name for name, mine, theirs in fields if mine != theirs), None)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class CiphertextHeader:
     """Header of a ciphertext blob. Everything the body's size depends on is here and checked.
 
-    `contributors` (strictly increasing by public key) and `seeds` (aligned) name whose
-    key shares mask the sum, and how to re-expand each mask.
+    `chain_id`, `epoch`, `round` and `nonce` are the `RoundBinding`; `contributors`
+    (strictly increasing by public key) and `seeds` (aligned) name whose key shares mask
+    the sum, and how to re-expand each mask.
     """
 
     version: int
@@ -381,19 +429,30 @@ class CiphertextHeader:
     scale_bits: int
     length: int  # parameter values; the weight rides in one extra coefficient
     chunks: int
+    chain_id: bytes
     epoch: bytes  # the key epoch whose key shares encrypted it
+    round: int
+    nonce: bytes  # the round's nonce on the ledger
     contributors: tuple[NodeId, ...]
     seeds: tuple[bytes, ...]
 
+    @property
+    def binding(self) -> RoundBinding:
+        """The round binding; ValueError if a field is malformed (`EncryptedVector.from_bytes` checks)."""
+        return RoundBinding(self.chain_id, self.epoch, self.round, self.nonce)
 
-def mask(ctx: CkksContext, epoch: bytes, contributor: NodeId, seed: bytes, start: int, stop: int) -> U64:
+
+def mask(
+    ctx: CkksContext, binding: RoundBinding, contributor: NodeId, seed: bytes, start: int, stop: int
+) -> U64:
     """Chunks ``[start, stop)`` of a contributor's uniform mask polynomial ``a``: ``(k, L, N)``, NTT form.
 
-    SHAKE-128 of (domain, epoch, contributor, seed, chunk, prime): the same for everyone, and
-    a contributor's seed cannot be replayed under another id or epoch.
+    SHAKE-128 of (domain, binding digest, contributor, seed, chunk, prime): the same for
+    everyone, and a contributor's seed replayed under another id, round, key epoch or chain
+    gives another mask.
     """
     n = ctx.params.degree
-    prefix = _MASK_DOMAIN + epoch + contributor.public_key + seed
+    prefix = _MASK_DOMAIN + binding.digest + contributor.public_key + seed
     out = np.empty((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
     for chunk in range(start, stop):
         for j, q in enumerate(ctx.data_moduli):
@@ -430,6 +489,10 @@ class EncryptedVector:
         return self.header.epoch
 
     @property
+    def binding(self) -> RoundBinding:
+        return self.header.binding
+
+    @property
     def contributors(self) -> tuple[NodeId, ...]:
         return self.header.contributors
 
@@ -460,21 +523,28 @@ class EncryptedVector:
         """
         ctx = self.context
         total = np.zeros((stop - start, len(ctx.data_moduli), ctx.params.degree), dtype=np.uint64)
+        binding = self.binding
         for contributor, seed in zip(self.header.contributors, self.header.seeds, strict=True):
-            a = mask(ctx, self.epoch, contributor, seed, start, stop)
+            a = mask(ctx, binding, contributor, seed, start, stop)
             operand, quotients = operands[contributor]
             add_mod_into(total, shoup_mul(a, operand, quotients, ctx.q_col), ctx.q_col)
         return total
 
     @classmethod
     def from_residues(
-        cls, ctx: CkksContext, length: int, epoch: bytes, seeds: dict[NodeId, bytes], batches: Iterable[U64]
+        cls,
+        ctx: CkksContext,
+        length: int,
+        binding: RoundBinding,
+        seeds: dict[NodeId, bytes],
+        batches: Iterable[U64],
     ) -> EncryptedVector:
         """Build the canonical blob from ``(k, N)`` residue batches (see `batch`) in chunk order."""
         ordered = sorted(seeds, key=lambda node: node.public_key)
         header = CiphertextHeader(
             WIRE_VERSION, ctx.parms_id, ctx.params.scale_bits, length, chunk_count(ctx.params, length),
-            epoch, tuple(ordered), tuple(seeds[node] for node in ordered),
+            binding.chain_id, binding.epoch, binding.round, binding.nonce,
+            tuple(ordered), tuple(seeds[node] for node in ordered),
         )  # fmt: skip
         wire = encode_blob(_CIPHERTEXT_MAGIC, header, (pack60(b) for b in batches))
         return cls.from_bytes(ctx, wire, validate=False)
@@ -482,7 +552,11 @@ class EncryptedVector:
     @classmethod
     def from_bytes(cls, ctx: CkksContext, data: bytes, *, validate: bool = True) -> EncryptedVector:
         """Decode and fully validate a ciphertext blob; raise `InvalidCiphertext` on bad input."""
-        header, body = decode_blob(_CIPHERTEXT_MAGIC, CiphertextHeader, data, InvalidCiphertext)
+        try:
+            header, body = decode_blob(_CIPHERTEXT_MAGIC, CiphertextHeader, data, InvalidCiphertext)
+        except InvalidCiphertext:
+            _refuse_other_version(data)
+            raise
         params = ctx.params
         if header.version != WIRE_VERSION:
             raise InvalidCiphertext(f"unsupported ciphertext version {header.version}")
@@ -492,8 +566,10 @@ class EncryptedVector:
             raise InvalidCiphertext(f"ciphertext length {header.length} out of range")
         if header.chunks != chunk_count(params, header.length):
             raise InvalidCiphertext("ciphertext shape does not match its length")
-        if len(header.epoch) != 32:
-            raise InvalidCiphertext("ciphertext epoch id must have 32 bytes")
+        try:
+            _ = header.binding
+        except ValueError as exc:
+            raise InvalidCiphertext(f"ciphertext header: {exc}") from None
         keys = [c.public_key for c in header.contributors]
         if not 0 < len(keys) <= MAX_CONTRIBUTORS or any(b <= a for a, b in itertools.pairwise(keys)):
             raise InvalidCiphertext(
@@ -509,6 +585,24 @@ class EncryptedVector:
             for _, batch in vector.batches():
                 ctx.check_residues(batch, ctx.rescaled_col, InvalidCiphertext, "ciphertext")
         return vector
+
+
+def _refuse_other_version(data: bytes) -> None:
+    """Raise a clear `InvalidCiphertext` if `data` is a well-formed blob of another wire version
+    (its header schema differs, so `decode_blob` only says the header is bad)."""
+    try:
+        magic, head_len = _BLOB_PREFIX.unpack_from(data, 0)
+        if magic != _CIPHERTEXT_MAGIC:
+            return
+        fields = cbor.loads(data[_BLOB_PREFIX.size : _BLOB_PREFIX.size + head_len], max_depth=2)
+    except (struct.error, ProtocolError, TypeError):
+        return
+    version = fields.get("version") if isinstance(fields, dict) else None
+    if isinstance(version, int) and version != WIRE_VERSION:
+        raise InvalidCiphertext(
+            f"ciphertext wire version {version} is not supported (this node reads version "
+            f"{WIRE_VERSION}, which binds every contribution to its round)"
+        ) from None
 
 
 def normalised_weight(weight: float, total_weight: float) -> float:
@@ -531,7 +625,7 @@ def encryption_error(ctx: CkksContext, chunks: int) -> U64:
 def encrypt(
     ctx: CkksContext,
     secret: U64,
-    epoch: bytes,
+    binding: RoundBinding,
     contributor: NodeId,
     values: npt.ArrayLike,
     weight: float,
@@ -539,20 +633,20 @@ def encrypt(
 ) -> EncryptedVector:
     """Encrypt ``(w * values, w)`` with ``w = weight / total_weight`` under `contributor`'s key share.
 
-    `secret` is the contributor's additive secret ``s_i`` of key epoch `epoch` (NTT form,
-    data level ``(L, N)``); each chunk is ``rescale(Delta*m + e - a * s_i)`` with ``a`` its
-    `mask` under a fresh seed. `values` is a 1-D float vector (float32 model parameters,
-    any length up to `MAX_VALUES`); non-finite values or ``|v| > max_abs_value`` are
-    rejected before anything is encoded. Randomness (seed, errors) comes from `os.urandom`.
-    Processed `BATCH_CHUNKS` ciphertexts at a time.
+    `secret` is the contributor's additive secret ``s_i`` of key epoch ``binding.epoch`` (NTT
+    form, data level ``(L, N)``); each chunk is ``rescale(Delta*m + e - a * s_i)`` with ``a``
+    its `mask` under a fresh seed and the round's `binding`. `values` is a 1-D float vector
+    (float32 model parameters, any length up to `MAX_VALUES`); non-finite values or
+    ``|v| > max_abs_value`` are rejected before anything is encoded. Randomness (seed,
+    errors) comes from `os.urandom`. Processed `BATCH_CHUNKS` ciphertexts at a time.
     """
     vector = np.asarray(values)
     if vector.ndim != 1 or not 0 < vector.size <= MAX_VALUES:
         raise ValueError(f"values must be a 1-D vector of 1..{MAX_VALUES} floats")
     if vector.dtype.kind != "f":
         raise ValueError(f"values must be floats, got {vector.dtype}")
-    if secret.shape != (len(ctx.data_moduli), ctx.params.degree) or len(epoch) != 32:
-        raise ValueError("secret must be a data-level (L, N) poly and epoch a 32-byte id")
+    if secret.shape != (len(ctx.data_moduli), ctx.params.degree):
+        raise ValueError("secret must be a data-level (L, N) poly")
     w = normalised_weight(weight, total_weight)
     params = ctx.params
     limit = params.max_abs_value
@@ -572,29 +666,30 @@ def encrypt(
             scaled[: hi - lo] = np.rint(np.ldexp(vector[lo:hi].astype(np.float64) * w, params.scale_bits))
             if lo <= length < stop * n:
                 scaled[length - lo] = np.rint(np.ldexp(w, params.weight_scale_bits))
-            a = mask(ctx, epoch, contributor, seed, start, stop)
+            a = mask(ctx, binding, contributor, seed, start, stop)
             a_s = ctx.to_coefficients(shoup_mul(a, secret, quotients, ctx.q_col))
             message = add_mod(ctx.encode(scaled), encryption_error(ctx, stop - start), ctx.q_col)
             yield ctx.rescale(sub_mod(message, a_s, ctx.q_col))
 
-    return EncryptedVector.from_residues(ctx, length, epoch, {contributor: seed}, batches())
+    return EncryptedVector.from_residues(ctx, length, binding, {contributor: seed}, batches())
 
 
 @final
 class Aggregator:
-    """Homomorphic sum of encrypted vectors of one length and key epoch, added as they arrive.
+    """Homomorphic sum of encrypted vectors of one length and round, added as they arrive.
 
     Addition mod q is exact and order-independent, and the header lists the contributors in
     key order, so anyone adding the same blobs gets the same bytes (the verifier recomputes
-    the leader's aggregate and compares hashes). A contributor can be in the sum only once.
+    the leader's aggregate and compares hashes). A contributor can be in the sum only once,
+    and every vector carries the same `RoundBinding`: `binding` if given, else the first's.
     """
 
-    __slots__ = ("_epoch", "_seeds", "_sum", "context", "length")
+    __slots__ = ("_binding", "_seeds", "_sum", "context", "length")
 
-    def __init__(self, ctx: CkksContext, length: int) -> None:
+    def __init__(self, ctx: CkksContext, length: int, binding: RoundBinding | None = None) -> None:
         self.context: Final = ctx
         self.length: Final = length
-        self._epoch: bytes | None = None
+        self._binding = binding
         self._seeds: dict[NodeId, bytes] = {}
         self._sum: U64 = np.zeros((chunk_count(ctx.params, length), ctx.params.degree), dtype=np.uint64)
 
@@ -604,33 +699,37 @@ class Aggregator:
         return len(self._seeds)
 
     def add(self, vector: EncryptedVector) -> None:
-        """Add `vector`; `InvalidAggregate` (and no change) if it is for another epoch or
-        names a contributor already in the sum."""
+        """Add `vector`; `InvalidAggregate` (and no change) if it is bound to another round (or
+        chain, key epoch, round nonce) or names a contributor already in the sum."""
         if vector.context.params != self.context.params or vector.length != self.length:
             raise ValueError(f"cannot add a {vector.length}-value vector to a {self.length}-value sum")
-        if self._epoch is not None and vector.epoch != self._epoch:
-            raise InvalidAggregate("cannot add ciphertexts of two key epochs")
+        binding = vector.binding
+        if self._binding is not None and (field := self._binding.differs_in(binding)) is not None:
+            raise InvalidAggregate(
+                f"cannot add ciphertexts of two {field}s (a round-{binding.round} ciphertext "
+                f"to a round-{self._binding.round} sum)"
+            )
         if twice := [c.short for c in vector.contributors if c in self._seeds]:
             raise InvalidAggregate(f"already in the sum: {', '.join(twice)}")
         if len(self._seeds) + len(vector.contributors) > MAX_CONTRIBUTORS:
             raise InvalidAggregate(f"a sum holds at most {MAX_CONTRIBUTORS} contributors")
         for start, batch in vector.batches():
             add_mod_into(self._sum[start : start + batch.shape[0]], batch, self.context.rescaled_col)
-        self._epoch = vector.epoch
+        self._binding = binding
         self._seeds.update(zip(vector.contributors, vector.header.seeds, strict=True))
 
     def result(self) -> EncryptedVector:
-        if self._epoch is None:
+        if self._binding is None or not self._seeds:
             raise ValueError("nothing was added")
         s = self._sum
         return EncryptedVector.from_residues(
-            self.context, self.length, self._epoch, self._seeds,
+            self.context, self.length, self._binding, self._seeds,
             (s[i : i + BATCH_CHUNKS] for i in range(0, s.shape[0], BATCH_CHUNKS)),
         )  # fmt: skip
 
 
 def add(vectors: Iterable[EncryptedVector]) -> EncryptedVector:
-    """The homomorphic sum of one or more encrypted vectors of the same length, parameters and epoch."""
+    """The homomorphic sum of one or more encrypted vectors of the same length, parameters and round."""
     items = iter(vectors)
     first = next(items, None)
     if first is None:

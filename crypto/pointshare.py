@@ -194,10 +194,11 @@ def aggregate_digest(aggregate: EncryptedVector) -> bytes:
 
 
 def mask_digest(aggregate: EncryptedVector) -> bytes:
-    """SHA-256 of what fixes ``y_j``: the epoch and every (contributor, mask seed) of the sum."""
+    """SHA-256 of what fixes ``y_j``: the round binding (masks are drawn under it) and every
+    (contributor, mask seed) of the sum."""
     pairs = zip(aggregate.contributors, aggregate.header.seeds, strict=True)
     return hashlib.sha256(
-        _MASKS_DOMAIN + aggregate.epoch + b"".join(c.public_key + seed for c, seed in pairs)
+        _MASKS_DOMAIN + aggregate.binding.digest + b"".join(c.public_key + seed for c, seed in pairs)
     ).digest()
 
 

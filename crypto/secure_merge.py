@@ -10,15 +10,18 @@ A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
     epoch.receive(env.sender, env.body)        # for every key-epoch envelope received
     keys = epoch.finish()                      # when epoch.missing() == ()
 
+    # every round: the binding of this chain, key epoch, round and the round's ledger nonce
+    binding = RoundBinding(chain_id, keys.spec.epoch_id, round_number, round_nonce)
+
     # contribute: weight = local samples x weightage, total = the round's total Ready weight
-    blob = encrypt_update(keys, params_vector, weight, total_weight)
+    blob = encrypt_update(keys, params_vector, weight, total_weight, binding=binding)
 
     # leader (and verifier): add the contributions, each checked against its committed
-    # contributor; hash the result and commit it
-    aggregate = aggregate_contributions({node_1: blob_1, ...}, length=len(params_vector))
+    # contributor and the round's binding; hash the result and commit it
+    aggregate = aggregate_contributions({node_1: blob_1, ...}, length=len(params_vector), binding=binding)
 
     # members of the decrypt set T: one share each, exchanged among T
-    share = decryption_share(keys, aggregate, T, contributions=k, min_peers=min_peers)
+    share = decryption_share(keys, aggregate, T, contributions=k, min_peers=min_peers, binding=binding)
 
     # anyone with the aggregate and all shares of T
     merged = combine(keys.spec, aggregate, shares)      # merged.mean: float32 weighted mean
@@ -45,6 +48,7 @@ from .ckks import (
     Aggregator,
     CkksParams,
     EncryptedVector,
+    RoundBinding,
     context,
     encrypt,
     rescaled_body_size,
@@ -80,6 +84,7 @@ __all__ = [
     "KeyEpoch",
     "MergedMean",
     "PublicKeyShare",
+    "RoundBinding",
     "SealedKeyShare",
     "aggregate_contributions",
     "ciphertext_size",
@@ -115,17 +120,20 @@ def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> i
     return rescaled_body_size(params, length) + MAX_HEADER + 8
 
 
-def encrypt_update(keys: EpochKeys, parameters: npt.ArrayLike, weight: float, total_weight: float) -> bytes:
+def encrypt_update(
+    keys: EpochKeys, parameters: npt.ArrayLike, weight: float, total_weight: float, *, binding: RoundBinding
+) -> bytes:
     """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under our key share.
 
-    Only a decrypt set of the epoch can remove its mask, and only inside a sum of at least
-    min_peers contributions (see `decryption_share`). Raises ValueError for a non-1-D,
-    non-float, non-finite or out-of-range vector (|v| above ``params.max_abs_value``) or a
-    weight outside ``(0, total_weight]``.
+    Only a decrypt set of the epoch can remove its mask, only inside a sum of at least
+    min_peers contributions, and only in the round of `binding` (see `decryption_share`).
+    Raises ValueError for a non-1-D, non-float, non-finite or out-of-range vector (|v| above
+    ``params.max_abs_value``), a weight outside ``(0, total_weight]`` or a binding of
+    another key epoch than `keys`.
     """
-    return encrypt(
-        keys.context, keys.secret, keys.spec.epoch_id, keys.me, parameters, weight, total_weight
-    ).to_bytes()
+    if binding.epoch != keys.spec.epoch_id:
+        raise ValueError("the round binding names another key epoch than our keys")
+    return encrypt(keys.context, keys.secret, binding, keys.me, parameters, weight, total_weight).to_bytes()
 
 
 def _decode(ctx_params: CkksParams, blob: bytes, length: int) -> EncryptedVector:
@@ -137,13 +145,14 @@ def _decode(ctx_params: CkksParams, blob: bytes, length: int) -> EncryptedVector
 
 @final
 class AggregateBuilder:
-    """Streaming homomorphic sum: add contribution blobs as they arrive (memory: one sum)."""
+    """Streaming homomorphic sum of one round's contributions: add blobs as they arrive
+    (memory: one sum). Every blob must carry `binding`, the round's."""
 
     __slots__ = ("_aggregator", "_params")
 
-    def __init__(self, length: int, params: CkksParams = DEFAULT_PARAMS) -> None:
+    def __init__(self, length: int, params: CkksParams = DEFAULT_PARAMS, *, binding: RoundBinding) -> None:
         self._params = params
-        self._aggregator = Aggregator(context(params), length)
+        self._aggregator = Aggregator(context(params), length, binding)
 
     @property
     def count(self) -> int:
@@ -153,7 +162,8 @@ class AggregateBuilder:
     def add(self, blob: bytes, contributor: NodeId) -> None:
         """Add `contributor`'s committed contribution; `InvalidCiphertext` (and no change) if
         the blob is bad or is not exactly one contribution of `contributor`, `InvalidAggregate`
-        if it is for another key epoch than the others or `contributor` is already in."""
+        if it is bound to another round (chain, key epoch, round nonce) or `contributor` is
+        already in."""
         vector = _decode(self._params, blob, self._aggregator.length)
         if vector.contributors != (contributor,):
             raise InvalidCiphertext(f"the blob committed by {contributor.short} is not its own contribution")
@@ -164,10 +174,14 @@ class AggregateBuilder:
 
 
 def aggregate_contributions(
-    contributions: Mapping[NodeId, bytes], *, length: int, params: CkksParams = DEFAULT_PARAMS
+    contributions: Mapping[NodeId, bytes],
+    *,
+    length: int,
+    binding: RoundBinding,
+    params: CkksParams = DEFAULT_PARAMS,
 ) -> bytes:
-    """The homomorphic sum of contribution blobs by contributor (deterministic bytes)."""
-    builder = AggregateBuilder(length, params)
+    """The homomorphic sum of one round's contribution blobs by contributor (deterministic bytes)."""
+    builder = AggregateBuilder(length, params, binding=binding)
     for contributor, blob in contributions.items():
         builder.add(blob, contributor)
     return builder.result()
@@ -180,6 +194,7 @@ def decryption_share(
     *,
     contributions: int,
     min_peers: int,
+    binding: RoundBinding,
     length: int | None = None,
 ) -> bytes:
     """Our decryption share of `aggregate` for decrypt set `decrypt_set`, or `DecryptionRefused`.
@@ -189,12 +204,19 @@ def decryption_share(
     least ``max(min_peers, 2)``, all members of the epoch, is in the decrypt set, and the set
     has at least t distinct members. `length` (the model size), if given, must match the
     aggregate's.
+
+    `binding` is the round being decrypted: an aggregate bound to another round, key epoch,
+    round nonce or chain is refused (no blob of an earlier round is decrypted in this one).
     """
     if contributions < max(min_peers, MIN_CONTRIBUTIONS):
         raise DecryptionRefused(
             f"aggregate of {contributions} contributions; at least {max(min_peers, MIN_CONTRIBUTIONS)} needed"
         )
     vector = EncryptedVector.from_bytes(keys.context, aggregate)
+    if (field := binding.differs_in(vector.binding)) is not None:
+        raise DecryptionRefused(
+            f"aggregate is for another {field} (round {vector.binding.round}, decrypting {binding.round})"
+        )
     if length is not None and vector.length != length:
         raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
     if len(vector.contributors) != contributions:

@@ -4,13 +4,16 @@ For tests of code built on `crypto.secure_merge` (the round protocol, simulation
 every member's `KeyEpoch` is driven here with the exact bodies it would send, routed
 the way the network would (commitments first, as the ledger would fix them; then public
 shares to everyone, each sealed share only to its recipient).
+`round_binding` stands in for the binding a round's ledger entry would give.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from typing import Final
 
-from .ckks import DEFAULT_PARAMS, CkksParams
+from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding
 from .identity import NodeIdentity
 from .prss import PrssKeyCollector, PrssKeys, deal_keys
 from .threshold import EpochKeys, EpochSpec, KeyEpoch, SealedKeyShare, default_threshold
@@ -57,3 +60,15 @@ def run_prss_dealing(spec: EpochSpec) -> list[PrssKeys]:
             for recipient in key.recipients:
                 collectors[spec.members[recipient - 1]].receive(dealer, key.subset, key.key)
     return [collectors[m].finish() for m in spec.members]
+
+
+TEST_CHAIN_ID: Final = hashlib.sha256(b"swarmnode/test-chain").digest()
+
+
+def round_binding(epoch_id: bytes, round_number: int = 1, *, chain_id: bytes = TEST_CHAIN_ID) -> RoundBinding:
+    """The `RoundBinding` of round `round_number` of key epoch `epoch_id`, without a ledger: the
+    nonce is derived from the other fields (a contract derives it from its state)."""
+    nonce = hashlib.sha256(
+        b"swarmnode/test-round-nonce\x00" + chain_id + epoch_id + round_number.to_bytes(8, "big")
+    ).digest()
+    return RoundBinding(chain_id, epoch_id, round_number, nonce)

@@ -49,7 +49,7 @@ from crypto import robust_merge as rm
 from crypto import secure_merge as sm
 from crypto.identity import NodeId, NodeIdentity
 from crypto.pointshare import PointShare
-from crypto.testing import run_key_epoch, run_prss_dealing
+from crypto.testing import round_binding, run_key_epoch, run_prss_dealing
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ def readdressed(blob: bytes, contributor: NodeId) -> bytes:
     (seed,) = vector.header.seeds
     residues = (batch for _, batch in vector.batches())
     return ckks.EncryptedVector.from_residues(
-        ctx, vector.length, vector.epoch, {contributor: seed}, residues
+        ctx, vector.length, vector.binding, {contributor: seed}, residues
     ).to_bytes()
 
 
@@ -118,14 +118,17 @@ def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
 def bench_large(length: int) -> dict[str, Any]:
     """One merge of two `length`-parameter updates, end to end, one step at a time to bound memory."""
     spec, _, keys = run_key_epoch(3)  # t = 2
+    binding = round_binding(spec.epoch_id)
     rng = np.random.default_rng(9)
-    builder = sm.AggregateBuilder(length)
+    builder = sm.AggregateBuilder(length, binding=binding)
     expected = np.zeros(length, dtype=np.float64)
     out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
     for i, weight in enumerate((1.0, 3.0)):
         values = rng.uniform(-1, 1, length).astype(np.float32)
         expected += weight / 4.0 * values
-        blob, _, wall = timed(lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0))  # type: ignore[misc]
+        blob, _, wall = timed(
+            lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0, binding=binding)  # type: ignore[misc]
+        )
         out["encrypt_wall_s"].append(wall)
         out["ciphertext_bytes"] = len(blob)
         _, _, wall = timed(functools.partial(builder.add, blob, keys[i].me))
@@ -138,7 +141,9 @@ def bench_large(length: int) -> dict[str, Any]:
     for k in keys[:2]:
 
         def make_share(k: threshold.EpochKeys = k) -> bytes:
-            return sm.decryption_share(k, aggregate, decrypt_set, contributions=2, min_peers=2)
+            return sm.decryption_share(
+                k, aggregate, decrypt_set, contributions=2, min_peers=2, binding=binding
+            )
 
         part, _, wall = timed(make_share)
         parts.append(part)
@@ -178,8 +183,11 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
     values = [rng.uniform(-1, 1, length).astype(np.float32) for _ in range(n)]
     weights = [float(w) for w in rng.integers(1, 10, n)]
     total = sum(weights)
-    blobs = {k.me: sm.encrypt_update(k, v, w, total) for k, v, w in zip(keys, values, weights, strict=True)}
-    aggregate = sm.aggregate_contributions(blobs, length=length)
+    blobs = {
+        k.me: sm.encrypt_update(k, v, w, total, binding=round_binding(spec.epoch_id))
+        for k, v, w in zip(keys, values, weights, strict=True)
+    }
+    aggregate = sm.aggregate_contributions(blobs, length=length, binding=round_binding(spec.epoch_id))
     expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
     for k in keys:
         _ = k.dealer_quotients  # once per epoch in both designs
@@ -187,7 +195,9 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
     today_cpu, today = [], []
     for k in keys[:t]:
         share, cpu, _ = timed(
-            lambda k=k: sm.decryption_share(k, aggregate, decrypt_set, contributions=n, min_peers=2)  # type: ignore[misc]
+            lambda k=k: sm.decryption_share(
+                k, aggregate, decrypt_set, contributions=n, min_peers=2, binding=round_binding(spec.epoch_id)
+            )  # type: ignore[misc]
         )
         today_cpu.append(cpu)
         today.append(share)
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["key_epoch"] = bench_epochs([4, 16])
     spec, _, keys = run_key_epoch(16)
+    binding = round_binding(spec.epoch_id)
     members = 16
     values = [rng.uniform(-100, 100, length).astype(np.float32) for _ in range(members)]
     weights = [float(w) for w in rng.uniform(1, 1000, members)]
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     blobs, enc_cpu, enc_wall = [], [], []
     for k, v, w in zip(keys, values, weights, strict=True):
-        blob, cpu, wall = timed(lambda k=k, v=v, w=w: sm.encrypt_update(k, v, w, total))  # type: ignore[misc]
+        blob, cpu, wall = timed(lambda k=k, v=v, w=w: sm.encrypt_update(k, v, w, total, binding=binding))  # type: ignore[misc]
         blobs.append(blob)
         enc_cpu.append(cpu)
         enc_wall.append(wall)
@@ -342,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         by_contributor[stand_in] = readdressed(blobs[i % members], stand_in)
     for n in (4, 16, 64):
         contributions = dict(list(by_contributor.items())[:n])
-        aggregate, cpu, wall = timed(lambda c=contributions: sm.aggregate_contributions(c, length=length))  # type: ignore[misc]
+        aggregate, cpu, wall = timed(
+            lambda c=contributions: sm.aggregate_contributions(c, length=length, binding=binding)  # type: ignore[misc]
+        )
         if n == members:
             aggregate16 = aggregate
         results["aggregate"][str(n)] = {"cpu_s": cpu, "wall_s": wall, "per_contribution_cpu_s": cpu / n}
@@ -356,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         for k in keys[: len(decrypt_set)]:
 
             def make_share(k: threshold.EpochKeys = k, d: list[NodeId] = decrypt_set) -> bytes:
-                return sm.decryption_share(k, aggregate16, d, contributions=members, min_peers=2)
+                return sm.decryption_share(
+                    k, aggregate16, d, contributions=members, min_peers=2, binding=binding
+                )
 
             part, cpu, wall = timed(make_share)
             parts.append(part)

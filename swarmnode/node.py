@@ -113,6 +113,7 @@ from crypto.secure_merge import (
     EpochSpec,
     KeyEpoch,
     PublicKeyShare,
+    RoundBinding,
     SealedKeyShare,
     combine,
     decryption_share,
@@ -1135,8 +1136,9 @@ class Node:
         if self.genesis.training.secure:
             keys = self._keys[job.epoch]
             blob = await self._compute(
-                encrypt_update, keys, params, float(job.weight), float(job.total_weight)
-            )
+                partial(encrypt_update, binding=self._binding(job.round)),
+                keys, params, float(job.weight), float(job.total_weight),
+            )  # fmt: skip
         else:
             blob = encode_plaintext_update(params, job.weight)
         digest = self._keep_blob(job.round, blob)
@@ -1187,7 +1189,7 @@ class Node:
             return await self._compute(lambda: self._plaintext_merge(blobs))
         # Secure: add each ciphertext as it arrives (addition mod q is order-independent), so
         # decoding the first overlaps the transfer of the others.
-        builder = AggregateBuilder(self.n_params)
+        builder = AggregateBuilder(self.n_params, binding=self._binding(round_number))
         adding = trio.Lock()
 
         async def fetch_and_add(c: ContributionRecord, source: NodeId | None) -> None:
@@ -1199,6 +1201,15 @@ class Node:
             [partial(fetch_and_add, c, source) for c, source in zip(contributions, sources, strict=True)]
         )
         return await self._compute(builder.result)
+
+    def _binding(self, round_number: int) -> RoundBinding:
+        """What every ciphertext of round `round_number` is bound to: our chain, the round's key
+        epoch and the nonce the ledger fixed when it started (`consensus.contract.Round.nonce`)."""
+        r = self.contract.round_record(round_number)
+        keys = self._keys.get(r.epoch) if r is not None else None
+        if r is None or keys is None:
+            raise SwarmError(f"round {round_number}: not on our ledger, or we hold no keys of its key epoch")
+        return RoundBinding(self.contract.chain_id, keys.spec.epoch_id, round_number, r.nonce)
 
     def _plaintext_merge(self, blobs: Sequence[bytes]) -> bytes:
         """The genesis merge method over decoded plaintext updates: the merged float32 params."""
@@ -1257,6 +1268,7 @@ class Node:
         fresh per call: one aggregate never gets two different shares from us)."""
         keys = self._keys[epoch]
         min_peers = self.genesis.training.min_peers
+        binding = self._binding(round_number)
         key = ("share", round_number, epoch, decrypt_set, contributions, hashlib.sha256(aggregate).digest())
         return await self._once(
             key,
@@ -1267,6 +1279,7 @@ class Node:
                     decrypt_set,
                     contributions=contributions,
                     min_peers=min_peers,
+                    binding=binding,
                     length=self.n_params,
                 )
             ),

@@ -487,6 +487,36 @@ def test_leader_rotates_with_the_round_number() -> None:
     assert len(set(leaders)) == 4
 
 
+def test_every_round_gets_its_own_ledger_nonce_fixed_when_it_starts() -> None:
+    """The nonce every contribution of a round is bound to (`crypto.ckks.RoundBinding`): 32
+    bytes, fixed at the start for the whole round, different for every round and chain, and
+    the same on every node replaying the blocks."""
+    chain = started_chain(4)
+    assert chain.round.nonce == b""  # not started yet
+    nonces = []
+    for _ in range(3):
+        chain.all_ready()
+        nonce = chain.round.nonce
+        assert len(nonce) == 32
+        chain.contribute()
+        chain.aggregate()
+        chain.verify()
+        chain.decrypt()
+        chain.merge()
+        assert chain.contract.history()[-1].nonce == nonce
+        nonces.append(nonce)
+    assert len(set(nonces)) == 3
+    replay = Chain(make_genesis(4))
+    for txs in list(chain.blocks):
+        replay.block(*txs)
+    assert [r.nonce for r in replay.contract.history()] == nonces
+    elsewhere = Chain(dataclasses.replace(make_genesis(4), name="another swarm"))
+    elsewhere.complete_epoch()
+    elsewhere.all_ready()
+    assert elsewhere.round.number == 1
+    assert elsewhere.round.nonce not in nonces
+
+
 def test_ready_timeout_starts_with_enough_ready_members() -> None:
     chain = started_chain(5)  # t = 3, min_peers = 2: three ready members are needed
     chain.all_ready(NODES[:2])

@@ -16,10 +16,12 @@ from crypto import cbor, ckks, rns
 from crypto.errors import InvalidAggregate, InvalidCiphertext, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.sealbridge import he_standard_max_bits
+from crypto.testing import round_binding
 
 N = 8192
 CTX = ckks.context()
 EPOCH = os.urandom(32)
+BINDING = round_binding(EPOCH)
 
 
 class Contributors:
@@ -44,7 +46,7 @@ def encrypt(
     values: np.ndarray, weight: float = 1.0, total: float = 1.0, who: int = 0
 ) -> ckks.EncryptedVector:
     node = KEYS.ids[who]
-    return ckks.encrypt(CTX, KEYS.data_secret(node), EPOCH, node, values, weight, total)
+    return ckks.encrypt(CTX, KEYS.data_secret(node), BINDING, node, values, weight, total)
 
 
 # -- parameters ------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def test_numpy_decryption_agrees_with_seal_decryptor() -> None:
     `Decryptor` (``c0 + c1 * s``) recovers ``m + e`` from our arrays, bit for bit."""
     node = KEYS.ids[0]
     secret = KEYS.data_secret(node)
-    a = ckks.mask(CTX, EPOCH, node, b"\1" * ckks.SEED_SIZE, 0, 1)[0]
+    a = ckks.mask(CTX, BINDING, node, b"\1" * ckks.SEED_SIZE, 0, 1)[0]
     plain = CTX.encode(np.rint(np.ldexp(np.linspace(-5, 5, N), 90)))[0]
     message = rns.add_mod(plain, ckks.encryption_error(CTX, 1)[0], CTX.q_col)
     a_s = CTX.seal.intt(rns.shoup_mul(a, secret, rns.shoup_quotients(secret, CTX.data_moduli), CTX.q_col))
@@ -210,19 +212,19 @@ def test_numpy_decryption_agrees_with_seal_decryptor() -> None:
     assert np.array_equal(decrypted, CTX.seal.ntt(message))
 
 
-def test_masks_are_deterministic_uniform_and_bound_to_epoch_contributor_and_seed() -> None:
+def test_masks_are_deterministic_uniform_and_bound_to_round_contributor_and_seed() -> None:
     node, other = KEYS.ids[:2]
     seed = os.urandom(ckks.SEED_SIZE)
-    first = ckks.mask(CTX, EPOCH, node, seed, 0, 3)
+    first = ckks.mask(CTX, BINDING, node, seed, 0, 3)
     assert first.shape == (3, 2, N)
-    assert np.array_equal(first, ckks.mask(CTX, EPOCH, node, seed, 0, 3))
-    assert np.array_equal(first[1:], ckks.mask(CTX, EPOCH, node, seed, 1, 3))  # chunk-addressed
+    assert np.array_equal(first, ckks.mask(CTX, BINDING, node, seed, 0, 3))
+    assert np.array_equal(first[1:], ckks.mask(CTX, BINDING, node, seed, 1, 3))  # chunk-addressed
     assert bool(np.all(first < CTX.q_col))
     assert abs(float(first[:, 0].mean()) / CTX.data_moduli[0] - 0.5) < 0.01
     for changed in (
-        ckks.mask(CTX, EPOCH, other, seed, 0, 3),
-        ckks.mask(CTX, os.urandom(32), node, seed, 0, 3),
-        ckks.mask(CTX, EPOCH, node, os.urandom(ckks.SEED_SIZE), 0, 3),
+        ckks.mask(CTX, BINDING, other, seed, 0, 3),
+        ckks.mask(CTX, round_binding(os.urandom(32)), node, seed, 0, 3),
+        ckks.mask(CTX, BINDING, node, os.urandom(ckks.SEED_SIZE), 0, 3),
     ):
         assert not bool(np.any(changed == first))  # equal by chance with probability ~2^-45
 
@@ -306,7 +308,9 @@ def test_aggregator_refuses_a_contributor_twice_and_mixed_epochs() -> None:
     with pytest.raises(InvalidAggregate, match="already in the sum"):
         aggregator.add(encrypt(np.ones(10)))  # the same contributor again, even with a fresh mask
     node = KEYS.ids[1]
-    elsewhere = ckks.encrypt(CTX, KEYS.data_secret(node), os.urandom(32), node, np.zeros(10), 1.0, 1.0)
+    elsewhere = ckks.encrypt(
+        CTX, KEYS.data_secret(node), round_binding(os.urandom(32)), node, np.zeros(10), 1.0, 1.0
+    )
     with pytest.raises(InvalidAggregate, match="two key epochs"):
         aggregator.add(elsewhere)
     assert aggregator.count == 1  # nothing changed
@@ -338,7 +342,7 @@ def test_wire_round_trips_exactly() -> None:
     assert np.array_equal(decoded.batch(0, decoded.chunks), SMALL.batch(0, SMALL.chunks))
     seeds = dict(zip(decoded.contributors, decoded.header.seeds, strict=True))
     rebuilt = ckks.EncryptedVector.from_residues(
-        CTX, decoded.length, EPOCH, seeds, [decoded.batch(0, decoded.chunks)]
+        CTX, decoded.length, BINDING, seeds, [decoded.batch(0, decoded.chunks)]
     )
     assert rebuilt.to_bytes() == WIRE  # canonical: one encoding per ciphertext
     body = len(WIRE) - PREFIX - _header_length(WIRE)
@@ -366,7 +370,8 @@ def test_trailing_bytes_are_rejected() -> None:
     [
         {"version": 1},  # the format before c0 was rescaled
         {"version": 2},  # public-key encryption, c1 on the wire
-        {"version": 4},
+        {"version": 3},  # no round binding
+        {"version": 5},
         {"parms_id": b"\1" * 32},
         {"scale_bits": 60},
         {"length": 0},
@@ -376,6 +381,11 @@ def test_trailing_bytes_are_rejected() -> None:
         {"polys": 2},
         {"extra": 1},
         {"epoch": b"\1" * 31},
+        {"chain_id": b"\1" * 31},
+        {"nonce": b"\1" * 33},
+        {"round": 0},
+        {"round": 1 << 63},
+        {"round": "1"},
         {"contributors": []},
         {"seeds": []},
         {"seeds": [b"\1" * 15]},
@@ -388,6 +398,17 @@ def test_trailing_bytes_are_rejected() -> None:
 def test_header_tampering_is_rejected(changes: dict[str, object]) -> None:
     with pytest.raises(InvalidCiphertext):
         ckks.EncryptedVector.from_bytes(CTX, _with_header(WIRE, **changes))
+
+
+def test_a_version_3_blob_is_refused_with_a_clear_error() -> None:
+    start, end = PREFIX, PREFIX + _header_length(WIRE)
+    fields = cbor.loads(WIRE[start:end])
+    assert isinstance(fields, dict)
+    old = {k: v for k, v in fields.items() if k not in ("chain_id", "round", "nonce")} | {"version": 3}
+    head = cbor.dumps(old)
+    blob = WIRE[:4] + struct.pack(">I", len(head)) + head + WIRE[end:]
+    with pytest.raises(InvalidCiphertext, match="wire version 3 is not supported"):
+        ckks.EncryptedVector.from_bytes(CTX, blob)
 
 
 def test_contributors_must_be_distinct_and_in_key_order() -> None:

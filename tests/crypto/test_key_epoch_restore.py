@@ -16,6 +16,7 @@ from crypto import cbor, ckks
 from crypto import threshold as th
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, SchemaError
 from crypto.identity import NodeIdentity
+from crypto.testing import round_binding
 
 IDENTITIES = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(3)]
 SPEC = th.EpochSpec(os.urandom(32), tuple(i.node_id for i in IDENTITIES), 2)
@@ -61,7 +62,9 @@ def test_an_epoch_finished_with_a_restored_member_decrypts() -> None:
     values = np.linspace(-1.0, 1.0, 100)
     ctx = keys[0].context
     aggregate = ckks.add(  # the restored member encrypts with its stored secret
-        ckks.encrypt(ctx, keys[k].secret, SPEC.epoch_id, keys[k].me, values * (k + 1), 1.0, 2.0)
+        ckks.encrypt(
+            ctx, keys[k].secret, round_binding(SPEC.epoch_id), keys[k].me, values * (k + 1), 1.0, 2.0
+        )
         for k in (0, 2)
     )
     decrypt_set = [SPEC.members[0], SPEC.members[1]]  # the restored member's dealer shares are needed

@@ -25,7 +25,7 @@ from crypto.errors import InvalidDecryptionShare, ProtocolError
 from crypto.identity import NodeIdentity
 from crypto.pointshare import PointShare
 from crypto.rns import U64, add_mod_into, scalar_operand, shoup_mul
-from crypto.testing import run_key_epoch, run_prss_dealing
+from crypto.testing import round_binding, run_key_epoch, run_prss_dealing
 from crypto.threshold import DecryptionRefused, EpochKeys, EpochSpec, InsufficientShares, lagrange_at_zero
 
 LENGTH = 3000  # one ciphertext chunk
@@ -56,8 +56,11 @@ def swarm(n: int) -> Swarm:
     values = [rng.uniform(-1, 1, LENGTH).astype(np.float32) for _ in range(n)]
     weights = [float(w) for w in rng.integers(1, 10, n)]
     total = sum(weights)
-    blobs = {k.me: sm.encrypt_update(k, v, w, total) for k, v, w in zip(keys, values, weights, strict=True)}
-    aggregate = sm.aggregate_contributions(blobs, length=LENGTH)
+    blobs = {
+        k.me: sm.encrypt_update(k, v, w, total, binding=round_binding(spec.epoch_id))
+        for k, v, w in zip(keys, values, weights, strict=True)
+    }
+    aggregate = sm.aggregate_contributions(blobs, length=LENGTH, binding=round_binding(spec.epoch_id))
     expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
     points = [
         rm.make_point_share(k, p, aggregate, contributions=n, min_peers=2)
@@ -101,7 +104,14 @@ def test_honest_points_decode_to_todays_mean_within_precision() -> None:
         s.spec,
         s.aggregate,
         [
-            sm.decryption_share(k, s.aggregate, list(s.spec.members[: s.t]), contributions=5, min_peers=2)
+            sm.decryption_share(
+                k,
+                s.aggregate,
+                list(s.spec.members[: s.t]),
+                contributions=5,
+                min_peers=2,
+                binding=round_binding(s.spec.epoch_id),
+            )
             for k in s.keys[: s.t]
         ],
     )
@@ -137,7 +147,7 @@ def test_an_aggregate_with_the_same_masks_gets_the_same_point_body() -> None:
     c0 = vector.batch(0, vector.chunks).copy()
     c0[0, 0] = (c0[0, 0] + np.uint64(1)) % np.uint64(Q1)
     seeds = dict(zip(vector.contributors, vector.header.seeds, strict=True))
-    other = ckks.EncryptedVector.from_residues(CTX, LENGTH, vector.epoch, seeds, [c0]).to_bytes()
+    other = ckks.EncryptedVector.from_residues(CTX, LENGTH, vector.binding, seeds, [c0]).to_bytes()
     assert other != s.aggregate
     point = rm.make_point_share(s.keys[1], s.prss[1], other, contributions=5, min_peers=2)
     first, second = PointShare.from_bytes(CTX, s.points[1]), PointShare.from_bytes(CTX, point)

@@ -10,15 +10,21 @@ from crypto import secure_merge as sm
 from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, InvalidDecryptionShare
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 
 SPEC4, IDS4, KEYS4 = run_key_epoch(4)  # t = 3
+BINDING = round_binding(SPEC4.epoch_id)
 LENGTH = 3000
 RNG = np.random.default_rng(5)
 VALUES = [RNG.uniform(-1, 1, LENGTH).astype(np.float32) for _ in range(4)]
 WEIGHTS = [10.0, 20.0, 30.0, 40.0]
-BLOBS = [sm.encrypt_update(k, v, w, sum(WEIGHTS)) for k, v, w in zip(KEYS4, VALUES, WEIGHTS, strict=True)]
-AGGREGATE = sm.aggregate_contributions(dict(zip(SPEC4.members, BLOBS, strict=True)), length=LENGTH)
+BLOBS = [
+    sm.encrypt_update(k, v, w, sum(WEIGHTS), binding=BINDING)
+    for k, v, w in zip(KEYS4, VALUES, WEIGHTS, strict=True)
+]
+AGGREGATE = sm.aggregate_contributions(
+    dict(zip(SPEC4.members, BLOBS, strict=True)), length=LENGTH, binding=BINDING
+)
 T = list(SPEC4.members[1:])  # points 2, 3, 4
 
 
@@ -34,7 +40,9 @@ def by_contributor(blobs: list[bytes], members: int = 4) -> dict[NodeId, bytes]:
 
 def shares(aggregate: bytes = AGGREGATE, contributions: int = 4) -> list[bytes]:
     return [
-        sm.decryption_share(KEYS4[i], aggregate, T, contributions=contributions, min_peers=2, length=LENGTH)
+        sm.decryption_share(
+            KEYS4[i], aggregate, T, contributions=contributions, min_peers=2, length=LENGTH, binding=BINDING
+        )
         for i in (1, 2, 3)
     ]
 
@@ -52,7 +60,7 @@ def test_round_trip_through_the_facade() -> None:
 
 
 def test_streaming_aggregation_equals_batch_aggregation() -> None:
-    builder = sm.AggregateBuilder(LENGTH)
+    builder = sm.AggregateBuilder(LENGTH, binding=BINDING)
     for member, blob in reversed(list(zip(SPEC4.members, BLOBS, strict=True))):
         builder.add(blob, member)
     assert builder.count == 4
@@ -60,10 +68,10 @@ def test_streaming_aggregation_equals_batch_aggregation() -> None:
 
 
 def test_builder_rejects_bad_blobs_and_keeps_its_sum() -> None:
-    builder = sm.AggregateBuilder(LENGTH)
+    builder = sm.AggregateBuilder(LENGTH, binding=BINDING)
     members = SPEC4.members
     builder.add(BLOBS[0], members[0])
-    other_length = sm.encrypt_update(KEYS4[1], np.zeros(LENGTH + 1, np.float32), 1.0, 2.0)
+    other_length = sm.encrypt_update(KEYS4[1], np.zeros(LENGTH + 1, np.float32), 1.0, 2.0, binding=BINDING)
     for bad in (BLOBS[1][:-1], other_length, b"", BLOBS[1][:20]):
         with pytest.raises(InvalidCiphertext):
             builder.add(bad, members[1])
@@ -72,7 +80,7 @@ def test_builder_rejects_bad_blobs_and_keeps_its_sum() -> None:
     with pytest.raises(InvalidCiphertext, match="not its own contribution"):
         builder.add(AGGREGATE, members[1])  # a sum passed off as one contribution
     with pytest.raises(InvalidAggregate, match="already in the sum"):
-        builder.add(sm.encrypt_update(KEYS4[0], VALUES[0], 1.0, 2.0), members[0])
+        builder.add(sm.encrypt_update(KEYS4[0], VALUES[0], 1.0, 2.0, binding=BINDING), members[0])
     assert builder.count == 1
     for member, blob in zip(members[1:], BLOBS[1:], strict=True):
         builder.add(blob, member)
@@ -82,17 +90,21 @@ def test_builder_rejects_bad_blobs_and_keeps_its_sum() -> None:
 def test_decryption_is_refused_below_min_peers_and_for_single_updates() -> None:
     for contributions, min_peers in [(2, 3), (1, 1), (0, 0), (3, 4)]:
         with pytest.raises(sm.DecryptionRefused, match="contributions"):
-            sm.decryption_share(KEYS4[1], AGGREGATE, T, contributions=contributions, min_peers=min_peers)
+            sm.decryption_share(
+                KEYS4[1], AGGREGATE, T, contributions=contributions, min_peers=min_peers, binding=BINDING
+            )
     with pytest.raises(sm.DecryptionRefused, match="not in the decrypt set"):
-        sm.decryption_share(KEYS4[0], AGGREGATE, T, contributions=4, min_peers=2)
+        sm.decryption_share(KEYS4[0], AGGREGATE, T, contributions=4, min_peers=2, binding=BINDING)
     with pytest.raises(sm.DecryptionRefused, match="threshold"):
-        sm.decryption_share(KEYS4[1], AGGREGATE, T[:2], contributions=4, min_peers=2)
+        sm.decryption_share(KEYS4[1], AGGREGATE, T[:2], contributions=4, min_peers=2, binding=BINDING)
     with pytest.raises(InvalidCiphertext, match="model has"):
-        sm.decryption_share(KEYS4[1], AGGREGATE, T, contributions=4, min_peers=2, length=LENGTH + 1)
+        sm.decryption_share(
+            KEYS4[1], AGGREGATE, T, contributions=4, min_peers=2, length=LENGTH + 1, binding=BINDING
+        )
     # The ledger committed 4 contributions; an aggregate of 3 (or a sum claiming 4 but naming 3) is refused.
-    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
+    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH, binding=BINDING)
     with pytest.raises(sm.DecryptionRefused, match="sums 3 contributors"):
-        sm.decryption_share(KEYS4[1], partial, T, contributions=4, min_peers=2)
+        sm.decryption_share(KEYS4[1], partial, T, contributions=4, min_peers=2, binding=BINDING)
 
 
 def test_missing_or_foreign_shares() -> None:
@@ -103,21 +115,23 @@ def test_missing_or_foreign_shares() -> None:
         sm.combine(SPEC4, AGGREGATE, good, length=LENGTH - 1)
     with pytest.raises(InvalidDecryptionShare):
         sm.combine(SPEC4, AGGREGATE, [good[0][:-3], *good[1:]])
-    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
+    partial = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH, binding=BINDING)
     with pytest.raises(InvalidDecryptionShare, match="another aggregate"):
         sm.combine(SPEC4, partial, good)
 
 
 def test_an_overweight_contribution_is_detected_after_decryption() -> None:
     # A site claiming the whole round's weight pushes the weight sum above 1.
-    cheat = sm.encrypt_update(KEYS4[0], VALUES[0], 100.0, 100.0)
-    aggregate = sm.aggregate_contributions(by_contributor([cheat, *BLOBS[1:]]), length=LENGTH)
+    cheat = sm.encrypt_update(KEYS4[0], VALUES[0], 100.0, 100.0, binding=BINDING)
+    aggregate = sm.aggregate_contributions(
+        by_contributor([cheat, *BLOBS[1:]]), length=LENGTH, binding=BINDING
+    )
     with pytest.raises(InvalidAggregate, match="weight sum"):
         sm.combine(SPEC4, aggregate, shares(aggregate))
 
 
 def test_dropped_contributor_still_gives_the_weighted_mean_of_the_rest() -> None:
-    aggregate = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH)
+    aggregate = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH, binding=BINDING)
     merged = sm.combine(SPEC4, aggregate, shares(aggregate, contributions=3))
     assert merged.weight_sum == pytest.approx(0.6, abs=1e-10)
     assert np.abs(merged.mean - expected_mean(VALUES[:3], WEIGHTS[:3])).max() < 5e-6
@@ -150,10 +164,16 @@ def test_epoch_via_facade_and_envelopes() -> None:
             epoch.receive(envelope.sender, envelope.body)
     keys = [e.finish() for e in epochs]
     values = [np.full(10, float(i), np.float32) for i in range(3)]
-    blobs = [sm.encrypt_update(k, v, 1.0, 3.0) for k, v in zip(keys, values, strict=True)]
-    aggregate = sm.aggregate_contributions(dict(zip(spec.members, blobs, strict=True)), length=10)
+    binding = round_binding(spec.epoch_id)
+    blobs = [sm.encrypt_update(k, v, 1.0, 3.0, binding=binding) for k, v in zip(keys, values, strict=True)]
+    aggregate = sm.aggregate_contributions(
+        dict(zip(spec.members, blobs, strict=True)), length=10, binding=binding
+    )
     decrypt_set = list(spec.members[:2])
-    parts = [sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2) for k in keys[:2]]
+    parts = [
+        sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2, binding=binding)
+        for k in keys[:2]
+    ]
     merged = sm.combine(spec, aggregate, parts)
     assert np.abs(merged.mean - 1.0).max() < 1e-6
 
@@ -166,13 +186,14 @@ def test_sixteen_member_weighted_mean_precision() -> None:
     values = [rng.uniform(-100, 100, length).astype(np.float32) for _ in range(16)]
     weights = [float(w) for w in rng.uniform(1, 1000, 16)]
     total = sum(weights)
-    builder = sm.AggregateBuilder(length)
+    binding = round_binding(spec.epoch_id)
+    builder = sm.AggregateBuilder(length, binding=binding)
     for k, v, w in zip(keys, values, weights, strict=True):
-        builder.add(sm.encrypt_update(k, v, w, total), k.me)
+        builder.add(sm.encrypt_update(k, v, w, total, binding=binding), k.me)
     aggregate = builder.result()
     decrypt_set = list(spec.members[16 - spec.threshold :])
     parts = [
-        sm.decryption_share(k, aggregate, decrypt_set, contributions=16, min_peers=8)
+        sm.decryption_share(k, aggregate, decrypt_set, contributions=16, min_peers=8, binding=binding)
         for k in keys[16 - spec.threshold :]
     ]
     merged = sm.combine(spec, aggregate, parts)

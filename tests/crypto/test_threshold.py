@@ -21,17 +21,18 @@ from crypto.errors import (
     SealedBoxError,
 )
 from crypto.identity import NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 
 N = 8192
 SPEC, IDS, KEYS = run_key_epoch(5, 3)
 CTX = KEYS[0].context
+BINDING = round_binding(SPEC.epoch_id)
 RNG = np.random.default_rng(11)
 LENGTH = N + 500  # two ciphertexts per contribution
 VALUES = [RNG.uniform(-100, 100, LENGTH) for _ in range(3)]
 WEIGHTS = [3.0, 5.0, 12.0]
 CONTRIBUTIONS = [
-    ckks.encrypt(CTX, KEYS[i].secret, SPEC.epoch_id, KEYS[i].me, v, w, sum(WEIGHTS))
+    ckks.encrypt(CTX, KEYS[i].secret, BINDING, KEYS[i].me, v, w, sum(WEIGHTS))
     for i, (v, w) in enumerate(zip(VALUES, WEIGHTS, strict=True))
 ]
 AGGREGATE = ckks.add(CONTRIBUTIONS)
@@ -327,7 +328,7 @@ def test_a_share_removes_exactly_the_masks_the_aggregate_names() -> None:
     two = ckks.add(CONTRIBUTIONS[:2])
     seeds = dict(zip(two.contributors, two.header.seeds, strict=True))
     relabelled = ckks.EncryptedVector.from_residues(
-        CTX, LENGTH, SPEC.epoch_id, seeds, [AGGREGATE.batch(0, AGGREGATE.chunks)]
+        CTX, LENGTH, BINDING, seeds, [AGGREGATE.batch(0, AGGREGATE.chunks)]
     )
     shares = [th.make_decryption_share(KEYS[p - 1], relabelled, nodes((1, 2, 3))) for p in (1, 2, 3)]
     sums, _ = th.combine_shares(SPEC, relabelled, shares)
@@ -337,11 +338,11 @@ def test_a_share_removes_exactly_the_masks_the_aggregate_names() -> None:
 def test_make_share_refuses_aggregates_of_another_epoch_or_of_outsiders() -> None:
     other_spec, _, other_keys = run_key_epoch(3, 2)
     foreign = ckks.encrypt(
-        CTX, other_keys[0].secret, other_spec.epoch_id, other_keys[0].me, VALUES[0], 1.0, 1.0
+        CTX, other_keys[0].secret, round_binding(other_spec.epoch_id), other_keys[0].me, VALUES[0], 1.0, 1.0
     )
     with pytest.raises(th.DecryptionRefused, match="another key epoch"):
         th.make_decryption_share(KEYS[0], foreign, nodes((1, 2, 3)))
-    outsider = ckks.encrypt(CTX, other_keys[0].secret, SPEC.epoch_id, other_keys[0].me, VALUES[0], 1.0, 1.0)
+    outsider = ckks.encrypt(CTX, other_keys[0].secret, BINDING, other_keys[0].me, VALUES[0], 1.0, 1.0)
     with pytest.raises(th.DecryptionRefused, match="outside the epoch"):
         th.make_decryption_share(KEYS[0], ckks.add([CONTRIBUTIONS[0], outsider]), nodes((1, 2, 3)))
 

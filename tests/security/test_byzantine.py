@@ -70,7 +70,7 @@ from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.rns import add_mod_into
-from crypto.testing import run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, EpochKeys, PublicKeyShare
 from swarmnode.net.memory import open_memory_network
 
@@ -392,6 +392,11 @@ def test_simulated_equivocators_are_reported_and_never_break_agreement(seed: int
 CryptoRound = tuple[list[EpochKeys], list[bytes], list[bytes]]
 
 
+def round_two(keys: list[EpochKeys]) -> ckks.RoundBinding:
+    """The round the tests below decrypt (its blobs are `crypto_round`'s second list)."""
+    return round_binding(keys[0].spec.epoch_id, 2)
+
+
 @pytest.fixture(scope="module")
 def crypto_round(contract_kit: ContractKit) -> CryptoRound:
     """The four members' keys and their contribution blobs for round 1 and round 2."""
@@ -399,27 +404,32 @@ def crypto_round(contract_kit: ContractKit) -> CryptoRound:
     length = 16
     weights = [10.0, 20.0, 30.0, 40.0]
     r1 = [
-        sm.encrypt_update(k, np.full(length, float(i), np.float32), w, 100.0)
+        sm.encrypt_update(
+            k, np.full(length, float(i), np.float32), w, 100.0, binding=round_binding(k.spec.epoch_id, 1)
+        )
         for i, (k, w) in enumerate(zip(keys, weights, strict=True))
     ]
     r2 = [
-        sm.encrypt_update(k, np.full(length, 10.0 + i, np.float32), w, 100.0)
+        sm.encrypt_update(k, np.full(length, 10.0 + i, np.float32), w, 100.0, binding=round_two(keys))
         for i, (k, w) in enumerate(zip(keys, weights, strict=True))
     ]
     return keys, r1, r2
 
 
-def hand_made_sum(blob_of: dict[NodeId, bytes], twice: NodeId, instead: NodeId) -> bytes:
-    """What a leader bypassing the `Aggregator` could build: `twice`'s update added a second time
-    in place of `instead`'s, under a well-formed header naming every contributor and its seed."""
+def hand_made_sum(named: dict[NodeId, bytes], summed: dict[NodeId, bytes]) -> bytes:
+    """What a leader bypassing the `Aggregator` could build: the residues of the `summed` blobs
+    under a well-formed header naming each contributor of `named` with its blob's seed (and the
+    first named blob's round binding)."""
     ctx = ckks.context()
-    vectors = {n: ckks.EncryptedVector.from_bytes(ctx, blob) for n, blob in blob_of.items()}
-    first = vectors[twice]
+    vectors = {n: ckks.EncryptedVector.from_bytes(ctx, blob) for n, blob in named.items()}
+    first = next(iter(vectors.values()))
     total = np.zeros((first.chunks, ctx.params.degree), dtype=np.uint64)
-    for n in vectors:
-        add_mod_into(total, vectors[twice if n == instead else n].batch(0, first.chunks), ctx.rescaled_col)
+    for blob in summed.values():
+        add_mod_into(
+            total, ckks.EncryptedVector.from_bytes(ctx, blob).batch(0, first.chunks), ctx.rescaled_col
+        )
     seeds = {n: v.header.seeds[0] for n, v in vectors.items()}
-    return ckks.EncryptedVector.from_residues(ctx, first.length, first.epoch, seeds, [total]).to_bytes()
+    return ckks.EncryptedVector.from_residues(ctx, first.length, first.binding, seeds, [total]).to_bytes()
 
 
 @pytest.mark.parametrize("attack", ["drop", "replay-old-round", "count-twice"])
@@ -453,12 +463,19 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     assert "contributor set" in ledger.refused(ledger.tx(leader, short))
     # So it names all of them but sums something else.
     if attack == "drop":
-        forged = sm.aggregate_contributions({n: b for n, b in committed.items() if n != victim}, length=16)
+        forged = sm.aggregate_contributions(
+            {n: b for n, b in committed.items() if n != victim}, length=16, binding=round_two(keys)
+        )
     elif attack == "replay-old-round":
-        forged = sm.aggregate_contributions({**committed, victim: old_blob_of[victim]}, length=16)
+        # The victim's round-1 blob is refused by the honest code path: it is bound to round 1.
+        with pytest.raises(InvalidAggregate, match="two rounds"):
+            sm.aggregate_contributions(
+                {**committed, victim: old_blob_of[victim]}, length=16, binding=round_two(keys)
+            )
+        forged = hand_made_sum(committed, {**committed, victim: old_blob_of[victim]})
     else:
         # The honest code path refuses a contributor twice, and a blob under another's name.
-        builder = sm.AggregateBuilder(16)
+        builder = sm.AggregateBuilder(16, binding=round_two(keys))
         builder.add(blob_of[victim], victim)
         with pytest.raises(InvalidAggregate, match="already in the sum"):
             builder.add(blob_of[victim], victim)
@@ -466,7 +483,7 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
         with pytest.raises(InvalidCiphertext, match="not its own contribution"):
             builder.add(blob_of[victim], other)
         assert builder.count == 1
-        forged = hand_made_sum(committed, twice=victim, instead=other)
+        forged = hand_made_sum(committed, {**committed, other: committed[victim]})
     ledger.ok(
         ledger.tx(
             leader,
@@ -475,7 +492,9 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     )
     # The verifier fetches the committed contributions by hash and recomputes the sum.
     r = c.round
-    true_sum = sm.aggregate_contributions({n: blob_of[n] for n in r.contributors}, length=16)
+    true_sum = sm.aggregate_contributions(
+        {n: blob_of[n] for n in r.contributors}, length=16, binding=round_two(keys)
+    )
     assert sha(true_sum) != sha(forged)
     # What honest decryptors would do with the forged sum, had the verifier not caught it.
     ctx = ckks.context()
@@ -486,14 +505,25 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
         assert victim not in named
         with pytest.raises(DecryptionRefused, match="the ledger committed"):
             sm.decryption_share(
-                by_id[decrypt_set[0]], forged, decrypt_set, contributions=len(r.contributors), min_peers=3
+                by_id[decrypt_set[0]],
+                forged,
+                decrypt_set,
+                contributions=len(r.contributors),
+                min_peers=3,
+                binding=round_two(keys),
             )
-    elif attack == "replay-old-round":  # the old blob still names its contributor
-        assert named == true_names
-    else:  # names match, but two masks stay in: garbage, never the victim's update counted twice
+    else:  # names match, but two masks stay in (the old blob's is bound to round 1, a double's
+        # to its contributor): garbage, never the victim's update counted twice or an old one
         assert named == true_names
         shares = [
-            sm.decryption_share(by_id[n], forged, decrypt_set, contributions=len(r.contributors), min_peers=3)
+            sm.decryption_share(
+                by_id[n],
+                forged,
+                decrypt_set,
+                contributions=len(r.contributors),
+                min_peers=3,
+                binding=round_two(keys),
+            )
             for n in decrypt_set
         ]
         try:
@@ -531,7 +561,14 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     assert r.phase == Phase.DECRYPT
     decrypt_set = [n for n in spec.members if n in r.decrypt_set]
     shares = [
-        sm.decryption_share(by_id[n], true_sum, decrypt_set, contributions=len(r.contributors), min_peers=3)
+        sm.decryption_share(
+            by_id[n],
+            true_sum,
+            decrypt_set,
+            contributions=len(r.contributors),
+            min_peers=3,
+            binding=round_two(keys),
+        )
         for n in decrypt_set
     ]
     merged = sm.combine(spec, true_sum, shares)
@@ -548,32 +585,40 @@ def test_an_honest_member_refuses_to_decrypt_too_few_contributions(crypto_round:
     spec = key.spec
     members = list(spec.members)
     by_contributor = {k.me: blob for k, blob in zip(keys, blobs, strict=True)}
-    full = sm.aggregate_contributions(by_contributor, length=16)
+    full = sm.aggregate_contributions(by_contributor, length=16, binding=round_two(keys))
     t = spec.threshold
     with pytest.raises(DecryptionRefused, match="contributions"):  # fewer than min_peers
-        sm.decryption_share(key, full, members[:t], contributions=2, min_peers=3)
+        sm.decryption_share(key, full, members[:t], contributions=2, min_peers=3, binding=round_two(keys))
     with pytest.raises(DecryptionRefused, match="contributions"):  # a single update is never decrypted
-        sm.decryption_share(key, blobs[0], members[:t], contributions=1, min_peers=1)
+        sm.decryption_share(key, blobs[0], members[:t], contributions=1, min_peers=1, binding=round_two(keys))
     # ... not even when the ledger is made to claim more: the blob names its one contributor.
     with pytest.raises(DecryptionRefused, match="sums 1 contributors"):
-        sm.decryption_share(key, blobs[0], members[:t], contributions=4, min_peers=3)
+        sm.decryption_share(key, blobs[0], members[:t], contributions=4, min_peers=3, binding=round_two(keys))
     # An aggregate of three passed off as the four committed contributions (and vice versa).
-    three = sm.aggregate_contributions(dict(list(by_contributor.items())[:3]), length=16)
+    three = sm.aggregate_contributions(
+        dict(list(by_contributor.items())[:3]), length=16, binding=round_two(keys)
+    )
     with pytest.raises(DecryptionRefused, match="sums 3 contributors, the ledger committed 4"):
-        sm.decryption_share(key, three, members[:t], contributions=4, min_peers=3)
+        sm.decryption_share(key, three, members[:t], contributions=4, min_peers=3, binding=round_two(keys))
     with pytest.raises(DecryptionRefused, match="sums 4 contributors, the ledger committed 3"):
-        sm.decryption_share(key, full, members[:t], contributions=3, min_peers=3)
+        sm.decryption_share(key, full, members[:t], contributions=3, min_peers=3, binding=round_two(keys))
     with pytest.raises(DecryptionRefused, match="threshold"):  # a decrypt set below t
-        sm.decryption_share(key, full, members[: t - 1], contributions=4, min_peers=3)
+        sm.decryption_share(
+            key, full, members[: t - 1], contributions=4, min_peers=3, binding=round_two(keys)
+        )
     me = key.me
     without_me = [m for m in members if m != me][:t]
     with pytest.raises(DecryptionRefused, match="not in the decrypt set"):
-        sm.decryption_share(key, full, without_me, contributions=4, min_peers=3)
+        sm.decryption_share(key, full, without_me, contributions=4, min_peers=3, binding=round_two(keys))
     with pytest.raises(DecryptionRefused, match="distinct"):
-        sm.decryption_share(key, full, [me, me, *without_me[:1]], contributions=4, min_peers=3)
+        sm.decryption_share(
+            key, full, [me, me, *without_me[:1]], contributions=4, min_peers=3, binding=round_two(keys)
+        )
     stranger = NodeIdentity.from_seed(b"\x31" * 32).node_id
     with pytest.raises(DecryptionRefused, match="members of the epoch"):
-        sm.decryption_share(key, full, [me, *without_me[:1], stranger], contributions=4, min_peers=3)
+        sm.decryption_share(
+            key, full, [me, *without_me[:1], stranger], contributions=4, min_peers=3, binding=round_two(keys)
+        )
 
 
 def test_an_honest_member_refuses_an_aggregate_of_another_epoch_or_naming_a_non_member(
@@ -587,23 +632,26 @@ def test_an_honest_member_refuses_an_aggregate_of_another_epoch_or_naming_a_non_
     values = np.ones(16, np.float32)
     # The members' own key shares, but under another epoch id: their masks are not this epoch's.
     other_epoch = hashlib.sha256(b"another epoch").digest()
+    elsewhere = round_binding(other_epoch, 2)
     foreign = sm.aggregate_contributions(
-        {k.me: ckks.encrypt(ctx, k.secret, other_epoch, k.me, values, 1.0, 4.0).to_bytes() for k in keys},
+        {k.me: ckks.encrypt(ctx, k.secret, elsewhere, k.me, values, 1.0, 4.0).to_bytes() for k in keys},
         length=16,
+        binding=elsewhere,
     )
     with pytest.raises(DecryptionRefused, match="another key epoch"):
-        sm.decryption_share(key, foreign, t, contributions=4, min_peers=3)
+        sm.decryption_share(key, foreign, t, contributions=4, min_peers=3, binding=round_two(keys))
     # An outsider's contribution under this epoch's id, summed with three members' updates:
     # the decrypt set holds no shares of its secret, so it refuses rather than leak a mask.
     stranger = NodeIdentity.from_seed(b"\x32" * 32).node_id
     any_secret = np.zeros_like(keys[3].secret)  # whatever key it used, no member holds shares of it
-    intruder = ckks.encrypt(ctx, any_secret, spec.epoch_id, stranger, values, 1.0, 4.0).to_bytes()
+    intruder = ckks.encrypt(ctx, any_secret, round_two(keys), stranger, values, 1.0, 4.0).to_bytes()
     mixed = {
-        k.me: ckks.encrypt(ctx, k.secret, spec.epoch_id, k.me, values, 1.0, 4.0).to_bytes() for k in keys[:3]
+        k.me: ckks.encrypt(ctx, k.secret, round_two(keys), k.me, values, 1.0, 4.0).to_bytes()
+        for k in keys[:3]
     }
-    aggregate = sm.aggregate_contributions({**mixed, stranger: intruder}, length=16)
+    aggregate = sm.aggregate_contributions({**mixed, stranger: intruder}, length=16, binding=round_two(keys))
     with pytest.raises(DecryptionRefused, match="outside the epoch"):
-        sm.decryption_share(key, aggregate, t, contributions=4, min_peers=3)
+        sm.decryption_share(key, aggregate, t, contributions=4, min_peers=3, binding=round_two(keys))
 
 
 def test_the_contract_refuses_shares_outside_decrypt_and_never_decrypts_below_min_peers(

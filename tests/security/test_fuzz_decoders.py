@@ -40,7 +40,7 @@ from crypto import cbor, ckks
 from crypto import secure_merge as sm
 from crypto.errors import InvalidAggregate, InvalidCiphertext, MessageTooLarge, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 from crypto.threshold import DecryptionShare as ShareBlob
 from crypto.threshold import EpochKeys, EpochSpec, InsufficientShares
 from swarmnode.net import wire
@@ -178,20 +178,24 @@ class CkksSample:
     contributions: dict[NodeId, bytes]  # contributor -> blob, in member order
     aggregate: bytes
     shares: list[bytes]
+    binding: ckks.RoundBinding  # the round all of them belong to
 
 
 @pytest.fixture(scope="module")
 def ckks_sample() -> CkksSample:
     spec, _, keys = run_key_epoch(3)
+    binding = round_binding(spec.epoch_id)
     contributions = {
-        k.me: sm.encrypt_update(k, np.full(10, 0.25 * i, np.float32), 1.0, 3.0) for i, k in enumerate(keys)
+        k.me: sm.encrypt_update(k, np.full(10, 0.25 * i, np.float32), 1.0, 3.0, binding=binding)
+        for i, k in enumerate(keys)
     }
-    aggregate = sm.aggregate_contributions(contributions, length=10)
+    aggregate = sm.aggregate_contributions(contributions, length=10, binding=binding)
     decrypt_set = list(spec.members[:2])
     shares = [
-        sm.decryption_share(keys[i], aggregate, decrypt_set, contributions=3, min_peers=2) for i in (0, 1)
+        sm.decryption_share(keys[i], aggregate, decrypt_set, contributions=3, min_peers=2, binding=binding)
+        for i in (0, 1)
     ]
-    return CkksSample(spec, keys, contributions, aggregate, shares)
+    return CkksSample(spec, keys, contributions, aggregate, shares, binding)
 
 
 def blob_variant(fuzz: FuzzKit, rnd: random.Random, blob: bytes) -> bytes:
@@ -231,7 +235,7 @@ def canonical(vector: ckks.EncryptedVector) -> bytes:
     h = vector.header
     seeds = dict(zip(h.contributors, h.seeds, strict=True))
     rebuilt = ckks.EncryptedVector.from_residues(
-        vector.context, h.length, h.epoch, seeds, [vector.batch(0, vector.chunks)]
+        vector.context, h.length, h.binding, seeds, [vector.batch(0, vector.chunks)]
     )
     return rebuilt.to_bytes()
 
@@ -243,7 +247,7 @@ def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> Non
     (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
 
     def one_contribution() -> sm.AggregateBuilder:
-        builder = sm.AggregateBuilder(10)
+        builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
         builder.add(first_blob, first)
         return builder
 
@@ -291,11 +295,12 @@ def test_aggregate_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> None
 
 HEADER_ATTACKS: Final = (
     "unsorted", "duplicate", "empty", "seed-missing", "seed-extra", "seed-size", "epoch-size", "too-many",
+    "binding-size", "round-range",
 )  # fmt: skip
 
 
 def hostile_header_fields(rnd: random.Random, header: ckks.CiphertextHeader) -> tuple[str, dict[str, object]]:
-    """One schema-valid but inconsistent choice of (epoch, contributors, seeds)."""
+    """One schema-valid but inconsistent choice of (round binding, contributors, seeds)."""
     contributors, seeds = list(header.contributors), list(header.seeds)
 
     def fake_id() -> NodeId:
@@ -321,6 +326,11 @@ def hostile_header_fields(rnd: random.Random, header: ckks.CiphertextHeader) -> 
         seeds[rnd.randrange(len(seeds))] = rnd.randbytes(rnd.choice((0, 1, 8, 15, 17, 32, 64)))
     elif attack == "epoch-size":
         return attack, {"epoch": rnd.randbytes(rnd.choice((0, 1, 16, 31, 33, 64)))}
+    elif attack == "binding-size":
+        field = rnd.choice(("chain_id", "nonce"))
+        return attack, {field: rnd.randbytes(rnd.choice((0, 1, 16, 31, 33, 64)))}
+    elif attack == "round-range":
+        return attack, {"round": rnd.choice((0, -1, -(1 << 63), 1 << 63, (1 << 64) - 1))}
     else:  # one contributor more than a header may name
         keys = sorted({rnd.randbytes(32) for _ in range(ckks.MAX_CONTRIBUTORS + 1)})
         contributors = [NodeId(k) for k in keys]
@@ -330,12 +340,13 @@ def hostile_header_fields(rnd: random.Random, header: ckks.CiphertextHeader) -> 
 
 def test_ciphertext_header_fields(fuzz: FuzzKit, ckks_sample: CkksSample) -> None:
     """Well-formed CBOR, inconsistent contributor list: contributors unsorted or repeated, none or
-    more than `MAX_CONTRIBUTORS`, seeds missing, extra or of the wrong size, an epoch id of the
-    wrong size. Refused by the decoder, by `AggregateBuilder.add` (the sum unchanged) and by a
-    decryptor, for a contribution and for an aggregate alike."""
+    more than `MAX_CONTRIBUTORS`, seeds missing, extra or of the wrong size, an epoch id, chain
+    id or round nonce of the wrong size, a round number out of range. Refused by the decoder,
+    by `AggregateBuilder.add` (the sum unchanged) and by a decryptor, for a contribution and
+    for an aggregate alike."""
     ctx = ckks.context()
     (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
-    builder = sm.AggregateBuilder(10)
+    builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
     builder.add(first_blob, first)
     sum_before = builder.result()
     decrypt_set = list(ckks_sample.spec.members[:2])
@@ -352,7 +363,14 @@ def test_ciphertext_header_fields(fuzz: FuzzKit, ckks_sample: CkksSample) -> Non
         assert builder.count == 1
         assert builder.result() == sum_before
         with pytest.raises(InvalidCiphertext):
-            sm.decryption_share(ckks_sample.keys[0], data, decrypt_set, contributions=3, min_peers=2)
+            sm.decryption_share(
+                ckks_sample.keys[0],
+                data,
+                decrypt_set,
+                contributions=3,
+                min_peers=2,
+                binding=ckks_sample.binding,
+            )
         return attack
 
     stats = fuzz.run(case, cases=min(fuzz.cases, 2000))
@@ -368,13 +386,12 @@ def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sampl
     (a, blob_a), (b, blob_b), (c, blob_c) = ckks_sample.contributions.items()
     stranger = NodeIdentity.from_seed(b"\x41" * 32).node_id
     values = np.full(10, 0.25, np.float32)
-    epoch = ckks_sample.spec.epoch_id
     another_epoch = hashlib.sha256(b"another epoch").digest()
     pair = sorted((b, c), key=lambda n: n.public_key)
     seed_of = {b: split_ciphertext(blob_b)[0].seeds[0], c: bytes(ckks.SEED_SIZE)}
     posing_as_sum = with_header(blob_b, contributors=tuple(pair), seeds=tuple(seed_of[n] for n in pair))
     assert ckks.EncryptedVector.from_bytes(ctx, posing_as_sum).contributors == tuple(pair)  # well-formed
-    builder = sm.AggregateBuilder(10)
+    builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
     builder.add(blob_a, a)
     before = builder.result()
     refused: list[tuple[type[ProtocolError], str, bytes, NodeId]] = [
@@ -386,10 +403,10 @@ def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sampl
         (InvalidAggregate, "already in the sum", blob_a, a),  # the same contribution twice
         # A fresh encryption by a (new seed, as after a crash): still a twice.
         (InvalidAggregate, "already in the sum",
-         ckks.encrypt(ctx, keys[0].secret, epoch, a, values, 1.0, 3.0).to_bytes(), a),
+         ckks.encrypt(ctx, keys[0].secret, ckks_sample.binding, a, values, 1.0, 3.0).to_bytes(), a),
         # b's real key share, but another key epoch than the sum's.
         (InvalidAggregate, "two key epochs",
-         ckks.encrypt(ctx, keys[1].secret, another_epoch, b, values, 1.0, 3.0).to_bytes(), b),
+         ckks.encrypt(ctx, keys[1].secret, round_binding(another_epoch), b, values, 1.0, 3.0).to_bytes(), b),
     ]  # fmt: skip
     for error, message, blob, who in refused:
         with pytest.raises(error, match=message):
@@ -397,7 +414,7 @@ def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sampl
         assert builder.count == 1
         assert builder.result() == before
     with pytest.raises(InvalidCiphertext, match="not its own"):  # the mapping form checks it too
-        sm.aggregate_contributions({a: blob_a, b: blob_c, c: blob_b}, length=10)
+        sm.aggregate_contributions({a: blob_a, b: blob_c, c: blob_b}, length=10, binding=ckks_sample.binding)
     builder.add(blob_b, b)
     builder.add(blob_c, c)
     assert builder.result() == ckks_sample.aggregate
@@ -409,10 +426,14 @@ def test_a_ciphertext_renamed_to_another_contributor_decrypts_to_garbage(ckks_sa
     where b's is: the result is refused or garbage, never b's update counted twice."""
     (a, blob_a), (b, blob_b), (c, _) = ckks_sample.contributions.items()
     copied = with_header(blob_b, contributors=(c,))
-    aggregate = sm.aggregate_contributions({a: blob_a, b: blob_b, c: copied}, length=10)
+    aggregate = sm.aggregate_contributions(
+        {a: blob_a, b: blob_b, c: copied}, length=10, binding=ckks_sample.binding
+    )
     decrypt_set = list(ckks_sample.spec.members[:2])
     shares = [
-        sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2)
+        sm.decryption_share(
+            k, aggregate, decrypt_set, contributions=3, min_peers=2, binding=ckks_sample.binding
+        )
         for k in ckks_sample.keys[:2]
     ]
     try:
