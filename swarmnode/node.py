@@ -482,6 +482,15 @@ class Node:
                 path = self.files.epoch_file(epoch, "keys")
                 self._log.error("running without the keys of key epoch %d: %s: %s", epoch, path, exc)
         self._load_epoch_dealings()
+        # Re-serve what we announced in the current key epoch (lost with a restart).
+        epoch = self.contract.key_epoch().number
+        try:
+            bundle = self.files.load_epoch(epoch, "bundle")
+        except KeyFileRefused as exc:
+            self._log.error("key epoch %d: not serving our bundle: %s", epoch, exc)
+            bundle = None
+        if bundle is not None:
+            self.transport.put_blob(bundle)
         for digest in self._model_hashes_on_ledger():
             data = self.files.load_model(digest)
             if data is not None:
@@ -546,15 +555,6 @@ class Node:
                     self._nursery = nursery
                     self.transport.set_handler(BLOCKS_PROTOCOL, self._serve_blocks)
                     self.transport.set_handler(REPLICATE_PROTOCOL, self._serve_replicate)
-                    # Re-serve what we announced in the current key epoch (lost with a restart).
-                    epoch = self.contract.key_epoch().number
-                    try:
-                        bundle = self.files.load_epoch(epoch, "bundle")
-                    except KeyFileRefused as exc:
-                        self._log.error("key epoch %d: not serving our bundle: %s", epoch, exc)
-                        bundle = None
-                    if bundle is not None:
-                        self.transport.put_blob(bundle)
                     self._refresh_peers()
                     inbox = await self.transport.subscribe(CONSENSUS_TOPIC)
                     nursery.start_soon(self._gossip_pump, inbox)
