@@ -55,9 +55,7 @@ class Site:
 async def _complete_key_epoch_1(plan: SwarmPlan) -> None:
     async with open_memory_network(seed=20) as net, plan.open_node(0, net) as a, plan.open_node(1, net) as b:
         await wait_until(
-            lambda: all(n.files.epoch_file(1, "keys").exists() for n in (a, b)),
-            timeout=600,
-            what="key epoch 1",
+            lambda: all(keys_file(n.storage_dir, 1).exists() for n in (a, b)), timeout=600, what="key epoch 1"
         )
 
 
@@ -123,7 +121,9 @@ async def test_a_tampered_key_file_is_refused_with_its_name(
     path = keys_file(state, 1)
     data = bytearray(path.read_bytes())
     if mutation == "flipped-bit":
-        data[len(data) // 2] ^= 0x01  # deep inside the stored secret: a plain file still parses
+        # The low bit of one coefficient of a stored Shamir share (the last field, packed two
+        # coefficients per 15 bytes): an unsealed file still parses, with a wrong share.
+        data[len(data) - 15 * 1000] ^= 0x01
     elif mutation == "truncated":
         del data[len(data) // 2 :]
     else:
@@ -133,6 +133,21 @@ async def test_a_tampered_key_file_is_refused_with_its_name(
     node = await open_site0(site, state)
     assert 1 not in node._keys, "the node runs on a key file it did not write"
     assert logged(caplog, str(path)), "the refusal does not name the file"
+
+
+async def test_a_key_file_of_the_unsealed_format_is_refused_saying_what_to_do(
+    site: Site, state: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    """What swarmnode wrote before key files were sealed: the node's own, but unverifiable."""
+    node = await open_site0(site, state)
+    path = keys_file(state, 1)
+    write_private(path, node._keys[1].export_secret())
+    caplog.set_level(logging.ERROR)
+    node = await open_site0(site, state)
+    assert 1 not in node._keys
+    [message] = logged(caplog, str(path))
+    assert "not a sealed key file of format version 3" in message
+    assert "delete it" in message
 
 
 async def test_a_key_file_copied_to_another_epoch_or_kind_is_refused(
