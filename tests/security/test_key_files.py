@@ -7,7 +7,7 @@ local account, a restored backup, an operator's slip) but does not hold the node
 * A temporary file left over by a crash (mode 0644, or a symlink) never becomes, or
   redirects, the written file.
 * A state directory of another node or chain stops the node, naming both ids (embedding
-  API and `swarmnode run`).
+  API, and `swarmnode run` with exit code 2).
 
 The node state they attack is made once: two sim nodes complete key epoch 1 (virtual time).
 """
@@ -29,12 +29,13 @@ from consensus.genesis import Genesis, StoppingRule
 from crypto.errors import KeyFileError
 from crypto.identity import NodeIdentity
 from models import logistic_regression
+from swarmnode.cli import main
 from swarmnode.config import NodeConfig
-from swarmnode.keystore import write_private
+from swarmnode.keystore import NodeFiles, write_private
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Node, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
-from swarmnode.testing import wait_until
+from swarmnode.testing import make_identity, wait_until
 
 SPEC = logistic_regression(30, 2)
 pytestmark = pytest.mark.timeout(300)
@@ -234,3 +235,25 @@ async def test_a_foreign_state_directory_stops_the_node(
     assert str(state) in message
     assert f"belongs to node {owner} on chain {chain}" in message
     assert f"not to node {intruder} on chain {intruder_chain}" in message
+
+
+def test_swarmnode_run_on_a_foreign_state_directory_exits_naming_both_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "a"
+    assert main(["init", "--name", "a", "--dir", str(site), "--port", "0"]) == 0
+    assert main(["genesis", "--member", f"a={site / 'node.key'}@/ip4/127.0.0.1/tcp/1",
+                 "--member", f"b={'ab' * 32}@/ip4/127.0.0.1/tcp/2",
+                 "--model-from", str(site / "site.toml"),
+                 "--out", str(site / "genesis.cbor")]) == 0  # fmt: skip
+    config = NodeConfig.load(site / "site.toml")
+    chain = Genesis.load(site / "genesis.cbor").chain_id
+    other = make_identity(7)
+    NodeFiles(config.node.storage_dir, other, chain)  # another node ran on this directory first
+    capsys.readouterr()
+    assert main(["run", "--plain", "--config", str(site / "site.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    me = NodeIdentity.load(config.node.key_file).node_id
+    assert f"belongs to node {other.node_id.peer_id} on chain {chain.hex()}" in err
+    assert f"not to node {me.peer_id} on chain {chain.hex()}" in err
