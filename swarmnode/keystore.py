@@ -78,7 +78,7 @@ def write_private(path: Path, data: bytes) -> None:
     # A temporary file left by a crash may have any mode (or be a link): start afresh,
     # exclusively, so what we write never lands in a file someone else can open.
     temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _MODE)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)  # O_EXCL: no symlink followed
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _MODE)  # the umask may have removed bits, never added: make it exact
@@ -96,7 +96,7 @@ def read_private(path: Path) -> bytes | None:
     """The bytes of the secret file `path` (None if absent), after checking that it is a
     regular file (not a symlink) with no group/other permission bits; `UnsafeKeyFile` if not."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block us
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP: a symlink (O_NOFOLLOW)

@@ -111,7 +111,7 @@ async def test_the_untouched_state_loads_its_keys(
     assert 1 in node._keys
 
 
-@pytest.mark.parametrize("mutation", ["flipped-bit", "truncated", "appended"])
+@pytest.mark.parametrize("mutation", ["flipped-bit", "truncated", "appended", "other-node"])
 async def test_a_tampered_key_file_is_refused_with_its_name(
     site: Site,
     state: Path,
@@ -125,6 +125,8 @@ async def test_a_tampered_key_file_is_refused_with_its_name(
         # The low bit of one coefficient of a stored Shamir share (the last field, packed two
         # coefficients per 15 bytes): an unsealed file still parses, with a wrong share.
         data[len(data) - 15 * 1000] ^= 0x01
+    elif mutation == "other-node":  # site 1's own, valid key file of the same epoch
+        data = bytearray(keys_file(Path(site.plan.configs[1].node.storage_dir), 1).read_bytes())
     elif mutation == "truncated":
         del data[len(data) // 2 :]
     else:
