@@ -68,7 +68,8 @@ class KeyFileRefused(KeyFileError):
 
 
 class ForeignStateDir(KeyFileError):
-    """The storage directory belongs to another node identity or another chain."""
+    """The storage directory belongs to another node identity or another chain (or its
+    owner record is unreadable): the node does not start on it."""
 
 
 def write_private(path: Path, data: bytes) -> None:
