@@ -125,7 +125,7 @@ from models.merge import MergeMethod
 from models.merge import merge as merge_parameters
 
 from .config import NodeConfig
-from .keystore import NodeFiles
+from .keystore import KeyFileRefused, NodeFiles
 from .net.base import BlobNotFound, Inbound, Transport, TransportError
 from .round import (
     AggregateContributions,
@@ -395,7 +395,8 @@ class Node:
         storage = Path(config.node.storage_dir)
         storage.mkdir(parents=True, exist_ok=True)
         self.storage_dir: Final = storage
-        self.files: Final = NodeFiles(storage)
+        # Before the ledger opens: a directory of another node or chain stops us here.
+        self.files: Final = NodeFiles(storage, identity, genesis.chain_id)
         self._store = LedgerStore(storage / "ledger.sqlite", genesis.chain_id)
         app, resume = recover(self._store, lambda: Contract(genesis))
         assert isinstance(app, Contract)
@@ -469,15 +470,28 @@ class Node:
     # -- startup -------------------------------------------------------------------------------
 
     def _load_local_state(self) -> None:
+        # A refused key file leaves us without that epoch's keys (logged); an unsafe one
+        # (UnsafeKeyFile: a symlink or open to others) stops the node before anything runs.
         for epoch in self.files.epochs_with_keys():
-            data = self.files.load_epoch(epoch, "keys")
-            if data is None:
-                continue
             try:
-                self._keys[epoch] = EpochKeys.import_secret(data)
+                data = self.files.load_epoch(epoch, "keys")
+                if data is not None:
+                    self._keys[epoch] = EpochKeys.import_secret(data)
+            except KeyFileRefused as exc:
+                self._log.error("running without the keys of key epoch %d: %s", epoch, exc)
             except ProtocolError as exc:
-                self._log.error("key file of epoch %d is unreadable: %s", epoch, exc)
+                path = self.files.epoch_file(epoch, "keys")
+                self._log.error("running without the keys of key epoch %d: %s: %s", epoch, path, exc)
         self._load_epoch_dealings()
+        # Re-serve what we announced in the current key epoch (lost with a restart).
+        epoch = self.contract.key_epoch().number
+        try:
+            bundle = self.files.load_epoch(epoch, "bundle")
+        except KeyFileRefused as exc:
+            self._log.error("key epoch %d: not serving our bundle: %s", epoch, exc)
+            bundle = None
+        if bundle is not None:
+            self.transport.put_blob(bundle)
         for digest in self._model_hashes_on_ledger():
             data = self.files.load_model(digest)
             if data is not None:
@@ -496,13 +510,17 @@ class Node:
             if number in self._keys or number != current.number or current.complete:
                 self.files.delete_epoch(number, "dealing")  # finished or superseded
                 continue
-            data = self.files.load_epoch(number, "dealing")
-            if data is None:
-                continue
             try:
+                data = self.files.load_epoch(number, "dealing")
+                if data is None:
+                    continue
                 epoch = KeyEpoch.import_secret(data, self.identity)
-            except ProtocolError as exc:
+            except KeyFileRefused as exc:
                 self._log.error("key epoch %d: our stored dealing is unusable: %s", number, exc)
+                continue
+            except ProtocolError as exc:
+                path = self.files.epoch_file(number, "dealing")
+                self._log.error("key epoch %d: our stored dealing is unusable: %s: %s", number, path, exc)
                 continue
             if epoch.spec != EpochSpec(current.seed, current.members, current.threshold):
                 self._log.error("key epoch %d: our stored dealing is for another epoch setup", number)
@@ -538,11 +556,6 @@ class Node:
                     self._nursery = nursery
                     self.transport.set_handler(BLOCKS_PROTOCOL, self._serve_blocks)
                     self.transport.set_handler(REPLICATE_PROTOCOL, self._serve_replicate)
-                    # Re-serve what we announced in the current key epoch (lost with a restart).
-                    epoch = self.contract.key_epoch().number
-                    bundle = self.files.load_epoch(epoch, "bundle")
-                    if bundle is not None:
-                        self.transport.put_blob(bundle)
                     self._refresh_peers()
                     inbox = await self.transport.subscribe(CONSENSUS_TOPIC)
                     nursery.start_soon(self._gossip_pump, inbox)

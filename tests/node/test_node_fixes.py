@@ -28,6 +28,7 @@ from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped, open_swarm_node
 from swarmnode.round import LoadMerged
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing import make_identity
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -126,7 +127,7 @@ async def test_full_restart_after_the_aggregate_was_committed(
 
 
 def test_round_blob_files_are_private_verified_and_pruned(tmp_path: Path) -> None:
-    files = NodeFiles(tmp_path)
+    files = NodeFiles(tmp_path, make_identity(0), bytes(32))
     assert list(files.stored_blobs()) == []
     a, b = files.save_blob(b"contribution"), files.save_blob(b"aggregate")
     assert a == hashlib.sha256(b"contribution").digest()
