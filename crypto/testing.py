@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from .ckks import DEFAULT_PARAMS, CkksParams
+from .dealing import DEALING_PARAMS
 from .identity import NodeIdentity
 from .threshold import EpochKeys, EpochSpec, KeyEpoch, SealedKeyShare, default_threshold
 
@@ -43,3 +44,9 @@ def run_key_epoch(
                     continue
                 other.receive(sender.node_id, body)
     return spec, identities, [epoch.finish() for epoch in epochs]
+
+
+def placeholder_fingerprint(threshold: int, ckks_params: str = "ckks-n8192-q60x3-coeff-s90") -> bytes:
+    """A well-formed (all-zero) dealing fingerprint, for ledger tests that drive key epochs
+    with placeholder hashes instead of real dealings."""
+    return bytes(DEALING_PARAMS[ckks_params].fingerprint_size(threshold))
