@@ -391,8 +391,10 @@ def _sealed_box_size(ctx: CkksContext, epoch_id: bytes, dealer: NodeId, recipien
 
 def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> OwnDealing:
     """Draw a fresh secret s_i and error e_i; publish-ready ``b_i = -a*s_i + e_i`` and the
-    Shamir shares of s_i. The Shamir polynomial goes out of scope here: only the shares
-    (the other members' inside sealed boxes) and s_i itself (data level) survive."""
+    Shamir shares of s_i with their blinding shares, each signed for its recipient
+    (`crypto.dealing`). The polynomials go out of scope here: the shares (the other
+    members' inside sealed boxes), s_i itself (data level) and the 32-byte seed the
+    coefficients come from (for the fingerprint) survive."""
     seal_ctx = ctx.seal
     key_col = column(seal_ctx.key_moduli)
     secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))

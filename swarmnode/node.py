@@ -121,6 +121,7 @@ from crypto.secure_merge import (
     encrypt_update,
     start_key_epoch,
 )
+from crypto.testing import inconsistent_dealing
 from models.flatten import spec_layout
 from models.merge import MergeMethod
 from models.merge import merge as merge_parameters
@@ -261,12 +262,15 @@ class Faults:
                      without recomputing it (a colluding decryptor).
     crash_before:    job kinds ("aggregate", "decryption-share", "contribute", ...) before
                      which the node crashes: it stops every task and closes its transport.
+    bad_dealing:     as key-epoch dealer, send the next member a signed share that is off
+                     the dealing's polynomial (`crypto.testing.inconsistent_dealing`).
     """
 
     wrong_aggregate: bool = False
     wrong_verdict: bool = False
     trust_aggregate: bool = False
     crash_before: frozenset[str] = frozenset()
+    bad_dealing: bool = False
 
 
 @final
@@ -1053,6 +1057,8 @@ class Node:
         if epoch is None:
             spec = EpochSpec(job.epoch_id, job.members, job.threshold)
             epoch = await self._compute(start_key_epoch, spec, self.identity)
+            if self.options.faults.bad_dealing:
+                epoch = await self._compute(inconsistent_dealing, epoch, self.identity)
             # Persist before the commitment goes out: a restart must still be able to reveal
             # (and finish with) exactly what the ledger will hold our commitment to.
             self.files.save_epoch(job.epoch, "dealing", epoch.export_secret())

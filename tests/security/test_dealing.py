@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
+import trio.testing
 
 from consensus.contract import BAD_DEALING, FALSE_COMPLAINT, Contract
 from consensus.genesis import DEFAULT_CKKS_PARAMS, FoundingMember, Genesis, TrainingParams
@@ -34,7 +37,11 @@ from crypto import cbor, ckks, dealing
 from crypto import threshold as th
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
+from models import logistic_regression
+from swarmnode.net.memory import open_memory_network
+from swarmnode.node import Faults, Node, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.round import ConfirmEpoch, LocalFacts, PublishEpochFingerprint, reconcile
+from swarmnode.simswarm import SwarmPlan
 
 PARAMS = dealing.DEALING_PARAMS[DEFAULT_CKKS_PARAMS]
 CTX = ckks.context(ckks.DEFAULT_PARAMS)
@@ -412,3 +419,71 @@ def test_the_planner_publishes_the_fingerprint_then_checks_with_all_of_them() ->
     ]
     assert confirm.coin == coin
     assert confirm.fingerprints == tuple((m, fingerprint) for m in spec.members)
+
+
+def test_a_restarted_dealer_publishes_the_same_fingerprint_and_old_dealings_are_refused() -> None:
+    epoch = th.KeyEpoch(SPEC, IDS[0])
+    stored = epoch.export_secret()
+    restored = th.KeyEpoch.import_secret(stored, IDS[0])
+    assert restored.fingerprint(COIN) == epoch.fingerprint(COIN)
+    fields = cbor.loads(stored)
+    assert isinstance(fields, dict)
+    old = {k: v for k, v in fields.items() if k != "seed"} | {"version": 2}
+    with pytest.raises(th.ProtocolError):
+        th.KeyEpoch.import_secret(cbor.dumps(old), IDS[0])
+    with pytest.raises(th.InvalidKeyShare, match="seed"):
+        th.KeyEpoch.import_secret(cbor.dumps(fields | {"seed": bytes(31)}), IDS[0])
+
+
+# -- whole nodes ------------------------------------------------------------------------------
+
+
+async def test_swarm_names_an_inconsistent_dealer_and_trains_without_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Four real nodes on MemoryTransport; node 1 deals its next member a share off its
+    polynomial in every epoch it is in. The victim's node complains, the ledger names node 1
+    (`BAD_DEALING`) and the epoch completes without it; the honest three train to the end
+    with identical models (node 1 rejoins after each complete epoch and is named again)."""
+    spec = logistic_regression(30, 2)
+    plan = SwarmPlan.create(tmp_path, spec, founders=4, max_rounds=2)
+    bad = 1
+    finals: dict[int, bytes] = {}
+    nodes: dict[int, Node] = {}
+
+    async with open_memory_network(seed=3) as net:
+
+        async def run(i: int) -> None:
+            faults = Faults(bad_dealing=i == bad)
+            async with open_swarm_node(
+                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
+                genesis=plan.genesis, options=NodeOptions(inline_compute=True, faults=faults),
+            ) as node:  # fmt: skip
+                nodes[i] = node
+                params = np.full(62, float(i), np.float32)  # logistic regression, 30 features x 2 classes
+                with trio.fail_after(2000):
+                    while True:
+                        try:
+                            result = await node.merge(params, 10, val_metric=0.5, timeout=1000)
+                        except SwarmStopped as stopped:
+                            if stopped.final is not None:
+                                finals[i] = stopped.final.params_hash
+                            break
+                        if result.stopped:
+                            finals[i] = result.params_hash
+                            break
+                await node.wait_stopped()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(run, i)
+
+    honest = [i for i in range(4) if i != bad]
+    assert len({finals[i] for i in honest}) == 1, "honest nodes disagree on the final model"
+    for i in honest:
+        contract = nodes[i].contract
+        named = {(e.kind, e.offender) for e in contract.evidence()}
+        assert named == {(BAD_DEALING, plan.ids[bad])}, named
+        history = contract.history()
+        assert [r.outcome for r in history] == ["merged"] * 2
+        assert all(plan.ids[bad] not in r.participants for r in history)
