@@ -487,3 +487,20 @@ async def test_swarm_names_an_inconsistent_dealer_and_trains_without_it(
         history = contract.history()
         assert [r.outcome for r in history] == ["merged"] * 2
         assert all(plan.ids[bad] not in r.participants for r in history)
+
+
+def test_a_content_of_the_wrong_size_is_proven_on_the_ledger() -> None:
+    """A dealer that signs an oversized share (more segments than the parameters have)
+    is still named: the complaint carries the signed length, whatever it is."""
+    chain = Chain()
+    spec = chain.spec()
+
+    def oversized(share: np.ndarray) -> np.ndarray:
+        return np.concatenate([share, share], axis=1)  # twice the residues
+
+    epochs, coin, prints = chain.run_to_check(oversized)
+    ((dealer, proof),) = epochs[VICTIM].complaints(coin, prints)
+    assert proof.share_length == 2 * PARAMS.share_bytes
+    chain.ok([(NODES[VICTIM], EpochComplaint(epoch=1, dealer=dealer, evidence=proof))])
+    (named,) = chain.contract.evidence()
+    assert (named.kind, named.offender) == (BAD_DEALING, spec.members[DEALER])
