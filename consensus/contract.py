@@ -29,7 +29,7 @@ starts a new key epoch, which completes once every member has published its
 public-share and sealed-shares hashes and confirmed the same collective key.
 
 Key-epoch deadline. An epoch moves through stages (`EpochStage`: commit, reveal,
-confirm); a member that did its part of the current stage and whose local
+check, confirm); a member that did its part of the current stage and whose local
 ``key_epoch`` deadline for it passed submits `EpochTimeout`. Once a majority of
 those waiting members did, the epoch is abandoned and a new one starts over the
 members that did their part; the silent ones get `EPOCH_TIMEOUT` evidence and
@@ -40,6 +40,16 @@ rule applied to the whole membership (leaving dead members out never lowers the
 collusion bar), so an epoch may leave members out only while at least
 ``max(min_peers, t)`` remain; with fewer, the votes stand and the swarm waits for
 the missing members (`Contract.epoch_waiting_for` names them).
+
+Verifiable dealing (`crypto.dealing`). Once every bundle hash is on the ledger, the
+public coin is fixed (`KeyEpoch.coin`) and each member publishes its dealing fingerprint
+(`EpochFingerprint`, the check stage). A member whose share from a dealer is malformed or
+off that dealer's fingerprint submits `EpochComplaint` with the dealer-signed segment
+instead of confirming; the contract judges it (`dealing.judge_complaint`): a bad dealing
+gets `BAD_DEALING` evidence against the dealer, a segment that checks out
+`FALSE_COMPLAINT` evidence against the complainer, and either way a new epoch starts
+without the offender (with fresh dealings and the offender, if fewer than
+``max(min_peers, t)`` would remain). Forged evidence is refused.
 
 Rounds (DESIGN section 5). ``READY`` collects `Ready(r)`. The round starts,
 decided by the contract, when the key epoch is complete and either every
@@ -70,7 +80,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, final
 
-from crypto import cbor
+from crypto import cbor, dealing
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
@@ -83,7 +93,9 @@ from .transactions import (
     Approve,
     Contribution,
     DecryptionShare,
+    EpochComplaint,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -122,6 +134,8 @@ DECRYPTOR_TIMEOUT: Final = "decryptor_timeout"
 CONTRIBUTION_TIMEOUT: Final = "contribution_timeout"
 EQUIVOCATION: Final = "equivocation"  # detail: canonical CBOR [vote type, height, round]
 EPOCH_TIMEOUT: Final = "epoch_timeout"  # detail: canonical CBOR [key epoch, stage]
+BAD_DEALING: Final = "bad_dealing"  # detail: canonical CBOR [key epoch, complainer key, segment]
+FALSE_COMPLAINT: Final = "false_complaint"  # detail: canonical CBOR [key epoch, dealer key, segment]
 
 
 def _key(node: NodeId) -> bytes:
@@ -187,6 +201,7 @@ class EpochMember:
     node_id: NodeId
     public_share_hash: bytes | None = None
     sealed_shares_hash: bytes | None = None
+    fingerprint: bytes | None = None
     collective_key_hash: bytes | None = None
 
 
@@ -214,13 +229,24 @@ class KeyEpoch:
             return EpochStage.COMMIT
         if any(r.sealed_shares_hash is None for r in self.records):
             return EpochStage.REVEAL
+        if any(r.fingerprint is None for r in self.records):
+            return EpochStage.CHECK
         return EpochStage.CONFIRM
+
+    @property
+    def coin(self) -> bytes | None:
+        """The public coin of the dealing check, fixed by every member's bundle hash."""
+        bundles = [r.sealed_shares_hash for r in self.records]
+        if any(b is None for b in bundles):
+            return None
+        return dealing.fingerprint_coin(self.seed, [b for b in bundles if b is not None])
 
     def lagging(self) -> tuple[NodeId, ...]:
         """Members that have not done their part of the current stage (in member order)."""
         field = {
             EpochStage.COMMIT: "public_share_hash",
             EpochStage.REVEAL: "sealed_shares_hash",
+            EpochStage.CHECK: "fingerprint",
             EpochStage.CONFIRM: "collective_key_hash",
         }[self.stage]
         return tuple(r.node_id for r in self.records if getattr(r, field) is None)
@@ -687,8 +713,10 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             return _leave(s, g, h, sender, body)
         case Evict():
             return _evict(s, g, h, sender, body)
-        case EpochPublicShare() | EpochSealedShares() | EpochComplete():
+        case EpochPublicShare() | EpochSealedShares() | EpochFingerprint() | EpochComplete():
             return _epoch_tx(s, g, h, sender, body)
+        case EpochComplaint():
+            return _epoch_complaint(s, g, h, sender, body)
         case EpochTimeout():
             return _epoch_timeout(s, g, h, sender, body)
         case EpochRejoin():
@@ -898,7 +926,7 @@ def _epoch_tx(
     g: Genesis,
     h: int,
     sender: NodeId,
-    body: EpochPublicShare | EpochSealedShares | EpochComplete,
+    body: EpochPublicShare | EpochSealedShares | EpochFingerprint | EpochComplete,
 ) -> Result:
     epoch = s.epoch
     if body.epoch != epoch.number:
@@ -917,10 +945,21 @@ def _epoch_tx(
             if record.sealed_shares_hash is not None:
                 return "sealed shares already recorded"
             updated = replace(record, sealed_shares_hash=body.shares_hash)
+        case EpochFingerprint():
+            if epoch.coin is None:
+                return "key epoch bundles are incomplete: the coin is not fixed yet"
+            if record.fingerprint is not None:
+                return "fingerprint already recorded"
+            params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
+            if params is None:
+                return f"no dealing check for CKKS parameter set {g.training.ckks_params!r}"
+            if fault := dealing.fingerprint_fault(params, epoch.threshold, body.fingerprint):
+                return fault
+            updated = replace(record, fingerprint=body.fingerprint)
         case EpochComplete():
             if record.collective_key_hash is not None:
                 return "completion already recorded"
-            if any(r.public_share_hash is None or r.sealed_shares_hash is None for r in epoch.records):
+            if epoch.stage != EpochStage.CONFIRM:
                 return "key epoch shares are incomplete"
             updated = replace(record, collective_key_hash=body.collective_key_hash)
     records = tuple(updated if r is record else r for r in epoch.records)
@@ -989,6 +1028,48 @@ def _on_epoch_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
     )
     new_epoch = _make_epoch(s.chain_id, g, epoch.number + 1, h, _sorted(remaining), len(s.members))
     return replace(s, epoch=new_epoch, evidence=(*s.evidence, *blame))
+
+
+def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochComplaint) -> Result:
+    epoch = s.epoch
+    if body.epoch != epoch.number:
+        return f"stale key epoch {body.epoch}, the current one is {epoch.number}"
+    if epoch.complete:
+        return f"key epoch {epoch.number} is already complete"
+    dealer = epoch.record(body.dealer)
+    if epoch.record(sender) is None or s.member(sender) is None or dealer is None or body.dealer == sender:
+        return f"a complaint names two different members of key epoch {epoch.number}"
+    params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
+    if dealer.fingerprint is None or epoch.coin is None or params is None:
+        return f"no fingerprint of {body.dealer.short} to check a complaint against"
+    x = epoch.members.index(sender) + 1
+    try:
+        dealer_at_fault = dealing.judge_complaint(
+            params, epoch.seed, body.dealer, sender, x, epoch.threshold, epoch.coin, dealer.fingerprint,
+            body.evidence,
+        )  # fmt: skip
+    except dealing.InvalidEvidence as exc:
+        return f"complaint refused: {exc}"
+    segment = body.evidence.segment
+    if dealer_at_fault:
+        detail = cbor.dumps([epoch.number, sender.public_key, segment])
+        kind, offender = BAD_DEALING, body.dealer
+    else:
+        detail = cbor.dumps([epoch.number, body.dealer.public_key, segment])
+        kind, offender = FALSE_COMPLAINT, sender
+    proof = Evidence(height=h, round=s.round.number, kind=kind, offender=offender, detail=detail)
+    return _restart_epoch_without(s, g, h, proof)
+
+
+def _restart_epoch_without(s: ContractState, g: Genesis, h: int, proof: Evidence) -> ContractState:
+    """A new epoch over the current one's members but the offender, if enough remain;
+    else over all of them again (fresh dealings: the swarm cannot wait a bad dealing out)."""
+    epoch = s.epoch
+    remaining = tuple(m for m in epoch.members if m != proof.offender and s.member(m) is not None)
+    if len(remaining) < _epoch_quorum(s, g):
+        remaining = tuple(m for m in epoch.members if s.member(m) is not None)
+    new_epoch = _make_epoch(s.chain_id, g, epoch.number + 1, h, _sorted(remaining), len(s.members))
+    return replace(s, epoch=new_epoch, evidence=(*s.evidence, proof))
 
 
 def _epoch_rejoin(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochRejoin) -> Result:

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Final, final
 
 from crypto import cbor
+from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence
 from crypto.envelope import Envelope, EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
 
@@ -166,11 +167,58 @@ class EpochComplete:
         _hash(self.collective_key_hash, "collective_key_hash")
 
 
+MAX_FINGERPRINT: Final = 16 * 1024  # 8 segments x t scalars x 8 bytes for t <= 256 (default CKKS set)
+MAX_SEGMENTS: Final = 64
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochFingerprint:
+    """The signer's dealing fingerprint for `epoch` (`crypto.dealing.make_fingerprint`: t
+    scalars per share segment), published once every member's bundle hash is on the ledger."""
+
+    epoch: int
+    fingerprint: bytes
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
+        if not 0 < len(self.fingerprint) <= MAX_FINGERPRINT or len(self.fingerprint) % SCALAR_BYTES:
+            raise ValueError(f"fingerprint: 1-{MAX_FINGERPRINT} bytes of 8-byte scalars")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochComplaint:
+    """The signer's share from `dealer` in `epoch` is malformed or off the dealer's
+    fingerprint: `evidence` reveals the failing segment with the dealer's signature. The
+    contract judges it (`crypto.dealing.judge_complaint`) and names the dealer, or the
+    signer for a false complaint."""
+
+    epoch: int
+    dealer: NodeId
+    evidence: DealingEvidence
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
+        e = self.evidence
+        _range(e.segment, 0, MAX_SEGMENTS - 1, "evidence.segment")
+        # Any length the dealer signed: a content of the wrong size is what proves it wrong.
+        _range(e.share_length, 0, 2**62, "evidence.share_length")
+        _range(e.blinding_length, 0, 2**62, "evidence.blinding_length")
+        if not 0 < len(e.segment_hashes) <= MAX_SEGMENTS:
+            raise ValueError(f"evidence.segment_hashes: 1-{MAX_SEGMENTS} hashes")
+        for digest in e.segment_hashes:
+            _hash(digest, "evidence.segment_hashes")
+        if len(e.shares) > SEGMENT_BYTES or len(e.blinding) > SCALAR_BYTES or len(e.signature) != 64:
+            raise ValueError("evidence: at most one segment of shares and blinding, a 64-byte signature")
+
+
 class EpochStage(StrEnum):
     """Where the current key epoch is: which record every member still has to commit."""
 
     COMMIT = "commit"  # `EpochPublicShare`: the hash of each member's public share
     REVEAL = "reveal"  # `EpochSealedShares`: each member's bundle of public + sealed shares
+    CHECK = "check"  # `EpochFingerprint`: each member's dealing fingerprint for the public coin
     CONFIRM = "confirm"  # `EpochComplete`: each member's hash of the collective public key
 
 
@@ -377,6 +425,8 @@ TxBody = (
     | Evict
     | EpochPublicShare
     | EpochSealedShares
+    | EpochFingerprint
+    | EpochComplaint
     | EpochComplete
     | EpochTimeout
     | EpochRejoin
@@ -398,6 +448,8 @@ TX_BODIES: Final[tuple[type, ...]] = (
     Evict,
     EpochPublicShare,
     EpochSealedShares,
+    EpochFingerprint,
+    EpochComplaint,
     EpochComplete,
     EpochTimeout,
     EpochRejoin,
@@ -420,6 +472,8 @@ TX_MESSAGES.register("tx.leave", Leave, max_size=_SMALL)
 TX_MESSAGES.register("tx.evict", Evict, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.public-share", EpochPublicShare, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.sealed-shares", EpochSealedShares, max_size=_SMALL)
+TX_MESSAGES.register("tx.epoch.fingerprint", EpochFingerprint, max_size=MAX_FINGERPRINT + 512)
+TX_MESSAGES.register("tx.epoch.complaint", EpochComplaint, max_size=SEGMENT_BYTES + MAX_SEGMENTS * 34 + 1024)
 TX_MESSAGES.register("tx.epoch.complete", EpochComplete, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.timeout", EpochTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.rejoin", EpochRejoin, max_size=_SMALL)

@@ -8,6 +8,8 @@ A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
     epoch.expect_commitments(committed)        # all members' commitments, once on the ledger
     for body in epoch.outgoing(): ...          # envelopes: PublicKeyShare to all, SealedKeyShare to each
     epoch.receive(env.sender, env.body)        # for every key-epoch envelope received
+    submit(epoch.fingerprint(coin))            # coin: once every bundle is on the ledger (crypto.dealing)
+    epoch.complaints(coin, fingerprints)       # () to confirm; else submit these, do not finish
     keys = epoch.finish()                      # when epoch.missing() == ()
 
     # every round: the binding of this chain, key epoch, round and the round's ledger nonce

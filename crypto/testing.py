@@ -9,14 +9,27 @@ shares to everyone, each sealed share only to its recipient).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from typing import Final
 
-from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding
+from . import cbor, dealing
+from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, pack60, unpack60
+from .dealing import DEALING_PARAMS
 from .identity import NodeIdentity
 from .prss import PrssKeyCollector, PrssKeys, deal_keys
-from .threshold import EpochKeys, EpochSpec, KeyEpoch, SealedKeyShare, default_threshold
+from .threshold import (
+    EpochKeys,
+    EpochSpec,
+    KeyEpoch,
+    KeyShareContent,
+    SealedKeyShare,
+    StoredKeyEpoch,
+    StoredSealedShare,
+    dealing_params,
+    default_threshold,
+)
 
 
 def run_key_epoch(
@@ -72,3 +85,33 @@ def round_binding(epoch_id: bytes, round_number: int = 1, *, chain_id: bytes = T
         b"swarmnode/test-round-nonce\x00" + chain_id + epoch_id + round_number.to_bytes(8, "big")
     ).digest()
     return RoundBinding(chain_id, epoch_id, round_number, nonce)
+
+
+def placeholder_fingerprint(threshold: int, ckks_params: str = "ckks-n8192-q60x3-coeff-s90") -> bytes:
+    """A well-formed (all-zero) dealing fingerprint, for ledger tests that drive key epochs
+    with placeholder hashes instead of real dealings."""
+    return bytes(DEALING_PARAMS[ckks_params].fingerprint_size(threshold))
+
+
+def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
+    """`epoch` (ours, not yet revealed) with the share for the next member in epoch order
+    moved off the dealing's polynomial, signed as an honest share would be: the
+    inconsistent dealer of issue 20's attack 5, for fault-injection tests."""
+    stored = cbor.loads_dataclass(StoredKeyEpoch, epoch.export_secret())
+    spec, params = epoch.spec, dealing_params(context())
+    x = (spec.point(identity.node_id) % len(spec.members)) + 1
+    victim = spec.members[x - 1]
+    secret = unpack60(stored.secret, len(params.moduli) * params.degree).reshape(len(params.moduli), -1)
+    coefficients = dealing.shamir_coefficients(params, stored.seed, spec.threshold)
+    share = dealing.shamir_shares(params, secret, coefficients, len(spec.members))[x - 1]
+    share[0, 0] = (int(share[0, 0]) + 1) % params.moduli[0]
+    packed = pack60(share)
+    blinding = dealing.blinding_shares(params, stored.seed, spec.threshold, x)
+    signature = dealing.sign_share(params, identity, spec.epoch_id, victim, packed, blinding)
+    content = KeyShareContent(spec.epoch_id, identity.node_id, victim, packed, blinding, signature)
+    box = victim.seal(cbor.dumps_dataclass(content))
+    sealed = tuple(
+        StoredSealedShare(recipient=b.recipient, box=box if b.recipient == victim else b.box)
+        for b in stored.sealed
+    )
+    return KeyEpoch.import_secret(cbor.dumps_dataclass(dataclasses.replace(stored, sealed=sealed)), identity)

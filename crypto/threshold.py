@@ -14,6 +14,9 @@ Key epoch (`KeyEpoch`), for an ordered member list with Shamir points 1..n:
    degree ``t - 1`` polynomial ``f_i`` (uniform coefficients from `os.urandom`) and
    sends ``f_i(x_k)`` to member k in an X25519 sealed box (`SealedKeyShare`); the box
    content names epoch, dealer and recipient, so a box cannot be replayed elsewhere.
+   The content also holds blinding shares and the dealer's signature; once every
+   bundle is on the ledger each dealer publishes a fingerprint of its dealing that
+   every recipient checks its share against (verifiable dealing, `crypto.dealing`).
 4. Collective public key ``(sum_i b_i, a)`` (members compare its digest on the ledger).
    Member k keeps its own secret ``s_i`` (it encrypts its updates with it, `ckks.encrypt`)
    and every dealer's share ``f_i(x_k)``: for any set K of dealers, ``sum_{i in K}
@@ -36,9 +39,9 @@ the smudging hides each member's dealer shares in its published share. A share i
 to K too: it removes exactly the masks of K, so it decrypts the sum over K and nothing
 else (K is at least min_peers contributors, checked by every decryptor).
 
-Not covered (documented limits): no verifiable secret sharing or proofs of correct
-decryption shares: a member that deals or decrypts wrongly makes the epoch or the
-round fail visibly (members compare merged-model hashes), it cannot learn more.
+Not covered (documented limits): no proofs of correct decryption shares: a member that
+decrypts wrongly makes the round fail visibly (members compare merged-model hashes), it
+cannot learn more. A wrong dealing is caught and attributed in the epoch (`crypto.dealing`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from typing import Final, final
 
 import numpy as np
 
-from . import cbor
+from . import cbor, dealing
 from .ckks import (
     BATCH_CHUNKS,
     DEFAULT_PARAMS,
@@ -73,7 +76,7 @@ from .ckks import (
     unpack60,
 )
 from .envelope import ENVELOPE_OVERHEAD, MessageTypes
-from .errors import InvalidDecryptionShare, InvalidKeyShare, ProtocolError
+from .errors import BadSignature, InvalidDecryptionShare, InvalidKeyShare, ProtocolError
 from .identity import NodeId, NodeIdentity
 from .rns import (
     U64,
@@ -84,7 +87,6 @@ from .rns import (
     shoup_mul,
     shoup_quotients,
     signed_split_residues,
-    uniform_mod,
     uniform_signed_wide,
 )
 
@@ -168,12 +170,16 @@ class SealedKeyShare:
 @final
 @dataclass(frozen=True, slots=True)
 class KeyShareContent:
-    """Plaintext inside a `SealedKeyShare` box: ``f_dealer(x_recipient)`` (data level, packed)."""
+    """Plaintext inside a `SealedKeyShare` box: ``f_dealer(x_recipient)`` (data level, packed),
+    the blinding shares ``eta_b(x_recipient)`` and the dealer's signature over both
+    (`dealing.sign_share`), which lets the recipient prove what it received."""
 
     epoch: bytes
     dealer: NodeId
     recipient: NodeId
     share: bytes
+    blinding: bytes
+    signature: bytes
 
 
 def _poly_bytes(params: CkksParams, primes: int) -> int:
@@ -226,6 +232,10 @@ def lagrange_at_zero(point: int, decrypt_set: Sequence[int], moduli: Sequence[in
                 denominator = denominator * (other - point) % q
         out.append(numerator * pow(denominator, -1, q) % q)
     return out
+
+
+def dealing_params(ctx: CkksContext) -> dealing.DealingParams:
+    return dealing.DealingParams(tuple(ctx.data_moduli), ctx.params.degree)
 
 
 def _scalar_mul(poly: U64, scalars: Sequence[int], moduli: Sequence[int]) -> U64:
@@ -336,11 +346,13 @@ class EpochKeys:
 class OwnDealing:
     """What a member deals in a key epoch, all it needs to reveal and finish it: the packed
     public share ``b_i`` (key level), its secret ``s_i`` and own Shamir share ``f_i(x_i)``
-    (data level, secret) and the sealed shares for the other members (in member order)."""
+    (data level, secret), the seed of its Shamir and blinding polynomials (secret, for the
+    fingerprint) and the sealed shares for the other members (in member order)."""
 
     public_share: bytes
     secret: bytes
     own_share: bytes
+    seed: bytes
     sealed: tuple[SealedKeyShare, ...]
 
 
@@ -364,21 +376,25 @@ class StoredKeyEpoch:
     public_share: bytes
     secret: bytes
     own_share: bytes
+    seed: bytes
     sealed: tuple[StoredSealedShare, ...]
 
 
 def _sealed_box_size(ctx: CkksContext, epoch_id: bytes, dealer: NodeId, recipient: NodeId) -> int:
     """Byte size of the sealed box holding one Shamir share (CBOR lengths depend on sizes only)."""
+    params = dealing_params(ctx)
     content = KeyShareContent(
-        epoch_id, dealer, recipient, bytes(_poly_bytes(ctx.params, len(ctx.data_moduli)))
+        epoch_id, dealer, recipient, bytes(params.share_bytes), bytes(params.blinding_bytes), bytes(64)
     )
     return len(cbor.dumps_dataclass(content)) + _SEALED_BOX_OVERHEAD
 
 
 def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> OwnDealing:
     """Draw a fresh secret s_i and error e_i; publish-ready ``b_i = -a*s_i + e_i`` and the
-    Shamir shares of s_i. The Shamir polynomial goes out of scope here: only the shares
-    (the other members' inside sealed boxes) and s_i itself (data level) survive."""
+    Shamir shares of s_i with their blinding shares, each signed for its recipient
+    (`crypto.dealing`). The polynomials go out of scope here: the shares (the other
+    members' inside sealed boxes), s_i itself (data level) and the 32-byte seed the
+    coefficients come from (for the fingerprint) survive."""
     seal_ctx = ctx.seal
     key_col = column(seal_ctx.key_moduli)
     secret = seal_ctx.ntt(seal_ctx.sample_ternary(os.urandom(64)))
@@ -386,18 +402,24 @@ def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> 
     a_times_s = shoup_mul(a, secret, shoup_quotients(secret, seal_ctx.key_moduli), key_col)
     public_share = pack60(add_mod(neg_mod(a_times_s, key_col), error, key_col))
     me = identity.node_id
-    shares = _shamir_shares(ctx, secret[: len(ctx.data_moduli)], spec.threshold, len(spec.members))
+    params, seed = dealing_params(ctx), os.urandom(32)
+    coefficients = dealing.shamir_coefficients(params, seed, spec.threshold)
+    shares = dealing.shamir_shares(params, secret[: len(ctx.data_moduli)], coefficients, len(spec.members))
     own = b""
     sealed: list[SealedKeyShare] = []
-    for member, share in zip(spec.members, shares, strict=True):
+    for x, (member, share) in enumerate(zip(spec.members, shares, strict=True), start=1):
         packed = pack60(share)
         if member == me:
             own = packed
             continue
-        content = KeyShareContent(spec.epoch_id, me, member, packed)
+        blinding = dealing.blinding_shares(params, seed, spec.threshold, x)
+        signature = dealing.sign_share(params, identity, spec.epoch_id, member, packed, blinding)
+        content = KeyShareContent(spec.epoch_id, me, member, packed, blinding, signature)
         sealed.append(SealedKeyShare(spec.epoch_id, member, member.seal(cbor.dumps_dataclass(content))))
     data_secret = pack60(secret[: len(ctx.data_moduli)])
-    return OwnDealing(public_share=public_share, secret=data_secret, own_share=own, sealed=tuple(sealed))
+    return OwnDealing(
+        public_share=public_share, secret=data_secret, own_share=own, seed=seed, sealed=tuple(sealed)
+    )
 
 
 @final
@@ -427,6 +449,7 @@ class KeyEpoch:
     __slots__ = (
         "_a",
         "_commitments",
+        "_contents",
         "_context",
         "_dealing",
         "_identity",
@@ -460,6 +483,7 @@ class KeyEpoch:
         self._dealing = dealing
         self._public: dict[NodeId, bytes] = {me: dealing.public_share}
         self._received: dict[NodeId, bytes] = {me: dealing.own_share}
+        self._contents: dict[NodeId, KeyShareContent] = {}  # signed, from the other dealers
         self._outgoing: tuple[PublicKeyShare | SealedKeyShare, ...] = (
             PublicKeyShare(spec.epoch_id, dealing.public_share),
             *dealing.sealed,
@@ -475,7 +499,7 @@ class KeyEpoch:
         bundles), nor are the fixed commitments (they are on the ledger)."""
         d = self._dealing
         stored = StoredKeyEpoch(
-            version=2,
+            version=3,
             epoch_id=self.spec.epoch_id,
             members=self.spec.members,
             threshold=self.spec.threshold,
@@ -483,6 +507,7 @@ class KeyEpoch:
             public_share=d.public_share,
             secret=d.secret,
             own_share=d.own_share,
+            seed=d.seed,
             sealed=tuple(StoredSealedShare(recipient=b.recipient, box=b.box) for b in d.sealed),
         )
         return cbor.dumps_dataclass(stored)
@@ -496,8 +521,10 @@ class KeyEpoch:
         a `ProtocolError` subclass (`SchemaError`, `NonCanonicalEncoding`, `InvalidKeyShare`...)
         whose message names what is wrong."""
         stored = cbor.loads_dataclass(StoredKeyEpoch, data, max_depth=3)
-        if stored.version != 2:
+        if stored.version != 3:
             raise InvalidKeyShare(f"unsupported stored key-epoch version {stored.version}")
+        if len(stored.seed) != 32:
+            raise InvalidKeyShare(f"stored key epoch: polynomial seed of {len(stored.seed)} bytes, not 32")
         try:
             spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
         except ValueError as exc:
@@ -528,6 +555,7 @@ class KeyEpoch:
             public_share=stored.public_share,
             secret=stored.secret,
             own_share=stored.own_share,
+            seed=stored.seed,
             sealed=tuple(SealedKeyShare(spec.epoch_id, s.recipient, s.box) for s in stored.sealed),
         )
         return cls(spec, identity, params, dealing=dealing)
@@ -595,10 +623,42 @@ class KeyEpoch:
         content = cbor.loads_dataclass(KeyShareContent, plaintext, max_depth=1)
         if (content.epoch, content.dealer, content.recipient) != (self.spec.epoch_id, sender, me):
             raise InvalidKeyShare("sealed share content names another epoch, dealer or recipient")
-        _unpack_poly(
-            self._context, content.share, len(self._context.data_moduli), InvalidKeyShare, "key share"
-        )
+        try:
+            dealing.verify_share(
+                dealing_params(self._context), content.epoch, sender, me, content.share, content.blinding,
+                content.signature,
+            )  # fmt: skip
+        except BadSignature:
+            raise InvalidKeyShare(f"sealed share content not signed by its dealer {sender.short}") from None
+        # A malformed share is kept: `complaints` proves it (`finish` refuses it).
         _store_once(self._received, sender, content.share, "sealed share")
+        self._contents.setdefault(sender, content)
+
+    def fingerprint(self, coin: bytes) -> bytes:
+        """Our dealing's fingerprint for the epoch's public coin (`dealing.make_fingerprint`)."""
+        ctx = self._context
+        secret = _unpack_poly(ctx, self._dealing.secret, len(ctx.data_moduli), InvalidKeyShare, "own secret")
+        t = self.spec.threshold
+        return dealing.make_fingerprint(dealing_params(ctx), coin, self._dealing.seed, secret, t)
+
+    def complaints(
+        self, coin: bytes, fingerprints: Mapping[NodeId, bytes]
+    ) -> tuple[tuple[NodeId, dealing.DealingEvidence], ...]:
+        """Check each other dealer's share for us against its fingerprint (once nothing is
+        missing): the dealers whose share is malformed or off, with the evidence to prove it."""
+        params, me = dealing_params(self._context), self._identity.node_id
+        x, t = self.spec.point(me), self.spec.threshold
+        found = []
+        for dealer in self.spec.members:
+            content = self._contents.get(dealer)
+            if content is None:
+                continue  # ourselves, or not received yet (`missing`)
+            share, blinding = content.share, content.blinding
+            fault = dealing.find_fault(params, coin, t, x, fingerprints[dealer], share, blinding)
+            if fault is not None:
+                proof = dealing.evidence(params, share, blinding, content.signature, fault)
+                found.append((dealer, proof))
+        return tuple(found)
 
     def missing(self) -> tuple[NodeId, ...]:
         """Members from which we still lack the public share or our sealed share."""
@@ -633,22 +693,6 @@ def _store_once(slot: dict[NodeId, bytes], sender: NodeId, value: bytes, what: s
         slot[sender] = value
     elif previous != value:
         raise InvalidKeyShare(f"conflicting {what} from {sender.short}; keeping the first")
-
-
-def _shamir_shares(ctx: CkksContext, secret: U64, threshold: int, members: int) -> list[U64]:
-    """``f(1), ..., f(n)`` for ``f(x) = secret + sum_l c_l x^l`` (degree t-1), per data prime."""
-    moduli = ctx.data_moduli
-    n = ctx.params.degree
-    coefficients = [
-        np.stack([uniform_mod(q, n) for q in moduli]) for _ in range(threshold - 1)
-    ]  # c_1 .. c_{t-1}
-    shares = []
-    for x in range(1, members + 1):
-        value = np.zeros_like(secret)
-        for c in reversed(coefficients):  # Horner: ((c_{t-1} x + c_{t-2}) x + ...) x + secret
-            value = _scalar_mul(add_mod(value, c, ctx.q_col), [x] * len(moduli), moduli)
-        shares.append(add_mod(value, secret, ctx.q_col))
-    return shares
 
 
 # -- decryption shares ----------------------------------------------------------------------

@@ -86,7 +86,9 @@ from consensus.transactions import (
     Approve,
     Contribution,
     DecryptionShare,
+    EpochComplaint,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -120,6 +122,7 @@ from crypto.secure_merge import (
     encrypt_update,
     start_key_epoch,
 )
+from crypto.testing import inconsistent_dealing
 from models.flatten import spec_layout
 from models.merge import MergeMethod
 from models.merge import merge as merge_parameters
@@ -143,6 +146,7 @@ from .round import (
     Plan,
     PrefetchContributions,
     PrepareAggregate,
+    PublishEpochFingerprint,
     RejoinEpoch,
     RevealEpochShares,
     Stage,
@@ -259,12 +263,15 @@ class Faults:
                      without recomputing it (a colluding decryptor).
     crash_before:    job kinds ("aggregate", "decryption-share", "contribute", ...) before
                      which the node crashes: it stops every task and closes its transport.
+    bad_dealing:     as key-epoch dealer, send the next member a signed share that is off
+                     the dealing's polynomial (`crypto.testing.inconsistent_dealing`).
     """
 
     wrong_aggregate: bool = False
     wrong_verdict: bool = False
     trust_aggregate: bool = False
     crash_before: frozenset[str] = frozenset()
+    bad_dealing: bool = False
 
 
 @final
@@ -1039,6 +1046,7 @@ class Node:
         handlers: dict[type, Callable[[Job], Awaitable[None]]] = {
             CommitEpochShare: self._commit_epoch,
             RevealEpochShares: self._reveal_epoch,
+            PublishEpochFingerprint: self._publish_fingerprint,
             ConfirmEpoch: self._confirm_epoch,
             SubmitEpochTimeout: self._epoch_timeout,
             RejoinEpoch: self._rejoin_epoch,
@@ -1063,6 +1071,8 @@ class Node:
         if epoch is None:
             spec = EpochSpec(job.epoch_id, job.members, job.threshold)
             epoch = await self._compute(start_key_epoch, spec, self.identity)
+            if self.options.faults.bad_dealing:
+                epoch = await self._compute(inconsistent_dealing, epoch, self.identity)
             # Persist before the commitment goes out: a restart must still be able to reveal
             # (and finish with) exactly what the ledger will hold our commitment to.
             self.files.save_epoch(job.epoch, "dealing", epoch.export_secret())
@@ -1072,11 +1082,7 @@ class Node:
 
     async def _reveal_epoch(self, job: Job) -> None:
         assert isinstance(job, RevealEpochShares)
-        epoch = self._epochs.get(job.epoch)
-        if epoch is None:
-            # Our stored dealing was lost or unusable (logged at start): the epoch's deadline
-            # excludes us and a following epoch takes us back in (see `consensus.contract`).
-            raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
+        epoch = self._dealing_of(job.epoch)
         epoch.expect_commitments(dict(job.commitments))
         outgoing = epoch.outgoing()
         public = next(b for b in outgoing if isinstance(b, PublicKeyShare))
@@ -1088,13 +1094,25 @@ class Node:
         await self.submit(EpochSealedShares(epoch=job.epoch, shares_hash=digest))
         self._log.info("key epoch %d: revealed our shares", job.epoch)
 
+    def _dealing_of(self, number: int) -> KeyEpoch:
+        epoch = self._epochs.get(number)
+        if epoch is None:
+            # Our stored dealing was lost or unusable (logged at start): the epoch's deadline
+            # excludes us and a following epoch takes us back in (see `consensus.contract`).
+            raise SwarmError(f"key epoch {number}: our secret is gone (restarted mid-epoch)")
+        return epoch
+
+    async def _publish_fingerprint(self, job: Job) -> None:
+        assert isinstance(job, PublishEpochFingerprint)
+        fingerprint = await self._compute(self._dealing_of(job.epoch).fingerprint, job.coin)
+        await self.submit(EpochFingerprint(epoch=job.epoch, fingerprint=fingerprint))
+        self._log.info("key epoch %d: published our dealing fingerprint", job.epoch)
+
     async def _confirm_epoch(self, job: Job) -> None:
         assert isinstance(job, ConfirmEpoch)
         keys = self._keys.get(job.epoch)
         if keys is None:
-            epoch = self._epochs.get(job.epoch)
-            if epoch is None:
-                raise SwarmError(f"key epoch {job.epoch}: our secret is gone (restarted mid-epoch)")
+            epoch = self._dealing_of(job.epoch)
             epoch.expect_commitments(dict(job.commitments))
             for member, bundle_hash in job.bundles:
                 if member == self.node_id:
@@ -1105,6 +1123,12 @@ class Node:
                 if len(mine) != 1:
                     raise InvalidKeyShare(f"{member.short}'s bundle holds {len(mine)} shares for us")
                 epoch.receive(member, mine[0])
+            complaints = await self._compute(epoch.complaints, job.coin, dict(job.fingerprints))
+            for dealer, proof in complaints:  # the contract judges them; the epoch starts over
+                self._log.warning("key epoch %d: bad share from %s: complaining", job.epoch, dealer.short)
+                await self.submit(EpochComplaint(epoch=job.epoch, dealer=dealer, evidence=proof))
+            if complaints:
+                return
             keys = await self._compute(epoch.finish)
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())
             self._keys[job.epoch] = keys

@@ -113,14 +113,31 @@ class RevealEpochShares:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PublishEpochFingerprint:
+    """Key epoch, step 3 (every bundle hash is on the ledger, so the public coin is fixed):
+    commit our dealing's fingerprint for it (`EpochFingerprint`, `crypto.dealing`)."""
+
+    epoch: int
+    coin: bytes
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("epoch-fingerprint", self.epoch)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConfirmEpoch:
-    """Key epoch, step 3: fetch every member's committed bundle, check it against its
-    commitment, finish, persist the keys and commit the collective key's hash
-    (`EpochComplete`)."""
+    """Key epoch, step 4: fetch every member's committed bundle, check it against its
+    commitment and each dealer's share for us against its fingerprint (a failing dealer
+    gets an `EpochComplaint` instead of our confirmation), finish, persist the keys and
+    commit the collective key's hash (`EpochComplete`)."""
 
     epoch: int
     commitments: tuple[tuple[NodeId, bytes], ...]
     bundles: tuple[tuple[NodeId, bytes], ...]  # member -> committed bundle blob hash
+    coin: bytes
+    fingerprints: tuple[tuple[NodeId, bytes], ...]  # member -> committed dealing fingerprint
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -317,6 +334,7 @@ class SubmitPhaseTimeout:
 Job = (
     CommitEpochShare
     | RevealEpochShares
+    | PublishEpochFingerprint
     | ConfirmEpoch
     | SubmitEpochTimeout
     | RejoinEpoch
@@ -579,7 +597,8 @@ def _plan_epoch(contract: Contract, facts: LocalFacts) -> list[Job]:
 
 
 def _plan_epoch_steps(contract: Contract, facts: LocalFacts) -> list[Job]:
-    """Commit, then reveal, then confirm: each step once all members finished the previous.
+    """Commit, reveal, fingerprint, then check and confirm: each step once all members
+    finished the previous.
     A member left out of the complete epoch asks to be taken back in."""
     epoch = contract.key_epoch()
     me = facts.me
@@ -610,7 +629,24 @@ def _plan_epoch_steps(contract: Contract, facts: LocalFacts) -> list[Job]:
         if other.sealed_shares_hash is None:
             return []
         bundles.append((other.node_id, other.sealed_shares_hash))
-    return [ConfirmEpoch(epoch=epoch.number, commitments=tuple(commitments), bundles=tuple(bundles))]
+    coin = epoch.coin
+    assert coin is not None  # every bundle hash is on the ledger
+    if record.fingerprint is None:
+        return [PublishEpochFingerprint(epoch=epoch.number, coin=coin)]
+    fingerprints: list[tuple[NodeId, bytes]] = []
+    for other in epoch.records:
+        if other.fingerprint is None:
+            return []
+        fingerprints.append((other.node_id, other.fingerprint))
+    return [
+        ConfirmEpoch(
+            epoch=epoch.number,
+            commitments=tuple(commitments),
+            bundles=tuple(bundles),
+            coin=coin,
+            fingerprints=tuple(fingerprints),
+        )
+    ]
 
 
 def answering_round(contract: Contract, me: NodeId, wanted: MergeWanted) -> Round | None:

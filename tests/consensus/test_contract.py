@@ -38,6 +38,7 @@ from consensus.transactions import (
     Contribution,
     DecryptionShare,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     Evict,
@@ -54,6 +55,7 @@ from consensus.transactions import (
 from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId, NodeIdentity
+from crypto.testing import placeholder_fingerprint
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"node %d" % i).digest()) for i in range(8)]
 NODES = [i.node_id for i in IDENTITIES]
@@ -130,6 +132,12 @@ class Chain:
             self.ok(node, EpochPublicShare(epoch=epoch.number, share_hash=digest(("pk", epoch.number, node))))
         txs = [
             self.tx(node, EpochSealedShares(epoch=epoch.number, shares_hash=digest(("sealed", node))))
+            for node in epoch.members
+        ]
+        assert self.block(*txs) == (None,) * len(txs)
+        fingerprint = placeholder_fingerprint(epoch.threshold)
+        txs = [
+            self.tx(node, EpochFingerprint(epoch=epoch.number, fingerprint=fingerprint))
             for node in epoch.members
         ]
         assert self.block(*txs) == (None,) * len(txs)
@@ -429,6 +437,8 @@ def test_key_epoch_records_and_rejections() -> None:
         chain.ok(n, EpochSealedShares(epoch=1, shares_hash=digest(("s", n))))
     chain.rejected(NODES[0], EpochPublicShare(epoch=1, share_hash=digest(2)), "public share already")
     chain.rejected(NODES[0], EpochSealedShares(epoch=1, shares_hash=digest(2)), "sealed shares already")
+    for n in e.members:
+        chain.ok(n, EpochFingerprint(epoch=1, fingerprint=placeholder_fingerprint(e.threshold)))
     chain.ok(NODES[0], EpochComplete(epoch=1, collective_key_hash=digest("ck")))
     chain.rejected(NODES[0], EpochComplete(epoch=1, collective_key_hash=digest("ck")), "completion already")
     chain.ok(NODES[1], EpochComplete(epoch=1, collective_key_hash=digest("other")))  # disagrees

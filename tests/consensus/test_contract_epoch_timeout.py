@@ -20,6 +20,7 @@ from consensus.contract import EPOCH_TIMEOUT, Contract
 from consensus.genesis import FoundingMember, Genesis, TrainingParams
 from consensus.transactions import (
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -32,6 +33,7 @@ from consensus.transactions import (
 )
 from crypto import cbor
 from crypto.identity import NodeId, NodeIdentity
+from crypto.testing import placeholder_fingerprint
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"epoch node %d" % i).digest()) for i in range(7)]
 NODES = sorted((i.node_id for i in IDENTITIES), key=lambda n: n.public_key)
@@ -87,6 +89,10 @@ class Chain:
         e = self.epoch
         self.ok(who, lambda n: EpochSealedShares(epoch=e, shares_hash=digest(("sealed", e, n))))
 
+    def fingerprint(self, who: Sequence[NodeId]) -> None:
+        e, t = self.epoch, self.contract.key_epoch().threshold
+        self.ok(who, lambda _n: EpochFingerprint(epoch=e, fingerprint=placeholder_fingerprint(t)))
+
     def confirm(self, who: Sequence[NodeId], key: object = "ck") -> None:
         e = self.epoch
         self.ok(who, lambda _n: EpochComplete(epoch=e, collective_key_hash=digest((key, e))))
@@ -98,6 +104,9 @@ class Chain:
             return
         self.reveal(who)
         if stage == EpochStage.REVEAL:
+            return
+        self.fingerprint(who)
+        if stage == EpochStage.CHECK:
             return
         self.confirm(who)
 
@@ -187,11 +196,15 @@ def test_epoch_timeout_outcomes(
     active = [m for i, m in enumerate(everyone) if i not in silent]
     # Everyone does the stages before `stage`; the silent ones stop there.
     stages = list(EpochStage)
+    step = {
+        EpochStage.COMMIT: chain.commit,
+        EpochStage.REVEAL: chain.reveal,
+        EpochStage.CHECK: chain.fingerprint,
+        EpochStage.CONFIRM: chain.confirm,
+    }
     for earlier in stages[: stages.index(stage)]:
-        {EpochStage.COMMIT: chain.commit, EpochStage.REVEAL: chain.reveal}[earlier](everyone)
-    {EpochStage.COMMIT: chain.commit, EpochStage.REVEAL: chain.reveal, EpochStage.CONFIRM: chain.confirm}[
-        stage
-    ](active)
+        step[earlier](everyone)
+    step[stage](active)
     assert chain.contract.key_epoch().stage == stage
     assert chain.contract.epoch_waiting_for() == tuple(everyone[i] for i in silent)
     assert set(chain.contract.epoch_timeout_voters()) == set(active)
@@ -235,6 +248,7 @@ def test_conflicting_confirmations_start_over_with_everyone() -> None:
     chain = Chain(make_genesis(3))
     chain.commit(NODES[:3])
     chain.reveal(NODES[:3])
+    chain.fingerprint(NODES[:3])
     e = chain.epoch
     chain.ok(NODES[:3], lambda n: EpochComplete(epoch=e, collective_key_hash=digest(("ck", n))))
     assert not chain.contract.key_epoch().complete

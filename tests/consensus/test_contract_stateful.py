@@ -27,6 +27,7 @@ from consensus.transactions import (
     Contribution,
     DecryptionShare,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     Evict,
@@ -42,6 +43,7 @@ from consensus.transactions import (
 )
 from crypto.envelope import EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
+from crypto.testing import placeholder_fingerprint
 
 POOL = [NodeIdentity.from_seed(hashlib.sha256(b"stateful %d" % i).digest()) for i in range(7)]
 NODES = [i.node_id for i in POOL]
@@ -166,14 +168,18 @@ class ContractMachine(RuleBasedStateMachine):
                     if epoch_record.public_share_hash is None
                     else "sealed"
                     if epoch_record.sealed_shares_hash is None
+                    else "fingerprint"
+                    if epoch_record.fingerprint is None
                     else "complete"
                 )
             else:
-                step = data.draw(st.sampled_from(["public", "sealed", "complete"]))
+                step = data.draw(st.sampled_from(["public", "sealed", "fingerprint", "complete"]))
             if step == "public":
                 body = EpochPublicShare(epoch=number, share_hash=self._hash(data))
             elif step == "sealed":
                 body = EpochSealedShares(epoch=number, shares_hash=self._hash(data))
+            elif step == "fingerprint":
+                body = EpochFingerprint(epoch=number, fingerprint=placeholder_fingerprint(e.threshold))
             else:
                 body = EpochComplete(
                     epoch=number, collective_key_hash=HASHES[data.draw(st.sampled_from([0] * 9 + [1]))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -14,7 +15,9 @@ from consensus.transactions import (
     Approve,
     Contribution,
     DecryptionShare,
+    EpochComplaint,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -34,6 +37,7 @@ from consensus.transactions import (
     tx_id,
 )
 from crypto import cbor
+from crypto.dealing import SEGMENT_BYTES, DealingEvidence
 from crypto.errors import BadSignature, MessageTooLarge, ProtocolError, SchemaError, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 
@@ -51,6 +55,20 @@ EXAMPLES: list[TxBody] = [
     Evict(target=BOB.node_id, target_since=0, reason="offline for a week"),
     EpochPublicShare(epoch=1, share_hash=H),
     EpochSealedShares(epoch=1, shares_hash=H),
+    EpochFingerprint(epoch=1, fingerprint=bytes(8 * 8 * 3)),
+    EpochComplaint(
+        epoch=1,
+        dealer=BOB.node_id,
+        evidence=DealingEvidence(
+            segment=2,
+            share_length=8 * SEGMENT_BYTES,
+            blinding_length=64,
+            segment_hashes=(H,) * 8,
+            shares=bytes(SEGMENT_BYTES),
+            blinding=bytes(8),
+            signature=bytes(64),
+        ),
+    ),
     EpochComplete(epoch=1, collective_key_hash=H),
     EpochTimeout(epoch=1, stage="reveal"),
     EpochRejoin(epoch=2),
@@ -126,6 +144,12 @@ def test_a_signed_body_failing_validation_is_a_schema_error() -> None:
         tx_codec(CHAIN).open(cbor.dumps({**unsigned, "sig": signature}))
 
 
+def complaint(**changes: object) -> EpochComplaint:
+    example = next(b for b in EXAMPLES if isinstance(b, EpochComplaint))
+    evidence = dataclasses.replace(example.evidence, **changes)
+    return EpochComplaint(epoch=1, dealer=BOB.node_id, evidence=evidence)
+
+
 def aggregate(contributors: tuple[NodeId, ...]) -> Aggregate:
     return Aggregate(round=1, step=0, aggregate_hash=H, contributors=contributors)
 
@@ -142,6 +166,12 @@ def aggregate(contributors: tuple[NodeId, ...]) -> Aggregate:
         (lambda: EpochPublicShare(epoch=0, share_hash=H), "epoch"),
         (lambda: EpochSealedShares(epoch=1, shares_hash=b""), "shares_hash"),
         (lambda: EpochComplete(epoch=1, collective_key_hash=H[:31]), "collective_key_hash"),
+        (lambda: EpochFingerprint(epoch=1, fingerprint=bytes(7)), "fingerprint"),
+        (lambda: EpochFingerprint(epoch=1, fingerprint=bytes(16 * 1024 + 8)), "fingerprint"),
+        (lambda: complaint(segment=64), "evidence.segment"),
+        (lambda: complaint(segment_hashes=(H[:31],)), "evidence.segment_hashes"),
+        (lambda: complaint(shares=bytes(SEGMENT_BYTES + 1)), "evidence"),
+        (lambda: complaint(signature=bytes(63)), "evidence"),
         (lambda: EpochTimeout(epoch=0, stage="commit"), "epoch"),
         (lambda: EpochTimeout(epoch=1, stage="contribute"), "stage"),
         (lambda: EpochRejoin(epoch=0), "epoch"),

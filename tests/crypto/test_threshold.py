@@ -179,7 +179,9 @@ def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
     stranger = NodeIdentity.generate()
     bad_coefficient = np.zeros((3, N), dtype=np.uint64)
     bad_coefficient[2, 7] = np.uint64(CTX.seal.key_moduli[2])
-    forged_content = th.KeyShareContent(SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10)
+    forged_content = th.KeyShareContent(
+        SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10, b"", bytes(64)
+    )
     cases: list[tuple[th.NodeId, object, type[ProtocolError]]] = [
         (stranger.node_id, public, InvalidKeyShare),
         (IDS[0].node_id, dataclasses.replace(public, epoch=os.urandom(32)), InvalidKeyShare),

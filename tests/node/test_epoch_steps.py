@@ -15,6 +15,7 @@ from consensus.contract import Contract
 from consensus.genesis import FoundingMember, Genesis, Timeouts, TrainingParams
 from consensus.transactions import (
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     EpochTimeout,
@@ -22,6 +23,7 @@ from consensus.transactions import (
     TxSigner,
 )
 from crypto.identity import NodeId, NodeIdentity
+from crypto.testing import placeholder_fingerprint
 from swarmnode.round import (
     LocalFacts,
     RejoinEpoch,
@@ -120,6 +122,8 @@ def test_left_out_member_asks_to_rejoin_once_the_epoch_is_complete() -> None:
     members = c.key_epoch().members
     commit(c, *[(n, EpochPublicShare(epoch=2, share_hash=h(("p2", n)))) for n in members])
     commit(c, *[(n, EpochSealedShares(epoch=2, shares_hash=h(("s2", n)))) for n in members])
+    fingerprint = placeholder_fingerprint(c.key_epoch().threshold)
+    commit(c, *[(n, EpochFingerprint(epoch=2, fingerprint=fingerprint)) for n in members])
     commit(c, *[(n, EpochComplete(epoch=2, collective_key_hash=h("ck2"))) for n in members])
     assert c.key_epoch().complete
     assert reconcile(c, LocalFacts(me=late, now=0.0)).jobs == (RejoinEpoch(epoch=2),)

@@ -21,6 +21,7 @@ from consensus.transactions import (
     Contribution,
     DecryptionShare,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     MergedModel,
@@ -31,6 +32,7 @@ from consensus.transactions import (
 )
 from crypto import cbor
 from crypto.identity import NodeId, NodeIdentity
+from crypto.testing import placeholder_fingerprint
 from swarmnode.round import (
     OUTSIDER_COMBINE_GRACE,
     AggregateContributions,
@@ -99,6 +101,7 @@ WANT = MergeWanted(weight=10, val_metric=0.5, since_round=1)
 def to_epoch_complete(c: Contract) -> None:
     commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
     commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochFingerprint(epoch=1, fingerprint=placeholder_fingerprint(3))) for i in IDS])
     commit(c, *[(i.node_id, EpochComplete(epoch=1, collective_key_hash=h("ck"))) for i in IDS])
 
 
@@ -192,6 +195,7 @@ def nothing(c: Contract) -> None:
 def published(c: Contract) -> None:
     commit(c, *[(i.node_id, EpochPublicShare(epoch=1, share_hash=h(f"p{k}"))) for k, i in enumerate(IDS)])
     commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochFingerprint(epoch=1, fingerprint=placeholder_fingerprint(3))) for i in IDS])
 
 
 def half_published(c: Contract) -> None:
@@ -380,6 +384,7 @@ def test_epoch_jobs_carry_the_epoch_spec() -> None:
     assert isinstance(reveal, RevealEpochShares)
     assert dict(reveal.commitments)[IDS[3].node_id] == h("p3")
     commit(c, *[(i.node_id, EpochSealedShares(epoch=1, shares_hash=h(f"s{k}"))) for k, i in enumerate(IDS)])
+    commit(c, *[(i.node_id, EpochFingerprint(epoch=1, fingerprint=placeholder_fingerprint(3))) for i in IDS])
     (confirm,) = reconcile(c, facts(IDS[2].node_id, key_epochs=frozenset())).jobs
     assert isinstance(confirm, ConfirmEpoch)
     assert dict(confirm.commitments)[IDS[3].node_id] == h("p3")

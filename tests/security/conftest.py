@@ -49,7 +49,9 @@ from consensus.transactions import (
     Approve,
     Contribution,
     DecryptionShare,
+    EpochComplaint,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -65,6 +67,7 @@ from consensus.transactions import (
     VoteEquivocation,
 )
 from crypto import cbor
+from crypto.dealing import DealingEvidence
 from crypto.envelope import DOMAIN, VERSION
 from crypto.identity import NodeIdentity
 from crypto.threshold import PublicKeyShare, SealedKeyShare
@@ -337,6 +340,20 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
         Evict(target=keys[2], target_since=0, reason="offline for a week"),
         EpochPublicShare(epoch=1, share_hash=h),
         EpochSealedShares(epoch=1, shares_hash=h),
+        EpochFingerprint(epoch=1, fingerprint=bytes(192)),
+        EpochComplaint(
+            epoch=1,
+            dealer=keys[1],
+            evidence=DealingEvidence(
+                segment=0,
+                share_length=0,
+                blinding_length=0,
+                segment_hashes=(h,),
+                shares=b"",
+                blinding=b"",
+                signature=bytes(64),
+            ),
+        ),
         EpochComplete(epoch=1, collective_key_hash=h),
         EpochTimeout(epoch=1, stage="reveal"),
         EpochRejoin(epoch=2),

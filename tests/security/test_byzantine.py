@@ -51,6 +51,7 @@ from consensus.transactions import (
     Contribution,
     DecryptionShare,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     Evict,
@@ -70,7 +71,7 @@ from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.rns import add_mod_into
-from crypto.testing import round_binding, run_key_epoch
+from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
 from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, EpochKeys, PublicKeyShare
 from swarmnode.net.memory import open_memory_network
 
@@ -127,6 +128,8 @@ class Ledger:
                 for n in members
             )
         )
+        fingerprint = placeholder_fingerprint(epoch.threshold)
+        self.ok(*(self.tx(n, EpochFingerprint(epoch=epoch.number, fingerprint=fingerprint)) for n in members))
         self.ok(
             *(self.tx(n, EpochComplete(epoch=epoch.number, collective_key_hash=sha(b"ck"))) for n in members)
         )

@@ -184,7 +184,7 @@ def random_field(rnd: random.Random, hint: object, people: list[NodeId]) -> obje
         return rnd.random() < 0.5
     if hint is str:
         phases = ("contribute", "aggregate", "verify", "decrypt", "ready")
-        stages = ("commit", "reveal", "confirm")  # key-epoch stages (EpochTimeout)
+        stages = ("commit", "reveal", "check", "confirm")  # key-epoch stages (EpochTimeout)
         return rnd.choice(("", *phases, *stages, "site-0", "site-x"))
     if hint is bytes:
         return rnd.randbytes(32)
@@ -195,7 +195,12 @@ def random_field(rnd: random.Random, hint: object, people: list[NodeId]) -> obje
         if item is NodeId:
             chosen = rnd.sample(people, rnd.randrange(0, len(people) + 1))
             return tuple(sorted(chosen, key=lambda n: n.public_key))
+        if item is bytes:  # e.g. a complaint's segment hashes
+            return tuple(rnd.randbytes(32) for _ in range(rnd.choice((1, 8))))
         return ("/ip4/127.0.0.1/tcp/4100",) if rnd.random() < 0.7 else ()
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):  # e.g. a complaint's evidence
+        fields = typing.get_type_hints(hint)
+        return hint(**{f.name: random_field(rnd, fields[f.name], people) for f in dataclasses.fields(hint)})
     raise AssertionError(f"no generator for {hint!r}")
 
 
