@@ -7,6 +7,7 @@ see every committed block while the node appends.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast, final
@@ -35,7 +36,7 @@ def _open_store(config: NodeConfig, *, read_only: bool = False) -> tuple[LedgerS
         raise SetupError(f"{path}: no ledger yet; has this site run (swarmnode run --config ...)?")
     try:
         store = LedgerStore.open_existing(path, read_only=read_only)
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         raise SetupError(f"{path}: cannot open ledger ({exc})") from None
     return store, genesis
 
