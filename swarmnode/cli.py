@@ -233,23 +233,41 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, object]) -> str:
-    """Render the runtime's status JSON: known keys first, then anything else it reports."""
+    """Render a status (the running node's JSON or `stored_status`): known keys first, then
+    anything else it reports; peer ids of members shown as ``name (…last 8 chars)``."""
+    names = status.get("names")
+    names = names if isinstance(names, dict) else {}
+
+    def shown(value: object) -> object:
+        if isinstance(value, str) and value in names:
+            return f"{names[value]} (…{value[-8:]})"
+        return value
+
     lines = []
     for key, value in status.items():
-        if key == "history":
+        if key in ("history", "names"):
             continue
         if isinstance(value, list) and value and isinstance(value[0], dict):
             lines.append(f"{key}: {len(value)}")
             continue
-        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
-        lines.append(f"{key}: {shown}")
+        text = ", ".join(str(shown(v)) for v in value) if isinstance(value, list) else shown(value)
+        lines.append(f"{key}: {text}")
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .control import NotRunning
+
     config = NodeConfig.load(args.config)
     try:
-        status = request_control(config.node.storage_dir)
+        status = {"running": True, **request_control(config.node.storage_dir)}
+    except NotRunning as exc:
+        from .ledgerview import stored_status
+
+        try:
+            status = stored_status(config)
+        except SetupError as missing:
+            raise CommandFailed(f"{exc}; and no stored ledger to show: {missing}") from None
     except ControlError as exc:
         raise CommandFailed(str(exc)) from None
     _out(json.dumps(status, indent=2) if args.json else format_status(status))
@@ -257,18 +275,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- run ------------------------------------------------------------------------------
-
-
-def _setup_logging(level: str, *, quiet: bool) -> None:
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("swarmnode")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    # Under the live view only warnings reach the terminal (the table shows the rest).
-    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())) if quiet else level.upper())
 
 
 def _ctrl_c_stops() -> None:
@@ -286,13 +292,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _ctrl_c_stops()
     from .liveview import render, site_row
+    from .logsetup import setup_logging
     from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
     from .trainer import default_metric
 
-    config = NodeConfig.load(args.config, args.set)
+    overrides = [*args.set, *([f"metrics.prometheus={args.prometheus}"] if args.prometheus else [])]
+    config = NodeConfig.load(args.config, overrides)
     genesis = load_genesis(config.ledger.genesis)
-    live_view = sys.stdout.isatty() and not args.plain
-    _setup_logging(config.node.log_level, quiet=live_view)
+    live_view = sys.stdout.isatty() and not args.plain and args.log_format == "text"
+    setup_logging(config.node.log_level, log_format=args.log_format, quiet=live_view, site=config.node.name)
     monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
 
     async def run_plain() -> dict[str, object]:
@@ -338,9 +346,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import write_report, write_site_report
 
-    files = write_report(Path(args.dir))
+    if args.config is not None and args.dir is not None:
+        raise SetupError("report: give --config (one site) or --dir (every site under it), not both")
+    if args.config is not None:
+        files = write_site_report(Path(args.config), None if args.out is None else Path(args.out))
+    else:
+        files = write_report(Path(args.dir or "."), out=None if args.out is None else Path(args.out))
     _out(f"report: {files.html}")
     for plot in files.plots:
         _out(f"plot:   {plot}")
@@ -517,10 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="site.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
     p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or one JSON object per line (json implies --plain)",
+    )
+    p.add_argument(
+        "--prometheus",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (sets [metrics] prometheus)",
+    )
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("report", help="HTML + PNG report of the sites under a directory")
-    p.add_argument("--dir", default=".", help="work dir holding site directories (default .)")
+    p = sub.add_parser("report", help="HTML + PNG report of one site (--config) or of the sites under --dir")
+    p.add_argument("--config", help="this site's site.toml: report from its own ledger and metrics only")
+    p.add_argument("--dir", help="work dir holding site directories (default .)")
+    p.add_argument("--out", help="output directory (default: report/ next to site.toml, or under --dir)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("testnet", help="run N sites on this machine (or --sim in memory) and write a report")
@@ -544,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(handler=cmd_testnet)
 
-    p = sub.add_parser("status", help="ask the running node: membership, round, phase, height")
+    p = sub.add_parser(
+        "status", help="membership (by name), round, phase, height: from the running node, else its ledger"
+    )
     p.add_argument("--config", default="site.toml")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_status)
@@ -601,10 +629,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             return EXIT_FAILED
         if isinstance(error, KeyboardInterrupt):
-            print("swarmnode: interrupted; state is saved, run the same command to resume", file=sys.stderr)
+            _to_stderr("swarmnode: interrupted; state is saved, run the same command to resume")
             return 130
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"swarmnode: error: {error}", file=sys.stderr, flush=True)
+        _to_stderr(f"swarmnode: error: {error}", error=True)
         return code
+
+
+def _to_stderr(text: str, *, error: bool = False) -> None:
+    """A last line for the user; a record like every other one once `run` logs JSON."""
+    logsetup = sys.modules.get("swarmnode.logsetup")
+    if logsetup is not None and logsetup.json_logging():
+        import logging
+
+        logging.getLogger("swarmnode.cli").log(logging.ERROR if error else logging.WARNING, "%s", text)
+    else:
+        print(text, file=sys.stderr, flush=True)

@@ -230,6 +230,27 @@ class SwarmSection:
             raise ValueError("merge_timeout must be > 0 seconds")
 
 
+def parse_listen_address(text: str, *, field: str = "metrics.prometheus") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into (host, port); ValueError names `field`."""
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{field}: expected HOST:PORT such as 127.0.0.1:9464, got {text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSection:
+    """Optional exports of this site's metrics: `prometheus` is ``HOST:PORT`` for a Prometheus
+    endpoint at ``http://HOST:PORT/metrics`` (off when unset; port 0 picks a free port)."""
+
+    prometheus: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prometheus is not None:
+            parse_listen_address(self.prometheus, field="prometheus")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """One site's `site.toml`. Relative paths are relative to the file's directory."""
@@ -241,6 +262,7 @@ class NodeConfig:
     ledger: LedgerSection = field(default_factory=LedgerSection)
     training: TrainConfig = field(default_factory=TrainConfig)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: Path | None = None  # the file this was loaded from
 
     @classmethod
