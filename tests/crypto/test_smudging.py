@@ -10,9 +10,13 @@ allows refuses, and the contract starts a new key epoch before a round would pas
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,3 +339,26 @@ def test_the_contract_starts_a_new_key_epoch_before_a_round_would_pass_the_budge
     assert ledger.contract.round.phase == Phase.READY
     assert ledger.contract.key_epoch().number == 3
     assert ledger.contract.key_epoch().smudging_spent == 0
+
+
+def test_smudging_table_script_meets_the_targets(tmp_path: Path) -> None:
+    """scripts/smudging_table.py: every case within 2^-40 and 1e-5, the measurement on the formula."""
+    out = tmp_path / "table.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/smudging_table.py", "--json", str(out), "--measure-members", "4"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["within_targets"] is True
+    assert [(r["members"], r["parameters"], r["rounds"]) for r in result["rows"]] == [
+        (16, 1_000_000, 100), (16, 50_000_000, 1000), (64, 1_000_000, 100), (64, 50_000_000, 1000),
+    ]  # fmt: skip
+    assert all(r["worst_epoch_distance_log2"] <= -40 for r in (*result["rows"], result["long_run"]))
+    assert result["long_run"]["key_epochs"] > 1
+    measured = result["measured"]
+    assert measured["measured_rms"] == pytest.approx(measured["formula_rms"], rel=0.05)
