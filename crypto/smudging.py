@@ -76,7 +76,7 @@ MIN_LOG_SIGMA: Final = 33
 MAX_LOG_SIGMA: Final = 93
 DEFAULT_LOG_SIGMA: Final = 68
 DEFAULT_BUDGET_BITS: Final = 40
-_GUIDE_BITS: Final = 20  # top bits of u index a guide into the cumulative table
+_GUIDE_BITS: Final = 18  # top bits of u index a guide into the cumulative table
 _TABLE_BITS: Final = 128
 _FIXED: Final = 256  # fixed-point bits of the Gaussian weights while building the table
 _LN2_UPPER: Final = Fraction(6931471805599454, 10**16)  # > ln 2
@@ -125,7 +125,7 @@ class _Table:
     low: U64  # bottom words of the thresholds
     # guide[g] = 2 * (thresholds with top word below g * 2^(64 - _GUIDE_BITS)) + 1 if bucket g
     # holds a threshold's top word (then the sample needs a search), else + 0
-    guide: npt.NDArray[np.int64]
+    guide: npt.NDArray[np.int32]
 
 
 @functools.cache
@@ -158,7 +158,7 @@ def _base_table() -> _Table:
     low = np.array([c & mask for c in thresholds], dtype=np.uint64)
     buckets = np.arange(1 << _GUIDE_BITS, dtype=np.uint64) << np.uint64(64 - _GUIDE_BITS)
     below = np.append(np.searchsorted(high, buckets, side="left"), high.size).astype(np.int64)
-    return _Table(high, low, 2 * below[:-1] + (below[1:] != below[:-1]))
+    return _Table(high, low, (2 * below[:-1] + (below[1:] != below[:-1])).astype(np.int32))
 
 
 def _words(random_bytes: RandomBytes, count: int) -> U64:
@@ -173,16 +173,23 @@ def base_gaussian(random_bytes: RandomBytes, count: int) -> I64:
 
     Uses 8 bytes per sample, and 8 more for the rare sample (about 2^-45) whose top word
     equals a threshold's: the 128-bit ``u`` is drawn lazily, in sample order. A guide on
-    the top 20 bits of u finds the answer without a search for most samples.
+    the top 18 bits of u finds the answer without a search for 98% of the samples.
     """
     table = _base_table()
     u = _words(random_bytes, count)
-    guided: I64 = table.guide[u >> np.uint64(64 - _GUIDE_BITS)]
-    index: I64 = guided >> np.int64(1)
-    # A bucket without a threshold decides the sample: 91% of them do.
-    unresolved = np.flatnonzero(guided & np.int64(1))
+    guided = table.guide[u >> np.uint64(64 - _GUIDE_BITS)]
+    index: I64 = (guided >> np.int32(1)).astype(np.int64)
+    # A bucket without a threshold decides the sample (71% of them); near the centre a
+    # bucket holds at most one threshold, so one comparison settles all but 1.6%.
+    unresolved = np.flatnonzero(guided & np.int32(1))
     if unresolved.size:
-        index[unresolved] = _resolve(random_bytes, table, u[unresolved])
+        top = u[unresolved]
+        step = index[unresolved]
+        step += table.high[step] < top
+        settled = table.high[np.minimum(step, table.high.size - 1)] > top
+        index[unresolved[settled]] = step[settled]
+        rest = unresolved[~settled]
+        index[rest] = _resolve(random_bytes, table, u[rest])
     samples: I64 = index - BASE_CUT
     return samples
 

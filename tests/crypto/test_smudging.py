@@ -117,6 +117,16 @@ def test_tail_cut_holds_and_the_table_ends_are_exact(noise: tuple[np.ndarray, np
     assert values(h, lo, s) == [bound, bound]
 
 
+def test_guided_inversion_equals_a_plain_search_of_the_table() -> None:
+    """The guide and its one-step walk are a shortcut: same samples as searching every threshold."""
+    samples = smudging.base_gaussian(stream(b"guide"), 500_000)
+    u = np.frombuffer(hashlib.shake_256(b"guide").digest(8 * 500_000), dtype="<u8")
+    table = smudging._base_table()
+    assert not np.isin(u, table.high).any()  # no tie on a top word (probability ~2^-45)
+    expected = np.searchsorted(table.high, u, side="right") - smudging.BASE_CUT
+    assert np.array_equal(samples, expected)
+
+
 def test_noise_is_deterministic_in_its_byte_source() -> None:
     a = gaussian_noise(stream(b"prf key 1"), 50_000, 68)
     b = gaussian_noise(stream(b"prf key 1"), 50_000, 68)
