@@ -66,6 +66,13 @@ round that would need that is aborted instead. Every change of roles or
 phase bumps the round's ``step``, which round transactions must name, so a
 stale or replayed record never lands in a later step.
 
+Smudging budget. Decryption shares leak a little about the epoch's keys (bounded in
+`crypto.smudging`); each key epoch counts the shares its rounds asked for
+(`decryption_units`, on entering ``DECRYPT`` and for every new decrypt set in it) and a
+decryption that would pass the budget is never asked for: the round is aborted and a new
+key epoch over the same members starts. A round does not start while one like the
+epoch's largest decryption would no longer fit; a new epoch starts first.
+
 Stopping: after each merged round, ``max_rounds`` merged rounds or
 ``patience`` rounds without an improvement of the median reported validation
 metric by more than ``min_delta`` stop training and record the final model
@@ -84,6 +91,7 @@ from crypto import cbor, dealing
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
+from crypto.smudging import DEFAULT_BUDGET, SmudgingBudget
 
 from .genesis import Genesis
 from .messages import CONSENSUS_MESSAGES, Precommit, Prevote
@@ -217,6 +225,10 @@ class KeyEpoch:
     complete_height: int | None = None
     collective_key_hash: bytes | None = None
     timeout_votes: tuple[NodeId, ...] = ()  # EpochTimeout voters of the current stage, sorted
+    # Smudging budget units (`SmudgingBudget.units`) of the decryptions asked for under this
+    # epoch, and the largest one: see `_charge_decryption`.
+    smudging_spent: int = 0
+    largest_decryption: int = 0
 
     @property
     def complete(self) -> bool:
@@ -1130,6 +1142,8 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
     everyone = set(ready) == members
     if not (everyone or r.ready_timed_out) or len(ready) < _needed(s, g):
         return s
+    if s.epoch.smudging_spent + s.epoch.largest_decryption > SMUDGING_BUDGET.capacity:
+        return _renew_epoch(s, g, h)  # a round like the last would pass the budget: new keys first
     order = _sorted(ready)
     offset = (r.number - 1) % len(order)
     r = replace(
@@ -1190,6 +1204,8 @@ def _assign_roles(s: ContractState, g: Genesis, h: int) -> ContractState:
     if decrypt_set != r.decrypt_set:
         # Lagrange coefficients depend on the whole decrypt set: earlier shares are void.
         r = replace(r, decrypt_set=decrypt_set, decryption_shares=(), merged_votes=())
+        if r.phase == Phase.DECRYPT:
+            return _charge_decryption(replace(s, round=r), g, h)
     return replace(s, round=r)
 
 
@@ -1398,7 +1414,7 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
     if body.agrees:
         assert len(r.contributors) >= g.training.min_peers  # never decrypt fewer than min_peers
         r = replace(r, phase=Phase.DECRYPT.value, step=r.step + 1, timeout_votes=(), verified_by=sender)
-        return replace(s, round=r)
+        return _charge_decryption(replace(s, round=r), g, h)
     assert r.aggregator is not None
     evidence = Evidence(
         height=h, round=r.number, kind=WRONG_AGGREGATE, offender=r.aggregator, detail=r.aggregate_hash or b""
@@ -1413,6 +1429,39 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
         timeout_votes=(),
     )
     return _assign_roles(replace(s, round=r, evidence=(*s.evidence, evidence)), g, h)
+
+
+SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET  # of the one CKKS parameter set nodes run
+
+
+def decryption_units(r: Round) -> int:
+    """Smudging budget units of asking `r`'s decrypt set for shares of its aggregate: every
+    contributor's error, hidden in each of the |T| shares, over every coefficient. The
+    coefficient count is bounded from the largest committed blob (a ciphertext packs a
+    coefficient in 7.5 bytes; its header only adds), so a lying blob size can only
+    overcharge."""
+    sizes = [c.blob_size for c in r.contributions if c.node_id in r.contributors]
+    return SmudgingBudget.units(len(r.contributors), len(r.decrypt_set), max(sizes, default=0) * 2 // 15)
+
+
+def _charge_decryption(s: ContractState, g: Genesis, h: int) -> ContractState:
+    """The round asks its decrypt set for shares: count them against the key epoch's
+    smudging budget, or, if they would pass it, abort the round and start a new key epoch
+    over the same members (fresh secrets, a fresh budget) before any share is made."""
+    epoch, cost, capacity = s.epoch, decryption_units(s.round), SMUDGING_BUDGET.capacity
+    if cost > capacity:
+        return _stop(s, h, f"one decryption needs {cost} smudging budget units, a key epoch has {capacity}")
+    if epoch.smudging_spent + cost > capacity:
+        s = _abort(s, g, h, f"smudging budget of key epoch {epoch.number} spent")
+        return _renew_epoch(s, g, h)
+    spent, largest = epoch.smudging_spent + cost, max(epoch.largest_decryption, cost)
+    return replace(s, epoch=replace(epoch, smudging_spent=spent, largest_decryption=largest))
+
+
+def _renew_epoch(s: ContractState, g: Genesis, h: int) -> ContractState:
+    """A new key epoch over the current one's members (the round waits for it to complete)."""
+    ids = _sorted(m for m in s.epoch.members if s.member(m) is not None)
+    return replace(s, epoch=_make_epoch(s.chain_id, g, s.epoch.number + 1, h, ids, len(s.members)))
 
 
 def _decryption_share(s: ContractState, sender: NodeId, body: DecryptionShare) -> Result:

@@ -365,10 +365,13 @@ def test_the_noise_sampler_is_pluggable() -> None:
         return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.uint64), 32
 
     assert not prss.noise_point(CTX, keys[0], bytes(32), 0, 2, zero).any()
-    high, low, shift_ = prss.uniform_noise(prss.XofStream(b"seed"), 50_000, 68)
+    high, low, shift_ = prss.DEFAULT_NOISE(prss.XofStream(b"seed"), 50_000, 68)
+    again = prss.DEFAULT_NOISE(prss.XofStream(b"seed"), 50_000, 68)
+    assert np.array_equal(high, again[0])
+    assert np.array_equal(low, again[1])
     values = high.astype(np.float64) * 2.0**shift_ + low
-    assert -(2.0**68) <= values.min() < -(2.0**67)
-    assert 2.0**67 < values.max() < 2.0**68
+    assert 0.95 < values.std() / 2.0**68 < 1.05  # the Lagrange shares' discrete Gaussian
+    assert np.abs(values).max() < 14 * 2.0**68
 
 
 # -- decoding hostile blobs -------------------------------------------------------------------
