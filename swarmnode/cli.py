@@ -15,34 +15,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from consensus.errors import StoreError
-from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, GenesisError, Timeouts
-from crypto.errors import KeyFileError
-from models.data import DatasetError
-from models.spec import ModelSpec
+# Only what building the parser needs is imported here (pure Python): `--help` and usage
+# errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
+from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, Timeouts
 
 from . import __version__
-from .config import ConfigError, NodeConfig
-from .control import ControlError, request_control
-from .scaffold import (
-    JOIN_REQUEST_FILE,
-    GenesisSettings,
-    SetupError,
-    SiteSettings,
-    build_genesis,
-    infer_model,
-    init_site,
-    join_site,
-    load_genesis,
-    make_invite,
-    parse_join_policy,
-    parse_member,
-    parse_threshold,
-    save_genesis,
-    save_invite,
-)
+
+if TYPE_CHECKING:
+    from .scaffold import SiteSettings
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -61,6 +43,10 @@ def _out(text: str = "") -> None:
 
 
 def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
+    from models.spec import ModelSpec
+
+    from .scaffold import SetupError, SiteSettings, infer_model
+
     positive = args.positive_class
     if positive is None and args.data == "breast_cancer":
         positive = "malignant"  # the usual disease-vs-rest task of the bundled demo data
@@ -100,6 +86,8 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from .scaffold import init_site
+
     directory = Path(args.dir)
     result = init_site(directory, _site_settings(args, directory))
     _out(f"created {result.key_path} (mode 0600) and {result.config_path}")
@@ -111,6 +99,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    from .scaffold import JOIN_REQUEST_FILE, join_site
+
     directory = Path(args.dir)
     result, genesis = join_site(directory, Path(args.invite), _site_settings(args, directory))
     _out(f"created {result.key_path} (mode 0600), {result.config_path} and the genesis of {genesis.name!r}")
@@ -129,6 +119,10 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, request_control
+    from .scaffold import SetupError
+
     config = NodeConfig.load(args.config)
     if (args.request is None) == (args.peer is None):
         raise SetupError("approve: give exactly one of --request FILE or --peer PEER_ID")
@@ -152,6 +146,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def _timeouts(args: argparse.Namespace) -> Timeouts:
+    from .scaffold import SetupError
+
     p = args.phase_timeout
     try:
         return Timeouts(
@@ -167,6 +163,17 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
 
 
 def cmd_genesis(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .scaffold import (
+        GenesisSettings,
+        SetupError,
+        build_genesis,
+        parse_join_policy,
+        parse_member,
+        parse_threshold,
+        save_genesis,
+    )
+
     if not args.member:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
     model_config = NodeConfig.load(args.model_from)
@@ -198,11 +205,16 @@ def cmd_genesis(args: argparse.Namespace) -> int:
 
 
 def cmd_genesis_show(args: argparse.Namespace) -> int:
+    from .scaffold import load_genesis
+
     _out(load_genesis(Path(args.file)).describe())
     return EXIT_OK
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .scaffold import make_invite, save_invite
+
     config = NodeConfig.load(args.config)
     invite = make_invite(config, args.bootstrap)
     save_invite(invite, Path(args.out))
@@ -215,6 +227,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
     from .ledgerview import verify_site_ledger
 
     report = verify_site_ledger(NodeConfig.load(args.config))
@@ -225,6 +238,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
     from .ledgerview import format_ledger, ledger_json, read_ledger
 
     record = read_ledger(NodeConfig.load(args.config))
@@ -247,6 +261,9 @@ def format_status(status: dict[str, object]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, request_control
+
     config = NodeConfig.load(args.config)
     try:
         status = request_control(config.node.storage_dir)
@@ -285,7 +302,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     _ctrl_c_stops()
+    from .config import NodeConfig
     from .liveview import render, site_row
+    from .scaffold import load_genesis
     from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
     from .trainer import default_metric
 
@@ -551,7 +570,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_USAGE_ERRORS: Final = (ConfigError, SetupError, KeyFileError, GenesisError, DatasetError)
+# Errors a user can act on, as (module, class): a command imports what it needs, so an
+# error class whose module was never imported cannot have been raised.
+_USAGE_ERRORS: Final = (
+    ("swarmnode.config", "ConfigError"),
+    ("swarmnode.scaffold", "SetupError"),
+    ("crypto.errors", "KeyFileError"),
+    ("consensus.genesis", "GenesisError"),
+    ("models.data", "DatasetError"),
+    ("swarmnode.trainer", "SwarmSetupError"),
+    ("swarmnode.net.base", "TransportError"),  # e.g. the configured port is in use
+)
+_FAILURES: Final = (("swarmnode.node", "SwarmError"), ("consensus.errors", "StoreError"))
+
+
+def _raised(exc: BaseException, errors: Sequence[tuple[str, str]]) -> bool:
+    for module_name, class_name in errors:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -568,19 +606,9 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def _exit_code(exc: BaseException) -> int | None:
     """Exit code for an error the user can act on (printed as one line); None: a bug."""
-    if isinstance(exc, _USAGE_ERRORS):
+    if _raised(exc, _USAGE_ERRORS):
         return EXIT_USAGE
-    # Runtime modules are imported only by the commands that need them (torch is slow to load).
-    trainer = sys.modules.get("swarmnode.trainer")
-    if trainer is not None and isinstance(exc, trainer.SwarmSetupError):
-        return EXIT_USAGE
-    base = sys.modules.get("swarmnode.net.base")
-    if base is not None and isinstance(exc, base.TransportError):
-        return EXIT_USAGE  # e.g. the configured port is in use
-    node = sys.modules.get("swarmnode.node")
-    if node is not None and isinstance(exc, node.SwarmError):
-        return EXIT_FAILED
-    if isinstance(exc, CommandFailed | StoreError):
+    if isinstance(exc, CommandFailed) or _raised(exc, _FAILURES):
         return EXIT_FAILED
     return None
 
