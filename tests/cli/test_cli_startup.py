@@ -29,8 +29,8 @@ def _imports_of(*argv: str) -> tuple[int, list[str], str]:
         timeout=60,
         check=False,
     )
-    marked = (line.split(" ", 1) for line in done.stdout.splitlines())
-    lines = {key: value for key, value in marked if key in ("CODE", "HEAVY")}
+    marked = (line.partition(" ") for line in done.stdout.splitlines())
+    lines = {key: value for key, _, value in marked if key in ("CODE", "HEAVY")}
     return int(lines["CODE"]), ast.literal_eval(lines["HEAVY"]), done.stdout + done.stderr
 
 
