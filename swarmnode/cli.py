@@ -78,8 +78,9 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
         positive_class=positive,
         test_source=args.test_data,
         model=model,
-        host=args.host,
+        listen=args.listen,
         port=args.port,
+        advertise=tuple(args.advertise),
         bootstrap=tuple(getattr(args, "bootstrap", ())),
         weightage=args.weightage,
     )
@@ -428,8 +429,17 @@ def cmd_testnet(args: argparse.Namespace) -> int:
 def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
     p.add_argument("--name", required=True, help="this site's display name")
     p.add_argument("--dir", default=".", help="directory for node.key and site.toml (default: .)")
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument(
+        "--listen", default="127.0.0.1", help="IPv4 address to bind, 0.0.0.0: all (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=int, default=7000, help="listen port (default 7000)")
+    p.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="HOST|MULTIADDR",
+        help="where other sites reach this one: IP, DNS name or /dns4/NAME/tcp/PORT (default: --listen)",
+    )
     if not join:
         p.add_argument(
             "--bootstrap", action="append", default=[], metavar="MULTIADDR", help="peer to dial first"
@@ -467,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=KEY@ADDR",
-        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/H/tcp/P",
+        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/IP/tcp/P "
+        "or /dns4/NAME/tcp/P",
     )
     p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
     p.add_argument("--merge", choices=MERGE_METHODS, default="mean", help="merge method (default mean)")

@@ -1697,9 +1697,9 @@ async def open_swarm_node(
 ) -> AsyncIterator[Node]:
     """A running `Node` for `config`; it stops (and releases everything) when the block exits.
 
-    Without `transport`, a `Libp2pTransport` listens on ``[network] host:port`` and dials
-    the bootstrap peers. Without `identity`/`genesis`, they are loaded from the config's
-    key file and genesis file.
+    Without `transport`, a `Libp2pTransport` listens on ``[network] listen:port``, tells
+    peers ``[network] advertise`` and dials the bootstrap peers. Without `identity`/`genesis`,
+    they are loaded from the config's key file and genesis file.
     """
     if options is None:
         options = NodeOptions(inline_compute=inline_compute)
@@ -1714,8 +1714,9 @@ async def open_swarm_node(
             transport = await stack.enter_async_context(
                 open_libp2p_transport(
                     ident,
-                    listen_host=config.network.host,
+                    listen_host=config.network.listen,
                     listen_port=config.network.port,
+                    advertise=config.network.advertised(),
                     bootstrap=config.network.bootstrap,
                 )
             )

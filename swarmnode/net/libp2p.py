@@ -73,6 +73,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
+from ..addresses import DNS_PROTOCOLS, check_dialable
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -323,6 +324,7 @@ class Libp2pTransport(Transport):
         *,
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
+        advertise: Sequence[str] = (),
         bootstrap: Sequence[str] = (),
         allowed_peers: AbstractSet[NodeId] | None = None,
         max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
@@ -336,6 +338,9 @@ class Libp2pTransport(Transport):
         self.max_blob_size = max_blob_size
         self.max_message_size = max_message_size
         self._listen = multiaddr.Multiaddr(f"/ip4/{listen_host}/tcp/{listen_port}")
+        for address in advertise:
+            check_dialable(address)
+        self._advertise = tuple(advertise)[: wire.MAX_ADDRS_PER_PEER]
         key_pair = create_new_key_pair(identity.seed)
         self._host: IHost = new_host(
             key_pair=key_pair,
@@ -489,7 +494,12 @@ class Libp2pTransport(Transport):
         return tuple(str(a) for a in self._host.get_addrs())
 
     def _transport_addrs(self) -> tuple[str, ...]:
-        return tuple(str(a) for a in self._host.get_transport_addrs())[: wire.MAX_ADDRS_PER_PEER]
+        """Where peers reach us: the advertised addresses, else the bound ones a peer can
+        dial (a wildcard such as 0.0.0.0 would send a peer to its own machine)."""
+        if self._advertise:
+            return self._advertise
+        bound = (str(a) for a in self._host.get_transport_addrs())
+        return tuple(a for a in bound if _dialable(a))[: wire.MAX_ADDRS_PER_PEER]
 
     def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
         """Remember where `peer` listens (from its ledger member record); it will be dialled.
@@ -623,7 +633,8 @@ class Libp2pTransport(Transport):
     async def _connect(self, peer: NodeId) -> None:
         """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
         peer_id = libp2p_id(peer)
-        addrs = [multiaddr.Multiaddr(a) for a in self._address_book.get(peer, ())]
+        resolved = [await _resolve(a) for a in self._address_book.get(peer, ())]
+        addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
         # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
         unblock = getattr(self._host.get_network(), "unblock_peer", None)
         if unblock is not None:
@@ -883,6 +894,32 @@ class Libp2pTransport(Transport):
             await _close_quietly(stream)
 
 
+def _dialable(address: str) -> bool:
+    try:
+        check_dialable(address)
+    except ValueError:
+        return False
+    return True
+
+
+async def _resolve(address: str) -> list[str]:
+    """`address` with a /dns, /dns4 or /dns6 host replaced by its IP addresses, resolved by the
+    system (hosts file included). py-libp2p 0.8.1 resolves with dnspython, which skips the
+    hosts file and, finding nothing, dials the name unresolved, which always fails."""
+    parts = address.split("/", 3)
+    if len(parts) < 4 or parts[1] not in DNS_PROTOCOLS:
+        return [address]
+    _, protocol, host, rest = parts
+    family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(protocol, socket.AF_UNSPEC)
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.debug("cannot resolve %s: %s", host, exc)
+        return []
+    ips = dict.fromkeys(str(info[4][0]) for info in infos)
+    return [f"/ip{6 if ':' in ip else 4}/{ip}/{rest}" for ip in ips]
+
+
 def _order(node: NodeId) -> bytes:
     return node.public_key
 
@@ -901,6 +938,7 @@ async def open_libp2p_transport(
     *,
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
+    advertise: Sequence[str] = (),
     bootstrap: Sequence[str] = (),
     allowed_peers: AbstractSet[NodeId] | None = None,
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
@@ -912,6 +950,7 @@ async def open_libp2p_transport(
         identity,
         listen_host=listen_host,
         listen_port=listen_port,
+        advertise=advertise,
         bootstrap=bootstrap,
         allowed_peers=allowed_peers,
         max_blob_size=max_blob_size,

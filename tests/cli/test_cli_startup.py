@@ -6,8 +6,13 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from crypto.identity import NodeIdentity
+from swarmnode.cli import main
+from swarmnode.config import ConfigError, NodeConfig
 
 HEAVY_MODULES = ("torch", "tenseal", "libp2p", "numpy", "trio", "sklearn")
 
@@ -50,3 +55,95 @@ def test_help_and_usage_errors_import_nothing_heavy(argv: tuple[str, ...], code:
     exit_code, heavy, output = _imports_of(*argv)
     assert exit_code == code, output
     assert heavy == [], f"swarmnode {' '.join(argv)} imported {heavy}"
+
+
+# -- listen vs advertised addresses ----------------------------------------------------
+
+
+def _init(tmp_path: Path, name: str, *extra: str) -> int:
+    return main(
+        ["init", "--name", name, "--dir", str(tmp_path / name), "--features", "4", "--classes", "2", *extra]
+    )
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_init_advertises_a_dns_name_while_listening_on_every_interface(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _init(tmp_path, "b", "--listen", "0.0.0.0", "--port", "7401", "--advertise", "hospital-b.example.org")
+        == 0
+    )
+    out = capsys.readouterr().out
+    peer = NodeIdentity.load(tmp_path / "b" / "node.key").node_id.peer_id
+    assert f"--member b={peer}@/dns4/hospital-b.example.org/tcp/7401" in out
+    network = NodeConfig.load(tmp_path / "b" / "site.toml").network
+    assert (network.listen, network.port, network.advertise) == ("0.0.0.0", 7401, ("hospital-b.example.org",))
+    assert network.advertised() == ("/dns4/hospital-b.example.org/tcp/7401",)
+    # a forwarded port and a second address: multiaddrs are taken as they are
+    assert (
+        _init(tmp_path, "c", "--advertise", "/dns4/gw.example.org/tcp/9000", "--advertise", "203.0.113.7")
+        == 0
+    )
+    assert "@/dns4/gw.example.org/tcp/9000,/ip4/203.0.113.7/tcp/7000\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (("--listen", "0.0.0.0"), "--advertise"),  # nothing a peer could dial
+        (("--advertise", "0.0.0.0"), "wildcard"),
+        (("--advertise", "/ip4/0.0.0.0/tcp/7000"), "wildcard"),
+        (("--advertise", "/ip4/hospital-b.example.org/tcp/7000"), "/dns4/hospital-b.example.org/tcp/7000"),
+        (("--advertise", "224.0.0.1"), "multicast"),
+        (("--advertise", "/dns4/b.example.org/tcp/0"), "PORT"),
+        (("--listen", "hospital-b.example.org"), "network.advertise"),
+        (("--port", "0"), "port 0"),
+    ],
+)
+def test_init_refuses_addresses_no_peer_can_dial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], named: str
+) -> None:
+    assert _init(tmp_path, "b", *options) == 2
+    assert named in _one_error_line(capsys)
+    assert not (tmp_path / "b" / "node.key").exists()  # refused before anything was written
+
+
+def test_genesis_refuses_wildcard_and_host_name_in_ip4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path, "a", "--port", "7411") == 0
+    capsys.readouterr()
+    key = tmp_path / "a" / "node.key"
+    config = str(tmp_path / "a" / "site.toml")
+
+    def genesis(address: str) -> int:
+        out = str(tmp_path / f"genesis-{abs(hash(address))}.cbor")
+        return main(["genesis", "--member", f"a={key}@{address}", "--model-from", config, "--out", out])
+
+    assert genesis("/ip4/0.0.0.0/tcp/7411") == 2
+    err = _one_error_line(capsys)
+    assert "members[a].addresses[0]" in err
+    assert "wildcard" in err
+    assert genesis("/ip4/hospital-a.example.org/tcp/7411") == 2
+    assert "/dns4/hospital-a.example.org/tcp/7411" in _one_error_line(capsys)
+    assert genesis("/dns4/hospital-a.example.org/tcp/7411") == 0
+
+
+def test_site_toml_advertise_and_listen_are_checked_when_loaded(tmp_path: Path) -> None:
+    assert _init(tmp_path, "a", "--port", "7421") == 0
+    path = tmp_path / "a" / "site.toml"
+    with pytest.raises(ConfigError, match=r"network: advertise\[0\] = '0.0.0.0': .*wildcard"):
+        NodeConfig.load(path, ['network.advertise=["0.0.0.0"]'])
+    with pytest.raises(ConfigError, match=r"network: listen = 'a.example.org': .*network.advertise"):
+        NodeConfig.load(path, ["network.listen=a.example.org"])
+    with pytest.raises(ConfigError, match=r"needs a fixed network\.port"):
+        NodeConfig.load(path, ["network.port=0", 'network.advertise=["a.example.org"]'])
+    with pytest.raises(ConfigError, match=r"unknown key network\.host"):
+        NodeConfig.load(path, ["network.host=127.0.0.1"])
