@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Sequence
 from typing import Final
 
@@ -117,6 +118,23 @@ def advertised_addresses(listen: str, port: int, advertise: Sequence[str]) -> tu
     if ip is None or port == 0 or _undialable(ip) is not None:
         return ()
     return (f"/ip{ip.version}/{listen}/tcp/{port}",)
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `port` on `host` cannot be listened on (another process holds it), or None.
+
+    py-libp2p listens with SO_REUSEPORT, so a second node on the same port would silently
+    share (and split) its connections. A plain bind fails then.
+    """
+    if port == 0:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"{host}:{port} is in use ({exc.strerror})"
+    return None
 
 
 def unadvertised_reason(listen: str, port: int) -> str:

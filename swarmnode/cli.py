@@ -306,17 +306,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import NodeConfig
     from .liveview import render, site_row
     from .scaffold import load_genesis
-    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
-    from .trainer import default_metric
+    from .startup import preflight
 
     config = NodeConfig.load(args.config, args.set)
     genesis = load_genesis(config.ledger.genesis)
+    identity = preflight(config, genesis)  # refusals at once, before the data and the network
+
+    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
+    from .trainer import default_metric
+
     live_view = sys.stdout.isatty() and not args.plain
     _setup_logging(config.node.log_level, quiet=live_view)
     monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
 
     async def run_plain() -> dict[str, object]:
-        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
+        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor, identity=identity))
 
     if not live_view:
         final = trio.run(run_plain)
@@ -340,7 +344,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.25)
 
                     nursery.start_soon(refresh)
-                    result = await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
+                    result = await stop_on_signal(
+                        lambda: run_site_monitored(config, monitor=monitor, identity=identity)
+                    )
                     live.update(table())  # type: ignore[arg-type]
                     nursery.cancel_scope.cancel()
                 return result
@@ -590,7 +596,8 @@ _USAGE_ERRORS: Final = (
     ("consensus.genesis", "GenesisError"),
     ("models.data", "DatasetError"),
     ("swarmnode.trainer", "SwarmSetupError"),
-    ("swarmnode.net.base", "TransportError"),  # e.g. the configured port is in use
+    ("swarmnode.net.base", "TransportError"),
+    ("swarmnode.startup", "StartRefused"),  # e.g. not a member, port in use
 )
 _FAILURES: Final = (("swarmnode.node", "SwarmError"), ("consensus.errors", "StoreError"))
 

@@ -104,7 +104,7 @@ from consensus.transactions import (
 from consensus.votes import Equivocation
 from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
-from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
+from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.secure_merge import (
     AggregateBuilder,
@@ -154,6 +154,7 @@ from .round import (
     epoch_stage,
     reconcile,
 )
+from .startup import ForeignChains
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -402,6 +403,7 @@ class Node:
         assert isinstance(app, Contract)
         self.contract: Final[Contract] = app
         self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
+        self._foreign_chains = ForeignChains(genesis.chain_id, self._log)
         timeouts = TimeoutConfig(
             propose=config.ledger.propose_timeout,
             prevote=config.ledger.propose_timeout / 2,
@@ -591,6 +593,9 @@ class Node:
             data, sender = message.data, message.sender
             try:
                 envelope = self._opener.open(data)
+            except WrongChain as exc:  # a peer started with another genesis file: said once
+                self._foreign_chains.saw(sender, exc.theirs)
+                continue
             except ProtocolError as exc:
                 self._log.info("dropped a bad consensus message from %s: %s", sender, exc)
                 continue

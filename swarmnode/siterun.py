@@ -37,6 +37,7 @@ from .config import NodeConfig
 from .control import serve_control, to_jsonable
 from .net.base import Transport
 from .node import MergeResult, Node, open_swarm_node
+from .startup import check_node_membership
 from .trainer import (
     METRICS_FILE,
     LocalLearner,
@@ -268,6 +269,7 @@ async def run_site_monitored(
         ) as node,
         trio.open_nursery() as nursery,
     ):
+        check_node_membership(node, config)
         if control:
             await nursery.start(serve_control, node, storage)
         nursery.start_soon(_watch, node, monitor)

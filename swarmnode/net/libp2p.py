@@ -73,7 +73,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
-from ..addresses import DNS_PROTOCOLS, check_dialable
+from ..addresses import DNS_PROTOCOLS, check_dialable, port_in_use
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -428,21 +428,11 @@ class Libp2pTransport(Transport):
             self.started.set()
 
     def _check_port_free(self) -> None:
-        """Refuse a fixed port another process listens on.
-
-        py-libp2p listens with SO_REUSEPORT, so a second node on the same port
-        would silently share (and split) its connections. A plain bind fails then.
-        """
-        host = self._listen.value_for_protocol("ip4")
-        port = int(self._listen.value_for_protocol("tcp"))
-        if port == 0:
-            return
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise OSError(f"port {port} on {host} is in use ({exc.strerror})") from None
+        """Refuse a fixed port another process listens on (see `port_in_use`)."""
+        host, port = self._listen.value_for_protocol("ip4"), self._listen.value_for_protocol("tcp")
+        busy = port_in_use(host, int(port))
+        if busy is not None:
+            raise OSError(busy)
 
     async def aclose(self) -> None:
         """Stop everything this transport runs. Idempotent; never raises."""

@@ -4,15 +4,21 @@ refusals a site gets at once (with the field or file at fault) instead of a sile
 from __future__ import annotations
 
 import ast
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from consensus.genesis import Genesis
+from consensus.transactions import JoinRequest, TxSigner
 from crypto.identity import NodeIdentity
 from swarmnode.cli import main
 from swarmnode.config import ConfigError, NodeConfig
+from swarmnode.scaffold import JOIN_REQUEST_FILE
+from swarmnode.startup import StartRefused, check_membership
 
 HEAVY_MODULES = ("torch", "tenseal", "libp2p", "numpy", "trio", "sklearn")
 
@@ -147,3 +153,133 @@ def test_site_toml_advertise_and_listen_are_checked_when_loaded(tmp_path: Path) 
         NodeConfig.load(path, ["network.port=0", 'network.advertise=["a.example.org"]'])
     with pytest.raises(ConfigError, match=r"unknown key network\.host"):
         NodeConfig.load(path, ["network.host=127.0.0.1"])
+
+
+# -- refusals at start -----------------------------------------------------------------
+
+
+def _swarmnode(*argv: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("swarmnode")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "swarmnode"]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [*command, *argv], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _founded(tmp_path: Path, capsys: pytest.CaptureFixture[str], *outsiders: str) -> tuple[Path, Genesis]:
+    """Site "a" founds a chain alone; each outsider is a site with a key but no membership."""
+    port = _free_port()
+    assert _init(tmp_path, "a", "--port", str(port)) == 0
+    for name in outsiders:
+        assert _init(tmp_path, name, "--port", str(_free_port())) == 0
+    key = tmp_path / "a" / "node.key"
+    out = tmp_path / "genesis.cbor"
+    config = str(tmp_path / "a" / "site.toml")
+    argv = [
+        "genesis",
+        "--member",
+        f"a={key}@/ip4/127.0.0.1/tcp/{port}",
+        "--model-from",
+        config,
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    return out, Genesis.load(out)
+
+
+def _run_refused(config: Path, genesis: Path, *more: str) -> str:
+    done = _swarmnode(
+        "run", "--plain", "--config", str(config), "--set", f'ledger.genesis="{genesis}"', *more
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("swarmnode: error:")]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+def test_a_site_that_is_not_a_member_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    genesis_path, genesis = _founded(tmp_path, capsys, "outsider")
+    error = _run_refused(tmp_path / "outsider" / "site.toml", genesis_path)
+    peer = NodeIdentity.load(tmp_path / "outsider" / "node.key").node_id.peer_id
+    assert f"identity {peer} is not a member of chain {genesis.chain_id.hex()}" in error
+    assert "swarmnode join" in error
+    assert not (
+        tmp_path / "outsider" / "state" / "ledger.sqlite"
+    ).exists()  # refused before it opened a ledger
+
+
+def test_a_port_in_use_is_reported_with_its_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    genesis_path, _ = _founded(tmp_path, capsys)
+    config = NodeConfig.load(tmp_path / "a" / "site.toml")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.network.port))
+        holder.listen()
+        error = _run_refused(tmp_path / "a" / "site.toml", genesis_path)
+    assert f"network.port: 127.0.0.1:{config.network.port} is in use" in error
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (b"not a key\n", "expected exactly one line"),
+        (b"\xff\xfe garbage", "node.key"),
+        (None, "key file not found"),
+    ],
+)
+def test_a_wrong_identity_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, named: str
+) -> None:
+    genesis_path, _ = _founded(tmp_path, capsys)
+    key = tmp_path / "a" / "node.key"
+    key.unlink()
+    if content is not None:
+        key.write_bytes(content)
+        key.chmod(0o600)
+    error = _run_refused(tmp_path / "a" / "site.toml", genesis_path)
+    assert str(key) in error
+    assert named in error
+
+
+def test_a_joiner_starts_with_its_own_join_request_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, genesis = _founded(tmp_path, capsys, "joiner")
+    joiner = NodeIdentity.load(tmp_path / "joiner" / "node.key")
+    request = tmp_path / "joiner" / JOIN_REQUEST_FILE
+    founders = [m.node_id for m in genesis.members]
+
+    def check() -> None:
+        check_membership(
+            joiner.node_id, chain_id=genesis.chain_id, members=founders, pending=(), join_request=request
+        )
+
+    with pytest.raises(StartRefused, match="no join request"):
+        check()
+    request.write_bytes(TxSigner(genesis.chain_id, joiner).sign(JoinRequest(name="joiner", addresses=())))
+    check()  # a joiner waiting for admission starts
+    request.write_bytes(TxSigner(b"\x01" * 32, joiner).sign(JoinRequest(name="joiner", addresses=())))
+    with pytest.raises(StartRefused, match=f"not a join request for chain {genesis.chain_id.hex()}"):
+        check()
+    someone = NodeIdentity.load(tmp_path / "a" / "node.key")
+    request.write_bytes(TxSigner(genesis.chain_id, someone).sign(JoinRequest(name="a", addresses=())))
+    with pytest.raises(StartRefused, match="not a join request signed by this site's identity"):
+        check()
+    check_membership(  # a pending joiner (its request on the ledger) needs no file
+        joiner.node_id, chain_id=genesis.chain_id, members=founders, pending=[joiner.node_id],
+        join_request=tmp_path / "nowhere",
+    )  # fmt: skip
