@@ -135,10 +135,3 @@ def port_in_use(host: str, port: int) -> str | None:
         except OSError as exc:
             return f"{host}:{port} is in use ({exc.strerror})"
     return None
-
-
-def unadvertised_reason(listen: str, port: int) -> str:
-    """Why a site with no `advertise` has no address peers could dial (see `advertised_addresses`)."""
-    if port == 0:
-        return "port 0 picks a random port at start, which no peer can know; give a fixed port"
-    return f"{listen} binds every interface but cannot be dialled; advertise this site's IP or DNS name"

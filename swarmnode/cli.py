@@ -96,6 +96,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     _out(f"public key: {result.node_id.public_key.hex()}")
     _out("give this member line to the genesis organiser:")
     _out(f"  --member {result.member_line}")
+    if "@" not in result.member_line:
+        _out("(no address: with port 0 this site only dials out; give --port and --advertise to be dialled)")
     return EXIT_OK
 
 

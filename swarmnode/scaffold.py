@@ -40,7 +40,7 @@ from crypto.identity import NodeId, NodeIdentity
 from models.data import SKLEARN_DATASETS, Dataset, DatasetError, load_dataset
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
 
-from .addresses import advertised_addresses, check_dialable, check_listen, unadvertised_reason
+from .addresses import advertised_addresses, check_dialable, check_listen
 from .config import ConfigError, NodeConfig
 
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -106,13 +106,14 @@ def peer_address(host: str, port: int, node: NodeId) -> str:
 
 
 def member_line(name: str, node: NodeId, addresses: Sequence[str]) -> str:
-    """What a site hands to the genesis organiser: ``NAME=PEER_ID@MULTIADDR[,MULTIADDR...]``."""
-    return f"{name}={node.peer_id}@{','.join(addresses)}"
+    """What a site hands to the genesis organiser: ``NAME=PEER_ID[@MULTIADDR,MULTIADDR...]``."""
+    return f"{name}={node.peer_id}" + (f"@{','.join(addresses)}" if addresses else "")
 
 
 def site_addresses(settings: SiteSettings) -> tuple[str, ...]:
     """The addresses a new site's peers will dial (its member line); SetupError naming the
-    option at fault if there are none or one cannot be dialled."""
+    option at fault if one cannot be dialled, or if the site listens on a fixed port of every
+    interface without saying where (port 0 and no `advertise`: a site that only dials out)."""
     try:
         check_listen(settings.listen)
     except ValueError as exc:
@@ -121,9 +122,11 @@ def site_addresses(settings: SiteSettings) -> tuple[str, ...]:
         addresses = advertised_addresses(settings.listen, settings.port, settings.advertise)
     except ValueError as exc:
         raise SetupError(f"--advertise: {exc}") from None
-    if not addresses:
-        reason = unadvertised_reason(settings.listen, settings.port)
-        raise SetupError(f"--listen {settings.listen} --port {settings.port}: {reason} (--advertise HOST)")
+    if not addresses and settings.port != 0:
+        raise SetupError(
+            f"--listen {settings.listen}: binds every interface, which no peer can dial; "
+            "give --advertise with this site's IP or DNS name as the other sites reach it"
+        )
     return addresses
 
 

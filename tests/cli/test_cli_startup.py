@@ -98,6 +98,12 @@ def test_init_advertises_a_dns_name_while_listening_on_every_interface(
         == 0
     )
     assert "@/dns4/gw.example.org/tcp/9000,/ip4/203.0.113.7/tcp/7000\n" in capsys.readouterr().out
+    # port 0 and nothing advertised: a site that only dials out; its member line has no address
+    assert _init(tmp_path, "d", "--listen", "0.0.0.0", "--port", "0") == 0
+    peer = NodeIdentity.load(tmp_path / "d" / "node.key").node_id.peer_id
+    out = capsys.readouterr().out
+    assert f"--member d={peer}\n" in out
+    assert "only dials out" in out
 
 
 @pytest.mark.parametrize(
@@ -110,7 +116,6 @@ def test_init_advertises_a_dns_name_while_listening_on_every_interface(
         (("--advertise", "224.0.0.1"), "multicast"),
         (("--advertise", "/dns4/b.example.org/tcp/0"), "PORT"),
         (("--listen", "hospital-b.example.org"), "network.advertise"),
-        (("--port", "0"), "port 0"),
     ],
 )
 def test_init_refuses_addresses_no_peer_can_dial(
