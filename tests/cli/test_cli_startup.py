@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from consensus.genesis import Genesis
+from consensus.store import LedgerStore
 from consensus.transactions import JoinRequest, TxSigner
 from crypto.identity import NodeIdentity
 from swarmnode.cli import main
@@ -68,7 +69,7 @@ def test_help_and_usage_errors_import_nothing_heavy(argv: tuple[str, ...], code:
 
 def _init(tmp_path: Path, name: str, *extra: str) -> int:
     return main(
-        ["init", "--name", name, "--dir", str(tmp_path / name), "--features", "4", "--classes", "2", *extra]
+        ["init", "--name", name, "--dir", str(tmp_path / name), "--features", "30", "--classes", "2", *extra]
     )
 
 
@@ -213,17 +214,20 @@ def _run_refused(config: Path, genesis: Path, *more: str) -> str:
     return errors[0]
 
 
+@pytest.mark.parametrize("stored_ledger", [False, True])
 def test_a_site_that_is_not_a_member_is_refused_at_start(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stored_ledger: bool
 ) -> None:
     genesis_path, genesis = _founded(tmp_path, capsys, "outsider")
+    ledger = tmp_path / "outsider" / "state" / "ledger.sqlite"
+    if stored_ledger:  # e.g. it ran before: checked against the ledger the node replays
+        ledger.parent.mkdir(mode=0o700)
+        LedgerStore(ledger, genesis.chain_id).close()
     error = _run_refused(tmp_path / "outsider" / "site.toml", genesis_path)
     peer = NodeIdentity.load(tmp_path / "outsider" / "node.key").node_id.peer_id
     assert f"identity {peer} is not a member of chain {genesis.chain_id.hex()}" in error
     assert "swarmnode join" in error
-    assert not (
-        tmp_path / "outsider" / "state" / "ledger.sqlite"
-    ).exists()  # refused before it opened a ledger
+    assert ledger.exists() == stored_ledger  # a fresh site is refused before it opens a ledger
 
 
 def test_a_port_in_use_is_reported_with_its_address(
