@@ -91,6 +91,8 @@ def advertised_address(entry: str, port: int) -> str:
     """One ``network.advertise`` entry as a multiaddr: a full multiaddr is taken as it is,
     an IP address or DNS name gets ``port`` (the listen port; a router may forward another)."""
     if entry.startswith("/"):
+        if "/p2p/" in entry:
+            raise ValueError("leave out /p2p/<peer id>: the node adds its own where it is needed")
         address = entry
     else:
         if port == 0:

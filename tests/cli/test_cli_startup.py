@@ -115,6 +115,7 @@ def test_init_advertises_a_dns_name_while_listening_on_every_interface(
         (("--advertise", "/ip4/0.0.0.0/tcp/7000"), "wildcard"),
         (("--advertise", "/ip4/hospital-b.example.org/tcp/7000"), "/dns4/hospital-b.example.org/tcp/7000"),
         (("--advertise", "224.0.0.1"), "multicast"),
+        (("--advertise", "/ip4/192.0.2.1/tcp/7000/p2p/12D3KooWxyz"), "leave out /p2p/"),
         (("--advertise", "/dns4/b.example.org/tcp/0"), "PORT"),
         (("--listen", "hospital-b.example.org"), "network.advertise"),
     ],
