@@ -244,22 +244,25 @@ def test_a_port_in_use_is_reported_with_its_address(
 
 
 @pytest.mark.parametrize(
-    ("content", "named"),
+    ("content", "mode", "named"),
     [
-        (b"not a key\n", "expected exactly one line"),
-        (b"\xff\xfe garbage", "node.key"),
-        (None, "key file not found"),
+        (b"not a key\n", 0o600, "expected exactly one line"),
+        (b"\xff\xfe garbage", 0o600, "cannot read key file"),
+        (None, 0o600, "key file not found"),
+        (b"keep", 0o644, "chmod 600"),  # the right key, readable by others
     ],
 )
 def test_a_wrong_identity_file_is_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, named: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, mode: int, named: str
 ) -> None:
     genesis_path, _ = _founded(tmp_path, capsys)
     key = tmp_path / "a" / "node.key"
-    key.unlink()
-    if content is not None:
-        key.write_bytes(content)
-        key.chmod(0o600)
+    if content != b"keep":
+        key.unlink()
+        if content is not None:
+            key.write_bytes(content)
+    if key.exists():
+        key.chmod(mode)
     error = _run_refused(tmp_path / "a" / "site.toml", genesis_path)
     assert str(key) in error
     assert named in error
