@@ -8,17 +8,22 @@ or a host name written into ``/ip4/`` is refused here, by name, when the member 
 made, when genesis is written and when ``site.toml`` is loaded (not after an hour of
 failed dials).
 
-Plain string checks: this module imports neither libp2p nor multiaddr, so the command
-line validates addresses without loading the network stack.
+Plain string checks (and the system resolver): this module imports neither libp2p nor
+multiaddr, so the command line validates addresses without loading the network stack.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Sequence
 from typing import Final
+
+import trio
+
+log = logging.getLogger(__name__)
 
 DNS_PROTOCOLS: Final = ("dns", "dns4", "dns6")
 HOST_PROTOCOLS: Final = ("ip4", "ip6", *DNS_PROTOCOLS)
@@ -85,6 +90,32 @@ def check_dialable(address: str) -> None:
         )
     if rest and (len(rest) != 2 or rest[0] != "p2p" or not rest[1]):
         raise ValueError("only /p2p/<peer id> may follow the port")
+
+
+def is_dialable(address: str) -> bool:
+    try:
+        check_dialable(address)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve_dns(address: str) -> list[str]:
+    """`address` with a /dns, /dns4 or /dns6 host replaced by its IP addresses, resolved by the
+    system (hosts file included). py-libp2p 0.8.1 resolves with dnspython, which skips the
+    hosts file and, finding nothing, dials the name unresolved, which always fails."""
+    parts = address.split("/", 3)
+    if len(parts) < 4 or parts[1] not in DNS_PROTOCOLS:
+        return [address]
+    _, protocol, host, rest = parts
+    family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(protocol, socket.AF_UNSPEC)
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.debug("cannot resolve %s: %s", host, exc)
+        return []
+    ips = dict.fromkeys(str(info[4][0]) for info in infos)
+    return [f"/ip{6 if ':' in ip else 4}/{ip}/{rest}" for ip in ips]
 
 
 def advertised_address(entry: str, port: int) -> str:

@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -73,7 +72,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
-from ..addresses import DNS_PROTOCOLS, check_dialable, port_in_use
+from ..addresses import check_dialable, is_dialable, port_in_use, resolve_dns
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -489,7 +488,7 @@ class Libp2pTransport(Transport):
         if self._advertise:
             return self._advertise
         bound = (str(a) for a in self._host.get_transport_addrs())
-        return tuple(a for a in bound if _dialable(a))[: wire.MAX_ADDRS_PER_PEER]
+        return tuple(a for a in bound if is_dialable(a))[: wire.MAX_ADDRS_PER_PEER]
 
     def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
         """Remember where `peer` listens (from its ledger member record); it will be dialled.
@@ -623,7 +622,7 @@ class Libp2pTransport(Transport):
     async def _connect(self, peer: NodeId) -> None:
         """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
         peer_id = libp2p_id(peer)
-        resolved = [await _resolve(a) for a in self._address_book.get(peer, ())]
+        resolved = [await resolve_dns(a) for a in self._address_book.get(peer, ())]
         addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
         # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
         unblock = getattr(self._host.get_network(), "unblock_peer", None)
@@ -882,32 +881,6 @@ class Libp2pTransport(Transport):
             log.info("blob request from %s dropped: %s: %s", peer.short, type(exc).__name__, exc)
         finally:
             await _close_quietly(stream)
-
-
-def _dialable(address: str) -> bool:
-    try:
-        check_dialable(address)
-    except ValueError:
-        return False
-    return True
-
-
-async def _resolve(address: str) -> list[str]:
-    """`address` with a /dns, /dns4 or /dns6 host replaced by its IP addresses, resolved by the
-    system (hosts file included). py-libp2p 0.8.1 resolves with dnspython, which skips the
-    hosts file and, finding nothing, dials the name unresolved, which always fails."""
-    parts = address.split("/", 3)
-    if len(parts) < 4 or parts[1] not in DNS_PROTOCOLS:
-        return [address]
-    _, protocol, host, rest = parts
-    family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(protocol, socket.AF_UNSPEC)
-    try:
-        infos = await trio.socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        log.debug("cannot resolve %s: %s", host, exc)
-        return []
-    ips = dict.fromkeys(str(info[4][0]) for info in infos)
-    return [f"/ip{6 if ':' in ip else 4}/{ip}/{rest}" for ip in ips]
 
 
 def _order(node: NodeId) -> bytes:
