@@ -22,6 +22,8 @@ from models.data import SKLEARN_DATASETS, PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
+from .addresses import advertised_address, advertised_addresses, check_listen
+
 T = TypeVar("T")
 
 
@@ -177,15 +179,30 @@ class NodeSection:
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkSection:
-    """Where this node listens and whom it dials first (multiaddrs with /p2p/<peer id>)."""
+    """Where this node listens, where peers reach it (`advertise`: IP addresses, DNS names or
+    multiaddrs; see `swarmnode.addresses`) and whom it dials first (multiaddrs with /p2p/<peer id>)."""
 
-    host: str = "127.0.0.1"
+    listen: str = "127.0.0.1"
     port: int = 0
+    advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0-65535, got {self.port}")
+        try:
+            check_listen(self.listen)
+        except ValueError as exc:
+            raise ValueError(f"listen = {self.listen!r}: {exc}") from None
+        for i, entry in enumerate(self.advertise):
+            try:
+                advertised_address(entry, self.port)
+            except ValueError as exc:
+                raise ValueError(f"advertise[{i}] = {entry!r}: {exc}") from None
+
+    def advertised(self) -> tuple[str, ...]:
+        """The multiaddrs peers dial (no /p2p/ part); () if this site gives none."""
+        return advertised_addresses(self.listen, self.port, self.advertise)
 
 
 @dataclass(frozen=True, kw_only=True)

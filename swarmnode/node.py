@@ -106,7 +106,7 @@ from consensus.transactions import (
 from consensus.votes import Equivocation
 from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
-from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
+from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.secure_merge import (
     AggregateBuilder,
@@ -158,6 +158,7 @@ from .round import (
     epoch_stage,
     reconcile,
 )
+from .startup import ForeignChains
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -409,6 +410,7 @@ class Node:
         assert isinstance(app, Contract)
         self.contract: Final[Contract] = app
         self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
+        self._foreign_chains = ForeignChains(genesis.chain_id, self._log)
         timeouts = TimeoutConfig(
             propose=config.ledger.propose_timeout,
             prevote=config.ledger.propose_timeout / 2,
@@ -598,6 +600,9 @@ class Node:
             data, sender = message.data, message.sender
             try:
                 envelope = self._opener.open(data)
+            except WrongChain as exc:  # a peer started with another genesis file: said once
+                self._foreign_chains.saw(sender, exc.theirs)
+                continue
             except ProtocolError as exc:
                 self._log.info("dropped a bad consensus message from %s: %s", sender, exc)
                 continue
@@ -1721,9 +1726,9 @@ async def open_swarm_node(
 ) -> AsyncIterator[Node]:
     """A running `Node` for `config`; it stops (and releases everything) when the block exits.
 
-    Without `transport`, a `Libp2pTransport` listens on ``[network] host:port`` and dials
-    the bootstrap peers. Without `identity`/`genesis`, they are loaded from the config's
-    key file and genesis file.
+    Without `transport`, a `Libp2pTransport` listens on ``[network] listen:port``, tells
+    peers ``[network] advertise`` and dials the bootstrap peers. Without `identity`/`genesis`,
+    they are loaded from the config's key file and genesis file.
     """
     if options is None:
         options = NodeOptions(inline_compute=inline_compute)
@@ -1738,8 +1743,9 @@ async def open_swarm_node(
             transport = await stack.enter_async_context(
                 open_libp2p_transport(
                     ident,
-                    listen_host=config.network.host,
+                    listen_host=config.network.listen,
                     listen_port=config.network.port,
+                    advertise=config.network.advertised(),
                     bootstrap=config.network.bootstrap,
                 )
             )

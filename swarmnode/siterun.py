@@ -41,6 +41,7 @@ from .metricsfile import METRICS_FILE, MetricsFile
 from .net.base import Transport
 from .node import MergeResult, Node, open_swarm_node
 from .prometheus import SiteCollector, count_libp2p_traffic, serve_prometheus
+from .startup import check_node_membership
 from .trainer import (
     LocalLearner,
     RoundRecord,
@@ -267,6 +268,7 @@ async def run_site_monitored(
         ) as node,
         trio.open_nursery() as nursery,
     ):
+        check_node_membership(node, config)
         set_log_node(node.node_id.peer_id)
         if control:
             await nursery.start(serve_control, node, storage)

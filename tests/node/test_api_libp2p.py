@@ -37,7 +37,7 @@ def libp2p_configs(tmp_path: Path) -> list[NodeConfig]:
         dataclasses.replace(
             config,
             network=NetworkSection(
-                host="127.0.0.1",
+                listen="127.0.0.1",
                 port=ports[i],
                 bootstrap=tuple(
                     f"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{ids[j].peer_id}" for j in range(2) if j != i
