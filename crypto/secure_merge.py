@@ -88,15 +88,26 @@ __all__ = [
     "decryption_share_size",
     "default_threshold",
     "encrypt_update",
+    "min_contributions",
     "start_key_epoch",
     "threshold_messages",
 ]
 
-# Whatever min_peers says, never help decrypt a single member's update.
-MIN_CONTRIBUTIONS: Final = 2
 # Honest normalised weights sum to at most 1 (all of the round's Ready weight); a little
 # slack absorbs float rounding of w_i / W.
 _MAX_WEIGHT_SUM: Final = 1.0 + 1e-6
+
+
+def min_contributions(min_peers: int, threshold: int) -> int:
+    """The fewest contributions an aggregate may hold to be decrypted: ``max(min_peers, t + 1)``.
+
+    Up to t - 1 colluding members may sit in a sum; with t + 1 contributions at least two
+    honest updates remain in it, so subtracting their own updates from the merge leaves the
+    colluders a sum of at least two, never one site's update. The one copy of the rule:
+    the contract (round start and abort), the round planner and the node check it through
+    `consensus.genesis.TrainingParams.min_contributions`.
+    """
+    return max(min_peers, threshold + 1)
 
 
 def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> KeyEpoch:
@@ -118,7 +129,7 @@ def encrypt_update(keys: EpochKeys, parameters: npt.ArrayLike, weight: float, to
     """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under our key share.
 
     Only a decrypt set of the epoch can remove its mask, and only inside a sum of at least
-    min_peers contributions (see `decryption_share`). Raises ValueError for a non-1-D,
+    `min_contributions` contributions (see `decryption_share`). Raises ValueError for a non-1-D,
     non-float, non-finite or out-of-range vector (|v| above ``params.max_abs_value``) or a
     weight outside ``(0, total_weight]``.
     """
@@ -185,13 +196,15 @@ def decryption_share(
 
     `contributions` is the number of contributions the ledger committed for this aggregate:
     an honest member refuses unless the aggregate sums exactly that many contributors, at
-    least ``max(min_peers, 2)``, all members of the epoch, is in the decrypt set, and the set
-    has at least t distinct members. `length` (the model size), if given, must match the
-    aggregate's.
+    least `min_contributions` (``max(min_peers, t + 1)`` for the epoch's t), all members of
+    the epoch, is in the decrypt set, and the set has at least t distinct members. `length`
+    (the model size), if given, must match the aggregate's.
     """
-    if contributions < max(min_peers, MIN_CONTRIBUTIONS):
+    needed = min_contributions(min_peers, keys.spec.threshold)
+    if contributions < needed:
         raise DecryptionRefused(
-            f"aggregate of {contributions} contributions; at least {max(min_peers, MIN_CONTRIBUTIONS)} needed"
+            f"aggregate of {contributions} contributions; at least {needed} needed "
+            f"(max(min_peers={min_peers}, t+1={keys.spec.threshold + 1}))"
         )
     vector = EncryptedVector.from_bytes(keys.context, aggregate)
     if length is not None and vector.length != length:

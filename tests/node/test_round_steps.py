@@ -465,8 +465,8 @@ def test_job_keys_are_stable_and_distinct() -> None:
         AggregateContributions(round=1, step=2, contributions=()),
         VerifyAggregate(round=1, step=3, claimed_hash=h("a"), contributions=()),
         MakeDecryptionShare(
-            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), contributions=2,
-            committed=(),
+            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), threshold=1,
+            contributions=2, committed=(),
         ),
         CombineShares(round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, shares=()),
         LoadMerged(round=1, params_hash=h("m")),
