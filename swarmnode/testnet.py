@@ -149,6 +149,8 @@ def prepare_testnet(
     except ValueError as exc:
         raise SetupError(f"--scenario {scenario!r}: {exc}") from None
     _prepare_workdir(workdir, overwrite)
+    if secure and nodes < 3:
+        raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
     data_dir = workdir / "data"
     data_dir.mkdir()
 
