@@ -259,6 +259,12 @@ class Genesis:
         _require(len(set(keys)) == len(keys), "members", "a public key is listed twice")
         names = [m.name for m in self.members]
         _require(len(set(names)) == len(names), "members", "a member name is listed twice")
+        if self.join_policy.mode == "members":
+            _require(
+                self.join_policy.approvals <= len(self.members),
+                "join_policy.approvals",
+                f"cannot exceed the {len(self.members)} founding members",
+            )
         if self.training.secure:
             t = self.training.threshold.threshold(len(self.members))
             _require(
@@ -267,14 +273,8 @@ class Genesis:
                 f"a secure swarm needs at least t+1 = {t + 1} founding members "
                 f"(training.threshold {self.training.threshold.numerator}/"
                 f"{self.training.threshold.denominator} gives t = {t} of {len(self.members)}): "
-                "with fewer, every merge decrypts an aggregate in which t-1 colluders face one "
-                "honest update; add founders or set training.secure = false",
-            )
-        if self.join_policy.mode == "members":
-            _require(
-                self.join_policy.approvals <= len(self.members),
-                "join_policy.approvals",
-                f"cannot exceed the {len(self.members)} founding members",
+                "a round needs t+1 contributions, so that t-1 colluders face two honest updates; "
+                "add founders or set training.secure = false",
             )
 
     # -- bytes, hash and files --------------------------------------------------
