@@ -301,13 +301,13 @@ class Round:
     ready: tuple[ReadyRecord, ...] = ()
     ready_timed_out: bool = False
     timeout_votes: tuple[NodeId, ...] = ()  # for the current step only
-    barred: tuple[NodeId, ...] = ()  # fixed at start: withholders kept out of the decrypt set
     stop_votes: tuple[NodeId, ...] = ()
     # Fixed at start:
     epoch: int = 0
     threshold: int = 0
     start_height: int = 0
     participants: tuple[NodeId, ...] = ()  # rotation order
+    barred: tuple[NodeId, ...] = ()  # withholders kept out of the decrypt set (`_withholders`)
     # Changing during the round:
     dropped: tuple[NodeId, ...] = ()  # participants whose contribution is not in the round
     excluded: tuple[NodeId, ...] = ()  # participants no longer eligible for a role
@@ -1123,7 +1123,8 @@ def _assign_roles(s: ContractState, g: Genesis, h: int) -> ContractState:
     contributing = len(r.participants) - len(r.dropped)
     needed = g.training.min_contributions(r.threshold)
     if contributing < needed:
-        return _abort(s, g, h, f"fewer than {needed} contributions remain (max(min_peers, t+1))")
+        rule = f"min_peers {g.training.min_peers}, t {r.threshold}"
+        return _abort(s, g, h, f"fewer than {needed} contributions remain ({rule})")
     if len(r.active) < max(2, r.threshold):
         return _abort(s, g, h, "too few eligible participants left for leader, verifier and decrypt set")
     leader, verifier, decrypt_set = _roles(r)
