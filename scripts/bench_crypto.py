@@ -110,16 +110,17 @@ def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
 
 
 def bench_large(length: int) -> dict[str, Any]:
-    """One merge of two `length`-parameter updates, end to end, one step at a time to bound memory."""
+    """One merge of three `length`-parameter updates (t + 1 for t = 2: the fewest a decryptor
+    accepts), end to end, one step at a time to bound memory."""
     spec, _, keys = run_key_epoch(3)  # t = 2
     rng = np.random.default_rng(9)
     builder = sm.AggregateBuilder(length)
     expected = np.zeros(length, dtype=np.float64)
     out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
-    for i, weight in enumerate((1.0, 3.0)):
+    for i, weight in enumerate((1.0, 3.0, 4.0)):
         values = rng.uniform(-1, 1, length).astype(np.float32)
-        expected += weight / 4.0 * values
-        blob, _, wall = timed(lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0))  # type: ignore[misc]
+        expected += weight / 8.0 * values
+        blob, _, wall = timed(lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 8.0))  # type: ignore[misc]
         out["encrypt_wall_s"].append(wall)
         out["ciphertext_bytes"] = len(blob)
         _, _, wall = timed(functools.partial(builder.add, blob, keys[i].me))
@@ -132,7 +133,7 @@ def bench_large(length: int) -> dict[str, Any]:
     for k in keys[:2]:
 
         def make_share(k: threshold.EpochKeys = k) -> bytes:
-            return sm.decryption_share(k, aggregate, decrypt_set, contributions=2, min_peers=2)
+            return sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2)
 
         part, _, wall = timed(make_share)
         parts.append(part)
