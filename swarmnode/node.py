@@ -158,6 +158,7 @@ from .round import (
     epoch_stage,
     reconcile,
 )
+from .sharelog import ShareLog, ShareLogError, ShareRecord
 from .startup import ForeignChains
 
 if TYPE_CHECKING:
@@ -405,6 +406,10 @@ class Node:
         self.storage_dir: Final = storage
         # Before the ledger opens: a directory of another node or chain stops us here.
         self.files: Final = NodeFiles(storage, identity, genesis.chain_id)
+        try:
+            self._share_log: Final = ShareLog(storage)  # one decryption share per aggregate, ever
+        except ShareLogError as exc:
+            raise SwarmError(str(exc)) from None
         self._store = LedgerStore(storage / "ledger.sqlite", genesis.chain_id)
         app, resume = recover(self._store, lambda: Contract(genesis))
         assert isinstance(app, Contract)
@@ -1377,9 +1382,9 @@ class Node:
             # Privacy: decrypt only what we summed ourselves from the committed contributions
             # (fetched by their committed hashes, verified by the transport). A leader and a
             # verifier colluding cannot get a single update (or any other blob) decrypted.
-            if len(job.committed) != job.contributions or len(job.committed) < max(
-                2, self.genesis.training.min_peers
-            ):
+            if len(job.committed) != job.contributions or len(
+                job.committed
+            ) < self.genesis.training.min_contributions(job.threshold):
                 raise SwarmError(f"round {job.round}: the committed contributions do not match the aggregate")
             # Usually summed already (`PrepareAggregate`, while the leader was adding).
             aggregate = await self._sum(job.round, job.committed, holder=job.aggregator)
@@ -1396,8 +1401,8 @@ class Node:
                 return
             self._keep_blob(job.round, aggregate)  # serve it to the combiners as well
         if not self.genesis.training.secure:
-            if job.contributions < max(2, self.genesis.training.min_peers):
-                raise SwarmError(f"round {job.round}: fewer than min_peers contributions; no confirmation")
+            if job.contributions < self.genesis.training.min_contributions(job.threshold):
+                raise SwarmError(f"round {job.round}: too few contributions; no confirmation")
             confirmation = PlaintextConfirmation(
                 round=job.round,
                 step=job.step,
@@ -1408,13 +1413,37 @@ class Node:
             await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
             return
         try:
-            share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+            digest = await self._released_share(job, aggregate)
         except DecryptionRefused as exc:
             self._refused_aggregates.add(refusal)
             self._log.warning("round %d step %d: no decryption share: %s", job.round, job.step, exc)
             return
-        digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
+
+    async def _released_share(self, job: MakeDecryptionShare, aggregate: bytes) -> bytes:
+        """The hash of our one share of `job`'s aggregate: made, logged durably (`ShareLog`)
+        and only then served; the same share again for the same decrypt set (a new step, a
+        restart); `DecryptionRefused` for any other set: never a second share of a sum."""
+        shared = self._share_log.get(job.epoch, job.aggregate_hash)
+        if shared is None:
+            share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+            shared = self._share_log.get(job.epoch, job.aggregate_hash)  # released meanwhile?
+            if shared is None:
+                digest = hashlib.sha256(share).digest()
+                record = ShareRecord(
+                    epoch=job.epoch,
+                    aggregate_hash=job.aggregate_hash,
+                    decrypt_set=job.decrypt_set,
+                    share_hash=digest,
+                )
+                self._share_log.record(record)
+                self._keep_blob(job.round, share)
+                return digest
+        if shared.decrypt_set != job.decrypt_set:
+            raise DecryptionRefused(
+                f"aggregate {job.aggregate_hash.hex()[:12]} was shared already for another decrypt set"
+            )
+        return shared.share_hash
 
     async def _combine(self, job: Job) -> None:
         assert isinstance(job, CombineShares)
