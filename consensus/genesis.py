@@ -26,7 +26,7 @@ from typing import Final, final
 from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
-from crypto.secure_merge import min_contributions
+from crypto.quorum import min_contributions
 
 GENESIS_VERSION: Final = 1
 HASH_SIZE: Final = 32

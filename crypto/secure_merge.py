@@ -57,6 +57,7 @@ from .ckks import (
 )
 from .errors import InvalidAggregate, InvalidCiphertext
 from .identity import NodeId, NodeIdentity
+from .quorum import min_contributions
 from .threshold import (
     THRESHOLD_MESSAGES,
     DecryptionRefused,
@@ -105,18 +106,6 @@ __all__ = [
 # Honest normalised weights sum to at most 1 (all of the round's Ready weight); a little
 # slack absorbs float rounding of w_i / W.
 _MAX_WEIGHT_SUM: Final = 1.0 + 1e-6
-
-
-def min_contributions(min_peers: int, threshold: int) -> int:
-    """The fewest contributions an aggregate may hold to be decrypted: ``max(min_peers, t + 1)``.
-
-    Up to t - 1 colluding members may sit in a sum; with t + 1 contributions at least two
-    honest updates remain in it, so subtracting their own updates from the merge leaves the
-    colluders a sum of at least two, never one site's update. The one copy of the rule:
-    the contract (round start and abort), the round planner and the node check it through
-    `consensus.genesis.TrainingParams.min_contributions`.
-    """
-    return max(min_peers, threshold + 1)
 
 
 def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> KeyEpoch:
