@@ -29,6 +29,7 @@ from consensus.transactions import (
     Contribution,
     DecryptionShare,
     EpochComplete,
+    EpochFingerprint,
     EpochPublicShare,
     EpochSealedShares,
     MergedModel,
@@ -40,7 +41,7 @@ from consensus.transactions import (
 )
 from crypto import secure_merge as sm
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import run_key_epoch
+from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Node
@@ -91,6 +92,8 @@ class Chain:
         e = self.contract.key_epoch()
         self.ok([(n, EpochPublicShare(epoch=e.number, share_hash=sha(("pk", n)))) for n in e.members])
         self.ok([(n, EpochSealedShares(epoch=e.number, shares_hash=sha(("s", n)))) for n in e.members])
+        fingerprint = placeholder_fingerprint(e.threshold)
+        self.ok([(n, EpochFingerprint(epoch=e.number, fingerprint=fingerprint)) for n in e.members])
         self.ok([(n, EpochComplete(epoch=e.number, collective_key_hash=sha("ck"))) for n in e.members])
 
     def ready(self, nodes: Sequence[NodeId]) -> None:
@@ -174,12 +177,16 @@ def test_decryption_share_refuses_an_aggregate_of_t_contributions() -> None:
     spec, _identities, keys = run_key_epoch(5, threshold=3)
     decrypt_set = spec.members[:3]
     values = np.linspace(-1.0, 1.0, 16)
-    blobs = {spec.members[k]: sm.encrypt_update(keys[k], values, 1.0, 5.0) for k in range(4)}
-    three = sm.aggregate_contributions(dict(list(blobs.items())[:3]), length=16)
+    binding = round_binding(spec.epoch_id)
+    blobs = {spec.members[k]: sm.encrypt_update(keys[k], values, 1.0, 5.0, binding=binding) for k in range(4)}
+    three = sm.aggregate_contributions(dict(list(blobs.items())[:3]), length=16, binding=binding)
     with pytest.raises(sm.DecryptionRefused, match="at least 4"):
-        sm.decryption_share(keys[0], three, decrypt_set, contributions=3, min_peers=2)
-    four = sm.aggregate_contributions(blobs, length=16)
-    shares = [sm.decryption_share(keys[k], four, decrypt_set, contributions=4, min_peers=2) for k in range(3)]
+        sm.decryption_share(keys[0], three, decrypt_set, contributions=3, min_peers=2, binding=binding)
+    four = sm.aggregate_contributions(blobs, length=16, binding=binding)
+    shares = [
+        sm.decryption_share(keys[k], four, decrypt_set, contributions=4, min_peers=2, binding=binding)
+        for k in range(3)
+    ]
     merged = sm.combine(spec, four, shares)
     np.testing.assert_allclose(merged.mean, values, atol=1e-4)
 
@@ -262,8 +269,14 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
     plan = SwarmPlan.create(tmp_path, SPEC, founders=3, max_rounds=2)
     spec, _ids, keys = run_key_epoch(list(plan.identities), threshold=2)
     me = plan.ids[0]
-    blobs = [sm.encrypt_update(keys[k], np.full(N_PARAMS, float(k), np.float32), 10, 30) for k in range(3)]
-    aggregate = sm.aggregate_contributions(dict(zip(spec.members, blobs, strict=True)), length=N_PARAMS)
+    binding = round_binding(spec.epoch_id, chain_id=plan.genesis.chain_id)
+    blobs = [
+        sm.encrypt_update(keys[k], np.full(N_PARAMS, float(k), np.float32), 10, 30, binding=binding)
+        for k in range(3)
+    ]
+    aggregate = sm.aggregate_contributions(
+        dict(zip(spec.members, blobs, strict=True)), length=N_PARAMS, binding=binding
+    )
     committed = tuple(
         sorted(
             (
@@ -295,6 +308,7 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
 
     async def ask(node: Node, step: int, decrypt_set: tuple[NodeId, ...]) -> None:
         node._keys[1] = keys[0]
+        node._binding = lambda _round: binding  # type: ignore[method-assign]  # no round 1 on this ledger
         for blob in blobs:
             node.transport.put_blob(blob)
 

@@ -54,16 +54,21 @@ class Site:
 
 
 async def _complete_key_epoch_1(plan: SwarmPlan) -> None:
-    async with open_memory_network(seed=20) as net, plan.open_node(0, net) as a, plan.open_node(1, net) as b:
+    async with (
+        open_memory_network(seed=20) as net,
+        plan.open_node(0, net) as a,
+        plan.open_node(1, net) as b,
+        plan.open_node(2, net) as c,
+    ):
         await wait_until(
-            lambda: all(keys_file(n.storage_dir, 1).exists() for n in (a, b)), timeout=600, what="key epoch 1"
+            lambda: all(keys_file(n.storage_dir, 1).exists() for n in (a, b, c)), timeout=600, what="key epoch 1"
         )
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     root = tmp_path_factory.mktemp("key-files")
-    plan = SwarmPlan.create(root, SPEC, founders=2, max_rounds=3)
+    plan = SwarmPlan.create(root, SPEC, founders=3, max_rounds=3)  # a secure swarm has t + 1 founders
     trio.run(_complete_key_epoch_1, plan, clock=trio.testing.MockClock(autojump_threshold=0))
     return Site(plan, Path(plan.configs[0].node.storage_dir))
 
