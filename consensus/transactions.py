@@ -209,6 +209,7 @@ class EpochComplaint:
             raise ValueError(f"evidence.segment_hashes: 1-{MAX_SEGMENTS} hashes")
         for digest in e.segment_hashes:
             _hash(digest, "evidence.segment_hashes")
+        _hash(e.prss_digest, "evidence.prss_digest")
         if len(e.shares) > SEGMENT_BYTES or len(e.blinding) > SCALAR_BYTES or len(e.signature) != 64:
             raise ValueError("evidence: at most one segment of shares and blinding, a 64-byte signature")
 

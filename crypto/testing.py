@@ -18,7 +18,7 @@ from . import cbor, dealing
 from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, pack60, unpack60
 from .dealing import DEALING_PARAMS
 from .identity import NodeIdentity
-from .prss import PrssKeyCollector, PrssKeys, deal_keys
+from .prss import PRSS_KEY_SIZE, PrssKeyCollector, PrssKeys, deal_keys, robust_epoch, subsets_dealt
 from .threshold import (
     EpochKeys,
     EpochSpec,
@@ -93,6 +93,14 @@ def placeholder_fingerprint(threshold: int, ckks_params: str = "ckks-n8192-q60x3
     return bytes(DEALING_PARAMS[ckks_params].fingerprint_size(threshold))
 
 
+def _prss_keys_for(spec: EpochSpec, dealer: NodeIdentity, drawn: bytes, x: int) -> bytes:
+    """The PRSS keys `dealer` (which drew `drawn`, in `deal_keys` order) puts in point x's box."""
+    n, t = len(spec.members), spec.threshold
+    subsets = subsets_dealt(n, t, spec.point(dealer.node_id)) if robust_epoch(n, t) else ()
+    size = PRSS_KEY_SIZE
+    return b"".join(drawn[k * size : (k + 1) * size] for k, subset in enumerate(subsets) if x not in subset)
+
+
 def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
     """`epoch` (ours, not yet revealed) with the share for the next member in epoch order
     moved off the dealing's polynomial, signed as an honest share would be: the
@@ -107,8 +115,9 @@ def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
     share[0, 0] = (int(share[0, 0]) + 1) % params.moduli[0]
     packed = pack60(share)
     blinding = dealing.blinding_shares(params, stored.seed, spec.threshold, x)
-    signature = dealing.sign_share(params, identity, spec.epoch_id, victim, packed, blinding)
-    content = KeyShareContent(spec.epoch_id, identity.node_id, victim, packed, blinding, signature)
+    keys = _prss_keys_for(spec, identity, stored.prss_keys, x)
+    signature = dealing.sign_share(params, identity, spec.epoch_id, victim, packed, blinding, keys)
+    content = KeyShareContent(spec.epoch_id, identity.node_id, victim, packed, blinding, signature, keys)
     box = victim.seal(cbor.dumps_dataclass(content))
     sealed = tuple(
         StoredSealedShare(recipient=b.recipient, box=box if b.recipient == victim else b.box)

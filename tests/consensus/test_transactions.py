@@ -67,6 +67,7 @@ EXAMPLES: list[TxBody] = [
             shares=bytes(SEGMENT_BYTES),
             blinding=bytes(8),
             signature=bytes(64),
+            prss_digest=H,
         ),
     ),
     EpochComplete(epoch=1, collective_key_hash=H),

@@ -352,6 +352,7 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
                 shares=b"",
                 blinding=b"",
                 signature=bytes(64),
+                prss_digest=h,
             ),
         ),
         EpochComplete(epoch=1, collective_key_hash=h),
@@ -368,7 +369,7 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
         Stop(round=1, reason="good enough"),
         VoteEquivocation(first=ledger.votes[0], second=ledger.votes[1]),
         # Key-epoch bodies with short stand-in polynomials: the codec checks types, not sizes.
-        PublicKeyShare(epoch=h, share=bytes(300)),
+        PublicKeyShare(epoch=h, share=bytes(300), prss_commitments=bytes(64)),
         SealedKeyShare(epoch=h, recipient=keys[0], box=bytes(120)),
     ]
     out: dict[type, list[object]] = {}
