@@ -80,7 +80,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, final
 
-from crypto import cbor, dealing
+from crypto import cbor, dealing, prss, prss_complaint
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
@@ -96,6 +96,7 @@ from .transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -212,6 +213,7 @@ class KeyEpoch:
     start_height: int
     members: tuple[NodeId, ...]
     threshold: int  # t: how many members of this epoch a decryption needs
+    robust: bool  # PRSS keys dealt, point shares decrypted (`crypto.prss.robust_epoch`)
     seed: bytes  # public seed for the common random polynomial `a`
     records: tuple[EpochMember, ...]  # one per member, same order as `members`
     complete_height: int | None = None
@@ -683,6 +685,7 @@ def _make_epoch(
         start_height=height,
         members=ids,
         threshold=threshold,
+        robust=prss.robust_epoch(len(ids), threshold),
         seed=seed,
         records=tuple(EpochMember(node_id=n) for n in ids),
     )
@@ -717,6 +720,8 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             return _epoch_tx(s, g, h, sender, body)
         case EpochComplaint():
             return _epoch_complaint(s, g, h, sender, body)
+        case EpochPrssComplaint():
+            return _prss_complaint(s, g, h, sender, body)
         case EpochTimeout():
             return _epoch_timeout(s, g, h, sender, body)
         case EpochRejoin():
@@ -1030,15 +1035,49 @@ def _on_epoch_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
     return replace(s, epoch=new_epoch, evidence=(*s.evidence, *blame))
 
 
-def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochComplaint) -> Result:
+def _complaint_fault(
+    s: ContractState, sender: NodeId, body: EpochComplaint | EpochPrssComplaint
+) -> str | None:
     epoch = s.epoch
     if body.epoch != epoch.number:
         return f"stale key epoch {body.epoch}, the current one is {epoch.number}"
     if epoch.complete:
         return f"key epoch {epoch.number} is already complete"
-    dealer = epoch.record(body.dealer)
-    if epoch.record(sender) is None or s.member(sender) is None or dealer is None or body.dealer == sender:
+    named = (epoch.record(sender), s.member(sender), epoch.record(body.dealer))
+    if any(n is None for n in named) or body.dealer == sender:
         return f"a complaint names two different members of key epoch {epoch.number}"
+    return None
+
+
+def _prss_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochPrssComplaint) -> Result:
+    if (fault := _complaint_fault(s, sender, body)) is not None:
+        return fault
+    epoch = s.epoch
+    dealer = epoch.record(body.dealer)
+    if dealer is None or dealer.public_share_hash is None or epoch.stage != EpochStage.CONFIRM:
+        return f"key epoch {epoch.number} is not at its confirm stage"
+    try:
+        dealer_at_fault = prss_complaint.judge_prss_complaint(
+            epoch.seed, epoch.members, epoch.threshold, body.dealer, sender, dealer.public_share_hash,
+            body.evidence,
+        )  # fmt: skip
+    except dealing.InvalidEvidence as exc:
+        return f"PRSS complaint refused: {exc}"
+    kind, offender, other = (BAD_DEALING, body.dealer, sender) if dealer_at_fault else (
+        FALSE_COMPLAINT, sender, body.dealer
+    )  # fmt: skip
+    detail = cbor.dumps([epoch.number, other.public_key, "prss"])
+    proof = Evidence(height=h, round=s.round.number, kind=kind, offender=offender, detail=detail)
+    return _restart_epoch_without(s, g, h, proof)
+
+
+def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochComplaint) -> Result:
+    if (fault := _complaint_fault(s, sender, body)) is not None:
+        return fault
+    epoch = s.epoch
+    dealer = epoch.record(body.dealer)
+    if dealer is None:
+        return f"{body.dealer.short} is not a member of key epoch {epoch.number}"
     params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
     if dealer.fingerprint is None or epoch.coin is None or params is None:
         return f"no fingerprint of {body.dealer.short} to check a complaint against"

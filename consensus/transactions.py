@@ -25,9 +25,10 @@ from enum import StrEnum
 from typing import Final, final
 
 from crypto import cbor
-from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence
+from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence, PrssEvidence
 from crypto.envelope import Envelope, EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
+from crypto.prss import MAX_PRSS_KEYS, PRSS_KEY_SIZE
 
 from .genesis import check_addresses, check_name
 
@@ -169,6 +170,7 @@ class EpochComplete:
 
 MAX_FINGERPRINT: Final = 16 * 1024  # 8 segments x t scalars x 8 bytes for t <= 256 (default CKKS set)
 MAX_SEGMENTS: Final = 64
+_MAX_PRSS_BYTES: Final = MAX_PRSS_KEYS * PRSS_KEY_SIZE
 
 
 @final
@@ -212,6 +214,34 @@ class EpochComplaint:
         _hash(e.prss_digest, "evidence.prss_digest")
         if len(e.shares) > SEGMENT_BYTES or len(e.blinding) > SCALAR_BYTES or len(e.signature) != 64:
             raise ValueError("evidence: at most one segment of shares and blinding, a 64-byte signature")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochPrssComplaint:
+    """The PRSS keys `dealer` dealt the signer in `epoch` are missing, extra or off the
+    dealer's committed commitments: `evidence` reveals them with the dealer's signature. The
+    contract judges it (`crypto.prss_complaint.judge_prss_complaint`) and names the dealer,
+    or the signer for a false complaint."""
+
+    epoch: int
+    dealer: NodeId
+    evidence: PrssEvidence
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
+        e = self.evidence
+        _range(e.share_length, 0, 2**62, "evidence.share_length")
+        _range(e.blinding_length, 0, 2**62, "evidence.blinding_length")
+        if not 0 < len(e.segment_hashes) <= MAX_SEGMENTS:
+            raise ValueError(f"evidence.segment_hashes: 1-{MAX_SEGMENTS} hashes")
+        for digest in (*e.segment_hashes, e.public_share_digest):
+            _hash(digest, "evidence hashes")
+        if len(e.signature) != 64:
+            raise ValueError("evidence.signature: 64 bytes")
+        for name, keys in (("prss_keys", e.prss_keys), ("prss_commitments", e.prss_commitments)):
+            if len(keys) > _MAX_PRSS_BYTES or len(keys) % PRSS_KEY_SIZE:
+                raise ValueError(f"evidence.{name}: at most {MAX_PRSS_KEYS} of {PRSS_KEY_SIZE} bytes")
 
 
 class EpochStage(StrEnum):
@@ -428,6 +458,7 @@ TxBody = (
     | EpochSealedShares
     | EpochFingerprint
     | EpochComplaint
+    | EpochPrssComplaint
     | EpochComplete
     | EpochTimeout
     | EpochRejoin
@@ -451,6 +482,7 @@ TX_BODIES: Final[tuple[type, ...]] = (
     EpochSealedShares,
     EpochFingerprint,
     EpochComplaint,
+    EpochPrssComplaint,
     EpochComplete,
     EpochTimeout,
     EpochRejoin,
@@ -475,6 +507,9 @@ TX_MESSAGES.register("tx.epoch.public-share", EpochPublicShare, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.sealed-shares", EpochSealedShares, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.fingerprint", EpochFingerprint, max_size=MAX_FINGERPRINT + 512)
 TX_MESSAGES.register("tx.epoch.complaint", EpochComplaint, max_size=SEGMENT_BYTES + MAX_SEGMENTS * 34 + 1024)
+TX_MESSAGES.register(
+    "tx.epoch.prss-complaint", EpochPrssComplaint, max_size=2 * _MAX_PRSS_BYTES + MAX_SEGMENTS * 34 + 1024
+)
 TX_MESSAGES.register("tx.epoch.complete", EpochComplete, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.timeout", EpochTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.rejoin", EpochRejoin, max_size=_SMALL)

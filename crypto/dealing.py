@@ -373,8 +373,34 @@ def evidence(
     )
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrssEvidence:
+    """What a member reveals to prove a dealer's PRSS keys for it wrong."""
+
+    share_length: int  # the signed statement of the box: lengths, segment hashes, signature
+    blinding_length: int
+    segment_hashes: tuple[bytes, ...]
+    signature: bytes
+    prss_keys: bytes  # the PRSS keys in the box (revealed)
+    public_share_digest: bytes  # SHA-256 of the dealer's packed public share
+    prss_commitments: bytes  # the dealer's commitments, as in its public share
+
+
 class InvalidEvidence(Exception):
     """The complaint proves nothing: forged, or inconsistent with what the dealer signed."""
+
+
+def verify_statement(
+    epoch: bytes, dealer: NodeId, complainer: NodeId, share_length: int, blinding_length: int,
+    hashes: Sequence[bytes], prss_keys_digest: bytes, signature: bytes,
+) -> None:  # fmt: skip
+    """`InvalidEvidence` unless `dealer` signed this statement of a content for `complainer`."""
+    statement = _statement(epoch, dealer, complainer, share_length, blinding_length, hashes, prss_keys_digest)
+    try:
+        dealer.verify(statement, signature)
+    except BadSignature as exc:
+        raise InvalidEvidence(f"the content is not signed by the dealer {dealer.short}") from exc
 
 
 def judge_complaint(
@@ -397,14 +423,10 @@ def judge_complaint(
         raise InvalidEvidence(f"evidence segment {b} does not have the signed lengths")
     if _segment_hash(b, proof.shares, proof.blinding) != proof.segment_hashes[b]:
         raise InvalidEvidence(f"evidence segment {b} does not match its signed hash")
-    statement = _statement(
+    verify_statement(
         epoch, dealer, complainer, proof.share_length, proof.blinding_length, proof.segment_hashes,
-        proof.prss_digest,
+        proof.prss_digest, proof.signature,
     )  # fmt: skip
-    try:
-        dealer.verify(statement, proof.signature)
-    except BadSignature as exc:
-        raise InvalidEvidence(f"the content is not signed by the dealer {dealer.short}") from exc
     if (proof.share_length, proof.blinding_length) != (params.share_bytes, params.blinding_bytes):
         return True  # the dealer signed a content of the wrong size
     return _segment_fault(params, coin, threshold, x, fingerprint, b, proof.shares, proof.blinding)

@@ -14,12 +14,17 @@ import hashlib
 import os
 from typing import Final
 
+import numpy as np
+
 from . import cbor, dealing
-from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, pack60, unpack60
+from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, encode_blob, pack60, unpack60
 from .dealing import DEALING_PARAMS
+from .errors import InvalidDecryptionShare
 from .identity import NodeIdentity
+from .pointshare import PointShare
 from .prss import PRSS_KEY_SIZE, PrssKeyCollector, PrssKeys, deal_keys, robust_epoch, subsets_dealt
 from .threshold import (
+    DecryptionShare,
     EpochKeys,
     EpochSpec,
     KeyEpoch,
@@ -124,3 +129,27 @@ def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
         for b in stored.sealed
     )
     return KeyEpoch.import_secret(cbor.dumps_dataclass(dataclasses.replace(stored, sealed=sealed)), identity)
+
+
+BYZANTINE_SHIFT: Final = 1 << 83  # about 0.008 in every merged parameter at scale 2^90
+
+
+def byzantine_share(blob: bytes, delta: int = BYZANTINE_SHIFT) -> bytes:
+    """A decryption share or point share `blob` with `delta` added (mod each prime) to every
+    coefficient but the weight coefficient: the Byzantine decryptor of issue 20's attack 3,
+    whose share passes the weight-sum check (for fault-injection tests)."""
+    ctx = context()
+    share: PointShare | DecryptionShare
+    try:
+        share = PointShare.from_bytes(ctx, blob)
+    except InvalidDecryptionShare:
+        share = DecryptionShare.from_bytes(ctx, blob)
+    header = share.header
+    body = share.batch(0, header.chunks).copy()
+    for j, q in enumerate(ctx.data_moduli):
+        row = body[:, j, :].reshape(-1)
+        weight = row[header.length]
+        row[:] = (row + np.uint64(delta % q)) % np.uint64(q)
+        row[header.length] = weight
+        body[:, j, :] = row.reshape(body.shape[0], -1)
+    return encode_blob(blob[:4], header, [pack60(body)])

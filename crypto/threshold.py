@@ -773,6 +773,22 @@ class KeyEpoch:
             self._collect_prss(),
         )  # fmt: skip
 
+    def prss_evidence(self, dealer: NodeId) -> dealing.PrssEvidence:
+        """What a complaint about `dealer`'s PRSS keys for us reveals (`crypto.prss_complaint`):
+        the signed statement and keys of its box, its public share's digest and commitments."""
+        content = self._contents[dealer]
+        return dealing.PrssEvidence(
+            share_length=len(content.share),
+            blinding_length=len(content.blinding),
+            segment_hashes=dealing.segment_hashes(
+                dealing_params(self._context), content.share, content.blinding
+            ),
+            signature=content.signature,
+            prss_keys=content.prss_keys,
+            public_share_digest=hashlib.sha256(self._public[dealer]).digest(),
+            prss_commitments=self._prss_commitments[dealer],
+        )
+
     def prss_faults(self) -> tuple[NodeId, ...]:
         """The dealers whose PRSS keys for us are missing from their box or do not match their
         committed commitments (once nothing is `missing`): `finish` refuses them."""

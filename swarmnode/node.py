@@ -89,6 +89,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -122,7 +123,7 @@ from crypto.secure_merge import (
     encrypt_update,
     start_key_epoch,
 )
-from crypto.testing import inconsistent_dealing
+from crypto.testing import byzantine_share, inconsistent_dealing
 from models.flatten import spec_layout
 from models.merge import MergeMethod
 from models.merge import merge as merge_parameters
@@ -265,6 +266,8 @@ class Faults:
                      which the node crashes: it stops every task and closes its transport.
     bad_dealing:     as key-epoch dealer, send the next member a signed share that is off
                      the dealing's polynomial (`crypto.testing.inconsistent_dealing`).
+    byzantine_share: as decryptor, publish our share shifted on every coefficient but the
+                     weight coefficient (`crypto.testing.byzantine_share`).
     """
 
     wrong_aggregate: bool = False
@@ -272,6 +275,7 @@ class Faults:
     trust_aggregate: bool = False
     crash_before: frozenset[str] = frozenset()
     bad_dealing: bool = False
+    byzantine_share: bool = False
 
 
 @final
@@ -1127,7 +1131,12 @@ class Node:
             for dealer, proof in complaints:  # the contract judges them; the epoch starts over
                 self._log.warning("key epoch %d: bad share from %s: complaining", job.epoch, dealer.short)
                 await self.submit(EpochComplaint(epoch=job.epoch, dealer=dealer, evidence=proof))
-            if complaints:
+            bad_keys = () if complaints else epoch.prss_faults()
+            for dealer in bad_keys:
+                self._log.warning("key epoch %d: bad PRSS keys from %s: complaining", job.epoch, dealer.short)
+                opened = epoch.prss_evidence(dealer)
+                await self.submit(EpochPrssComplaint(epoch=job.epoch, dealer=dealer, evidence=opened))
+            if complaints or bad_keys:
                 return
             keys = await self._compute(epoch.finish)
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())
@@ -1408,6 +1417,8 @@ class Node:
             self._refused_aggregates.add(refusal)
             self._log.warning("round %d step %d: no decryption share: %s", job.round, job.step, exc)
             return
+        if self.options.faults.byzantine_share:
+            share = byzantine_share(share)
         digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
 

@@ -18,6 +18,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -37,7 +38,7 @@ from consensus.transactions import (
     tx_id,
 )
 from crypto import cbor
-from crypto.dealing import SEGMENT_BYTES, DealingEvidence
+from crypto.dealing import SEGMENT_BYTES, DealingEvidence, PrssEvidence
 from crypto.errors import BadSignature, MessageTooLarge, ProtocolError, SchemaError, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 
@@ -68,6 +69,19 @@ EXAMPLES: list[TxBody] = [
             blinding=bytes(8),
             signature=bytes(64),
             prss_digest=H,
+        ),
+    ),
+    EpochPrssComplaint(
+        epoch=1,
+        dealer=BOB.node_id,
+        evidence=PrssEvidence(
+            share_length=8 * SEGMENT_BYTES,
+            blinding_length=64,
+            segment_hashes=(H,) * 8,
+            signature=bytes(64),
+            prss_keys=bytes(96),
+            public_share_digest=H,
+            prss_commitments=bytes(192),
         ),
     ),
     EpochComplete(epoch=1, collective_key_hash=H),

@@ -52,6 +52,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -67,7 +68,7 @@ from consensus.transactions import (
     VoteEquivocation,
 )
 from crypto import cbor
-from crypto.dealing import DealingEvidence
+from crypto.dealing import DealingEvidence, PrssEvidence
 from crypto.envelope import DOMAIN, VERSION
 from crypto.identity import NodeIdentity
 from crypto.threshold import PublicKeyShare, SealedKeyShare
@@ -353,6 +354,19 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
                 blinding=b"",
                 signature=bytes(64),
                 prss_digest=h,
+            ),
+        ),
+        EpochPrssComplaint(
+            epoch=1,
+            dealer=keys[1],
+            evidence=PrssEvidence(
+                share_length=0,
+                blinding_length=0,
+                segment_hashes=(h,),
+                signature=bytes(64),
+                prss_keys=bytes(32),
+                public_share_digest=h,
+                prss_commitments=bytes(64),
             ),
         ),
         EpochComplete(epoch=1, collective_key_hash=h),
