@@ -85,6 +85,7 @@ from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
 
+from . import decrypt_phase
 from .genesis import Genesis
 from .messages import CONSENSUS_MESSAGES, Precommit, Prevote
 from .transactions import (
@@ -109,6 +110,7 @@ from .transactions import (
     Phase,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     VoteEquivocation,
     tx_codec,
@@ -137,6 +139,7 @@ EQUIVOCATION: Final = "equivocation"  # detail: canonical CBOR [vote type, heigh
 EPOCH_TIMEOUT: Final = "epoch_timeout"  # detail: canonical CBOR [key epoch, stage]
 BAD_DEALING: Final = "bad_dealing"  # detail: canonical CBOR [key epoch, complainer key, segment]
 FALSE_COMPLAINT: Final = "false_complaint"  # detail: canonical CBOR [key epoch, dealer key, segment]
+WRONG_SHARE: Final = decrypt_phase.WRONG_SHARE  # detail: the hash of the committed share off the polynomial
 
 
 def _key(node: NodeId) -> bytes:
@@ -313,6 +316,8 @@ class Round:
     start_height: int = 0
     nonce: bytes = b""  # 32 bytes (`_round_nonce`): ciphertexts of the round are bound to it
     participants: tuple[NodeId, ...] = ()  # rotation order
+    robust: bool = False  # point shares: every active participant decrypts (`consensus.decrypt_phase`)
+    barred: tuple[NodeId, ...] = ()  # named culprits of the key epoch, left out of a robust decrypt set
     # Changing during the round:
     dropped: tuple[NodeId, ...] = ()  # participants whose contribution is not in the round
     excluded: tuple[NodeId, ...] = ()  # participants no longer eligible for a role
@@ -326,6 +331,7 @@ class Round:
     verified_by: NodeId | None = None  # the verifier whose agreement opened the decrypt phase
     decryption_shares: tuple[HashVote, ...] = ()
     merged_votes: tuple[HashVote, ...] = ()
+    mismatch_votes: tuple[NodeId, ...] = ()  # `ShareMismatch` voters (robust epochs)
     # Set when closed:
     outcome: str = ""  # "" while open, "merged" or "aborted"
     merged_hash: bytes | None = None
@@ -738,6 +744,7 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             | AggregateVerdict()
             | DecryptionShare()
             | MergedModel()
+            | ShareMismatch()
             | PhaseTimeout()
         ):
             return _round_tx(s, g, h, sender, body)
@@ -1181,6 +1188,10 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
         start_height=h,
         nonce=_round_nonce(s, r.number, h),
         participants=order[offset:] + order[:offset],
+        robust=s.epoch.robust,
+        barred=decrypt_phase.named_culprits(
+            ((e.kind, e.height, e.offender) for e in s.evidence), s.epoch.start_height
+        ),
     )
     return _assign_roles(replace(s, round=r), g, h)
 
@@ -1210,6 +1221,8 @@ def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:
     i = active.index(leader)
     after = active[i + 1 :] + active[:i]
     verifier = after[0] if after else None
+    if r.robust:
+        return leader, verifier, decrypt_phase.robust_decrypt_set(active, r.barred, r.threshold)
     return leader, verifier, _sorted(active[: r.threshold])
 
 
@@ -1363,6 +1376,7 @@ _TX_PHASE: Final[dict[type, Phase]] = {
     AggregateVerdict: Phase.VERIFY,
     DecryptionShare: Phase.DECRYPT,
     MergedModel: Phase.DECRYPT,
+    ShareMismatch: Phase.DECRYPT,
 }
 
 
@@ -1371,7 +1385,13 @@ def _round_tx(
     g: Genesis,
     h: int,
     sender: NodeId,
-    body: Contribution | Aggregate | AggregateVerdict | DecryptionShare | MergedModel | PhaseTimeout,
+    body: Contribution
+    | Aggregate
+    | AggregateVerdict
+    | DecryptionShare
+    | MergedModel
+    | ShareMismatch
+    | PhaseTimeout,
 ) -> Result:
     if s.member(sender) is None:
         return "not a member"
@@ -1394,6 +1414,8 @@ def _round_tx(
             return _decryption_share(s, sender, body)
         case MergedModel():
             return _merged(s, g, h, sender, body)
+        case ShareMismatch():
+            return _share_mismatch(s, g, h, sender)
         case PhaseTimeout():
             return _phase_timeout(s, g, h, sender)
 
@@ -1467,23 +1489,49 @@ def _decryption_share(s: ContractState, sender: NodeId, body: DecryptionShare) -
     return replace(s, round=r)
 
 
-def _merged(s: ContractState, g: Genesis, h: int, sender: NodeId, body: MergedModel) -> Result:
-    r = s.round
+def _combiner_fault(r: Round, sender: NodeId) -> str | None:
     if sender not in r.participants:
         return f"not a participant of round {r.number}"
     if any(r.decryption_share(p) is None for p in r.decrypt_set):
         return "decryption shares are incomplete"
-    if any(v.node_id == sender for v in r.merged_votes):
-        return "merged-model hash already recorded"
+    if any(v.node_id == sender for v in r.merged_votes) or sender in r.mismatch_votes:
+        return "merged-model vote already recorded"
+    return None
+
+
+def _merged(s: ContractState, g: Genesis, h: int, sender: NodeId, body: MergedModel) -> Result:
+    r = s.round
+    if (fault := _combiner_fault(r, sender)) is not None:
+        return fault
+    if body.culprits and not r.robust:
+        return "culprits are named only in robust key epochs"
+    if (fault := decrypt_phase.culprits_fault(body.culprits, r.decrypt_set)) is not None:
+        return fault
+    value = decrypt_phase.merged_vote(body.params_hash, body.culprits)
     votes = tuple(
-        sorted(
-            (*r.merged_votes, HashVote(node_id=sender, value=body.params_hash)), key=lambda v: _key(v.node_id)
-        )
+        sorted((*r.merged_votes, HashVote(node_id=sender, value=value)), key=lambda v: _key(v.node_id))
     )
     s = replace(s, round=replace(r, merged_votes=votes))
-    if sum(1 for v in votes if v.value == body.params_hash) >= r.threshold:
-        return _close_merged(s, g, h, body.params_hash)
-    return s
+    if sum(1 for v in votes if v.value == value) < r.threshold:
+        return s
+    named = tuple(
+        Evidence(height=h, round=r.number, kind=WRONG_SHARE, offender=c, detail=r.decryption_share(c) or b"")
+        for c in body.culprits
+    )
+    return _close_merged(replace(s, evidence=(*s.evidence, *named)), g, h, body.params_hash)
+
+
+def _share_mismatch(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Result:
+    r = s.round
+    if not r.robust:
+        return "share mismatches are voted only in robust key epochs"
+    if (fault := _combiner_fault(r, sender)) is not None:
+        return fault
+    r = replace(r, mismatch_votes=_sorted((*r.mismatch_votes, sender)))
+    s = replace(s, round=r)
+    if len(r.mismatch_votes) < r.threshold:
+        return s
+    return _abort(s, g, h, "the point shares disagree and no wrong one can be named: no merge")
 
 
 def _phase_timeout(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Result:

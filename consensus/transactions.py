@@ -30,7 +30,7 @@ from crypto.envelope import Envelope, EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
 from crypto.prss import MAX_PRSS_KEYS, PRSS_KEY_SIZE
 
-from .genesis import check_addresses, check_name
+from .genesis import MAX_FOUNDING_MEMBERS, check_addresses, check_name
 
 HASH_SIZE: Final = 32
 MAX_REASON: Final = 200
@@ -385,16 +385,35 @@ class DecryptionShare:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MergedModel:
-    """Hash of the merged parameters the signer decoded from the committed shares."""
+    """Hash of the merged parameters the signer decoded from the committed shares and, in a
+    robust key epoch, the members whose shares were off the polynomial (sorted; see
+    `consensus.decrypt_phase`)."""
 
     round: int
     step: int
     params_hash: bytes
+    culprits: tuple[NodeId, ...] = ()
 
     def __post_init__(self) -> None:
         _range(self.round, 1, MAX_ROUND, "round")
         _range(self.step, 0, 2**62, "step")
         _hash(self.params_hash, "params_hash")
+        if len(self.culprits) > MAX_FOUNDING_MEMBERS:
+            raise ValueError(f"culprits: at most {MAX_FOUNDING_MEMBERS}")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShareMismatch:
+    """The committed point shares of a robust key epoch's round disagree and the signer cannot
+    name the wrong ones (`crypto.robust_merge.WrongShareDetected`): t such votes abort the round."""
+
+    round: int
+    step: int
+
+    def __post_init__(self) -> None:
+        _range(self.round, 1, MAX_ROUND, "round")
+        _range(self.step, 0, 2**62, "step")
 
 
 @final
@@ -468,6 +487,7 @@ TxBody = (
     | AggregateVerdict
     | DecryptionShare
     | MergedModel
+    | ShareMismatch
     | PhaseTimeout
     | Stop
     | VoteEquivocation
@@ -492,6 +512,7 @@ TX_BODIES: Final[tuple[type, ...]] = (
     AggregateVerdict,
     DecryptionShare,
     MergedModel,
+    ShareMismatch,
     PhaseTimeout,
     Stop,
     VoteEquivocation,
@@ -519,7 +540,8 @@ TX_MESSAGES.register("tx.round.contribution", Contribution, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.aggregate", Aggregate, max_size=16 * 1024)
 TX_MESSAGES.register("tx.round.verdict", AggregateVerdict, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.decryption-share", DecryptionShare, max_size=_SMALL)
-TX_MESSAGES.register("tx.round.merged", MergedModel, max_size=_SMALL)
+TX_MESSAGES.register("tx.round.merged", MergedModel, max_size=_SMALL + 40 * MAX_FOUNDING_MEMBERS)
+TX_MESSAGES.register("tx.round.share-mismatch", ShareMismatch, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.timeout", PhaseTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.stop", Stop, max_size=_SMALL)
 TX_MESSAGES.register("tx.evidence.equivocation", VoteEquivocation, max_size=2 * MAX_EVIDENCE_VOTE + 512)
