@@ -16,11 +16,19 @@ The state is one tree of frozen dataclasses (`ContractState`), so:
   encoding with the closed rounds replaced by their hash chain (``history_root``),
   so it stays cheap however long training runs, and still commits to everything.
 
-Nothing reads a clock. Deadlines are decided on the ledger: a node whose local
-deadline for the current (round, phase, step) passed submits `PhaseTimeout`;
-once a majority of the parties *waiting* in that phase did, the contract acts
-(starts a round with who is Ready, drops missing contributors, replaces the
-leader, verifier or missing decryptors, or aborts the round).
+Nothing reads a clock. Deadlines are decided on the ledger: any member of the
+current key epoch whose local deadline for the current (round, phase, step) passed
+submits `PhaseTimeout`; once a strict majority of *all* those members did, the
+contract acts (starts a round with who is Ready, drops missing contributors,
+replaces the leader or verifier, or abandons the aggregate of a decrypt phase).
+Counting every epoch member, not only the parties already waiting, is the point:
+the deadline has then passed on the clocks of a majority, the same guarantee as
+Tendermint's BFT time (the median of the validators' timestamps) without a clock
+in the blocks. A minority cannot decide it early (t-1 colluders Ready plus their
+votes once started a round with them and one victim), and a minority that is down
+cannot stop it (it needs only a majority alive). Members left out of the key epoch
+(they missed an epoch deadline and hold no keys) take no part in rounds and do not
+vote.
 
 Membership. Founders from genesis; a `JoinRequest` is admitted by the join
 policy's approvals; `Leave`; `Evict` by a majority of the other members. Any
@@ -54,17 +62,40 @@ without the offender (with fresh dealings and the offender, if fewer than
 Rounds (DESIGN section 5). ``READY`` collects `Ready(r)`. The round starts,
 decided by the contract, when the key epoch is complete and either every
 member is Ready or the ready-wait timeout was decided, with at least
-``max(min_peers, t)`` Ready. Participants P = the Ready members in rotation
-order (sorted keys rotated by the round number); leader L = first active
-participant, verifier V = the next, decrypt set T = the first t active ones.
+`TrainingParams.min_contributions` (``max(min_peers, t + 1)`` in a secure swarm)
+Ready members of the key epoch, so t - 1 colluders always face two honest updates.
+Participants P = the Ready members in rotation order (sorted keys rotated by the
+round number); leader L = first active participant, verifier V = the next,
+decrypt set T = the first t active ones that are not barred (below).
 ``CONTRIBUTE`` -> ``AGGREGATE`` (L's hash over exactly the committed
 contributions) -> ``VERIFY`` (V agrees, or proves L wrong: L is marked faulty
 and V's hash becomes the claim the next verifier checks) -> ``DECRYPT`` (T's
-share hashes, then >= t matching merged-model hashes close the round). The
-decrypt phase is never entered with fewer than ``min_peers`` contributions: a
-round that would need that is aborted instead. Every change of roles or
-phase bumps the round's ``step``, which round transactions must name, so a
-stale or replayed record never lands in a later step.
+share hashes, then >= t matching merged-model hashes close the round). A round
+left with fewer contributions than it started with the rule for is aborted: the
+decrypt phase is never entered with fewer. Every change of roles or phase bumps
+the round's ``step``, which round transactions must name, so a stale or replayed
+record never lands in a later step.
+
+One share per (member, aggregate). T is fixed once the decrypt phase begins and is
+never redrawn for that aggregate: a second decrypt set would ask the honest members
+of both for a second share of the same sum with another Lagrange coefficient, and
+several ``lambda_j * M + e_j`` of one M are a hidden-number problem that lattice
+reduction solves for the key shares. A decrypt-phase timeout therefore abandons the
+aggregate: the round aborts without a merge, each member of T that withheld its
+share gets `DECRYPTOR_TIMEOUT` evidence (detail: the abandoned aggregate hash), and
+the next round encrypts fresh updates. So that withholding cannot stall the swarm
+for ever, a member with such evidence in ``training.withhold_limit`` rounds of the
+current key epoch is *barred*: left out of the decrypt sets of that epoch's later
+rounds (it still contributes). If fewer than t active participants are not barred,
+barred ones fill the set (in rotation order): the round can still merge if they
+cooperate, and aborting instead would stall the swarm for certain.
+
+Smudging budget. Decryption shares leak a little about the epoch's keys (bounded in
+`crypto.smudging`); each key epoch counts the shares its rounds asked for
+(`decryption_units`, on entering ``DECRYPT`` and for every new decrypt set in it) and a
+decryption that would pass the budget is never asked for: the round is aborted and a new
+key epoch over the same members starts. A round does not start while one like the
+epoch's largest decryption would no longer fit; a new epoch starts first.
 
 Stopping: after each merged round, ``max_rounds`` merged rounds or
 ``patience`` rounds without an improvement of the median reported validation
@@ -84,6 +115,7 @@ from crypto import cbor, dealing, prss, prss_complaint
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
+from crypto.smudging import DEFAULT_BUDGET, SmudgingBudget
 
 from . import decrypt_phase
 from .genesis import Genesis
@@ -222,6 +254,10 @@ class KeyEpoch:
     complete_height: int | None = None
     collective_key_hash: bytes | None = None
     timeout_votes: tuple[NodeId, ...] = ()  # EpochTimeout voters of the current stage, sorted
+    # Smudging budget units (`SmudgingBudget.units`) of the decryptions asked for under this
+    # epoch, and the largest one: see `_charge_decryption`.
+    smudging_spent: int = 0
+    largest_decryption: int = 0
 
     @property
     def complete(self) -> bool:
@@ -317,7 +353,8 @@ class Round:
     nonce: bytes = b""  # 32 bytes (`_round_nonce`): ciphertexts of the round are bound to it
     participants: tuple[NodeId, ...] = ()  # rotation order
     robust: bool = False  # point shares: every active participant decrypts (`consensus.decrypt_phase`)
-    barred: tuple[NodeId, ...] = ()  # named culprits of the key epoch, left out of a robust decrypt set
+    # Withholders (`_withholders`) and, in robust epochs, named culprits: kept out of the decrypt set.
+    barred: tuple[NodeId, ...] = ()
     # Changing during the round:
     dropped: tuple[NodeId, ...] = ()  # participants whose contribution is not in the round
     excluded: tuple[NodeId, ...] = ()  # participants no longer eligible for a role
@@ -588,11 +625,13 @@ class Contract:
         return self._state.history
 
     def required_ready(self) -> int:
-        """Ready members a round needs to start: max(min_peers, t of the current epoch)."""
+        """Ready members a round needs to start (`TrainingParams.min_contributions` for the
+        current epoch's t: ``max(min_peers, t + 1)`` in a secure swarm)."""
         return _needed(self._state, self._genesis)
 
     def timeout_voters(self) -> tuple[NodeId, ...]:
-        """Who may submit `PhaseTimeout` for the current step (the parties waiting)."""
+        """Who may submit `PhaseTimeout` for the current step: every member of the current
+        key epoch; a strict majority of them decides the deadline."""
         return _timeout_voters(self._state)
 
     def evidence(self) -> tuple[Evidence, ...]:
@@ -1162,7 +1201,7 @@ def _ready(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Ready) ->
 
 
 def _needed(s: ContractState, g: Genesis) -> int:
-    return max(g.training.min_peers, s.epoch.threshold)
+    return g.training.min_contributions(s.epoch.threshold)
 
 
 def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
@@ -1176,6 +1215,8 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
     everyone = set(ready) == members
     if not (everyone or r.ready_timed_out) or len(ready) < _needed(s, g):
         return s
+    if s.epoch.smudging_spent + s.epoch.largest_decryption > SMUDGING_BUDGET.capacity:
+        return _renew_epoch(s, g, h)  # a round like the last would pass the budget: new keys first
     order = _sorted(ready)
     offset = (r.number - 1) % len(order)
     r = replace(
@@ -1189,8 +1230,13 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
         nonce=_round_nonce(s, r.number, h),
         participants=order[offset:] + order[:offset],
         robust=s.epoch.robust,
-        barred=decrypt_phase.named_culprits(
-            ((e.kind, e.height, e.offender) for e in s.evidence), s.epoch.start_height
+        barred=_sorted(
+            (
+                *_withholders(s, g),
+                *decrypt_phase.named_culprits(
+                    ((e.kind, e.height, e.offender) for e in s.evidence), s.epoch.start_height
+                ),
+            )
         ),
     )
     return _assign_roles(replace(s, round=r), g, h)
@@ -1210,6 +1256,16 @@ def _round_nonce(s: ContractState, number: int, h: int) -> bytes:
     return hashlib.sha256(_ROUND_NONCE_DOMAIN + b"".join(fields)).digest()
 
 
+def _withholders(s: ContractState, g: Genesis) -> tuple[NodeId, ...]:
+    """Members with `DECRYPTOR_TIMEOUT` evidence in ``withhold_limit`` rounds of the current
+    key epoch (evidence from its start height on; one per offender per aborted round)."""
+    counts: dict[NodeId, int] = {}
+    for e in s.evidence:
+        if e.kind == DECRYPTOR_TIMEOUT and e.height >= s.epoch.start_height:
+            counts[e.offender] = counts.get(e.offender, 0) + 1
+    return _sorted(n for n, k in counts.items() if k >= g.training.withhold_limit)
+
+
 def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:
     active = r.active
     if r.phase == Phase.VERIFY and r.aggregator in active:
@@ -1223,7 +1279,9 @@ def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:
     verifier = after[0] if after else None
     if r.robust:
         return leader, verifier, decrypt_phase.robust_decrypt_set(active, r.barred, r.threshold)
-    return leader, verifier, _sorted(active[: r.threshold])
+    barred = set(r.barred)
+    candidates = [p for p in active if p not in barred] + [p for p in active if p in barred]
+    return leader, verifier, _sorted(candidates[: r.threshold])
 
 
 def _assign_roles(s: ContractState, g: Genesis, h: int) -> ContractState:
@@ -1231,17 +1289,24 @@ def _assign_roles(s: ContractState, g: Genesis, h: int) -> ContractState:
     excluded; abort the round if it can no longer reach a safe merge."""
     r = s.round
     contributing = len(r.participants) - len(r.dropped)
-    if contributing < g.training.min_peers:
-        return _abort(s, g, h, f"fewer than min_peers={g.training.min_peers} contributions remain")
+    needed = g.training.min_contributions(r.threshold)
+    if contributing < needed:
+        rule = f"min_peers {g.training.min_peers}, t {r.threshold}"
+        return _abort(s, g, h, f"fewer than {needed} contributions remain ({rule})")
     if len(r.active) < max(2, r.threshold):
         return _abort(s, g, h, "too few eligible participants left for leader, verifier and decrypt set")
     leader, verifier, decrypt_set = _roles(r)
     if (leader, verifier, decrypt_set) == (r.leader, r.verifier, r.decrypt_set):
         return s
+    if r.phase == Phase.DECRYPT and decrypt_set != r.decrypt_set:
+        # Never a second decrypt set for one aggregate (see the module docstring).
+        return _abort(s, g, h, "a member of the decrypt set was lost: the aggregate is abandoned")
     r = replace(r, leader=leader, verifier=verifier, step=r.step + 1, timeout_votes=())
     if decrypt_set != r.decrypt_set:
         # Lagrange coefficients depend on the whole decrypt set: earlier shares are void.
         r = replace(r, decrypt_set=decrypt_set, decryption_shares=(), merged_votes=())
+        if r.phase == Phase.DECRYPT:
+            return _charge_decryption(replace(s, round=r), g, h)
     return replace(s, round=r)
 
 
@@ -1253,8 +1318,8 @@ def _advance_contribute(s: ContractState, g: Genesis, h: int) -> ContractState:
     remaining = [p for p in r.participants if p not in r.dropped]
     if any(r.contribution(p) is None for p in remaining):
         return s
-    # Invariant kept by _assign_roles: at least min_peers contributions go on.
-    assert len(remaining) >= g.training.min_peers
+    # Invariant kept by _assign_roles: at least min_contributions(t) contributions go on.
+    assert len(remaining) >= g.training.min_contributions(r.threshold)
     r = replace(
         r, phase=Phase.AGGREGATE.value, step=r.step + 1, timeout_votes=(), contributors=_sorted(remaining)
     )
@@ -1348,25 +1413,12 @@ def _stop_vote(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Stop)
 
 
 def _timeout_voters(s: ContractState) -> tuple[NodeId, ...]:
-    """The parties waiting on others in the current phase: they decide its deadline."""
-    r = s.round
+    """Every member of the current key epoch: a strict majority of them decides a phase
+    deadline (see the module docstring for why not only the parties waiting)."""
+    if s.round.phase == Phase.STOPPED:
+        return ()
     members = set(s.member_ids)
-    active = [p for p in r.active if p in members]
-    match r.phase:
-        case Phase.READY:
-            voters = [x.node_id for x in r.ready]
-        case Phase.CONTRIBUTE:
-            voters = [p for p in active if r.contribution(p) is not None]
-        case Phase.AGGREGATE:
-            voters = [p for p in active if p != r.leader]
-        case Phase.VERIFY:
-            voters = [p for p in active if p != r.verifier]
-        case Phase.DECRYPT:
-            missing = {p for p in r.decrypt_set if r.decryption_share(p) is None}
-            voters = [p for p in active if p not in missing]
-        case _:
-            voters = []
-    return _sorted(v for v in voters if v in members)
+    return _sorted(m for m in s.epoch.members if m in members)
 
 
 # The one phase in which each round record is accepted (PhaseTimeout names its own).
@@ -1457,9 +1509,9 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
     if body.aggregate_hash != r.aggregate_hash:
         return "the verdict is about another aggregate"
     if body.agrees:
-        assert len(r.contributors) >= g.training.min_peers  # never decrypt fewer than min_peers
+        assert len(r.contributors) >= g.training.min_contributions(r.threshold)  # kept by _assign_roles
         r = replace(r, phase=Phase.DECRYPT.value, step=r.step + 1, timeout_votes=(), verified_by=sender)
-        return replace(s, round=r)
+        return _charge_decryption(replace(s, round=r), g, h)
     assert r.aggregator is not None
     evidence = Evidence(
         height=h, round=r.number, kind=WRONG_AGGREGATE, offender=r.aggregator, detail=r.aggregate_hash or b""
@@ -1474,6 +1526,39 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
         timeout_votes=(),
     )
     return _assign_roles(replace(s, round=r, evidence=(*s.evidence, evidence)), g, h)
+
+
+SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET  # of the one CKKS parameter set nodes run
+
+
+def decryption_units(r: Round) -> int:
+    """Smudging budget units of asking `r`'s decrypt set for shares of its aggregate: every
+    contributor's error, hidden in each of the |T| shares, over every coefficient. The
+    coefficient count is bounded from the largest committed blob (a ciphertext packs a
+    coefficient in 7.5 bytes; its header only adds), so a lying blob size can only
+    overcharge."""
+    sizes = [c.blob_size for c in r.contributions if c.node_id in r.contributors]
+    return SmudgingBudget.units(len(r.contributors), len(r.decrypt_set), max(sizes, default=0) * 2 // 15)
+
+
+def _charge_decryption(s: ContractState, g: Genesis, h: int) -> ContractState:
+    """The round asks its decrypt set for shares: count them against the key epoch's
+    smudging budget, or, if they would pass it, abort the round and start a new key epoch
+    over the same members (fresh secrets, a fresh budget) before any share is made."""
+    epoch, cost, capacity = s.epoch, decryption_units(s.round), SMUDGING_BUDGET.capacity
+    if cost > capacity:
+        return _stop(s, h, f"one decryption needs {cost} smudging budget units, a key epoch has {capacity}")
+    if epoch.smudging_spent + cost > capacity:
+        s = _abort(s, g, h, f"smudging budget of key epoch {epoch.number} spent")
+        return _renew_epoch(s, g, h)
+    spent, largest = epoch.smudging_spent + cost, max(epoch.largest_decryption, cost)
+    return replace(s, epoch=replace(epoch, smudging_spent=spent, largest_decryption=largest))
+
+
+def _renew_epoch(s: ContractState, g: Genesis, h: int) -> ContractState:
+    """A new key epoch over the current one's members (the round waits for it to complete)."""
+    ids = _sorted(m for m in s.epoch.members if s.member(m) is not None)
+    return replace(s, epoch=_make_epoch(s.chain_id, g, s.epoch.number + 1, h, ids, len(s.members)))
 
 
 def _decryption_share(s: ContractState, sender: NodeId, body: DecryptionShare) -> Result:
@@ -1538,7 +1623,7 @@ def _phase_timeout(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Resu
     r = s.round
     voters = _timeout_voters(s)
     if sender not in voters:
-        return f"not waiting in phase {r.phase} of round {r.number}"
+        return f"not a member of key epoch {s.epoch.number}: no vote on the deadlines of round {r.number}"
     if sender in r.timeout_votes:
         return "timeout already reported"
     r = replace(r, timeout_votes=(*r.timeout_votes, sender))
@@ -1549,12 +1634,14 @@ def _phase_timeout(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Resu
 
 
 def _on_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
-    """A majority of the waiting parties saw the phase deadline pass."""
+    """A majority of the key epoch's members saw the phase deadline pass."""
     r = replace(s.round, timeout_votes=())
     s = replace(s, round=r)
 
-    def blame(kind: str, offenders: Iterable[NodeId]) -> tuple[Evidence, ...]:
-        return tuple(Evidence(height=h, round=r.number, kind=kind, offender=o) for o in offenders)
+    def blame(kind: str, offenders: Iterable[NodeId], detail: bytes = b"") -> tuple[Evidence, ...]:
+        return tuple(
+            Evidence(height=h, round=r.number, kind=kind, offender=o, detail=detail) for o in offenders
+        )
 
     match r.phase:
         case Phase.READY:
@@ -1571,14 +1658,13 @@ def _on_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
             assert failed is not None
             r = replace(r, excluded=_sorted((*r.excluded, failed)))
             return _assign_roles(replace(s, round=r, evidence=(*s.evidence, *blame(kind, [failed]))), g, h)
-        case _:  # DECRYPT
+        case _:  # DECRYPT: abandon the aggregate, never ask another decrypt set for it
             missing = _sorted(p for p in r.decrypt_set if r.decryption_share(p) is None)
             if not missing:
                 return _abort(s, g, h, "no t matching merged-model hashes before the decrypt deadline")
-            r = replace(r, excluded=_sorted((*r.excluded, *missing)))
-            return _assign_roles(
-                replace(s, round=r, evidence=(*s.evidence, *blame(DECRYPTOR_TIMEOUT, missing))), g, h
-            )
+            withheld = blame(DECRYPTOR_TIMEOUT, missing, r.aggregate_hash or b"")
+            s = replace(s, evidence=(*s.evidence, *withheld))
+            return _abort(s, g, h, "decryption shares withheld: the aggregate is abandoned")
 
 
 def _round_lost_member(s: ContractState, g: Genesis, h: int, node: NodeId) -> ContractState:

@@ -26,6 +26,7 @@ from typing import Final, final
 from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
+from crypto.secure_merge import min_contributions
 
 GENESIS_VERSION: Final = 1
 HASH_SIZE: Final = 32
@@ -200,6 +201,9 @@ class TrainingParams:
     # Wrong point shares a robust merge must withstand (`crypto.robust_merge.combine_points`);
     # None: `crypto.pointshare.default_max_faulty` of the key epoch's n and t.
     robust_max_faulty: int | None = None
+    # A member that withheld its decryption share in this many rounds of one key epoch is
+    # left out of the decrypt sets of that epoch's later rounds (it still contributes).
+    withhold_limit: int = 2
 
     def __post_init__(self) -> None:
         _require(
@@ -229,6 +233,15 @@ class TrainingParams:
             "training.ckks_params",
             f"must be a 1-{MAX_NAME} character ASCII parameter set id",
         )
+        _require(1 <= self.withhold_limit <= 1000, "training.withhold_limit", "must be 1-1000 rounds")
+
+    def min_contributions(self, threshold: int) -> int:
+        """The fewest contributions a round of a key epoch with threshold t starts with and
+        keeps: `crypto.secure_merge.min_contributions` (``max(min_peers, t + 1)``) for a
+        secure swarm, so t - 1 colluders always face two honest updates in the sum. A
+        plaintext swarm hides nothing; it needs ``max(min_peers, t)`` (t matching merged-model
+        hashes close a round)."""
+        return min_contributions(self.min_peers, threshold) if self.secure else max(self.min_peers, threshold)
 
 
 @final
@@ -259,6 +272,17 @@ class Genesis:
                 self.join_policy.approvals <= len(self.members),
                 "join_policy.approvals",
                 f"cannot exceed the {len(self.members)} founding members",
+            )
+        if self.training.secure:
+            t = self.training.threshold.threshold(len(self.members))
+            _require(
+                len(self.members) >= t + 1,
+                "members",
+                f"a secure swarm needs at least t+1 = {t + 1} founding members "
+                f"(training.threshold {self.training.threshold.numerator}/"
+                f"{self.training.threshold.denominator} gives t = {t} of {len(self.members)}): "
+                "a round needs t+1 contributions, so that t-1 colluders face two honest updates; "
+                "add founders or set training.secure = false",
             )
 
     # -- bytes, hash and files --------------------------------------------------
@@ -320,7 +344,8 @@ class Genesis:
             f"join policy: {policy}",
             f"training: merge {t.merge_method} ({'secure' if t.secure else 'PLAINTEXT updates'}), "
             f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
-            f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}",
+            f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}, "
+            f"withhold limit {t.withhold_limit}",
             f"stopping: max {t.stopping.max_rounds} rounds, patience {t.stopping.patience} "
             f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal})",
             f"model spec {t.model_spec_hash.hex()}",

@@ -16,6 +16,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, final
 
 from crypto import cbor
@@ -49,14 +50,30 @@ class StoredBlock:
     certificate: CommitCertificate
 
 
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that never writes or creates a file: for views of another process's store
+    (`swarmnode status` of a stopped node may run as another user than the node). Without a
+    ``-wal`` file nobody has the store open, so it is opened immutable (SQLite then creates no
+    ``-shm``/``-wal``); with one, read-only through the existing WAL (a running node's blocks)."""
+    immutable = 0 if os.path.exists(f"{path}-wal") else 1
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro&immutable={immutable}"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
 @final
 class LedgerStore:
     """The ledger of one node on disk (or in memory for simulations)."""
 
     __slots__ = ("_db", "chain_id", "path")
 
-    def __init__(self, path: str | os.PathLike[str], chain_id: bytes) -> None:
+    def __init__(self, path: str | os.PathLike[str], chain_id: bytes, *, read_only: bool = False) -> None:
         self.path: Final = str(path)
+        self.chain_id: Final = chain_id
+        if read_only:
+            self._db = _connect_read_only(self.path)
+            if self._meta("chain_id") != chain_id:
+                raise StoreError(f"{self.path}: store belongs to another chain than {chain_id.hex()[:16]}")
+            return
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -69,19 +86,23 @@ class LedgerStore:
             elif stored != chain_id:
                 other = stored.hex()[:16] if isinstance(stored, bytes) else repr(stored)
                 raise StoreError(f"{self.path}: store belongs to chain {other}")
-        self.chain_id: Final = chain_id
 
     @classmethod
-    def open_existing(cls, path: str | os.PathLike[str]) -> LedgerStore:
-        """Open a store whose chain id is read from the file itself (for `verify_chain`)."""
+    def open_existing(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> LedgerStore:
+        """Open a store whose chain id is read from the file itself (for `verify_chain`);
+        `read_only`: see `_connect_read_only`."""
         if not os.path.exists(path):
             raise StoreError(f"{path}: no such ledger store")
-        with sqlite3.connect(str(path)) as probe:
+        probe = _connect_read_only(str(path)) if read_only else sqlite3.connect(str(path))
+        try:
             row = probe.execute("SELECT value FROM meta WHERE key = 'chain_id'").fetchone()
-        probe.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a ledger store ({exc})") from None
+        finally:
+            probe.close()
         if row is None:
             raise StoreError(f"{path}: not a ledger store (no chain id)")
-        return cls(path, bytes(row[0]))
+        return cls(path, bytes(row[0]), read_only=read_only)
 
     def close(self) -> None:
         self._db.close()

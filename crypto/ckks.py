@@ -45,17 +45,16 @@ Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
   weights is about 1, far below the 2^119 wrap): the mean divides by the decrypted weight
   sum, so its error would be multiplied by the values' magnitude (100 x 3e-7 at scale
   2^90); at 2^110 it is ~1e-12 and the mean is as precise as the sum.
-- Precision of the decrypted weighted mean, values in [-100, 100], smudging uniform on
-  +-2^68 per decryption share (error ~ 4-5 x 2^67.2 * sqrt(|T|) / 2^90): measured
-  1.8e-6 max abs error over 1M parameters with 16 members and |T| = t = 9 shares,
-  2.4e-6 with all 16 shares (scripts/bench_crypto.py, docs/results/bench_crypto.json);
-  5.2e-6 with 64 shares in notes/threshold-ckks.md. Casting the mean to float32 adds up to
-  2^-18 ~ 3.8e-6 at |v| ~ 100. `tests/crypto/test_secure_merge.py` checks <= 1e-5 at 16.
-- Security of the smudging: the aggregate's own secret-dependent noise is the sum of n
-  centred binomial errors (std 3.24 sqrt(n), 2^4.7 at n = 64; at most 21 n = 2^10.4);
-  each share's noise (std 2^67.2) exceeds that std by 2^62.5, and the statistical
-  distance it leaves is about N * max|e| / 2^69 ~ 2^-45.6 per ciphertext even with a
-  single honest smudger (docs/SECURITY.md section 4).
+- Precision of the decrypted weighted mean, values in [-100, 100], smudging a discrete
+  Gaussian of sigma = 2^68 per decryption share (error ~ sigma * sqrt(|T|) / 2^90 RMS,
+  about 5.5 times that at the maximum over 1M parameters): scripts/smudging_table.py
+  (docs/results/smudging_table.json) gives the formula and a measurement. Casting the mean
+  to float32 adds up to 2^-18 ~ 3.8e-6 at |v| ~ 100. `tests/crypto/test_secure_merge.py`
+  checks <= 1e-5 at 16 members.
+- Security of the smudging: each share's noise hides the aggregate's own secret-dependent
+  noise, a sum of n centred binomial errors, to a KL divergence of e^2 / (2 sigma^2) per
+  coefficient; every share is counted against a per-key-epoch budget of statistical
+  distance 2^-smudging_budget_bits (`smudging`, docs/SECURITY.md section 4).
 
 Wire format of a ciphertext blob (`EncryptedVector.to_bytes`):
 
@@ -108,6 +107,7 @@ from .rns import (
     sub_mod,
 )
 from .sealbridge import SealContext, he_standard_max_bits
+from .smudging import DEFAULT_BUDGET_BITS, DEFAULT_LOG_SIGMA, SmudgingBudget
 
 F64 = npt.NDArray[np.float64]
 
@@ -138,19 +138,22 @@ class CkksParams:
     """CKKS parameters shared by every member of a swarm (fixed in genesis).
 
     Defaults: N = 8192, moduli [60, 60, 60] (180 of the 218 bits allowed at 128-bit
-    security by the HE standard), coefficient encoding at scale 2^90, smudging noise
-    uniform on +-2^68 per decryption share, inputs bounded by 2^20 in absolute value.
-    Measured max abs error of a decrypted sum: 2.0e-6 (16 members) to 5.2e-6 (64).
-    Smudging margin: per-share noise std 2^67.2 over the n = 64 aggregate's own noise
-    std 2^4.7, i.e. 2^62.5.
+    security by the HE standard), coefficient encoding at scale 2^90, smudging noise a
+    discrete Gaussian of width sigma = 2^smudging_bits per decryption share
+    (`smudging.gaussian_noise`), inputs bounded by 2^20 in absolute value. A key epoch's
+    decryption shares may leak at most 2^-smudging_budget_bits in statistical distance
+    (`smudging.SmudgingBudget`, counted by `threshold.make_decryption_share` and the
+    contract). RMS error of a decrypted mean: sqrt(|T|) 2^(smudging_bits - 90) (1.4e-6 at
+    |T| = 33); scripts/smudging_table.py tabulates both.
     """
 
     degree: int = 8192
     coeff_bits: tuple[int, ...] = (60, 60, 60)
     scale_bits: int = 90
     weight_scale_bits: int = 110
-    smudging_bits: int = 68
+    smudging_bits: int = DEFAULT_LOG_SIGMA
     max_abs_value: float = float(1 << 20)
+    smudging_budget_bits: int = DEFAULT_BUDGET_BITS
 
     def __post_init__(self) -> None:
         if self.degree < 1024 or self.degree & (self.degree - 1):
@@ -170,6 +173,12 @@ class CkksParams:
             raise ValueError("weight_scale_bits must be >= scale_bits and leave 2^7 of headroom")
         if not 33 <= self.smudging_bits <= 93:
             raise ValueError("smudging_bits must be in [33, 93]")
+        SmudgingBudget(self.smudging_bits, self.smudging_budget_bits, ERROR_ETA)  # or ValueError
+
+    @property
+    def smudging(self) -> SmudgingBudget:
+        """The per-key-epoch smudging budget these parameters give (ValueError if none)."""
+        return SmudgingBudget(self.smudging_bits, self.smudging_budget_bits, ERROR_ETA)
 
     @property
     def security_bits(self) -> int:

@@ -193,7 +193,11 @@ class EnvelopeCodec:
         if type(chain) is not bytes or len(chain) != CHAIN_ID_SIZE:
             raise SchemaError(f"envelope chain id must be {CHAIN_ID_SIZE} bytes")
         if chain != self._chain_id:
-            raise WrongChain(f"message for chain {chain.hex()[:16]}, ours is {self._chain_id.hex()[:16]}")
+            raise WrongChain(
+                f"message for chain {chain.hex()[:16]}, ours is {self._chain_id.hex()[:16]}",
+                theirs=chain,
+                ours=self._chain_id,
+            )
         if type(name) is not str:
             raise SchemaError("envelope type must be a text string")
         message_type = self._types.by_name(name)

@@ -32,7 +32,12 @@ class UnsupportedVersion(ProtocolError):
 
 
 class WrongChain(ProtocolError):
-    """The message was signed for another chain (network) than ours."""
+    """The message was signed for another chain (network) than ours: `theirs`, not `ours`."""
+
+    def __init__(self, message: str, *, theirs: bytes = b"", ours: bytes = b"") -> None:
+        super().__init__(message)
+        self.theirs = theirs
+        self.ours = ours
 
 
 class UnknownMessageType(ProtocolError):

@@ -43,6 +43,7 @@ from .ckks import CkksContext
 from .errors import ProtocolError
 from .identity import NodeId
 from .rns import I64, U64, add_mod_into, column, scalar_operand, shoup_mul, signed_split_residues
+from .smudging import gaussian_noise
 
 if TYPE_CHECKING:
     from .threshold import EpochSpec
@@ -95,21 +96,14 @@ NoiseSampler = Callable[[XofStream, int, int], WideIntegers]
 """``(stream, count, bits) -> count`` noise integers of width 2^bits drawn from the stream."""
 
 
-def uniform_noise(stream: XofStream, count: int, bits: int) -> WideIntegers:
-    """`count` integers exactly uniform on ``[-2^bits, 2^bits)``, from 12 bytes of the stream each."""
-    if not 33 <= bits <= 93:
-        raise ValueError("noise width must be 2^33 .. 2^93")
-    shift = 32
-    high_bits = bits - shift + 1  # sign included
-    words = np.frombuffer(stream.read(8 * count), dtype="<u8")
-    high = (words >> np.uint64(64 - high_bits)).astype(np.int64) - np.int64(1 << (high_bits - 1))
-    low = np.frombuffer(stream.read(4 * count), dtype="<u4").astype(np.uint64)
-    return high, low, shift
+def gaussian_stream_noise(stream: XofStream, count: int, bits: int) -> WideIntegers:
+    """`count` integers from the discrete Gaussian of width 2^bits (`crypto.smudging`), drawn
+    from the stream: the flooding noise of proven bound that Lagrange shares use too."""
+    return gaussian_noise(stream.read, count, bits)
 
 
-# The same +-2^smudging_bits as a share of `crypto.threshold`; the one place to swap in a
-# sampler of proven bound (a discrete Gaussian of the same width) with this signature.
-DEFAULT_NOISE: Final[NoiseSampler] = uniform_noise
+# Each r_A is flooding noise of the same distribution as a Lagrange share's.
+DEFAULT_NOISE: Final[NoiseSampler] = gaussian_stream_noise
 
 
 def prss_subsets(members: int, threshold: int, *, max_keys: int = MAX_PRSS_KEYS) -> tuple[Subset, ...]:
@@ -286,8 +280,9 @@ def _noise_residues(ctx: CkksContext, seed: bytes, start: int, stop: int, sample
     so a chunk's noise does not depend on how chunks are batched."""
     n = ctx.params.degree
     draws = [
-        # 12 bytes per coefficient is what `uniform_noise` reads; other samplers extend the stream.
-        sampler(XofStream(seed + chunk.to_bytes(4, "big"), 12 * n), n, ctx.params.smudging_bits)
+        # 8 bytes per base sample, 6 base samples per coefficient (`crypto.smudging`); the
+        # stream extends itself in the rare case a sample needs more.
+        sampler(XofStream(seed + chunk.to_bytes(4, "big"), 48 * n), n, ctx.params.smudging_bits)
         for chunk in range(start, stop)
     ]
     shifts = {shift for _, _, shift in draws}

@@ -187,19 +187,3 @@ def centered_binomial(eta: int, count: int) -> I64:
     others = np.bitwise_count((words >> np.uint64(32)) & mask).astype(np.int64)
     result: I64 = ones - others
     return result
-
-
-def uniform_signed_wide(log_bound: int, count: int) -> tuple[I64, U64, int]:
-    """Integers exactly uniform on ``[-2^log_bound, 2^log_bound)``, as ``(high, low, shift)``.
-
-    Value = ``high * 2^32 + low`` with high uniform on ``[-2^(log_bound-32), 2^(log_bound-32))`` and
-    low uniform on ``[0, 2^32)``: every bit is random, unlike a float sample of that width
-    (a double carries only 53 bits, so wide float noise has zero low bits).
-    """
-    if not 33 <= log_bound <= 93:
-        raise ValueError("log_bound must be in [33, 93]")
-    shift = 32
-    high_bits = log_bound - shift + 1  # sign included
-    high = (random_u64(count) >> np.uint64(64 - high_bits)).astype(np.int64) - np.int64(1 << (high_bits - 1))
-    low = random_u64(count) & _MASK32
-    return high, low, shift

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import final
 
-from .ckks import DEFAULT_PARAMS, MAX_HEADER, CkksParams, EncryptedVector, context
+from .ckks import DEFAULT_PARAMS, MAX_HEADER, CkksParams, EncryptedVector, RoundBinding, context
 from .errors import InvalidCiphertext
 from .identity import NodeId
 from .pointshare import (
@@ -45,8 +45,8 @@ from .pointshare import (
 )
 from .pointshare import make_point_share as _make_point
 from .prss import PrssKeys
-from .secure_merge import MergedMean, merged_mean
-from .threshold import DecryptionRefused, EpochKeys, EpochSpec
+from .secure_merge import MergedMean, decryptable_aggregate, merged_mean
+from .threshold import EpochKeys, EpochSpec
 
 __all__ = [
     "UncheckablePoints",
@@ -59,9 +59,6 @@ __all__ = [
     "point_of",
     "point_share_size",
 ]
-
-# Beyond the t-1 colluders' own updates, at least two honest ones in every decrypted sum.
-_HONEST_MARGIN: Final = 1
 
 
 def point_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
@@ -89,23 +86,16 @@ def make_point_share(
     *,
     contributions: int,
     min_peers: int,
+    binding: RoundBinding,
     length: int | None = None,
 ) -> bytes:
-    """Our point share of `aggregate`, or `DecryptionRefused`.
-
-    `contributions` is the number the ledger committed for this aggregate: an honest member
-    refuses unless the aggregate sums exactly that many contributors, at least
-    ``max(min_peers, t + 1)`` (any t-1 colluders then face at least two honest updates).
-    Deterministic: asked again, it returns the same bytes.
-    """
-    floor = max(min_peers, keys.spec.threshold + _HONEST_MARGIN)
-    if contributions < floor:
-        raise DecryptionRefused(f"aggregate of {contributions} contributions; at least {floor} needed")
-    vector = _aggregate(keys.context.params, aggregate, length)
-    if len(vector.contributors) != contributions:
-        raise DecryptionRefused(
-            f"aggregate sums {len(vector.contributors)} contributors, the ledger committed {contributions}"
-        )
+    """Our point share of `aggregate`, or `DecryptionRefused` (the checks of
+    `crypto.secure_merge.decryptable_aggregate`: committed count, at least
+    ``max(min_peers, t + 1)`` contributions, the round of `binding`). Deterministic: asked
+    again, it returns the same bytes."""
+    vector = decryptable_aggregate(
+        keys, aggregate, contributions=contributions, min_peers=min_peers, binding=binding, length=length
+    )
     return _make_point(keys, prss, vector).to_bytes()
 
 

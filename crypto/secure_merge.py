@@ -91,20 +91,32 @@ __all__ = [
     "aggregate_contributions",
     "ciphertext_size",
     "combine",
+    "decryptable_aggregate",
     "decryption_share",
     "decryption_share_size",
     "default_threshold",
     "encrypt_update",
     "merged_mean",
+    "min_contributions",
     "start_key_epoch",
     "threshold_messages",
 ]
 
-# Whatever min_peers says, never help decrypt a single member's update.
-MIN_CONTRIBUTIONS: Final = 2
 # Honest normalised weights sum to at most 1 (all of the round's Ready weight); a little
 # slack absorbs float rounding of w_i / W.
 _MAX_WEIGHT_SUM: Final = 1.0 + 1e-6
+
+
+def min_contributions(min_peers: int, threshold: int) -> int:
+    """The fewest contributions an aggregate may hold to be decrypted: ``max(min_peers, t + 1)``.
+
+    Up to t - 1 colluding members may sit in a sum; with t + 1 contributions at least two
+    honest updates remain in it, so subtracting their own updates from the merge leaves the
+    colluders a sum of at least two, never one site's update. The one copy of the rule:
+    the contract (round start and abort), the round planner and the node check it through
+    `consensus.genesis.TrainingParams.min_contributions`.
+    """
+    return max(min_peers, threshold + 1)
 
 
 def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> KeyEpoch:
@@ -128,10 +140,10 @@ def encrypt_update(
     """Encrypt ``(weight / total_weight) * parameters`` and that normalised weight under our key share.
 
     Only a decrypt set of the epoch can remove its mask, only inside a sum of at least
-    min_peers contributions, and only in the round of `binding` (see `decryption_share`).
-    Raises ValueError for a non-1-D, non-float, non-finite or out-of-range vector (|v| above
-    ``params.max_abs_value``), a weight outside ``(0, total_weight]`` or a binding of
-    another key epoch than `keys`.
+    `min_contributions` contributions, and only in the round of `binding` (see
+    `decryption_share`). Raises ValueError for a non-1-D, non-float, non-finite or
+    out-of-range vector (|v| above ``params.max_abs_value``), a weight outside
+    ``(0, total_weight]`` or a binding of another key epoch than `keys`.
     """
     if binding.epoch != keys.spec.epoch_id:
         raise ValueError("the round binding names another key epoch than our keys")
@@ -189,6 +201,43 @@ def aggregate_contributions(
     return builder.result()
 
 
+def decryptable_aggregate(
+    keys: EpochKeys,
+    aggregate: bytes,
+    *,
+    contributions: int,
+    min_peers: int,
+    binding: RoundBinding,
+    length: int | None = None,
+) -> EncryptedVector:
+    """`aggregate` decoded, if an honest member may help decrypt it; else `DecryptionRefused`.
+
+    The one set of checks every kind of decryption share (`decryption_share`,
+    `crypto.robust_merge.make_point_share`) makes first: the ledger committed
+    `contributions` contributions, at least `min_contributions`; the aggregate sums exactly
+    that many contributors; it is bound to `binding`, the round being decrypted (no blob of
+    another round, key epoch, round nonce or chain); `length`, if given, is its size.
+    """
+    needed = min_contributions(min_peers, keys.spec.threshold)
+    if contributions < needed:
+        raise DecryptionRefused(
+            f"aggregate of {contributions} contributions; at least {needed} needed "
+            f"(max(min_peers={min_peers}, t+1={keys.spec.threshold + 1}))"
+        )
+    vector = EncryptedVector.from_bytes(keys.context, aggregate)
+    if (field := binding.differs_in(vector.binding)) is not None:
+        raise DecryptionRefused(
+            f"aggregate is for another {field} (round {vector.binding.round}, decrypting {binding.round})"
+        )
+    if length is not None and vector.length != length:
+        raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
+    if len(vector.contributors) != contributions:
+        raise DecryptionRefused(
+            f"aggregate sums {len(vector.contributors)} contributors, the ledger committed {contributions}"
+        )
+    return vector
+
+
 def decryption_share(
     keys: EpochKeys,
     aggregate: bytes,
@@ -203,28 +252,16 @@ def decryption_share(
 
     `contributions` is the number of contributions the ledger committed for this aggregate:
     an honest member refuses unless the aggregate sums exactly that many contributors, at
-    least ``max(min_peers, 2)``, all members of the epoch, is in the decrypt set, and the set
-    has at least t distinct members. `length` (the model size), if given, must match the
-    aggregate's.
+    least `min_contributions` (``max(min_peers, t + 1)`` for the epoch's t), all members of
+    the epoch, is in the decrypt set, and the set has at least t distinct members. `length`
+    (the model size), if given, must match the aggregate's.
 
     `binding` is the round being decrypted: an aggregate bound to another round, key epoch,
     round nonce or chain is refused (no blob of an earlier round is decrypted in this one).
     """
-    if contributions < max(min_peers, MIN_CONTRIBUTIONS):
-        raise DecryptionRefused(
-            f"aggregate of {contributions} contributions; at least {max(min_peers, MIN_CONTRIBUTIONS)} needed"
-        )
-    vector = EncryptedVector.from_bytes(keys.context, aggregate)
-    if (field := binding.differs_in(vector.binding)) is not None:
-        raise DecryptionRefused(
-            f"aggregate is for another {field} (round {vector.binding.round}, decrypting {binding.round})"
-        )
-    if length is not None and vector.length != length:
-        raise InvalidCiphertext(f"aggregate holds {vector.length} parameters, the model has {length}")
-    if len(vector.contributors) != contributions:
-        raise DecryptionRefused(
-            f"aggregate sums {len(vector.contributors)} contributors, the ledger committed {contributions}"
-        )
+    vector = decryptable_aggregate(
+        keys, aggregate, contributions=contributions, min_peers=min_peers, binding=binding, length=length
+    )
     return make_decryption_share(keys, vector, decrypt_set).to_bytes()
 
 

@@ -27,12 +27,13 @@ Decryption of an aggregate (rescaled ``c0`` and the (contributor, mask seed) pai
 set K it sums, see `ckks`) by a decrypt set T (``|T| >= t``): member k publishes
 ``d_k = rescale(lambda_k^T * sum_{i in K} a_i * f_i(x_k) + e_k)`` with ``a_i``
 contributor i's mask, ``lambda_k^T`` its Lagrange coefficient at 0 for the points of T
-(per prime), ``e_k`` smudging noise uniform on ``[-2^68, 2^68)`` (integer-exact,
-`os.urandom`) and ``rescale(x) = round(x / q0) mod q1`` (`CkksContext.rescale`);
+(per prime), ``e_k`` smudging noise, a discrete Gaussian of sigma = 2^68 (integer-exact,
+`os.urandom`, `smudging.gaussian_noise`; every share counted against the key epoch's
+budget, `smudging.SmudgingBudget`) and ``rescale(x) = round(x / q0) mod q1`` (`CkksContext.rescale`);
 ``c0 + sum_{k in T} d_k`` mod q1 decodes to the sum, since ``c0 = sum_{i in K}
 (Delta*m_i + e_i - a_i * s_i)``. Rescaling a share is rounding after the smudging, so it
 reveals nothing more; its error (at most q0/2 ~ 2^59 per share) is far below the
-smudging's 2^68 and halves the share (one residue per coefficient instead of two). A
+smudging's sigma of 2^68 and halves the share (one residue per coefficient instead of two). A
 share is bound to T through its Lagrange coefficient: combined with any other set it
 decodes to noise. Fewer than t shares carry no information about any ``s_i`` (Shamir), and
 the smudging hides each member's dealer shares in its published share. A share is bound
@@ -87,8 +88,8 @@ from .rns import (
     shoup_mul,
     shoup_quotients,
     signed_split_residues,
-    uniform_signed_wide,
 )
+from .smudging import RandomBytes, SmudgingBudget, gaussian_noise
 
 EPOCH_ID_SIZE: Final = 32
 _CRS_DOMAIN: Final = b"swarmnode/ckks-crs/v1"
@@ -262,10 +263,11 @@ def _scalar_mul(poly: U64, scalars: Sequence[int], moduli: Sequence[int]) -> U64
     return shoup_mul(poly, operand, quotients, column(moduli))
 
 
-def smudging_noise(ctx: CkksContext, chunks: int) -> U64:
-    """``(chunks, L, N)`` coefficient-form noise, each coefficient exactly uniform on ``[-2^b, 2^b)``."""
+def smudging_noise(ctx: CkksContext, chunks: int, random_bytes: RandomBytes = os.urandom) -> U64:
+    """``(chunks, L, N)`` coefficient-form noise, each coefficient from `smudging.gaussian_noise`
+    (a discrete Gaussian of sigma = 2^smudging_bits, integer-exact) fed by `random_bytes`."""
     n = ctx.params.degree
-    high, low, shift = uniform_signed_wide(ctx.params.smudging_bits, chunks * n)
+    high, low, shift = gaussian_noise(random_bytes, chunks * n, ctx.params.smudging_bits)
     residues = signed_split_residues(high, low, shift, ctx.data_moduli)
     return residues.reshape(len(ctx.data_moduli), chunks, n).transpose(1, 0, 2)
 
@@ -302,6 +304,7 @@ class EpochKeys:
         "prss",
         "public_key",
         "secret",
+        "smudging_spent",
         "spec",
     )
 
@@ -317,6 +320,9 @@ class EpochKeys:
         self.dealer_shares: Final = dealer_shares  # (n, L, N): f_i(x_me) in member order, NTT form
         self.prss: Final = prss_keys
         self._dealer_quotients: U64 | None = None
+        # Smudging budget units (`SmudgingBudget.units`) of every share made with these keys
+        # since they were loaded; the ledger's count (the contract) is the durable one.
+        self.smudging_spent = 0
 
     @property
     def dealer_quotients(self) -> U64:
@@ -937,6 +943,7 @@ def make_decryption_share(
         raise DecryptionRefused(f"decrypt set has {len(decrypt_set)} members, threshold is {spec.threshold}")
     if keys.me not in decrypt_set:
         raise DecryptionRefused("this node is not in the decrypt set")
+    _charge_smudging(keys, aggregate, len(decrypt_set))
     points = tuple(sorted(spec.point(m) for m in decrypt_set))
     me = spec.point(keys.me)
     lagrange = lagrange_at_zero(me, points, ctx.data_moduli)
@@ -957,6 +964,21 @@ def make_decryption_share(
 
     wire = encode_blob(_SHARE_MAGIC, header, parts())
     return DecryptionShare.from_bytes(ctx, wire)
+
+
+def _charge_smudging(keys: EpochKeys, aggregate: EncryptedVector, shares: int) -> None:
+    """Count this decryption (all `shares` of it) against the epoch's smudging budget, or
+    refuse if that would pass it: the statistical-distance bound of `smudging` holds only
+    for the shares it counted."""
+    params = keys.context.params
+    budget = params.smudging
+    units = SmudgingBudget.units(len(aggregate.contributors), shares, aggregate.chunks * params.degree)
+    if keys.smudging_spent + units > budget.capacity:
+        raise DecryptionRefused(
+            f"smudging budget of key epoch {keys.spec.epoch_id.hex()[:16]} spent: {keys.smudging_spent} of "
+            f"{budget.capacity} units used, this decryption needs {units} (a new key epoch is needed)"
+        )
+    keys.smudging_spent += units
 
 
 def combine_shares(

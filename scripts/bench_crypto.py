@@ -116,18 +116,19 @@ def bench_tenseal(vector: np.ndarray) -> dict[str, Any]:
 
 
 def bench_large(length: int) -> dict[str, Any]:
-    """One merge of two `length`-parameter updates, end to end, one step at a time to bound memory."""
+    """One merge of three `length`-parameter updates (t + 1 for t = 2: the fewest a decryptor
+    accepts), end to end, one step at a time to bound memory."""
     spec, _, keys = run_key_epoch(3)  # t = 2
     binding = round_binding(spec.epoch_id)
     rng = np.random.default_rng(9)
     builder = sm.AggregateBuilder(length, binding=binding)
     expected = np.zeros(length, dtype=np.float64)
     out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
-    for i, weight in enumerate((1.0, 3.0)):
+    for i, weight in enumerate((1.0, 3.0, 4.0)):
         values = rng.uniform(-1, 1, length).astype(np.float32)
-        expected += weight / 4.0 * values
+        expected += weight / 8.0 * values
         blob, _, wall = timed(
-            lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 4.0, binding=binding)  # type: ignore[misc]
+            lambda k=keys[i], v=values, w=weight: sm.encrypt_update(k, v, w, 8.0, binding=binding)  # type: ignore[misc]
         )
         out["encrypt_wall_s"].append(wall)
         out["ciphertext_bytes"] = len(blob)
@@ -142,7 +143,7 @@ def bench_large(length: int) -> dict[str, Any]:
 
         def make_share(k: threshold.EpochKeys = k) -> bytes:
             return sm.decryption_share(
-                k, aggregate, decrypt_set, contributions=2, min_peers=2, binding=binding
+                k, aggregate, decrypt_set, contributions=3, min_peers=2, binding=binding
             )
 
         part, _, wall = timed(make_share)
@@ -205,7 +206,9 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
     point_cpu, points = [], []
     for k, p in zip(keys, prss_keys, strict=True):
         point, cpu, _ = timed(
-            lambda k=k, p=p: rm.make_point_share(k, p, aggregate, contributions=n, min_peers=2)  # type: ignore[misc]
+            lambda k=k, p=p: rm.make_point_share(
+                k, p, aggregate, contributions=n, min_peers=2, binding=round_binding(spec.epoch_id)
+            )  # type: ignore[misc]
         )
         point_cpu.append(cpu)
         points.append(point)

@@ -1,6 +1,6 @@
 """What does privacy cost per round? Secure merge vs plaintext merge vs Flower, measured in one run.
 
-    python scripts/bench_round.py          # N = 2, 4, 8 x 10k/100k/1M + Flower (N=4) + scaling 32/64
+    python scripts/bench_round.py          # N = 3, 4, 8 x 10k/100k/1M + Flower (N=4) + scaling 32/64
     python scripts/bench_round.py --quick  # N = 2, 4 x 10k/100k, recorded Flower numbers, scaling 8/16
 
 1. **Node processes on 127.0.0.1** (`scripts/_bench_round_node.py`, one OS
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--ns", default=None, help="process counts (default 2,4,8; quick 2,4)")
+    parser.add_argument("--ns", default=None, help="process counts (default 3,4,8; quick 3,4)")
     parser.add_argument("--sizes", default=None, help="model sizes (default 10k,100k,1M; quick 10k,100k)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 3; quick 2)")
     parser.add_argument("--scaling", default=None, help="in-memory node counts (default 32,64; quick 8,16)")
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flower-rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="per process run")
     args = parser.parse_args(argv)
-    default_ns = "2,4" if args.quick else "2,4,8"
+    default_ns = "3,4" if args.quick else "3,4,8"  # a secure swarm needs t + 1 = 3 sites or more
     ns = [int(x) for x in (args.ns if args.ns is not None else default_ns).split(",") if x]
     sizes = (args.sizes or ("10k,100k" if args.quick else "10k,100k,1M")).split(",")
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)

@@ -59,6 +59,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from consensus.genesis import DecryptionThreshold  # noqa: E402
 from consensus.store import LedgerStore  # noqa: E402
 from swarmnode.config import NodeConfig  # noqa: E402
 from swarmnode.control import FAULT_INJECTION_ENV, ControlError, request_control  # noqa: E402
@@ -311,9 +312,10 @@ def partition_groups(kind: str, names: list[str], f: int, rng: random.Random) ->
 def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     workdir = Path(args.workdir)
+    # t = floor(n/3) + 1: the n - f sites left after a fault are still t + 1, so they train on.
     plan = prepare_testnet(
         workdir, nodes=args.nodes, dataset="breast_cancer", scenario="even", rounds=args.rounds,
-        seed=args.seed, overwrite=args.overwrite,
+        seed=args.seed, overwrite=args.overwrite, threshold=DecryptionThreshold(numerator=1, denominator=3),
     )  # fmt: skip
     names = [s.name for s in plan.sites]
     f = max(1, (args.nodes - 1) // 3)

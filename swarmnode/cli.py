@@ -15,34 +15,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from consensus.errors import StoreError
-from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, GenesisError, Timeouts
-from crypto.errors import KeyFileError
-from models.data import DatasetError
-from models.spec import ModelSpec
+# Only what building the parser needs is imported here (pure Python): `--help` and usage
+# errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
+from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, Timeouts
 
 from . import __version__
-from .config import ConfigError, NodeConfig
-from .control import ControlError, request_control
-from .scaffold import (
-    JOIN_REQUEST_FILE,
-    GenesisSettings,
-    SetupError,
-    SiteSettings,
-    build_genesis,
-    infer_model,
-    init_site,
-    join_site,
-    load_genesis,
-    make_invite,
-    parse_join_policy,
-    parse_member,
-    parse_threshold,
-    save_genesis,
-    save_invite,
-)
+
+if TYPE_CHECKING:
+    from .scaffold import SiteSettings
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -61,6 +43,10 @@ def _out(text: str = "") -> None:
 
 
 def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
+    from models.spec import ModelSpec
+
+    from .scaffold import SetupError, SiteSettings, infer_model
+
     positive = args.positive_class
     if positive is None and args.data == "breast_cancer":
         positive = "malignant"  # the usual disease-vs-rest task of the bundled demo data
@@ -92,14 +78,17 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
         positive_class=positive,
         test_source=args.test_data,
         model=model,
-        host=args.host,
+        listen=args.listen,
         port=args.port,
+        advertise=tuple(args.advertise),
         bootstrap=tuple(getattr(args, "bootstrap", ())),
         weightage=args.weightage,
     )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from .scaffold import init_site
+
     directory = Path(args.dir)
     result = init_site(directory, _site_settings(args, directory))
     _out(f"created {result.key_path} (mode 0600) and {result.config_path}")
@@ -107,10 +96,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     _out(f"public key: {result.node_id.public_key.hex()}")
     _out("give this member line to the genesis organiser:")
     _out(f"  --member {result.member_line}")
+    if "@" not in result.member_line:
+        _out("(no address: with port 0 this site only dials out; give --port and --advertise to be dialled)")
     return EXIT_OK
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    from .scaffold import JOIN_REQUEST_FILE, join_site
+
     directory = Path(args.dir)
     result, genesis = join_site(directory, Path(args.invite), _site_settings(args, directory))
     _out(f"created {result.key_path} (mode 0600), {result.config_path} and the genesis of {genesis.name!r}")
@@ -129,6 +122,10 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, request_control
+    from .scaffold import SetupError
+
     config = NodeConfig.load(args.config)
     if (args.request is None) == (args.peer is None):
         raise SetupError("approve: give exactly one of --request FILE or --peer PEER_ID")
@@ -152,6 +149,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def _timeouts(args: argparse.Namespace) -> Timeouts:
+    from .scaffold import SetupError
+
     p = args.phase_timeout
     try:
         return Timeouts(
@@ -167,6 +166,17 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
 
 
 def cmd_genesis(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .scaffold import (
+        GenesisSettings,
+        SetupError,
+        build_genesis,
+        parse_join_policy,
+        parse_member,
+        parse_threshold,
+        save_genesis,
+    )
+
     if not args.member:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
     model_config = NodeConfig.load(args.model_from)
@@ -198,11 +208,16 @@ def cmd_genesis(args: argparse.Namespace) -> int:
 
 
 def cmd_genesis_show(args: argparse.Namespace) -> int:
+    from .scaffold import load_genesis
+
     _out(load_genesis(Path(args.file)).describe())
     return EXIT_OK
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .scaffold import make_invite, save_invite
+
     config = NodeConfig.load(args.config)
     invite = make_invite(config, args.bootstrap)
     save_invite(invite, Path(args.out))
@@ -215,6 +230,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
     from .ledgerview import verify_site_ledger
 
     report = verify_site_ledger(NodeConfig.load(args.config))
@@ -225,6 +241,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
     from .ledgerview import format_ledger, ledger_json, read_ledger
 
     record = read_ledger(NodeConfig.load(args.config))
@@ -233,23 +250,43 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, object]) -> str:
-    """Render the runtime's status JSON: known keys first, then anything else it reports."""
+    """Render a status (the running node's JSON or `stored_status`): known keys first, then
+    anything else it reports; peer ids of members shown as ``name (…last 8 chars)``."""
+    names = status.get("names")
+    names = names if isinstance(names, dict) else {}
+
+    def shown(value: object) -> object:
+        if isinstance(value, str) and value in names:
+            return f"{names[value]} (…{value[-8:]})"
+        return value
+
     lines = []
     for key, value in status.items():
-        if key == "history":
+        if key in ("history", "names"):
             continue
         if isinstance(value, list) and value and isinstance(value[0], dict):
             lines.append(f"{key}: {len(value)}")
             continue
-        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
-        lines.append(f"{key}: {shown}")
+        text = ", ".join(str(shown(v)) for v in value) if isinstance(value, list) else shown(value)
+        lines.append(f"{key}: {text}")
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, NotRunning, request_control
+    from .scaffold import SetupError
+
     config = NodeConfig.load(args.config)
     try:
-        status = request_control(config.node.storage_dir)
+        status = {"running": True, **request_control(config.node.storage_dir)}
+    except NotRunning as exc:
+        from .ledgerview import stored_status
+
+        try:
+            status = stored_status(config)
+        except SetupError as missing:
+            raise CommandFailed(f"{exc}; and no stored ledger to show: {missing}") from None
     except ControlError as exc:
         raise CommandFailed(str(exc)) from None
     _out(json.dumps(status, indent=2) if args.json else format_status(status))
@@ -257,18 +294,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- run ------------------------------------------------------------------------------
-
-
-def _setup_logging(level: str, *, quiet: bool) -> None:
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("swarmnode")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    # Under the live view only warnings reach the terminal (the table shows the rest).
-    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())) if quiet else level.upper())
 
 
 def _ctrl_c_stops() -> None:
@@ -285,18 +310,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     _ctrl_c_stops()
+    from .config import NodeConfig
     from .liveview import render, site_row
+    from .logsetup import setup_logging
+    from .scaffold import load_genesis
+    from .startup import preflight
+
+    overrides = [*args.set, *([f"metrics.prometheus={args.prometheus}"] if args.prometheus else [])]
+    config = NodeConfig.load(args.config, overrides)
+    genesis = load_genesis(config.ledger.genesis)
+    live_view = sys.stdout.isatty() and not args.plain and args.log_format == "text"
+    setup_logging(config.node.log_level, log_format=args.log_format, quiet=live_view, site=config.node.name)
+    identity = preflight(config, genesis)  # refusals at once, before the data and the network
+
     from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
     from .trainer import default_metric
 
-    config = NodeConfig.load(args.config, args.set)
-    genesis = load_genesis(config.ledger.genesis)
-    live_view = sys.stdout.isatty() and not args.plain
-    _setup_logging(config.node.log_level, quiet=live_view)
     monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
 
     async def run_plain() -> dict[str, object]:
-        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
+        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor, identity=identity))
 
     if not live_view:
         final = trio.run(run_plain)
@@ -320,7 +353,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.25)
 
                     nursery.start_soon(refresh)
-                    result = await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor))
+                    result = await stop_on_signal(
+                        lambda: run_site_monitored(config, monitor=monitor, identity=identity)
+                    )
                     live.update(table())  # type: ignore[arg-type]
                     nursery.cancel_scope.cancel()
                 return result
@@ -338,9 +373,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import write_report, write_site_report
+    from .scaffold import SetupError
 
-    files = write_report(Path(args.dir))
+    if args.config is not None and args.dir is not None:
+        raise SetupError("report: give --config (one site) or --dir (every site under it), not both")
+    if args.config is not None:
+        files = write_site_report(Path(args.config), None if args.out is None else Path(args.out))
+    else:
+        files = write_report(Path(args.dir or "."), out=None if args.out is None else Path(args.out))
     _out(f"report: {files.html}")
     for plot in files.plots:
         _out(f"plot:   {plot}")
@@ -409,8 +450,17 @@ def cmd_testnet(args: argparse.Namespace) -> int:
 def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
     p.add_argument("--name", required=True, help="this site's display name")
     p.add_argument("--dir", default=".", help="directory for node.key and site.toml (default: .)")
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument(
+        "--listen", default="127.0.0.1", help="IPv4 address to bind, 0.0.0.0: all (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=int, default=7000, help="listen port (default 7000)")
+    p.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="HOST|MULTIADDR",
+        help="where other sites reach this one: IP, DNS name or /dns4/NAME/tcp/PORT (default: --listen)",
+    )
     if not join:
         p.add_argument(
             "--bootstrap", action="append", default=[], metavar="MULTIADDR", help="peer to dial first"
@@ -448,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=KEY@ADDR",
-        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/H/tcp/P",
+        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/IP/tcp/P "
+        "or /dns4/NAME/tcp/P",
     )
     p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
     p.add_argument("--merge", choices=MERGE_METHODS, default="mean", help="merge method (default mean)")
@@ -517,10 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="site.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
     p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or one JSON object per line (json implies --plain)",
+    )
+    p.add_argument(
+        "--prometheus",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (sets [metrics] prometheus)",
+    )
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("report", help="HTML + PNG report of the sites under a directory")
-    p.add_argument("--dir", default=".", help="work dir holding site directories (default .)")
+    p = sub.add_parser("report", help="HTML + PNG report of one site (--config) or of the sites under --dir")
+    p.add_argument("--config", help="this site's site.toml: report from its own ledger and metrics only")
+    p.add_argument("--dir", help="work dir holding site directories (default .)")
+    p.add_argument("--out", help="output directory (default: report/ next to site.toml, or under --dir)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("testnet", help="run N sites on this machine (or --sim in memory) and write a report")
@@ -544,14 +608,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(handler=cmd_testnet)
 
-    p = sub.add_parser("status", help="ask the running node: membership, round, phase, height")
+    p = sub.add_parser(
+        "status", help="membership (by name), round, phase, height: from the running node, else its ledger"
+    )
     p.add_argument("--config", default="site.toml")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_status)
     return parser
 
 
-_USAGE_ERRORS: Final = (ConfigError, SetupError, KeyFileError, GenesisError, DatasetError)
+# Errors a user can act on, as (module, class): a command imports what it needs, so an
+# error class whose module was never imported cannot have been raised.
+_USAGE_ERRORS: Final = (
+    ("swarmnode.config", "ConfigError"),
+    ("swarmnode.scaffold", "SetupError"),
+    ("crypto.errors", "KeyFileError"),
+    ("consensus.genesis", "GenesisError"),
+    ("models.data", "DatasetError"),
+    ("swarmnode.trainer", "SwarmSetupError"),
+    ("swarmnode.net.base", "TransportError"),
+    ("swarmnode.startup", "StartRefused"),  # e.g. not a member, port in use
+)
+_FAILURES: Final = (("swarmnode.node", "SwarmError"), ("consensus.errors", "StoreError"))
+
+
+def _raised(exc: BaseException, errors: Sequence[tuple[str, str]]) -> bool:
+    for module_name, class_name in errors:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -568,19 +654,9 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def _exit_code(exc: BaseException) -> int | None:
     """Exit code for an error the user can act on (printed as one line); None: a bug."""
-    if isinstance(exc, _USAGE_ERRORS):
+    if _raised(exc, _USAGE_ERRORS):
         return EXIT_USAGE
-    # Runtime modules are imported only by the commands that need them (torch is slow to load).
-    trainer = sys.modules.get("swarmnode.trainer")
-    if trainer is not None and isinstance(exc, trainer.SwarmSetupError):
-        return EXIT_USAGE
-    base = sys.modules.get("swarmnode.net.base")
-    if base is not None and isinstance(exc, base.TransportError):
-        return EXIT_USAGE  # e.g. the configured port is in use
-    node = sys.modules.get("swarmnode.node")
-    if node is not None and isinstance(exc, node.SwarmError):
-        return EXIT_FAILED
-    if isinstance(exc, CommandFailed | StoreError):
+    if isinstance(exc, CommandFailed) or _raised(exc, _FAILURES):
         return EXIT_FAILED
     return None
 
@@ -601,10 +677,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             return EXIT_FAILED
         if isinstance(error, KeyboardInterrupt):
-            print("swarmnode: interrupted; state is saved, run the same command to resume", file=sys.stderr)
+            _to_stderr("swarmnode: interrupted; state is saved, run the same command to resume")
             return 130
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"swarmnode: error: {error}", file=sys.stderr, flush=True)
+        _to_stderr(f"swarmnode: error: {error}", error=True)
         return code
+
+
+def _to_stderr(text: str, *, error: bool = False) -> None:
+    """A last line for the user; a record like every other one once `run` logs JSON."""
+    logsetup = sys.modules.get("swarmnode.logsetup")
+    if logsetup is not None and logsetup.json_logging():
+        import logging
+
+        logging.getLogger("swarmnode.cli").log(logging.ERROR if error else logging.WARNING, "%s", text)
+    else:
+        print(text, file=sys.stderr, flush=True)

@@ -22,6 +22,8 @@ from models.data import SKLEARN_DATASETS, PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
+from .addresses import advertised_address, advertised_addresses, check_listen
+
 T = TypeVar("T")
 
 
@@ -177,15 +179,30 @@ class NodeSection:
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkSection:
-    """Where this node listens and whom it dials first (multiaddrs with /p2p/<peer id>)."""
+    """Where this node listens, where peers reach it (`advertise`: IP addresses, DNS names or
+    multiaddrs; see `swarmnode.addresses`) and whom it dials first (multiaddrs with /p2p/<peer id>)."""
 
-    host: str = "127.0.0.1"
+    listen: str = "127.0.0.1"
     port: int = 0
+    advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0-65535, got {self.port}")
+        try:
+            check_listen(self.listen)
+        except ValueError as exc:
+            raise ValueError(f"listen = {self.listen!r}: {exc}") from None
+        for i, entry in enumerate(self.advertise):
+            try:
+                advertised_address(entry, self.port)
+            except ValueError as exc:
+                raise ValueError(f"advertise[{i}] = {entry!r}: {exc}") from None
+
+    def advertised(self) -> tuple[str, ...]:
+        """The multiaddrs peers dial (no /p2p/ part); () if this site gives none."""
+        return advertised_addresses(self.listen, self.port, self.advertise)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,6 +247,27 @@ class SwarmSection:
             raise ValueError("merge_timeout must be > 0 seconds")
 
 
+def parse_listen_address(text: str, *, field: str = "metrics.prometheus") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into (host, port); ValueError names `field`."""
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{field}: expected HOST:PORT such as 127.0.0.1:9464, got {text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSection:
+    """Optional exports of this site's metrics: `prometheus` is ``HOST:PORT`` for a Prometheus
+    endpoint at ``http://HOST:PORT/metrics`` (off when unset; port 0 picks a free port)."""
+
+    prometheus: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prometheus is not None:
+            parse_listen_address(self.prometheus, field="prometheus")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """One site's `site.toml`. Relative paths are relative to the file's directory."""
@@ -241,6 +279,7 @@ class NodeConfig:
     ledger: LedgerSection = field(default_factory=LedgerSection)
     training: TrainConfig = field(default_factory=TrainConfig)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: Path | None = None  # the file this was loaded from
 
     @classmethod

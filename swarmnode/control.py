@@ -9,7 +9,8 @@ Protocol: the client sends one JSON line ``{"token": ..., "command": ..., "args"
 the server answers one JSON line ``{"ok": true, "result": {...}}`` or
 ``{"ok": false, "error": "..."}`` and closes. Commands:
 
-- ``status``: the node's `status()`.
+- ``status``: the node's `status()`, plus ``names`` (peer id -> member name) if the node
+  has a ledger (a ``contract``).
 - ``submit-join`` ``{"tx": hex}``: submit a joiner's signed JoinRequest, wait until it
   is pending on the ledger, then approve it as this member.
 - ``approve`` ``{"peer_id": ...}``: approve a pending join request.
@@ -60,6 +61,10 @@ _SERVING: dict[Path, int] = {}  # storage dir -> port of the endpoint this proce
 
 class ControlError(Exception):
     """No node answers on this storage dir, or it answered with an error."""
+
+
+class NotRunning(ControlError):
+    """No node answers on this storage dir (no control file, or nobody listens on its port)."""
 
 
 class StatusSource(Protocol):
@@ -178,7 +183,7 @@ async def _answer(
     if not isinstance(args, dict):
         return {"ok": False, "error": "args must be an object"}
     if command == "status":
-        return {"ok": True, "result": to_jsonable(node.status())}
+        return {"ok": True, "result": _status(node)}
     if command in ("submit-join", "approve"):
         try:
             return {"ok": True, "result": await _membership(node, command, args)}
@@ -195,6 +200,15 @@ async def _answer(
         except Exception as exc:  # bad peer ids, a transport without fault injection
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}
+
+
+def _status(node: StatusSource) -> Any:
+    """The node's status, plus ``names`` (peer id -> site name of every member) if it has a ledger."""
+    status = to_jsonable(node.status())
+    contract = getattr(node, "contract", None)
+    if isinstance(status, dict) and contract is not None:
+        status["names"] = {m.node_id.peer_id: m.name for m in contract.members()}
+    return status
 
 
 def _inject_fault(node: Any, command: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +260,7 @@ def request_control(
         info = json.loads(control_path.read_text())
         port, token = int(info["port"]), str(info["token"])
     except FileNotFoundError:
-        raise ControlError(f"{control_path}: not found; is the node running (swarmnode run)?") from None
+        raise NotRunning(f"{control_path}: not found; is the node running (swarmnode run)?") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ControlError(f"{control_path}: unreadable control file ({exc})") from None
     try:
@@ -257,7 +271,7 @@ def request_control(
             while chunk := conn.recv(65536):
                 chunks.append(chunk)
     except OSError as exc:
-        raise ControlError(
+        raise NotRunning(
             f"no node answers on 127.0.0.1:{port} (from {control_path}): {exc}; is it still running?"
         ) from None
     try:

@@ -7,6 +7,7 @@ see every committed block while the node appends.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast, final
@@ -28,14 +29,14 @@ def ledger_path(config: NodeConfig) -> Path:
     return config.node.storage_dir / LEDGER_FILE
 
 
-def _open_store(config: NodeConfig) -> tuple[LedgerStore, Genesis]:
+def _open_store(config: NodeConfig, *, read_only: bool = False) -> tuple[LedgerStore, Genesis]:
     genesis = load_genesis(config.ledger.genesis)
     path = ledger_path(config)
     if not path.exists():
         raise SetupError(f"{path}: no ledger yet; has this site run (swarmnode run --config ...)?")
     try:
-        store = LedgerStore.open_existing(path)
-    except (StoreError, OSError) as exc:
+        store = LedgerStore.open_existing(path, read_only=read_only)
+    except (StoreError, OSError, sqlite3.Error) as exc:
         raise SetupError(f"{path}: cannot open ledger ({exc})") from None
     return store, genesis
 
@@ -76,8 +77,9 @@ class LedgerRecord:
     last_merged_hash: bytes | None
 
 
-def read_ledger(config: NodeConfig) -> LedgerRecord:
-    store, genesis = _open_store(config)
+def read_ledger(config: NodeConfig, *, read_only: bool = False) -> LedgerRecord:
+    """Replay the site's store; `read_only`: never write to it (`LedgerStore.open_existing`)."""
+    store, genesis = _open_store(config, read_only=read_only)
     with store:
         if store.chain_id != genesis.chain_id:
             raise SetupError(f"{store.path}: store belongs to another chain than {config.ledger.genesis}")
@@ -150,3 +152,25 @@ def format_ledger(record: LedgerRecord) -> str:
             f"{'-' if final is None else final.hex()}"
         )
     return "\n".join(lines)
+
+
+def stored_status(config: NodeConfig) -> dict[str, Any]:
+    """What `swarmnode status` shows of a site whose node is not running: its stored ledger,
+    read without writing to it (the node may start meanwhile, or run as another user)."""
+    record = read_ledger(config, read_only=True)
+    last = record.rounds[-1] if record.rounds else None
+    return {
+        "running": False,
+        "name": config.node.name,
+        "swarm": record.swarm,
+        "chain_id": record.chain_id.hex(),
+        "height": record.height,
+        "members": [m.node_id.peer_id for m in record.members],
+        "names": {m.node_id.peer_id: m.name for m in record.members},
+        "closed_rounds": len(record.rounds),
+        "merged_rounds": sum(1 for r in record.rounds if r.outcome == "merged"),
+        "last_round": None if last is None else f"{last.number} {last.outcome}",
+        "last_merged_hash": None if record.last_merged_hash is None else record.last_merged_hash.hex(),
+        "stopped": None if record.stopped is None else record.stopped.reason,
+        "ledger": str(ledger_path(config)),
+    }

@@ -108,7 +108,7 @@ from consensus.transactions import (
 from consensus.votes import Equivocation
 from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
-from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType
+from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.robust_merge import (
     UncheckablePoints,
@@ -168,6 +168,8 @@ from .round import (
     epoch_stage,
     reconcile,
 )
+from .sharelog import ShareLog, ShareLogError, ShareRecord
+from .startup import ForeignChains
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -417,11 +419,16 @@ class Node:
         self.storage_dir: Final = storage
         # Before the ledger opens: a directory of another node or chain stops us here.
         self.files: Final = NodeFiles(storage, identity, genesis.chain_id)
+        try:
+            self._share_log: Final = ShareLog(storage)  # one decryption share per aggregate, ever
+        except ShareLogError as exc:
+            raise SwarmError(str(exc)) from None
         self._store = LedgerStore(storage / "ledger.sqlite", genesis.chain_id)
         app, resume = recover(self._store, lambda: Contract(genesis))
         assert isinstance(app, Contract)
         self.contract: Final[Contract] = app
         self._opener = EnvelopeOpener(EnvelopeCodec(genesis.chain_id, CONSENSUS_MESSAGES))
+        self._foreign_chains = ForeignChains(genesis.chain_id, self._log)
         timeouts = TimeoutConfig(
             propose=config.ledger.propose_timeout,
             prevote=config.ledger.propose_timeout / 2,
@@ -611,6 +618,9 @@ class Node:
             data, sender = message.data, message.sender
             try:
                 envelope = self._opener.open(data)
+            except WrongChain as exc:  # a peer started with another genesis file: said once
+                self._foreign_chains.saw(sender, exc.theirs)
+                continue
             except ProtocolError as exc:
                 self._log.info("dropped a bad consensus message from %s: %s", sender, exc)
                 continue
@@ -1324,6 +1334,7 @@ class Node:
         epoch our point share instead: not bound to the set, the same bytes whenever asked."""
         keys = self._keys[epoch]
         min_peers = self.genesis.training.min_peers
+        binding = self._binding(round_number)
         if keys.prss is not None:
             prss_keys = keys.prss
             return await self._once(
@@ -1331,11 +1342,10 @@ class Node:
                 lambda: self._compute(
                     lambda: make_point_share(
                         keys, prss_keys, aggregate, contributions=contributions, min_peers=min_peers,
-                        length=self.n_params,
+                        binding=binding, length=self.n_params,
                     )
                 ),
             )  # fmt: skip
-        binding = self._binding(round_number)
         key = ("share", round_number, epoch, decrypt_set, contributions, hashlib.sha256(aggregate).digest())
         return await self._once(
             key,
@@ -1402,9 +1412,9 @@ class Node:
             # Privacy: decrypt only what we summed ourselves from the committed contributions
             # (fetched by their committed hashes, verified by the transport). A leader and a
             # verifier colluding cannot get a single update (or any other blob) decrypted.
-            if len(job.committed) != job.contributions or len(job.committed) < max(
-                2, self.genesis.training.min_peers
-            ):
+            if len(job.committed) != job.contributions or len(
+                job.committed
+            ) < self.genesis.training.min_contributions(job.threshold):
                 raise SwarmError(f"round {job.round}: the committed contributions do not match the aggregate")
             # Usually summed already (`PrepareAggregate`, while the leader was adding).
             aggregate = await self._sum(job.round, job.committed, holder=job.aggregator)
@@ -1421,8 +1431,8 @@ class Node:
                 return
             self._keep_blob(job.round, aggregate)  # serve it to the combiners as well
         if not self.genesis.training.secure:
-            if job.contributions < max(2, self.genesis.training.min_peers):
-                raise SwarmError(f"round {job.round}: fewer than min_peers contributions; no confirmation")
+            if job.contributions < self.genesis.training.min_contributions(job.threshold):
+                raise SwarmError(f"round {job.round}: too few contributions; no confirmation")
             confirmation = PlaintextConfirmation(
                 round=job.round,
                 step=job.step,
@@ -1433,15 +1443,39 @@ class Node:
             await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
             return
         try:
-            share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+            digest = await self._released_share(job, aggregate)
         except DecryptionRefused as exc:
             self._refused_aggregates.add(refusal)
             self._log.warning("round %d step %d: no decryption share: %s", job.round, job.step, exc)
             return
-        if self.options.faults.byzantine_share:
-            share = byzantine_share(share)
-        digest = self._keep_blob(job.round, share)
         await self.submit(DecryptionShare(round=job.round, step=job.step, share_hash=digest))
+
+    async def _released_share(self, job: MakeDecryptionShare, aggregate: bytes) -> bytes:
+        """The hash of our one share of `job`'s aggregate: made, logged durably (`ShareLog`)
+        and only then served; the same share again for the same decrypt set (a new step, a
+        restart); `DecryptionRefused` for any other set: never a second share of a sum."""
+        shared = self._share_log.get(job.epoch, job.aggregate_hash)
+        if shared is None:
+            share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+            if self.options.faults.byzantine_share:
+                share = byzantine_share(share)
+            shared = self._share_log.get(job.epoch, job.aggregate_hash)  # released meanwhile?
+            if shared is None:
+                digest = hashlib.sha256(share).digest()
+                record = ShareRecord(
+                    epoch=job.epoch,
+                    aggregate_hash=job.aggregate_hash,
+                    decrypt_set=job.decrypt_set,
+                    share_hash=digest,
+                )
+                self._share_log.record(record)
+                self._keep_blob(job.round, share)
+                return digest
+        if shared.decrypt_set != job.decrypt_set:
+            raise DecryptionRefused(
+                f"aggregate {job.aggregate_hash.hex()[:12]} was shared already for another decrypt set"
+            )
+        return shared.share_hash
 
     async def _combine(self, job: Job) -> None:
         assert isinstance(job, CombineShares)
@@ -1494,7 +1528,11 @@ class Node:
                 raise MalformedMessage(f"{vote.node_id.short}'s decryption share is not its own point")
         configured = self.genesis.training.robust_max_faulty
         faulty = configured or default_max_faulty(len(spec.members), spec.threshold)
-        faulty = min(faulty, max(1, len(shares) - spec.threshold))
+        # With exactly t points nothing can be checked (as with Lagrange shares): merge unchecked
+        # rather than stall; the t+1 contribution rule keeps this to rounds that lost decryptors.
+        faulty = min(faulty, len(shares) - spec.threshold)
+        if faulty == 0:
+            self._log.warning("round %d: only t point shares: the merge is not checked", job.round)
         try:
             verdict = await self._compute(
                 lambda: combine_points(spec, aggregate, shares, max_faulty=faulty, length=self.n_params)
@@ -1786,9 +1824,9 @@ async def open_swarm_node(
 ) -> AsyncIterator[Node]:
     """A running `Node` for `config`; it stops (and releases everything) when the block exits.
 
-    Without `transport`, a `Libp2pTransport` listens on ``[network] host:port`` and dials
-    the bootstrap peers. Without `identity`/`genesis`, they are loaded from the config's
-    key file and genesis file.
+    Without `transport`, a `Libp2pTransport` listens on ``[network] listen:port``, tells
+    peers ``[network] advertise`` and dials the bootstrap peers. Without `identity`/`genesis`,
+    they are loaded from the config's key file and genesis file.
     """
     if options is None:
         options = NodeOptions(inline_compute=inline_compute)
@@ -1803,8 +1841,9 @@ async def open_swarm_node(
             transport = await stack.enter_async_context(
                 open_libp2p_transport(
                     ident,
-                    listen_host=config.network.host,
+                    listen_host=config.network.listen,
                     listen_port=config.network.port,
+                    advertise=config.network.advertised(),
                     bootstrap=config.network.bootstrap,
                 )
             )

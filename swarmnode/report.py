@@ -1,4 +1,9 @@
-"""`swarmnode report`: an HTML page and PNG plots from a work dir of sites.
+"""`swarmnode report`: an HTML page and PNG plots of one site or of a work dir of sites.
+
+``swarmnode report --config site.toml`` (`write_site_report`) reads that site's own files
+only: its metrics.json and its ledger, whose rounds name every site's contribution; a
+site needs no other site's directory. ``swarmnode report --dir WORKDIR`` (`write_report`)
+reads every site under a work dir, as `swarmnode testnet` leaves it:
 
 Inputs (all optional except at least one site):
 
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final, final
 
 from .config import ConfigError, NodeConfig
+from .metricsfile import METRICS_FILE, load_metrics
 from .scaffold import SetupError
 
 REPORT_DIR: Final = "report"
@@ -58,20 +64,21 @@ def find_sites(directory: Path) -> tuple[SiteResult, ...]:
     paths = sorted(
         {*directory.glob("site.toml"), *directory.glob("*/site.toml"), *directory.glob("*/*/site.toml")}
     )
-    sites = []
-    for path in paths:
-        config = NodeConfig.load(path)
-        metrics_path = config.node.storage_dir / "metrics.json"
-        metrics = None
-        if metrics_path.exists():
-            try:
-                metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise SetupError(f"{metrics_path}: unreadable metrics ({exc})") from None
-        sites.append(SiteResult(config.node.name, path, metrics))
+    sites = [site_result(path) for path in paths]
     if not sites:
         raise SetupError(f"{directory}: no site.toml found (in it or one/two levels below)")
     return tuple(sites)
+
+
+def site_result(config_path: Path) -> SiteResult:
+    """One site's name and metrics.json (None if it has not merged a round yet)."""
+    config = NodeConfig.load(config_path)
+    metrics_path = config.node.storage_dir / METRICS_FILE
+    try:
+        metrics = load_metrics(metrics_path)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    return SiteResult(config.node.name, config_path, metrics)
 
 
 def _value(metrics: Any, metric: str) -> float | None:
@@ -86,7 +93,7 @@ def _ledger_rows(sites: Sequence[SiteResult]) -> tuple[list[dict[str, Any]], str
 
     for site in sites:
         try:
-            record = read_ledger(NodeConfig.load(site.config_path))
+            record = read_ledger(NodeConfig.load(site.config_path), read_only=True)
         except (SetupError, ConfigError):
             continue
         data = ledger_json(record)
@@ -239,16 +246,35 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(directory: Path, *, title: str = "swarmnode report") -> ReportFiles:
-    """Build the report for the sites under `directory`; returns the files written."""
+def write_report(directory: Path, *, title: str = "swarmnode report", out: Path | None = None) -> ReportFiles:
+    """Build the report for the sites under `directory` (into `out`, by default
+    ``<directory>/report/``); returns the files written."""
+    sites = find_sites(directory)
+    baselines_path = directory / BASELINES_FILE
+    baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else None
+    return _build_report(sites, out or directory / REPORT_DIR, title=title, baselines=baselines)
+
+
+def write_site_report(config_path: Path, out: Path | None = None) -> ReportFiles:
+    """The report of one site from its own files only: its metrics.json and its ledger (whose
+    rounds name every contributor), so a site needs no other site's directory. Written to
+    `out`, by default ``report/`` next to its site.toml."""
+    site = site_result(config_path)
+    return _build_report(
+        (site,),
+        out or config_path.parent / REPORT_DIR,
+        title=f"swarmnode report: site {site.name}",
+        baselines=None,
+    )
+
+
+def _build_report(
+    sites: Sequence[SiteResult], out: Path, *, title: str, baselines: Mapping[str, Any] | None
+) -> ReportFiles:
     import matplotlib
 
     matplotlib.use("Agg")
-    sites = find_sites(directory)
-    out = directory / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    baselines_path = directory / BASELINES_FILE
-    baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else None
     metric = str(
         (baselines or {}).get("metric")
         or next((s.metrics["metric"] for s in sites if s.metrics and "metric" in s.metrics), "roc_auc")
@@ -333,7 +359,11 @@ def write_report(directory: Path, *, title: str = "swarmnode report") -> ReportF
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     agree = len(set(final_hashes.values())) == 1 and None not in final_hashes.values()
     head = (
-        f"<p>{len(sites)} sites; final model hash "
+        f"<p>site {html.escape(sites[0].name)}, from its own metrics and ledger; final model hash "
+        + html.escape(str(final_hashes[sites[0].name] or "- (not stopped yet)"))
+        + "</p>"
+        if len(sites) == 1
+        else f"<p>{len(sites)} sites; final model hash "
         + (f"<code>{html.escape(str(next(iter(final_hashes.values()))))}</code> on every site" if agree
            else "differs between sites or is missing: " + html.escape(json.dumps(final_hashes)))
         + "</p>"

@@ -21,9 +21,14 @@ it still owes, so nothing is lost across a crash.
 Which role acts in which phase is a table (`PHASE_ROLES`), as is the deadline
 of each phase (`PHASE_TIMEOUT`). Safety rules enforced here as well as in the
 contract and the crypto facade: a decryption share is only ever planned for a
-committed aggregate of at least ``min_peers`` contributions, and the job carries
-those contributions so that the decryptor recomputes the aggregate itself and
-refuses a committed hash that is not their sum (leader and verifier may collude).
+committed aggregate of at least `TrainingParams.min_contributions` contributions
+(``max(min_peers, t + 1)`` in a secure swarm), and the job carries those
+contributions so that the decryptor recomputes the aggregate itself and refuses a
+committed hash that is not their sum (leader and verifier may collude).
+
+Every member of the key epoch votes every phase deadline once its own deadline
+passed (the contract acts on a majority of all of them), not only the members
+waiting in the phase: a minority that is already waiting must not decide it.
 """
 
 from __future__ import annotations
@@ -280,7 +285,8 @@ class MakeDecryptionShare:
     aggregate_hash: bytes
     aggregator: NodeId | None
     decrypt_set: tuple[NodeId, ...]
-    contributions: int  # committed contributions in the aggregate (>= min_peers, checked)
+    threshold: int  # the round's t: at least `TrainingParams.min_contributions(t)` contributions
+    contributions: int  # committed contributions in the aggregate (>= min_contributions, checked)
     committed: tuple[ContributionRecord, ...]  # those contributions, sorted by contributor key
 
     @property
@@ -450,8 +456,8 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
     jobs: list[Job] = []
     if r.aggregate_hash is None or r.epoch not in facts.key_epochs:
         return jobs
-    # Never help decrypt fewer than min_peers contributions, whatever the ledger says.
-    if len(r.contributors) < max(2, contract.genesis.training.min_peers):
+    # Never help decrypt fewer than max(min_peers, t + 1) contributions, whatever the ledger says.
+    if len(r.contributors) < contract.genesis.training.min_contributions(r.threshold):
         return jobs
     if me in r.decrypt_set and r.decryption_share(me) is None:
         jobs.append(
@@ -462,6 +468,7 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
                 aggregate_hash=r.aggregate_hash,
                 aggregator=r.aggregator,
                 decrypt_set=r.decrypt_set,
+                threshold=r.threshold,
                 contributions=len(r.contributors),
                 committed=_committed_contributions(r),
             )
@@ -521,7 +528,7 @@ def _plan_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
     me = facts.me
     if me != r.verifier and me not in r.decrypt_set:
         return []
-    if len(r.contributors) < max(2, contract.genesis.training.min_peers):
+    if len(r.contributors) < contract.genesis.training.min_contributions(r.threshold):
         return []  # never decrypted (the contract aborts such a round): nothing worth adding
     return [
         PrepareAggregate(
@@ -694,7 +701,8 @@ def reconcile(contract: Contract, facts: LocalFacts) -> Plan:
     recheck = combine_at if combine_at is not None and combine_at > facts.now else None
     deadline: float | None = None
     voters = contract.timeout_voters()
-    if facts.me in voters and facts.me not in r.timeout_votes:
+    decided = phase == Phase.READY and r.ready_timed_out  # the round starts once enough are Ready
+    if facts.me in voters and facts.me not in r.timeout_votes and not decided:
         deadline = since + PHASE_TIMEOUT[phase](contract.genesis.training.timeouts)
         if facts.now >= deadline:
             jobs.append(SubmitPhaseTimeout(round=r.number, phase=r.phase, step=r.step))

@@ -40,6 +40,7 @@ from crypto.identity import NodeId, NodeIdentity
 from models.data import SKLEARN_DATASETS, Dataset, DatasetError, load_dataset
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
 
+from .addresses import advertised_addresses, check_dialable, check_listen
 from .config import ConfigError, NodeConfig
 
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -104,9 +105,29 @@ def peer_address(host: str, port: int, node: NodeId) -> str:
     return f"{transport_address(host, port)}/p2p/{node.peer_id}"
 
 
-def member_line(name: str, node: NodeId, host: str, port: int) -> str:
-    """What a site hands to the genesis organiser: ``NAME=PEER_ID@MULTIADDR``."""
-    return f"{name}={node.peer_id}@{transport_address(host, port)}"
+def member_line(name: str, node: NodeId, addresses: Sequence[str]) -> str:
+    """What a site hands to the genesis organiser: ``NAME=PEER_ID[@MULTIADDR,MULTIADDR...]``."""
+    return f"{name}={node.peer_id}" + (f"@{','.join(addresses)}" if addresses else "")
+
+
+def site_addresses(settings: SiteSettings) -> tuple[str, ...]:
+    """The addresses a new site's peers will dial (its member line); SetupError naming the
+    option at fault if one cannot be dialled, or if the site listens on a fixed port of every
+    interface without saying where (port 0 and no `advertise`: a site that only dials out)."""
+    try:
+        check_listen(settings.listen)
+    except ValueError as exc:
+        raise SetupError(f"--listen: {exc}") from None
+    try:
+        addresses = advertised_addresses(settings.listen, settings.port, settings.advertise)
+    except ValueError as exc:
+        raise SetupError(f"--advertise: {exc}") from None
+    if not addresses and settings.port != 0:
+        raise SetupError(
+            f"--listen {settings.listen}: binds every interface, which no peer can dial; "
+            "give --advertise with this site's IP or DNS name as the other sites reach it"
+        )
+    return addresses
 
 
 # -- site.toml ------------------------------------------------------------------------
@@ -136,8 +157,9 @@ class SiteSettings:
     positive_class: str | None = None
     test_source: str | None = None
     model: ModelSpec
-    host: str = "127.0.0.1"
+    listen: str = "127.0.0.1"
     port: int = 7000
+    advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     key_file: str = "node.key"
     storage_dir: str = "state"
@@ -191,8 +213,11 @@ storage_dir = {_toml(s.storage_dir)}      # ledger, key-epoch secrets, metrics, 
 log_level = {_toml(s.log_level)}        # debug | info | warning | error
 
 [network]
-host = {_toml(s.host)}     # listen address (IPv4)
+listen = {_toml(s.listen)}     # address to bind (IPv4; "0.0.0.0": every interface)
 port = {s.port}              # listen port (0: any free port)
+# Where the other sites reach this one: IP addresses, DNS names (port = the one above)
+# or multiaddrs such as "/dns4/site.example.org/tcp/7000". Empty: the listen address.
+advertise = {_toml(list(s.advertise))}
 # Peers dialled first: multiaddrs with /p2p/<peer id>. Founding members are also
 # dialled at the addresses recorded in genesis.
 bootstrap = {_toml(list(s.bootstrap))}
@@ -281,6 +306,7 @@ def init_site(directory: Path, settings: SiteSettings, *, identity: NodeIdentity
         raise SetupError(f"{config_path}: already exists; remove it or choose another --dir")
     if key_path.exists():
         raise SetupError(f"{key_path}: a key file already exists; remove it or choose another --dir")
+    addresses = site_addresses(settings)
     identity = NodeIdentity.generate() if identity is None else identity
     try:
         identity.save(key_path)
@@ -294,7 +320,7 @@ def init_site(directory: Path, settings: SiteSettings, *, identity: NodeIdentity
         config_path=config_path,
         key_path=key_path,
         node_id=identity.node_id,
-        member_line=member_line(settings.name, identity.node_id, settings.host, settings.port),
+        member_line=member_line(settings.name, identity.node_id, addresses),
     )
 
 
@@ -358,7 +384,19 @@ class GenesisSettings:
     nonce: bytes = b""
 
 
+def check_member_addresses(members: Sequence[FoundingMember]) -> None:
+    """Every founding member's addresses can be dialled (SetupError naming the member and address)."""
+    for member in members:
+        for i, address in enumerate(member.addresses):
+            try:
+                check_dialable(address)
+            except ValueError as exc:
+                where = f"members[{member.name}].addresses[{i}]"
+                raise SetupError(f"genesis: {where} = {address!r}: {exc}") from None
+
+
 def build_genesis(s: GenesisSettings) -> Genesis:
+    check_member_addresses(s.members)
     try:
         return Genesis(
             name=s.name,
@@ -426,8 +464,7 @@ def make_invite(config: NodeConfig, extra_bootstrap: Sequence[str] = ()) -> Invi
     genesis = load_genesis(config.ledger.genesis)
     me = load_identity(config.node.key_file).node_id
     addresses: list[str] = list(extra_bootstrap)
-    if config.network.port:
-        addresses.append(peer_address(config.network.host, config.network.port, me))
+    addresses += [f"{a}/p2p/{me.peer_id}" for a in config.network.advertised() if "/p2p/" not in a]
     for member in genesis.members:
         addresses += [f"{a}/p2p/{member.node_id.peer_id}" for a in member.addresses if "/p2p/" not in a]
     addresses += list(config.network.bootstrap)
@@ -480,7 +517,7 @@ def join_site(directory: Path, invite_path: Path, settings: SiteSettings) -> tup
     result = init_site(directory, settings)
     save_genesis(genesis, genesis_path)
     identity = load_identity(result.key_path)
-    request = JoinRequest(name=settings.name, addresses=(transport_address(settings.host, settings.port),))
+    request = JoinRequest(name=settings.name, addresses=site_addresses(settings))
     (directory / JOIN_REQUEST_FILE).write_bytes(TxSigner(genesis.chain_id, identity).sign(request))
     return result, genesis
 
@@ -509,4 +546,5 @@ __all__ = [
     "render_site_toml",
     "save_genesis",
     "save_invite",
+    "site_addresses",
 ]

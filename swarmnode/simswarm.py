@@ -21,7 +21,15 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from consensus.genesis import FoundingMember, Genesis, JoinPolicy, StoppingRule, Timeouts, TrainingParams
+from consensus.genesis import (
+    DecryptionThreshold,
+    FoundingMember,
+    Genesis,
+    JoinPolicy,
+    StoppingRule,
+    Timeouts,
+    TrainingParams,
+)
 from crypto.identity import NodeId, NodeIdentity
 from models.spec import ModelSpec
 from models.training import LocalTrainer, TrainConfig
@@ -78,6 +86,8 @@ class SwarmPlan:
         max_rounds: int = 5,
         patience: int = 0,
         min_peers: int = 2,
+        secure: bool = True,
+        threshold: DecryptionThreshold | None = None,
         approvals: int = 1,
         propose_timeout: float = 1.0,
         addresses: tuple[tuple[str, ...], ...] | None = None,
@@ -99,6 +109,8 @@ class SwarmPlan:
             training=TrainingParams(
                 model_spec_hash=spec.spec_hash(),
                 min_peers=min_peers,
+                secure=secure,
+                threshold=threshold if threshold is not None else DecryptionThreshold(),
                 timeouts=timeouts,
                 stopping=StoppingRule(max_rounds=max_rounds, patience=patience),
             ),

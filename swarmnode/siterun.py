@@ -3,12 +3,14 @@
 `run_site_monitored` is the trainer's `run_site` plus what the command line
 needs around it: the local control endpoint (`swarmnode status`), a
 `SiteMonitor` that polls the node's status (for the live view, plain log
-lines and per-phase timings), and timing of local training.
+lines and per-phase timings), timing of local training and, if ``[metrics]
+prometheus`` is set, a Prometheus endpoint (`swarmnode.prometheus`).
 
 Files in ``<storage_dir>`` (read by `swarmnode report`):
 
-- ``metrics.json``: the trainer's format (``site``, ``metric``, ``rounds``: one
-  `RoundRecord.to_dict()` per merged round, ``kind`` ``"statistics"`` for the
+- ``metrics.json`` (kept across restarts, see `swarmnode.metricsfile`): the trainer's
+  format (``site``, ``chain_id``, ``metric``, ``rounds``: one `RoundRecord.to_dict()` per
+  merged round, ``kind`` ``"statistics"`` for the
   swarm-standardisation rounds that open the ledger and ``"training"`` after
   them; at the end also ``stop_reason``, ``final_hash``, ``test``), plus
   ``timings``: ``{"rounds": [{"round", "kind", "train_s", "merge_s"}], "phases":
@@ -18,7 +20,6 @@ Files in ``<storage_dir>`` (read by `swarmnode report`):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -35,10 +36,13 @@ from consensus.genesis import Genesis
 
 from .config import NodeConfig
 from .control import serve_control, to_jsonable
+from .logsetup import set_log_node
+from .metricsfile import METRICS_FILE, MetricsFile
 from .net.base import Transport
 from .node import MergeResult, Node, open_swarm_node
+from .prometheus import SiteCollector, count_libp2p_traffic, serve_prometheus
+from .startup import check_node_membership
 from .trainer import (
-    METRICS_FILE,
     LocalLearner,
     RoundRecord,
     SwarmCallback,
@@ -146,17 +150,11 @@ class _TimedLearner:
         self._inner.use_pooled_moments(pooled)  # type: ignore[attr-defined]
 
 
-def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(value), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers never see half a file
-
-
 class _Recorder(SwarmCallback):
     """Writes metrics.json (the trainer's format plus timings) after every round and at the end."""
 
-    def __init__(self, path: Path, monitor: SiteMonitor, learner: _TimedLearner) -> None:
-        self.path = path
+    def __init__(self, file: MetricsFile, monitor: SiteMonitor, learner: _TimedLearner) -> None:
+        self.file = file
         self.monitor = monitor
         self.learner = learner
 
@@ -174,21 +172,10 @@ class _Recorder(SwarmCallback):
             _fmt(record.merged, self.monitor.metric),
             record.params_hash[:16],
         )
-        _write_json(
-            self.path,
-            {
-                "site": self.monitor.site,
-                "metric": self.monitor.metric,
-                "rounds": self.monitor.records,
-                "final": None,
-                "timings": self.monitor.timings(),
-            },
-        )
+        self.file.record_round(record.to_dict(), timings=self.monitor.timings())
 
     def on_stop(self, summary: TrainingSummary) -> None:
-        data = {"site": self.monitor.site, **summary.to_dict(), "timings": self.monitor.timings()}
-        self.monitor.final = data
-        _write_json(self.path, data)
+        self.monitor.final = self.file.finish(summary.to_dict(), timings=self.monitor.timings())
         log.info("stopped: %s; final model %s", summary.stop_reason, (summary.final_hash or b"").hex()[:16])
 
 
@@ -239,6 +226,16 @@ async def stop_on_signal(work: Callable[[], Awaitable[T]]) -> T:
     return outcome[0]
 
 
+def _collector(node: Node, monitor: SiteMonitor, *, libp2p: bool) -> SiteCollector:
+    return SiteCollector(
+        site=monitor.site,
+        status=lambda: to_jsonable(node.status()),
+        phases=lambda: list(monitor.phases),
+        training_seconds=lambda: list(monitor.train_seconds.values()),
+        traffic=count_libp2p_traffic() if libp2p else None,
+    )
+
+
 async def run_site_monitored(
     config: NodeConfig,
     *,
@@ -260,7 +257,10 @@ async def run_site_monitored(
         monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
     base = SwarmTrainer.from_local_trainer(local, genesis, test_data=test)
     learner = _TimedLearner(base.learner, monitor)
-    recorder = _Recorder(storage / METRICS_FILE, monitor, learner)
+    metrics = MetricsFile(
+        storage / METRICS_FILE, site=config.node.name, metric=monitor.metric, chain_id=genesis.chain_id.hex()
+    )
+    recorder = _Recorder(metrics, monitor, learner)
     trainer = SwarmTrainer(learner, genesis, callbacks=(recorder,))
     async with (
         open_swarm_node(
@@ -268,8 +268,13 @@ async def run_site_monitored(
         ) as node,
         trio.open_nursery() as nursery,
     ):
+        check_node_membership(node, config)
+        set_log_node(node.node_id.peer_id)
         if control:
             await nursery.start(serve_control, node, storage)
+        if config.metrics.prometheus is not None:
+            await nursery.start(serve_prometheus, _collector(node, monitor, libp2p=transport is None),
+                                config.metrics.prometheus)  # fmt: skip
         nursery.start_soon(_watch, node, monitor)
         if started is not None:
             started(node)

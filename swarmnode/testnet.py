@@ -35,7 +35,7 @@ from typing import Any, Final, final
 
 import numpy as np
 
-from consensus.genesis import FoundingMember, Genesis, JoinPolicy, Timeouts
+from consensus.genesis import DecryptionThreshold, FoundingMember, Genesis, JoinPolicy, Timeouts
 from crypto.identity import NodeId
 
 from .config import NodeConfig
@@ -132,6 +132,7 @@ def prepare_testnet(
     sync_every: int = 1,
     secure: bool = True,
     overwrite: bool = False,
+    threshold: DecryptionThreshold | None = None,
 ) -> TestnetPlan:
     from models.data import DatasetError, load_dataset, statistics_rounds
     from models.flatten import spec_layout
@@ -149,6 +150,8 @@ def prepare_testnet(
     except ValueError as exc:
         raise SetupError(f"--scenario {scenario!r}: {exc}") from None
     _prepare_workdir(workdir, overwrite)
+    if secure and nodes < 3:
+        raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
     data_dir = workdir / "data"
     data_dir.mkdir()
 
@@ -203,6 +206,7 @@ def prepare_testnet(
             ),
             model=spec,
             secure=secure,
+            threshold=threshold if threshold is not None else DecryptionThreshold(),
             merge_method="mean",
             min_peers=2,
             sync_every=sync_every,

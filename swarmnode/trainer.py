@@ -41,9 +41,7 @@ drivers use it: `run(SwarmNode)` (blocking) and `arun(Node)` (trio), and
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -61,6 +59,7 @@ from models.flatten import FloatVector, flatten, layout_of, unflatten
 from models.training import LocalTrainer, Metrics, classification_metrics, init_parameters
 
 from .config import NodeConfig
+from .metricsfile import METRICS_FILE, MetricsFile
 from .net.base import Transport
 from .node import MergeResult, Node, SwarmError, SwarmStopped, open_swarm_node
 
@@ -94,7 +93,6 @@ __all__ = [
 T = TypeVar("T")
 METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
 LARGER_IS_BETTER: Final = frozenset({"accuracy", "balanced_accuracy", "f1", "roc_auc"})
-METRICS_FILE: Final = "metrics.json"
 TRAINING: Final = "training"
 STATISTICS: Final = "statistics"  # a merge of the swarm's standardisation statistics
 
@@ -748,33 +746,19 @@ def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrai
     return trainer, test
 
 
-def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers (the report, a live view) never see half a file
-
-
 @final
 class _MetricsWriter(SwarmCallback):
-    def __init__(
-        self, path: Path, site: str, metric: str, progress: Callable[[RoundRecord], None] | None
-    ) -> None:
-        self.path = path
-        self.site = site
-        self.metric = metric
+    def __init__(self, file: MetricsFile, progress: Callable[[RoundRecord], None] | None) -> None:
+        self.file = file
         self.progress = progress
-        self.rounds: list[dict[str, object]] = []
 
     def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
-        self.rounds.append(record.to_dict())
-        _write_json(
-            self.path, {"site": self.site, "metric": self.metric, "rounds": self.rounds, "final": None}
-        )
+        self.file.record_round(record.to_dict())
         if self.progress is not None:
             self.progress(record)
 
     def on_stop(self, summary: TrainingSummary) -> None:
-        _write_json(self.path, {"site": self.site, **summary.to_dict()})
+        self.file.finish(summary.to_dict())
 
 
 async def run_site(
@@ -793,7 +777,8 @@ async def run_site(
     that ``config.model`` is the genesis model, starts the node (libp2p per
     ``config.network`` unless `transport` is given), trains with a merge every
     ``sync_every`` epochs and writes per-round metrics to
-    ``<storage_dir>/metrics.json`` after every round (and the summary at the end).
+    ``<storage_dir>/metrics.json`` after every round (and the summary at the end), after
+    the rounds an earlier run of this site recorded (`swarmnode.metricsfile`).
     `progress` is called with each round's `RoundRecord`, like every callback in the
     thread that trains (a worker thread unless `inline_compute`).
     """
@@ -802,7 +787,10 @@ async def run_site(
     storage = Path(config.node.storage_dir)
     storage.mkdir(parents=True, exist_ok=True)
     metrics_path = storage / METRICS_FILE
-    writer = _MetricsWriter(metrics_path, config.node.name, default_metric(genesis), progress)
+    metrics = MetricsFile(
+        metrics_path, site=config.node.name, metric=default_metric(genesis), chain_id=genesis.chain_id.hex()
+    )
+    writer = _MetricsWriter(metrics, progress)
     trainer = SwarmTrainer.from_local_trainer(local, genesis, test_data=test, callbacks=(*callbacks, writer))
     async with open_swarm_node(
         config, transport=transport, identity=identity, inline_compute=inline_compute, genesis=genesis

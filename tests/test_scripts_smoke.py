@@ -48,10 +48,10 @@ def test_reproduce_smallest_case(tmp_path: Path) -> None:
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_bench_round_two_processes(tmp_path: Path) -> None:
+def test_bench_round_four_processes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run_script(
-        ["scripts/bench_round.py", "--ns", "2", "--sizes", "10k", "--rounds", "1", "--scaling", "",
+        ["scripts/bench_round.py", "--ns", "4", "--sizes", "10k", "--rounds", "1", "--scaling", "",
          "--flower", "recorded" if FLOWER_ANCHOR.exists() else "skip", "--json", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
@@ -67,4 +67,4 @@ def test_bench_round_two_processes(tmp_path: Path) -> None:
     if FLOWER_ANCHOR.exists():
         assert "NOT this run" in result["flower_source"]
         (row,) = result["ratios"]
-        assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=2/10k
+        assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=4/10k

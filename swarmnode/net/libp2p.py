@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -73,6 +72,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
+from ..addresses import check_dialable, is_dialable, port_in_use, resolve_dns
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -323,6 +323,7 @@ class Libp2pTransport(Transport):
         *,
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
+        advertise: Sequence[str] = (),
         bootstrap: Sequence[str] = (),
         allowed_peers: AbstractSet[NodeId] | None = None,
         max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
@@ -336,6 +337,9 @@ class Libp2pTransport(Transport):
         self.max_blob_size = max_blob_size
         self.max_message_size = max_message_size
         self._listen = multiaddr.Multiaddr(f"/ip4/{listen_host}/tcp/{listen_port}")
+        for address in advertise:
+            check_dialable(address)
+        self._advertise = tuple(advertise)[: wire.MAX_ADDRS_PER_PEER]
         key_pair = create_new_key_pair(identity.seed)
         self._host: IHost = new_host(
             key_pair=key_pair,
@@ -423,21 +427,11 @@ class Libp2pTransport(Transport):
             self.started.set()
 
     def _check_port_free(self) -> None:
-        """Refuse a fixed port another process listens on.
-
-        py-libp2p listens with SO_REUSEPORT, so a second node on the same port
-        would silently share (and split) its connections. A plain bind fails then.
-        """
-        host = self._listen.value_for_protocol("ip4")
-        port = int(self._listen.value_for_protocol("tcp"))
-        if port == 0:
-            return
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise OSError(f"port {port} on {host} is in use ({exc.strerror})") from None
+        """Refuse a fixed port another process listens on (see `port_in_use`)."""
+        host, port = self._listen.value_for_protocol("ip4"), self._listen.value_for_protocol("tcp")
+        busy = port_in_use(host, int(port))
+        if busy is not None:
+            raise OSError(busy)
 
     async def aclose(self) -> None:
         """Stop everything this transport runs. Idempotent; never raises."""
@@ -489,7 +483,12 @@ class Libp2pTransport(Transport):
         return tuple(str(a) for a in self._host.get_addrs())
 
     def _transport_addrs(self) -> tuple[str, ...]:
-        return tuple(str(a) for a in self._host.get_transport_addrs())[: wire.MAX_ADDRS_PER_PEER]
+        """Where peers reach us: the advertised addresses, else the bound ones a peer can
+        dial (a wildcard such as 0.0.0.0 would send a peer to its own machine)."""
+        if self._advertise:
+            return self._advertise
+        bound = (str(a) for a in self._host.get_transport_addrs())
+        return tuple(a for a in bound if is_dialable(a))[: wire.MAX_ADDRS_PER_PEER]
 
     def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
         """Remember where `peer` listens (from its ledger member record); it will be dialled.
@@ -623,7 +622,8 @@ class Libp2pTransport(Transport):
     async def _connect(self, peer: NodeId) -> None:
         """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
         peer_id = libp2p_id(peer)
-        addrs = [multiaddr.Multiaddr(a) for a in self._address_book.get(peer, ())]
+        resolved = [await resolve_dns(a) for a in self._address_book.get(peer, ())]
+        addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
         # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
         unblock = getattr(self._host.get_network(), "unblock_peer", None)
         if unblock is not None:
@@ -901,6 +901,7 @@ async def open_libp2p_transport(
     *,
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
+    advertise: Sequence[str] = (),
     bootstrap: Sequence[str] = (),
     allowed_peers: AbstractSet[NodeId] | None = None,
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
@@ -912,6 +913,7 @@ async def open_libp2p_transport(
         identity,
         listen_host=listen_host,
         listen_port=listen_port,
+        advertise=advertise,
         bootstrap=bootstrap,
         allowed_peers=allowed_peers,
         max_blob_size=max_blob_size,

@@ -122,6 +122,7 @@ class FakeMemberNode:
                     FoundingMember(name="other", node_id=other),
                 ),
                 model=logistic_regression(4, 2),
+                secure=False,  # a secure swarm needs t + 1 = 3 founders; membership is the point here
             )
         )
         self.contract = Contract(self.genesis)

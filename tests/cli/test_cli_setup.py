@@ -82,6 +82,7 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
         "--member", f"b={b_id.peer_id}@/ip4/127.0.0.1/tcp/7312", "--model-from", str(a),
         "--min-peers", "2", "--threshold", "2/3", "--max-rounds", "4", "--patience", "2",
         "--join-policy", "members:2", "--phase-timeout", "30", "--out", str(out),
+        "--no-secure",  # a secure swarm needs t + 1 = 3 founders
     ]  # fmt: skip
     assert main(argv) == 0
     genesis = Genesis.load(out)
@@ -126,7 +127,8 @@ def test_invite_and_join(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     a = init(tmp_path, "a", 7321)
     init(tmp_path, "b", 7322)
     genesis_path = tmp_path / "a" / "genesis.cbor"
-    argv = ["genesis", "--member", member(tmp_path, "a", 7321), "--member", member(tmp_path, "b", 7322)]
+    argv = ["genesis", "--member", member(tmp_path, "a", 7321), "--member", member(tmp_path, "b", 7322),
+            "--no-secure"]  # fmt: skip
     assert main([*argv, "--model-from", str(a), "--out", str(genesis_path)]) == 0
     invite = tmp_path / "invite.cbor"
     assert main(["invite", "--config", str(a), "--out", str(invite)]) == 0
@@ -203,7 +205,7 @@ def test_config_errors_name_file_key_value_and_expectation(
     key = tmp_path / "a" / "node.key"
     os.chmod(key, 0o644)
     assert main(["genesis", "--member", member(tmp_path, "a", 7331), "--model-from", str(config_path),
-                 "--out", str(tmp_path / "g.cbor")]) == 2  # fmt: skip
+                 "--no-secure", "--out", str(tmp_path / "g.cbor")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "node.key" in err
     assert "chmod 600" in err
@@ -238,7 +240,7 @@ def test_report_and_ledger_without_runs_say_what_is_missing(
     assert "no site.toml found" in capsys.readouterr().err
     config = init(tmp_path, "a", 7341)
     assert main(["genesis", "--member", member(tmp_path, "a", 7341), "--model-from", str(config),
-                 "--out", str(tmp_path / "a" / "genesis.cbor")]) == 0  # fmt: skip
+                 "--no-secure", "--out", str(tmp_path / "a" / "genesis.cbor")]) == 0  # fmt: skip
     capsys.readouterr()
     for command in (["ledger", "verify"], ["ledger", "show"]):
         assert main([*command, "--config", str(config)]) == 2

@@ -146,8 +146,8 @@ def test_testnet_three_real_processes_same_final_model_ledger_and_report(
 
 def test_testnet_sim_in_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     workdir = tmp_path / "sim"
-    assert main(["testnet", "--sim", "--nodes", "2", "--rounds", "2", "--workdir", str(workdir), "--plain",
-                 "--scenario", "even", "--timeout", "300"]) == 0  # fmt: skip
+    assert main(["testnet", "--sim", "--nodes", "2", "--no-secure", "--rounds", "2", "--workdir",
+                 str(workdir), "--plain", "--scenario", "even", "--timeout", "300"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "all sites hold the same final model" in out
     assert (workdir / "report" / "validation.png").exists()
@@ -158,7 +158,7 @@ def test_ctrl_c_stops_every_site_process(tmp_path: Path) -> None:
     workdir = tmp_path / "tn"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     testnet = subprocess.Popen(
-        [sys.executable, "-m", "swarmnode", "testnet", "--nodes", "2", "--rounds", "50",
+        [sys.executable, "-m", "swarmnode", "testnet", "--nodes", "2", "--no-secure", "--rounds", "50",
          "--workdir", str(workdir), "--plain"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
     )  # fmt: skip
@@ -193,7 +193,7 @@ def test_run_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["init", "--name", "a", "--dir", str(site), "--port", "0"]) == 0
     assert main(["genesis", "--member", f"a={site / 'node.key'}@/ip4/127.0.0.1/tcp/1",
                  "--member", f"b={'ab' * 32}@/ip4/127.0.0.1/tcp/2",
-                 "--model-from", str(site / "site.toml"),
+                 "--model-from", str(site / "site.toml"), "--no-secure",
                  "--out", str(site / "genesis.cbor")]) == 0  # fmt: skip
     capsys.readouterr()
     config = str(site / "site.toml")

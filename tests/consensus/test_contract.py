@@ -20,6 +20,7 @@ from consensus.contract import (
     MERGED,
     VERIFIER_TIMEOUT,
     WRONG_AGGREGATE,
+    WRONG_SHARE,
     Contract,
     Round,
 )
@@ -48,6 +49,7 @@ from consensus.transactions import (
     Phase,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     TxBody,
     TxSigner,
@@ -76,6 +78,7 @@ def make_genesis(
     goal: str = "max",
     policy: JoinPolicy | None = None,
     threshold: DecryptionThreshold | None = None,
+    secure: bool = True,
 ) -> Genesis:
     return Genesis(
         name="contract-test",
@@ -83,6 +86,7 @@ def make_genesis(
         training=TrainingParams(
             model_spec_hash=digest("spec"),
             min_peers=min_peers,
+            secure=secure,
             threshold=threshold or DecryptionThreshold(),
             stopping=StoppingRule(max_rounds=max_rounds, patience=patience, min_delta=min_delta, goal=goal),
         ),
@@ -241,7 +245,7 @@ def test_genesis_state_and_validators() -> None:
     assert c.key_epoch().threshold == 3
     assert not c.key_epoch().complete
     assert len(c.app_hash()) == 32
-    assert c.required_ready() == 3
+    assert c.required_ready() == 4  # max(min_peers, t + 1): t - 1 colluders face two honest updates
 
 
 def test_blocks_apply_in_order_and_bad_bytes_are_rejected_without_change() -> None:
@@ -404,7 +408,7 @@ def test_leave_and_rejoin_replay_protection() -> None:
 
 
 def test_the_last_member_cannot_leave() -> None:
-    chain = Chain(make_genesis(1))
+    chain = Chain(make_genesis(1, secure=False))  # a secure swarm needs t + 1 founders
     chain.rejected(NODES[0], Leave(member_since=0), "last member")
 
 
@@ -483,7 +487,7 @@ def test_round_waits_for_the_key_epoch_then_starts_when_everyone_is_ready() -> N
     assert r.threshold == 3
     assert r.leader == r.participants[0]
     assert r.verifier == r.participants[1]
-    assert set(r.decrypt_set) == set(r.participants[:3])
+    assert set(r.decrypt_set) == set(r.participants)  # a robust epoch: every participant decrypts
     chain.rejected(NODES[0], Ready(round=1, weight=5), "already started")
     assert r.ready_weight == sum(10 + i for i in range(4))
 
@@ -528,27 +532,27 @@ def test_every_round_gets_its_own_ledger_nonce_fixed_when_it_starts() -> None:
 
 
 def test_ready_timeout_starts_with_enough_ready_members() -> None:
-    chain = started_chain(5)  # t = 3, min_peers = 2: three ready members are needed
-    chain.all_ready(NODES[:2])
-    chain.rejected(NODES[4], PhaseTimeout(round=1, phase="ready", step=0), "not waiting")
-    chain.timeout(NODES[:2])
+    chain = started_chain(5)  # t = 3, min_peers = 2: t + 1 = four ready members are needed
+    chain.all_ready(NODES[:3])
+    chain.rejected(NODES[6], PhaseTimeout(round=1, phase="ready", step=0), "not a member")
+    chain.timeout(NODES[2:5])  # a majority of the epoch's members, Ready or not
     assert chain.round.phase == Phase.READY
     assert chain.round.ready_timed_out
-    chain.all_ready(NODES[2:3])  # the third one starts it without waiting for the rest
+    chain.all_ready(NODES[3:4])  # the fourth one starts it without waiting for the rest
     r = chain.round
     assert r.phase == Phase.CONTRIBUTE
-    assert set(r.participants) == set(NODES[:3])
+    assert set(r.participants) == set(NODES[:4])
 
 
-def test_timeout_votes_need_a_majority_of_the_waiting_parties() -> None:
+def test_timeout_votes_need_a_majority_of_the_epoch_members() -> None:
     chain = started_chain(5)
-    chain.all_ready(NODES[:3])
-    chain.timeout(NODES[:1])
+    chain.all_ready(NODES[:4])
+    chain.timeout(NODES[:2])
     assert chain.round.phase == Phase.READY
     chain.rejected(NODES[0], PhaseTimeout(round=1, phase="ready", step=0), "already reported")
     chain.rejected(NODES[1], PhaseTimeout(round=1, phase="contribute", step=0), "not contribute")
     chain.rejected(NODES[1], PhaseTimeout(round=1, phase="ready", step=7), "stale step")
-    chain.timeout(NODES[1:2])
+    chain.timeout(NODES[4:5])  # not Ready itself: its clock counts all the same
     assert chain.round.phase == Phase.CONTRIBUTE
 
 
@@ -599,10 +603,7 @@ def test_a_full_round_and_its_rejections() -> None:
     chain.ok(r.verifier, verdict)
     r = chain.round
     assert r.phase == Phase.DECRYPT
-    not_decryptor = next(p for p in r.participants if p not in r.decrypt_set)
-    chain.rejected(
-        not_decryptor, DecryptionShare(round=1, step=r.step, share_hash=digest(1)), "not in the decrypt"
-    )
+    assert set(r.decrypt_set) == set(r.participants)  # a robust epoch: every participant decrypts
     chain.rejected(r.decrypt_set[0], MergedModel(round=1, step=r.step, params_hash=digest(1)), "incomplete")
     chain.decrypt(r.decrypt_set[:1])
     chain.rejected(
@@ -672,7 +673,7 @@ def test_contributor_timeout_drops_the_missing_ones() -> None:
     r = chain.round
     missing = r.participants[4]
     chain.contribute(r.participants[:4])
-    chain.rejected(missing, PhaseTimeout(round=1, phase="contribute", step=r.step), "not waiting")
+    chain.rejected(NODES[6], PhaseTimeout(round=1, phase="contribute", step=r.step), "not a member")
     chain.timeout()
     r = chain.round
     assert r.phase == Phase.AGGREGATE
@@ -704,8 +705,7 @@ def test_leader_timeout_replaces_the_leader() -> None:
     r = chain.round
     silent = r.leader
     assert silent is not None
-    assert silent not in chain.contract.timeout_voters()
-    chain.timeout()
+    chain.timeout([p for p in chain.contract.timeout_voters() if p != silent][:3])
     r2 = chain.round
     assert r2.phase == Phase.AGGREGATE
     assert r2.leader == r.verifier
@@ -735,24 +735,23 @@ def test_verifier_timeout_replaces_the_verifier() -> None:
     assert chain.round.phase == Phase.DECRYPT
 
 
-def test_decryptor_timeout_replaces_missing_decryptors_and_voids_old_shares() -> None:
+def test_decryptor_timeout_abandons_the_aggregate() -> None:
     chain = started_chain(5)
     chain.all_ready()
     chain.contribute()
     chain.aggregate()
     chain.verify()
     r = chain.round
-    assert len(r.decrypt_set) == 3
-    chain.decrypt(r.decrypt_set[:2])
-    missing = r.decrypt_set[2]
+    assert len(r.decrypt_set) == 5  # a robust epoch: every participant decrypts
+    chain.decrypt(r.decrypt_set[:4])
+    missing = r.decrypt_set[4]
     chain.timeout()
-    r2 = chain.round
-    assert missing not in r2.decrypt_set
-    assert len(r2.decrypt_set) == 3
-    assert r2.decryption_shares == ()  # Lagrange coefficients changed with the set
-    assert chain.contract.evidence()[-1].kind == DECRYPTOR_TIMEOUT
-    chain.decrypt()
-    chain.merge([p for p in r2.participants if p != missing][:3])
+    closed = chain.contract.history()[-1]
+    assert closed.outcome == ABORTED  # never a second decrypt set for one aggregate
+    assert closed.decrypt_set == r.decrypt_set
+    last = chain.contract.evidence()[-1]
+    assert (last.kind, last.offender, last.detail) == (DECRYPTOR_TIMEOUT, missing, r.aggregate_hash)
+    chain.full_round()  # the next round encrypts afresh and merges
     assert chain.contract.history()[-1].outcome == MERGED
 
 
@@ -969,7 +968,7 @@ def test_scripted_training_run() -> None:
 def test_pending_join_requests_are_capped() -> None:
     from consensus.contract import MAX_PENDING_JOINS
 
-    chain = Chain(make_genesis(2))
+    chain = Chain(make_genesis(2, secure=False))  # a secure swarm needs t + 1 founders
     strangers = [
         NodeIdentity.from_seed(hashlib.sha256(b"stranger %d" % i).digest())
         for i in range(MAX_PENDING_JOINS + 1)
@@ -1017,3 +1016,74 @@ def test_vote_equivocation_evidence() -> None:
     chain.rejected(NODES[1], VoteEquivocation(first=b, second=a), "already recorded")
     conflicting_nil = votes.seal(cheat, Prevote(height=1, round=0, block_hash=digest("c")))
     chain.rejected(NODES[1], VoteEquivocation(first=conflicting_nil, second=b), "already recorded")
+
+
+# -- Robust decryption (point shares, consensus.decrypt_phase) -------------------------
+
+
+def decrypted_chain(n: int) -> Chain:
+    chain = started_chain(n)
+    chain.all_ready()
+    chain.contribute()
+    chain.aggregate()
+    chain.verify()
+    chain.decrypt()
+    return chain
+
+
+def test_a_named_wrong_share_is_recorded_and_left_out_of_later_decrypt_sets() -> None:
+    """Issue 20 attack 3 at the contract: the combiners name the member whose point share is
+    off the polynomial; t matching (hash, culprits) votes close the round with WRONG_SHARE
+    evidence carrying its committed share hash, and the culprit decrypts no more this epoch."""
+    chain = decrypted_chain(5)
+    r = chain.round
+    culprit = r.decrypt_set[1]
+    merged = digest("honest merge")
+    outsider_vote = MergedModel(round=1, step=r.step, params_hash=merged, culprits=(NODES[7],))
+    chain.rejected(r.participants[0], outsider_vote, "not in the decrypt set")
+    named = MergedModel(round=1, step=r.step, params_hash=merged, culprits=(culprit,))
+    chain.ok(r.participants[0], named)
+    chain.ok(r.participants[1], named)
+    chain.merge(r.participants[2:3], merged)  # same hash, no culprit named: does not match
+    assert chain.round.phase == Phase.DECRYPT
+    chain.ok(r.participants[3], named)
+    closed = chain.contract.history()[-1]
+    assert (closed.outcome, closed.merged_hash) == (MERGED, merged)
+    evidence = chain.contract.evidence()[-1]
+    assert (evidence.kind, evidence.offender, evidence.detail) == (
+        WRONG_SHARE,
+        culprit,
+        digest(("d", culprit)),
+    )
+    for _ in range(2):
+        chain.all_ready()
+        chain.contribute()
+        chain.aggregate()
+        chain.verify()
+        assert culprit in chain.round.participants
+        assert culprit not in chain.round.decrypt_set
+        chain.decrypt()
+        chain.merge()
+
+
+def test_share_mismatch_votes_abort_the_round() -> None:
+    """Four points at t = 3: a wrong share is detected but nobody can be named; t
+    `ShareMismatch` votes abort the round (no merge) and the next round starts."""
+    chain = started_chain(4)
+    chain.all_ready()
+    chain.contribute()
+    chain.aggregate()
+    chain.verify()
+    r = chain.round
+    chain.rejected(r.participants[0], ShareMismatch(round=1, step=r.step), "incomplete")
+    chain.decrypt()
+    chain.ok(r.participants[0], ShareMismatch(round=1, step=r.step))
+    chain.rejected(r.participants[0], ShareMismatch(round=1, step=r.step), "already recorded")
+    chain.ok(r.participants[1], ShareMismatch(round=1, step=r.step))
+    assert chain.round.phase == Phase.DECRYPT
+    chain.ok(r.participants[2], ShareMismatch(round=1, step=r.step))
+    closed = chain.contract.history()[-1]
+    assert closed.outcome == ABORTED
+    assert "no wrong one can be named" in closed.note
+    assert len(closed.decryption_shares) == 4  # every share hash kept for inspection
+    assert chain.round.number == 2

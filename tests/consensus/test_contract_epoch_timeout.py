@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pytest
 
 from consensus.contract import EPOCH_TIMEOUT, Contract
-from consensus.genesis import FoundingMember, Genesis, TrainingParams
+from consensus.genesis import DecryptionThreshold, FoundingMember, Genesis, TrainingParams
 from consensus.transactions import (
     EpochComplete,
     EpochFingerprint,
@@ -44,11 +44,13 @@ def digest(label: object) -> bytes:
     return hashlib.sha256(repr(label).encode()).digest()
 
 
-def make_genesis(n: int, min_peers: int = 2) -> Genesis:
+def make_genesis(n: int, min_peers: int = 2, threshold: DecryptionThreshold | None = None) -> Genesis:
     return Genesis(
         name="epoch-timeout-test",
         members=tuple(FoundingMember(name=f"site-{i}", node_id=NODES[i]) for i in range(n)),
-        training=TrainingParams(model_spec_hash=digest("spec"), min_peers=min_peers),
+        training=TrainingParams(
+            model_spec_hash=digest("spec"), min_peers=min_peers, threshold=threshold or DecryptionThreshold()
+        ),
     )
 
 
@@ -118,8 +120,8 @@ class Chain:
 # -- refusals ---------------------------------------------------------------------------------
 
 
-def commit_stage_with_a_silent_member() -> Chain:
-    chain = Chain(make_genesis(4))
+def commit_stage_with_a_silent_member(threshold: DecryptionThreshold | None = None) -> Chain:
+    chain = Chain(make_genesis(4, threshold=threshold))
     chain.commit(NODES[:3])  # NODES[3] never commits
     return chain
 
@@ -263,7 +265,8 @@ def test_conflicting_confirmations_start_over_with_everyone() -> None:
 
 
 def test_rounds_run_over_the_new_epoch_and_a_left_out_member_rejoins() -> None:
-    chain = commit_stage_with_a_silent_member()
+    # t = 2 of 4: three members left in the epoch are t + 1, enough for a round.
+    chain = commit_stage_with_a_silent_member(DecryptionThreshold(numerator=1, denominator=3))
     chain.vote(NODES[:2])
     assert chain.epoch == 2
     # Rejoin refusals while epoch 2 runs, and for members of it.
@@ -279,11 +282,11 @@ def test_rounds_run_over_the_new_epoch_and_a_left_out_member_rejoins() -> None:
     chain.ok(NODES[2:3], lambda _n: Ready(round=r, weight=10))  # epoch 2's last member: start
     rnd = chain.contract.round
     assert rnd.phase == Phase.CONTRIBUTE
-    assert (rnd.epoch, set(rnd.participants), rnd.threshold) == (2, set(NODES[:3]), 3)
+    assert (rnd.epoch, set(rnd.participants), rnd.threshold) == (2, set(NODES[:3]), 2)
     # Back: a new epoch over epoch 2's members and the returning one (the round goes on).
     chain.ok(NODES[3:4], lambda _n: EpochRejoin(epoch=2))
     epoch = chain.contract.key_epoch()
-    assert (epoch.number, epoch.members, epoch.threshold) == (3, tuple(NODES[:4]), 3)
+    assert (epoch.number, epoch.members, epoch.threshold) == (3, tuple(NODES[:4]), 2)
     assert chain.contract.round.phase == Phase.CONTRIBUTE
     chain.rejected(NODES[3], EpochRejoin(epoch=3), "already a member")
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from crypto import cbor, ckks, rns
+from crypto import cbor, ckks, rns, smudging
 from crypto.errors import InvalidAggregate, InvalidCiphertext, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.sealbridge import he_standard_max_bits
@@ -73,6 +73,8 @@ def test_default_parameters_are_the_documented_ones() -> None:
         {"degree": 4096, "coeff_bits": (60, 60, 60)},  # 180 > 109 bits allowed at N = 4096
         {"scale_bits": 100},  # 100 + 20 bits of values leave no headroom
         {"smudging_bits": 120},
+        {"smudging_budget_bits": 10},  # outside [20, 80]
+        {"smudging_bits": 40},  # sigma 2^40 admits no decryption within 2^-40
         {"weight_scale_bits": 80},  # below the value scale
         {"weight_scale_bits": 115},  # no room for the weight sum
     ],
@@ -160,11 +162,10 @@ def test_uniform_mod_and_wide_smudging_sampler() -> None:
     q = CTX.data_moduli[0]
     draws = rns.uniform_mod(q, 50_000)
     assert int(draws.max()) < q
-    high, low, shift = rns.uniform_signed_wide(68, 50_000)
+    high, low, shift = smudging.urandom_noise(50_000, 68)  # the smudging sampler (was uniform)
     values = high.astype(np.float64) * 2.0**shift + low.astype(np.float64)
-    assert values.min() >= -(2.0**68)
-    assert values.max() < 2.0**68
-    assert np.abs(values).max() > 2.0**67  # full width
+    assert np.abs(values).max() < 14 * 2.0**68  # the sampler's cut
+    assert np.abs(values).max() > 2.0**69  # full width: sigma = 2^68
     assert abs(values.mean()) < 2.0**62  # centred
     assert np.unique(low & np.uint64(1)).size == 2  # low bits are random, unlike a float sample
 

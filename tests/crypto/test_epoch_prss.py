@@ -42,7 +42,9 @@ def test_key_epoch_deals_prss_keys_the_point_shares_decode_with() -> None:
     points = []
     for k in keys:
         assert k.prss is not None
-        points.append(rm.make_point_share(k, k.prss, aggregate, contributions=len(keys), min_peers=2))
+        points.append(
+            rm.make_point_share(k, k.prss, aggregate, contributions=len(keys), min_peers=2, binding=binding)
+        )
     verdict = rm.combine_points(spec, aggregate, points)
     assert verdict.wrong == ()
     np.testing.assert_allclose(verdict.merged.mean, np.mean(values, axis=0), atol=1e-5)

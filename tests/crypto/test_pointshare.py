@@ -46,6 +46,10 @@ class Swarm:
     def t(self) -> int:
         return self.spec.threshold
 
+    @property
+    def binding(self) -> ckks.RoundBinding:
+        return round_binding(self.spec.epoch_id)
+
 
 @cache
 def swarm(n: int) -> Swarm:
@@ -63,7 +67,9 @@ def swarm(n: int) -> Swarm:
     aggregate = sm.aggregate_contributions(blobs, length=LENGTH, binding=round_binding(spec.epoch_id))
     expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
     points = [
-        rm.make_point_share(k, p, aggregate, contributions=n, min_peers=2)
+        rm.make_point_share(
+            k, p, aggregate, contributions=n, min_peers=2, binding=round_binding(spec.epoch_id)
+        )
         for k, p in zip(keys, dealt, strict=True)
     ]
     return Swarm(spec, keys, dealt, aggregate, np.asarray(expected), points)
@@ -127,14 +133,18 @@ def test_honest_points_decode_to_todays_mean_within_precision() -> None:
 
 def test_points_are_deterministic_and_bound_to_their_aggregate() -> None:
     s = swarm(5)
-    again = rm.make_point_share(s.keys[2], s.prss[2], s.aggregate, contributions=5, min_peers=2)
+    again = rm.make_point_share(
+        s.keys[2], s.prss[2], s.aggregate, contributions=5, min_peers=2, binding=s.binding
+    )
     assert again == s.points[2]  # asking twice releases nothing new
     blob = PointShare.from_bytes(CTX, again)
     assert blob.header.member == 3
     assert len(again) - len(s.aggregate) > 0
     other = swarm(7)  # another epoch's aggregate: refused, not decrypted
     with pytest.raises(DecryptionRefused, match="another key epoch"):
-        rm.make_point_share(s.keys[0], s.prss[0], other.aggregate, contributions=7, min_peers=2)
+        rm.make_point_share(
+            s.keys[0], s.prss[0], other.aggregate, contributions=7, min_peers=2, binding=other.binding
+        )
     with pytest.raises(InvalidDecryptionShare, match="another epoch"):
         rm.combine_points(s.spec, s.aggregate, [*s.points[:4], other.points[4]])
 
@@ -149,7 +159,7 @@ def test_an_aggregate_with_the_same_masks_gets_the_same_point_body() -> None:
     seeds = dict(zip(vector.contributors, vector.header.seeds, strict=True))
     other = ckks.EncryptedVector.from_residues(CTX, LENGTH, vector.binding, seeds, [c0]).to_bytes()
     assert other != s.aggregate
-    point = rm.make_point_share(s.keys[1], s.prss[1], other, contributions=5, min_peers=2)
+    point = rm.make_point_share(s.keys[1], s.prss[1], other, contributions=5, min_peers=2, binding=s.binding)
     first, second = PointShare.from_bytes(CTX, s.points[1]), PointShare.from_bytes(CTX, point)
     assert first.header.aggregate != second.header.aggregate
     assert np.array_equal(first.batch(0, 1), second.batch(0, 1))
@@ -158,11 +168,17 @@ def test_an_aggregate_with_the_same_masks_gets_the_same_point_body() -> None:
 def test_an_honest_member_refuses_too_few_contributions_or_foreign_prss_keys() -> None:
     s = swarm(5)
     with pytest.raises(DecryptionRefused, match="at least 4"):  # t + 1 = 4
-        rm.make_point_share(s.keys[0], s.prss[0], s.aggregate, contributions=3, min_peers=2)
+        rm.make_point_share(
+            s.keys[0], s.prss[0], s.aggregate, contributions=3, min_peers=2, binding=s.binding
+        )
     with pytest.raises(DecryptionRefused, match="ledger committed 4"):
-        rm.make_point_share(s.keys[0], s.prss[0], s.aggregate, contributions=4, min_peers=2)
+        rm.make_point_share(
+            s.keys[0], s.prss[0], s.aggregate, contributions=4, min_peers=2, binding=s.binding
+        )
     with pytest.raises(DecryptionRefused, match="PRSS keys"):
-        rm.make_point_share(s.keys[0], s.prss[1], s.aggregate, contributions=5, min_peers=2)
+        rm.make_point_share(
+            s.keys[0], s.prss[1], s.aggregate, contributions=5, min_peers=2, binding=s.binding
+        )
 
 
 def test_any_t_agreeing_points_give_a_bit_identical_merge() -> None:
@@ -365,10 +381,13 @@ def test_the_noise_sampler_is_pluggable() -> None:
         return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.uint64), 32
 
     assert not prss.noise_point(CTX, keys[0], bytes(32), 0, 2, zero).any()
-    high, low, shift_ = prss.uniform_noise(prss.XofStream(b"seed"), 50_000, 68)
+    high, low, shift_ = prss.DEFAULT_NOISE(prss.XofStream(b"seed"), 50_000, 68)
+    again = prss.DEFAULT_NOISE(prss.XofStream(b"seed"), 50_000, 68)
+    assert np.array_equal(high, again[0])
+    assert np.array_equal(low, again[1])
     values = high.astype(np.float64) * 2.0**shift_ + low
-    assert -(2.0**68) <= values.min() < -(2.0**67)
-    assert 2.0**67 < values.max() < 2.0**68
+    assert 0.95 < values.std() / 2.0**68 < 1.05  # the Lagrange shares' discrete Gaussian
+    assert np.abs(values).max() < 14 * 2.0**68
 
 
 # -- decoding hostile blobs -------------------------------------------------------------------

@@ -131,8 +131,23 @@ def test_an_overweight_contribution_is_detected_after_decryption() -> None:
 
 
 def test_dropped_contributor_still_gives_the_weighted_mean_of_the_rest() -> None:
-    aggregate = sm.aggregate_contributions(by_contributor(BLOBS, 3), length=LENGTH, binding=BINDING)
-    merged = sm.combine(SPEC4, aggregate, shares(aggregate, contributions=3))
+    # t = 2 of 4: the three contributions left are t + 1, the fewest a decryptor accepts.
+    spec, _, keys = run_key_epoch(4, threshold=2)
+    binding = round_binding(spec.epoch_id)
+    total = sum(WEIGHTS)
+    blobs = [
+        sm.encrypt_update(k, v, w, total, binding=binding)
+        for k, v, w in zip(keys, VALUES[:3], WEIGHTS, strict=False)
+    ]
+    aggregate = sm.aggregate_contributions(
+        dict(zip(spec.members, blobs, strict=False)), length=LENGTH, binding=binding
+    )
+    decrypt_set = list(spec.members[1:3])
+    parts = [
+        sm.decryption_share(k, aggregate, decrypt_set, contributions=3, min_peers=2, binding=binding)
+        for k in keys[1:3]
+    ]
+    merged = sm.combine(spec, aggregate, parts)
     assert merged.weight_sum == pytest.approx(0.6, abs=1e-10)
     assert np.abs(merged.mean - expected_mean(VALUES[:3], WEIGHTS[:3])).max() < 5e-6
 

@@ -1,5 +1,5 @@
 """SwarmNode with real nodes: two sites in this process over a MemoryNetwork (real time,
-secure merges, compute in worker threads)."""
+plaintext merges: a secure swarm needs 3 sites; compute in worker threads)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ SPEC = logistic_regression(4, 2)  # 10 parameters
 
 @pytest.fixture
 def configs(tmp_path: Path) -> tuple[NodeConfig, ...]:
-    return create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, weightages=(1, 3))
+    # Plaintext: a secure swarm needs t + 1 = 3 sites (secure rounds: test_swarm_sim*, test_e2e_libp2p).
+    return create_local_swarm(
+        tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, weightages=(1, 3), secure=False
+    )
 
 
 def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
@@ -124,7 +127,9 @@ def test_train_with_swarm_on_real_nodes(tmp_path: Path) -> None:
 
     from swarmnode.trainer import TrainingSummary, train_with_swarm
 
-    configs = create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, sync_every=2)
+    configs = create_local_swarm(
+        tmp_path, 2, model=SPEC, max_rounds=2, timeouts=SIM_TIMEOUTS, sync_every=2, secure=False
+    )
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(80, 4, generator=generator)
     y = (x[:, 0] + x[:, 1] > 0).long()

@@ -150,7 +150,8 @@ def swarmnode_threads() -> list[threading.Thread]:
 
 @pytest.fixture
 def configs(tmp_path: Path) -> tuple[NodeConfig, ...]:
-    return create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=3, weightages=(1, 3))
+    # Fake nodes; a secure genesis would need t + 1 = 3 founders.
+    return create_local_swarm(tmp_path, 2, model=SPEC, max_rounds=3, weightages=(1, 3), secure=False)
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +187,7 @@ def test_create_local_swarm_writes_loadable_keys_genesis_and_configs(configs: tu
     members = {m.node_id for m in genesis.members}
     assert members == {NodeIdentity.load(c.node.key_file).node_id for c in configs}
     with pytest.raises(Exception, match="refusing to overwrite"):
-        create_local_swarm(genesis_path.parent, 2, model=SPEC)
+        create_local_swarm(genesis_path.parent, 2, model=SPEC, secure=False)
 
 
 def test_two_nodes_merge_vectors_then_stop(configs: tuple[NodeConfig, ...]) -> None:

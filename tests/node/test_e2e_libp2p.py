@@ -77,7 +77,7 @@ key_file = "node.key"
 storage_dir = "state"
 
 [network]
-host = "127.0.0.1"
+listen = "127.0.0.1"
 port = {ports[i]}
 bootstrap = [{", ".join(bootstrap)}]
 

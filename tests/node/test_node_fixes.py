@@ -143,7 +143,7 @@ async def test_handlers_raise_specific_protocol_errors(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Bad peer input raises a concrete ProtocolError subclass (ProtocolError itself is abstract)."""
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2, secure=False)  # not about the crypto
     opener = EnvelopeOpener(EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES))
     async with open_memory_network(seed=2) as net, AsyncExitStack() as stack:
         a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]
@@ -166,7 +166,7 @@ async def test_equivocation_evidence_is_submitted_once_and_recorded(
     """The core reports two conflicting prevotes of a member; the node submits one
     `VoteEquivocation` per piece of evidence (however often it is reported) and the
     contract records it. A double *proposal* (not recordable by the contract) is only logged."""
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, max_rounds=2, secure=False)  # not about the crypto
     codec = EnvelopeCodec(plan.genesis.chain_id, CONSENSUS_MESSAGES)
     async with open_memory_network(seed=3) as net, AsyncExitStack() as stack:
         a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]

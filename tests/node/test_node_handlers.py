@@ -42,7 +42,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @asynccontextmanager
 async def swarm(tmp_path: Path, n: int = 2) -> AsyncIterator[tuple[SwarmPlan, MemoryNetwork, list[Node]]]:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=n, max_rounds=2)
+    # A secure swarm needs t + 1 founders: the 2-node ones are plaintext.
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=n, max_rounds=2, secure=n > 2)
     async with open_memory_network(seed=1) as net, AsyncExitStack() as stack:
         nodes = []
         for i in range(n):
@@ -145,7 +146,7 @@ async def test_merge_argument_checks_and_timeout(
 async def test_config_must_match_the_genesis_model(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=2)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=2, secure=False)  # t + 1 = 3 for a secure one
     wrong = replace(plan.configs[0], model=mlp(30, 2, hidden=(4,)))
     async with open_memory_network(seed=1) as net:
         with pytest.raises(SwarmError, match="model spec"):
@@ -158,15 +159,17 @@ async def test_config_must_match_the_genesis_model(
 async def test_a_member_leaves_and_a_new_key_epoch_runs(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with swarm(tmp_path, n=3) as (_plan, _net, (a, b, c)):
+    # Four, so that the three left are t + 1 (t = 2 of 3): enough for a secure round.
+    async with swarm(tmp_path, n=4) as (_plan, _net, (a, b, c, d)):
         await c.leave()
         await a.wait_for(lambda k: k.member(c.node_id) is None and k.key_epoch().complete)
         assert a.contract.key_epoch().number == 2
-        remaining = tuple(sorted((a.node_id, b.node_id), key=lambda n: n.public_key))
+        remaining = tuple(sorted((a.node_id, b.node_id, d.node_id), key=lambda n: n.public_key))
         assert a.contract.key_epoch().members == remaining
         params = np.ones(a.n_params, np.float32)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(b.merge, params, 1)
+            nursery.start_soon(d.merge, params * 2, 1)
             result = await a.merge(params * 3, 1)
         assert result.participants == remaining
         np.testing.assert_allclose(result.parameters, 2.0, atol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from consensus.genesis import DecryptionThreshold
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped, open_swarm_node
@@ -23,7 +24,10 @@ pytestmark = pytest.mark.timeout(300)
 async def test_node_down_for_two_rounds_catches_up_and_rejoins(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, max_rounds=6)
+    # t = 2 of 4: the 3 nodes up are t + 1, enough for rounds while the fourth is down.
+    plan = SwarmPlan.create(
+        tmp_path, SPEC, founders=4, max_rounds=6, threshold=DecryptionThreshold(numerator=1, denominator=3)
+    )
     finals: dict[int, bytes] = {}
     rounds: dict[int, list[int]] = {i: [] for i in range(4)}
     up = trio.Event()

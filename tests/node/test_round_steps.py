@@ -258,11 +258,11 @@ STEPS = [
         ["SubmitPhaseTimeout"],
     ),
     Step(
-        "aggregate deadline passed: the leader itself does not vote",
+        "aggregate deadline passed: the leader votes too (every key-epoch member does)",
         to_aggregate,
         leader,
         {"stage_since": "stage-minus-12"},
-        ["AggregateContributions", "PrefetchContributions", "PrepareAggregate"],
+        ["AggregateContributions", "PrefetchContributions", "PrepareAggregate", "SubmitPhaseTimeout"],
     ),
     Step("verify phase: the verifier recomputes", to_verify, verifier, {}, ["VerifyAggregate"]),
     Step(
@@ -406,13 +406,17 @@ def test_deadline_is_measured_from_first_sight_of_the_stage() -> None:
     assert other_stage.deadline == 50.0 + TIMEOUTS.aggregate
 
 
-def test_ready_deadline_only_for_members_that_are_ready() -> None:
+def test_ready_deadline_for_every_member_of_the_key_epoch() -> None:
+    """Not only the Ready members: those already waiting must not decide the deadline alone."""
     c = make_contract()
     to_epoch_complete(c)
     commit(c, (IDS[0].node_id, Ready(round=1, weight=3)), (IDS[1].node_id, Ready(round=1, weight=3)))
     ready = reconcile(c, facts(IDS[0].node_id, now=0.0))
     assert ready.deadline == TIMEOUTS.ready_wait
-    assert reconcile(c, facts(IDS[3].node_id, now=0.0)).deadline is None
+    assert reconcile(c, facts(IDS[3].node_id, now=0.0)).deadline == TIMEOUTS.ready_wait
+    seen = ((1, "ready", c.round.step), 0.0)
+    late = reconcile(c, facts(IDS[3].node_id, now=TIMEOUTS.ready_wait, stage_since=seen))
+    assert [type(j).__name__ for j in late.jobs] == ["SubmitPhaseTimeout"]
 
 
 def test_delivery_names_the_answering_round() -> None:
@@ -470,8 +474,8 @@ def test_job_keys_are_stable_and_distinct() -> None:
         AggregateContributions(round=1, step=2, contributions=()),
         VerifyAggregate(round=1, step=3, claimed_hash=h("a"), contributions=()),
         MakeDecryptionShare(
-            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), contributions=2,
-            committed=(),
+            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), threshold=1,
+            contributions=2, committed=(),
         ),
         CombineShares(round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, shares=()),
         LoadMerged(round=1, params_hash=h("m")),

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from consensus.contract import EPOCH_TIMEOUT
-from consensus.genesis import Timeouts
+from consensus.genesis import DecryptionThreshold, Timeouts
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
@@ -121,6 +121,7 @@ async def test_node_crashing_after_its_epoch_commitment_restarts_and_finishes_th
     assert (victim_files.keys / "epoch-1.keys").stat().st_mode & 0o077 == 0
 
 
+T2_OF_4 = DecryptionThreshold(numerator=1, denominator=3)  # the 3 left are t + 1: rounds go on
 FAST_EPOCH = Timeouts(
     ready_wait=SIM_TIMEOUTS.ready_wait,
     contribute=SIM_TIMEOUTS.contribute,
@@ -134,7 +135,7 @@ FAST_EPOCH = Timeouts(
 async def test_node_dead_mid_epoch_is_left_out_by_the_deadline_and_rejoins_later(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, max_rounds=4, timeouts=FAST_EPOCH)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, max_rounds=4, timeouts=FAST_EPOCH, threshold=T2_OF_4)
     finals: dict[int, MergeResult] = {}
     results: dict[int, list[MergeResult]] = {i: [] for i in range(4)}
     nodes: dict[int, Node] = {}
@@ -211,7 +212,7 @@ async def test_node_dead_mid_epoch_is_left_out_by_the_deadline_and_rejoins_later
 async def test_node_dead_for_good_mid_epoch_does_not_stop_training(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, max_rounds=2, timeouts=FAST_EPOCH)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, max_rounds=2, timeouts=FAST_EPOCH, threshold=T2_OF_4)
     finals: dict[int, MergeResult] = {}
     results: dict[int, list[MergeResult]] = {i: [] for i in range(4)}
     nodes: dict[int, Node] = {}
@@ -240,7 +241,7 @@ async def test_node_dead_for_good_mid_epoch_does_not_stop_training(
     for i in (0, 1, 3):
         contract = nodes[i].contract
         epoch = contract.key_epoch()
-        assert (epoch.number, epoch.complete, epoch.threshold) == (2, True, 3)
+        assert (epoch.number, epoch.complete, epoch.threshold) == (2, True, 2)  # t of T2_OF_4
         assert victim_id not in epoch.members
         assert contract.epoch_left_out() == (victim_id,)
         assert [r.outcome for r in contract.history()] == ["merged"] * 2

@@ -20,11 +20,14 @@ import trio
 import trio.testing
 
 from consensus.contract import CONTRIBUTION_TIMEOUT, DECRYPTOR_TIMEOUT, LEADER_TIMEOUT, WRONG_AGGREGATE
+from consensus.genesis import DecryptionThreshold
 from crypto.identity import NodeId
 from models import logistic_regression
 from swarmnode.net.memory import NO_FAULTS, LinkFaults, open_memory_network
 from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
+
+ONE_THIRD = DecryptionThreshold(numerator=1, denominator=3)  # t = 2 of 4
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -52,8 +55,9 @@ async def run_swarm(
     founders: int = 4,
     link_faults: LinkFaults = NO_FAULTS,
     seed: int = 3,
+    threshold: DecryptionThreshold | None = None,
 ) -> tuple[SwarmPlan, list[Site]]:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=founders, max_rounds=max_rounds)
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=founders, max_rounds=max_rounds, threshold=threshold)
     sites = [Site(i) for i in range(founders)]
 
     async def run_site(site: Site, net_transport: object) -> None:
@@ -120,7 +124,9 @@ async def test_leader_crash_in_aggregate_phase(
     ids = SwarmPlan.create(tmp_path, SPEC, founders=4).ids
     leader_id = by_key(ids)[0]  # round 1's leader: first in key order
     leader = ids.index(leader_id)
-    _plan, sites = await run_swarm(tmp_path, faults={leader: Faults(crash_before=frozenset({"aggregate"}))})
+    # t = 2 of 4: the 3 nodes left are t + 1, enough for the rounds after the crash.
+    crash = {leader: Faults(crash_before=frozenset({"aggregate"}))}
+    _plan, sites = await run_swarm(tmp_path, faults=crash, threshold=ONE_THIRD)
     live = check_outcome(sites, crashed=frozenset({leader}))
     node = live[0].node
     assert node is not None
@@ -156,13 +162,15 @@ async def test_leader_publishing_a_wrong_aggregate_is_proven_wrong(
 
 
 async def test_decryptor_crash(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    """A decryptor dies before its share: the aggregate is abandoned (never a second decrypt
+    set for it, see consensus/contract.py) and the swarm trains on without it (t = 2 of 4)."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, threshold=ONE_THIRD)
     rotation = by_key(plan.ids)
-    # Round 1: leader rotation[0], verifier rotation[1], decrypt set sorted(rotation[:3]).
-    decryptor_id = rotation[2]
+    # Round 1: leader rotation[0], verifier rotation[1], decrypt set sorted(rotation[:2]).
+    decryptor_id = rotation[1]
     victim = plan.ids.index(decryptor_id)
     plan, sites = await run_swarm(
-        tmp_path, faults={victim: Faults(crash_before=frozenset({"decryption-share"}))}
+        tmp_path, faults={victim: Faults(crash_before=frozenset({"decryption-share"}))}, threshold=ONE_THIRD
     )
     live = check_outcome(sites, crashed=frozenset({victim}))
     node = live[0].node
@@ -170,8 +178,9 @@ async def test_decryptor_crash(tmp_path: Path, autojump_clock: trio.testing.Mock
     assert (DECRYPTOR_TIMEOUT, decryptor_id) in evidence_kinds(node)
     first = node.contract.round_record(1)
     assert first is not None
-    assert first.outcome == "merged"
-    assert decryptor_id not in first.decrypt_set
+    assert first.outcome == "aborted"
+    assert decryptor_id in first.decrypt_set
+    assert all(s.results[0].round == 2 for s in live)  # the next round merged, without it
 
 
 async def test_contributor_vanishing_mid_round(
@@ -180,7 +189,8 @@ async def test_contributor_vanishing_mid_round(
     plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
     vanishing_id = by_key(plan.ids)[3]  # holds no role in round 1
     victim = plan.ids.index(vanishing_id)
-    plan, sites = await run_swarm(tmp_path, faults={victim: Faults(crash_before=frozenset({"contribute"}))})
+    crash = {victim: Faults(crash_before=frozenset({"contribute"}))}
+    plan, sites = await run_swarm(tmp_path, faults=crash, threshold=ONE_THIRD)  # 3 left are t + 1
     live = check_outcome(sites, crashed=frozenset({victim}))
     node = live[0].node
     assert node is not None
@@ -345,10 +355,12 @@ async def test_decryptor_dying_after_its_share_does_not_take_the_combiners_down(
     combiners' concurrent fetches fail (the blob is gone with it). That is a retried job
     failure (a TransportError, not an ExceptionGroup escaping the job), then the decrypt
     deadline; the survivors finish training on one model."""
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    # Five (t = 3): the four left after the crash are t + 1, enough to train on.
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=5)
     rotation = by_key(plan.ids)
     victim = plan.ids.index(rotation[2])  # in round 1's decrypt set, neither leader nor verifier
-    _plan, sites = await run_swarm(tmp_path, faults={victim: Faults(crash_before=frozenset({"combine"}))})
+    crash = {victim: Faults(crash_before=frozenset({"combine"}))}
+    _plan, sites = await run_swarm(tmp_path, faults=crash, founders=5)
     live = check_outcome(sites, crashed=frozenset({victim}))
     node = live[0].node
     assert node is not None

@@ -53,6 +53,7 @@ def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeCon
         max_rounds=max_rounds,
         timeouts=SIM_TIMEOUTS,
         training=TrainConfig(batch_size=32, lr=0.01),
+        secure=n_sites >= 3,  # a secure swarm needs t + 1 = 3 sites
     )
     return tuple(
         dataclasses.replace(

@@ -32,7 +32,8 @@ SPEC = mlp(30, 2, hidden=(1,))
 def genesis_for(spec: ModelSpec, max_rounds: int) -> Genesis:
     return Genesis(
         name="std-swarm",
-        members=(FoundingMember(name="a", node_id=make_identity(0).node_id),),
+        # A secure genesis needs t + 1 founders (t = 2 of 3).
+        members=tuple(FoundingMember(name=n, node_id=make_identity(i).node_id) for i, n in enumerate("abc")),
         training=TrainingParams(
             model_spec_hash=spec.spec_hash(), stopping=StoppingRule(max_rounds=max_rounds)
         ),

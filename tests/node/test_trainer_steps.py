@@ -39,7 +39,8 @@ def genesis_for(spec: ModelSpec, **training: object) -> Genesis:
     stopping = training.pop("stopping", StoppingRule(max_rounds=3))
     return Genesis(
         name="test-swarm",
-        members=(FoundingMember(name="a", node_id=make_identity(0).node_id),),
+        # A secure genesis needs t + 1 founders (t = 2 of 3).
+        members=tuple(FoundingMember(name=n, node_id=make_identity(i).node_id) for i, n in enumerate("abc")),
         training=TrainingParams(model_spec_hash=spec.spec_hash(), stopping=stopping, **training),  # type: ignore[arg-type]
     )
 
