@@ -111,12 +111,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, final
 
-from crypto import cbor, dealing
+from crypto import cbor, dealing, prss, prss_complaint
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
 from crypto.smudging import DEFAULT_BUDGET, SmudgingBudget
 
+from . import decrypt_phase
 from .genesis import Genesis
 from .messages import CONSENSUS_MESSAGES, Precommit, Prevote
 from .transactions import (
@@ -128,6 +129,7 @@ from .transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -140,6 +142,7 @@ from .transactions import (
     Phase,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     VoteEquivocation,
     tx_codec,
@@ -168,6 +171,7 @@ EQUIVOCATION: Final = "equivocation"  # detail: canonical CBOR [vote type, heigh
 EPOCH_TIMEOUT: Final = "epoch_timeout"  # detail: canonical CBOR [key epoch, stage]
 BAD_DEALING: Final = "bad_dealing"  # detail: canonical CBOR [key epoch, complainer key, segment]
 FALSE_COMPLAINT: Final = "false_complaint"  # detail: canonical CBOR [key epoch, dealer key, segment]
+WRONG_SHARE: Final = decrypt_phase.WRONG_SHARE  # detail: the hash of the committed share off the polynomial
 
 
 def _key(node: NodeId) -> bytes:
@@ -244,6 +248,7 @@ class KeyEpoch:
     start_height: int
     members: tuple[NodeId, ...]
     threshold: int  # t: how many members of this epoch a decryption needs
+    robust: bool  # PRSS keys dealt, point shares decrypted (`crypto.prss.robust_epoch`)
     seed: bytes  # public seed for the common random polynomial `a`
     records: tuple[EpochMember, ...]  # one per member, same order as `members`
     complete_height: int | None = None
@@ -347,7 +352,9 @@ class Round:
     start_height: int = 0
     nonce: bytes = b""  # 32 bytes (`_round_nonce`): ciphertexts of the round are bound to it
     participants: tuple[NodeId, ...] = ()  # rotation order
-    barred: tuple[NodeId, ...] = ()  # withholders kept out of the decrypt set (`_withholders`)
+    robust: bool = False  # point shares: every active participant decrypts (`consensus.decrypt_phase`)
+    # Withholders (`_withholders`) and, in robust epochs, named culprits: kept out of the decrypt set.
+    barred: tuple[NodeId, ...] = ()
     # Changing during the round:
     dropped: tuple[NodeId, ...] = ()  # participants whose contribution is not in the round
     excluded: tuple[NodeId, ...] = ()  # participants no longer eligible for a role
@@ -361,6 +368,7 @@ class Round:
     verified_by: NodeId | None = None  # the verifier whose agreement opened the decrypt phase
     decryption_shares: tuple[HashVote, ...] = ()
     merged_votes: tuple[HashVote, ...] = ()
+    mismatch_votes: tuple[NodeId, ...] = ()  # `ShareMismatch` voters (robust epochs)
     # Set when closed:
     outcome: str = ""  # "" while open, "merged" or "aborted"
     merged_hash: bytes | None = None
@@ -722,6 +730,7 @@ def _make_epoch(
         start_height=height,
         members=ids,
         threshold=threshold,
+        robust=prss.robust_epoch(len(ids), threshold),
         seed=seed,
         records=tuple(EpochMember(node_id=n) for n in ids),
     )
@@ -756,6 +765,8 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             return _epoch_tx(s, g, h, sender, body)
         case EpochComplaint():
             return _epoch_complaint(s, g, h, sender, body)
+        case EpochPrssComplaint():
+            return _prss_complaint(s, g, h, sender, body)
         case EpochTimeout():
             return _epoch_timeout(s, g, h, sender, body)
         case EpochRejoin():
@@ -772,6 +783,7 @@ def _transition(s: ContractState, g: Genesis, h: int, env: Envelope) -> Result:
             | AggregateVerdict()
             | DecryptionShare()
             | MergedModel()
+            | ShareMismatch()
             | PhaseTimeout()
         ):
             return _round_tx(s, g, h, sender, body)
@@ -1069,15 +1081,49 @@ def _on_epoch_timeout(s: ContractState, g: Genesis, h: int) -> ContractState:
     return replace(s, epoch=new_epoch, evidence=(*s.evidence, *blame))
 
 
-def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochComplaint) -> Result:
+def _complaint_fault(
+    s: ContractState, sender: NodeId, body: EpochComplaint | EpochPrssComplaint
+) -> str | None:
     epoch = s.epoch
     if body.epoch != epoch.number:
         return f"stale key epoch {body.epoch}, the current one is {epoch.number}"
     if epoch.complete:
         return f"key epoch {epoch.number} is already complete"
-    dealer = epoch.record(body.dealer)
-    if epoch.record(sender) is None or s.member(sender) is None or dealer is None or body.dealer == sender:
+    named = (epoch.record(sender), s.member(sender), epoch.record(body.dealer))
+    if any(n is None for n in named) or body.dealer == sender:
         return f"a complaint names two different members of key epoch {epoch.number}"
+    return None
+
+
+def _prss_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochPrssComplaint) -> Result:
+    if (fault := _complaint_fault(s, sender, body)) is not None:
+        return fault
+    epoch = s.epoch
+    dealer = epoch.record(body.dealer)
+    if dealer is None or dealer.public_share_hash is None or epoch.stage != EpochStage.CONFIRM:
+        return f"key epoch {epoch.number} is not at its confirm stage"
+    try:
+        dealer_at_fault = prss_complaint.judge_prss_complaint(
+            epoch.seed, epoch.members, epoch.threshold, body.dealer, sender, dealer.public_share_hash,
+            body.evidence,
+        )  # fmt: skip
+    except dealing.InvalidEvidence as exc:
+        return f"PRSS complaint refused: {exc}"
+    kind, offender, other = (BAD_DEALING, body.dealer, sender) if dealer_at_fault else (
+        FALSE_COMPLAINT, sender, body.dealer
+    )  # fmt: skip
+    detail = cbor.dumps([epoch.number, other.public_key, "prss"])
+    proof = Evidence(height=h, round=s.round.number, kind=kind, offender=offender, detail=detail)
+    return _restart_epoch_without(s, g, h, proof)
+
+
+def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: EpochComplaint) -> Result:
+    if (fault := _complaint_fault(s, sender, body)) is not None:
+        return fault
+    epoch = s.epoch
+    dealer = epoch.record(body.dealer)
+    if dealer is None:
+        return f"{body.dealer.short} is not a member of key epoch {epoch.number}"
     params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
     if dealer.fingerprint is None or epoch.coin is None or params is None:
         return f"no fingerprint of {body.dealer.short} to check a complaint against"
@@ -1183,7 +1229,15 @@ def _try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
         start_height=h,
         nonce=_round_nonce(s, r.number, h),
         participants=order[offset:] + order[:offset],
-        barred=_withholders(s, g),
+        robust=s.epoch.robust,
+        barred=_sorted(
+            (
+                *_withholders(s, g),
+                *decrypt_phase.named_culprits(
+                    ((e.kind, e.height, e.offender) for e in s.evidence), s.epoch.start_height
+                ),
+            )
+        ),
     )
     return _assign_roles(replace(s, round=r), g, h)
 
@@ -1223,6 +1277,8 @@ def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:
     i = active.index(leader)
     after = active[i + 1 :] + active[:i]
     verifier = after[0] if after else None
+    if r.robust:
+        return leader, verifier, decrypt_phase.robust_decrypt_set(active, r.barred, r.threshold)
     barred = set(r.barred)
     candidates = [p for p in active if p not in barred] + [p for p in active if p in barred]
     return leader, verifier, _sorted(candidates[: r.threshold])
@@ -1372,6 +1428,7 @@ _TX_PHASE: Final[dict[type, Phase]] = {
     AggregateVerdict: Phase.VERIFY,
     DecryptionShare: Phase.DECRYPT,
     MergedModel: Phase.DECRYPT,
+    ShareMismatch: Phase.DECRYPT,
 }
 
 
@@ -1380,7 +1437,13 @@ def _round_tx(
     g: Genesis,
     h: int,
     sender: NodeId,
-    body: Contribution | Aggregate | AggregateVerdict | DecryptionShare | MergedModel | PhaseTimeout,
+    body: Contribution
+    | Aggregate
+    | AggregateVerdict
+    | DecryptionShare
+    | MergedModel
+    | ShareMismatch
+    | PhaseTimeout,
 ) -> Result:
     if s.member(sender) is None:
         return "not a member"
@@ -1403,6 +1466,8 @@ def _round_tx(
             return _decryption_share(s, sender, body)
         case MergedModel():
             return _merged(s, g, h, sender, body)
+        case ShareMismatch():
+            return _share_mismatch(s, g, h, sender)
         case PhaseTimeout():
             return _phase_timeout(s, g, h, sender)
 
@@ -1509,23 +1574,49 @@ def _decryption_share(s: ContractState, sender: NodeId, body: DecryptionShare) -
     return replace(s, round=r)
 
 
-def _merged(s: ContractState, g: Genesis, h: int, sender: NodeId, body: MergedModel) -> Result:
-    r = s.round
+def _combiner_fault(r: Round, sender: NodeId) -> str | None:
     if sender not in r.participants:
         return f"not a participant of round {r.number}"
     if any(r.decryption_share(p) is None for p in r.decrypt_set):
         return "decryption shares are incomplete"
-    if any(v.node_id == sender for v in r.merged_votes):
-        return "merged-model hash already recorded"
+    if any(v.node_id == sender for v in r.merged_votes) or sender in r.mismatch_votes:
+        return "merged-model vote already recorded"
+    return None
+
+
+def _merged(s: ContractState, g: Genesis, h: int, sender: NodeId, body: MergedModel) -> Result:
+    r = s.round
+    if (fault := _combiner_fault(r, sender)) is not None:
+        return fault
+    if body.culprits and not r.robust:
+        return "culprits are named only in robust key epochs"
+    if (fault := decrypt_phase.culprits_fault(body.culprits, r.decrypt_set)) is not None:
+        return fault
+    value = decrypt_phase.merged_vote(body.params_hash, body.culprits)
     votes = tuple(
-        sorted(
-            (*r.merged_votes, HashVote(node_id=sender, value=body.params_hash)), key=lambda v: _key(v.node_id)
-        )
+        sorted((*r.merged_votes, HashVote(node_id=sender, value=value)), key=lambda v: _key(v.node_id))
     )
     s = replace(s, round=replace(r, merged_votes=votes))
-    if sum(1 for v in votes if v.value == body.params_hash) >= r.threshold:
-        return _close_merged(s, g, h, body.params_hash)
-    return s
+    if sum(1 for v in votes if v.value == value) < r.threshold:
+        return s
+    named = tuple(
+        Evidence(height=h, round=r.number, kind=WRONG_SHARE, offender=c, detail=r.decryption_share(c) or b"")
+        for c in body.culprits
+    )
+    return _close_merged(replace(s, evidence=(*s.evidence, *named)), g, h, body.params_hash)
+
+
+def _share_mismatch(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Result:
+    r = s.round
+    if not r.robust:
+        return "share mismatches are voted only in robust key epochs"
+    if (fault := _combiner_fault(r, sender)) is not None:
+        return fault
+    r = replace(r, mismatch_votes=_sorted((*r.mismatch_votes, sender)))
+    s = replace(s, round=r)
+    if len(r.mismatch_votes) < r.threshold:
+        return s
+    return _abort(s, g, h, "the point shares disagree and no wrong one can be named: no merge")
 
 
 def _phase_timeout(s: ContractState, g: Genesis, h: int, sender: NodeId) -> Result:

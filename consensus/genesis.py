@@ -198,11 +198,19 @@ class TrainingParams:
     timeouts: Timeouts = field(default_factory=Timeouts)
     stopping: StoppingRule = field(default_factory=StoppingRule)
     ckks_params: str = DEFAULT_CKKS_PARAMS
+    # Wrong point shares a robust merge must withstand (`crypto.robust_merge.combine_points`);
+    # None: `crypto.pointshare.default_max_faulty` of the key epoch's n and t.
+    robust_max_faulty: int | None = None
     # A member that withheld its decryption share in this many rounds of one key epoch is
     # left out of the decrypt sets of that epoch's later rounds (it still contributes).
     withhold_limit: int = 2
 
     def __post_init__(self) -> None:
+        _require(
+            self.robust_max_faulty is None or 1 <= self.robust_max_faulty <= MAX_FOUNDING_MEMBERS,
+            "training.robust_max_faulty",
+            f"must be 1-{MAX_FOUNDING_MEMBERS} (or absent for the default)",
+        )
         _require(
             isinstance(self.model_spec_hash, bytes) and len(self.model_spec_hash) == HASH_SIZE,
             "training.model_spec_hash",

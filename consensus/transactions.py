@@ -25,11 +25,12 @@ from enum import StrEnum
 from typing import Final, final
 
 from crypto import cbor
-from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence
+from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence, PrssEvidence
 from crypto.envelope import Envelope, EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
+from crypto.prss import MAX_PRSS_KEYS, PRSS_KEY_SIZE
 
-from .genesis import check_addresses, check_name
+from .genesis import MAX_FOUNDING_MEMBERS, check_addresses, check_name
 
 HASH_SIZE: Final = 32
 MAX_REASON: Final = 200
@@ -169,6 +170,7 @@ class EpochComplete:
 
 MAX_FINGERPRINT: Final = 16 * 1024  # 8 segments x t scalars x 8 bytes for t <= 256 (default CKKS set)
 MAX_SEGMENTS: Final = 64
+_MAX_PRSS_BYTES: Final = MAX_PRSS_KEYS * PRSS_KEY_SIZE
 
 
 @final
@@ -209,8 +211,37 @@ class EpochComplaint:
             raise ValueError(f"evidence.segment_hashes: 1-{MAX_SEGMENTS} hashes")
         for digest in e.segment_hashes:
             _hash(digest, "evidence.segment_hashes")
+        _hash(e.prss_digest, "evidence.prss_digest")
         if len(e.shares) > SEGMENT_BYTES or len(e.blinding) > SCALAR_BYTES or len(e.signature) != 64:
             raise ValueError("evidence: at most one segment of shares and blinding, a 64-byte signature")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochPrssComplaint:
+    """The PRSS keys `dealer` dealt the signer in `epoch` are missing, extra or off the
+    dealer's committed commitments: `evidence` reveals them with the dealer's signature. The
+    contract judges it (`crypto.prss_complaint.judge_prss_complaint`) and names the dealer,
+    or the signer for a false complaint."""
+
+    epoch: int
+    dealer: NodeId
+    evidence: PrssEvidence
+
+    def __post_init__(self) -> None:
+        _range(self.epoch, 1, 2**62, "epoch")
+        e = self.evidence
+        _range(e.share_length, 0, 2**62, "evidence.share_length")
+        _range(e.blinding_length, 0, 2**62, "evidence.blinding_length")
+        if not 0 < len(e.segment_hashes) <= MAX_SEGMENTS:
+            raise ValueError(f"evidence.segment_hashes: 1-{MAX_SEGMENTS} hashes")
+        for digest in (*e.segment_hashes, e.public_share_digest):
+            _hash(digest, "evidence hashes")
+        if len(e.signature) != 64:
+            raise ValueError("evidence.signature: 64 bytes")
+        for name, keys in (("prss_keys", e.prss_keys), ("prss_commitments", e.prss_commitments)):
+            if len(keys) > _MAX_PRSS_BYTES or len(keys) % PRSS_KEY_SIZE:
+                raise ValueError(f"evidence.{name}: at most {MAX_PRSS_KEYS} of {PRSS_KEY_SIZE} bytes")
 
 
 class EpochStage(StrEnum):
@@ -354,16 +385,35 @@ class DecryptionShare:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MergedModel:
-    """Hash of the merged parameters the signer decoded from the committed shares."""
+    """Hash of the merged parameters the signer decoded from the committed shares and, in a
+    robust key epoch, the members whose shares were off the polynomial (sorted; see
+    `consensus.decrypt_phase`)."""
 
     round: int
     step: int
     params_hash: bytes
+    culprits: tuple[NodeId, ...] = ()
 
     def __post_init__(self) -> None:
         _range(self.round, 1, MAX_ROUND, "round")
         _range(self.step, 0, 2**62, "step")
         _hash(self.params_hash, "params_hash")
+        if len(self.culprits) > MAX_FOUNDING_MEMBERS:
+            raise ValueError(f"culprits: at most {MAX_FOUNDING_MEMBERS}")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShareMismatch:
+    """The committed point shares of a robust key epoch's round disagree and the signer cannot
+    name the wrong ones (`crypto.robust_merge.WrongShareDetected`): t such votes abort the round."""
+
+    round: int
+    step: int
+
+    def __post_init__(self) -> None:
+        _range(self.round, 1, MAX_ROUND, "round")
+        _range(self.step, 0, 2**62, "step")
 
 
 @final
@@ -427,6 +477,7 @@ TxBody = (
     | EpochSealedShares
     | EpochFingerprint
     | EpochComplaint
+    | EpochPrssComplaint
     | EpochComplete
     | EpochTimeout
     | EpochRejoin
@@ -436,6 +487,7 @@ TxBody = (
     | AggregateVerdict
     | DecryptionShare
     | MergedModel
+    | ShareMismatch
     | PhaseTimeout
     | Stop
     | VoteEquivocation
@@ -450,6 +502,7 @@ TX_BODIES: Final[tuple[type, ...]] = (
     EpochSealedShares,
     EpochFingerprint,
     EpochComplaint,
+    EpochPrssComplaint,
     EpochComplete,
     EpochTimeout,
     EpochRejoin,
@@ -459,6 +512,7 @@ TX_BODIES: Final[tuple[type, ...]] = (
     AggregateVerdict,
     DecryptionShare,
     MergedModel,
+    ShareMismatch,
     PhaseTimeout,
     Stop,
     VoteEquivocation,
@@ -474,6 +528,9 @@ TX_MESSAGES.register("tx.epoch.public-share", EpochPublicShare, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.sealed-shares", EpochSealedShares, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.fingerprint", EpochFingerprint, max_size=MAX_FINGERPRINT + 512)
 TX_MESSAGES.register("tx.epoch.complaint", EpochComplaint, max_size=SEGMENT_BYTES + MAX_SEGMENTS * 34 + 1024)
+TX_MESSAGES.register(
+    "tx.epoch.prss-complaint", EpochPrssComplaint, max_size=2 * _MAX_PRSS_BYTES + MAX_SEGMENTS * 34 + 1024
+)
 TX_MESSAGES.register("tx.epoch.complete", EpochComplete, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.timeout", EpochTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.epoch.rejoin", EpochRejoin, max_size=_SMALL)
@@ -483,7 +540,8 @@ TX_MESSAGES.register("tx.round.contribution", Contribution, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.aggregate", Aggregate, max_size=16 * 1024)
 TX_MESSAGES.register("tx.round.verdict", AggregateVerdict, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.decryption-share", DecryptionShare, max_size=_SMALL)
-TX_MESSAGES.register("tx.round.merged", MergedModel, max_size=_SMALL)
+TX_MESSAGES.register("tx.round.merged", MergedModel, max_size=_SMALL + 40 * MAX_FOUNDING_MEMBERS)
+TX_MESSAGES.register("tx.round.share-mismatch", ShareMismatch, max_size=_SMALL)
 TX_MESSAGES.register("tx.round.timeout", PhaseTimeout, max_size=_SMALL)
 TX_MESSAGES.register("tx.stop", Stop, max_size=_SMALL)
 TX_MESSAGES.register("tx.evidence.equivocation", VoteEquivocation, max_size=2 * MAX_EVIDENCE_VOTE + 512)

@@ -81,6 +81,7 @@ CONTENT_DOMAIN: Final = b"swarmnode/key-share-content/v1\x00"
 _SEGMENT_DOMAIN: Final = b"swarmnode/key-share-segment/v1\x00"
 _COIN_DOMAIN: Final = b"swarmnode/dealing-coin/v1\x00"
 _SEED_DOMAIN: Final = b"swarmnode/dealing-seed/v1\x00"
+_PRSS_DOMAIN: Final = b"swarmnode/key-share-prss/v1\x00"
 _MASK60: Final = (1 << 60) - 1
 
 
@@ -134,6 +135,7 @@ class DealingEvidence:
     shares: bytes  # this segment's packed shares
     blinding: bytes  # this segment's blinding share
     signature: bytes
+    prss_digest: bytes  # `prss_digest` of the PRSS keys in the box, as signed (the keys stay secret)
 
 
 # -- the dealer's polynomials ---------------------------------------------------------------
@@ -267,12 +269,17 @@ def segment_hashes(params: DealingParams, share: bytes, blinding: bytes) -> tupl
     return tuple(_segment_hash(b, *_pieces(share, blinding, b)) for b in range(params.segments))
 
 
+def prss_digest(prss_keys: bytes) -> bytes:
+    """What the statement signs for the PRSS keys in a box (`crypto.prss`; empty if none)."""
+    return hashlib.sha256(_PRSS_DOMAIN + prss_keys).digest()
+
+
 def _statement(
     epoch: bytes, dealer: NodeId, recipient: NodeId, share_length: int, blinding_length: int,
-    hashes: Sequence[bytes],
+    hashes: Sequence[bytes], prss_keys_digest: bytes,
 ) -> bytes:  # fmt: skip
     fields: list[cbor.CborValue] = [CONTENT_DOMAIN, epoch, dealer.public_key, recipient.public_key]
-    return cbor.dumps([*fields, share_length, blinding_length, list(hashes)])
+    return cbor.dumps([*fields, share_length, blinding_length, list(hashes), prss_keys_digest])
 
 
 def sign_share(
@@ -282,19 +289,27 @@ def sign_share(
     recipient: NodeId,
     share: bytes,
     blinding: bytes,
+    prss_keys: bytes,
 ) -> bytes:
     """The dealer's signature over what it sends `recipient` (kept inside the box)."""
     hashes = segment_hashes(params, share, blinding)
-    return dealer.sign(_statement(epoch, dealer.node_id, recipient, len(share), len(blinding), hashes))
+    statement = _statement(
+        epoch, dealer.node_id, recipient, len(share), len(blinding), hashes, prss_digest(prss_keys)
+    )
+    return dealer.sign(statement)
 
 
 def verify_share(
     params: DealingParams, epoch: bytes, dealer: NodeId, recipient: NodeId, share: bytes, blinding: bytes,
-    signature: bytes,
+    signature: bytes, prss_keys: bytes,
 ) -> None:  # fmt: skip
-    """Raise `BadSignature` unless `dealer` signed exactly this share and blinding for `recipient`."""
+    """Raise `BadSignature` unless `dealer` signed exactly this share, blinding and PRSS keys
+    for `recipient`."""
     hashes = segment_hashes(params, share, blinding)
-    dealer.verify(_statement(epoch, dealer, recipient, len(share), len(blinding), hashes), signature)
+    statement = _statement(
+        epoch, dealer, recipient, len(share), len(blinding), hashes, prss_digest(prss_keys)
+    )
+    dealer.verify(statement, signature)
 
 
 # -- checking and judging -------------------------------------------------------------------
@@ -337,7 +352,12 @@ def find_fault(
 
 
 def evidence(
-    params: DealingParams, share: bytes, blinding: bytes, signature: bytes, segment: int
+    params: DealingParams,
+    share: bytes,
+    blinding: bytes,
+    signature: bytes,
+    segment: int,
+    prss_keys: bytes,
 ) -> DealingEvidence:
     """The complaint's evidence: one segment of the signed content we received."""
     shares, blind = _pieces(share, blinding, segment)
@@ -349,11 +369,38 @@ def evidence(
         shares=shares,
         blinding=blind,
         signature=signature,
+        prss_digest=prss_digest(prss_keys),
     )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrssEvidence:
+    """What a member reveals to prove a dealer's PRSS keys for it wrong."""
+
+    share_length: int  # the signed statement of the box: lengths, segment hashes, signature
+    blinding_length: int
+    segment_hashes: tuple[bytes, ...]
+    signature: bytes
+    prss_keys: bytes  # the PRSS keys in the box (revealed)
+    public_share_digest: bytes  # SHA-256 of the dealer's packed public share
+    prss_commitments: bytes  # the dealer's commitments, as in its public share
 
 
 class InvalidEvidence(Exception):
     """The complaint proves nothing: forged, or inconsistent with what the dealer signed."""
+
+
+def verify_statement(
+    epoch: bytes, dealer: NodeId, complainer: NodeId, share_length: int, blinding_length: int,
+    hashes: Sequence[bytes], prss_keys_digest: bytes, signature: bytes,
+) -> None:  # fmt: skip
+    """`InvalidEvidence` unless `dealer` signed this statement of a content for `complainer`."""
+    statement = _statement(epoch, dealer, complainer, share_length, blinding_length, hashes, prss_keys_digest)
+    try:
+        dealer.verify(statement, signature)
+    except BadSignature as exc:
+        raise InvalidEvidence(f"the content is not signed by the dealer {dealer.short}") from exc
 
 
 def judge_complaint(
@@ -376,13 +423,10 @@ def judge_complaint(
         raise InvalidEvidence(f"evidence segment {b} does not have the signed lengths")
     if _segment_hash(b, proof.shares, proof.blinding) != proof.segment_hashes[b]:
         raise InvalidEvidence(f"evidence segment {b} does not match its signed hash")
-    statement = _statement(
-        epoch, dealer, complainer, proof.share_length, proof.blinding_length, proof.segment_hashes
-    )
-    try:
-        dealer.verify(statement, proof.signature)
-    except BadSignature as exc:
-        raise InvalidEvidence(f"the content is not signed by the dealer {dealer.short}") from exc
+    verify_statement(
+        epoch, dealer, complainer, proof.share_length, proof.blinding_length, proof.segment_hashes,
+        proof.prss_digest, proof.signature,
+    )  # fmt: skip
     if (proof.share_length, proof.blinding_length) != (params.share_bytes, params.blinding_bytes):
         return True  # the dealer signed a content of the wrong size
     return _segment_fault(params, coin, threshold, x, fingerprint, b, proof.shares, proof.blinding)

@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from math import comb
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
 
@@ -44,7 +44,9 @@ from .errors import ProtocolError
 from .identity import NodeId
 from .rns import I64, U64, add_mod_into, column, scalar_operand, shoup_mul, signed_split_residues
 from .smudging import gaussian_noise
-from .threshold import EpochSpec
+
+if TYPE_CHECKING:
+    from .threshold import EpochSpec
 
 PRSS_KEY_SIZE: Final = 32
 MAX_PRSS_KEYS: Final = 252  # C(10, 5): n = 10, t = 6
@@ -113,6 +115,24 @@ def prss_subsets(members: int, threshold: int, *, max_keys: int = MAX_PRSS_KEYS)
             f"above the limit of {max_keys} (about n = 10): use a decryption committee"
         )
     return _all_subsets(members, threshold)
+
+
+def robust_epoch(members: int, threshold: int, *, max_keys: int = MAX_PRSS_KEYS) -> bool:
+    """Whether an epoch of n members and threshold t deals PRSS keys (point shares, robust
+    decryption): ``C(n, t-1) <= max_keys``. Larger epochs keep Lagrange shares."""
+    return comb(members, threshold - 1) <= max_keys
+
+
+def subsets_dealt(
+    members: int, threshold: int, dealer: int, recipient: int | None = None
+) -> tuple[Subset, ...]:
+    """The sets whose key the member at point `dealer` draws (all of them, in `deal_keys`
+    order) or deals to the one at `recipient` (the order of the keys in the dealer's box)."""
+    return tuple(
+        s
+        for s in _all_subsets(members, threshold)
+        if key_dealer(s, members) == dealer and (recipient is None or recipient not in s)
+    )
 
 
 def _all_subsets(members: int, threshold: int) -> tuple[Subset, ...]:

@@ -56,6 +56,7 @@ __all__ = [
     "combine_points",
     "default_max_faulty",
     "make_point_share",
+    "point_of",
     "point_share_size",
 ]
 
@@ -63,6 +64,12 @@ __all__ = [
 def point_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
     """Upper bound on the bytes of one point share of a `length`-parameter aggregate."""
     return point_body_size(context(params), length) + MAX_HEADER + 8
+
+
+def point_of(share: bytes, params: CkksParams = DEFAULT_PARAMS) -> int:
+    """The Shamir point a point share claims to be made at (`InvalidDecryptionShare` if malformed):
+    a combiner checks it against the member that committed the share."""
+    return PointShare.from_bytes(context(params), share).point
 
 
 def _aggregate(ctx_params: CkksParams, blob: bytes, length: int | None) -> EncryptedVector:

@@ -14,12 +14,17 @@ import hashlib
 import os
 from typing import Final
 
+import numpy as np
+
 from . import cbor, dealing
-from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, pack60, unpack60
+from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, encode_blob, pack60, unpack60
 from .dealing import DEALING_PARAMS
+from .errors import InvalidDecryptionShare
 from .identity import NodeIdentity
-from .prss import PrssKeyCollector, PrssKeys, deal_keys
+from .pointshare import PointShare
+from .prss import PRSS_KEY_SIZE, PrssKeyCollector, PrssKeys, deal_keys, robust_epoch, subsets_dealt
 from .threshold import (
+    DecryptionShare,
     EpochKeys,
     EpochSpec,
     KeyEpoch,
@@ -93,6 +98,14 @@ def placeholder_fingerprint(threshold: int, ckks_params: str = "ckks-n8192-q60x3
     return bytes(DEALING_PARAMS[ckks_params].fingerprint_size(threshold))
 
 
+def _prss_keys_for(spec: EpochSpec, dealer: NodeIdentity, drawn: bytes, x: int) -> bytes:
+    """The PRSS keys `dealer` (which drew `drawn`, in `deal_keys` order) puts in point x's box."""
+    n, t = len(spec.members), spec.threshold
+    subsets = subsets_dealt(n, t, spec.point(dealer.node_id)) if robust_epoch(n, t) else ()
+    size = PRSS_KEY_SIZE
+    return b"".join(drawn[k * size : (k + 1) * size] for k, subset in enumerate(subsets) if x not in subset)
+
+
 def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
     """`epoch` (ours, not yet revealed) with the share for the next member in epoch order
     moved off the dealing's polynomial, signed as an honest share would be: the
@@ -107,11 +120,36 @@ def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
     share[0, 0] = (int(share[0, 0]) + 1) % params.moduli[0]
     packed = pack60(share)
     blinding = dealing.blinding_shares(params, stored.seed, spec.threshold, x)
-    signature = dealing.sign_share(params, identity, spec.epoch_id, victim, packed, blinding)
-    content = KeyShareContent(spec.epoch_id, identity.node_id, victim, packed, blinding, signature)
+    keys = _prss_keys_for(spec, identity, stored.prss_keys, x)
+    signature = dealing.sign_share(params, identity, spec.epoch_id, victim, packed, blinding, keys)
+    content = KeyShareContent(spec.epoch_id, identity.node_id, victim, packed, blinding, signature, keys)
     box = victim.seal(cbor.dumps_dataclass(content))
     sealed = tuple(
         StoredSealedShare(recipient=b.recipient, box=box if b.recipient == victim else b.box)
         for b in stored.sealed
     )
     return KeyEpoch.import_secret(cbor.dumps_dataclass(dataclasses.replace(stored, sealed=sealed)), identity)
+
+
+BYZANTINE_SHIFT: Final = 1 << 83  # about 0.008 in every merged parameter at scale 2^90
+
+
+def byzantine_share(blob: bytes, delta: int = BYZANTINE_SHIFT) -> bytes:
+    """A decryption share or point share `blob` with `delta` added (mod each prime) to every
+    coefficient but the weight coefficient: the Byzantine decryptor of issue 20's attack 3,
+    whose share passes the weight-sum check (for fault-injection tests)."""
+    ctx = context()
+    share: PointShare | DecryptionShare
+    try:
+        share = PointShare.from_bytes(ctx, blob)
+    except InvalidDecryptionShare:
+        share = DecryptionShare.from_bytes(ctx, blob)
+    header = share.header
+    body = share.batch(0, header.chunks).copy()
+    for j, q in enumerate(ctx.data_moduli):
+        row = body[:, j, :].reshape(-1)
+        weight = row[header.length]
+        row[:] = (row + np.uint64(delta % q)) % np.uint64(q)
+        row[header.length] = weight
+        body[:, j, :] = row.reshape(body.shape[0], -1)
+    return encode_blob(blob[:4], header, [pack60(body)])

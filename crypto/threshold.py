@@ -56,7 +56,7 @@ from typing import Final, final
 
 import numpy as np
 
-from . import cbor, dealing
+from . import cbor, dealing, prss
 from .ckks import (
     BATCH_CHUNKS,
     DEFAULT_PARAMS,
@@ -152,10 +152,13 @@ class EpochSpec:
 @final
 @dataclass(frozen=True, slots=True)
 class PublicKeyShare:
-    """``b_i = -a * s_i + e_i`` of the sender (key level, NTT form, 60-bit packed)."""
+    """``b_i = -a * s_i + e_i`` of the sender (key level, NTT form, 60-bit packed) and, in a
+    robust epoch, the commitments to the PRSS keys it deals (`prss.key_commitment`, 32 bytes
+    each in `prss.deal_keys` order; empty otherwise): both are fixed by its commitment."""
 
     epoch: bytes
     share: bytes
+    prss_commitments: bytes
 
 
 @final
@@ -172,8 +175,10 @@ class SealedKeyShare:
 @dataclass(frozen=True, slots=True)
 class KeyShareContent:
     """Plaintext inside a `SealedKeyShare` box: ``f_dealer(x_recipient)`` (data level, packed),
-    the blinding shares ``eta_b(x_recipient)`` and the dealer's signature over both
-    (`dealing.sign_share`), which lets the recipient prove what it received."""
+    the blinding shares ``eta_b(x_recipient)``, in a robust epoch the PRSS keys the dealer
+    deals the recipient (`prss.subsets_dealt` order, 32 bytes each; empty otherwise) and the
+    dealer's signature over all three (`dealing.sign_share`), which lets the recipient prove
+    what it received."""
 
     epoch: bytes
     dealer: NodeId
@@ -181,6 +186,7 @@ class KeyShareContent:
     share: bytes
     blinding: bytes
     signature: bytes
+    prss_keys: bytes
 
 
 def _poly_bytes(params: CkksParams, primes: int) -> int:
@@ -192,7 +198,8 @@ def threshold_messages(params: CkksParams = DEFAULT_PARAMS) -> MessageTypes:
     slack = ENVELOPE_OVERHEAD + 512  # CBOR framing of the bodies, box overhead, ids
     types = MessageTypes()
     types.register("ckks.public_share", PublicKeyShare, max_size=_poly_bytes(params, 3) + slack)
-    types.register("ckks.sealed_share", SealedKeyShare, max_size=_poly_bytes(params, 2) + slack)
+    prss_keys = prss.MAX_PRSS_KEYS * prss.PRSS_KEY_SIZE
+    types.register("ckks.sealed_share", SealedKeyShare, max_size=_poly_bytes(params, 2) + prss_keys + slack)
     return types
 
 
@@ -208,9 +215,21 @@ def common_random_poly(ctx: CkksContext, epoch_id: bytes) -> U64:
     return ctx.seal.sample_uniform(seed)
 
 
-def public_share_commitment(epoch_id: bytes, member: NodeId, packed_share: bytes) -> bytes:
-    """SHA-256 binding a packed public share to its epoch and member (what goes on the ledger)."""
-    return hashlib.sha256(_COMMITMENT_DOMAIN + epoch_id + member.public_key + packed_share).digest()
+def public_share_commitment(
+    epoch_id: bytes, member: NodeId, packed_share: bytes, prss_commitments: bytes
+) -> bytes:
+    """SHA-256 binding a packed public share and the PRSS key commitments to their epoch and
+    member (what goes on the ledger; `commitment_of_digest` with the share's SHA-256)."""
+    return commitment_of_digest(epoch_id, member, hashlib.sha256(packed_share).digest(), prss_commitments)
+
+
+def commitment_of_digest(
+    epoch_id: bytes, member: NodeId, share_digest: bytes, prss_commitments: bytes
+) -> bytes:
+    """`public_share_commitment` from the share's SHA-256: what the ledger checks a PRSS
+    complaint's commitments against without the 180 KB share."""
+    data = _COMMITMENT_DOMAIN + epoch_id + member.public_key + share_digest + prss_commitments
+    return hashlib.sha256(data).digest()
 
 
 def _unpack_poly(ctx: CkksContext, data: bytes, primes: int, error: type[ProtocolError], what: str) -> U64:
@@ -269,17 +288,20 @@ class StoredEpochKeys:
     public_key: bytes
     secret: bytes  # our own s_i (data level, NTT form)
     dealer_shares: bytes  # f_i(x_me) of every member i, in member order
+    prss_keys: bytes  # robust epochs: our PRSS keys in `PrssKeys.keys` order; empty otherwise
 
 
 @final
 class EpochKeys:
-    """The outcome of a key epoch at one member: collective public key, own secret, dealer shares."""
+    """The outcome of a key epoch at one member: collective public key, own secret, dealer
+    shares and, in a robust epoch (`prss.robust_epoch`), our PRSS keys."""
 
     __slots__ = (
         "_dealer_quotients",
         "context",
         "dealer_shares",
         "me",
+        "prss",
         "public_key",
         "secret",
         "smudging_spent",
@@ -287,14 +309,16 @@ class EpochKeys:
     )
 
     def __init__(
-        self, ctx: CkksContext, spec: EpochSpec, me: NodeId, public_key: U64, secret: U64, dealer_shares: U64
-    ) -> None:
+        self, ctx: CkksContext, spec: EpochSpec, me: NodeId, public_key: U64, secret: U64, dealer_shares: U64,
+        prss_keys: prss.PrssKeys | None = None,
+    ) -> None:  # fmt: skip
         self.context: Final = ctx
         self.spec: Final = spec
         self.me: Final = me
         self.public_key: Final = public_key  # (2, L_key, N): (sum b_i, a), NTT form
         self.secret: Final = secret  # (L, N): our s_i, NTT form, data level
         self.dealer_shares: Final = dealer_shares  # (n, L, N): f_i(x_me) in member order, NTT form
+        self.prss: Final = prss_keys
         self._dealer_quotients: U64 | None = None
         # Smudging budget units (`SmudgingBudget.units`) of every share made with these keys
         # since they were loaded; the ledger's count (the contract) is the durable one.
@@ -316,9 +340,10 @@ class EpochKeys:
 
     def export_secret(self) -> bytes:
         """Canonical bytes of these keys for the node's own key store (secret: store with mode 0600)."""
+        own_prss = b"" if self.prss is None else b"".join(key for _, key in self.prss.keys)
         stored = StoredEpochKeys(
-            2, self.spec.epoch_id, self.spec.members, self.spec.threshold, self.me,
-            pack60(self.public_key), pack60(self.secret), pack60(self.dealer_shares),
+            3, self.spec.epoch_id, self.spec.members, self.spec.threshold, self.me,
+            pack60(self.public_key), pack60(self.secret), pack60(self.dealer_shares), own_prss,
         )  # fmt: skip
         return cbor.dumps_dataclass(stored)
 
@@ -327,7 +352,7 @@ class EpochKeys:
         """Inverse of `export_secret`; raises a `ProtocolError` subclass if the bytes are bad."""
         stored = cbor.loads_dataclass(StoredEpochKeys, data, max_depth=2)
         ctx = context(params)
-        if stored.version != 2:
+        if stored.version != 3:
             raise InvalidKeyShare(f"unsupported stored key version {stored.version}")
         try:
             spec = EpochSpec(stored.epoch_id, stored.members, stored.threshold)
@@ -352,7 +377,27 @@ class EpochKeys:
                          "stored dealer share")
             for k in range(members)
         ])  # fmt: skip
-        return cls(ctx, spec, stored.me, np.stack([public, crs]), secret, dealer_shares)
+        prss_keys = _stored_prss_keys(spec, spec.point(stored.me), stored.prss_keys)
+        return cls(ctx, spec, stored.me, np.stack([public, crs]), secret, dealer_shares, prss_keys)
+
+
+def _split_keys(
+    data: bytes, subsets: Sequence[prss.Subset], what: str
+) -> tuple[tuple[prss.Subset, bytes], ...]:
+    size = prss.PRSS_KEY_SIZE
+    if len(data) != size * len(subsets):
+        raise InvalidKeyShare(f"{what}: {len(data)} bytes, need {len(subsets)} PRSS keys of {size}")
+    return tuple((s, data[k * size : (k + 1) * size]) for k, s in enumerate(subsets))
+
+
+def _stored_prss_keys(spec: EpochSpec, point: int, data: bytes) -> prss.PrssKeys | None:
+    n, t = len(spec.members), spec.threshold
+    if not prss.robust_epoch(n, t):
+        if data:
+            raise InvalidKeyShare("stored keys: PRSS keys for an epoch too large for them")
+        return None
+    subsets = tuple(s for s in prss.prss_subsets(n, t) if point not in s)
+    return prss.PrssKeys(spec.epoch_id, n, t, point, _split_keys(data, subsets, "stored PRSS keys"))
 
 
 @final
@@ -361,13 +406,15 @@ class OwnDealing:
     """What a member deals in a key epoch, all it needs to reveal and finish it: the packed
     public share ``b_i`` (key level), its secret ``s_i`` and own Shamir share ``f_i(x_i)``
     (data level, secret), the seed of its Shamir and blinding polynomials (secret, for the
-    fingerprint) and the sealed shares for the other members (in member order)."""
+    fingerprint), the PRSS keys it draws (robust epochs; secret) and the sealed shares for
+    the other members (in member order)."""
 
     public_share: bytes
     secret: bytes
     own_share: bytes
     seed: bytes
     sealed: tuple[SealedKeyShare, ...]
+    prss: tuple[prss.DealtKey, ...]
 
 
 @final
@@ -392,14 +439,24 @@ class StoredKeyEpoch:
     own_share: bytes
     seed: bytes
     sealed: tuple[StoredSealedShare, ...]
+    prss_keys: bytes  # the PRSS keys we drew, in `prss.deal_keys` order (robust epochs)
 
 
-def _sealed_box_size(ctx: CkksContext, epoch_id: bytes, dealer: NodeId, recipient: NodeId) -> int:
+def _prss_subsets_dealt(spec: EpochSpec, dealer: NodeId, recipient: NodeId) -> tuple[prss.Subset, ...]:
+    n, t = len(spec.members), spec.threshold
+    if not prss.robust_epoch(n, t):
+        return ()
+    return prss.subsets_dealt(n, t, spec.point(dealer), spec.point(recipient))
+
+
+def _sealed_box_size(ctx: CkksContext, spec: EpochSpec, dealer: NodeId, recipient: NodeId) -> int:
     """Byte size of the sealed box holding one Shamir share (CBOR lengths depend on sizes only)."""
     params = dealing_params(ctx)
+    prss_size = prss.PRSS_KEY_SIZE * len(_prss_subsets_dealt(spec, dealer, recipient))
     content = KeyShareContent(
-        epoch_id, dealer, recipient, bytes(params.share_bytes), bytes(params.blinding_bytes), bytes(64)
-    )
+        spec.epoch_id, dealer, recipient, bytes(params.share_bytes), bytes(params.blinding_bytes), bytes(64),
+        bytes(prss_size),
+    )  # fmt: skip
     return len(cbor.dumps_dataclass(content)) + _SEALED_BOX_OVERHEAD
 
 
@@ -417,6 +474,7 @@ def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> 
     public_share = pack60(add_mod(neg_mod(a_times_s, key_col), error, key_col))
     me = identity.node_id
     params, seed = dealing_params(ctx), os.urandom(32)
+    dealt = prss.deal_keys(spec, me) if prss.robust_epoch(len(spec.members), spec.threshold) else ()
     coefficients = dealing.shamir_coefficients(params, seed, spec.threshold)
     shares = dealing.shamir_shares(params, secret[: len(ctx.data_moduli)], coefficients, len(spec.members))
     own = b""
@@ -427,12 +485,18 @@ def _deal(ctx: CkksContext, spec: EpochSpec, identity: NodeIdentity, a: U64) -> 
             own = packed
             continue
         blinding = dealing.blinding_shares(params, seed, spec.threshold, x)
-        signature = dealing.sign_share(params, identity, spec.epoch_id, member, packed, blinding)
-        content = KeyShareContent(spec.epoch_id, me, member, packed, blinding, signature)
+        keys = b"".join(d.key for d in dealt if x in d.recipients)
+        signature = dealing.sign_share(params, identity, spec.epoch_id, member, packed, blinding, keys)
+        content = KeyShareContent(spec.epoch_id, me, member, packed, blinding, signature, keys)
         sealed.append(SealedKeyShare(spec.epoch_id, member, member.seal(cbor.dumps_dataclass(content))))
     data_secret = pack60(secret[: len(ctx.data_moduli)])
     return OwnDealing(
-        public_share=public_share, secret=data_secret, own_share=own, seed=seed, sealed=tuple(sealed)
+        public_share=public_share,
+        secret=data_secret,
+        own_share=own,
+        seed=seed,
+        sealed=tuple(sealed),
+        prss=dealt,
     )
 
 
@@ -468,6 +532,7 @@ class KeyEpoch:
         "_dealing",
         "_identity",
         "_outgoing",
+        "_prss_commitments",
         "_public",
         "_received",
         "commitment",
@@ -495,14 +560,18 @@ class KeyEpoch:
             dealing = _deal(ctx, spec, identity, self._a)
         me = identity.node_id
         self._dealing = dealing
+        own_commitments = b"".join(d.commitment(spec.epoch_id) for d in dealing.prss)
         self._public: dict[NodeId, bytes] = {me: dealing.public_share}
+        self._prss_commitments: dict[NodeId, bytes] = {me: own_commitments}
         self._received: dict[NodeId, bytes] = {me: dealing.own_share}
         self._contents: dict[NodeId, KeyShareContent] = {}  # signed, from the other dealers
         self._outgoing: tuple[PublicKeyShare | SealedKeyShare, ...] = (
-            PublicKeyShare(spec.epoch_id, dealing.public_share),
+            PublicKeyShare(spec.epoch_id, dealing.public_share, own_commitments),
             *dealing.sealed,
         )
-        self.commitment: Final = public_share_commitment(spec.epoch_id, me, dealing.public_share)
+        self.commitment: Final = public_share_commitment(
+            spec.epoch_id, me, dealing.public_share, own_commitments
+        )
         self._commitments: dict[NodeId, bytes] | None = None
 
     def export_secret(self) -> bytes:
@@ -513,7 +582,7 @@ class KeyEpoch:
         bundles), nor are the fixed commitments (they are on the ledger)."""
         d = self._dealing
         stored = StoredKeyEpoch(
-            version=3,
+            version=4,
             epoch_id=self.spec.epoch_id,
             members=self.spec.members,
             threshold=self.spec.threshold,
@@ -523,6 +592,7 @@ class KeyEpoch:
             own_share=d.own_share,
             seed=d.seed,
             sealed=tuple(StoredSealedShare(recipient=b.recipient, box=b.box) for b in d.sealed),
+            prss_keys=b"".join(k.key for k in d.prss),
         )
         return cbor.dumps_dataclass(stored)
 
@@ -535,7 +605,7 @@ class KeyEpoch:
         a `ProtocolError` subclass (`SchemaError`, `NonCanonicalEncoding`, `InvalidKeyShare`...)
         whose message names what is wrong."""
         stored = cbor.loads_dataclass(StoredKeyEpoch, data, max_depth=3)
-        if stored.version != 3:
+        if stored.version != 4:
             raise InvalidKeyShare(f"unsupported stored key-epoch version {stored.version}")
         if len(stored.seed) != 32:
             raise InvalidKeyShare(f"stored key epoch: polynomial seed of {len(stored.seed)} bytes, not 32")
@@ -559,7 +629,7 @@ class KeyEpoch:
         if recipients != others:
             raise InvalidKeyShare("stored key epoch: need one sealed share per other member, in member order")
         for share in stored.sealed:
-            expected = _sealed_box_size(ctx, spec.epoch_id, me, share.recipient)
+            expected = _sealed_box_size(ctx, spec, me, share.recipient)
             if len(share.box) != expected:
                 raise InvalidKeyShare(
                     f"stored sealed share for {share.recipient.short} has {len(share.box)} bytes, "
@@ -571,6 +641,7 @@ class KeyEpoch:
             own_share=stored.own_share,
             seed=stored.seed,
             sealed=tuple(SealedKeyShare(spec.epoch_id, s.recipient, s.box) for s in stored.sealed),
+            prss=_stored_dealt_keys(spec, me, stored.prss_keys),
         )
         return cls(spec, identity, params, dealing=dealing)
 
@@ -593,10 +664,12 @@ class KeyEpoch:
         bad = tuple(
             m
             for m, share in self._public.items()
-            if public_share_commitment(self.spec.epoch_id, m, share) != self._commitments[m]
+            if public_share_commitment(self.spec.epoch_id, m, share, self._prss_commitments[m])
+            != self._commitments[m]
         )
         for member in bad:
             del self._public[member]
+            del self._prss_commitments[member]
         return bad
 
     def outgoing(self) -> tuple[PublicKeyShare | SealedKeyShare, ...]:
@@ -622,10 +695,15 @@ class KeyEpoch:
         if body.epoch != self.spec.epoch_id:
             raise InvalidKeyShare("public share for another epoch")
         _unpack_poly(self._context, body.share, 3, InvalidKeyShare, "public share")
-        digest = public_share_commitment(self.spec.epoch_id, sender, body.share)
+        n, t = len(self.spec.members), self.spec.threshold
+        dealt = prss.subsets_dealt(n, t, self.spec.point(sender)) if prss.robust_epoch(n, t) else ()
+        if len(body.prss_commitments) != 32 * len(dealt):
+            raise InvalidKeyShare(f"public share of {sender.short}: need {len(dealt)} PRSS key commitments")
+        digest = public_share_commitment(self.spec.epoch_id, sender, body.share, body.prss_commitments)
         if self._commitments is not None and digest != self._commitments[sender]:
             raise InvalidKeyShare(f"public share of {sender.short} does not match its commitment")
         _store_once(self._public, sender, body.share, "public share")
+        _store_once(self._prss_commitments, sender, body.prss_commitments, "PRSS key commitments")
 
     def _receive_sealed(self, sender: NodeId, body: SealedKeyShare) -> None:
         me = self._identity.node_id
@@ -640,7 +718,7 @@ class KeyEpoch:
         try:
             dealing.verify_share(
                 dealing_params(self._context), content.epoch, sender, me, content.share, content.blinding,
-                content.signature,
+                content.signature, content.prss_keys,
             )  # fmt: skip
         except BadSignature:
             raise InvalidKeyShare(f"sealed share content not signed by its dealer {sender.short}") from None
@@ -670,7 +748,7 @@ class KeyEpoch:
             share, blinding = content.share, content.blinding
             fault = dealing.find_fault(params, coin, t, x, fingerprints[dealer], share, blinding)
             if fault is not None:
-                proof = dealing.evidence(params, share, blinding, content.signature, fault)
+                proof = dealing.evidence(params, share, blinding, content.signature, fault, content.prss_keys)
                 found.append((dealer, proof))
         return tuple(found)
 
@@ -697,8 +775,78 @@ class KeyEpoch:
         ])  # fmt: skip
         secret = _unpack_poly(ctx, self._dealing.secret, data_primes, InvalidKeyShare, "own secret")
         return EpochKeys(
-            ctx, self.spec, self._identity.node_id, np.stack([b, self._a]), secret, dealer_shares
+            ctx, self.spec, self._identity.node_id, np.stack([b, self._a]), secret, dealer_shares,
+            self._collect_prss(),
+        )  # fmt: skip
+
+    def prss_evidence(self, dealer: NodeId) -> dealing.PrssEvidence:
+        """What a complaint about `dealer`'s PRSS keys for us reveals (`crypto.prss_complaint`):
+        the signed statement and keys of its box, its public share's digest and commitments."""
+        content = self._contents[dealer]
+        return dealing.PrssEvidence(
+            share_length=len(content.share),
+            blinding_length=len(content.blinding),
+            segment_hashes=dealing.segment_hashes(
+                dealing_params(self._context), content.share, content.blinding
+            ),
+            signature=content.signature,
+            prss_keys=content.prss_keys,
+            public_share_digest=hashlib.sha256(self._public[dealer]).digest(),
+            prss_commitments=self._prss_commitments[dealer],
         )
+
+    def prss_faults(self) -> tuple[NodeId, ...]:
+        """The dealers whose PRSS keys for us are missing from their box or do not match their
+        committed commitments (once nothing is `missing`): `finish` refuses them."""
+        return tuple(d for d, content in self._contents.items() if self._prss_fault(d, content.prss_keys))
+
+    def _dealer_commitments(self) -> dict[prss.Subset, bytes]:
+        n, t = len(self.spec.members), self.spec.threshold
+        commitments: dict[prss.Subset, bytes] = {}
+        for member, packed in self._prss_commitments.items():
+            subsets = prss.subsets_dealt(n, t, self.spec.point(member))
+            commitments.update(_split_keys(packed, subsets, f"PRSS commitments of {member.short}"))
+        return commitments
+
+    def _prss_fault(self, dealer: NodeId, keys: bytes) -> bool:
+        n, t = len(self.spec.members), self.spec.threshold
+        if not prss.robust_epoch(n, t):
+            return bool(keys)
+        subsets = prss.subsets_dealt(n, t, self.spec.point(dealer), self.spec.point(self._identity.node_id))
+        if len(keys) != prss.PRSS_KEY_SIZE * len(subsets):
+            return True
+        commitments = self._dealer_commitments()
+        return any(
+            prss.key_commitment(self.spec.epoch_id, subset, key) != commitments[subset]
+            for subset, key in _split_keys(keys, subsets, "PRSS keys")
+        )
+
+    def _collect_prss(self) -> prss.PrssKeys | None:
+        """Our PRSS keys (robust epochs): our own draws and every dealer's keys for us,
+        each checked against its dealer's commitment (`prss.InvalidPrssKey` names the dealer)."""
+        n, t = len(self.spec.members), self.spec.threshold
+        if not prss.robust_epoch(n, t):
+            return None
+        me = self._identity.node_id
+        collector = prss.PrssKeyCollector(self.spec, me, self._dealing.prss, self._dealer_commitments())
+        for dealer, content in self._contents.items():
+            subsets = prss.subsets_dealt(n, t, self.spec.point(dealer), self.spec.point(me))
+            if len(content.prss_keys) != prss.PRSS_KEY_SIZE * len(subsets):
+                raise prss.InvalidPrssKey(
+                    f"{dealer.short} dealt us {len(content.prss_keys)} bytes of PRSS keys"
+                )
+            for subset, key in _split_keys(content.prss_keys, subsets, f"PRSS keys from {dealer.short}"):
+                collector.receive(dealer, subset, key)
+        return collector.finish()
+
+
+def _stored_dealt_keys(spec: EpochSpec, me: NodeId, data: bytes) -> tuple[prss.DealtKey, ...]:
+    n, t, point = len(spec.members), spec.threshold, spec.point(me)
+    subsets = prss.subsets_dealt(n, t, point) if prss.robust_epoch(n, t) else ()
+    return tuple(
+        prss.DealtKey(subset, key, tuple(x for x in prss.key_holders(subset, n) if x != point))
+        for subset, key in _split_keys(data, subsets, "stored PRSS keys")
+    )
 
 
 def _store_once(slot: dict[NodeId, bytes], sender: NodeId, value: bytes, what: str) -> None:

@@ -68,7 +68,9 @@ PHASES: Final = {
         "AggregateBuilder.add": "aggregate",  # the sum, added as the blobs arrive
         "AggregateBuilder.result": "aggregate",
         "decryption_share": "decryption_share",
+        "make_point_share": "decryption_share",  # robust key epochs (n <= 10)
         "combine": "combine",
+        "combine_points": "combine",
     },
     "plain": {
         "encode_plaintext_update": "encrypt",

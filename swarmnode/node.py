@@ -89,6 +89,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -98,6 +99,7 @@ from consensus.transactions import (
     MergedModel,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     TxBody,
     TxSigner,
@@ -108,6 +110,14 @@ from crypto import cbor
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType, WrongChain
 from crypto.identity import NodeId, NodeIdentity
+from crypto.robust_merge import (
+    UncheckablePoints,
+    WrongShareDetected,
+    combine_points,
+    default_max_faulty,
+    make_point_share,
+    point_of,
+)
 from crypto.secure_merge import (
     AggregateBuilder,
     DecryptionRefused,
@@ -122,7 +132,7 @@ from crypto.secure_merge import (
     encrypt_update,
     start_key_epoch,
 )
-from crypto.testing import inconsistent_dealing
+from crypto.testing import byzantine_share, inconsistent_dealing
 from models.flatten import spec_layout
 from models.merge import MergeMethod
 from models.merge import merge as merge_parameters
@@ -267,6 +277,8 @@ class Faults:
                      which the node crashes: it stops every task and closes its transport.
     bad_dealing:     as key-epoch dealer, send the next member a signed share that is off
                      the dealing's polynomial (`crypto.testing.inconsistent_dealing`).
+    byzantine_share: as decryptor, publish our share shifted on every coefficient but the
+                     weight coefficient (`crypto.testing.byzantine_share`).
     """
 
     wrong_aggregate: bool = False
@@ -274,6 +286,7 @@ class Faults:
     trust_aggregate: bool = False
     crash_before: frozenset[str] = frozenset()
     bad_dealing: bool = False
+    byzantine_share: bool = False
 
 
 @final
@@ -1137,7 +1150,12 @@ class Node:
             for dealer, proof in complaints:  # the contract judges them; the epoch starts over
                 self._log.warning("key epoch %d: bad share from %s: complaining", job.epoch, dealer.short)
                 await self.submit(EpochComplaint(epoch=job.epoch, dealer=dealer, evidence=proof))
-            if complaints:
+            bad_keys = () if complaints else epoch.prss_faults()
+            for dealer in bad_keys:
+                self._log.warning("key epoch %d: bad PRSS keys from %s: complaining", job.epoch, dealer.short)
+                opened = epoch.prss_evidence(dealer)
+                await self.submit(EpochPrssComplaint(epoch=job.epoch, dealer=dealer, evidence=opened))
+            if complaints or bad_keys:
                 return
             keys = await self._compute(epoch.finish)
             self.files.save_epoch(job.epoch, "keys", keys.export_secret())
@@ -1312,10 +1330,22 @@ class Node:
         contributions: int,
     ) -> bytes:
         """Our decryption share of `aggregate` for `decrypt_set`, made once (its smudging noise is
-        fresh per call: one aggregate never gets two different shares from us)."""
+        fresh per call: one aggregate never gets two different shares from us). In a robust
+        epoch our point share instead: not bound to the set, the same bytes whenever asked."""
         keys = self._keys[epoch]
         min_peers = self.genesis.training.min_peers
         binding = self._binding(round_number)
+        if keys.prss is not None:
+            prss_keys = keys.prss
+            return await self._once(
+                ("point", round_number, epoch, contributions, hashlib.sha256(aggregate).digest()),
+                lambda: self._compute(
+                    lambda: make_point_share(
+                        keys, prss_keys, aggregate, contributions=contributions, min_peers=min_peers,
+                        binding=binding, length=self.n_params,
+                    )
+                ),
+            )  # fmt: skip
         key = ("share", round_number, epoch, decrypt_set, contributions, hashlib.sha256(aggregate).digest())
         return await self._once(
             key,
@@ -1427,6 +1457,8 @@ class Node:
         shared = self._share_log.get(job.epoch, job.aggregate_hash)
         if shared is None:
             share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
+            if self.options.faults.byzantine_share:
+                share = byzantine_share(share)
             shared = self._share_log.get(job.epoch, job.aggregate_hash)  # released meanwhile?
             if shared is None:
                 digest = hashlib.sha256(share).digest()
@@ -1459,10 +1491,15 @@ class Node:
         )
         aggregate = blobs[job.aggregate_hash]
         shares = [blobs[vote.value] for vote in job.shares]
-        if self.genesis.training.secure:
+        if self.genesis.training.secure and self._keys[job.epoch].prss is not None:
+            verdict = await self._robust_combine(job, aggregate, shares)
+            if verdict is None:
+                return
+            data, culprits = verdict
+        elif self.genesis.training.secure:
             keys = self._keys[job.epoch]
             merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
-            data = merged.mean.astype("<f4").tobytes()
+            data, culprits = merged.mean.astype("<f4").tobytes(), ()
         else:
             # Plaintext: the aggregate IS the merged model; the shares only confirm it.
             for vote, share in zip(job.shares, shares, strict=True):
@@ -1470,12 +1507,44 @@ class Node:
                 if confirmation.node_id != vote.node_id or confirmation.aggregate_hash != job.aggregate_hash:
                     raise MalformedMessage(f"{vote.node_id.short}'s confirmation is not for this aggregate")
             data = decode_plaintext_model(aggregate, length=self.n_params).astype("<f4").tobytes()
+            culprits = ()
         if len(data) != 4 * self.n_params:
             raise SwarmError(f"merged model has {len(data) // 4} parameters, expected {self.n_params}")
         digest = self.files.save_model(data)
         self._hold_model(digest, data)
-        await self.submit(MergedModel(round=job.round, step=job.step, params_hash=digest))
+        await self.submit(MergedModel(round=job.round, step=job.step, params_hash=digest, culprits=culprits))
         self._log.info("round %d: merged model %s", job.round, digest.hex()[:12])
+
+    async def _robust_combine(
+        self, job: CombineShares, aggregate: bytes, shares: list[bytes]
+    ) -> tuple[bytes, tuple[NodeId, ...]] | None:
+        """The checked merge of a robust epoch's point shares and the members named for wrong
+        ones; None after voting `ShareMismatch` (wrong shares detected, none nameable)."""
+        keys = self._keys[job.epoch]
+        spec = keys.spec
+        for vote, share in zip(job.shares, shares, strict=True):
+            # Each point must be its committer's own: a member cannot pass off another's point.
+            if point_of(share) != spec.point(vote.node_id):
+                raise MalformedMessage(f"{vote.node_id.short}'s decryption share is not its own point")
+        configured = self.genesis.training.robust_max_faulty
+        faulty = configured or default_max_faulty(len(spec.members), spec.threshold)
+        # With exactly t points nothing can be checked (as with Lagrange shares): merge unchecked
+        # rather than stall; the t+1 contribution rule keeps this to rounds that lost decryptors.
+        faulty = min(faulty, len(shares) - spec.threshold)
+        if faulty == 0:
+            self._log.warning("round %d: only t point shares: the merge is not checked", job.round)
+        try:
+            verdict = await self._compute(
+                lambda: combine_points(spec, aggregate, shares, max_faulty=faulty, length=self.n_params)
+            )
+        except (WrongShareDetected, UncheckablePoints) as exc:
+            self._log.warning("round %d: point shares disagree, nobody can be named: %s", job.round, exc)
+            await self.submit(ShareMismatch(round=job.round, step=job.step))
+            return None
+        culprits = tuple(sorted((w.member for w in verdict.wrong), key=lambda n: n.public_key))
+        for culprit in culprits:
+            self._log.warning("round %d: %s's decryption share is wrong; naming it", job.round, culprit.short)
+        return verdict.merged.mean.astype("<f4").tobytes(), culprits
 
     async def _load_merged(self, job: Job) -> None:
         assert isinstance(job, LoadMerged)

@@ -20,6 +20,7 @@ from consensus.contract import (
     MERGED,
     VERIFIER_TIMEOUT,
     WRONG_AGGREGATE,
+    WRONG_SHARE,
     Contract,
     Round,
 )
@@ -48,6 +49,7 @@ from consensus.transactions import (
     Phase,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     TxBody,
     TxSigner,
@@ -485,7 +487,7 @@ def test_round_waits_for_the_key_epoch_then_starts_when_everyone_is_ready() -> N
     assert r.threshold == 3
     assert r.leader == r.participants[0]
     assert r.verifier == r.participants[1]
-    assert set(r.decrypt_set) == set(r.participants[:3])
+    assert set(r.decrypt_set) == set(r.participants)  # a robust epoch: every participant decrypts
     chain.rejected(NODES[0], Ready(round=1, weight=5), "already started")
     assert r.ready_weight == sum(10 + i for i in range(4))
 
@@ -601,10 +603,7 @@ def test_a_full_round_and_its_rejections() -> None:
     chain.ok(r.verifier, verdict)
     r = chain.round
     assert r.phase == Phase.DECRYPT
-    not_decryptor = next(p for p in r.participants if p not in r.decrypt_set)
-    chain.rejected(
-        not_decryptor, DecryptionShare(round=1, step=r.step, share_hash=digest(1)), "not in the decrypt"
-    )
+    assert set(r.decrypt_set) == set(r.participants)  # a robust epoch: every participant decrypts
     chain.rejected(r.decrypt_set[0], MergedModel(round=1, step=r.step, params_hash=digest(1)), "incomplete")
     chain.decrypt(r.decrypt_set[:1])
     chain.rejected(
@@ -743,9 +742,9 @@ def test_decryptor_timeout_abandons_the_aggregate() -> None:
     chain.aggregate()
     chain.verify()
     r = chain.round
-    assert len(r.decrypt_set) == 3
-    chain.decrypt(r.decrypt_set[:2])
-    missing = r.decrypt_set[2]
+    assert len(r.decrypt_set) == 5  # a robust epoch: every participant decrypts
+    chain.decrypt(r.decrypt_set[:4])
+    missing = r.decrypt_set[4]
     chain.timeout()
     closed = chain.contract.history()[-1]
     assert closed.outcome == ABORTED  # never a second decrypt set for one aggregate
@@ -1017,3 +1016,74 @@ def test_vote_equivocation_evidence() -> None:
     chain.rejected(NODES[1], VoteEquivocation(first=b, second=a), "already recorded")
     conflicting_nil = votes.seal(cheat, Prevote(height=1, round=0, block_hash=digest("c")))
     chain.rejected(NODES[1], VoteEquivocation(first=conflicting_nil, second=b), "already recorded")
+
+
+# -- Robust decryption (point shares, consensus.decrypt_phase) -------------------------
+
+
+def decrypted_chain(n: int) -> Chain:
+    chain = started_chain(n)
+    chain.all_ready()
+    chain.contribute()
+    chain.aggregate()
+    chain.verify()
+    chain.decrypt()
+    return chain
+
+
+def test_a_named_wrong_share_is_recorded_and_left_out_of_later_decrypt_sets() -> None:
+    """Issue 20 attack 3 at the contract: the combiners name the member whose point share is
+    off the polynomial; t matching (hash, culprits) votes close the round with WRONG_SHARE
+    evidence carrying its committed share hash, and the culprit decrypts no more this epoch."""
+    chain = decrypted_chain(5)
+    r = chain.round
+    culprit = r.decrypt_set[1]
+    merged = digest("honest merge")
+    outsider_vote = MergedModel(round=1, step=r.step, params_hash=merged, culprits=(NODES[7],))
+    chain.rejected(r.participants[0], outsider_vote, "not in the decrypt set")
+    named = MergedModel(round=1, step=r.step, params_hash=merged, culprits=(culprit,))
+    chain.ok(r.participants[0], named)
+    chain.ok(r.participants[1], named)
+    chain.merge(r.participants[2:3], merged)  # same hash, no culprit named: does not match
+    assert chain.round.phase == Phase.DECRYPT
+    chain.ok(r.participants[3], named)
+    closed = chain.contract.history()[-1]
+    assert (closed.outcome, closed.merged_hash) == (MERGED, merged)
+    evidence = chain.contract.evidence()[-1]
+    assert (evidence.kind, evidence.offender, evidence.detail) == (
+        WRONG_SHARE,
+        culprit,
+        digest(("d", culprit)),
+    )
+    for _ in range(2):
+        chain.all_ready()
+        chain.contribute()
+        chain.aggregate()
+        chain.verify()
+        assert culprit in chain.round.participants
+        assert culprit not in chain.round.decrypt_set
+        chain.decrypt()
+        chain.merge()
+
+
+def test_share_mismatch_votes_abort_the_round() -> None:
+    """Four points at t = 3: a wrong share is detected but nobody can be named; t
+    `ShareMismatch` votes abort the round (no merge) and the next round starts."""
+    chain = started_chain(4)
+    chain.all_ready()
+    chain.contribute()
+    chain.aggregate()
+    chain.verify()
+    r = chain.round
+    chain.rejected(r.participants[0], ShareMismatch(round=1, step=r.step), "incomplete")
+    chain.decrypt()
+    chain.ok(r.participants[0], ShareMismatch(round=1, step=r.step))
+    chain.rejected(r.participants[0], ShareMismatch(round=1, step=r.step), "already recorded")
+    chain.ok(r.participants[1], ShareMismatch(round=1, step=r.step))
+    assert chain.round.phase == Phase.DECRYPT
+    chain.ok(r.participants[2], ShareMismatch(round=1, step=r.step))
+    closed = chain.contract.history()[-1]
+    assert closed.outcome == ABORTED
+    assert "no wrong one can be named" in closed.note
+    assert len(closed.decryption_shares) == 4  # every share hash kept for inspection
+    assert chain.round.number == 2

@@ -18,6 +18,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -29,6 +30,7 @@ from consensus.transactions import (
     Phase,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     TxBody,
     TxSigner,
@@ -37,7 +39,7 @@ from consensus.transactions import (
     tx_id,
 )
 from crypto import cbor
-from crypto.dealing import SEGMENT_BYTES, DealingEvidence
+from crypto.dealing import SEGMENT_BYTES, DealingEvidence, PrssEvidence
 from crypto.errors import BadSignature, MessageTooLarge, ProtocolError, SchemaError, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 
@@ -67,6 +69,20 @@ EXAMPLES: list[TxBody] = [
             shares=bytes(SEGMENT_BYTES),
             blinding=bytes(8),
             signature=bytes(64),
+            prss_digest=H,
+        ),
+    ),
+    EpochPrssComplaint(
+        epoch=1,
+        dealer=BOB.node_id,
+        evidence=PrssEvidence(
+            share_length=8 * SEGMENT_BYTES,
+            blinding_length=64,
+            segment_hashes=(H,) * 8,
+            signature=bytes(64),
+            prss_keys=bytes(96),
+            public_share_digest=H,
+            prss_commitments=bytes(192),
         ),
     ),
     EpochComplete(epoch=1, collective_key_hash=H),
@@ -79,6 +95,7 @@ EXAMPLES: list[TxBody] = [
     AggregateVerdict(round=1, step=3, aggregate_hash=H, recomputed_hash=H),
     DecryptionShare(round=1, step=4, share_hash=H),
     MergedModel(round=1, step=4, params_hash=H),
+    ShareMismatch(round=1, step=4),
     PhaseTimeout(round=1, phase="contribute", step=1),
     Stop(round=1, reason="good enough"),
     VoteEquivocation(first=b"\x01" * 100, second=b"\x02" * 100),

@@ -180,7 +180,7 @@ def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
     bad_coefficient = np.zeros((3, N), dtype=np.uint64)
     bad_coefficient[2, 7] = np.uint64(CTX.seal.key_moduli[2])
     forged_content = th.KeyShareContent(
-        SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10, b"", bytes(64)
+        SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10, b"", bytes(64), b""
     )
     cases: list[tuple[th.NodeId, object, type[ProtocolError]]] = [
         (stranger.node_id, public, InvalidKeyShare),
@@ -476,9 +476,11 @@ def test_commitments_are_checked_against_the_epoch() -> None:
     with pytest.raises(ValueError, match="already fixed"):
         me.expect_commitments({**honest, SPEC.members[2]: os.urandom(32)})
     # The commitment binds the member: the same share under another member's name differs.
-    share = public_of_unchecked(epochs[1]).share
-    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[1], share) == epochs[1].commitment
-    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[2], share) != epochs[1].commitment
+    public = public_of_unchecked(epochs[1])
+    share, prss_commitments = public.share, public.prss_commitments
+    commitment = epochs[1].commitment
+    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[1], share, prss_commitments) == commitment
+    assert th.public_share_commitment(SPEC.epoch_id, SPEC.members[2], share, prss_commitments) != commitment
 
 
 def public_of_unchecked(epoch: th.KeyEpoch) -> th.PublicKeyShare:

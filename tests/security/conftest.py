@@ -52,6 +52,7 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
+    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -62,12 +63,13 @@ from consensus.transactions import (
     MergedModel,
     PhaseTimeout,
     Ready,
+    ShareMismatch,
     Stop,
     TxSigner,
     VoteEquivocation,
 )
 from crypto import cbor
-from crypto.dealing import DealingEvidence
+from crypto.dealing import DealingEvidence, PrssEvidence
 from crypto.envelope import DOMAIN, VERSION
 from crypto.identity import NodeIdentity
 from crypto.threshold import PublicKeyShare, SealedKeyShare
@@ -352,6 +354,20 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
                 shares=b"",
                 blinding=b"",
                 signature=bytes(64),
+                prss_digest=h,
+            ),
+        ),
+        EpochPrssComplaint(
+            epoch=1,
+            dealer=keys[1],
+            evidence=PrssEvidence(
+                share_length=0,
+                blinding_length=0,
+                segment_hashes=(h,),
+                signature=bytes(64),
+                prss_keys=bytes(32),
+                public_share_digest=h,
+                prss_commitments=bytes(64),
             ),
         ),
         EpochComplete(epoch=1, collective_key_hash=h),
@@ -364,11 +380,12 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
         AggregateVerdict(round=1, step=3, aggregate_hash=h, recomputed_hash=h),
         DecryptionShare(round=1, step=4, share_hash=h),
         MergedModel(round=1, step=4, params_hash=h),
+        ShareMismatch(round=1, step=4),
         PhaseTimeout(round=1, phase="contribute", step=1),
         Stop(round=1, reason="good enough"),
         VoteEquivocation(first=ledger.votes[0], second=ledger.votes[1]),
         # Key-epoch bodies with short stand-in polynomials: the codec checks types, not sizes.
-        PublicKeyShare(epoch=h, share=bytes(300)),
+        PublicKeyShare(epoch=h, share=bytes(300), prss_commitments=bytes(64)),
         SealedKeyShare(epoch=h, recipient=keys[0], box=bytes(120)),
     ]
     out: dict[type, list[object]] = {}

@@ -267,7 +267,7 @@ def test_messages_and_transactions_of_another_chain_are_refused(ledger: Ledger) 
     with pytest.raises(WrongChain):
         EnvelopeOpener(EnvelopeCodec(ours, CONSENSUS_MESSAGES)).open(vote)
     share = EnvelopeCodec(other.chain_id, THRESHOLD_MESSAGES).seal(
-        member, PublicKeyShare(epoch=bytes(32), share=b"x")
+        member, PublicKeyShare(epoch=bytes(32), share=b"x", prss_commitments=b"")
     )
     with pytest.raises(WrongChain):
         EnvelopeCodec(ours, THRESHOLD_MESSAGES).open(share)

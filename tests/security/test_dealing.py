@@ -83,7 +83,9 @@ def rebox(
     content = open_box(recipient, box)
     share = ckks.unpack60(content.share, 2 * CTX.params.degree).reshape(2, -1)
     packed = ckks.pack60(tamper(share))
-    signature = dealing.sign_share(PARAMS, dealer, content.epoch, recipient.node_id, packed, content.blinding)
+    signature = dealing.sign_share(
+        PARAMS, dealer, content.epoch, recipient.node_id, packed, content.blinding, content.prss_keys
+    )
     forged = dataclasses.replace(content, share=packed, signature=signature)
     return dataclasses.replace(box, box=recipient.node_id.seal(cbor.dumps_dataclass(forged)))
 
@@ -154,7 +156,8 @@ def honest_evidence(epochs: list[th.KeyEpoch], complainer: int, segment: int = 0
     box = next(b for b in epochs[DEALER].outgoing() if getattr(b, "recipient", None) == NODES[complainer])
     assert isinstance(box, th.SealedKeyShare)
     content = open_box(IDS[complainer], box)
-    return dealing.evidence(PARAMS, content.share, content.blinding, content.signature, segment)
+    signed = (content.signature, segment, content.prss_keys)
+    return dealing.evidence(PARAMS, content.share, content.blinding, *signed)
 
 
 def test_a_false_complaint_clears_the_dealer() -> None:
@@ -187,11 +190,12 @@ def forged_evidence(epochs: list[th.KeyEpoch], complainer: int) -> list[tuple[st
     content = open_box(IDS[complainer], box)
     whole = bytearray(content.share)
     whole[3] ^= 1
-    rehashed = dealing.evidence(PARAMS, bytes(whole), content.blinding, content.signature, 0)
+    keys = content.prss_keys
+    rehashed = dealing.evidence(PARAMS, bytes(whole), content.blinding, content.signature, 0, keys)
     own = dealing.sign_share(
-        PARAMS, IDS[complainer], content.epoch, NODES[complainer], bytes(whole), content.blinding
+        PARAMS, IDS[complainer], content.epoch, NODES[complainer], bytes(whole), content.blinding, keys
     )
-    self_signed = dealing.evidence(PARAMS, bytes(whole), content.blinding, own, 0)
+    self_signed = dealing.evidence(PARAMS, bytes(whole), content.blinding, own, 0, content.prss_keys)
     return [
         ("altered segment, signed hashes", dataclasses.replace(proof, shares=altered)),
         ("altered segment, hashes recomputed", rehashed),
