@@ -22,7 +22,13 @@ import trio
 import trio.testing
 
 from consensus.contract import BAD_DEALING, FALSE_COMPLAINT, Contract
-from consensus.genesis import DEFAULT_CKKS_PARAMS, FoundingMember, Genesis, TrainingParams
+from consensus.genesis import (
+    DEFAULT_CKKS_PARAMS,
+    DecryptionThreshold,
+    FoundingMember,
+    Genesis,
+    TrainingParams,
+)
 from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
@@ -450,7 +456,10 @@ async def test_swarm_names_an_inconsistent_dealer_and_trains_without_it(
     (`BAD_DEALING`) and the epoch completes without it; the honest three train to the end
     with identical models (node 1 rejoins after each complete epoch and is named again)."""
     spec = logistic_regression(30, 2)
-    plan = SwarmPlan.create(tmp_path, spec, founders=4, max_rounds=2)
+    # t = 2 of 4: the three honest sites left are t + 1, enough contributions for a round.
+    plan = SwarmPlan.create(
+        tmp_path, spec, founders=4, max_rounds=2, threshold=DecryptionThreshold(numerator=1, denominator=4)
+    )
     bad = 1
     finals: dict[int, bytes] = {}
     nodes: dict[int, Node] = {}

@@ -61,7 +61,9 @@ async def _complete_key_epoch_1(plan: SwarmPlan) -> None:
         plan.open_node(2, net) as c,
     ):
         await wait_until(
-            lambda: all(keys_file(n.storage_dir, 1).exists() for n in (a, b, c)), timeout=600, what="key epoch 1"
+            lambda: all(keys_file(n.storage_dir, 1).exists() for n in (a, b, c)),
+            timeout=600,
+            what="key epoch 1",
         )
 
 
@@ -251,7 +253,7 @@ def test_swarmnode_run_on_a_foreign_state_directory_exits_naming_both_ids(
     assert main(["init", "--name", "a", "--dir", str(site), "--port", "0"]) == 0
     assert main(["genesis", "--member", f"a={site / 'node.key'}@/ip4/127.0.0.1/tcp/1",
                  "--member", f"b={'ab' * 32}@/ip4/127.0.0.1/tcp/2",
-                 "--model-from", str(site / "site.toml"),
+                 "--model-from", str(site / "site.toml"), "--no-secure",
                  "--out", str(site / "genesis.cbor")]) == 0  # fmt: skip
     config = NodeConfig.load(site / "site.toml")
     chain = Genesis.load(site / "genesis.cbor").chain_id
