@@ -1,10 +1,12 @@
 """One site of the end-to-end test, run as its own process (not collected by pytest).
 
-    python e2e_site_main.py SITE.toml SITE_INDEX N_SITES SPLIT_SEED RESULT.json
+    python e2e_site_main.py SITE.toml SITE_INDEX N_SITES SPLIT_SEED RESULT.json [byzantine]
 
 Loads the `NodeConfig`, its part of breast cancer (uneven-class split), and runs
 the Swarm Learning loop over a real `Libp2pTransport` until the swarm stops; then
-writes the outcome (final hash, rounds, per-round wall times) as JSON.
+writes the outcome (final hash, rounds, per-round wall times, the ledger's evidence and
+closed rounds) as JSON. With `byzantine` the site publishes shifted decryption shares
+(`Faults.byzantine_share`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import trio
 
 from models import LocalTrainer, load_sklearn, preset_scenario, split_sites
 from swarmnode.config import NodeConfig
-from swarmnode.node import MergeResult, open_swarm_node
+from swarmnode.node import Faults, MergeResult, NodeOptions, open_swarm_node
 from swarmnode.simswarm import train_with_swarm
 
 
-async def main(config_path: str, index: int, n_sites: int, seed: int, out: str) -> None:
+async def main(config_path: str, index: int, n_sites: int, seed: int, out: str, byzantine: bool) -> None:
     config = NodeConfig.load(config_path)
     data = load_sklearn("breast_cancer", positive_class="malignant")
     split = split_sites(data.labels, preset_scenario("uneven_class", n_sites), seed)
@@ -45,11 +47,17 @@ async def main(config_path: str, index: int, n_sites: int, seed: int, out: str) 
         times.append(now - last[0])
         last[0] = now
 
-    async with open_swarm_node(config) as node:
+    options = NodeOptions(faults=Faults(byzantine_share=byzantine))
+    async with open_swarm_node(config, options=options) as node:
         outcome = await train_with_swarm(
             node, trainer, epochs_per_round=2, start=common_start, merge_timeout=240, on_round=on_round
         )
         ledger_final = node.contract.final_model_hash
+        evidence = [{"kind": e.kind, "offender": e.offender.peer_id} for e in node.contract.evidence()]
+        closed = [
+            {"outcome": r.outcome, "decrypt_set": [p.peer_id for p in r.decrypt_set]}
+            for r in node.contract.history()
+        ]
     result = {
         "site": config.node.name,
         "rounds": list(outcome.rounds),
@@ -57,6 +65,9 @@ async def main(config_path: str, index: int, n_sites: int, seed: int, out: str) 
         "ledger_final_hash": None if ledger_final is None else ledger_final.hex(),
         "round_wall_s": times,
         "test_auc": trainer.evaluate(split.test_data(data)).roc_auc,
+        "peer_id": node.node_id.peer_id,
+        "evidence": evidence,
+        "closed_rounds": closed,
     }
     Path(out).write_text(json.dumps(result))
 
@@ -64,4 +75,5 @@ async def main(config_path: str, index: int, n_sites: int, seed: int, out: str) 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
-    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    byzantine = sys.argv[6:] == ["byzantine"]
+    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], byzantine)

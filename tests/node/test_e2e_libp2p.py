@@ -1,4 +1,5 @@
-"""End to end: 3 node processes over real libp2p on 127.0.0.1 run >= 3 secure rounds.
+"""End to end: node processes over real libp2p on 127.0.0.1 run >= 3 secure rounds (3 honest
+sites; and 4 sites, one a Byzantine decryptor).
 
 Each process loads its own ``site.toml`` (key file, genesis file, listen port,
 bootstrap addresses of the others) and trains its part of breast cancer with
@@ -15,10 +16,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
+from consensus.contract import MERGED, WRONG_SHARE
+from consensus.genesis import (
+    DecryptionThreshold,
+    FoundingMember,
+    Genesis,
+    StoppingRule,
+    Timeouts,
+    TrainingParams,
+)
 from crypto.identity import NodeIdentity
 from models import logistic_regression
 
@@ -40,9 +50,9 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def write_sites(root: Path) -> list[Path]:
-    identities = [NodeIdentity.generate() for _ in range(SITES)]
-    ports = free_ports(SITES)
+def write_sites(root: Path, sites: int = SITES, threshold: DecryptionThreshold | None = None) -> list[Path]:
+    identities = [NodeIdentity.generate() for _ in range(sites)]
+    ports = free_ports(sites)
     spec = logistic_regression(30, 2)
     genesis = Genesis(
         name="e2e",
@@ -55,6 +65,7 @@ def write_sites(root: Path) -> list[Path]:
         training=TrainingParams(
             model_spec_hash=spec.spec_hash(),
             min_peers=2,
+            threshold=threshold or DecryptionThreshold(),
             timeouts=Timeouts(ready_wait=60, contribute=60, aggregate=60, verify=60, decrypt=60),
             stopping=StoppingRule(max_rounds=ROUNDS),
         ),
@@ -67,7 +78,7 @@ def write_sites(root: Path) -> list[Path]:
         ident.save(site / "node.key")
         bootstrap = [
             f'"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{identities[j].node_id.peer_id}"'
-            for j in range(SITES)
+            for j in range(sites)
             if j != i
         ]
         text = f"""
@@ -105,8 +116,8 @@ seed = {i}
     return configs
 
 
-def test_three_processes_over_libp2p_complete_secure_rounds(tmp_path: Path) -> None:
-    configs = write_sites(tmp_path)
+def run_sites(tmp_path: Path, configs: list[Path], byzantine: int | None = None) -> list[dict[str, Any]]:
+    """Every site as its own process, bounded by `DEADLINE_S`; their result JSON."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -120,16 +131,17 @@ def test_three_processes_over_libp2p_complete_secure_rounds(tmp_path: Path) -> N
                 str(SCRIPT),
                 str(config),
                 str(i),
-                str(SITES),
+                str(len(configs)),
                 "0",
                 str(tmp_path / f"r{i}.json"),
+                *(["byzantine"] if i == byzantine else []),
             ]
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
         for proc in procs:
             remaining = DEADLINE_S - (time.monotonic() - started)
             proc.wait(timeout=max(1.0, remaining))
     except subprocess.TimeoutExpired:
-        pytest.fail("site processes did not finish in time:\n" + _tails(tmp_path))
+        pytest.fail("site processes did not finish in time:\n" + _tails(tmp_path, len(configs)))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -138,8 +150,12 @@ def test_three_processes_over_libp2p_complete_secure_rounds(tmp_path: Path) -> N
         for log in logs:
             log.close()
     codes = [p.returncode for p in procs]
-    assert codes == [0] * SITES, f"exit codes {codes}\n" + _tails(tmp_path)
-    results = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(SITES)]
+    assert codes == [0] * len(configs), f"exit codes {codes}\n" + _tails(tmp_path, len(configs))
+    return [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(len(configs))]
+
+
+def test_three_processes_over_libp2p_complete_secure_rounds(tmp_path: Path) -> None:
+    results = run_sites(tmp_path, write_sites(tmp_path))
     finals = {r["final_hash"] for r in results}
     assert len(finals) == 1
     assert None not in finals
@@ -150,9 +166,33 @@ def test_three_processes_over_libp2p_complete_secure_rounds(tmp_path: Path) -> N
     print("test AUC per site (swarm model):", [round(r["test_auc"], 4) for r in results])
 
 
-def _tails(root: Path) -> str:
+def test_four_processes_with_a_byzantine_decryptor_end_with_the_honest_merge(tmp_path: Path) -> None:
+    """Issue 20, attack 3, with real processes: site 3 publishes decryption shares shifted on
+    every coefficient but the weight (which the Lagrange-share combine merged silently). At
+    t = 2 of 4 (a robust key epoch: 4 points, degree 1) the combiners name it, the ledger
+    records `wrong_share` against it, later decrypt sets leave it out, and every site ends
+    with the same final model, recorded on every ledger, that trains as well as an honest
+    swarm's (a shift of 2^-7 in every parameter of every merge would not)."""
+    configs = write_sites(tmp_path, sites=4, threshold=DecryptionThreshold(numerator=1, denominator=4))
+    results = run_sites(tmp_path, configs, byzantine=3)
+    culprit = results[3]["peer_id"]
+    finals = {r["final_hash"] for r in results}
+    assert len(finals) == 1
+    assert None not in finals
+    assert {r["ledger_final_hash"] for r in results} == finals
+    for r in results:
+        named = [e for e in r["evidence"] if e["kind"] == WRONG_SHARE]
+        assert named, "no wrong_share evidence on this ledger"
+        assert {e["offender"] for e in named} == {culprit}
+        merged = [c for c in r["closed_rounds"] if c["outcome"] == MERGED]
+        assert len(merged) == ROUNDS
+        assert culprit not in merged[-1]["decrypt_set"]  # left out once named
+        assert r["test_auc"] > 0.9
+
+
+def _tails(root: Path, sites: int = SITES) -> str:
     out = []
-    for i in range(SITES):
+    for i in range(sites):
         path = root / f"site{i}.log"
         if path.exists():
             lines = path.read_text(errors="replace").splitlines()[-25:]
