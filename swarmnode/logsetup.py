@@ -44,7 +44,21 @@ class _Context(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.site = self.site
         record.node = self.node
+        library = record.name.split(".")[0] in LIBRARY_LOGGERS
+        if record.exc_info and library and _cancelled(record.exc_info[1]):
+            # py-libp2p logs its tasks' cancellation at shutdown with a traceback: the node
+            # is stopping as asked, which is not an error; the message alone says enough.
+            record.exc_info = None
+            record.exc_text = None
         return True
+
+
+def _cancelled(exc: BaseException | None) -> bool:
+    import trio
+
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 _CONTEXT: Final = _Context(None)
