@@ -86,9 +86,10 @@ share gets `DECRYPTOR_TIMEOUT` evidence (detail: the abandoned aggregate hash), 
 the next round encrypts fresh updates. So that withholding cannot stall the swarm
 for ever, a member with such evidence in ``training.withhold_limit`` rounds of the
 current key epoch is *barred*: left out of the decrypt sets of that epoch's later
-rounds (it still contributes). If fewer than t active participants are not barred,
-barred ones fill the set (in rotation order): the round can still merge if they
-cooperate, and aborting instead would stall the swarm for certain.
+rounds (it still contributes). If too few active participants are not barred (t for
+Lagrange shares, t + 1 for point shares, `consensus.decrypt_phase`), barred ones fill
+the set (in rotation order): the round can still merge if they cooperate, and aborting
+instead would stall the swarm for certain.
 
 Smudging budget. Decryption shares leak a little about the epoch's keys (bounded in
 `crypto.smudging`); each key epoch counts the shares its rounds asked for

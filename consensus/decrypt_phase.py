@@ -6,8 +6,9 @@ point on one polynomial, not bound to a decrypt set, and extra points check each
 * **Decrypt set.** Every active participant of the round, not only t: more points name
   more wrong ones (``min(max_faulty, m - t - max_faulty)`` of m points). Members named
   for a wrong share earlier in the key epoch (`WRONG_SHARE` evidence) are left out, as
-  long as t others remain (else they fill the set: a named culprit's share is checked
-  like any other, the round can still merge).
+  long as t + 1 others remain, else they fill the set up to t + 1: never exactly t points,
+  which would decode whatever they say (t points always lie on one polynomial). A filler's
+  share is checked like any other: if it lies again the round aborts, nothing merges.
 * **Merge vote.** A combiner votes for the merged model's hash *and* the members whose
   shares were off the polynomial (`MergedModel.culprits`); the contract closes the round
   at t matching (hash, culprits) votes and records `WRONG_SHARE` evidence per culprit
@@ -44,10 +45,11 @@ def named_culprits(evidence: Iterable[tuple[str, int, NodeId]], epoch_start: int
 def robust_decrypt_set(
     active: Sequence[NodeId], barred: Iterable[NodeId], threshold: int
 ) -> tuple[NodeId, ...]:
-    """Every active participant but the barred ones; barred ones fill up to t (rotation order)."""
+    """Every active participant but the barred ones; barred ones fill up to t + 1 (rotation
+    order), so that every decrypt set has a point that checks the others."""
     left_out = set(barred)
     chosen = [p for p in active if p not in left_out]
-    chosen += [p for p in active if p in left_out][: max(0, threshold - len(chosen))]
+    chosen += [p for p in active if p in left_out][: max(0, threshold + 1 - len(chosen))]
     return _sorted(chosen)
 
 

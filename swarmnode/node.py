@@ -1528,11 +1528,9 @@ class Node:
                 raise MalformedMessage(f"{vote.node_id.short}'s decryption share is not its own point")
         configured = self.genesis.training.robust_max_faulty
         faulty = configured or default_max_faulty(len(spec.members), spec.threshold)
-        # With exactly t points nothing can be checked (as with Lagrange shares): merge unchecked
-        # rather than stall; the t+1 contribution rule keeps this to rounds that lost decryptors.
-        faulty = min(faulty, len(shares) - spec.threshold)
-        if faulty == 0:
-            self._log.warning("round %d: only t point shares: the merge is not checked", job.round)
+        # Fewer points than t + f check less, but never none: t points always agree, so with
+        # exactly t (a decrypt set the contract never draws) `combine_points` refuses to merge.
+        faulty = max(1, min(faulty, len(shares) - spec.threshold))
         try:
             verdict = await self._compute(
                 lambda: combine_points(spec, aggregate, shares, max_faulty=faulty, length=self.n_params)

@@ -25,7 +25,7 @@ import trio.testing
 from consensus.contract import ABORTED, MERGED, WRONG_SHARE
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import Faults, MergeResult, Node, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import Faults, MergeResult, MergeTimeout, Node, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 
 SPEC = logistic_regression(30, 2)
@@ -118,3 +118,63 @@ async def test_with_four_sites_a_wrong_share_is_detected_and_the_round_aborted(
         assert all(r.outcome == ABORTED for r in history)
         assert "no wrong one can be named" in history[0].note
         assert all(e.kind != WRONG_SHARE for e in site.node.contract.evidence())
+
+
+async def test_a_named_culprit_filling_the_decrypt_set_never_lets_a_shift_through(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The colluders' best move against the fill rule. Round 1 names site 1 (it shifts its
+    share). Then site 4 stops contributing, so only three unbarred participants remain at
+    t = 3 and the named culprit must fill the decrypt set; a colluder among the three (site
+    2) starts shifting too. Were the set drawn with exactly t points, nothing could check
+    them and the round would merge the colluders' shift. The set has t + 1 points instead,
+    so the shift is detected: round 2 aborts, and no site ever holds a shifted model."""
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=5, max_rounds=3)
+    weights = [10 * (i + 1) for i in range(5)]
+    results: dict[int, list[MergeResult]] = {i: [] for i in range(5)}
+    nodes: dict[int, Node] = {}
+
+    async def run_site(i: int, transport: object) -> None:
+        faults = Faults(byzantine_share=True) if i == BYZANTINE else Faults()
+        async with open_swarm_node(
+            plan.configs[i], transport=transport,  # type: ignore[arg-type]
+            identity=plan.identities[i], genesis=plan.genesis,
+            options=NodeOptions(inline_compute=True, faults=faults),
+        ) as node:  # fmt: skip
+            nodes[i] = node
+            number = 1
+            while True:
+                params = np.full(N_PARAMS, float(number + i), np.float32)
+                try:
+                    result = await node.merge(params, weights[i], val_metric=0.5, timeout=150)
+                except (SwarmStopped, MergeTimeout):
+                    break  # after round 1 every round aborts while the two keep lying
+                results[i].append(result)
+                if result.stopped or i == 4:
+                    break  # site 4 keeps validating blocks but contributes no more
+                if i == 2:  # the colluder turns Byzantine once the culprit must fill the set
+                    node.options = NodeOptions(  # type: ignore[misc]
+                        inline_compute=True, faults=Faults(byzantine_share=True)
+                    )
+                number = result.round + 1
+            await trio.sleep_forever()  # keep validating blocks until the test's deadline
+
+    async with open_memory_network(seed=3) as net:
+        with trio.move_on_after(200):
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(run_site, i, net.transport(plan.ids[i]))
+    culprit = plan.ids[BYZANTINE]
+    for i, node in nodes.items():
+        history = node.contract.history()
+        assert [e.offender for e in node.contract.evidence() if e.kind == WRONG_SHARE] == [culprit]
+        assert history[0].outcome == MERGED
+        assert len(history) >= 2
+        for result in results[i]:  # first: no shifted model reached anyone
+            members = sorted(plan.ids.index(p) for p in result.participants)
+            expected = sum(weights[k] * (result.round + k) for k in members) / sum(weights[k] for k in members)
+            np.testing.assert_allclose(result.parameters, expected, atol=1e-5)
+        second = history[1]
+        assert culprit in second.decrypt_set  # it had to fill the set
+        assert len(second.decrypt_set) == second.threshold + 1
+        assert second.outcome == ABORTED

@@ -338,13 +338,15 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
 
 def test_barred_members_fill_the_decrypt_set_only_when_too_few_others_remain() -> None:
     """Three of round 1's decrypt set withhold (withhold_limit = 1): three of five are barred,
-    two are not. Round 2 takes both and the first barred member in rotation order, so the
-    swarm can still merge if it cooperates, instead of stalling for certain."""
+    two are not. Round 2 (a robust epoch: point shares) takes both and the first two barred
+    members in rotation order: t + 1 points, so one checks the others and the swarm can
+    still merge if they cooperate, instead of stalling for certain."""
     chain = started_chain(withhold_limit=1)
     r = chain.to_decrypt()
     chain.withhold(r.decrypt_set[:3])
     r2 = chain.to_decrypt()
     assert set(r2.barred) == set(r.decrypt_set[:3])
     free = [p for p in r2.active if p not in r2.barred]
-    filler = next(p for p in r2.active if p in r2.barred)
-    assert set(r2.decrypt_set) == {*free, filler}
+    fillers = [p for p in r2.active if p in r2.barred][:2]
+    assert len(r2.decrypt_set) == r2.threshold + 1
+    assert set(r2.decrypt_set) == {*free, *fillers}
