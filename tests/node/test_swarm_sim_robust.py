@@ -172,7 +172,8 @@ async def test_a_named_culprit_filling_the_decrypt_set_never_lets_a_shift_throug
         assert len(history) >= 2
         for result in results[i]:  # first: no shifted model reached anyone
             members = sorted(plan.ids.index(p) for p in result.participants)
-            expected = sum(weights[k] * (result.round + k) for k in members) / sum(weights[k] for k in members)
+            total = sum(weights[k] for k in members)
+            expected = sum(weights[k] * (result.round + k) for k in members) / total
             np.testing.assert_allclose(result.parameters, expected, atol=1e-5)
         second = history[1]
         assert culprit in second.decrypt_set  # it had to fill the set
