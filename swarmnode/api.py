@@ -54,8 +54,8 @@ from consensus.genesis import (
     TrainingParams,
 )
 from crypto.identity import NodeId, NodeIdentity
-from models.data import PreprocessConfig
 from models.flatten import flatten, layout_of, unflatten
+from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
