@@ -506,9 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
     p.add_argument("--merge", choices=RULE_NAMES, default="mean", help="merge rule (default mean)")
-    p.add_argument(
-        "--merge-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. mu=0.01 (fedprox)"
-    )
+    p.add_argument("--merge-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. mu=0.01")
     p.add_argument(
         "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
     )
