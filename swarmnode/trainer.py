@@ -22,7 +22,7 @@ loop every site runs::
   ``k = statistics_rounds(n_features, n_params)`` merged rounds of the ledger
   carry each site's per-feature mean and mean square (after genes / log1p) through
   the normal secure weighted mean (weight = the site's rows x weightage), packed
-  into model-sized vectors (`models.data.PooledMoments`: first a per-feature
+  into model-sized vectors (`models.preprocess.PooledMoments`: first a per-feature
   power-of-two scale, then the scaled moments); every site then standardises
   with the pooled mean and std. Nobody sees another site's statistics, only
   the pooled ones. These rounds report no validation metric
@@ -30,7 +30,7 @@ loop every site runs::
   swarm with ``max_rounds = R`` trains ``R - k`` merged rounds
   (`training_rounds`). Their `RoundRecord` has ``kind = "statistics"``.
   `SwarmTrainer.from_torch` leaves normalisation to the user (use
-  `models.data.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
+  `models.preprocess.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
   the same by hand).
 
 `SwarmTrainer` itself does no I/O: `next_sync()` trains and returns what to
