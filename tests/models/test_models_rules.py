@@ -9,7 +9,7 @@ import torch
 
 from models.data import Dataset, load_sklearn
 from models.merge import merge, weighted_mean
-from models.rules import RULE_NAMES, SECURE_RULE_NAMES, UnknownRuleError, rule_named
+from models.rules import RULE_NAMES, RULES, SECURE_RULE_NAMES, RuleMath, UnknownRuleError, rule_named
 from models.rules.fedprox import FEDPROX, proximal_objective, proximal_term
 from models.spec import logistic_regression
 from models.training import LocalTrainer, TrainConfig
@@ -34,6 +34,15 @@ def test_registry_lists_each_rule_once_with_its_properties() -> None:
         fedprox.settings({"mu": -0.5})
     with pytest.raises(ValueError, match="mu: must be a finite number"):
         fedprox.settings({"mu": float("nan")})
+
+
+def test_every_registered_rule_loads_its_math_and_merges() -> None:
+    vectors = [np.array([1.0, 5.0], dtype=np.float32), np.array([3.0, -1.0], dtype=np.float32)]
+    for rule in RULES:
+        assert isinstance(rule.load_math(), RuleMath), rule.name
+        merged = merge(rule.name, vectors, [1.0, 1.0])
+        assert merged.dtype == np.float32
+        assert merged.shape == (2,)
 
 
 def test_fedprox_merges_by_the_weighted_mean() -> None:

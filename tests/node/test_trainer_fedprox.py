@@ -19,6 +19,7 @@ from models import LocalTrainer, TrainConfig, load_sklearn, logistic_regression,
 from models.flatten import FloatVector
 from models.preprocess import PreprocessConfig
 from models.training import LocalObjective, Metrics
+from swarmnode.api import create_local_swarm
 from swarmnode.learners import SpecLearner
 from swarmnode.net.memory import open_memory_network
 from swarmnode.simswarm import SwarmPlan
@@ -113,3 +114,10 @@ async def test_fedprox_swarm_keeps_local_updates_near_the_merged_model(
     assert len(prox_drifts) == len(free_drifts) == SITES * (ROUNDS - 1)
     print(f"mean drift mu=0: {np.mean(free_drifts):.4f}, mu=5: {np.mean(prox_drifts):.4f}")
     assert np.mean(prox_drifts) < 0.5 * np.mean(free_drifts)  # measured: 0.18 vs 0.58
+
+
+def test_create_local_swarm_writes_the_rule_and_its_parameters(tmp_path: Path) -> None:
+    spec = logistic_regression(30, 2)
+    configs = create_local_swarm(tmp_path, 3, model=spec, merge_method="fedprox", merge_params={"mu": 0.1})
+    training = Genesis.load(configs[0].ledger.genesis).training
+    assert (training.merge_method, training.merge_settings()) == ("fedprox", {"mu": 0.1})
