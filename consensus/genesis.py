@@ -27,6 +27,7 @@ from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
 from crypto.quorum import min_contributions
+from models.rules import UnknownRuleError, rule_named
 
 GENESIS_VERSION: Final = 1
 HASH_SIZE: Final = 32
@@ -36,8 +37,6 @@ MAX_ADDRESS: Final = 256
 MAX_NONCE: Final = 32
 MAX_FOUNDING_MEMBERS: Final = 256
 
-MERGE_METHODS: Final = ("mean", "median", "trimmed_mean")
-SECURE_MERGE_METHODS: Final = ("mean",)  # the ones computable on encrypted updates
 SYNC_UNITS: Final = ("epochs", "steps")
 METRIC_GOALS: Final = ("max", "min")
 JOIN_MODES: Final = ("members", "admin")
@@ -185,11 +184,21 @@ class StoppingRule:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MergeParam:
+    """One parameter of the merge rule (``training.merge_params``), e.g. FedProx's ``mu``."""
+
+    name: str
+    value: float
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrainingParams:
     """The training protocol every member agrees to by joining."""
 
     model_spec_hash: bytes
-    merge_method: str = "mean"
+    merge_method: str = "mean"  # a rule of `models.rules.RULES`
+    merge_params: tuple[MergeParam, ...] = ()  # the rule's parameters; absent ones take its defaults
     secure: bool = True
     min_peers: int = 2
     sync_every: int = 1
@@ -216,14 +225,7 @@ class TrainingParams:
             "training.model_spec_hash",
             f"must be a {HASH_SIZE}-byte SHA-256",
         )
-        _require(
-            self.merge_method in MERGE_METHODS, "training.merge_method", f"must be one of {MERGE_METHODS}"
-        )
-        _require(
-            not self.secure or self.merge_method in SECURE_MERGE_METHODS,
-            "training.merge_method",
-            f"{self.merge_method!r} needs plaintext updates: only allowed with secure = false",
-        )
+        self._check_merge_rule()
         # One contribution would be decrypted alone: never allowed, so at least two.
         _require(2 <= self.min_peers <= MAX_FOUNDING_MEMBERS, "training.min_peers", "must be 2-256")
         _require(1 <= self.sync_every <= 1_000_000, "training.sync_every", "must be 1-1000000")
@@ -234,6 +236,29 @@ class TrainingParams:
             f"must be a 1-{MAX_NAME} character ASCII parameter set id",
         )
         _require(1 <= self.withhold_limit <= 1000, "training.withhold_limit", "must be 1-1000 rounds")
+
+    def _check_merge_rule(self) -> None:
+        try:
+            rule = rule_named(self.merge_method)
+        except UnknownRuleError as exc:
+            raise ValueError(f"training.merge_method: {exc}") from None
+        _require(
+            not self.secure or rule.secure,
+            "training.merge_method",
+            f"{self.merge_method!r} needs plaintext updates: only allowed with secure = false",
+        )
+        names = [p.name for p in self.merge_params]
+        _require(len(set(names)) == len(names), "training.merge_params", "a parameter is given twice")
+        try:
+            rule.settings({p.name: p.value for p in self.merge_params})
+        except UnknownRuleError as exc:
+            raise ValueError(f"training.merge_params: {exc}") from None
+        except ValueError as exc:  # "mu: must be in ..."
+            raise ValueError(f"training.merge_params.{exc}") from None
+
+    def merge_settings(self) -> dict[str, float]:
+        """Every parameter of the merge rule: the genesis values, else the rule's defaults."""
+        return rule_named(self.merge_method).settings({p.name: p.value for p in self.merge_params})
 
     def min_contributions(self, threshold: int) -> int:
         """The fewest contributions a round of a key epoch with threshold t starts with and
@@ -342,7 +367,8 @@ class Genesis:
         lines = [
             f"swarm {self.name!r}  chain id {self.chain_id.hex()}",
             f"join policy: {policy}",
-            f"training: merge {t.merge_method} ({'secure' if t.secure else 'PLAINTEXT updates'}), "
+            f"training: merge {t.merge_method}{_settings_text(t.merge_params)} "
+            f"({'secure' if t.secure else 'PLAINTEXT updates'}), "
             f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
             f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}, "
             f"withhold limit {t.withhold_limit}",
@@ -353,3 +379,7 @@ class Genesis:
         ]
         lines += [f"  {m.name}  {m.node_id.peer_id}  {' '.join(m.addresses)}" for m in self.members]
         return "\n".join(lines)
+
+
+def _settings_text(params: tuple[MergeParam, ...]) -> str:
+    return "".join(f" {p.name}={p.value:g}" for p in params)

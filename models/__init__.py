@@ -1,63 +1,129 @@
-"""Models, datasets, site splits, local training and merge weighting.
+"""Models, datasets, site splits, local training and merge rules.
 
-This package knows nothing about networking or crypto (DESIGN.md section 1).
+This package knows nothing about networking or crypto. The names below are imported on
+first use (PEP 562), as in `swarmnode`: the genesis reads the merge-rule registry
+(`models.rules`) without paying for torch. Type checkers read the imports below.
+`models.flatten` and `models.merge` are the submodules (a lazily filled package attribute
+cannot be both a submodule and a function): import `flatten` and `merge` from them.
 """
 
-from .data import SKLEARN_DATASETS as SKLEARN_DATASETS
-from .data import Dataset as Dataset
-from .data import DatasetError as DatasetError
-from .data import MissingColumnError as MissingColumnError
-from .data import MissingFileError as MissingFileError
-from .data import MissingValueError as MissingValueError
-from .data import NonNumericFeatureError as NonNumericFeatureError
-from .data import PreprocessConfig as PreprocessConfig
-from .data import Preprocessor as Preprocessor
-from .data import UnknownDatasetError as UnknownDatasetError
-from .data import agree_on_genes as agree_on_genes
-from .data import highly_variable_genes as highly_variable_genes
-from .data import load_csv as load_csv
-from .data import load_dataset as load_dataset
-from .data import load_h5ad as load_h5ad
-from .data import load_npz as load_npz
-from .data import load_sklearn as load_sklearn
-from .flatten import FloatVector as FloatVector
-from .flatten import LayoutMismatch as LayoutMismatch
-from .flatten import ParameterLayout as ParameterLayout
-from .flatten import flatten as flatten
-from .flatten import layout_of as layout_of
-from .flatten import spec_layout as spec_layout
-from .flatten import unflatten as unflatten
-from .merge import MERGE_METHODS as MERGE_METHODS
-from .merge import MergeMethod as MergeMethod
-from .merge import coordinate_median as coordinate_median
-from .merge import merge as merge
-from .merge import merge_weight as merge_weight
-from .merge import trimmed_mean as trimmed_mean
-from .merge import weighted_mean as weighted_mean
-from .nets import SeededDropout as SeededDropout
-from .nets import SpecNet as SpecNet
-from .nets import bind_generator as bind_generator
-from .nets import build_model as build_model
-from .spec import ModelSpec as ModelSpec
-from .spec import SpecError as SpecError
-from .spec import logistic_regression as logistic_regression
-from .spec import mlp as mlp
-from .spec import small_cnn as small_cnn
-from .splits import SCENARIO_KINDS as SCENARIO_KINDS
-from .splits import Scenario as Scenario
-from .splits import SiteSplit as SiteSplit
-from .splits import preset_scenario as preset_scenario
-from .splits import split_sites as split_sites
-from .training import LocalTrainer as LocalTrainer
-from .training import Metrics as Metrics
-from .training import TrainConfig as TrainConfig
-from .training import TrainResult as TrainResult
-from .training import classification_metrics as classification_metrics
-from .training import evaluate_model as evaluate_model
-from .training import init_parameters as init_parameters
+import importlib
+import typing  # only modules and the public names below: `__all__` is what vars() shows
+
+if typing.TYPE_CHECKING:
+    from .data import SKLEARN_DATASETS as SKLEARN_DATASETS
+    from .data import Dataset as Dataset
+    from .data import DatasetError as DatasetError
+    from .data import MissingColumnError as MissingColumnError
+    from .data import MissingFileError as MissingFileError
+    from .data import MissingValueError as MissingValueError
+    from .data import NonNumericFeatureError as NonNumericFeatureError
+    from .data import UnknownDatasetError as UnknownDatasetError
+    from .data import load_csv as load_csv
+    from .data import load_dataset as load_dataset
+    from .data import load_h5ad as load_h5ad
+    from .data import load_npz as load_npz
+    from .data import load_sklearn as load_sklearn
+    from .flatten import FloatVector as FloatVector
+    from .flatten import LayoutMismatch as LayoutMismatch
+    from .flatten import ParameterLayout as ParameterLayout
+    from .flatten import layout_of as layout_of
+    from .flatten import spec_layout as spec_layout
+    from .flatten import unflatten as unflatten
+    from .merge import coordinate_median as coordinate_median
+    from .merge import merge_weight as merge_weight
+    from .merge import trimmed_mean as trimmed_mean
+    from .merge import weighted_mean as weighted_mean
+    from .nets import SeededDropout as SeededDropout
+    from .nets import SpecNet as SpecNet
+    from .nets import bind_generator as bind_generator
+    from .nets import build_model as build_model
+    from .preprocess import PreprocessConfig as PreprocessConfig
+    from .preprocess import Preprocessor as Preprocessor
+    from .preprocess import agree_on_genes as agree_on_genes
+    from .preprocess import highly_variable_genes as highly_variable_genes
+    from .rules import RULES as RULES
+    from .rules import MergeRule as MergeRule
+    from .rules import RuleMath as RuleMath
+    from .rules import RuleParam as RuleParam
+    from .rules import rule_named as rule_named
+    from .spec import ModelSpec as ModelSpec
+    from .spec import SpecError as SpecError
+    from .spec import logistic_regression as logistic_regression
+    from .spec import mlp as mlp
+    from .spec import small_cnn as small_cnn
+    from .splits import SCENARIO_KINDS as SCENARIO_KINDS
+    from .splits import Scenario as Scenario
+    from .splits import SiteSplit as SiteSplit
+    from .splits import preset_scenario as preset_scenario
+    from .splits import split_sites as split_sites
+    from .training import LocalTrainer as LocalTrainer
+    from .training import Metrics as Metrics
+    from .training import TrainConfig as TrainConfig
+    from .training import TrainResult as TrainResult
+    from .training import classification_metrics as classification_metrics
+    from .training import evaluate_model as evaluate_model
+    from .training import init_parameters as init_parameters
+
+# public name -> the submodule defining it
+_EXPORTS: typing.Final[dict[str, str]] = {
+    "Dataset": "data",
+    "DatasetError": "data",
+    "MissingColumnError": "data",
+    "MissingFileError": "data",
+    "MissingValueError": "data",
+    "NonNumericFeatureError": "data",
+    "SKLEARN_DATASETS": "data",
+    "UnknownDatasetError": "data",
+    "load_csv": "data",
+    "load_dataset": "data",
+    "load_h5ad": "data",
+    "load_npz": "data",
+    "load_sklearn": "data",
+    "FloatVector": "flatten",
+    "LayoutMismatch": "flatten",
+    "ParameterLayout": "flatten",
+    "layout_of": "flatten",
+    "spec_layout": "flatten",
+    "unflatten": "flatten",
+    "coordinate_median": "merge",
+    "merge_weight": "merge",
+    "trimmed_mean": "merge",
+    "weighted_mean": "merge",
+    "SeededDropout": "nets",
+    "SpecNet": "nets",
+    "bind_generator": "nets",
+    "build_model": "nets",
+    "PreprocessConfig": "preprocess",
+    "Preprocessor": "preprocess",
+    "agree_on_genes": "preprocess",
+    "highly_variable_genes": "preprocess",
+    "MergeRule": "rules",
+    "RULES": "rules",
+    "RuleMath": "rules",
+    "RuleParam": "rules",
+    "rule_named": "rules",
+    "ModelSpec": "spec",
+    "SpecError": "spec",
+    "logistic_regression": "spec",
+    "mlp": "spec",
+    "small_cnn": "spec",
+    "SCENARIO_KINDS": "splits",
+    "Scenario": "splits",
+    "SiteSplit": "splits",
+    "preset_scenario": "splits",
+    "split_sites": "splits",
+    "LocalTrainer": "training",
+    "Metrics": "training",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "classification_metrics": "training",
+    "evaluate_model": "training",
+    "init_parameters": "training",
+}
 
 __all__ = [
-    "MERGE_METHODS",
+    "RULES",
     "SCENARIO_KINDS",
     "SKLEARN_DATASETS",
     "Dataset",
@@ -65,7 +131,7 @@ __all__ = [
     "FloatVector",
     "LayoutMismatch",
     "LocalTrainer",
-    "MergeMethod",
+    "MergeRule",
     "Metrics",
     "MissingColumnError",
     "MissingFileError",
@@ -75,6 +141,8 @@ __all__ = [
     "ParameterLayout",
     "PreprocessConfig",
     "Preprocessor",
+    "RuleMath",
+    "RuleParam",
     "Scenario",
     "SeededDropout",
     "SiteSplit",
@@ -89,7 +157,6 @@ __all__ = [
     "classification_metrics",
     "coordinate_median",
     "evaluate_model",
-    "flatten",
     "highly_variable_genes",
     "init_parameters",
     "layout_of",
@@ -99,10 +166,10 @@ __all__ = [
     "load_npz",
     "load_sklearn",
     "logistic_regression",
-    "merge",
     "merge_weight",
     "mlp",
     "preset_scenario",
+    "rule_named",
     "small_cnn",
     "spec_layout",
     "split_sites",
@@ -110,3 +177,16 @@ __all__ = [
     "unflatten",
     "weighted_mean",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

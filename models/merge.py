@@ -8,20 +8,22 @@ by node id). The encrypted default merge (weighted mean under threshold CKKS)
 lives in the node; ``weighted_mean`` here is its plaintext reference.
 
 Weights are ``merge_weight(num_samples, weightage)`` = samples x weightage (1-100).
+The rules `models.rules.RULES` registers point at `MEAN`, `MEDIAN` and `TRIMMED_MEAN` below.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Final, Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Final, NewType
 
 import numpy as np
 import numpy.typing as npt
 
+from .rules import RuleMath, rule_named
+
 FloatVector = npt.NDArray[np.float32]
-MergeMethod = Literal["mean", "median", "trimmed_mean"]
-MERGE_METHODS: Final[tuple[str, ...]] = get_args(MergeMethod)
+MergeMethod = NewType("MergeMethod", str)  # a rule name the genesis checked against `models.rules.RULES`
 MAX_WEIGHTAGE: Final = 100
 
 
@@ -108,18 +110,19 @@ def trimmed_mean(
     return (acc / norm).astype(np.float32)
 
 
+MEAN: Final = RuleMath(merge=lambda vectors, weights, _: weighted_mean(vectors, weights))
+MEDIAN: Final = RuleMath(merge=lambda vectors, weights, _: coordinate_median(vectors, weights))
+TRIMMED_MEAN: Final = RuleMath(merge=lambda vectors, weights, _: trimmed_mean(vectors, weights))
+
+
 def merge(
-    method: MergeMethod,
+    method: str,
     vectors: Sequence[FloatVector],
     weights: Sequence[float],
     *,
-    trim_fraction: float = 0.1,
+    params: Mapping[str, float] | None = None,
 ) -> FloatVector:
-    """Dispatch by the genesis merge method name."""
-    if method == "mean":
-        return weighted_mean(vectors, weights)
-    if method == "median":
-        return coordinate_median(vectors, weights)
-    if method == "trimmed_mean":
-        return trimmed_mean(vectors, weights, trim_fraction=trim_fraction)
-    raise ValueError(f"unknown merge method {method!r}; methods: {', '.join(MERGE_METHODS)}")
+    """Merge by the registered rule `method` (the genesis ``merge_method``) with its
+    parameters `params` (genesis ``merge_params``; defaults for those not given)."""
+    rule = rule_named(method)
+    return rule.load_math().merge(vectors, weights, rule.settings(params or {}))

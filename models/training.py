@@ -16,11 +16,16 @@ Everything random (initialisation, validation split, batch order, dropout) is
 drawn from the one torch.Generator passed in; no global seed is read or set.
 The optimiser state (e.g. Adam moments) survives across ``train_epochs`` calls,
 as a framework callback training one long ``fit`` with periodic merges would.
+
+`train_batches` is the one local training loop: `LocalTrainer` and the embedding API's
+torch learner (`swarmnode.trainer`) both run it. A merge rule may add a term to its loss
+(`LocalObjective`, e.g. FedProx's proximal term, `models.rules.fedprox`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, final, get_args
 
@@ -30,11 +35,18 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 
-from .data import Dataset, FeatureMoments, PreprocessConfig, Preprocessor
+from .data import Dataset
 from .flatten import FloatVector, flatten, unflatten
 from .nets import SpecNet, bind_generator, build_model
+from .preprocess import FeatureMoments, PreprocessConfig, Preprocessor
 from .spec import ModelSpec
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A term added to every step's loss, evaluated on the model's current state.
+StepPenalty = Callable[[], torch.Tensor]
+# Called with the model as a stretch of local training starts (holding the merged model):
+# that stretch's StepPenalty.
+LocalObjective = Callable[[nn.Module], StepPenalty]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
 
@@ -149,6 +161,32 @@ def stratified_holdout(
         holdout.append(members[:k])
         train.append(members[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
+
+
+def train_batches(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    penalty: StepPenalty | None = None,
+    max_steps: int | None = None,
+) -> list[tuple[float, int]]:
+    """One optimiser step per (x, y) batch, at most `max_steps`, minimising
+    ``loss_fn(model(x), y) + penalty()``. Returns each step's loss without the penalty (the
+    data loss, comparable across rules) and its batch size."""
+    model.train()
+    steps: list[tuple[float, int]] = []
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        objective = loss if penalty is None else loss + penalty()
+        objective.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        steps.append((float(loss.detach()), int(y.shape[0])))
+        if max_steps is not None and len(steps) >= max_steps:
+            break
+    return steps
 
 
 def evaluate_model(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> Metrics:
@@ -287,25 +325,23 @@ class LocalTrainer:
         """Replace the model's state by ``parameters`` (e.g. merged ones); optimiser state is kept."""
         unflatten(self.model, parameters, self.spec)
 
-    def _epoch(self) -> float:
-        self.model.train()
-        bind_generator(self.model, self._generator)
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_samples
         order = torch.randperm(n, generator=self._generator)
-        total, seen = 0.0, 0
         for start in range(0, n, self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
             if batch.numel() == 1 and self.spec.batch_norm and n > 1:
                 continue  # batch norm cannot normalise a single row in training mode
-            self._optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(
-                self.model(self._x[batch]), self._y[batch], weight=self._class_weights
-            )
-            loss.backward()  # type: ignore[no-untyped-call]
-            self._optimizer.step()
-            total += float(loss.detach()) * batch.numel()
-            seen += batch.numel()
-        return total / max(seen, 1)
+            yield self._x[batch], self._y[batch]
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, labels, weight=self._class_weights)
+
+    def _epoch(self, penalty: StepPenalty | None = None) -> float:
+        bind_generator(self.model, self._generator)
+        steps = train_batches(self.model, self._optimizer, self._loss, self._batches(), penalty=penalty)
+        total = sum(loss * rows for loss, rows in steps)
+        return total / max(sum(rows for _, rows in steps), 1)
 
     def validate(self) -> Metrics | None:
         """Metrics on the local validation split (None if there is none)."""
@@ -313,16 +349,20 @@ class LocalTrainer:
             return None
         return evaluate_model(self.model, self._val[0], self._val[1], self.spec.n_classes)
 
-    def train_epochs(self, epochs: int, start: FloatVector | None = None) -> TrainResult:
+    def train_epochs(
+        self, epochs: int, start: FloatVector | None = None, *, objective: LocalObjective | None = None
+    ) -> TrainResult:
         """Train ``epochs`` epochs (from ``start`` if given, else from the current state)
-        and return the new parameters. No early stopping: the swarm decides when to stop."""
+        and return the new parameters. No early stopping: the swarm decides when to stop.
+        `objective` (the merge rule's) adds its term to every step's loss."""
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
         if start is not None:
             self.load_parameters(start)
+        penalty = None if objective is None else objective(self.model)
         loss = math.nan
         for _ in range(epochs):
-            loss = self._epoch()
+            loss = self._epoch(penalty)
         return TrainResult(
             parameters=self.parameters(),
             num_samples=self.num_samples,

@@ -78,7 +78,7 @@ def run_case(
 
     from consensus.genesis import StoppingRule
     from models import LocalTrainer, TrainConfig, load_dataset, mlp, preset_scenario, split_sites
-    from models.data import PreprocessConfig, statistics_rounds
+    from models.preprocess import PreprocessConfig, statistics_rounds
     from models.training import init_parameters
     from swarmnode.net.memory import open_memory_network
     from swarmnode.simswarm import SwarmPlan

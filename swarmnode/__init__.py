@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .api import local_swarm as local_swarm
     from .config import ConfigError as ConfigError
     from .config import NodeConfig as NodeConfig
+    from .learners import SwarmSetupError as SwarmSetupError
     from .node import MergeResult as MergeResult
     from .node import MergeTimeout as MergeTimeout
     from .node import Node as Node
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from .trainer import RoundRecord as RoundRecord
     from .trainer import SiteReport as SiteReport
     from .trainer import SwarmCallback as SwarmCallback
-    from .trainer import SwarmSetupError as SwarmSetupError
     from .trainer import SwarmTrainer as SwarmTrainer
     from .trainer import TrainingSummary as TrainingSummary
     from .trainer import run_site as run_site
@@ -68,7 +68,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "RoundRecord": "trainer",
     "SiteReport": "trainer",
     "SwarmCallback": "trainer",
-    "SwarmSetupError": "trainer",
+    "SwarmSetupError": "learners",
     "SwarmTrainer": "trainer",
     "TrainingSummary": "trainer",
     "run_site": "trainer",

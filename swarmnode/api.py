@@ -35,7 +35,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -49,13 +49,14 @@ from consensus.genesis import (
     FoundingMember,
     Genesis,
     JoinPolicy,
+    MergeParam,
     StoppingRule,
     Timeouts,
     TrainingParams,
 )
 from crypto.identity import NodeId, NodeIdentity
-from models.data import PreprocessConfig
 from models.flatten import flatten, layout_of, unflatten
+from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
@@ -502,6 +503,7 @@ def create_local_swarm(
     max_rounds: int = 3,
     sync_every: int = 1,
     merge_method: str = "mean",
+    merge_params: Mapping[str, float] | None = None,
     secure: bool = True,
     timeouts: Timeouts | None = None,
     training: TrainConfig | None = None,
@@ -513,7 +515,8 @@ def create_local_swarm(
 
     Site i is named ``site-<i>``, keeps its key at ``site-<i>/node.key`` and its
     state in ``site-<i>/state``; the genesis (``genesis.cbor``) lists every site as
-    a founding member and fixes `model`'s spec hash and the training rules. Meant
+    a founding member and fixes `model`'s spec hash and the training rules (`merge_method`
+    and its `merge_params` from `models.rules`, e.g. ``"fedprox", {"mu": 0.1}``). Meant
     for `local_swarm` and examples: the sites have no network addresses.
     """
     if n_sites < 1:
@@ -538,6 +541,7 @@ def create_local_swarm(
         training=TrainingParams(
             model_spec_hash=model.spec_hash(),
             merge_method=merge_method,
+            merge_params=tuple(MergeParam(name=k, value=v) for k, v in (merge_params or {}).items()),
             secure=secure,
             min_peers=min_peers,
             sync_every=sync_every,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
-from consensus.genesis import MERGE_METHODS, METRIC_GOALS, SYNC_UNITS, Timeouts
+from consensus.genesis import METRIC_GOALS, SYNC_UNITS, Timeouts
+from models.rules import RULE_NAMES
 
 from . import __version__
 
@@ -173,6 +174,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         build_genesis,
         parse_join_policy,
         parse_member,
+        parse_merge_param,
         parse_threshold,
         save_genesis,
     )
@@ -186,6 +188,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         members=tuple(parse_member(m) for m in args.member),
         model=model_config.model,
         merge_method=args.merge,
+        merge_params=tuple(parse_merge_param(p) for p in args.merge_param),
         secure=args.secure,
         min_peers=args.min_peers,
         sync_every=args.sync_every,
@@ -502,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or /dns4/NAME/tcp/P",
     )
     p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
-    p.add_argument("--merge", choices=MERGE_METHODS, default="mean", help="merge method (default mean)")
+    p.add_argument("--merge", choices=RULE_NAMES, default="mean", help="merge rule (default mean)")
+    p.add_argument("--merge-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. mu=0.01")
     p.add_argument(
         "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
     )

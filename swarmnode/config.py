@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from models.data import SKLEARN_DATASETS, PreprocessConfig
+from models.data import SKLEARN_DATASETS
+from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 

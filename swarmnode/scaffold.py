@@ -29,6 +29,7 @@ from consensus.genesis import (
     Genesis,
     GenesisError,
     JoinPolicy,
+    MergeParam,
     StoppingRule,
     Timeouts,
     TrainingParams,
@@ -350,6 +351,16 @@ def parse_threshold(text: str) -> DecryptionThreshold:
         raise SetupError(f"--threshold {text!r}: {exc}{detail}") from None
 
 
+def parse_merge_param(text: str) -> MergeParam:
+    """``NAME=VALUE``: one parameter of the merge rule (e.g. ``mu=0.01`` for fedprox)."""
+    name, sep, value = text.partition("=")
+    try:
+        return MergeParam(name=name.strip(), value=float(value))
+    except ValueError:
+        detail = "" if sep else " (expected NAME=VALUE, e.g. mu=0.01)"
+        raise SetupError(f"--merge-param {text!r}: VALUE must be a number{detail}") from None
+
+
 def parse_join_policy(text: str) -> JoinPolicy:
     """``members:K`` (K member approvals) or ``admin:KEY``."""
     mode, _, value = text.partition(":")
@@ -370,6 +381,7 @@ class GenesisSettings:
     members: tuple[FoundingMember, ...]
     model: ModelSpec
     merge_method: str = "mean"
+    merge_params: tuple[MergeParam, ...] = ()
     secure: bool = True
     min_peers: int = 2
     sync_every: int = 1
@@ -404,6 +416,7 @@ def build_genesis(s: GenesisSettings) -> Genesis:
             training=TrainingParams(
                 model_spec_hash=s.model.spec_hash(),
                 merge_method=s.merge_method,
+                merge_params=s.merge_params,
                 secure=s.secure,
                 min_peers=s.min_peers,
                 sync_every=s.sync_every,

@@ -33,6 +33,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from consensus.genesis import Genesis
+from models.training import LocalObjective
 
 from .config import NodeConfig
 from .control import serve_control, to_jsonable
@@ -121,9 +122,9 @@ class _TimedLearner:
     def num_samples(self) -> int:
         return self._inner.num_samples
 
-    def train(self, amount: int, unit: str) -> float:
+    def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
         start = time.monotonic()
-        loss = self._inner.train(amount, unit)
+        loss = self._inner.train(amount, unit, objective)
         self.trained_at = time.monotonic()
         self._count += 1
         self._monitor.train_seconds[self._count] = self.trained_at - start

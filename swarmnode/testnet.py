@@ -134,8 +134,9 @@ def prepare_testnet(
     overwrite: bool = False,
     threshold: DecryptionThreshold | None = None,
 ) -> TestnetPlan:
-    from models.data import DatasetError, load_dataset, statistics_rounds
+    from models.data import DatasetError, load_dataset
     from models.flatten import spec_layout
+    from models.preprocess import statistics_rounds
     from models.spec import logistic_regression, mlp
     from models.splits import preset_scenario, split_sites
 

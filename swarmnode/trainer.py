@@ -22,7 +22,7 @@ loop every site runs::
   ``k = statistics_rounds(n_features, n_params)`` merged rounds of the ledger
   carry each site's per-feature mean and mean square (after genes / log1p) through
   the normal secure weighted mean (weight = the site's rows x weightage), packed
-  into model-sized vectors (`models.data.PooledMoments`: first a per-feature
+  into model-sized vectors (`models.preprocess.PooledMoments`: first a per-feature
   power-of-two scale, then the scaled moments); every site then standardises
   with the pooled mean and std. Nobody sees another site's statistics, only
   the pooled ones. These rounds report no validation metric
@@ -30,7 +30,7 @@ loop every site runs::
   swarm with ``max_rounds = R`` trains ``R - k`` merged rounds
   (`training_rounds`). Their `RoundRecord` has ``kind = "statistics"``.
   `SwarmTrainer.from_torch` leaves normalisation to the user (use
-  `models.data.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
+  `models.preprocess.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
   the same by hand).
 
 `SwarmTrainer` itself does no I/O: `next_sync()` trains and returns what to
@@ -46,22 +46,24 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
-import numpy as np
 import torch
 import trio
 from torch import nn
 
-from consensus.genesis import SECURE_MERGE_METHODS, Genesis
-from models.data import Dataset, FeatureMoments, PooledMoments, load_dataset, statistics_rounds
-from models.flatten import FloatVector, flatten, layout_of, unflatten
-from models.training import LocalTrainer, Metrics, classification_metrics, init_parameters
+from consensus.genesis import Genesis
+from models.data import Dataset, load_dataset
+from models.flatten import FloatVector
+from models.preprocess import FeatureMoments, PooledMoments, statistics_rounds
+from models.rules import SECURE_RULE_NAMES, rule_named
+from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
 
 from .config import NodeConfig
+from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
 from .metricsfile import METRICS_FILE, MetricsFile
 from .net.base import Transport
-from .node import MergeResult, Node, SwarmError, SwarmStopped, open_swarm_node
+from .node import MergeResult, Node, SwarmStopped, open_swarm_node
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -95,10 +97,6 @@ METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
 LARGER_IS_BETTER: Final = frozenset({"accuracy", "balanced_accuracy", "f1", "roc_auc"})
 TRAINING: Final = "training"
 STATISTICS: Final = "statistics"  # a merge of the swarm's standardisation statistics
-
-
-class SwarmSetupError(SwarmError):
-    """Local training does not fit the swarm's rules (model, merge method, metric, sync unit)."""
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -199,169 +197,6 @@ class SwarmCallback:
         """Once, when the swarm stopped training."""
 
 
-# -- local learners ----------------------------------------------------------------------------
-
-
-class LocalLearner(Protocol):
-    """What SwarmTrainer needs from local training."""
-
-    @property
-    def num_samples(self) -> int: ...
-
-    def train(self, amount: int, unit: str) -> float:
-        """Train `amount` epochs or steps; return the mean training loss."""
-        ...
-
-    def parameters(self) -> FloatVector: ...
-
-    def load(self, parameters: FloatVector) -> None: ...
-
-    def validate(self) -> Metrics | None: ...
-
-    def test(self) -> Metrics | None: ...
-
-
-@final
-class _SpecLearner:
-    """A `models.LocalTrainer` (its own validation split; optional test data)."""
-
-    def __init__(self, trainer: LocalTrainer, test_data: Dataset | None) -> None:
-        self.trainer = trainer
-        self.test_data = test_data
-
-    @property
-    def num_samples(self) -> int:
-        return self.trainer.num_samples
-
-    def train(self, amount: int, unit: str) -> float:
-        if unit != "epochs":
-            raise SwarmSetupError(
-                f"this swarm syncs every {amount} {unit}; models.LocalTrainer trains whole epochs only "
-                "(use SwarmTrainer.from_torch for step-based sync)"
-            )
-        return self.trainer.train_epochs(amount).train_loss
-
-    def parameters(self) -> FloatVector:
-        return self.trainer.parameters()
-
-    def load(self, parameters: FloatVector) -> None:
-        self.trainer.load_parameters(parameters)
-
-    def validate(self) -> Metrics | None:
-        return self.trainer.validate()
-
-    def test(self) -> Metrics | None:
-        return None if self.test_data is None else self.trainer.evaluate(self.test_data)
-
-    def swarm_moments(self) -> FeatureMoments | None:
-        """This site's share of the swarm's statistics, or None unless standardize = "swarm"."""
-        if self.trainer.preprocessor.config.mode != "swarm":
-            return None
-        return self.trainer.feature_moments()
-
-    def use_pooled_moments(self, pooled: FeatureMoments) -> None:
-        self.trainer.standardize_with(pooled)
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@final
-class _TorchLearner:
-    """A user's classifier: module (logits out), DataLoader of (x, y) batches, optimiser."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
-        optimizer: torch.optim.Optimizer,
-        loss_fn: LossFn,
-        val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
-        test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
-        num_samples: int | None,
-    ) -> None:
-        self.model = model
-        self.layout = layout_of(model)
-        self.train_loader = train_loader
-        self.optimizer = optimizer
-        self.loss_fn = loss_fn
-        self.val_loader = val_loader
-        self.test_loader = test_loader
-        if num_samples is None:
-            try:
-                num_samples = len(train_loader.dataset)  # type: ignore[arg-type]
-            except TypeError:
-                raise SwarmSetupError(
-                    "the training DataLoader's dataset has no len(): pass num_samples"
-                ) from None
-        if num_samples < 1:
-            raise SwarmSetupError("the training data is empty")
-        self._num_samples = num_samples
-
-    @property
-    def num_samples(self) -> int:
-        return self._num_samples
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        return float(loss.detach())
-
-    def train(self, amount: int, unit: str) -> float:
-        self.model.train()
-        losses: list[float] = []
-        if unit == "epochs":
-            for _ in range(amount):
-                losses.extend(self._step(x, y) for x, y in self.train_loader)
-        else:
-            while len(losses) < amount:
-                before = len(losses)
-                for x, y in self.train_loader:
-                    losses.append(self._step(x, y))
-                    if len(losses) == amount:
-                        break
-                if len(losses) == before:
-                    raise SwarmSetupError("the training DataLoader yielded no batches")
-        return float(np.mean(losses)) if losses else math.nan
-
-    def parameters(self) -> FloatVector:
-        return flatten(self.model, self.layout)
-
-    def load(self, parameters: FloatVector) -> None:
-        unflatten(self.model, parameters, self.layout)
-
-    def _evaluate(self, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None) -> Metrics | None:
-        if loader is None:
-            return None
-        was_training = self.model.training
-        self.model.eval()
-        logits: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        try:
-            with torch.no_grad():
-                for x, y in loader:
-                    logits.append(self.model(x))
-                    labels.append(y)
-        finally:
-            self.model.train(was_training)
-        if not logits:
-            return None
-        all_logits, all_labels = torch.cat(logits), torch.cat(labels)
-        loss = float(self.loss_fn(all_logits, all_labels))
-        probabilities = torch.softmax(all_logits, dim=1).double().numpy()
-        return classification_metrics(
-            all_labels.numpy().astype(np.int64), probabilities, all_logits.shape[1], loss=loss
-        )
-
-    def validate(self) -> Metrics | None:
-        return self._evaluate(self.val_loader)
-
-    def test(self) -> Metrics | None:
-        return self._evaluate(self.test_loader)
-
-
 # -- the trainer -------------------------------------------------------------------------------
 
 
@@ -370,16 +205,26 @@ def check_merge_method(genesis: Genesis, requested: str | None) -> str:
     rules = genesis.training
     if requested is None or requested == rules.merge_method:
         return rules.merge_method
-    if rules.secure and requested not in SECURE_MERGE_METHODS:
+    if rules.secure and requested not in SECURE_RULE_NAMES:
         raise SwarmSetupError(
             f"merge method {requested!r} needs plaintext updates, but swarm {genesis.name!r} has "
-            f"secure = true in its genesis: only {', '.join(SECURE_MERGE_METHODS)} can be computed on "
+            f"secure = true in its genesis: only {', '.join(SECURE_RULE_NAMES)} can be computed on "
             "encrypted updates. Robust merges need a swarm founded with secure = false."
         )
     raise SwarmSetupError(
         f"merge method {requested!r} differs from swarm {genesis.name!r}'s genesis "
         f"({rules.merge_method!r}); every member merges by the genesis rule"
     )
+
+
+def rule_objective(genesis: Genesis) -> LocalObjective | None:
+    """The genesis merge rule's term for local training's loss, with the genesis settings
+    (None for a rule without one)."""
+    objective = rule_named(genesis.training.merge_method).load_math().local_objective
+    if objective is None:
+        return None
+    settings = genesis.training.merge_settings()
+    return lambda model: objective(model, settings)
 
 
 def default_metric(genesis: Genesis) -> str:
@@ -410,6 +255,7 @@ class SwarmTrainer:
         self.learner: Final = learner
         self.genesis: Final = genesis
         self.merge_method: Final = check_merge_method(genesis, merge_method)
+        self.local_objective: Final = rule_objective(genesis)
         self.metric: Final = metric if metric is not None else default_metric(genesis)
         if self.metric not in METRICS:
             raise SwarmSetupError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
@@ -461,7 +307,7 @@ class SwarmTrainer:
         cls, trainer: LocalTrainer, genesis: Genesis, *, test_data: Dataset | None = None, **options: object
     ) -> SwarmTrainer:
         """Wrap a `models.LocalTrainer` (validation on its local split)."""
-        return cls(_SpecLearner(trainer, test_data), genesis, **options)  # type: ignore[arg-type]
+        return cls(SpecLearner(trainer, test_data), genesis, **options)  # type: ignore[arg-type]
 
     @classmethod
     def from_torch(
@@ -478,7 +324,7 @@ class SwarmTrainer:
         **options: object,
     ) -> SwarmTrainer:
         """Wrap a classifier returning logits, trained in place on (x, y) batches."""
-        learner = _TorchLearner(model, train_loader, optimizer, loss_fn, val_loader, test_loader, num_samples)
+        learner = TorchLearner(model, train_loader, optimizer, loss_fn, val_loader, test_loader, num_samples)
         return cls(learner, genesis, **options)  # type: ignore[arg-type]
 
     # -- the steps (no I/O) ----------------------------------------------------------------
@@ -498,7 +344,11 @@ class SwarmTrainer:
             )
         for callback in self.callbacks:
             callback.on_round_start(len(self.rounds) + 1, self)
-        loss = self.learner.train(self.sync_every, self.sync_unit)
+        loss = (  # a learner written before rules had objectives still trains plain rules
+            self.learner.train(self.sync_every, self.sync_unit)
+            if self.local_objective is None
+            else self.learner.train(self.sync_every, self.sync_unit, self.local_objective)
+        )
         self._trained += self.sync_every
         local = self.learner.validate()
         value = None if local is None else getattr(local, self.metric)

@@ -123,6 +123,28 @@ def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest
     assert not Genesis.load(tmp_path / "g3.cbor").training.secure
 
 
+def test_genesis_merge_rule_and_its_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = init(tmp_path, "a", 7341)
+    base = ["genesis", "--member", member(tmp_path, "a", 7341), "--model-from", str(a), "--no-secure"]
+    out = tmp_path / "prox.cbor"
+    assert main([*base, "--merge", "fedprox", "--merge-param", "mu=0.5", "--out", str(out)]) == 0
+    training = Genesis.load(out).training
+    assert (training.merge_method, training.merge_settings()) == ("fedprox", {"mu": 0.5})
+    capsys.readouterr()
+    for extra, message in [
+        (["--merge", "fedprox", "--merge-param", "mu=lots"], "--merge-param 'mu=lots': VALUE must be"),
+        (["--merge", "fedprox", "--merge-param", "nu=1"], "training.merge_params: merge rule 'fedprox'"),
+        (["--merge", "fedprox", "--merge-param", "mu=-1"], "training.merge_params.mu: must be in"),
+        (["--merge-param", "mu=1"], "merge rule 'mean' has no parameter mu"),
+    ]:
+        assert main([*base, *extra, "--out", str(tmp_path / "bad.cbor")]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert err.count("\n") == 1
+    assert main([*base, "--merge", "krum"]) == 2  # argparse: the registry's names are the only choices
+    assert "'trimmed_mean', 'fedprox')" in capsys.readouterr().err
+
+
 def test_invite_and_join(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = init(tmp_path, "a", 7321)
     init(tmp_path, "b", 7322)

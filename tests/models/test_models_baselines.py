@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import Dataset, PreprocessConfig, agree_on_genes, highly_variable_genes
+from models.data import Dataset
+from models.preprocess import PreprocessConfig, agree_on_genes, highly_variable_genes
 from models.spec import mlp
 from models.splits import Scenario, split_sites
 from models.training import LocalTrainer, TrainConfig

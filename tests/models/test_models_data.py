@@ -16,17 +16,14 @@ from models.data import (
     MissingFileError,
     MissingValueError,
     NonNumericFeatureError,
-    PreprocessConfig,
-    Preprocessor,
     UnknownDatasetError,
-    agree_on_genes,
-    highly_variable_genes,
     load_csv,
     load_dataset,
     load_h5ad,
     load_npz,
     load_sklearn,
 )
+from models.preprocess import PreprocessConfig, Preprocessor, agree_on_genes, highly_variable_genes
 
 # ------------------------------------------------------------------ CSV
 

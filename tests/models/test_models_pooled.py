@@ -11,15 +11,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models.data import (
-    Dataset,
-    DatasetError,
-    FeatureMoments,
-    PooledMoments,
-    PreprocessConfig,
-    Preprocessor,
-    statistics_rounds,
-)
+from models.data import Dataset, DatasetError
+from models.preprocess import FeatureMoments, PooledMoments, PreprocessConfig, Preprocessor, statistics_rounds
 from models.spec import logistic_regression
 from models.training import LocalTrainer, TrainConfig
 

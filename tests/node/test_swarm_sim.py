@@ -26,8 +26,8 @@ import trio
 import trio.testing
 
 from models import LocalTrainer, TrainConfig, load_sklearn, mlp, preset_scenario, split_sites
-from models.data import PreprocessConfig, statistics_rounds
 from models.flatten import spec_layout
+from models.preprocess import PreprocessConfig, statistics_rounds
 from swarmnode.net.memory import open_memory_network
 from swarmnode.simswarm import SwarmPlan
 from swarmnode.trainer import STATISTICS, SwarmTrainer, TrainingSummary

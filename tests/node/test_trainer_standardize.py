@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from consensus.contract import MERGED, Round
 from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
-from models.data import FeatureMoments, PreprocessConfig, load_dataset, statistics_rounds
+from models.data import load_dataset
+from models.preprocess import FeatureMoments, PreprocessConfig, statistics_rounds
 from models.spec import ModelSpec, mlp
 from models.training import LocalTrainer, TrainConfig
 from swarmnode.config import ConfigError, NodeConfig

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from consensus.genesis import FoundingMember, Genesis, StoppingRule, TrainingParams
-from models.data import PreprocessConfig, load_dataset
+from models.data import load_dataset
+from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec, logistic_regression, mlp
 from models.training import LocalTrainer, TrainConfig
 from swarmnode.config import DataSection, NodeConfig, NodeSection
