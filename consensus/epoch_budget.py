@@ -1,12 +1,12 @@
 """The smudging budget of a key epoch: what a round's decryption costs, and what the
 contract does when one would not fit.
 
-Smudging budget. Decryption shares leak a little about the epoch's keys (bounded in
-`crypto.smudging`); each key epoch counts the shares its rounds asked for
-(`decryption_units`, on entering ``DECRYPT`` and for every new decrypt set in it) and a
-decryption that would pass the budget is never asked for: the round is aborted and a new
-key epoch over the same members starts. A round does not start while one like the
-epoch's largest decryption would no longer fit; a new epoch starts first.
+Decryption shares leak a little about the epoch's keys (bounded in `crypto.smudging`);
+each key epoch counts the shares its rounds asked for (`decryption_units`, on entering
+``DECRYPT`` and for every new decrypt set in it) and a decryption that would pass the
+budget is never asked for: the round is aborted and a new key epoch over the same members
+starts. A round does not start while one like the epoch's largest decryption would no
+longer fit; a new epoch starts first.
 """
 
 from __future__ import annotations

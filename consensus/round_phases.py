@@ -1,9 +1,10 @@
 """The round transactions of each phase: contributions, the leader's aggregate, the
 verifier's verdict, decryption shares and the combiners' merged-model votes.
 
-Each is accepted in one phase (`_TX_PHASE`) and must name the round's current step
-(`consensus.rounds`), so a stale or replayed record never lands in a later step. The
-robust decrypt-phase rules (point shares, named culprits) are `consensus.decrypt_phase`.
+Each is accepted in one phase (`_TX_PHASE`), and all but a contribution (one per
+participant) must name the round's current step (`consensus.rounds`), so a stale or
+replayed record never lands in a later step. The robust decrypt-phase rules (point
+shares, named culprits) are `consensus.decrypt_phase`.
 """
 
 from __future__ import annotations
