@@ -1,6 +1,6 @@
 """Decrypt-phase rules of robust key epochs (point shares, `crypto.robust_merge`).
 
-In a robust epoch (`consensus.contract.KeyEpoch.robust`) every decryption share is a
+In a robust epoch (`consensus.contract_state.KeyEpoch.robust`) every decryption share is a
 point on one polynomial, not bound to a decrypt set, and extra points check each other:
 
 * **Decrypt set.** Every active participant of the round, not only t: more points name
@@ -18,7 +18,7 @@ point on one polynomial, not bound to a decrypt set, and extra points check each
   points: e.g. four of four at t = 3), combiners vote `ShareMismatch`; t such votes abort
   the round without a merge. The closed round keeps every share hash for inspection.
 
-Pure functions of the round's fields; `consensus.contract` applies them.
+Pure functions of the round's fields; `consensus.rounds` and `consensus.round_phases` apply them.
 """
 
 from __future__ import annotations

@@ -522,8 +522,37 @@ def run_schedule(
         max_delay=rng.uniform(0.005, 0.08),
     )
     sim = Simulation(n, seed, byzantine=byzantine, faults=faults)
+    plan, valid_txs = _fault_plan(rng, sim, honest, txs, fault_time)
+    try:
+        for at, _, act in sorted(plan, key=lambda item: (item[0], item[1])):
+            sim.advance_to(at)
+            act()
+        sim.advance_to(fault_time)
+        stable, heights = _check_after_faults(sim, seed, valid_txs, liveness_heights, max_time)
+        return ScheduleResult(
+            n=n,
+            seed=seed,
+            byzantine=byzantine,
+            stable_height=stable,
+            final_height=sim.min_honest_height(),
+            tx_commit_heights=heights,
+            virtual_time=sim.now,
+            evidence=len(sim.evidence),
+            events=sim.events,
+        )
+    finally:
+        sim.close()
+
+
+def _fault_plan(
+    rng: random.Random, sim: Simulation, honest: Sequence[int], txs: int, fault_time: float
+) -> tuple[list[tuple[float, int, Callable[[], None]]], list[bytes]]:
+    """The schedule's actions during ``[0, fault_time)`` (time, order, action), drawn from
+    `rng`: `txs` valid transactions and one invalid one submitted, maybe a partition that
+    heals and a crash with restart from the store; and the valid transactions."""
+    n = len(sim.nodes)
     victim = rng.choice(honest)
-    submitters = [i for i in honest if i != victim] or honest
+    submitters = [i for i in honest if i != victim] or list(honest)
     plan: list[tuple[float, int, Callable[[], None]]] = []
     valid_txs: list[bytes] = []
     for k in range(txs):
@@ -542,49 +571,41 @@ def run_schedule(
         down = rng.uniform(0, fault_time)
         plan.append((down, len(plan), lambda: sim.crash(victim)))
         plan.append((rng.uniform(down, fault_time), len(plan), lambda: sim.restart(victim)))
-    try:
-        for at, _, act in sorted(plan, key=lambda item: (item[0], item[1])):
-            sim.advance_to(at)
-            act()
-        sim.advance_to(fault_time)
-        sim.network.heal()
-        sim.network.set_faults(LinkFaults())
-        for node in sim.nodes:
-            sim.restart(node.index)
-        stable = sim.max_honest_height()
-        bound = stable + (liveness_heights if liveness_heights is not None else 2 * n + 2)
-        done = sim.run_until(
-            lambda: (
-                all(sim.committed_everywhere(tx) for tx in valid_txs)
-                and sim.min_honest_height() >= stable + 1
-            ),
-            max_time=max_time,
+    return plan, valid_txs
+
+
+def _check_after_faults(
+    sim: Simulation, seed: int, valid_txs: Sequence[bytes], liveness_heights: int | None, max_time: float
+) -> tuple[int, tuple[int, ...]]:
+    """Stabilise the network (healed, no loss, every node up), then check liveness: every
+    valid tx applied by every honest node within the bound, the invalid one by none.
+    Returns the height reached when the faults stopped and each valid tx's commit height."""
+    n = len(sim.nodes)
+    sim.network.heal()
+    sim.network.set_faults(LinkFaults())
+    for node in sim.nodes:
+        sim.restart(node.index)
+    stable = sim.max_honest_height()
+    bound = stable + (liveness_heights if liveness_heights is not None else 2 * n + 2)
+    done = sim.run_until(
+        lambda: (
+            all(sim.committed_everywhere(tx) for tx in valid_txs) and sim.min_honest_height() >= stable + 1
+        ),
+        max_time=max_time,
+    )
+    if not done:
+        raise InvariantViolation(
+            f"n={n} seed={seed}: no progress to height {stable + 1} with all txs by t={max_time} "
+            f"(heights {[node.height for node in sim.nodes]})"
         )
-        if not done:
-            raise InvariantViolation(
-                f"n={n} seed={seed}: no progress to height {stable + 1} with all txs by t={max_time} "
-                f"(heights {[node.height for node in sim.nodes]})"
-            )
-        heights = tuple(max(node.applied_txs[sha256(tx)] for node in sim.honest) for tx in valid_txs)
-        late = [h for h in heights if h > bound]
-        if late:
-            raise InvariantViolation(f"n={n} seed={seed}: txs committed at {late}, after the bound {bound}")
-        for node in sim.honest:
-            if sha256(b"\xff") in node.applied_txs:
-                raise InvariantViolation(f"n={n} seed={seed}: an invalid tx was applied")
-        return ScheduleResult(
-            n=n,
-            seed=seed,
-            byzantine=byzantine,
-            stable_height=stable,
-            final_height=sim.min_honest_height(),
-            tx_commit_heights=heights,
-            virtual_time=sim.now,
-            evidence=len(sim.evidence),
-            events=sim.events,
-        )
-    finally:
-        sim.close()
+    heights = tuple(max(node.applied_txs[sha256(tx)] for node in sim.honest) for tx in valid_txs)
+    late = [h for h in heights if h > bound]
+    if late:
+        raise InvariantViolation(f"n={n} seed={seed}: txs committed at {late}, after the bound {bound}")
+    for node in sim.honest:
+        if sha256(b"\xff") in node.applied_txs:
+            raise InvariantViolation(f"n={n} seed={seed}: an invalid tx was applied")
+    return stable, heights
 
 
 def _conflicting(body: Proposal | Prevote | Precommit) -> Proposal | Prevote | Precommit:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consensus import contract
+from consensus import contract, epoch_budget
 from consensus.contract import ABORTED, MERGED, Contract
 from consensus.genesis import FoundingMember, Genesis, TrainingParams
 from consensus.transactions import (
@@ -322,7 +322,7 @@ def test_the_contract_starts_a_new_key_epoch_before_a_round_would_pass_the_budge
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     budget = SmudgingBudget(log_sigma=55, budget_bits=40)  # capacity ~2.3M units
-    monkeypatch.setattr(contract, "SMUDGING_BUDGET", budget, raising=False)
+    monkeypatch.setattr(epoch_budget, "SMUDGING_BUDGET", budget)
     # Lagrange decrypt sets of t = 3 (epochs above the PRSS key limit): the unit counts below
     # assume |T| = 3 shares per decryption.
     monkeypatch.setattr(prss, "robust_epoch", lambda members, threshold, **_: False)

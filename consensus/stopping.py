@@ -1,0 +1,84 @@
+"""Stopping training: the stopping rule applied to each merged round, and `Stop` votes.
+
+After each merged round, ``max_rounds`` merged rounds or
+``patience`` rounds without an improvement of the median reported validation
+metric by more than ``min_delta`` stop training and record the final model
+hash; a majority of members can also vote `Stop`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from crypto.identity import NodeId
+
+from .contract_state import MERGED, ContractState, Result, Round, StopRecord, round_number_check
+from .genesis import Genesis
+from .round_history import abort, append_history
+from .transactions import Phase, Stop
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> ContractState:
+    r = s.round
+    participants = set(r.participants)
+    metrics = [x.val_metric for x in r.ready if x.node_id in participants and x.val_metric is not None]
+    median = _median(metrics)
+    closed = replace(r, outcome=MERGED, merged_hash=merged_hash, median_metric=median, close_height=h)
+    rule = g.training.stopping
+    best, stale = s.best_metric, s.stale_rounds
+    if median is not None:  # a round nobody reported a metric for neither improves nor counts
+        if best is None:
+            improved = True
+        elif rule.goal == "max":
+            improved = median > best + rule.min_delta
+        else:
+            improved = median < best - rule.min_delta
+        best, stale = (median, 0) if improved else (best, stale + 1)
+    merged_rounds = s.merged_rounds + 1
+    s = replace(
+        append_history(s, closed),
+        round=Round(number=r.number + 1),
+        merged_rounds=merged_rounds,
+        last_merged_hash=merged_hash,
+        best_metric=best,
+        stale_rounds=stale,
+    )
+    if merged_rounds >= rule.max_rounds:
+        return stop(s, h, f"max_rounds={rule.max_rounds} reached")
+    if rule.patience and stale >= rule.patience:
+        return stop(s, h, f"no improvement of the median metric for {rule.patience} rounds")
+    return s
+
+
+def stop(s: ContractState, h: int, reason: str) -> ContractState:
+    record = StopRecord(
+        height=h, reason=reason, merged_rounds=s.merged_rounds, final_model_hash=s.last_merged_hash
+    )
+    return replace(s, round=Round(number=s.round.number, phase=Phase.STOPPED.value), stopped=record)
+
+
+def stop_vote(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Stop) -> Result:
+    if s.member(sender) is None:
+        return "not a member"
+    if (reason := round_number_check(s, body.round)) is not None:
+        return reason
+    r = s.round
+    if sender in r.stop_votes:
+        return "already voted to stop"
+    r = replace(r, stop_votes=(*r.stop_votes, sender))
+    s = replace(s, round=r)
+    members = set(s.member_ids)
+    if len(set(r.stop_votes) & members) < len(members) // 2 + 1:
+        return s
+    if r.phase != Phase.READY:
+        s = abort(s, g, h, "training stopped by member vote")
+    return stop(s, h, "stopped by a majority of members")
