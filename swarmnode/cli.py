@@ -311,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _ctrl_c_stops()
     from .config import NodeConfig
-    from .liveview import render, site_row
+    from .liveview import render
     from .logsetup import setup_logging
     from .scaffold import load_genesis
     from .startup import preflight
@@ -323,27 +323,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.node.log_level, log_format=args.log_format, quiet=live_view, site=config.node.name)
     identity = preflight(config, genesis)  # refusals at once, before the data and the network
 
-    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
+    from .liveview import SiteView
+    from .siterun import SiteReport, run_site, stop_on_signal
     from .trainer import default_metric
 
-    monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
+    view = SiteView(config.node.name, default_metric(genesis))
 
-    async def run_plain() -> dict[str, object]:
-        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor, identity=identity))
+    async def run_plain() -> SiteReport:
+        return await stop_on_signal(
+            lambda: run_site(config, genesis=genesis, identity=identity, observers=(view,))
+        )
 
     if not live_view:
-        final = trio.run(run_plain)
+        report = trio.run(run_plain)
     else:
         from rich.live import Live
 
         def table() -> object:
-            metrics = {"metric": monitor.metric, "rounds": monitor.records}
-            state = "stopped" if monitor.final is not None else "running"
-            return render(
-                [site_row(config.node.name, state, monitor.status, metrics)], genesis.name, monitor.metric
-            )
+            return render([view.row("stopped" if view.stopped else "running")], genesis.name, view.metric)
 
-        async def run_live() -> dict[str, object]:
+        async def run_live() -> SiteReport:
             with Live(table(), refresh_per_second=4) as live:  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
 
@@ -353,19 +352,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.25)
 
                     nursery.start_soon(refresh)
-                    result = await stop_on_signal(
-                        lambda: run_site_monitored(config, monitor=monitor, identity=identity)
-                    )
+                    result = await run_plain()
                     live.update(table())  # type: ignore[arg-type]
                     nursery.cancel_scope.cancel()
                 return result
 
-        final = trio.run(run_live)
+        report = trio.run(run_live)
+    final = report.summary.to_dict()
     test = final.get("test")
     _out(f"stopped: {final.get('stop_reason')}; final model {final.get('final_hash')}")
     if isinstance(test, dict):
         _out("test metrics: " + ", ".join(f"{k} {v}" for k, v in test.items()))
-    _out(f"metrics: {config.node.storage_dir / 'metrics.json'}")
+    _out(f"metrics: {report.metrics_path}")
     return EXIT_OK
 
 

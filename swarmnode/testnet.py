@@ -40,7 +40,7 @@ from crypto.identity import NodeId
 
 from .config import NodeConfig
 from .control import ControlError, request_control
-from .liveview import SiteRow, render, site_row
+from .liveview import SiteRow, SiteView, render, site_row
 from .scaffold import (
     DEFAULT_POSITIVE_CLASS,
     GenesisSettings,
@@ -468,49 +468,39 @@ def run_simulated(plan: TestnetPlan, *, timeout: float, view: View, seed: int = 
     from crypto.identity import NodeIdentity
 
     from .net.memory import open_memory_network
-    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
+    from .siterun import run_site, stop_on_signal
     from .trainer import default_metric
 
     genesis = Genesis.load(plan.genesis_path)
     configs = [NodeConfig.load(s.config_path) for s in plan.sites]
-    monitors = [SiteMonitor(site=c.node.name, metric=default_metric(genesis)) for c in configs]
+    views = [SiteView(c.node.name, default_metric(genesis)) for c in configs]
     finals: dict[str, dict[str, Any]] = {}
 
     async def main() -> None:
         async with open_memory_network(seed) as network, trio.open_nursery() as nursery:
 
-            async def site(config: NodeConfig, monitor: SiteMonitor) -> None:
+            async def site(config: NodeConfig, site_view: SiteView) -> None:
                 identity = NodeIdentity.load(config.node.key_file)
-                finals[config.node.name] = await run_site_monitored(
-                    config, monitor=monitor, transport=network.transport(identity.node_id), identity=identity
+                report = await run_site(
+                    config,
+                    genesis=genesis,
+                    transport=network.transport(identity.node_id),
+                    identity=identity,
+                    observers=(site_view,),
                 )
+                finals[config.node.name] = report.summary.to_dict()
 
             async def show() -> None:
                 while True:
-                    view.update(
-                        [
-                            site_row(
-                                m.site,
-                                "done" if m.final is not None else "running",
-                                m.status,
-                                {"metric": m.metric, "rounds": m.records},
-                            )
-                            for m in monitors
-                        ]
-                    )
+                    view.update([v.row("done" if v.stopped else "running") for v in views])
                     await trio.sleep(0.5)
 
             with trio.fail_after(timeout):
                 async with trio.open_nursery() as sites:
-                    for config, monitor in zip(configs, monitors, strict=True):
-                        sites.start_soon(site, config, monitor)
+                    for config, site_view in zip(configs, views, strict=True):
+                        sites.start_soon(site, config, site_view)
                     nursery.start_soon(show)
-            view.update(
-                [
-                    site_row(m.site, "done", m.status, {"metric": m.metric, "rounds": m.records})
-                    for m in monitors
-                ]
-            )
+            view.update([v.row("done") for v in views])
             nursery.cancel_scope.cancel()
 
     try:

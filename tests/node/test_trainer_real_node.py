@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +26,8 @@ from swarmnode.config import DataSection, NodeConfig
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import params_hash
 from swarmnode.simswarm import SIM_TIMEOUTS
-from swarmnode.trainer import RoundRecord, SiteReport, SwarmSetupError, run_site
+from swarmnode.siterun import SiteReport, run_site
+from swarmnode.trainer import RoundRecord, SwarmSetupError, TrainingSummary
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,6 +43,22 @@ def save_npz(data: Dataset, path: Path) -> str:
         class_names=np.array(data.class_names),
     )
     return str(path)
+
+
+class Progress:
+    """A `SiteObserver` keeping every merged round it hears of."""
+
+    def __init__(self, seen: list[RoundRecord]) -> None:
+        self.seen = seen
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        pass
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.seen.append(record)
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        pass
 
 
 def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeConfig, ...]:
@@ -83,7 +102,7 @@ async def test_three_sites_train_to_the_same_final_model(
                     config,
                     transport=network.transport(identity.node_id),
                     identity=identity,
-                    progress=seen.append,
+                    observers=[Progress(seen)],
                     inline_compute=True,
                     timeout=600,
                 )
