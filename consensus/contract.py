@@ -59,7 +59,7 @@ gets `BAD_DEALING` evidence against the dealer, a segment that checks out
 without the offender (with fresh dealings and the offender, if fewer than
 ``max(min_peers, t)`` would remain). Forged evidence is refused.
 
-Rounds (DESIGN section 5). ``READY`` collects `Ready(r)`. The round starts,
+Rounds (README, Architecture). ``READY`` collects `Ready(r)`. The round starts,
 decided by the contract, when the key epoch is complete and either every
 member is Ready or the ready-wait timeout was decided, with at least
 `TrainingParams.min_contributions` (``max(min_peers, t + 1)`` in a secure swarm)

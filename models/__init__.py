@@ -1,6 +1,6 @@
 """Models, datasets, site splits, local training and merge weighting.
 
-This package knows nothing about networking or crypto (DESIGN.md section 1).
+This package knows nothing about networking or crypto (README, Architecture: imports point down).
 """
 
 from .data import SKLEARN_DATASETS as SKLEARN_DATASETS
