@@ -1,6 +1,6 @@
 """Error types of the `consensus` package.
 
-Two families, as in h11 (STYLE H4):
+Two families, as h11 separates remote and local protocol errors:
 
 - `crypto.errors.ProtocolError` subclasses defined here (`InvalidBlock`,
   `InvalidCertificate`) mean a *peer* sent something we refuse. Nothing has

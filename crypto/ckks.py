@@ -3,7 +3,7 @@
 This module is the one place that knows how a parameter vector is laid out in
 ciphertexts and how ciphertexts are laid out in bytes.
 
-Parameters (`CkksParams`, defaults verified in notes/threshold-ckks.md):
+Parameters (`CkksParams`; docs/SECURITY.md section 3 argues their security level):
 
 - Ring degree N = 8192, coefficient moduli of 60, 60 and 60 bits. Total 180 bits; the
   HE standard's 128-bit table allows at most 218 bits at N = 8192 (SEAL's

@@ -1,6 +1,6 @@
 """Secure merge facade: what the round protocol calls, bytes in and bytes out.
 
-A round with threshold CKKS, seen from one member (DESIGN.md sections 4 and 5)::
+A round with threshold CKKS, seen from one member (the whole round: README, Architecture)::
 
     # key epoch (whenever membership changes; spec fixed on the ledger)
     epoch = start_key_epoch(spec, identity)

@@ -1,7 +1,7 @@
 """Threshold CKKS: collective keys by key epoch, t-of-n decryption with smudging.
 
 The protocol of Mouchet et al. (PoPETs 2021) with Shamir re-sharing for t-of-n,
-on the numpy RNS/NTT representation SEAL uses (see DESIGN.md section 4):
+on the numpy RNS/NTT representation SEAL uses (`crypto.rns`; docs/SECURITY.md sections 3-5):
 
 Key epoch (`KeyEpoch`), for an ordered member list with Shamir points 1..n:
 
@@ -111,7 +111,7 @@ class DecryptionRefused(Exception):
 
 
 def default_threshold(members: int) -> int:
-    """DESIGN default: a strict majority, ``floor(n / 2) + 1``."""
+    """The default (genesis `DecryptionThreshold` 1/2): a strict majority, ``floor(n / 2) + 1``."""
     return members // 2 + 1
 
 

@@ -4,7 +4,7 @@ The spec is stored (by hash) in genesis, so it has one canonical byte form:
 JSON with sorted keys, no whitespace, ASCII only, tuples as lists and floats in
 Python's shortest round-trip repr. ``spec_hash()`` is SHA-256 over exactly those
 bytes. This module deliberately does not use ``crypto.cbor``: ``models`` must not
-import ``crypto`` (DESIGN.md section 1), and the ledger only ever stores the hash.
+import ``crypto`` (README, Architecture), and the ledger only ever stores the hash.
 """
 
 from __future__ import annotations

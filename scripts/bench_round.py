@@ -28,7 +28,7 @@
      stricter share of merge_s in which at least one node was computing crypto or
      fetching a blob (the rest is pure protocol waiting).
 2. **Flower** (flwr 1.41, the deployment runtime): the verified anchor
-   benchmark ``../shared/anchors/flower/bench_flower.py`` copied to a temp dir
+   benchmark (`ANCHOR`, kept beside the repository, not in it) copied to a temp dir
    and run with a Flower venv (``--flower-python``, default
    ``/tmp/flowervenv/bin/python``) in the same run; ``--flower recorded`` uses
    the anchor's committed numbers instead (labelled so in the JSON).

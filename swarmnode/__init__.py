@@ -10,7 +10,8 @@ This module is the public API (each name re-exported explicitly, as trio does):
   ``merge(model_or_params, num_samples)`` at each sync point.
 - `open_swarm_node`: the same node, trio-native (an async context manager).
 - `SwarmTrainer`, `train_with_swarm`, `SwarmCallback`: local PyTorch training
-  with a merge every k epochs; `run_site`: one site as ``swarmnode run`` runs it.
+  with a merge every k epochs; `run_site`: one site as ``swarmnode run`` runs it,
+  `SiteObserver`: what monitoring of it hears.
 - `local_swarm`, `create_local_swarm`: a whole swarm in one process.
 
 The names are imported on first use (PEP 562): ``import swarmnode.net...`` in a
@@ -41,12 +42,13 @@ if TYPE_CHECKING:
     from .node import SwarmError as SwarmError
     from .node import SwarmStopped as SwarmStopped
     from .node import open_swarm_node as open_swarm_node
+    from .siterun import SiteObserver as SiteObserver
+    from .siterun import SiteReport as SiteReport
+    from .siterun import run_site as run_site
     from .trainer import RoundRecord as RoundRecord
-    from .trainer import SiteReport as SiteReport
     from .trainer import SwarmCallback as SwarmCallback
     from .trainer import SwarmTrainer as SwarmTrainer
     from .trainer import TrainingSummary as TrainingSummary
-    from .trainer import run_site as run_site
     from .trainer import train_with_swarm as train_with_swarm
 
 # public name -> the submodule defining it
@@ -65,13 +67,14 @@ _EXPORTS: Final[dict[str, str]] = {
     "SwarmError": "node",
     "SwarmStopped": "node",
     "open_swarm_node": "node",
+    "SiteObserver": "siterun",
+    "SiteReport": "siterun",
+    "run_site": "siterun",
     "RoundRecord": "trainer",
-    "SiteReport": "trainer",
     "SwarmCallback": "trainer",
     "SwarmSetupError": "learners",
     "SwarmTrainer": "trainer",
     "TrainingSummary": "trainer",
-    "run_site": "trainer",
     "train_with_swarm": "trainer",
 }
 
@@ -84,6 +87,7 @@ __all__ = [
     "NodeConfig",
     "NodeStatus",
     "RoundRecord",
+    "SiteObserver",
     "SiteReport",
     "StopInfo",
     "SwarmCallback",

@@ -1,7 +1,7 @@
 """The embedding API: a swarm node inside an ordinary, synchronous Python program.
 
 swarmnode is async (trio) inside; this module is its one synchronous entry
-point (STYLE X5). `SwarmNode` runs `open_swarm_node` on a trio event loop in a
+point. `SwarmNode` runs `open_swarm_node` on a trio event loop in a
 background thread and turns the node's coroutines into blocking calls::
 
     with SwarmNode.from_file("site.toml") as node:

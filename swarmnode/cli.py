@@ -314,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _ctrl_c_stops()
     from .config import NodeConfig
-    from .liveview import render, site_row
+    from .liveview import render
     from .logsetup import setup_logging
     from .scaffold import load_genesis
     from .startup import preflight
@@ -326,27 +326,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.node.log_level, log_format=args.log_format, quiet=live_view, site=config.node.name)
     identity = preflight(config, genesis)  # refusals at once, before the data and the network
 
-    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
+    from .liveview import SiteView
+    from .siterun import SiteReport, run_site, stop_on_signal
     from .trainer import default_metric
 
-    monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
+    view = SiteView(config.node.name, default_metric(genesis))
 
-    async def run_plain() -> dict[str, object]:
-        return await stop_on_signal(lambda: run_site_monitored(config, monitor=monitor, identity=identity))
+    async def run_plain() -> SiteReport:
+        return await stop_on_signal(
+            lambda: run_site(config, genesis=genesis, identity=identity, observers=(view,))
+        )
 
     if not live_view:
-        final = trio.run(run_plain)
+        report = trio.run(run_plain)
     else:
         from rich.live import Live
 
         def table() -> object:
-            metrics = {"metric": monitor.metric, "rounds": monitor.records}
-            state = "stopped" if monitor.final is not None else "running"
-            return render(
-                [site_row(config.node.name, state, monitor.status, metrics)], genesis.name, monitor.metric
-            )
+            return render([view.row("stopped" if view.stopped else "running")], genesis.name, view.metric)
 
-        async def run_live() -> dict[str, object]:
+        async def run_live() -> SiteReport:
             with Live(table(), refresh_per_second=4) as live:  # type: ignore[arg-type]
                 async with trio.open_nursery() as nursery:
 
@@ -356,19 +355,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                             await trio.sleep(0.25)
 
                     nursery.start_soon(refresh)
-                    result = await stop_on_signal(
-                        lambda: run_site_monitored(config, monitor=monitor, identity=identity)
-                    )
+                    result = await run_plain()
                     live.update(table())  # type: ignore[arg-type]
                     nursery.cancel_scope.cancel()
                 return result
 
-        final = trio.run(run_live)
+        report = trio.run(run_live)
+    final = report.summary.to_dict()
     test = final.get("test")
     _out(f"stopped: {final.get('stop_reason')}; final model {final.get('final_hash')}")
     if isinstance(test, dict):
         _out("test metrics: " + ", ".join(f"{k} {v}" for k, v in test.items()))
-    _out(f"metrics: {config.node.storage_dir / 'metrics.json'}")
+    _out(f"metrics: {report.metrics_path}")
     return EXIT_OK
 
 
@@ -479,22 +477,7 @@ def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
     p.add_argument("--weightage", type=int, default=1, help="1-100, scales this site's merge weight")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="swarmnode",
-        description=(
-            "Swarm Learning node: train one model across sites whose data never leaves them, "
-            "with a BFT ledger and threshold-CKKS secure merges."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"swarmnode {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("init", help="create a node key and a commented site.toml")
-    _add_site_options(p, join=False)
-    p.set_defaults(handler=cmd_init)
-
-    p = sub.add_parser("genesis", help="found a swarm: write the genesis file, print its chain id")
+def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="swarm", help="the swarm's name")
     p.add_argument(
         "--member",
@@ -535,6 +518,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-epoch-timeout", type=float, default=defaults.key_epoch)  # fmt: skip
     p.add_argument("--nonce", help="fixed nonce (default random: two swarms never share a chain id)")
     p.add_argument("--out", default="genesis.cbor", help="output file (default genesis.cbor)")
+
+
+def _add_ledger_commands(p: argparse.ArgumentParser) -> None:
+    ledger = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    q = ledger.add_parser("verify", help="re-check every block, certificate and state hash from genesis")
+    q.add_argument("--config", default="site.toml")
+    q.set_defaults(handler=cmd_ledger_verify)
+    q = ledger.add_parser("show", help="the transparency record: rounds, contributors, weights, hashes")
+    q.add_argument("--config", default="site.toml")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=cmd_ledger_show)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="site.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
+    p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or one JSON object per line (json implies --plain)",
+    )
+    p.add_argument(
+        "--prometheus",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (sets [metrics] prometheus)",
+    )
+
+
+def _add_testnet_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="number of sites (>= 2, default 3)")
+    p.add_argument("--dataset", default="breast_cancer", help="bundled dataset (breast_cancer, digits, wine)")
+    p.add_argument(
+        "--scenario",
+        default="uneven_class",
+        help="site split: even, uneven_size, uneven_class, few_positives, dirichlet (default uneven_class)",
+    )
+    p.add_argument("--rounds", type=int, default=10, help="merged rounds before the swarm stops (default 10)")
+    p.add_argument("--sim", action="store_true", help="in-process nodes over the in-memory network")
+    p.add_argument("--workdir", default="swarmnode-testnet", help="work dir (default ./swarmnode-testnet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier testnet work dir")
+    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument("--lr", type=float, default=0.01, help="local learning rate (default 0.01)")
+    p.add_argument("--sync-every", type=int, default=1, help="local epochs between merges (default 1)")
+    p.add_argument("--secure", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swarmnode",
+        description=(
+            "Swarm Learning node: train one model across sites whose data never leaves them, "
+            "with a BFT ledger and threshold-CKKS secure merges."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"swarmnode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="create a node key and a commented site.toml")
+    _add_site_options(p, join=False)
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("genesis", help="found a swarm: write the genesis file, print its chain id")
+    _add_genesis_options(p)
     p.set_defaults(handler=cmd_genesis)
 
     p = sub.add_parser("genesis-show", help="print a genesis file")
@@ -558,31 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", help="approve an already pending joiner by peer id")
     p.set_defaults(handler=cmd_approve)
 
-    p = sub.add_parser("ledger", help="verify or show the ledger")
-    ledger = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
-    q = ledger.add_parser("verify", help="re-check every block, certificate and state hash from genesis")
-    q.add_argument("--config", default="site.toml")
-    q.set_defaults(handler=cmd_ledger_verify)
-    q = ledger.add_parser("show", help="the transparency record: rounds, contributors, weights, hashes")
-    q.add_argument("--config", default="site.toml")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
-    q.set_defaults(handler=cmd_ledger_show)
+    _add_ledger_commands(sub.add_parser("ledger", help="verify or show the ledger"))
 
     p = sub.add_parser("run", help="run this site until the swarm stops (Ctrl-C stops, a restart resumes)")
-    p.add_argument("--config", default="site.toml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a site.toml key")
-    p.add_argument("--plain", action="store_true", help="log lines even on a terminal")
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="log lines as text or one JSON object per line (json implies --plain)",
-    )
-    p.add_argument(
-        "--prometheus",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (sets [metrics] prometheus)",
-    )
+    _add_run_options(p)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("report", help="HTML + PNG report of one site (--config) or of the sites under --dir")
@@ -592,24 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("testnet", help="run N sites on this machine (or --sim in memory) and write a report")
-    p.add_argument("--nodes", type=int, default=3, help="number of sites (>= 2, default 3)")
-    p.add_argument("--dataset", default="breast_cancer", help="bundled dataset (breast_cancer, digits, wine)")
-    p.add_argument(
-        "--scenario",
-        default="uneven_class",
-        help="site split: even, uneven_size, uneven_class, few_positives, dirichlet (default uneven_class)",
-    )
-    p.add_argument("--rounds", type=int, default=10, help="merged rounds before the swarm stops (default 10)")
-    p.add_argument("--sim", action="store_true", help="in-process nodes over the in-memory network")
-    p.add_argument("--workdir", default="swarmnode-testnet", help="work dir (default ./swarmnode-testnet)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier testnet work dir")
-    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
-    p.add_argument("--lr", type=float, default=0.01, help="local learning rate (default 0.01)")
-    p.add_argument("--sync-every", type=int, default=1, help="local epochs between merges (default 1)")
-    p.add_argument("--secure", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seed", type=int, default=0, help="split and training seed")
-    p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
-    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    _add_testnet_options(p)
     p.set_defaults(handler=cmd_testnet)
 
     p = sub.add_parser(

@@ -1,8 +1,11 @@
-"""`swarmnode ledger verify` / `ledger show`: offline views of a node's stored ledger.
+"""Read-only views of a ledger: a running node's (`LiveLedger`) and a stored one.
 
-Both read the SQLite store in the site's storage dir (never a running node's
-memory), so they work whether the node runs or not: SQLite's WAL lets a reader
-see every committed block while the node appends.
+`LiveLedger` is what code beside a running node (the trainer) may read of its
+ledger: a few facts, no access to the contract's state or its transitions.
+
+`swarmnode ledger verify` / `ledger show` read the SQLite store in the site's
+storage dir (never a running node's memory), so they work whether the node runs
+or not: SQLite's WAL lets a reader see every committed block while the node appends.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, cast, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
-from consensus.contract import Contract, MemberRecord, RoundSummary, StopRecord
+from consensus.contract import MERGED, Contract, MemberRecord, RoundSummary, StopRecord
 from consensus.errors import StoreError
 from consensus.genesis import Genesis
 from consensus.store import LedgerStore, recover
@@ -22,7 +25,41 @@ from .config import NodeConfig
 from .control import to_jsonable
 from .scaffold import SetupError, load_genesis
 
+if TYPE_CHECKING:
+    from .node import Node
+
 LEDGER_FILE: Final = "ledger.sqlite"
+
+
+@final
+class LiveLedger:
+    """The facts of a running node's ledger a trainer needs, read when asked (in the
+    node's trio thread), never written."""
+
+    __slots__ = ("_contract",)
+
+    def __init__(self, contract: Contract) -> None:
+        self._contract = contract
+
+    @property
+    def stopped(self) -> bool:
+        """True once the swarm's stopping rule (or its last round) ended training."""
+        return self._contract.stopped is not None
+
+    @property
+    def merged_rounds(self) -> int:
+        """Rounds merged on the ledger so far."""
+        return self._contract.state.merged_rounds
+
+    def merged_hashes(self) -> tuple[bytes, ...]:
+        """The merged model's hash of every merged round, in round order."""
+        history = self._contract.history()
+        return tuple(r.merged_hash for r in history if r.outcome == MERGED and r.merged_hash is not None)
+
+
+def live_ledger(node: Node) -> LiveLedger:
+    """`node`'s ledger, read-only."""
+    return LiveLedger(node.contract)
 
 
 def ledger_path(config: NodeConfig) -> Path:

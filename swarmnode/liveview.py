@@ -2,17 +2,20 @@
 
 A row is built from a node's status (the control endpoint's JSON) and its
 metrics.json (the last merged round), so the same code shows one in-process
-site or N sites in other processes.
+site (its `SiteView`, fed by `swarmnode.siterun.run_site`) or N sites in other processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from rich import box
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .trainer import RoundRecord, TrainingSummary
 
 COLUMNS: Final = ("site", "state", "round", "phase", "roles", "height", "peers", "local", "merged")
 ROLE_LETTERS: Final = {"participant": "P", "leader": "L", "verifier": "V", "decryptor": "D"}
@@ -66,6 +69,31 @@ def site_row(
         local=_metric(last, "local", metric),
         merged=_metric(last, "merged", metric),
     )
+
+
+@final
+class SiteView:
+    """A `swarmnode.siterun.SiteObserver` keeping what a view shows of one running site: its
+    last status, its merged rounds (as in metrics.json) and whether it stopped."""
+
+    def __init__(self, site: str, metric: str) -> None:
+        self.site = site
+        self.metric = metric
+        self.status: Mapping[str, Any] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.stopped = False
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        self.status = status
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.rounds.append(record.to_dict())
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        self.stopped = True
+
+    def row(self, state: str) -> SiteRow:
+        return site_row(self.site, state, self.status, {"metric": self.metric, "rounds": self.rounds})
 
 
 def render(rows: Sequence[SiteRow], title: str, metric: str = "roc_auc") -> Table:

@@ -19,11 +19,14 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from .control import to_jsonable
+
+if TYPE_CHECKING:
+    from .trainer import RoundRecord, TrainingSummary
 
 log = logging.getLogger("swarmnode.metrics")
 
@@ -147,3 +150,22 @@ class MetricsFile:
             data["timings"] = self.timings(timings)
         write_json_atomically(self.path, data)
         return data
+
+
+@final
+class MetricsRecorder:
+    """A `swarmnode.siterun.SiteObserver` that writes metrics.json: after every merged round and
+    at the end, each time with the run's `timings` so far."""
+
+    def __init__(self, file: MetricsFile, timings: Callable[[], Mapping[str, Any]]) -> None:
+        self.file = file
+        self.timings = timings
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        """The file records rounds and their timings, not every status."""
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.file.record_round(record.to_dict(), timings=self.timings())
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        self.file.finish(summary.to_dict(), timings=self.timings())

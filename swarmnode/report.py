@@ -268,39 +268,30 @@ def write_site_report(config_path: Path, out: Path | None = None) -> ReportFiles
     )
 
 
-def _build_report(
-    sites: Sequence[SiteResult], out: Path, *, title: str, baselines: Mapping[str, Any] | None
-) -> ReportFiles:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out.mkdir(parents=True, exist_ok=True)
-    metric = str(
-        (baselines or {}).get("metric")
-        or next((s.metrics["metric"] for s in sites if s.metrics and "metric" in s.metrics), "roc_auc")
-    )
-    plots: list[Path] = []
-    sections: list[str] = []
-
+def _validation_section(sites: Sequence[SiteResult], metric: str, out: Path, plots: list[Path]) -> str | None:
     validation_png = out / "validation.png"
-    if _plot_validation(sites, metric, validation_png):
-        plots.append(validation_png)
-        sections.append(f'<h2>Validation per round</h2><img src="{validation_png.name}" alt="validation">')
+    if not _plot_validation(sites, metric, validation_png):
+        return None
+    plots.append(validation_png)
+    return f'<h2>Validation per round</h2><img src="{validation_png.name}" alt="validation">'
 
-    rows = _test_rows(sites, baselines, metric)
-    central = _value((baselines or {}).get("central"), metric)
+
+def _test_section(
+    rows: Sequence[Mapping[str, Any]], central: float | None, metric: str, out: Path, plots: list[Path]
+) -> str:
     test_png = out / "test_metrics.png"
     if _plot_test(rows, central, metric, test_png):
         plots.append(test_png)
     table_rows = [[r["site"], r["swarm"], r["local_only"]] for r in rows]
     table_rows.append(["central (pooled data)", None, central])
-    sections.append(
+    return (
         f"<h2>Final test {html.escape(metric)}</h2>"
         + (f'<img src="{test_png.name}" alt="test metrics">' if test_png in plots else "")
         + _table(["site", "swarm model", "site alone / central"], table_rows)
     )
 
-    ledger_rounds, ledger_source = _ledger_rows(sites)
+
+def _contributions_section(ledger_rounds: Sequence[Mapping[str, Any]], ledger_source: str | None) -> str:
     contribution_rows = []
     for r in ledger_rounds:
         total = sum(c["weight"] for c in r["contributors"]) or 1
@@ -311,7 +302,7 @@ def _build_report(
             [r["number"], r["outcome"], contributors, r["leader"] and r["leader"][-8:],
              r["verifier"] and r["verifier"][-8:], r["median_metric"], (r["merged_hash"] or "")[:16] or None]
         )  # fmt: skip
-    sections.append(
+    return (
         "<h2>Contributions (from the ledger)</h2>"
         + (f"<p>replayed from the ledger of {html.escape(str(ledger_source))}</p>" if ledger_source else "")
         + (
@@ -332,31 +323,25 @@ def _build_report(
         )
     )
 
-    timing = _timing_table(sites)
-    timings_png = out / "timings.png"
-    if _plot_timings(timing, timings_png):
-        plots.append(timings_png)
-        columns = ["local training", *PHASES]
-        sections.append(
-            f'<h2>Timings</h2><img src="{timings_png.name}" alt="timings">'
-            + _table(["round", *columns], [[r, *(row.get(c) for c in columns)] for r, row in timing.items()])
-            + "<p>Phase durations as observed by each node (status polled every 0.25 s; the slowest site"
-            " shown); 'ready' includes local training and waiting for the slowest site.</p>"
-        )
 
-    final_hashes = {s.name: (s.metrics or {}).get("final_hash") for s in sites}
-    summary = {
-        "metric": metric,
-        "sites": [s.name for s in sites],
-        "final_hashes": final_hashes,
-        "test": rows,
-        "central": central,
-        "baselines": baselines,
-        "ledger_rounds": ledger_rounds,
-        "timings": {str(k): v for k, v in timing.items()},
-    }
-    summary_path = out / "report.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+def _timings_section(timing: Mapping[int, Mapping[str, float]], out: Path, plots: list[Path]) -> str | None:
+    timings_png = out / "timings.png"
+    if not _plot_timings(timing, timings_png):
+        return None
+    plots.append(timings_png)
+    columns = ["local training", *PHASES]
+    return (
+        f'<h2>Timings</h2><img src="{timings_png.name}" alt="timings">'
+        + _table(["round", *columns], [[r, *(row.get(c) for c in columns)] for r, row in timing.items()])
+        + "<p>Phase durations as observed by each node (status polled every 0.25 s; the slowest site"
+        " shown); 'ready' includes local training and waiting for the slowest site.</p>"
+    )
+
+
+def _head(
+    sites: Sequence[SiteResult], final_hashes: Mapping[str, Any], baselines: Mapping[str, Any] | None
+) -> str:
+    """The lines under the title: which sites, whether they agree on the final model, the data."""
     agree = len(set(final_hashes.values())) == 1 and None not in final_hashes.values()
     head = (
         f"<p>site {html.escape(sites[0].name)}, from its own metrics and ledger; final model hash "
@@ -373,7 +358,11 @@ def _build_report(
             f"<p>dataset {html.escape(str(baselines.get('dataset')))}, scenario "
             f"{html.escape(str(baselines.get('scenario')))}</p>"
         )
-    page = f"""<!doctype html>
+    return head
+
+
+def _page(title: str, head: str, sections: Sequence[str]) -> str:
+    return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
@@ -383,6 +372,48 @@ img{{max-width:100%}}
 </style></head>
 <body><h1>{html.escape(title)}</h1>{head}{"".join(sections)}</body></html>
 """
+
+
+def _build_report(
+    sites: Sequence[SiteResult], out: Path, *, title: str, baselines: Mapping[str, Any] | None
+) -> ReportFiles:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    metric = str(
+        (baselines or {}).get("metric")
+        or next((s.metrics["metric"] for s in sites if s.metrics and "metric" in s.metrics), "roc_auc")
+    )
+    plots: list[Path] = []
+    rows = _test_rows(sites, baselines, metric)
+    central = _value((baselines or {}).get("central"), metric)
+    ledger_rounds, ledger_source = _ledger_rows(sites)
+    timing = _timing_table(sites)
+    sections = [
+        section
+        for section in (
+            _validation_section(sites, metric, out, plots),
+            _test_section(rows, central, metric, out, plots),
+            _contributions_section(ledger_rounds, ledger_source),
+            _timings_section(timing, out, plots),
+        )
+        if section is not None
+    ]
+
+    final_hashes = {s.name: (s.metrics or {}).get("final_hash") for s in sites}
+    summary = {
+        "metric": metric,
+        "sites": [s.name for s in sites],
+        "final_hashes": final_hashes,
+        "test": rows,
+        "central": central,
+        "baselines": baselines,
+        "ledger_rounds": ledger_rounds,
+        "timings": {str(k): v for k, v in timing.items()},
+    }
+    summary_path = out / "report.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    html_path.write_text(_page(title, _head(sites, final_hashes, baselines), sections), encoding="utf-8")
     return ReportFiles(html=html_path, plots=tuple(plots), summary=summary_path)

@@ -1,4 +1,4 @@
-"""The round protocol (DESIGN section 5) as a sans-I/O, level-triggered reconciler.
+"""The round protocol (README, Architecture) as a sans-I/O, level-triggered reconciler.
 
 The contract on the ledger already decides *what happened* in a round (who is
 Ready, who leads, which hashes were committed, which deadlines passed by
@@ -396,8 +396,8 @@ _Planner = Callable[[Contract, Round, LocalFacts], list[Job]]
 
 REPLICAS: Final = 3
 """How many participants at the head of the rotation (leader, verifier, next) hold copies
-of every contribution: the contributor has them copy it before committing its hash (DESIGN
-5.3), and they fetch whatever they still miss once it is committed."""
+of every contribution: the contributor has them copy it before committing its hash (so a
+crashed leader's own update is not lost), and they fetch whatever they still miss once committed."""
 
 
 def _plan_ready(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:

@@ -175,33 +175,44 @@ class SiteSettings:
     merge_timeout: float = 3600.0
 
 
+def _optional_data_lines(s: SiteSettings) -> list[str]:
+    """The [data] keys a site may leave out: set, or commented out with an example."""
+    lines = []
+    if s.label_column is not None:
+        lines.append(f"label_column = {_toml(s.label_column)}")
+    else:
+        lines.append('# label_column = "diagnosis"   # required for .csv and .h5ad files')
+    if s.positive_class is not None:
+        lines.append(f"positive_class = {_toml(s.positive_class)}")
+    else:
+        lines.append('# positive_class = "AML"       # train "this class vs the rest"')
+    if s.test_source is not None:
+        lines.append(f"test_source = {_toml(s.test_source)}")
+    else:
+        lines.append('# test_source = "test.npz"     # held-out data to report test metrics on')
+    return lines
+
+
+def _model_lines(m: ModelSpec) -> list[str]:
+    """The [model] keys of `m`: those its kind needs, and the others only when set."""
+    lines = [f"kind = {_toml(m.kind)}", f"n_features = {m.n_features}", f"n_classes = {m.n_classes}"]
+    if m.hidden:
+        lines.append(f"hidden = {_toml(list(m.hidden))}")
+    if m.dropout:
+        lines.append(f"dropout = {_toml(m.dropout)}")
+    if m.batch_norm:
+        lines.append("batch_norm = true")
+    if m.image_shape is not None:
+        lines.append(f"image_shape = {_toml(list(m.image_shape))}")
+    if m.conv_channels:
+        lines.append(f"conv_channels = {_toml(list(m.conv_channels))}")
+    return lines
+
+
 def render_site_toml(s: SiteSettings) -> str:
     """A commented site.toml; every key is one `NodeConfig.load` accepts."""
-    m = s.model
-    optional_data = []
-    if s.label_column is not None:
-        optional_data.append(f"label_column = {_toml(s.label_column)}")
-    else:
-        optional_data.append('# label_column = "diagnosis"   # required for .csv and .h5ad files')
-    if s.positive_class is not None:
-        optional_data.append(f"positive_class = {_toml(s.positive_class)}")
-    else:
-        optional_data.append('# positive_class = "AML"       # train "this class vs the rest"')
-    if s.test_source is not None:
-        optional_data.append(f"test_source = {_toml(s.test_source)}")
-    else:
-        optional_data.append('# test_source = "test.npz"     # held-out data to report test metrics on')
-    model_lines = [f"kind = {_toml(m.kind)}", f"n_features = {m.n_features}", f"n_classes = {m.n_classes}"]
-    if m.hidden:
-        model_lines.append(f"hidden = {_toml(list(m.hidden))}")
-    if m.dropout:
-        model_lines.append(f"dropout = {_toml(m.dropout)}")
-    if m.batch_norm:
-        model_lines.append("batch_norm = true")
-    if m.image_shape is not None:
-        model_lines.append(f"image_shape = {_toml(list(m.image_shape))}")
-    if m.conv_channels:
-        model_lines.append(f"conv_channels = {_toml(list(m.conv_channels))}")
+    optional_data = _optional_data_lines(s)
+    model_lines = _model_lines(s.model)
     return f"""\
 # swarmnode site configuration for {s.name!r}.
 # Relative paths are relative to this file's directory. Unknown keys are errors.

@@ -1,10 +1,12 @@
-"""`swarmnode run`: one site until the swarm stops, with a control endpoint and a view.
+"""`run_site`: one site until the swarm stops, as ``swarmnode run`` runs it (async).
 
-`run_site_monitored` is the trainer's `run_site` plus what the command line
-needs around it: the local control endpoint (`swarmnode status`), a
-`SiteMonitor` that polls the node's status (for the live view, plain log
-lines and per-phase timings), timing of local training and, if ``[metrics]
-prometheus`` is set, a Prometheus endpoint (`swarmnode.prometheus`).
+`run_site` loads the site's data, builds its `SwarmTrainer` and starts its node; around
+them it serves the local control endpoint (`swarmnode status`) and, if ``[metrics]
+prometheus`` is set, a Prometheus endpoint (`swarmnode.prometheus`), polls the node's
+status every `STATUS_POLL` s (per-phase timings, log lines) and times local training and
+merges (`SiteTimings`). Monitoring plugs in as `SiteObserver`s: the log lines
+(`SiteLog`), the metrics file (`swarmnode.metricsfile.MetricsRecorder`) and whatever
+the caller passes (the live view's `swarmnode.liveview.SiteView`, a test's own).
 
 Files in ``<storage_dir>`` (read by `swarmnode report`):
 
@@ -25,26 +27,25 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, final
 
 import trio
 
 from consensus.genesis import Genesis
-from models.training import LocalObjective
 
 from .config import NodeConfig
 from .control import serve_control, to_jsonable
 from .logsetup import set_log_node
-from .metricsfile import METRICS_FILE, MetricsFile
+from .metricsfile import METRICS_FILE, MetricsFile, MetricsRecorder
 from .net.base import Transport
 from .node import MergeResult, Node, open_swarm_node
 from .prometheus import SiteCollector, count_libp2p_traffic, serve_prometheus
 from .startup import check_node_membership
 from .trainer import (
-    LocalLearner,
+    TRAINING,
     RoundRecord,
     SwarmCallback,
     SwarmTrainer,
@@ -53,130 +54,161 @@ from .trainer import (
     default_metric,
 )
 
+if TYPE_CHECKING:
+    from crypto.identity import NodeIdentity
+
+__all__ = [
+    "STATUS_POLL",
+    "SiteLog",
+    "SiteObserver",
+    "SiteReport",
+    "SiteTimings",
+    "run_site",
+    "stop_on_signal",
+]
+
 log = logging.getLogger("swarmnode.run")
 T = TypeVar("T")
 STATUS_POLL: Final = 0.25
 
 
-@dataclass
-class SiteMonitor:
-    """What a view shows about one running site; updated from the node and the trainer."""
+class SiteObserver(Protocol):
+    """Monitoring of a running site. `run_site` calls `on_status` in the node's trio thread,
+    `on_round` and `on_stopped` in the thread that trains (a worker thread unless
+    `inline_compute`), where the trainer calls its `SwarmCallback`s."""
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        """The node's status (`to_jsonable` of `Node.status()`), every `STATUS_POLL` seconds
+        and once more after training ended."""
+
+    def on_round(self, record: RoundRecord) -> None:
+        """A merged round, once the merged model is loaded and evaluated."""
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        """Once, when the swarm stopped (the final model loaded and tested)."""
+
+
+@final
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SiteReport:
+    """How one site's run ended: its node, the trainer's summary and where metrics.json is."""
 
     site: str
-    metric: str
-    status: dict[str, Any] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: dict[int, float] = field(default_factory=dict)  # by sync-point index
-    merge_seconds: dict[int, float] = field(default_factory=dict)  # by round
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    final: dict[str, Any] | None = None
-    _phase_key: tuple[int, str] | None = None
-    _phase_since: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    node_id: str
+    summary: TrainingSummary
+    metrics_path: Path
 
-    def observe(self, status: dict[str, Any], now: float) -> tuple[int, str] | None:
-        """Record a status; returns the new (round, phase) if it changed."""
-        key = (int(status.get("round", 0)), str(status.get("phase", "")))
+
+def phase_key(status: Mapping[str, Any]) -> tuple[int, str]:
+    """The (round, phase) a status shows: what a phase change changes."""
+    return int(status.get("round", 0)), str(status.get("phase", ""))
+
+
+@final
+class SiteTimings(SwarmCallback):
+    """metrics.json's ``timings`` of this run: each local training and merge (timed by the
+    trainer's hooks) and each phase as this node's polled status showed it.
+
+    The trainer's hooks run in the thread that trains, the status poll and a Prometheus
+    scrape in the node's trio thread: a lock keeps each reading whole."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._merged: list[tuple[int, str]] = []  # (round, kind) of every round merged in this run
+        self._train_seconds: list[float] = []  # one per local training, in order
+        self._merge_seconds: dict[int, float] = {}  # by round: from the end of training to the merge
+        self._phases: list[dict[str, Any]] = []
+        self._phase: tuple[int, str] | None = None
+        self._phase_since = 0.0
+        self._train_start = self._trained_at = time.monotonic()
+
+    def on_round_start(self, round_index: int, trainer: SwarmTrainer) -> None:
+        self._train_start = time.monotonic()
+
+    def on_trained(self, round_index: int, train_loss: float) -> None:
+        self._trained_at = time.monotonic()
         with self._lock:
-            self.status = status
-            if key == self._phase_key:
-                return None
-            if self._phase_key is not None:
-                self.phases.append(
-                    {
-                        "round": self._phase_key[0],
-                        "phase": self._phase_key[1],
-                        "seconds": now - self._phase_since,
-                    }
-                )
-            self._phase_key, self._phase_since = key, now
-        return key
-
-    def timings(self) -> dict[str, Any]:
-        with self._lock:
-            # Statistics rounds (swarm standardisation) train nothing: train_s is None for them.
-            training = [rec["round"] for rec in self.records if rec.get("kind", "training") == "training"]
-            index = {r: i for i, r in enumerate(training, start=1)}
-            rounds = [
-                {
-                    "round": rec["round"],
-                    "kind": rec.get("kind", "training"),
-                    "train_s": self.train_seconds.get(index[rec["round"]]) if rec["round"] in index else None,
-                    "merge_s": self.merge_seconds.get(rec["round"]),
-                }
-                for rec in self.records
-            ]
-            return {"rounds": rounds, "phases": list(self.phases)}
-
-
-class _TimedLearner:
-    """A `LocalLearner` that measures how long each local training takes."""
-
-    def __init__(self, inner: LocalLearner, monitor: SiteMonitor) -> None:
-        self._inner = inner
-        self._monitor = monitor
-        self._count = 0
-        self.trained_at = time.monotonic()
-
-    @property
-    def num_samples(self) -> int:
-        return self._inner.num_samples
-
-    def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
-        start = time.monotonic()
-        loss = self._inner.train(amount, unit, objective)
-        self.trained_at = time.monotonic()
-        self._count += 1
-        self._monitor.train_seconds[self._count] = self.trained_at - start
-        return loss
-
-    def parameters(self) -> Any:
-        return self._inner.parameters()
-
-    def load(self, parameters: Any) -> None:
-        self._inner.load(parameters)
-
-    def validate(self) -> Any:
-        return self._inner.validate()
-
-    def test(self) -> Any:
-        return self._inner.test()
-
-    def swarm_moments(self) -> Any:
-        # Swarm standardisation is optional for a learner (see SwarmTrainer): pass it through.
-        moments_of = getattr(self._inner, "swarm_moments", None)
-        return moments_of() if callable(moments_of) else None
-
-    def use_pooled_moments(self, pooled: Any) -> None:
-        self._inner.use_pooled_moments(pooled)  # type: ignore[attr-defined]
-
-
-class _Recorder(SwarmCallback):
-    """Writes metrics.json (the trainer's format plus timings) after every round and at the end."""
-
-    def __init__(self, file: MetricsFile, monitor: SiteMonitor, learner: _TimedLearner) -> None:
-        self.file = file
-        self.monitor = monitor
-        self.learner = learner
+            self._train_seconds.append(self._trained_at - self._train_start)
 
     def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
-        self.monitor.merge_seconds[record.round] = time.monotonic() - self.learner.trained_at
-        self.monitor.records.append(record.to_dict())
+        with self._lock:
+            self._merge_seconds[record.round] = time.monotonic() - self._trained_at
+            self._merged.append((record.round, record.kind))
+
+    def observe(self, status: Mapping[str, Any], now: float) -> None:
+        """Take a status seen at `now` (trio time); a new (round, phase) ends the previous one."""
+        key = phase_key(status)
+        with self._lock:
+            if key == self._phase:
+                return
+            if self._phase is not None:
+                number, phase = self._phase
+                self._phases.append({"round": number, "phase": phase, "seconds": now - self._phase_since})
+            self._phase, self._phase_since = key, now
+
+    def phases(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._phases)
+
+    def training_seconds(self) -> list[float]:
+        with self._lock:
+            return list(self._train_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"rounds": [{"round", "kind", "train_s", "merge_s"}], "phases": [...]}``."""
+        with self._lock:
+            # Statistics rounds (swarm standardisation) train nothing: train_s is None for them.
+            training = [number for number, kind in self._merged if kind == TRAINING]
+            train_s = dict(zip(training, self._train_seconds, strict=False))
+            rounds = [
+                {
+                    "round": number,
+                    "kind": kind,
+                    "train_s": train_s.get(number),
+                    "merge_s": self._merge_seconds.get(number),
+                }
+                for number, kind in self._merged
+            ]
+            return {"rounds": rounds, "phases": list(self._phases)}
+
+
+@final
+class SiteLog:
+    """The `SiteObserver` writing a running site's log lines: each phase change, each merged
+    round with its local and merged validation `metric`, the stop."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self._phase: tuple[int, str] | None = None
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        key = phase_key(status)
+        if key == self._phase:
+            return
+        self._phase = key
+        log.info(
+            "round=%d phase=%s height=%s members=%d peers=%d",
+            key[0],
+            key[1],
+            status.get("height"),
+            len(status.get("members", ())),
+            len(status.get("peers", ())),
+        )
+
+    def on_round(self, record: RoundRecord) -> None:
         log.info(
             "merged round=%d participants=%d weight=%d local_%s=%s merged_%s=%s hash=%s",
             record.round,
             record.participants,
             record.weight,
-            self.monitor.metric,
-            _fmt(record.local, self.monitor.metric),
-            self.monitor.metric,
-            _fmt(record.merged, self.monitor.metric),
+            self.metric,
+            _fmt(record.local, self.metric),
+            self.metric,
+            _fmt(record.merged, self.metric),
             record.params_hash[:16],
         )
-        self.file.record_round(record.to_dict(), timings=self.monitor.timings())
 
-    def on_stop(self, summary: TrainingSummary) -> None:
-        self.monitor.final = self.file.finish(summary.to_dict(), timings=self.monitor.timings())
+    def on_stopped(self, summary: TrainingSummary) -> None:
         log.info("stopped: %s; final model %s", summary.stop_reason, (summary.final_hash or b"").hex()[:16])
 
 
@@ -185,19 +217,32 @@ def _fmt(metrics: object, name: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-async def _watch(node: Node, monitor: SiteMonitor) -> None:
+@final
+class _ToObservers(SwarmCallback):
+    """Hands the trainer's merged rounds and its stop on to the site's observers."""
+
+    def __init__(self, observers: Sequence[SiteObserver]) -> None:
+        self.observers = tuple(observers)
+
+    def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
+        for observer in self.observers:
+            observer.on_round(record)
+
+    def on_stop(self, summary: TrainingSummary) -> None:
+        for observer in self.observers:
+            observer.on_stopped(summary)
+
+
+def _take_status(node: Node, timings: SiteTimings, observers: Sequence[SiteObserver]) -> None:
+    status = cast(dict[str, Any], to_jsonable(node.status()))
+    timings.observe(status, trio.current_time())
+    for observer in observers:
+        observer.on_status(status)
+
+
+async def _poll_status(node: Node, timings: SiteTimings, observers: Sequence[SiteObserver]) -> None:
     while True:
-        status = to_jsonable(node.status())
-        changed = monitor.observe(status, trio.current_time())
-        if changed is not None:
-            log.info(
-                "round=%d phase=%s height=%s members=%d peers=%d",
-                changed[0],
-                changed[1],
-                status.get("height"),
-                len(status.get("members", ())),
-                len(status.get("peers", ())),
-            )
+        _take_status(node, timings, observers)
         await trio.sleep(STATUS_POLL)
 
 
@@ -227,42 +272,76 @@ async def stop_on_signal(work: Callable[[], Awaitable[T]]) -> T:
     return outcome[0]
 
 
-def _collector(node: Node, monitor: SiteMonitor, *, libp2p: bool) -> SiteCollector:
-    return SiteCollector(
-        site=monitor.site,
-        status=lambda: to_jsonable(node.status()),
-        phases=lambda: list(monitor.phases),
-        training_seconds=lambda: list(monitor.train_seconds.values()),
-        traffic=count_libp2p_traffic() if libp2p else None,
-    )
-
-
-async def run_site_monitored(
-    config: NodeConfig,
-    *,
-    monitor: SiteMonitor | None = None,
-    transport: Transport | None = None,
-    identity: Any = None,
-    inline_compute: bool = False,
-    control: bool = True,
-    timeout: float | None = None,
-    started: Callable[[Node], None] | None = None,
-) -> dict[str, Any]:
-    """Run one site until the swarm stops; returns the final metrics.json content."""
-    genesis = Genesis.load(config.ledger.genesis)
-    local, test = build_local_trainer(config, genesis)
+def _private_storage(config: NodeConfig) -> Path:
     storage = Path(config.node.storage_dir)
     storage.mkdir(parents=True, exist_ok=True)
     os.chmod(storage, 0o700)  # key-epoch secrets and the control token live here
-    if monitor is None:
-        monitor = SiteMonitor(site=config.node.name, metric=default_metric(genesis))
-    base = SwarmTrainer.from_local_trainer(local, genesis, test_data=test)
-    learner = _TimedLearner(base.learner, monitor)
+    return storage
+
+
+async def _serve_endpoints(
+    nursery: trio.Nursery,
+    node: Node,
+    config: NodeConfig,
+    timings: SiteTimings,
+    *,
+    control: bool,
+    libp2p: bool,
+) -> None:
+    """The control endpoint (if `control`) and the Prometheus one (if configured)."""
+    if control:
+        await nursery.start(serve_control, node, config.node.storage_dir)
+    if config.metrics.prometheus is not None:
+        collector = SiteCollector(
+            site=config.node.name,
+            status=lambda: cast(dict[str, Any], to_jsonable(node.status())),
+            phases=timings.phases,
+            training_seconds=timings.training_seconds,
+            traffic=count_libp2p_traffic() if libp2p else None,
+        )
+        await nursery.start(serve_prometheus, collector, config.metrics.prometheus)
+
+
+async def run_site(
+    config: NodeConfig,
+    *,
+    genesis: Genesis | None = None,
+    transport: Transport | None = None,
+    identity: NodeIdentity | None = None,
+    observers: Sequence[SiteObserver] = (),
+    callbacks: Sequence[SwarmCallback] = (),
+    control: bool = True,
+    inline_compute: bool = False,
+    timeout: float | None = None,
+) -> SiteReport:
+    """Run one site until the swarm stops (async: call it inside ``trio.run``).
+
+    Loads the site's data per ``config.data`` (preprocessing fitted locally), checks that
+    ``config.model`` is the genesis model (`genesis`: the caller's copy of
+    ``config.ledger.genesis`` if it already loaded it), starts the node (libp2p per
+    ``config.network`` unless `transport` is given), checks that it is a member (or has
+    asked to join), trains with a merge every ``sync_every`` epochs and writes
+    ``<storage_dir>/metrics.json`` after every round and at the end, after the rounds an
+    earlier run of this site recorded. `control`: serve the local control endpoint.
+    `observers` hear the node's status, each merged round and the stop (`SiteObserver`);
+    `callbacks` are the trainer's (`SwarmCallback`).
+    """
+    genesis = Genesis.load(config.ledger.genesis) if genesis is None else genesis
+    local, test = build_local_trainer(config, genesis)
+    storage = _private_storage(config)
+    metric = default_metric(genesis)
     metrics = MetricsFile(
-        storage / METRICS_FILE, site=config.node.name, metric=monitor.metric, chain_id=genesis.chain_id.hex()
+        storage / METRICS_FILE, site=config.node.name, metric=metric, chain_id=genesis.chain_id.hex()
     )
-    recorder = _Recorder(metrics, monitor, learner)
-    trainer = SwarmTrainer(learner, genesis, callbacks=(recorder,))
+    timings = SiteTimings()
+    watchers: tuple[SiteObserver, ...] = (
+        SiteLog(metric),
+        MetricsRecorder(metrics, timings.as_dict),
+        *observers,
+    )
+    trainer = SwarmTrainer.from_local_trainer(
+        local, genesis, test_data=test, callbacks=(timings, *callbacks, _ToObservers(watchers))
+    )
     async with (
         open_swarm_node(
             config, transport=transport, identity=identity, inline_compute=inline_compute, genesis=genesis
@@ -271,16 +350,10 @@ async def run_site_monitored(
     ):
         check_node_membership(node, config)
         set_log_node(node.node_id.peer_id)
-        if control:
-            await nursery.start(serve_control, node, storage)
-        if config.metrics.prometheus is not None:
-            await nursery.start(serve_prometheus, _collector(node, monitor, libp2p=transport is None),
-                                config.metrics.prometheus)  # fmt: skip
-        nursery.start_soon(_watch, node, monitor)
-        if started is not None:
-            started(node)
-        await trainer.arun(node, inline_compute=inline_compute, timeout=timeout)
-        monitor.observe(to_jsonable(node.status()), trio.current_time())
+        await _serve_endpoints(nursery, node, config, timings, control=control, libp2p=transport is None)
+        nursery.start_soon(_poll_status, node, timings, watchers)
+        summary = await trainer.arun(node, inline_compute=inline_compute, timeout=timeout)
+        _take_status(node, timings, watchers)
         nursery.cancel_scope.cancel()
-    assert monitor.final is not None
-    return monitor.final
+        node_id = node.node_id.peer_id
+    return SiteReport(site=config.node.name, node_id=node_id, summary=summary, metrics_path=metrics.path)

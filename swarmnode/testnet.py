@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from crypto.identity import NodeId
 
 from .config import NodeConfig
 from .control import ControlError, request_control
-from .liveview import SiteRow, render, site_row
+from .liveview import SiteRow, SiteView, render, site_row
 from .scaffold import (
     DEFAULT_POSITIVE_CLASS,
     GenesisSettings,
@@ -52,6 +52,11 @@ from .scaffold import (
     save_genesis,
     transport_address,
 )
+
+if TYPE_CHECKING:
+    from models.data import Dataset
+    from models.spec import ModelSpec
+    from models.splits import SiteSplit
 
 MARKER: Final = "testnet.json"
 GRACE_SECONDS: Final = 15.0
@@ -119,25 +124,9 @@ def _prepare_workdir(workdir: Path, overwrite: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def prepare_testnet(
-    workdir: Path,
-    *,
-    nodes: int,
-    dataset: str,
-    scenario: str,
-    rounds: int,
-    model: str = "logreg",
-    seed: int = 0,
-    lr: float = 0.01,
-    sync_every: int = 1,
-    secure: bool = True,
-    overwrite: bool = False,
-    threshold: DecryptionThreshold | None = None,
-) -> TestnetPlan:
+def _load_split(dataset: str, scenario: str, nodes: int, seed: int) -> tuple[Dataset, SiteSplit]:
+    """The bundled `dataset` and its split over `nodes` sites per `scenario`."""
     from models.data import DatasetError, load_dataset
-    from models.flatten import spec_layout
-    from models.preprocess import statistics_rounds
-    from models.spec import logistic_regression, mlp
     from models.splits import preset_scenario, split_sites
 
     if nodes < 2:
@@ -150,10 +139,11 @@ def prepare_testnet(
         split = split_sites(data.labels, preset_scenario(scenario, nodes), seed)
     except ValueError as exc:
         raise SetupError(f"--scenario {scenario!r}: {exc}") from None
-    _prepare_workdir(workdir, overwrite)
-    if secure and nodes < 3:
-        raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
-    data_dir = workdir / "data"
+    return data, split
+
+
+def _save_site_data(data_dir: Path, data: Dataset, split: SiteSplit, nodes: int) -> None:
+    """``test.npz`` and one ``site<i>.npz`` per site in `data_dir`."""
     data_dir.mkdir()
 
     def save(name: str, part: Any) -> None:
@@ -168,14 +158,12 @@ def prepare_testnet(
     save("test.npz", split.test_data(data))
     for i in range(nodes):
         save(f"site{i}.npz", split.site_data(data, i))
-    spec = (
-        logistic_regression(data.n_features, data.n_classes)
-        if model == "logreg"
-        else mlp(data.n_features, data.n_classes, hidden=(32,))
-    )
-    ports = free_ports(nodes)
+
+
+def _init_sites(workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int) -> tuple[SitePlan, ...]:
+    """`nodes` site directories on free local ports, each bootstrapping from all the others."""
     sites: list[SitePlan] = []
-    for i, port in enumerate(ports):
+    for i, port in enumerate(free_ports(nodes)):
         name = f"site{i}"
         settings = SiteSettings(
             name=name,
@@ -196,9 +184,22 @@ def prepare_testnet(
             "bootstrap = []", f"bootstrap = {json.dumps(list(others))}"
         )
         site.config_path.write_text(text)
-    genesis = build_genesis(
+    return tuple(sites)
+
+
+def _testnet_genesis(
+    name: str,
+    sites: Sequence[SitePlan],
+    spec: ModelSpec,
+    *,
+    secure: bool,
+    threshold: DecryptionThreshold | None,
+    sync_every: int,
+    max_rounds: int,
+) -> Genesis:
+    return build_genesis(
         GenesisSettings(
-            name=f"testnet-{dataset}-{scenario}",
+            name=name,
             members=tuple(
                 FoundingMember(
                     name=s.name, node_id=s.node_id, addresses=(transport_address("127.0.0.1", s.port),)
@@ -211,12 +212,53 @@ def prepare_testnet(
             merge_method="mean",
             min_peers=2,
             sync_every=sync_every,
-            # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
-            max_rounds=rounds + statistics_rounds(data.n_features, spec_layout(spec).size),
+            max_rounds=max_rounds,
             join_policy=JoinPolicy(mode="members", approvals=1),
             timeouts=TESTNET_TIMEOUTS,
             nonce=os.urandom(16),
         )
+    )
+
+
+def prepare_testnet(
+    workdir: Path,
+    *,
+    nodes: int,
+    dataset: str,
+    scenario: str,
+    rounds: int,
+    model: str = "logreg",
+    seed: int = 0,
+    lr: float = 0.01,
+    sync_every: int = 1,
+    secure: bool = True,
+    overwrite: bool = False,
+    threshold: DecryptionThreshold | None = None,
+) -> TestnetPlan:
+    from models.flatten import spec_layout
+    from models.preprocess import statistics_rounds
+    from models.spec import logistic_regression, mlp
+
+    data, split = _load_split(dataset, scenario, nodes, seed)
+    _prepare_workdir(workdir, overwrite)
+    if secure and nodes < 3:
+        raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
+    _save_site_data(workdir / "data", data, split, nodes)
+    spec = (
+        logistic_regression(data.n_features, data.n_classes)
+        if model == "logreg"
+        else mlp(data.n_features, data.n_classes, hidden=(32,))
+    )
+    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed)
+    genesis = _testnet_genesis(
+        f"testnet-{dataset}-{scenario}",
+        sites,
+        spec,
+        secure=secure,
+        threshold=threshold,
+        sync_every=sync_every,
+        # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
+        max_rounds=rounds + statistics_rounds(data.n_features, spec_layout(spec).size),
     )
     genesis_path = workdir / "genesis.cbor"
     save_genesis(genesis, genesis_path)
@@ -232,7 +274,7 @@ def prepare_testnet(
         "class_counts": [list(c) for c in split.class_counts(data.labels, data.n_classes)],
     }
     (workdir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return TestnetPlan(workdir, tuple(sites), genesis_path, dataset, scenario)
+    return TestnetPlan(workdir, sites, genesis_path, dataset, scenario)
 
 
 # -- baselines ------------------------------------------------------------------------
@@ -469,49 +511,39 @@ def run_simulated(plan: TestnetPlan, *, timeout: float, view: View, seed: int = 
     from crypto.identity import NodeIdentity
 
     from .net.memory import open_memory_network
-    from .siterun import SiteMonitor, run_site_monitored, stop_on_signal
+    from .siterun import run_site, stop_on_signal
     from .trainer import default_metric
 
     genesis = Genesis.load(plan.genesis_path)
     configs = [NodeConfig.load(s.config_path) for s in plan.sites]
-    monitors = [SiteMonitor(site=c.node.name, metric=default_metric(genesis)) for c in configs]
+    views = [SiteView(c.node.name, default_metric(genesis)) for c in configs]
     finals: dict[str, dict[str, Any]] = {}
 
     async def main() -> None:
         async with open_memory_network(seed) as network, trio.open_nursery() as nursery:
 
-            async def site(config: NodeConfig, monitor: SiteMonitor) -> None:
+            async def site(config: NodeConfig, site_view: SiteView) -> None:
                 identity = NodeIdentity.load(config.node.key_file)
-                finals[config.node.name] = await run_site_monitored(
-                    config, monitor=monitor, transport=network.transport(identity.node_id), identity=identity
+                report = await run_site(
+                    config,
+                    genesis=genesis,
+                    transport=network.transport(identity.node_id),
+                    identity=identity,
+                    observers=(site_view,),
                 )
+                finals[config.node.name] = report.summary.to_dict()
 
             async def show() -> None:
                 while True:
-                    view.update(
-                        [
-                            site_row(
-                                m.site,
-                                "done" if m.final is not None else "running",
-                                m.status,
-                                {"metric": m.metric, "rounds": m.records},
-                            )
-                            for m in monitors
-                        ]
-                    )
+                    view.update([v.row("done" if v.stopped else "running") for v in views])
                     await trio.sleep(0.5)
 
             with trio.fail_after(timeout):
                 async with trio.open_nursery() as sites:
-                    for config, monitor in zip(configs, monitors, strict=True):
-                        sites.start_soon(site, config, monitor)
+                    for config, site_view in zip(configs, views, strict=True):
+                        sites.start_soon(site, config, site_view)
                     nursery.start_soon(show)
-            view.update(
-                [
-                    site_row(m.site, "done", m.status, {"metric": m.metric, "rounds": m.records})
-                    for m in monitors
-                ]
-            )
+            view.update([v.row("done") for v in views])
             nursery.cancel_scope.cancel()
 
     try:

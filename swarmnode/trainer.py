@@ -16,7 +16,8 @@ loop every site runs::
   stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss).
 - The merge method is the genesis's; asking for another one, or for a robust
   plaintext merge in a ``secure = true`` swarm, is a `SwarmSetupError` saying why.
-- Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_merged``, ``on_stop``).
+- Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_trained``, ``on_merged``,
+  ``on_stop``).
 - Swarm-agreed standardisation (``[data.preprocess] standardize = "swarm"``, the
   default for a `models.LocalTrainer`): before any training, the first
   ``k = statistics_rounds(n_features, n_params)`` merged rounds of the ledger
@@ -35,8 +36,9 @@ loop every site runs::
 
 `SwarmTrainer` itself does no I/O: `next_sync()` trains and returns what to
 offer, `merged(result)` takes the round's merge, `finish(...)` ends. Two small
-drivers use it: `run(SwarmNode)` (blocking) and `arun(Node)` (trio), and
-`run_site(config)` is the whole ``swarmnode run`` for one site (async).
+drivers use it: `run(SwarmNode)` (blocking) and `arun(Node)` (trio); `arun` reads the
+ledger through `swarmnode.ledgerview.LiveLedger`. `swarmnode.siterun.run_site(config)` is
+the whole ``swarmnode run`` for one site (async).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 import torch
@@ -61,22 +62,17 @@ from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_
 
 from .config import NodeConfig
 from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
-from .metricsfile import METRICS_FILE, MetricsFile
-from .net.base import Transport
-from .node import MergeResult, Node, SwarmStopped, open_swarm_node
+from .ledgerview import live_ledger
+from .node import MergeResult, Node, SwarmStopped
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from crypto.identity import NodeIdentity
-
     from .api import SwarmNode
 
 __all__ = [
-    "METRICS_FILE",
     "LocalLearner",
     "RoundRecord",
-    "SiteReport",
     "SwarmCallback",
     "SwarmSetupError",
     "SwarmTrainer",
@@ -87,7 +83,6 @@ __all__ = [
     "check_model",
     "default_metric",
     "initial_parameters",
-    "run_site",
     "train_with_swarm",
     "training_rounds",
 ]
@@ -189,6 +184,9 @@ class SwarmCallback:
 
     def on_round_start(self, round_index: int, trainer: SwarmTrainer) -> None:
         """Before local training towards the `round_index`-th sync point (1-based)."""
+
+    def on_trained(self, round_index: int, train_loss: float) -> None:
+        """Right after that local training, before validation and the merge."""
 
     def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
         """After the merged parameters were loaded and evaluated."""
@@ -349,6 +347,8 @@ class SwarmTrainer:
             if self.local_objective is None
             else self.learner.train(self.sync_every, self.sync_unit, self.local_objective)
         )
+        for callback in self.callbacks:
+            callback.on_trained(len(self.rounds) + 1, loss)
         self._trained += self.sync_every
         local = self.learner.validate()
         value = None if local is None else getattr(local, self.metric)
@@ -474,9 +474,7 @@ class SwarmTrainer:
         agreement = self._agreement
         if agreement is None or agreement.done:
             return
-        merged = [r.merged_hash for r in node.contract.history() if r.outcome == "merged"]
-        for digest in merged[agreement.index : agreement.rounds]:
-            assert digest is not None  # a merged round records its model's hash
+        for digest in live_ledger(node).merged_hashes()[agreement.index : agreement.rounds]:
             self._take_statistics(await node.merged_parameters(digest), digest)
 
     def _take_statistics(self, vector: FloatVector, params_hash: bytes) -> None:
@@ -497,10 +495,11 @@ class SwarmTrainer:
             return fn() if inline_compute else await trio.to_thread.run_sync(fn)
 
         await self._recover_statistics(node)
+        ledger = live_ledger(node)
         while True:
             offer = await compute(self.next_sync)
-            if node.contract.stopped is None:
-                self.check_ledger(offer, node.contract.state.merged_rounds)
+            if not ledger.stopped:
+                self.check_ledger(offer, ledger.merged_rounds)
             try:
                 result = await node.merge(
                     offer.parameters, offer.num_samples, val_metric=offer.val_metric, timeout=timeout
@@ -545,16 +544,7 @@ def train_with_swarm(
     return trainer.run(node, timeout=timeout)
 
 
-# -- one site, as `swarmnode run` runs it ------------------------------------------------------
-
-
-@final
-@dataclass(frozen=True, eq=False, kw_only=True)
-class SiteReport:
-    site: str
-    node_id: str
-    summary: TrainingSummary
-    metrics_path: Path
+# -- one site's local trainer, as `swarmnode run` builds it (`swarmnode.siterun`) ----------------
 
 
 def initial_parameters(genesis: Genesis, config: NodeConfig) -> FloatVector:
@@ -594,57 +584,3 @@ def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrai
         initial_parameters=initial_parameters(genesis, config),
     )
     return trainer, test
-
-
-@final
-class _MetricsWriter(SwarmCallback):
-    def __init__(self, file: MetricsFile, progress: Callable[[RoundRecord], None] | None) -> None:
-        self.file = file
-        self.progress = progress
-
-    def on_merged(self, result: MergeResult, record: RoundRecord) -> None:
-        self.file.record_round(record.to_dict())
-        if self.progress is not None:
-            self.progress(record)
-
-    def on_stop(self, summary: TrainingSummary) -> None:
-        self.file.finish(summary.to_dict())
-
-
-async def run_site(
-    config: NodeConfig,
-    *,
-    transport: Transport | None = None,
-    identity: NodeIdentity | None = None,
-    progress: Callable[[RoundRecord], None] | None = None,
-    callbacks: Sequence[SwarmCallback] = (),
-    inline_compute: bool = False,
-    timeout: float | None = None,
-) -> SiteReport:
-    """Run one site until the swarm stops (async: call it inside ``trio.run``).
-
-    Loads the site's data per ``config.data`` (preprocessing fitted locally), checks
-    that ``config.model`` is the genesis model, starts the node (libp2p per
-    ``config.network`` unless `transport` is given), trains with a merge every
-    ``sync_every`` epochs and writes per-round metrics to
-    ``<storage_dir>/metrics.json`` after every round (and the summary at the end), after
-    the rounds an earlier run of this site recorded (`swarmnode.metricsfile`).
-    `progress` is called with each round's `RoundRecord`, like every callback in the
-    thread that trains (a worker thread unless `inline_compute`).
-    """
-    genesis = Genesis.load(config.ledger.genesis)
-    local, test = build_local_trainer(config, genesis)
-    storage = Path(config.node.storage_dir)
-    storage.mkdir(parents=True, exist_ok=True)
-    metrics_path = storage / METRICS_FILE
-    metrics = MetricsFile(
-        metrics_path, site=config.node.name, metric=default_metric(genesis), chain_id=genesis.chain_id.hex()
-    )
-    writer = _MetricsWriter(metrics, progress)
-    trainer = SwarmTrainer.from_local_trainer(local, genesis, test_data=test, callbacks=(*callbacks, writer))
-    async with open_swarm_node(
-        config, transport=transport, identity=identity, inline_compute=inline_compute, genesis=genesis
-    ) as node:
-        summary = await trainer.arun(node, inline_compute=inline_compute, timeout=timeout)
-        node_id = node.node_id.peer_id
-    return SiteReport(site=config.node.name, node_id=node_id, summary=summary, metrics_path=metrics_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The Flower anchor lives in the workspace's shared/ folder beside the repository (as in CI);
+# The Flower anchor is not part of this repository: CI keeps it beside the clone (FLOWER_ANCHOR);
 # a bare clone elsewhere has no anchor, and then only our own two merge modes are checked.
 FLOWER_ANCHOR = REPO.parent / "shared" / "anchors" / "flower" / "results" / "bench_flower.json"
 pytestmark = pytest.mark.timeout(300)

@@ -1,6 +1,6 @@
 """`Libp2pTransport`: the `Transport` on py-libp2p 0.8.1 under trio.
 
-What was verified to work (see notes/libp2p.md) and is therefore what we use:
+What was verified to work (tests/net/test_net_libp2p.py runs it) and is therefore what we use:
 - TCP, **Noise only** (py-libp2p's default also offers PLAINTEXT), **Yamux only**
   (Mplex is 4x slower). The libp2p key pair is built from the node's Ed25519
   seed, so the libp2p peer ID is `identity.node_id.peer_id`.

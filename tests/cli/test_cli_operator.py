@@ -45,7 +45,7 @@ def record(number: int, kind: str = "training") -> dict[str, Any]:
 def test_a_restarted_site_keeps_the_rounds_an_earlier_run_recorded(tmp_path: Path) -> None:
     path = tmp_path / "metrics.json"
     first = MetricsFile(path, site="a", metric="roc_auc", chain_id=CHAIN)
-    for n in (1, 2, 3, 4):  # timings are cumulative within a run (`SiteMonitor.timings`)
+    for n in (1, 2, 3, 4):  # timings are cumulative within a run (`SiteTimings.as_dict`)
         timings = {"rounds": [{"round": k, "train_s": 0.1} for k in range(1, n + 1)], "phases": []}
         first.record_round(record(n), timings=timings)
     # the restarted run: its trainer knows only rounds from 5 on (4 is recorded again: a crash

@@ -1,4 +1,4 @@
-"""Table-driven step tests of the Tendermint core (STYLE M3), Algorithm 1 line by line.
+"""Table-driven step tests of the Tendermint core, Algorithm 1 line by line.
 
 Validators v0..v3 (equal power, quorum 3, f+1 = 2); the core under test is v0.
 Round-robin proposer of (height 1, round r) is v[(1 + r) % 4]: v1 at round 0.

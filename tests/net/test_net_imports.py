@@ -1,4 +1,5 @@
-"""The network package imports without libp2p (STYLE X3); libp2p loads on first use."""
+"""The network package imports without libp2p (a process that never dials pays nothing for it);
+libp2p loads on first use."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """swarmnode's public surface: `__all__` is exactly the re-exported names, each
-defined in the module it claims (trio's test_exports, STYLE T1), imported lazily."""
+defined in the module it claims (as trio's test_exports checks), imported lazily."""
 
 from __future__ import annotations
 

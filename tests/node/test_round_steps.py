@@ -1,4 +1,4 @@
-"""Table-driven step tests of the round reconciler (STYLE M3): ledger in, jobs out.
+"""Table-driven step tests of the round reconciler: ledger in, jobs out.
 
 A real `Contract` is driven block by block with signed transactions; after
 each step the test asks `reconcile()` what given nodes should do and compares

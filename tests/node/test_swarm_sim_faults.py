@@ -1,4 +1,4 @@
-"""Fault handling of the secure round (DESIGN 5.6) with whole nodes on MemoryTransport.
+"""Fault handling of the secure round (README, Architecture, step 6) with whole nodes on MemoryTransport.
 
 Each test runs a 4-node swarm in virtual time (trio's MockClock, autojump) with
 synthetic parameters (the merge arithmetic is what is checked, not learning):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,10 +23,12 @@ from models.splits import preset_scenario, split_sites
 from models.training import TrainConfig
 from swarmnode.api import create_local_swarm
 from swarmnode.config import DataSection, NodeConfig
+from swarmnode.liveview import SiteView
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import params_hash
 from swarmnode.simswarm import SIM_TIMEOUTS
-from swarmnode.trainer import RoundRecord, SiteReport, SwarmSetupError, run_site
+from swarmnode.siterun import SiteReport, run_site
+from swarmnode.trainer import RoundRecord, SwarmSetupError, TrainingSummary
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,6 +44,22 @@ def save_npz(data: Dataset, path: Path) -> str:
         class_names=np.array(data.class_names),
     )
     return str(path)
+
+
+class Progress:
+    """A `SiteObserver` keeping every merged round it hears of."""
+
+    def __init__(self, seen: list[RoundRecord]) -> None:
+        self.seen = seen
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        pass
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.seen.append(record)
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        pass
 
 
 def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeConfig, ...]:
@@ -83,7 +103,7 @@ async def test_three_sites_train_to_the_same_final_model(
                     config,
                     transport=network.transport(identity.node_id),
                     identity=identity,
-                    progress=seen.append,
+                    observers=[Progress(seen)],
                     inline_compute=True,
                     timeout=600,
                 )
@@ -122,3 +142,67 @@ async def test_a_site_with_another_model_is_refused_before_starting(tmp_path: Pa
     with pytest.raises(SwarmSetupError, match="not the model"):
         await run_site(other)
     assert not (Path(config.node.storage_dir) / "ledger.sqlite").exists()
+
+
+class Heard:
+    """A `SiteObserver` keeping everything it hears."""
+
+    def __init__(self) -> None:
+        self.statuses: list[Mapping[str, Any]] = []
+        self.rounds: list[RoundRecord] = []
+        self.stops: list[TrainingSummary] = []
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        self.statuses.append(status)
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.rounds.append(record)
+
+    def on_stopped(self, summary: TrainingSummary) -> None:
+        self.stops.append(summary)
+
+
+async def test_observers_hear_each_status_round_and_the_stop_and_metrics_json_has_timings(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    configs = site_configs(tmp_path, 3, max_rounds=3)  # 2 statistics rounds, 1 training round
+    heard = [Heard() for _ in configs]
+    views = [SiteView(config.node.name, "roc_auc") for config in configs]
+    reports: dict[int, SiteReport] = {}
+    async with open_memory_network(seed=5) as network, trio.open_nursery() as nursery:
+        for i, config in enumerate(configs):
+            identity = NodeIdentity.load(config.node.key_file)
+
+            async def site(
+                i: int = i, config: NodeConfig = config, identity: NodeIdentity = identity
+            ) -> None:
+                reports[i] = await run_site(
+                    config,
+                    transport=network.transport(identity.node_id),
+                    identity=identity,
+                    observers=(heard[i], views[i]),
+                    inline_compute=True,
+                    timeout=600,
+                )
+
+            nursery.start_soon(site)
+    for i, report in reports.items():
+        observer, view = heard[i], views[i]
+        assert [r.kind for r in observer.rounds] == ["statistics", "statistics", "training"]
+        assert observer.stops == [report.summary]
+        assert len({(s["round"], s["phase"]) for s in observer.statuses}) > 1  # it saw the phases move
+        assert observer.statuses[-1]["stopped"] is True  # the status once more after training ended
+        assert view.stopped
+        assert view.rounds == [r.to_dict() for r in observer.rounds]
+        assert view.row("done").phase == "stopped"
+        timings = json.loads(report.metrics_path.read_text())["timings"]
+        assert [(r["round"], r["kind"]) for r in timings["rounds"]] == [
+            (1, "statistics"),
+            (2, "statistics"),
+            (3, "training"),
+        ]
+        assert [r["train_s"] is None for r in timings["rounds"]] == [True, True, False]
+        assert timings["rounds"][2]["train_s"] >= 0
+        assert all(r["merge_s"] >= 0 for r in timings["rounds"])
+        assert timings["phases"]
+        assert all(p["seconds"] >= 0 for p in timings["phases"])
