@@ -23,6 +23,7 @@ from models.spec import ModelSpec
 from models.training import TrainConfig
 
 from .addresses import advertised_address, advertised_addresses, check_listen
+from .net.factory import TRANSPORT_NAMES
 
 T = TypeVar("T")
 
@@ -180,14 +181,18 @@ class NodeSection:
 @dataclass(frozen=True, kw_only=True)
 class NetworkSection:
     """Where this node listens, where peers reach it (`advertise`: IP addresses, DNS names or
-    multiaddrs; see `swarmnode.addresses`) and whom it dials first (multiaddrs with /p2p/<peer id>)."""
+    multiaddrs; see `swarmnode.addresses`), whom it dials first (multiaddrs with /p2p/<peer id>)
+    and over which transport (`swarmnode.net.factory`)."""
 
     listen: str = "127.0.0.1"
     port: int = 0
     advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
+    transport: str = "libp2p"
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORT_NAMES:
+            raise ValueError(f"transport = {self.transport!r}: expected one of {', '.join(TRANSPORT_NAMES)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0-65535, got {self.port}")
         try:
