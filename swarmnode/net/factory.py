@@ -32,6 +32,8 @@ def _open_libp2p(network: NetworkSection, identity: NodeIdentity) -> AbstractAsy
         listen_port=network.port,
         advertise=network.advertised(),
         bootstrap=network.bootstrap,
+        relays=network.relays,
+        relay_service=network.relay_service,
     )
 
 

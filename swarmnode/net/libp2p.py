@@ -65,7 +65,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from crypto.identity import NodeId, NodeIdentity
 
-from ..addresses import check_dialable, is_dialable, port_in_use, resolve_dns
+from ..addresses import CIRCUIT, check_dialable, is_dialable, port_in_use, resolve_dns
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -85,10 +85,12 @@ from .base import (
     check_hash,
 )
 from .libp2p_patches import patch_libp2p
+from .libp2p_relay import RelayClient
 from .libp2p_streams import (
     SERVE_TIMEOUT,
     close_quietly,
     errors_to_transport,
+    forget_failed_dials,
     libp2p_id,
     node_id_of,
     parse_peer_multiaddr,
@@ -104,6 +106,7 @@ BLOB_PROTOCOL: Final = TProtocol("/swarmnode/blob/1.0.0")
 PEERS_PROTOCOL: Final = TProtocol("/swarmnode/peers/1.0.0")
 
 DIAL_TIMEOUT: Final = 5.0
+RELAYED_DIAL_TIMEOUT: Final = 10.0  # the relay is dialled first, if not connected
 EXCHANGE_TIMEOUT: Final = 5.0
 MAINTAIN_INTERVAL: Final = 0.25
 EXCHANGE_INTERVAL: Final = 10.0  # dials exchange at once; this only catches late joiners
@@ -169,6 +172,8 @@ class Libp2pTransport(Transport):
         max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         blob_store: BlobStore | None = None,
+        relays: Sequence[str] = (),
+        relay_service: bool = False,
     ) -> None:
         if max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
             raise ValueError("gossip messages are capped at 1 MiB by py-libp2p's outbound queue")
@@ -206,6 +211,7 @@ class Libp2pTransport(Transport):
         self._pubsub = Pubsub(
             self._host, self._gossipsub, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096
         )
+        self.relay: Final = RelayClient(self._host, relays, serve=relay_service)
         self._blobs = blob_store if blob_store is not None else BlobStore()
         self._allowed: frozenset[NodeId] | None = (
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
@@ -244,6 +250,7 @@ class Libp2pTransport(Transport):
                     self._host.run([self._listen]),
                     background_trio_service(self._pubsub),
                     background_trio_service(self._gossipsub),
+                    self.relay.running(),
                 ):
                     await self._pubsub.wait_until_ready()
                     self._host.get_network().register_notifee(_PermissionNotifee(self._guard_send))
@@ -254,6 +261,7 @@ class Libp2pTransport(Transport):
                         self._nursery = nursery
                         nursery.start_soon(self._guard)
                         nursery.start_soon(self._maintain)
+                        nursery.start_soon(self.relay.keep_reservations)
                         self.started.set()
                         await trio.sleep_forever()
         except Exception as exc:
@@ -333,10 +341,18 @@ class Libp2pTransport(Transport):
     def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
         """Remember where `peer` listens (from its ledger member record); it will be dialled.
 
-        `addrs` are multiaddrs, with or without the /p2p/ part (which must then be `peer`).
+        `addrs` are multiaddrs, with or without the /p2p/ part (which must then be `peer`),
+        or circuit addresses ``<relay>/p2p-circuit[/p2p/<peer>]``, dialled through that relay.
         """
         cleaned: list[str] = []
         for address in addrs:
+            relay, circuit, rest = address.partition(CIRCUIT)
+            if circuit:
+                if rest not in ("", f"/p2p/{peer.peer_id}"):
+                    raise ValueError(f"{address!r} is not a circuit address of {peer.short}")
+                parse_peer_multiaddr(relay)  # the relay's address, with its id
+                cleaned.append(relay + CIRCUIT)
+                continue
             if "/p2p/" in address:
                 node, address = parse_peer_multiaddr(address)
                 if node != peer:
@@ -422,7 +438,8 @@ class Libp2pTransport(Transport):
         """Close every connection of a peer outside the allow-list (or blocked), as soon as we learn of it."""
         async with trio.open_nursery() as nursery:
             async for peer_id in self._guard_receive:
-                if not self._is_allowed(node_id_of(peer_id)):
+                node = node_id_of(peer_id)
+                if not self._is_allowed(node) and node not in self.relay.relay_nodes:
                     nursery.start_soon(self._disconnect, peer_id)
 
     async def _disconnect(self, peer_id: ID) -> None:
@@ -460,15 +477,26 @@ class Libp2pTransport(Transport):
                 await trio.sleep(MAINTAIN_INTERVAL)
 
     async def _connect(self, peer: NodeId) -> None:
-        """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
+        """Dial `peer` at the addresses we know (no-op when connected): direct ones first, then
+        through the relays of its circuit addresses; raises what libp2p raises."""
         peer_id = libp2p_id(peer)
-        resolved = [await resolve_dns(a) for a in self._address_book.get(peer, ())]
-        addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
-        # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
-        unblock = getattr(self._host.get_network(), "unblock_peer", None)
-        if unblock is not None:
-            unblock(peer_id)
-        await self._host.connect(PeerInfo(peer_id, addrs))
+        known = self._address_book.get(peer, ())
+        circuits = [a for a in known if a.endswith(CIRCUIT)]
+        direct = [a for a in known if not a.endswith(CIRCUIT)]
+        if direct or not circuits:
+            resolved = [await resolve_dns(a) for a in direct]
+            addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
+            forget_failed_dials(self._host, peer_id)
+            if not circuits:
+                await self._host.connect(PeerInfo(peer_id, addrs))
+                return
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    await self._host.connect(PeerInfo(peer_id, addrs))
+                    return
+                except Exception as exc:  # behind NAT, as likely as not: try its relays
+                    log.debug("direct dial of %s failed (%r); trying its relays", peer.short, exc)
+        await self.relay.dial(peer, circuits)
 
     async def _open_stream(self, peer: NodeId, protocol: TProtocol) -> INetStream:
         if not self._is_allowed(peer):
@@ -479,7 +507,7 @@ class Libp2pTransport(Transport):
 
     async def _dial(self, peer: NodeId) -> None:
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
+            with trio.fail_after(DIAL_TIMEOUT + RELAYED_DIAL_TIMEOUT):
                 await self._connect(peer)
         except Exception as exc:  # unreachable for now: the backoff decides when to retry
             log.debug("dial %s failed: %r", peer.short, exc)
@@ -707,6 +735,8 @@ async def open_libp2p_transport(
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     blob_store: BlobStore | None = None,
+    relays: Sequence[str] = (),
+    relay_service: bool = False,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running `Libp2pTransport`, listening and dialling its bootstrap peers; closed on exit."""
     transport = Libp2pTransport(
@@ -719,6 +749,8 @@ async def open_libp2p_transport(
         max_blob_size=max_blob_size,
         max_message_size=max_message_size,
         blob_store=blob_store,
+        relays=relays,
+        relay_service=relay_service,
     )
     with unwrap_single_exception():
         async with trio.open_nursery() as nursery:

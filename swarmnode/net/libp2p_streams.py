@@ -13,7 +13,7 @@ from typing import Final, Protocol
 
 import multiaddr
 import trio
-from libp2p.abc import INetStream
+from libp2p.abc import IHost, INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -43,6 +43,14 @@ def node_id_of(peer: ID) -> NodeId | None:
     if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
         return None
     return NodeId(raw[len(_PEER_ID_PREFIX) :])
+
+
+def forget_failed_dials(host: IHost, peer: ID) -> None:
+    """Let `host` dial `peer` now: the swarm refuses a peer for 60 s after a failed dial, and
+    our callers have their own backoff."""
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
 
 
 def parse_peer_multiaddr(address: str) -> tuple[NodeId, str]:
