@@ -1,8 +1,8 @@
 """Sites behind NAT take full part through a circuit relay (issue 22), with real processes.
 
-The lab (tests/lab/conftest.py): site 0 on the "internet" runs the relay service; sites 1
-and 2 are each behind NAT with an outbound-only firewall, so neither can be dialled by
-anyone, and each reserves a slot on site 0 (``network.relays``), advertises its
+The lab (tests/lab/conftest.py): sites 0 and 1 on the "internet", site 0 running the relay
+service; sites 2 and 3 are each behind NAT with an outbound-only firewall, so neither can be
+dialled by anyone, and each reserves a slot on site 0 (``network.relays``), advertises its
 ``/p2p-circuit`` address in the genesis, and is dialled through it, also by the other
 NATed site. Every site is a `swarmnode` process in its own namespace (the same process
 as tests/node/test_e2e_libp2p.py); the swarm runs secure rounds to the same final model,
@@ -143,13 +143,13 @@ def _tails(root: Path, sites: int) -> str:
     return "\n".join(out)
 
 
-def test_sites_behind_nat_train_a_secure_swarm_through_a_relay(tmp_path: Path, nat_lab: NetLab) -> None:
-    results = run_lab_sites(tmp_path, nat_lab, write_lab_sites(tmp_path, nat_lab))
+def test_sites_behind_nat_train_a_secure_swarm_through_a_relay(tmp_path: Path, swarm_lab: NetLab) -> None:
+    results = run_lab_sites(tmp_path, swarm_lab, write_lab_sites(tmp_path, swarm_lab))
     finals = {r["final_hash"] for r in results}
     assert len(finals) == 1
     assert None not in finals
     assert {r["ledger_final_hash"] for r in results} == finals
-    natted = {r["peer_id"] for r, site in zip(results, nat_lab.sites, strict=True) if site.natted}
+    natted = {r["peer_id"] for r, site in zip(results, swarm_lab.sites, strict=True) if site.natted}
     for r in results:
         assert r["rounds"] == list(range(1, ROUNDS + 1))
         merged = [c for c in r["closed_rounds"] if c["outcome"] == MERGED]
@@ -157,8 +157,8 @@ def test_sites_behind_nat_train_a_secure_swarm_through_a_relay(tmp_path: Path, n
         for closed in merged:
             assert natted <= set(closed["contributors"]), closed
     logs = [(tmp_path / f"site{i}.log").read_text(errors="replace") for i in range(len(results))]
-    for i, site in enumerate(nat_lab.sites):
+    for i, site in enumerate(swarm_lab.sites):
         if site.natted:
             assert "reserved a slot on relay" in logs[i], f"site{i} never reserved on the relay"
-    natted_logs = [log for log, site in zip(logs, nat_lab.sites, strict=True) if site.natted]
+    natted_logs = [log for log, site in zip(logs, swarm_lab.sites, strict=True) if site.natted]
     assert any("through relay" in log for log in natted_logs), "no NATed site was ever dialled via the relay"
