@@ -3,7 +3,13 @@
 `SimNetwork` carries opaque payloads between named addresses. It owns no clock:
 the caller passes the virtual time of every `send` and asks for the deliveries
 that are due (`pop_due`), and `next_time` tells it when the next one is. The
-consensus simulator and swarmnode's `MemoryTransport` both drive it this way.
+consensus simulator (`consensus/simulator.py`) and swarmnode's `MemoryTransport`
+(`swarmnode/net/memory.py`) both drive it this way.
+
+A neutral module, neither a consensus part nor a test helper: it imports only the
+standard library and knows nothing of blocks, votes or transports, so the network
+layer builds on it without depending on the ledger (`tests/test_layering.py` keeps
+both true). It sits in this package because that is the lowest one both users import.
 
 Every random choice comes from one `random.Random(seed)`, consumed in a fixed
 order per `send` (drop, then duplicate, then one delay per copy), so the same

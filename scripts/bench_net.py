@@ -14,7 +14,7 @@
 
 Reported as median (and best/worst) plus libp2p/raw ratios. The machine is
 shared: absolute numbers are noisy, ratios measured in one run less so.
-Children are started with `swarmnode.net.nodeproc` (libp2p) or by this
+Children are started with `swarmnode.testing.nodeproc` (libp2p) or by this
 script itself in ``--raw-node`` mode (baseline) and killed on exit.
 """
 
@@ -42,16 +42,16 @@ from swarmnode.net.libp2p import (  # noqa: E402
     GOSSIP_DEGREE_HIGH,
     GOSSIP_DEGREE_LOW,
     GOSSIP_HEARTBEAT_S,
-    YAMUX_WINDOW,
 )
-from swarmnode.net.nodeproc import (  # noqa: E402
+from swarmnode.net.libp2p_patches import YAMUX_WINDOW  # noqa: E402
+from swarmnode.testing import pseudo_random_bytes  # noqa: E402
+from swarmnode.testing.nodeproc import (  # noqa: E402
     NodeProcess,
     emit_event,
     serve_commands,
     spawn_node,
     spawn_process,
 )
-from swarmnode.testing import pseudo_random_bytes  # noqa: E402
 
 TOPIC = "bench/gossip"
 SIZES_MB = (1, 10, 100)

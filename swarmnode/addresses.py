@@ -25,6 +25,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
+CIRCUIT: Final = "/p2p-circuit"
 DNS_PROTOCOLS: Final = ("dns", "dns4", "dns6")
 HOST_PROTOCOLS: Final = ("ip4", "ip6", *DNS_PROTOCOLS)
 _LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -66,7 +67,14 @@ def check_listen(host: str) -> None:
 
 def check_dialable(address: str) -> None:
     """`address` is a multiaddr a peer can dial: ``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT``,
-    optionally ending in ``/p2p/<peer id>``. ValueError says what is wrong and the fix."""
+    optionally ending in ``/p2p/<peer id>``, or a relay's such address (with its peer id)
+    followed by ``/p2p-circuit`` (see `circuit_address`). ValueError says what is wrong and the fix."""
+    if address.endswith(CIRCUIT):
+        relay = address.removesuffix(CIRCUIT)
+        check_dialable(relay)
+        if "/p2p/" not in relay or CIRCUIT in relay:
+            raise ValueError("a circuit address is a relay's /.../tcp/PORT/p2p/<relay id> + /p2p-circuit")
+        return
     parts = address.split("/")
     if parts[0] != "" or len(parts) < 5:
         raise ValueError("expected a multiaddr like /ip4/203.0.113.7/tcp/7000 or /dns4/NAME/tcp/7000")
@@ -90,6 +98,16 @@ def check_dialable(address: str) -> None:
         )
     if rest and (len(rest) != 2 or rest[0] != "p2p" or not rest[1]):
         raise ValueError("only /p2p/<peer id> may follow the port")
+
+
+def circuit_address(relay: str) -> str:
+    """Where a site that reserved a slot on `relay` (a multiaddr with the relay's /p2p/ id) is
+    reached: ``<relay>/p2p-circuit``; a dialer appends ``/p2p/<site id>``."""
+    if "/p2p/" not in relay:
+        raise ValueError(f"{relay!r}: a relay address needs its /p2p/<peer id>")
+    address = relay + CIRCUIT
+    check_dialable(address)
+    return address
 
 
 def is_dialable(address: str) -> bool:

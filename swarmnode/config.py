@@ -23,7 +23,8 @@ from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
 
-from .addresses import advertised_address, advertised_addresses, check_listen
+from .addresses import advertised_address, advertised_addresses, check_listen, circuit_address
+from .net.factory import TRANSPORT_NAMES
 
 T = TypeVar("T")
 
@@ -181,14 +182,25 @@ class NodeSection:
 @dataclass(frozen=True, kw_only=True)
 class NetworkSection:
     """Where this node listens, where peers reach it (`advertise`: IP addresses, DNS names or
-    multiaddrs; see `swarmnode.addresses`) and whom it dials first (multiaddrs with /p2p/<peer id>)."""
+    multiaddrs; see `swarmnode.addresses`), whom it dials first (multiaddrs with /p2p/<peer id>)
+    and over which transport (`swarmnode.net.factory`)."""
 
     listen: str = "127.0.0.1"
     port: int = 0
     advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
+    transport: str = "libp2p"
+    relays: tuple[str, ...] = ()  # reserve a slot on these (multiaddrs with /p2p/): for sites behind NAT
+    relay_service: bool = False  # relay for other members (a site peers can dial)
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORT_NAMES:
+            raise ValueError(f"transport = {self.transport!r}: expected one of {', '.join(TRANSPORT_NAMES)}")
+        for i, relay in enumerate(self.relays):
+            try:
+                circuit_address(relay)
+            except ValueError as exc:
+                raise ValueError(f"relays[{i}] = {relay!r}: {exc}") from None
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0-65535, got {self.port}")
         try:
@@ -202,8 +214,10 @@ class NetworkSection:
                 raise ValueError(f"advertise[{i}] = {entry!r}: {exc}") from None
 
     def advertised(self) -> tuple[str, ...]:
-        """The multiaddrs peers dial (no /p2p/ part); () if this site gives none."""
-        return advertised_addresses(self.listen, self.port, self.advertise)
+        """The multiaddrs peers dial (no /p2p/ part of our own): the direct ones, then one
+        circuit address per relay; () if this site gives none."""
+        direct = advertised_addresses(self.listen, self.port, self.advertise)
+        return direct + tuple(circuit_address(relay) for relay in self.relays)
 
 
 @dataclass(frozen=True, kw_only=True)

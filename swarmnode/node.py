@@ -140,6 +140,7 @@ from models.merge import merge as merge_parameters
 from .config import NodeConfig
 from .keystore import KeyFileRefused, NodeFiles
 from .net.base import BlobNotFound, Inbound, Transport, TransportError
+from .net.factory import open_transport
 from .round import (
     AggregateContributions,
     CombineShares,
@@ -803,16 +804,14 @@ class Node:
         for height in range(state.height, state.height + 3):
             allowed.update(self.contract.validators(height))
         self.transport.set_allowed_peers(allowed)
-        learn = getattr(self.transport, "add_peer_addresses", None)
-        if learn is not None:
-            records = [(m.node_id, m.addresses) for m in state.members]
-            records += [(p.node_id, p.addresses) for p in state.pending]
-            for node, addresses in records:
-                if node != self.node_id and addresses:
-                    try:
-                        learn(node, addresses)
-                    except ValueError as exc:
-                        self._log.info("ignoring addresses of %s: %s", node.short, exc)
+        records = [(m.node_id, m.addresses) for m in state.members]
+        records += [(p.node_id, p.addresses) for p in state.pending]
+        for node, addresses in records:
+            if node != self.node_id and addresses:
+                try:
+                    self.transport.add_peer_addresses(node, addresses)
+                except ValueError as exc:
+                    self._log.info("ignoring addresses of %s: %s", node.short, exc)
 
     async def submit(self, body: TxBody) -> None:
         """Sign `body` as this node and hand it to the ledger (gossiped, then committed)."""
@@ -1822,8 +1821,8 @@ async def open_swarm_node(
 ) -> AsyncIterator[Node]:
     """A running `Node` for `config`; it stops (and releases everything) when the block exits.
 
-    Without `transport`, a `Libp2pTransport` listens on ``[network] listen:port``, tells
-    peers ``[network] advertise`` and dials the bootstrap peers. Without `identity`/`genesis`,
+    Without `transport`, the one ``[network] transport`` names is opened from the ``[network]``
+    section (`swarmnode.net.factory`). Without `identity`/`genesis`,
     they are loaded from the config's key file and genesis file.
     """
     if options is None:
@@ -1834,17 +1833,7 @@ async def open_swarm_node(
     gen = genesis if genesis is not None else Genesis.load(config.ledger.genesis)
     async with AsyncExitStack() as stack:
         if transport is None:
-            from .net.libp2p import open_libp2p_transport
-
-            transport = await stack.enter_async_context(
-                open_libp2p_transport(
-                    ident,
-                    listen_host=config.network.listen,
-                    listen_port=config.network.port,
-                    advertise=config.network.advertised(),
-                    bootstrap=config.network.bootstrap,
-                )
-            )
+            transport = await stack.enter_async_context(open_transport(config.network, ident))
         node = Node(config, gen, ident, transport, options)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

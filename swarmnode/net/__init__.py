@@ -1,5 +1,7 @@
 """swarmnode's network layer: one small `Transport` interface, two implementations.
 
+A site's transport is chosen by ``[network] transport`` (`factory.open_transport`).
+
 - `Libp2pTransport` (`open_libp2p_transport`): py-libp2p, TCP + Noise + Yamux,
   GossipSub, blobs over streams, peer exchange, permissioning. libp2p is
   imported on first use of these two names only, so everything else here

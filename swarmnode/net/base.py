@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final, final
@@ -202,6 +202,15 @@ class Transport(trio.abc.AsyncResource):
 
     def set_allowed_peers(self, peers: AbstractSet[NodeId]) -> None:
         """Talk only to these peers from now on (our own id is always allowed)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
+        """Remember where `peer` can be reached (the addresses of its ledger member record).
+
+        `addrs` are multiaddrs, with or without a /p2p/ part, which must then name `peer`.
+        ValueError (naming the address) if one is malformed or names another peer; an
+        empty `addrs` changes nothing.
+        """
         raise NotImplementedError  # pragma: no cover
 
     def peers(self) -> frozenset[NodeId]:

@@ -6,7 +6,7 @@ What was verified to work (tests/net/test_net_libp2p.py runs it) and is therefor
   seed, so the libp2p peer ID is `identity.node_id.peer_id`.
 - GossipSub for small messages, strict signing on, heartbeat 1 s, spam
   protection off, plus two queue-size patches and one signed-record check per record
-  (`_patch_libp2p`).
+  (`swarmnode.net.libp2p_patches`).
 - Blobs over direct streams in chunks, never over GossipSub (which silently
   drops messages above 1 MiB).
 - Discovery: a small peer-list protocol (ask a peer who it is connected to and
@@ -27,9 +27,9 @@ What was verified to work (tests/net/test_net_libp2p.py runs it) and is therefor
   control endpoint, and only when started with ``SWARMNODE_FAULT_INJECTION=1``
   (`swarmnode.control`).
 
-libp2p is imported only by this module (never by `swarmnode.net`'s
-``__init__``), so the rest of the code base imports without it. No libp2p
-type or exception leaves this module: `_errors_to_transport` maps them.
+libp2p is imported only by this module and its ``libp2p_*`` helpers (never by
+`swarmnode.net`'s ``__init__``), so the rest of the code base imports without it. No
+libp2p type or exception leaves this module: `errors_to_transport` maps them.
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ import contextlib
 import hashlib
 import logging
 import math
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import multiaddr
 import trio
@@ -52,27 +51,21 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub import gossipsub as _gossipsub_module
-from libp2p.pubsub import pubsub as _pubsub_module
-from libp2p.pubsub import rpc_queue as _rpc_queue_module
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as GOSSIPSUB_V11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from crypto.errors import BlobHashMismatch, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 
-from ..addresses import check_dialable, is_dialable, port_in_use, resolve_dns
+from ..addresses import CIRCUIT, check_dialable, is_dialable, port_in_use, resolve_dns
 from . import wire
 from ._shared import answer_request, fetch_from_any, unwrap_single_exception
 from .base import (
@@ -81,7 +74,6 @@ from .base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
     SUBSCRIPTION_BUFFER,
-    BlobNotFound,
     BlobStore,
     Inbound,
     PeerUnreachable,
@@ -92,6 +84,20 @@ from .base import (
     TransportError,
     check_hash,
 )
+from .libp2p_patches import patch_libp2p
+from .libp2p_relay import RelayClient
+from .libp2p_streams import (
+    SERVE_TIMEOUT,
+    close_quietly,
+    errors_to_transport,
+    forget_failed_dials,
+    libp2p_id,
+    node_id_of,
+    parse_peer_multiaddr,
+    read_frame,
+    receive_blob,
+    send_blob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,9 @@ RPC_PROTOCOL: Final = TProtocol("/swarmnode/rpc/1.0.0")
 BLOB_PROTOCOL: Final = TProtocol("/swarmnode/blob/1.0.0")
 PEERS_PROTOCOL: Final = TProtocol("/swarmnode/peers/1.0.0")
 
-BLOB_CHUNK: Final = 1 << 20
 DIAL_TIMEOUT: Final = 5.0
+RELAYED_DIAL_TIMEOUT: Final = 10.0  # the relay is dialled first, if not connected
 EXCHANGE_TIMEOUT: Final = 5.0
-SERVE_TIMEOUT: Final = 30.0  # a peer that stalls mid-request loses its stream (blobs: per chunk)
 MAINTAIN_INTERVAL: Final = 0.25
 EXCHANGE_INTERVAL: Final = 10.0  # dials exchange at once; this only catches late joiners
 BACKOFF_INITIAL: Final = 0.5
@@ -118,168 +123,6 @@ GOSSIP_DEGREE: Final = 6
 GOSSIP_DEGREE_LOW: Final = 4
 GOSSIP_DEGREE_HIGH: Final = 12
 GOSSIP_HEARTBEAT_S: Final = 1  # libp2p's default is 120 s
-
-# identity multihash of the protobuf Ed25519 public key (as in crypto/identity.py)
-_PEER_ID_PREFIX: Final = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
-
-_libp2p_patched = False
-
-RecordCheck = Callable[[Any, IHost, ID], bool]
-
-
-def _patch_libp2p() -> None:
-    """Changes to py-libp2p 0.8.1, applied once per process before the first host.
-
-    Two queue limits that silently lose gossip in bursts are raised:
-    - `pubsub.SUBSCRIPTION_CHANNEL_SIZE` (32): a subscription further behind
-      drops messages with only a WARNING. We drain it at once into our own
-      channels, but a burst can still outrun one scheduling round.
-    - `RpcQueue(max_size=32)` per peer: extra outbound RPCs are dropped with a
-      DEBUG line. Verified: 200/200 delivered in a burst with both raised.
-    The outbound per-message size limit (1 MiB) is kept: gossip stays small.
-
-    And each sender's signed peer record is verified once per record, not once per RPC
-    (`_verify_each_record_once`), and yamux returns receive credit in batches
-    (`_credit_in_batches`).
-    """
-    global _libp2p_patched
-    if _libp2p_patched:
-        return
-    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 1024
-    defaults = _rpc_queue_module.RpcQueue.__init__.__defaults__
-    if defaults is None or len(defaults) != 2:  # pragma: no cover - guards a libp2p upgrade
-        raise RuntimeError("py-libp2p RpcQueue changed; re-check the queue patch in swarmnode/net/libp2p.py")
-    _rpc_queue_module.RpcQueue.__init__.__defaults__ = (4096, defaults[1])
-    check = _verify_each_record_once(_pubsub_module.maybe_consume_signed_record)  # type: ignore[attr-defined]
-    _pubsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
-    _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
-    _yamux_module.YamuxStream._auto_tune_and_send_window_update = _credit_in_batches  # type: ignore[method-assign]
-    _libp2p_patched = True
-
-
-YAMUX_WINDOW: Final = 4 * 1024 * 1024
-"""Receive window a stream grows to with its first credit: a 7.5 MB blob (a 1M-parameter
-contribution) then needs about 4 credits, not the 60 of the spec's fixed 256 KiB."""
-
-
-async def _credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
-    """Yamux receive credit, go-yamux style: returned once half the window is consumed.
-
-    py-libp2p 0.8.1 sends a WINDOW_UPDATE frame after every read (its "release on read"
-    default): one more Noise-encrypted frame and send() per gossip message received,
-    about a sixth of a node's event-loop time with 8 nodes (sampled). Here the bytes a
-    stream's reader consumed are credited back in one frame when they reach half its
-    window, and the first credit grows the window (py-libp2p's `target_recv_window`,
-    the spec's 256 KiB at first) to `YAMUX_WINDOW`. Never deadlocks: a sender blocked
-    on credit has a full window outstanding, so once the reader consumes it the pending
-    count is past half.
-    """
-    async with self.window_lock:
-        self._pending_recv_release += bytes_read
-        pending = self._pending_recv_release
-        window = self.target_recv_window
-        if pending < window // 2:
-            return
-        self._pending_recv_release = 0
-        self.target_recv_window = YAMUX_WINDOW
-        increment = pending + YAMUX_WINDOW - window
-        # The credit we grant is window the peer may use: the frame reader subtracts every
-        # data frame from recv_window and warns once it would go below zero.
-        self.recv_window += increment
-    await self.send_window_update(increment)
-
-
-def _verify_each_record_once(check: RecordCheck) -> RecordCheck:
-    """Wrap py-libp2p's per-RPC check of the sender's signed peer record.
-
-    py-libp2p attaches the sender's signed peer record to every pubsub RPC, and the
-    receiver verifies it (Ed25519) and re-stores it on every RPC, twice for RPCs that
-    carry control messages: ~5 % of a node's event-loop time in a 4-node 1M round
-    (sampled). A record's bytes change only when the sender re-signs it, so bytes this
-    host already accepted from this peer are accepted again without the work; anything
-    new, and anything ever refused, goes through `check`.
-    """
-    accepted: weakref.WeakKeyDictionary[IHost, dict[ID, bytes]] = weakref.WeakKeyDictionary()
-
-    def verify_once(rpc: Any, host: IHost, peer: ID) -> bool:
-        record = bytes(rpc.senderRecord) if rpc.HasField("senderRecord") else None
-        known = accepted.setdefault(host, {})
-        if record is not None and known.get(peer) == record:
-            return True
-        ok = check(rpc, host, peer)
-        if ok and record is not None:
-            known[peer] = record
-        return ok
-
-    return verify_once
-
-
-def libp2p_id(node: NodeId) -> ID:
-    return ID(_PEER_ID_PREFIX + node.public_key)
-
-
-def node_id_of(peer: ID) -> NodeId | None:
-    """The NodeId of an Ed25519 libp2p peer ID; None for any other key type."""
-    raw = peer.to_bytes()
-    if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
-        return None
-    return NodeId(raw[len(_PEER_ID_PREFIX) :])
-
-
-def parse_peer_multiaddr(address: str) -> tuple[NodeId, str]:
-    """Split ``/ip4/1.2.3.4/tcp/5/p2p/12D3KooW...`` into (NodeId, transport address)."""
-    try:
-        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
-    except Exception as exc:
-        raise ValueError(f"not a multiaddr with a /p2p/ peer id: {address!r} ({exc})") from None
-    node = node_id_of(info.peer_id)
-    if node is None or not info.addrs:
-        raise ValueError(f"{address!r}: expected an Ed25519 peer id and a transport address")
-    return node, str(info.addrs[0])
-
-
-@contextlib.contextmanager
-def _errors_to_transport(peer: NodeId, what: str, timeout: float) -> Iterator[None]:
-    """httpcore's map_exceptions: nothing but our own errors leaves a peer operation."""
-    try:
-        yield
-    except (TransportError, BlobHashMismatch):
-        raise
-    except trio.TooSlowError:
-        raise PeerUnreachable(f"{what}: {peer.short} did not answer within {timeout:g} s") from None
-    except ProtocolError as exc:
-        raise TransportError(f"{what}: {peer.short} answered malformed data: {exc}") from exc
-    except Exception as exc:  # libp2p raises many unrelated types for "that peer is gone"
-        raise PeerUnreachable(f"{what}: {peer.short}: {type(exc).__name__}: {exc}") from exc
-
-
-class _Readable(Protocol):
-    async def read(self, n: int | None = None) -> bytes: ...
-
-
-async def _read_exact(stream: _Readable, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        buf += await _read_some(stream, min(BLOB_CHUNK, n - len(buf)), f"after {len(buf)} of {n} bytes")
-    return bytes(buf)
-
-
-async def _read_some(stream: _Readable, n: int, where: str = "mid-blob") -> bytes:
-    """Between 1 and `n` bytes, as the stream has them (no copy); EOFError if it ended."""
-    try:
-        data = await stream.read(n)
-    except StreamEOF:  # py-libp2p 0.8.1 raises at EOF instead of returning b""
-        data = b""
-    if not data:
-        raise EOFError(f"stream closed {where}")
-    if len(data) > n:  # a stream must not hand out more than asked; never trust it to
-        raise EOFError(f"stream returned {len(data)} bytes, asked for at most {n}")
-    return data
-
-
-async def _read_frame(stream: _Readable, limit: int) -> bytes:
-    length = wire.frame_length(await _read_exact(stream, wire.FRAME_HEADER.size), limit)
-    return await _read_exact(stream, length)
 
 
 @dataclass(slots=True)
@@ -329,10 +172,12 @@ class Libp2pTransport(Transport):
         max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         blob_store: BlobStore | None = None,
+        relays: Sequence[str] = (),
+        relay_service: bool = False,
     ) -> None:
         if max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
             raise ValueError("gossip messages are capped at 1 MiB by py-libp2p's outbound queue")
-        _patch_libp2p()
+        patch_libp2p()
         self.node_id = identity.node_id
         self.max_blob_size = max_blob_size
         self.max_message_size = max_message_size
@@ -366,6 +211,7 @@ class Libp2pTransport(Transport):
         self._pubsub = Pubsub(
             self._host, self._gossipsub, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096
         )
+        self.relay: Final = RelayClient(self._host, relays, serve=relay_service)
         self._blobs = blob_store if blob_store is not None else BlobStore()
         self._allowed: frozenset[NodeId] | None = (
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
@@ -404,6 +250,7 @@ class Libp2pTransport(Transport):
                     self._host.run([self._listen]),
                     background_trio_service(self._pubsub),
                     background_trio_service(self._gossipsub),
+                    self.relay.running(),
                 ):
                     await self._pubsub.wait_until_ready()
                     self._host.get_network().register_notifee(_PermissionNotifee(self._guard_send))
@@ -414,6 +261,7 @@ class Libp2pTransport(Transport):
                         self._nursery = nursery
                         nursery.start_soon(self._guard)
                         nursery.start_soon(self._maintain)
+                        nursery.start_soon(self.relay.keep_reservations)
                         self.started.set()
                         await trio.sleep_forever()
         except Exception as exc:
@@ -457,7 +305,7 @@ class Libp2pTransport(Transport):
         scope = trio.CancelScope()
         self._operations.add(scope)
         try:
-            with scope, _errors_to_transport(peer, what, timeout), trio.fail_after(timeout):
+            with scope, errors_to_transport(peer, what, timeout), trio.fail_after(timeout):
                 yield
         finally:
             self._operations.discard(scope)
@@ -493,10 +341,18 @@ class Libp2pTransport(Transport):
     def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
         """Remember where `peer` listens (from its ledger member record); it will be dialled.
 
-        `addrs` are multiaddrs, with or without the /p2p/ part (which must then be `peer`).
+        `addrs` are multiaddrs, with or without the /p2p/ part (which must then be `peer`),
+        or circuit addresses ``<relay>/p2p-circuit[/p2p/<peer>]``, dialled through that relay.
         """
         cleaned: list[str] = []
         for address in addrs:
+            relay, circuit, rest = address.partition(CIRCUIT)
+            if circuit:
+                if rest not in ("", f"/p2p/{peer.peer_id}"):
+                    raise ValueError(f"{address!r} is not a circuit address of {peer.short}")
+                parse_peer_multiaddr(relay)  # the relay's address, with its id
+                cleaned.append(relay + CIRCUIT)
+                continue
             if "/p2p/" in address:
                 node, address = parse_peer_multiaddr(address)
                 if node != peer:
@@ -582,7 +438,8 @@ class Libp2pTransport(Transport):
         """Close every connection of a peer outside the allow-list (or blocked), as soon as we learn of it."""
         async with trio.open_nursery() as nursery:
             async for peer_id in self._guard_receive:
-                if not self._is_allowed(node_id_of(peer_id)):
+                node = node_id_of(peer_id)
+                if not self._is_allowed(node) and node not in self.relay.relay_nodes:
                     nursery.start_soon(self._disconnect, peer_id)
 
     async def _disconnect(self, peer_id: ID) -> None:
@@ -620,15 +477,26 @@ class Libp2pTransport(Transport):
                 await trio.sleep(MAINTAIN_INTERVAL)
 
     async def _connect(self, peer: NodeId) -> None:
-        """Dial `peer` at the addresses we know (no-op when connected); raises what libp2p raises."""
+        """Dial `peer` at the addresses we know (no-op when connected): direct ones first, then
+        through the relays of its circuit addresses; raises what libp2p raises."""
         peer_id = libp2p_id(peer)
-        resolved = [await resolve_dns(a) for a in self._address_book.get(peer, ())]
-        addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
-        # The swarm refuses to redial a peer for 60 s after a failed dial; we have our own backoff.
-        unblock = getattr(self._host.get_network(), "unblock_peer", None)
-        if unblock is not None:
-            unblock(peer_id)
-        await self._host.connect(PeerInfo(peer_id, addrs))
+        known = self._address_book.get(peer, ())
+        circuits = [a for a in known if a.endswith(CIRCUIT)]
+        direct = [a for a in known if not a.endswith(CIRCUIT)]
+        if direct or not circuits:
+            resolved = [await resolve_dns(a) for a in direct]
+            addrs = [multiaddr.Multiaddr(a) for group in resolved for a in group]
+            forget_failed_dials(self._host, peer_id)
+            if not circuits:
+                await self._host.connect(PeerInfo(peer_id, addrs))
+                return
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    await self._host.connect(PeerInfo(peer_id, addrs))
+                    return
+                except Exception as exc:  # behind NAT, as likely as not: try its relays
+                    log.debug("direct dial of %s failed (%r); trying its relays", peer.short, exc)
+        await self.relay.dial(peer, circuits)
 
     async def _open_stream(self, peer: NodeId, protocol: TProtocol) -> INetStream:
         if not self._is_allowed(peer):
@@ -639,7 +507,7 @@ class Libp2pTransport(Transport):
 
     async def _dial(self, peer: NodeId) -> None:
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
+            with trio.fail_after(DIAL_TIMEOUT + RELAYED_DIAL_TIMEOUT):
                 await self._connect(peer)
         except Exception as exc:  # unreachable for now: the backoff decides when to retry
             log.debug("dial %s failed: %r", peer.short, exc)
@@ -664,9 +532,9 @@ class Libp2pTransport(Transport):
             stream = await self._open_stream(peer, PEERS_PROTOCOL)
             try:
                 await stream.write(wire.frame(wire.encode(wire.PeerList((self._my_entry(),)))))
-                answer = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
+                answer = wire.decode_peer_list(await read_frame(stream, wire.PEER_LIST_LIMIT))
             finally:
-                await _close_quietly(stream)
+                await close_quietly(stream)
         for entry in answer.peers:
             self._learn(entry.node, entry.addrs, hearsay=True)
 
@@ -676,7 +544,7 @@ class Libp2pTransport(Transport):
             return
         try:
             with trio.fail_after(EXCHANGE_TIMEOUT):
-                hello = wire.decode_peer_list(await _read_frame(stream, wire.PEER_LIST_LIMIT))
+                hello = wire.decode_peer_list(await read_frame(stream, wire.PEER_LIST_LIMIT))
                 for entry in hello.peers:
                     if entry.node == peer:  # a peer speaks only for its own addresses here
                         self._learn(entry.node, entry.addrs, hearsay=True)
@@ -689,7 +557,7 @@ class Libp2pTransport(Transport):
         except Exception as exc:  # a misbehaving or vanished peer loses its stream, nothing else
             log.debug("serving peer list to %s: %r", peer.short, exc)
         finally:
-            await _close_quietly(stream)
+            await close_quietly(stream)
 
     async def _accept(self, stream: INetStream) -> NodeId | None:
         """The remote NodeId of an inbound stream, or None (stream reset) if not allowed."""
@@ -775,10 +643,10 @@ class Libp2pTransport(Transport):
             try:
                 await stream.write(payload)
                 answer = wire.decode_rpc_response(
-                    await _read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
+                    await read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
                 )
             finally:
-                await _close_quietly(stream)
+                await close_quietly(stream)
         if not answer.ok:
             raise RequestRefused(f"{peer.short} refused {protocol!r}: {answer.error}")
         return answer.data
@@ -790,14 +658,14 @@ class Libp2pTransport(Transport):
         try:
             with trio.fail_after(SERVE_TIMEOUT):
                 request = wire.decode_rpc_request(
-                    await _read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
+                    await read_frame(stream, self.max_message_size + wire.RPC_OVERHEAD)
                 )
                 response = await answer_request(self._handlers, self.max_message_size, peer, request)
                 await stream.write(wire.frame(wire.encode(response)))
         except Exception as exc:  # a misbehaving or vanished peer loses its stream, nothing else
             log.info("request from %s dropped: %s: %s", peer.short, type(exc).__name__, exc)
         finally:
-            await _close_quietly(stream)
+            await close_quietly(stream)
 
     # ------------------------------------------------------------------ blobs
 
@@ -832,33 +700,9 @@ class Libp2pTransport(Transport):
         with self._peer_operation(peer, f"blob {digest.hex()[:12]}", timeout):
             stream = await self._open_stream(peer, BLOB_PROTOCOL)
             try:
-                await stream.write(wire.frame(digest))
-                header = wire.decode_blob_header(await _read_frame(stream, wire.BLOB_HEADER_LIMIT))
-                if not header.found:
-                    raise BlobNotFound(f"{peer.short} does not have blob {digest.hex()}")
-                if header.size > self.max_blob_size:
-                    raise TransportError(
-                        f"{peer.short} offers blob {digest.hex()[:12]} of {header.size} bytes, "
-                        f"above max_blob_size {self.max_blob_size}"
-                    )
-                # The pieces as the stream hands them over, hashed as they come and joined once
-                # at the end: one copy of the blob instead of three.
-                hasher = hashlib.sha256()
-                pieces: list[bytes] = []
-                received = 0
-                while received < header.size:
-                    piece = await _read_some(stream, min(BLOB_CHUNK, header.size - received))
-                    hasher.update(piece)
-                    pieces.append(piece)
-                    received += len(piece)
+                return await receive_blob(stream, peer, digest, self.max_blob_size)
             finally:
-                await _close_quietly(stream)
-        if hasher.digest() != digest:
-            raise BlobHashMismatch(
-                f"peer {peer.peer_id} served {received} bytes for blob {digest.hex()} "
-                f"whose SHA-256 is {hasher.hexdigest()}"
-            )
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                await close_quietly(stream)
 
     async def _serve_blob(self, stream: INetStream) -> None:
         peer = await self._accept(stream)
@@ -866,33 +710,17 @@ class Libp2pTransport(Transport):
             return
         try:
             with trio.fail_after(SERVE_TIMEOUT):
-                digest = await _read_frame(stream, wire.BLOB_HEADER_LIMIT)
+                digest = await read_frame(stream, wire.BLOB_HEADER_LIMIT)
                 check_hash(digest)
-            data = self._blobs.get(digest)
-            header = wire.BlobHeader(found=data is not None, size=0 if data is None else len(data))
-            with trio.fail_after(SERVE_TIMEOUT):
-                await stream.write(wire.frame(wire.encode(header)))
-            view = memoryview(data or b"")
-            for offset in range(0, len(view), BLOB_CHUNK):
-                with trio.fail_after(SERVE_TIMEOUT):  # per chunk: big blobs take as long as they need
-                    # A view, not a copy: yamux slices it into frames (and copies those) anyway.
-                    await stream.write(view[offset : offset + BLOB_CHUNK])  # type: ignore[arg-type]
+            await send_blob(stream, self._blobs.get(digest))
         except Exception as exc:  # a misbehaving or vanished peer loses its stream, nothing else
             log.info("blob request from %s dropped: %s: %s", peer.short, type(exc).__name__, exc)
         finally:
-            await _close_quietly(stream)
+            await close_quietly(stream)
 
 
 def _order(node: NodeId) -> bytes:
     return node.public_key
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    with trio.move_on_after(1.0):
-        try:
-            await stream.close()
-        except Exception as exc:  # the peer may be gone already; nothing to release on our side
-            log.debug("closing stream: %r", exc)
 
 
 @asynccontextmanager
@@ -907,6 +735,8 @@ async def open_libp2p_transport(
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     blob_store: BlobStore | None = None,
+    relays: Sequence[str] = (),
+    relay_service: bool = False,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running `Libp2pTransport`, listening and dialling its bootstrap peers; closed on exit."""
     transport = Libp2pTransport(
@@ -919,6 +749,8 @@ async def open_libp2p_transport(
         max_blob_size=max_blob_size,
         max_message_size=max_message_size,
         blob_store=blob_store,
+        relays=relays,
+        relay_service=relay_service,
     )
     with unwrap_single_exception():
         async with trio.open_nursery() as nursery:

@@ -1,7 +1,8 @@
 """`MemoryNetwork` / `MemoryTransport`: the `Transport` in one process, deterministic.
 
-There is one in-memory network in swarmnode: `consensus.simnet.SimNetwork`
-decides, from one seed, which message is dropped, duplicated or delayed by
+There is one in-memory network in the code base: `consensus.simnet.SimNetwork`
+(a standard-library-only module the consensus simulator uses too) decides, from one
+seed, which message is dropped, duplicated or delayed by
 how much (hence reordered), and enforces partitions and crashes. This module
 only puts trio around it: a driver task sleeps on the trio clock until
 `next_time()`, then hands every `pop_due(now)` delivery to its transport. On
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -266,6 +267,16 @@ class MemoryTransport(Transport):
 
     def set_allowed_peers(self, peers: AbstractSet[NodeId]) -> None:
         self._allowed = frozenset(peers) | {self.node_id}
+
+    def add_peer_addresses(self, peer: NodeId, addrs: Sequence[str]) -> None:
+        """Checks `addrs` as `Libp2pTransport` does in outline; nothing to remember, since a
+        `MemoryNetwork` reaches every node by its id."""
+        for address in addrs:
+            if not isinstance(address, str) or not address.startswith("/") or "//" in address:
+                raise ValueError(f"{address!r} is not a multiaddr")
+            parts = address.split("/")
+            if parts[-2] == "p2p" and parts[-1] != peer.peer_id:  # a circuit's relay id comes earlier
+                raise ValueError(f"{address!r} names another peer than {peer.short}")
 
     def peers(self) -> frozenset[NodeId]:
         me = self.node_id.peer_id

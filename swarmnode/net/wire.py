@@ -76,13 +76,15 @@ class BlobHeader:
 @dataclass(frozen=True, slots=True)
 class PeerEntry:
     node: NodeId
-    addrs: tuple[str, ...]  # multiaddrs without the /p2p/ part, e.g. /ip4/127.0.0.1/tcp/4001
+    addrs: tuple[str, ...]  # without our /p2p/ part: /ip4/127.0.0.1/tcp/4001 or <relay>/p2p-circuit
 
     def __post_init__(self) -> None:
         if len(self.addrs) > MAX_ADDRS_PER_PEER:
             raise ValueError(f"at most {MAX_ADDRS_PER_PEER} addresses per peer")
         for addr in self.addrs:
-            if not addr.startswith("/") or len(addr) > MAX_ADDR_LENGTH or "/p2p/" in addr:
+            _, circuit, rest = addr.partition("/p2p-circuit")
+            own_id = addr.count("/p2p/") != (1 if circuit else 0)  # only a relay's id may be in it
+            if not addr.startswith("/") or len(addr) > MAX_ADDR_LENGTH or rest or own_id:
                 raise ValueError(f"not a transport multiaddr: {addr[:64]!r}")
 
 

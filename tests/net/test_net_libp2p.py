@@ -9,15 +9,10 @@ from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, YamuxStream
 from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId
 from swarmnode.net.base import BlobNotFound, PeerUnreachable, TransportClosed, TransportError
-from swarmnode.net.libp2p import (
-    YAMUX_WINDOW,
-    Libp2pTransport,
-    _credit_in_batches,
-    _verify_each_record_once,
-    libp2p_id,
-    open_libp2p_transport,
-    parse_peer_multiaddr,
-)
+from swarmnode.net.libp2p import Libp2pTransport, libp2p_id, open_libp2p_transport, parse_peer_multiaddr
+from swarmnode.net.libp2p_patches import YAMUX_WINDOW
+from swarmnode.net.libp2p_patches import credit_in_batches as _credit_in_batches
+from swarmnode.net.libp2p_patches import verify_each_record_once as _verify_each_record_once
 from swarmnode.testing import LyingBlobStore, make_identity, pseudo_random_bytes, wait_until
 
 IDS = [make_identity(i, "libp2p-test") for i in range(4)]

@@ -12,8 +12,8 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from swarmnode.net.nodeproc import NodeProcess, spawn_node
 from swarmnode.testing import make_identity, pseudo_random_bytes
+from swarmnode.testing.nodeproc import NodeProcess, spawn_node
 
 TOPIC = "net-test/gossip"
 

@@ -108,7 +108,7 @@ class _FakeStream:
 
 async def test_oversized_frame_is_refused_before_its_payload_is_read() -> None:
     pytest.importorskip("libp2p")
-    from swarmnode.net.libp2p import _read_frame
+    from swarmnode.net.libp2p_streams import read_frame as _read_frame
 
     stream = _FakeStream(wire.frame(b"x" * 1000))
     with pytest.raises(MessageTooLarge):
@@ -152,7 +152,7 @@ def test_blob_store_names_the_hash_of_its_own_objects_only() -> None:
 
 async def test_read_some_never_hands_out_more_than_asked() -> None:
     pytest.importorskip("libp2p")
-    from swarmnode.net.libp2p import _read_some
+    from swarmnode.net.libp2p_streams import read_some as _read_some
 
     assert await _read_some(_FakeStream(b"abcdef"), 4) == b"abc"  # what the stream has, up to 4
     with pytest.raises(EOFError, match="mid-blob"):

@@ -55,7 +55,11 @@ async def main(config_path: str, index: int, n_sites: int, seed: int, out: str, 
         ledger_final = node.contract.final_model_hash
         evidence = [{"kind": e.kind, "offender": e.offender.peer_id} for e in node.contract.evidence()]
         closed = [
-            {"outcome": r.outcome, "decrypt_set": [p.peer_id for p in r.decrypt_set]}
+            {
+                "outcome": r.outcome,
+                "decrypt_set": [p.peer_id for p in r.decrypt_set],
+                "contributors": [c.peer_id for c in r.contributors],
+            }
             for r in node.contract.history()
         ]
     result = {

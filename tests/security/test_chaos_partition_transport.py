@@ -23,8 +23,8 @@ from crypto.identity import NodeId, NodeIdentity
 from swarmnode.control import CONTROL_FILE, ControlError, request_control, serve_control
 from swarmnode.net.base import BlobNotFound, Inbound, PeerUnreachable, TransportClosed
 from swarmnode.net.libp2p import Libp2pTransport, libp2p_id, open_libp2p_transport
-from swarmnode.net.nodeproc import NodeProcess, spawn_node
 from swarmnode.testing import make_identity, wait_until
+from swarmnode.testing.nodeproc import NodeProcess, spawn_node
 
 IDS = [make_identity(i, "chaos-partition") for i in range(4)]
 MEMBERS = frozenset(i.node_id for i in IDS)

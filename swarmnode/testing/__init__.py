@@ -1,7 +1,7 @@
 """The test kit swarmnode ships for its own tests and for users' tests (trio.testing style).
 
 - `check_transport(make_pair)`: one conformance suite any `Transport` must pass
-  (gossip, request/response, blobs, permissioning, close). It runs against
+  (gossip, request/response, blobs, permissioning, peer addresses, close). It runs against
   `MemoryTransport` and `Libp2pTransport` alike.
 - `memory_pair`, `libp2p_pair`: ready-made pair factories for it.
 - `make_identity(n)`: deterministic node keys; `LyingBlobStore`: a blob store
@@ -24,7 +24,7 @@ from consensus.simnet import LinkFaults
 from crypto.errors import BlobHashMismatch
 from crypto.identity import NodeId, NodeIdentity
 
-from .net.base import (
+from ..net.base import (
     BlobNotFound,
     BlobStore,
     Inbound,
@@ -35,7 +35,7 @@ from .net.base import (
     TransportError,
     blob_hash,
 )
-from .net.memory import NO_FAULTS, MemoryNetwork, MemoryTransport, open_memory_network
+from ..net.memory import NO_FAULTS, MemoryNetwork, MemoryTransport, open_memory_network
 
 __all__ = [
     "LyingBlobStore",
@@ -297,11 +297,25 @@ async def _check_close(a: Transport, b: Transport) -> None:
         raise AssertionError("a closed transport must not answer")
 
 
+async def _check_peer_addresses(a: Transport, b: Transport) -> None:
+    await wait_connected(a, b)
+    a.add_peer_addresses(b.node_id, ())  # nothing to learn: no change
+    for bad in ("not a multiaddr", f"/ip4/127.0.0.1/tcp/7000/p2p/{a.node_id.peer_id}"):
+        try:
+            a.add_peer_addresses(b.node_id, [bad])
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"add_peer_addresses must refuse {bad!r} for {b.node_id.short}")
+    await _check_request(a, b)  # refused addresses left the peer reachable
+
+
 CHECKS: Final[tuple[Callable[[Transport, Transport], Awaitable[None]], ...]] = (
     _check_gossip,
     _check_request,
     _check_blobs,
     _check_permissioning,
+    _check_peer_addresses,
     _check_close,
 )
 
@@ -337,7 +351,7 @@ async def memory_pair(
 @asynccontextmanager
 async def libp2p_pair() -> AsyncIterator[tuple[Transport, Transport]]:
     """Two `Libp2pTransport`s in this process on 127.0.0.1; b bootstraps from a."""
-    from .net.libp2p import open_libp2p_transport  # libp2p is optional for the rest of the kit
+    from ..net.libp2p import open_libp2p_transport  # libp2p is optional for the rest of the kit
 
     async with (
         open_libp2p_transport(make_identity(0), max_blob_size=SMALL_BLOB_LIMIT) as a,

@@ -1,8 +1,8 @@
 """One `Libp2pTransport` in its own OS process, remote-controlled over stdin/stdout.
 
-For multi-process tests and `scripts/bench_net.py`: real hosts in real
-processes on 127.0.0.1, so a SIGKILL is a real crash. The child is
-``python -m swarmnode.net.nodeproc --index I ...``; its identity is
+Part of the test kit, for multi-process tests and `scripts/bench_net.py`: real hosts
+in real processes on 127.0.0.1, so a SIGKILL is a real crash. The child is
+``python -m swarmnode.testing.nodeproc --index I ...``; its identity is
 `swarmnode.testing.make_identity(I, namespace)`, so peers are named by index
 on both sides. Protocol: one JSON object per line.
 
@@ -38,8 +38,9 @@ import trio
 
 from crypto.identity import NodeId
 
-from ._shared import unwrap_single_exception
-from .base import Inbound, Transport
+from ..net._shared import unwrap_single_exception
+from ..net.base import Inbound, Transport
+from . import LyingBlobStore, make_identity, pseudo_random_bytes
 
 JsonObject = dict[str, Any]
 
@@ -49,7 +50,7 @@ REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
 def child_python() -> list[str]:
     """The command line prefix that runs this module's `main` in a fresh interpreter."""
-    return [sys.executable, "-m", "swarmnode.net.nodeproc"]
+    return [sys.executable, "-m", "swarmnode.testing.nodeproc"]
 
 
 # ---------------------------------------------------------------------- child
@@ -63,8 +64,6 @@ def emit_event(event: JsonObject) -> None:
 
 class _Child:
     def __init__(self, transport: Transport, namespace: str) -> None:
-        from swarmnode.testing import make_identity
-
         self.transport = transport
         self.namespace = namespace
         self.by_index = [make_identity(i, namespace).node_id for i in range(MAX_INDEX)]
@@ -86,8 +85,6 @@ class _Child:
             )
 
     async def handle(self, command: JsonObject, nursery: trio.Nursery) -> JsonObject:
-        from swarmnode.testing import pseudo_random_bytes
-
         t = self.transport
         match command["cmd"]:
             case "subscribe":
@@ -184,8 +181,7 @@ async def serve_commands(handle: Callable[[JsonObject, trio.Nursery], Awaitable[
 
 
 async def _child_main(args: argparse.Namespace) -> None:
-    from swarmnode.net.libp2p import open_libp2p_transport
-    from swarmnode.testing import LyingBlobStore, make_identity
+    from ..net.libp2p import open_libp2p_transport
 
     identity = make_identity(args.index, args.namespace)
     allowed = (

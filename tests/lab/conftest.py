@@ -1,0 +1,29 @@
+"""The namespace lab for these tests: skipped only where it cannot be built (not root, no ip netns)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from swarmnode.testing.netlab import NetLab
+
+
+def _lab(public: int, natted: int) -> Iterator[NetLab]:
+    reason = NetLab.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with NetLab.build(public=public, natted=natted) as lab:
+        yield lab
+
+
+@pytest.fixture
+def nat_lab() -> Iterator[NetLab]:
+    """Site 0 public (the relay), sites 1 and 2 each behind NAT with an outbound-only firewall."""
+    yield from _lab(public=1, natted=2)
+
+
+@pytest.fixture
+def swarm_lab() -> Iterator[NetLab]:
+    """Sites 0 (the relay) and 1 public, sites 2 and 3 each behind NAT."""
+    yield from _lab(public=2, natted=2)

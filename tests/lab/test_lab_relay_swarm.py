@@ -1,0 +1,164 @@
+"""Sites behind NAT take full part through a circuit relay (issue 22), with real processes.
+
+The lab (tests/lab/conftest.py): sites 0 and 1 on the "internet", site 0 running the relay
+service; sites 2 and 3 are each behind NAT with an outbound-only firewall, so neither can be
+dialled by anyone, and each reserves a slot on site 0 (``network.relays``), advertises its
+``/p2p-circuit`` address in the genesis, and is dialled through it, also by the other
+NATed site. Every site is a `swarmnode` process in its own namespace (the same process
+as tests/node/test_e2e_libp2p.py); the swarm runs secure rounds to the same final model,
+with both NATed sites contributing to and decrypting merged rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.contract import MERGED
+from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
+from crypto.identity import NodeIdentity
+from models import logistic_regression
+from swarmnode.testing.netlab import NetLab
+
+SCRIPT = Path(__file__).resolve().parents[1] / "node" / "e2e_site_main.py"
+PORT = 7000
+ROUNDS = 2
+DEADLINE_S = 360.0
+pytestmark = pytest.mark.timeout(480)
+
+
+def _site_toml(index: int, address: str, bootstrap: list[str], relay: str | None, serve: bool) -> str:
+    relay_lines = f'relays = ["{relay}"]\n' if relay else ""
+    return f"""
+[node]
+name = "site{index}"
+key_file = "node.key"
+storage_dir = "state"
+
+[network]
+listen = "{address}"
+port = {PORT}
+bootstrap = [{", ".join(f'"{b}"' for b in bootstrap)}]
+relay_service = {"true" if serve else "false"}
+{relay_lines}
+[ledger]
+genesis = "../genesis.cbor"
+propose_timeout = 2.0
+block_interval = 0.05
+
+[data]
+source = "breast_cancer"
+
+[model]
+kind = "logreg"
+n_features = 30
+n_classes = 2
+
+[training]
+lr = 0.01
+
+[swarm]
+seed = {index}
+"""
+
+
+def write_lab_sites(root: Path, lab: NetLab) -> list[Path]:
+    """Genesis and site.toml files: site 0 is public and relays; the others are reached through it."""
+    identities = [NodeIdentity.generate() for _ in lab.sites]
+    relay = f"/ip4/{lab.sites[0].address}/tcp/{PORT}/p2p/{identities[0].node_id.peer_id}"
+    addresses = [
+        (relay + "/p2p-circuit",) if site.natted else (f"/ip4/{site.address}/tcp/{PORT}",)
+        for site in lab.sites
+    ]
+    spec = logistic_regression(30, 2)
+    Genesis(
+        name="nat-lab",
+        members=tuple(
+            FoundingMember(name=f"site{i}", node_id=ident.node_id, addresses=addresses[i])
+            for i, ident in enumerate(identities)
+        ),
+        training=TrainingParams(
+            model_spec_hash=spec.spec_hash(),
+            min_peers=2,
+            timeouts=Timeouts(ready_wait=60, contribute=60, aggregate=60, verify=60, decrypt=60),
+            stopping=StoppingRule(max_rounds=ROUNDS),
+        ),
+    ).save(root / "genesis.cbor")
+    configs = []
+    for i, (ident, site) in enumerate(zip(identities, lab.sites, strict=True)):
+        directory = root / f"site{i}"
+        directory.mkdir()
+        ident.save(directory / "node.key")
+        text = _site_toml(
+            i, site.address, [relay] if site.natted else [], relay if site.natted else None, i == 0
+        )
+        (directory / "site.toml").write_text(text)
+        configs.append(directory / "site.toml")
+    return configs
+
+
+def run_lab_sites(root: Path, lab: NetLab, configs: list[Path]) -> list[dict[str, Any]]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    try:
+        for i, (config, site) in enumerate(zip(configs, lab.sites, strict=True)):
+            command = [sys.executable, str(SCRIPT), str(config), str(i), str(len(configs)), "0"]
+            with (root / f"site{i}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        lab.exec_in(site, *command, str(root / f"r{i}.json")),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
+        for proc in procs:
+            proc.wait(timeout=max(1.0, DEADLINE_S - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        pytest.fail("lab sites did not finish in time:\n" + _tails(root, len(configs)))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * len(configs), f"exit codes {codes}\n" + _tails(root, len(configs))
+    return [json.loads((root / f"r{i}.json").read_text()) for i in range(len(configs))]
+
+
+def _tails(root: Path, sites: int) -> str:
+    out = []
+    for i in range(sites):
+        path = root / f"site{i}.log"
+        if path.exists():
+            out.append(f"--- site{i} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+    return "\n".join(out)
+
+
+def test_sites_behind_nat_train_a_secure_swarm_through_a_relay(tmp_path: Path, swarm_lab: NetLab) -> None:
+    results = run_lab_sites(tmp_path, swarm_lab, write_lab_sites(tmp_path, swarm_lab))
+    finals = {r["final_hash"] for r in results}
+    assert len(finals) == 1
+    assert None not in finals
+    assert {r["ledger_final_hash"] for r in results} == finals
+    natted = {r["peer_id"] for r, site in zip(results, swarm_lab.sites, strict=True) if site.natted}
+    for r in results:
+        assert r["rounds"] == list(range(1, ROUNDS + 1))
+        merged = [c for c in r["closed_rounds"] if c["outcome"] == MERGED]
+        assert len(merged) == ROUNDS
+        for closed in merged:
+            assert natted <= set(closed["contributors"]), closed
+    logs = [(tmp_path / f"site{i}.log").read_text(errors="replace") for i in range(len(results))]
+    for i, site in enumerate(swarm_lab.sites):
+        if site.natted:
+            assert "reserved a slot on relay" in logs[i], f"site{i} never reserved on the relay"
+    natted_logs = [log for log, site in zip(logs, swarm_lab.sites, strict=True) if site.natted]
+    assert any("through relay" in log for log in natted_logs), "no NATed site was ever dialled via the relay"
