@@ -113,6 +113,7 @@ from dataclasses import dataclass, replace
 from typing import Final, final
 
 from crypto import cbor, dealing, prss, prss_complaint
+from crypto.ckks_params import param_set
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
@@ -252,6 +253,7 @@ class KeyEpoch:
     robust: bool  # PRSS keys dealt, point shares decrypted (`crypto.prss.robust_epoch`)
     seed: bytes  # public seed for the common random polynomial `a`
     records: tuple[EpochMember, ...]  # one per member, same order as `members`
+    ckks_params: str  # genesis's CKKS parameter set: every key, share and dealing check of the epoch
     complete_height: int | None = None
     collective_key_hash: bytes | None = None
     timeout_votes: tuple[NodeId, ...] = ()  # EpochTimeout voters of the current stage, sorted
@@ -734,6 +736,7 @@ def _make_epoch(
         robust=prss.robust_epoch(len(ids), threshold),
         seed=seed,
         records=tuple(EpochMember(node_id=n) for n in ids),
+        ckks_params=genesis.training.ckks_params,
     )
 
 
@@ -1002,9 +1005,7 @@ def _epoch_tx(
                 return "key epoch bundles are incomplete: the coin is not fixed yet"
             if record.fingerprint is not None:
                 return "fingerprint already recorded"
-            params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
-            if params is None:
-                return f"no dealing check for CKKS parameter set {g.training.ckks_params!r}"
+            params = param_set(epoch.ckks_params).dealing
             if fault := dealing.fingerprint_fault(params, epoch.threshold, body.fingerprint):
                 return fault
             updated = replace(record, fingerprint=body.fingerprint)
@@ -1125,8 +1126,8 @@ def _epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body:
     dealer = epoch.record(body.dealer)
     if dealer is None:
         return f"{body.dealer.short} is not a member of key epoch {epoch.number}"
-    params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
-    if dealer.fingerprint is None or epoch.coin is None or params is None:
+    params = param_set(epoch.ckks_params).dealing
+    if dealer.fingerprint is None or epoch.coin is None:
         return f"no fingerprint of {body.dealer.short} to check a complaint against"
     x = epoch.members.index(sender) + 1
     try:
@@ -1529,7 +1530,8 @@ def _verdict(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Aggrega
     return _assign_roles(replace(s, round=r, evidence=(*s.evidence, evidence)), g, h)
 
 
-SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET  # of the one CKKS parameter set nodes run
+# Every CKKS parameter set has this budget (`crypto.ckks_params`; tests/crypto/test_ckks_params.py).
+SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET
 
 
 def decryption_units(r: Round) -> int:
