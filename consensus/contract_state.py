@@ -113,6 +113,7 @@ class KeyEpoch:
     robust: bool  # PRSS keys dealt, point shares decrypted (`crypto.prss.robust_epoch`)
     seed: bytes  # public seed for the common random polynomial `a`
     records: tuple[EpochMember, ...]  # one per member, same order as `members`
+    ckks_params: str  # genesis's CKKS parameter set: every key, share and dealing check of the epoch
     complete_height: int | None = None
     collective_key_hash: bytes | None = None
     timeout_votes: tuple[NodeId, ...] = ()  # EpochTimeout voters of the current stage, sorted

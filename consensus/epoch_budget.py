@@ -22,7 +22,8 @@ from .key_epochs import renew_epoch
 from .round_history import abort
 from .stopping import stop
 
-SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET  # of the one CKKS parameter set nodes run
+# Every CKKS parameter set has this budget (`crypto.ckks_params`; tests/crypto/test_ckks_params.py).
+SMUDGING_BUDGET: Final[SmudgingBudget] = DEFAULT_BUDGET
 
 
 def decryption_units(r: Round) -> int:

@@ -40,7 +40,7 @@ MAX_FOUNDING_MEMBERS: Final = 256
 SYNC_UNITS: Final = ("epochs", "steps")
 METRIC_GOALS: Final = ("max", "min")
 JOIN_MODES: Final = ("members", "admin")
-DEFAULT_CKKS_PARAMS: Final = "ckks-n8192-q60x3-coeff-s90"
+DEFAULT_CKKS_PARAMS: Final = "ckks-n8192-q60x3-coeff-s90"  # `crypto.ckks_params.DEFAULT_SET`
 
 
 class GenesisError(ValueError):
@@ -50,6 +50,17 @@ class GenesisError(ValueError):
 def _require(ok: bool, path: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{path}: {message}")
+
+
+def _check_ckks_params(name: str) -> None:
+    # Imported here: crypto.ckks_params loads numpy, which `swarmnode --help` must not.
+    from crypto.ckks_params import PARAM_SETS
+
+    _require(
+        isinstance(name, str) and name in PARAM_SETS,
+        "training.ckks_params",
+        f"unknown CKKS parameter set {name!r}; known sets: {', '.join(PARAM_SETS)}",
+    )
 
 
 def check_name(name: str, path: str) -> None:
@@ -230,11 +241,7 @@ class TrainingParams:
         _require(2 <= self.min_peers <= MAX_FOUNDING_MEMBERS, "training.min_peers", "must be 2-256")
         _require(1 <= self.sync_every <= 1_000_000, "training.sync_every", "must be 1-1000000")
         _require(self.sync_unit in SYNC_UNITS, "training.sync_unit", f"must be one of {SYNC_UNITS}")
-        _require(
-            1 <= len(self.ckks_params) <= MAX_NAME and self.ckks_params.isascii(),
-            "training.ckks_params",
-            f"must be a 1-{MAX_NAME} character ASCII parameter set id",
-        )
+        _check_ckks_params(self.ckks_params)
         _require(1 <= self.withhold_limit <= 1000, "training.withhold_limit", "must be 1-1000 rounds")
 
     def _check_merge_rule(self) -> None:

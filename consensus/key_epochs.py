@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Final
 
 from crypto import cbor, dealing, prss, prss_complaint
+from crypto.ckks_params import param_set
 from crypto.identity import NodeId
 
 from .contract_state import (
@@ -82,6 +83,7 @@ def make_epoch(
         robust=prss.robust_epoch(len(ids), threshold),
         seed=seed,
         records=tuple(EpochMember(node_id=n) for n in ids),
+        ckks_params=genesis.training.ckks_params,
     )
 
 
@@ -114,9 +116,7 @@ def epoch_tx(
                 return "key epoch bundles are incomplete: the coin is not fixed yet"
             if record.fingerprint is not None:
                 return "fingerprint already recorded"
-            params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
-            if params is None:
-                return f"no dealing check for CKKS parameter set {g.training.ckks_params!r}"
+            params = param_set(epoch.ckks_params).dealing
             if fault := dealing.fingerprint_fault(params, epoch.threshold, body.fingerprint):
                 return fault
             updated = replace(record, fingerprint=body.fingerprint)
@@ -238,8 +238,8 @@ def epoch_complaint(s: ContractState, g: Genesis, h: int, sender: NodeId, body: 
     dealer = epoch.record(body.dealer)
     if dealer is None:
         return f"{body.dealer.short} is not a member of key epoch {epoch.number}"
-    params = dealing.DEALING_PARAMS.get(g.training.ckks_params)
-    if dealer.fingerprint is None or epoch.coin is None or params is None:
+    params = param_set(epoch.ckks_params).dealing
+    if dealer.fingerprint is None or epoch.coin is None:
         return f"no fingerprint of {body.dealer.short} to check a complaint against"
     x = epoch.members.index(sender) + 1
     try:

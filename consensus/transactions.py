@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Final, final
 
 from crypto import cbor
+from crypto.ckks_params import PARAM_SETS
 from crypto.dealing import SCALAR_BYTES, SEGMENT_BYTES, DealingEvidence, PrssEvidence
 from crypto.envelope import Envelope, EnvelopeCodec, MessageTypes
 from crypto.identity import NodeId, NodeIdentity
@@ -168,7 +169,9 @@ class EpochComplete:
         _hash(self.collective_key_hash, "collective_key_hash")
 
 
-MAX_FINGERPRINT: Final = 16 * 1024  # 8 segments x t scalars x 8 bytes for t <= 256 (default CKKS set)
+# Segments x t scalars x 8 bytes for t <= 256 under the CKKS set with the most segments
+# (32 KiB: 16 segments at N = 16384).
+MAX_FINGERPRINT: Final = max(s.dealing.fingerprint_size(MAX_FOUNDING_MEMBERS) for s in PARAM_SETS.values())
 MAX_SEGMENTS: Final = 64
 _MAX_PRSS_BYTES: Final = MAX_PRSS_KEYS * PRSS_KEY_SIZE
 

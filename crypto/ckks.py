@@ -3,7 +3,8 @@
 This module is the one place that knows how a parameter vector is laid out in
 ciphertexts and how ciphertexts are laid out in bytes.
 
-Parameters (`CkksParams`; docs/SECURITY.md section 3 argues their security level):
+Parameters (`ckks_params.CkksParams`, named sets in `ckks_params.PARAM_SETS`; docs/SECURITY.md
+section 3 argues their security level). The default set:
 
 - Ring degree N = 8192, coefficient moduli of 60, 60 and 60 bits. Total 180 bits; the
   HE standard's 128-bit table allows at most 218 bits at N = 8192 (SEAL's
@@ -91,6 +92,11 @@ import numpy as np
 import numpy.typing as npt
 
 from . import cbor
+from .ckks_params import DEFAULT_PARAMS as DEFAULT_PARAMS
+from .ckks_params import ERROR_ETA as ERROR_ETA
+from .ckks_params import PACKED_BITS as PACKED_BITS
+from .ckks_params import SPLIT_SHIFT as _SPLIT_SHIFT
+from .ckks_params import CkksParams as CkksParams
 from .errors import InvalidAggregate, InvalidCiphertext, ProtocolError
 from .identity import NodeId
 from .rns import (
@@ -106,91 +112,26 @@ from .rns import (
     signed_split_residues,
     sub_mod,
 )
-from .sealbridge import SealContext, he_standard_max_bits
-from .smudging import DEFAULT_BUDGET_BITS, DEFAULT_LOG_SIGMA, SmudgingBudget
+from .sealbridge import SealContext
 
 F64 = npt.NDArray[np.float64]
 
 # 3: key-share encryption, c1 from a seed (7.5 bytes per parameter, was 22.5);
 # 4: the header and masks bind chain id, key epoch, round and round nonce (`RoundBinding`)
 WIRE_VERSION: Final = 4
-PACKED_BITS: Final = 60
 MAX_VALUES: Final = 1 << 27  # 134M parameters: far above the 50M target, bounds allocations
 BATCH_CHUNKS: Final = 32  # ciphertexts processed per numpy batch: 16 MiB of residues
 MAX_HEADER: Final = 1 << 16
 MAX_CONTRIBUTORS: Final = 1024  # (id, seed) pairs in one header: 53 KiB of CBOR at most
 SEED_SIZE: Final = 16
-ERROR_ETA: Final = 21  # centred binomial RLWE error: variance 10.5, sigma 3.24
 _MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v2"
 _BINDING_DOMAIN: Final = b"swarmnode/round-binding/v1\x00"
 BINDING_ID_SIZE: Final = 32  # chain id, key epoch id and round nonce are SHA-256 digests
 _BLOB_PREFIX: Final = struct.Struct(">4sI")
 _CIPHERTEXT_MAGIC: Final = b"SNC1"
-_SPLIT_SHIFT: Final = 52  # round(v * 2^90) = high * 2^52 + low, both exact in float64/int64
 _MASK60: Final = np.uint64((1 << 60) - 1)
 
 H = TypeVar("H")
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class CkksParams:
-    """CKKS parameters shared by every member of a swarm (fixed in genesis).
-
-    Defaults: N = 8192, moduli [60, 60, 60] (180 of the 218 bits allowed at 128-bit
-    security by the HE standard), coefficient encoding at scale 2^90, smudging noise a
-    discrete Gaussian of width sigma = 2^smudging_bits per decryption share
-    (`smudging.gaussian_noise`), inputs bounded by 2^20 in absolute value. A key epoch's
-    decryption shares may leak at most 2^-smudging_budget_bits in statistical distance
-    (`smudging.SmudgingBudget`, counted by `threshold.make_decryption_share` and the
-    contract). RMS error of a decrypted mean: sqrt(|T|) 2^(smudging_bits - 90) (1.4e-6 at
-    |T| = 33); scripts/smudging_table.py tabulates both.
-    """
-
-    degree: int = 8192
-    coeff_bits: tuple[int, ...] = (60, 60, 60)
-    scale_bits: int = 90
-    weight_scale_bits: int = 110
-    smudging_bits: int = DEFAULT_LOG_SIGMA
-    max_abs_value: float = float(1 << 20)
-    smudging_budget_bits: int = DEFAULT_BUDGET_BITS
-
-    def __post_init__(self) -> None:
-        if self.degree < 1024 or self.degree & (self.degree - 1):
-            raise ValueError("degree must be a power of two >= 1024")
-        if len(self.coeff_bits) != 3 or not all(30 <= b <= PACKED_BITS for b in self.coeff_bits):
-            raise ValueError("coeff_bits must be three sizes of 30..60 bits (two data primes, one special)")
-        if sum(self.coeff_bits) > he_standard_max_bits(self.degree):
-            raise ValueError(f"{sum(self.coeff_bits)} modulus bits exceed the 128-bit security bound")
-        data_bits = sum(self.coeff_bits[:2]) - 2  # a b-bit prime exceeds 2^(b-1): q0*q1 > 2^data_bits
-        headroom = self.scale_bits + math.log2(self.max_abs_value) + 2
-        if headroom >= data_bits - 1 or self.smudging_bits + 8 >= data_bits - 1:
-            raise ValueError("scale, value bound or smudging leave no headroom below q0*q1/2")
-        if self.scale_bits + math.log2(self.max_abs_value) > _SPLIT_SHIFT + 62:
-            raise ValueError("scaled values must stay below 2^114 for the exact encoder")
-        # q0*q1/2 > 2^(data_bits - 1): a weight sum up to 2^7 (128, normal is ~1) must not wrap.
-        if not self.scale_bits <= self.weight_scale_bits <= min(data_bits - 8, _SPLIT_SHIFT + 62):
-            raise ValueError("weight_scale_bits must be >= scale_bits and leave 2^7 of headroom")
-        if not 33 <= self.smudging_bits <= 93:
-            raise ValueError("smudging_bits must be in [33, 93]")
-        SmudgingBudget(self.smudging_bits, self.smudging_budget_bits, ERROR_ETA)  # or ValueError
-
-    @property
-    def smudging(self) -> SmudgingBudget:
-        """The per-key-epoch smudging budget these parameters give (ValueError if none)."""
-        return SmudgingBudget(self.smudging_bits, self.smudging_budget_bits, ERROR_ETA)
-
-    @property
-    def security_bits(self) -> int:
-        """Classical security per the HE standard table (SEAL checks it at context creation)."""
-        return 128
-
-    @property
-    def total_modulus_bits(self) -> int:
-        return sum(self.coeff_bits)
-
-
-DEFAULT_PARAMS: Final = CkksParams()
 
 
 def chunk_count(params: CkksParams, length: int) -> int:

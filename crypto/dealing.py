@@ -116,13 +116,6 @@ class DealingParams:
         return self.segments * threshold * SCALAR_BYTES
 
 
-# Pinned by the genesis name of the CKKS parameter set: the contract judges complaints
-# without building a SEAL context (tests check these against `ckks.context`).
-DEALING_PARAMS: Final = {
-    "ckks-n8192-q60x3-coeff-s90": DealingParams((1152921504606683137, 1152921504606748673), 8192),
-}
-
-
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DealingEvidence:

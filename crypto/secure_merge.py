@@ -3,7 +3,7 @@
 A round with threshold CKKS, seen from one member (the whole round: README, Architecture)::
 
     # key epoch (whenever membership changes; spec fixed on the ledger)
-    epoch = start_key_epoch(spec, identity)
+    epoch = start_key_epoch(spec, identity, params)
     submit(epoch.commitment)                   # 32 bytes, to the ledger
     epoch.expect_commitments(committed)        # all members' commitments, once on the ledger
     for body in epoch.outgoing(): ...          # envelopes: PublicKeyShare to all, SealedKeyShare to each
@@ -20,13 +20,15 @@ A round with threshold CKKS, seen from one member (the whole round: README, Arch
 
     # leader (and verifier): add the contributions, each checked against its committed
     # contributor and the round's binding; hash the result and commit it
-    aggregate = aggregate_contributions({node_1: blob_1, ...}, length=len(params_vector), binding=binding)
+    aggregate = aggregate_contributions(
+        {node_1: blob_1, ...}, length=len(params_vector), binding=binding, params=keys.context.params
+    )
 
     # members of the decrypt set T: one share each, exchanged among T
     share = decryption_share(keys, aggregate, T, contributions=k, min_peers=min_peers, binding=binding)
 
     # anyone with the aggregate and all shares of T
-    merged = combine(keys.spec, aggregate, shares)      # merged.mean: float32 weighted mean
+    merged = combine(keys.spec, aggregate, shares, params=keys.context.params)  # float32 mean
 
 Every function validates peer bytes and raises a `crypto.errors.ProtocolError` subclass
 on bad input (nothing changes state); local misuse raises ValueError or the local
@@ -45,7 +47,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .ckks import (
-    DEFAULT_PARAMS,
     MAX_HEADER,
     Aggregator,
     CkksParams,
@@ -108,17 +109,17 @@ __all__ = [
 _MAX_WEIGHT_SUM: Final = 1.0 + 1e-6
 
 
-def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams = DEFAULT_PARAMS) -> KeyEpoch:
+def start_key_epoch(spec: EpochSpec, identity: NodeIdentity, params: CkksParams) -> KeyEpoch:
     """Begin our side of a key epoch: draws a fresh secret and prepares all outgoing bodies."""
     return KeyEpoch(spec, identity, params)
 
 
-def ciphertext_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
+def ciphertext_size(length: int, params: CkksParams) -> int:
     """Upper bound on the bytes of an encrypted `length`-parameter vector (for blob size caps)."""
     return rescaled_body_size(params, length) + MAX_HEADER + 8
 
 
-def decryption_share_size(length: int, params: CkksParams = DEFAULT_PARAMS) -> int:
+def decryption_share_size(length: int, params: CkksParams) -> int:
     """Upper bound on the bytes of one decryption share of a `length`-parameter aggregate."""
     return rescaled_body_size(params, length) + MAX_HEADER + 8
 
@@ -153,7 +154,7 @@ class AggregateBuilder:
 
     __slots__ = ("_aggregator", "_params")
 
-    def __init__(self, length: int, params: CkksParams = DEFAULT_PARAMS, *, binding: RoundBinding) -> None:
+    def __init__(self, length: int, params: CkksParams, *, binding: RoundBinding) -> None:
         self._params = params
         self._aggregator = Aggregator(context(params), length, binding)
 
@@ -181,7 +182,7 @@ def aggregate_contributions(
     *,
     length: int,
     binding: RoundBinding,
-    params: CkksParams = DEFAULT_PARAMS,
+    params: CkksParams,
 ) -> bytes:
     """The homomorphic sum of one round's contribution blobs by contributor (deterministic bytes)."""
     builder = AggregateBuilder(length, params, binding=binding)
@@ -269,7 +270,7 @@ def combine(
     shares: Sequence[bytes],
     *,
     length: int | None = None,
-    params: CkksParams = DEFAULT_PARAMS,
+    params: CkksParams,
 ) -> MergedMean:
     """Combine the decryption shares of all members of one decrypt set into the weighted mean.
 

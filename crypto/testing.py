@@ -18,7 +18,7 @@ import numpy as np
 
 from . import cbor, dealing
 from .ckks import DEFAULT_PARAMS, CkksParams, RoundBinding, context, encode_blob, pack60, unpack60
-from .dealing import DEALING_PARAMS
+from .ckks_params import DEFAULT_SET, param_set
 from .errors import InvalidDecryptionShare
 from .identity import NodeIdentity
 from .pointshare import PointShare
@@ -92,10 +92,10 @@ def round_binding(epoch_id: bytes, round_number: int = 1, *, chain_id: bytes = T
     return RoundBinding(chain_id, epoch_id, round_number, nonce)
 
 
-def placeholder_fingerprint(threshold: int, ckks_params: str = "ckks-n8192-q60x3-coeff-s90") -> bytes:
+def placeholder_fingerprint(threshold: int, ckks_params: str = DEFAULT_SET) -> bytes:
     """A well-formed (all-zero) dealing fingerprint, for ledger tests that drive key epochs
     with placeholder hashes instead of real dealings."""
-    return bytes(DEALING_PARAMS[ckks_params].fingerprint_size(threshold))
+    return bytes(param_set(ckks_params).dealing.fingerprint_size(threshold))
 
 
 def _prss_keys_for(spec: EpochSpec, dealer: NodeIdentity, drawn: bytes, x: int) -> bytes:
@@ -111,7 +111,7 @@ def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
     moved off the dealing's polynomial, signed as an honest share would be: the
     inconsistent dealer of issue 20's attack 5, for fault-injection tests."""
     stored = cbor.loads_dataclass(StoredKeyEpoch, epoch.export_secret())
-    spec, params = epoch.spec, dealing_params(context())
+    spec, params = epoch.spec, dealing_params(context(epoch.params))
     x = (spec.point(identity.node_id) % len(spec.members)) + 1
     victim = spec.members[x - 1]
     secret = unpack60(stored.secret, len(params.moduli) * params.degree).reshape(len(params.moduli), -1)
@@ -128,17 +128,19 @@ def inconsistent_dealing(epoch: KeyEpoch, identity: NodeIdentity) -> KeyEpoch:
         StoredSealedShare(recipient=b.recipient, box=box if b.recipient == victim else b.box)
         for b in stored.sealed
     )
-    return KeyEpoch.import_secret(cbor.dumps_dataclass(dataclasses.replace(stored, sealed=sealed)), identity)
+    return KeyEpoch.import_secret(
+        cbor.dumps_dataclass(dataclasses.replace(stored, sealed=sealed)), identity, epoch.params
+    )
 
 
 BYZANTINE_SHIFT: Final = 1 << 83  # about 0.008 in every merged parameter at scale 2^90
 
 
-def byzantine_share(blob: bytes, delta: int = BYZANTINE_SHIFT) -> bytes:
+def byzantine_share(blob: bytes, params: CkksParams, delta: int = BYZANTINE_SHIFT) -> bytes:
     """A decryption share or point share `blob` with `delta` added (mod each prime) to every
     coefficient but the weight coefficient: the Byzantine decryptor of issue 20's attack 3,
     whose share passes the weight-sum check (for fault-injection tests)."""
-    ctx = context()
+    ctx = context(params)
     share: PointShare | DecryptionShare
     try:
         share = PointShare.from_bytes(ctx, blob)

@@ -47,6 +47,7 @@ from _provenance import git_commit  # scripts/ is on sys.path when this file run
 from crypto import ckks, threshold
 from crypto import robust_merge as rm
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeId, NodeIdentity
 from crypto.pointshare import PointShare
 from crypto.testing import round_binding, run_key_epoch, run_prss_dealing
@@ -121,7 +122,7 @@ def bench_large(length: int) -> dict[str, Any]:
     spec, _, keys = run_key_epoch(3)  # t = 2
     binding = round_binding(spec.epoch_id)
     rng = np.random.default_rng(9)
-    builder = sm.AggregateBuilder(length, binding=binding)
+    builder = sm.AggregateBuilder(length, DEFAULT_PARAMS, binding=binding)
     expected = np.zeros(length, dtype=np.float64)
     out: dict[str, Any] = {"length": length, "encrypt_wall_s": [], "add_wall_s": []}
     for i, weight in enumerate((1.0, 3.0, 4.0)):
@@ -149,7 +150,9 @@ def bench_large(length: int) -> dict[str, Any]:
         part, _, wall = timed(make_share)
         parts.append(part)
         out.setdefault("share_wall_s", []).append(wall)
-    merged, _, out["combine_wall_s"] = timed(lambda: sm.combine(spec, aggregate, parts))
+    merged, _, out["combine_wall_s"] = timed(
+        lambda: sm.combine(spec, aggregate, parts, params=DEFAULT_PARAMS)
+    )
     out["max_abs_error_float32_output"] = float(np.abs(merged.mean.astype(np.float64) - expected).max())
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
@@ -188,7 +191,9 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
         k.me: sm.encrypt_update(k, v, w, total, binding=round_binding(spec.epoch_id))
         for k, v, w in zip(keys, values, weights, strict=True)
     }
-    aggregate = sm.aggregate_contributions(blobs, length=length, binding=round_binding(spec.epoch_id))
+    aggregate = sm.aggregate_contributions(
+        blobs, length=length, binding=round_binding(spec.epoch_id), params=DEFAULT_PARAMS
+    )
     expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
     for k in keys:
         _ = k.dealer_quotients  # once per epoch in both designs
@@ -202,7 +207,7 @@ def bench_robust_one(n: int, chunks: int, scale: float) -> dict[str, Any]:
         )
         today_cpu.append(cpu)
         today.append(share)
-    merged, today_combine_cpu, _ = timed(lambda: sm.combine(spec, aggregate, today))
+    merged, today_combine_cpu, _ = timed(lambda: sm.combine(spec, aggregate, today, params=DEFAULT_PARAMS))
     point_cpu, points = [], []
     for k, p in zip(keys, prss_keys, strict=True):
         point, cpu, _ = timed(
@@ -357,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in (4, 16, 64):
         contributions = dict(list(by_contributor.items())[:n])
         aggregate, cpu, wall = timed(
-            lambda c=contributions: sm.aggregate_contributions(c, length=length, binding=binding)  # type: ignore[misc]
+            lambda c=contributions: sm.aggregate_contributions(  # type: ignore[misc]
+                c, length=length, binding=binding, params=DEFAULT_PARAMS
+            )
         )
         if n == members:
             aggregate16 = aggregate
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(part)
             share_cpu.append(cpu)
             share_wall.append(wall)
-        merged, cpu, wall = timed(lambda p=parts: sm.combine(spec, aggregate16, p))  # type: ignore[misc]
+        merged, cpu, wall = timed(lambda p=parts: sm.combine(spec, aggregate16, p, params=DEFAULT_PARAMS))  # type: ignore[misc]
         ctx = ckks.context()
         sums, weight_sum = threshold.combine_shares(
             spec,

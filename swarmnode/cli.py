@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
-from consensus.genesis import METRIC_GOALS, SYNC_UNITS, Timeouts
+from consensus.genesis import DEFAULT_CKKS_PARAMS, METRIC_GOALS, SYNC_UNITS, Timeouts
 from models.rules import RULE_NAMES
 
 from . import __version__
@@ -194,6 +194,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         sync_every=args.sync_every,
         sync_unit=args.sync_unit,
         threshold=parse_threshold(args.threshold),
+        ckks_params=args.ckks_params,
         max_rounds=args.max_rounds,
         patience=args.patience,
         min_delta=args.min_delta,
@@ -497,6 +498,7 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, default=1, help="merge every k epochs/steps (default 1)")
     p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
     p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
+    p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")
     p.add_argument("--max-rounds", type=int, default=10, help="stop after this many merged rounds")
     p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")

@@ -77,7 +77,7 @@ from consensus.core import (
     TxRejected,
     TxSubmitted,
 )
-from consensus.genesis import DEFAULT_CKKS_PARAMS, Genesis
+from consensus.genesis import Genesis
 from consensus.messages import CONSENSUS_MESSAGES, BlockRequest, BlockResponse, Proposal
 from consensus.store import LedgerStore, recover
 from consensus.transactions import (
@@ -107,6 +107,7 @@ from consensus.transactions import (
 )
 from consensus.votes import Equivocation
 from crypto import cbor
+from crypto.ckks_params import param_set
 from crypto.envelope import Envelope, EnvelopeCodec
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, UnknownMessageType, WrongChain
 from crypto.identity import NodeId, NodeIdentity
@@ -405,8 +406,6 @@ class Node:
                 f"{config.source or 'config'}: the [model] section does not match the genesis model spec "
                 f"({config.model.spec_hash().hex()[:12]} vs {genesis.training.model_spec_hash.hex()[:12]})"
             )
-        if genesis.training.ckks_params != DEFAULT_CKKS_PARAMS:
-            raise SwarmError(f"unsupported CKKS parameter set {genesis.training.ckks_params!r}")
         self.config: Final = config
         self.genesis: Final = genesis
         self.identity: Final = identity
@@ -414,6 +413,8 @@ class Node:
         self.transport: Final = transport
         self.options: Final = options
         self.n_params: Final = spec_layout(config.model).size
+        # Genesis's set, the one the contract gives every key epoch (`KeyEpoch.ckks_params`).
+        self.ckks_params: Final = param_set(genesis.training.ckks_params).params
         self._log = logging.getLogger(f"swarmnode.node.{config.node.name}")
         storage = Path(config.node.storage_dir)
         storage.mkdir(parents=True, exist_ok=True)
@@ -504,7 +505,7 @@ class Node:
             try:
                 data = self.files.load_epoch(epoch, "keys")
                 if data is not None:
-                    self._keys[epoch] = EpochKeys.import_secret(data)
+                    self._keys[epoch] = EpochKeys.import_secret(data, self.ckks_params)
             except KeyFileRefused as exc:
                 self._log.error("running without the keys of key epoch %d: %s", epoch, exc)
             except ProtocolError as exc:
@@ -542,7 +543,7 @@ class Node:
                 data = self.files.load_epoch(number, "dealing")
                 if data is None:
                     continue
-                epoch = KeyEpoch.import_secret(data, self.identity)
+                epoch = KeyEpoch.import_secret(data, self.identity, self.ckks_params)
             except KeyFileRefused as exc:
                 self._log.error("key epoch %d: our stored dealing is unusable: %s", number, exc)
                 continue
@@ -1092,7 +1093,7 @@ class Node:
         epoch = self._epochs.get(job.epoch)
         if epoch is None:
             spec = EpochSpec(job.epoch_id, job.members, job.threshold)
-            epoch = await self._compute(start_key_epoch, spec, self.identity)
+            epoch = await self._compute(start_key_epoch, spec, self.identity, self.ckks_params)
             if self.options.faults.bad_dealing:
                 epoch = await self._compute(inconsistent_dealing, epoch, self.identity)
             # Persist before the commitment goes out: a restart must still be able to reveal
@@ -1253,7 +1254,7 @@ class Node:
             return await self._compute(lambda: self._plaintext_merge(blobs))
         # Secure: add each ciphertext as it arrives (addition mod q is order-independent), so
         # decoding the first overlaps the transfer of the others.
-        builder = AggregateBuilder(self.n_params, binding=self._binding(round_number))
+        builder = AggregateBuilder(self.n_params, self.ckks_params, binding=self._binding(round_number))
         adding = trio.Lock()
 
         async def fetch_and_add(c: ContributionRecord, source: NodeId | None) -> None:
@@ -1457,7 +1458,7 @@ class Node:
         if shared is None:
             share = await self._share_of(job.round, job.epoch, aggregate, job.decrypt_set, job.contributions)
             if self.options.faults.byzantine_share:
-                share = byzantine_share(share)
+                share = byzantine_share(share, self.ckks_params)
             shared = self._share_log.get(job.epoch, job.aggregate_hash)  # released meanwhile?
             if shared is None:
                 digest = hashlib.sha256(share).digest()
@@ -1497,7 +1498,9 @@ class Node:
             data, culprits = verdict
         elif self.genesis.training.secure:
             keys = self._keys[job.epoch]
-            merged = await self._compute(lambda: combine(keys.spec, aggregate, shares))
+            merged = await self._compute(
+                lambda: combine(keys.spec, aggregate, shares, params=keys.context.params)
+            )
             data, culprits = merged.mean.astype("<f4").tobytes(), ()
         else:
             # Plaintext: the aggregate IS the merged model; the shares only confirm it.
@@ -1520,10 +1523,10 @@ class Node:
         """The checked merge of a robust epoch's point shares and the members named for wrong
         ones; None after voting `ShareMismatch` (wrong shares detected, none nameable)."""
         keys = self._keys[job.epoch]
-        spec = keys.spec
+        spec, params = keys.spec, keys.context.params
         for vote, share in zip(job.shares, shares, strict=True):
             # Each point must be its committer's own: a member cannot pass off another's point.
-            if point_of(share) != spec.point(vote.node_id):
+            if point_of(share, params) != spec.point(vote.node_id):
                 raise MalformedMessage(f"{vote.node_id.short}'s decryption share is not its own point")
         configured = self.genesis.training.robust_max_faulty
         faulty = configured or default_max_faulty(len(spec.members), spec.threshold)
@@ -1532,7 +1535,9 @@ class Node:
         faulty = max(1, min(faulty, len(shares) - spec.threshold))
         try:
             verdict = await self._compute(
-                lambda: combine_points(spec, aggregate, shares, max_faulty=faulty, length=self.n_params)
+                lambda: combine_points(
+                    spec, aggregate, shares, max_faulty=faulty, length=self.n_params, params=params
+                )
             )
         except (WrongShareDetected, UncheckablePoints) as exc:
             self._log.warning("round %d: point shares disagree, nobody can be named: %s", job.round, exc)

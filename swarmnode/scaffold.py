@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, final
 
 from consensus.genesis import (
+    DEFAULT_CKKS_PARAMS,
     DecryptionThreshold,
     FoundingMember,
     Genesis,
@@ -398,6 +399,7 @@ class GenesisSettings:
     sync_every: int = 1
     sync_unit: str = "epochs"
     threshold: DecryptionThreshold = field(default_factory=DecryptionThreshold)
+    ckks_params: str = DEFAULT_CKKS_PARAMS
     max_rounds: int = 10
     patience: int = 0
     min_delta: float = 0.0
@@ -433,6 +435,7 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                 sync_every=s.sync_every,
                 sync_unit=s.sync_unit,
                 threshold=s.threshold,
+                ckks_params=s.ckks_params,
                 timeouts=s.timeouts,
                 stopping=StoppingRule(
                     max_rounds=s.max_rounds, patience=s.patience, min_delta=s.min_delta, goal=s.goal

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from consensus.transactions import (
+    MAX_FINGERPRINT,
     TX_BODIES,
     TX_MESSAGES,
     Aggregate,
@@ -139,7 +140,7 @@ def test_wrong_chain_tampering_and_oversize_are_refused() -> None:
     with pytest.raises(BadSignature):
         tx_codec(CHAIN).open(cbor.dumps(outer))
     with pytest.raises(MessageTooLarge):
-        tx_codec(CHAIN).open(wire + bytes(20_000))
+        tx_codec(CHAIN).open(wire + bytes(40_000))
     for cut in (1, len(wire) // 2, len(wire) - 1):
         with pytest.raises(ProtocolError):
             tx_codec(CHAIN).open(wire[:cut])
@@ -184,7 +185,7 @@ def aggregate(contributors: tuple[NodeId, ...]) -> Aggregate:
         (lambda: EpochSealedShares(epoch=1, shares_hash=b""), "shares_hash"),
         (lambda: EpochComplete(epoch=1, collective_key_hash=H[:31]), "collective_key_hash"),
         (lambda: EpochFingerprint(epoch=1, fingerprint=bytes(7)), "fingerprint"),
-        (lambda: EpochFingerprint(epoch=1, fingerprint=bytes(16 * 1024 + 8)), "fingerprint"),
+        (lambda: EpochFingerprint(epoch=1, fingerprint=bytes(MAX_FINGERPRINT + 8)), "fingerprint"),
         (lambda: complaint(segment=64), "evidence.segment"),
         (lambda: complaint(segment_hashes=(H[:31],)), "evidence.segment_hashes"),
         (lambda: complaint(shares=bytes(SEGMENT_BYTES + 1)), "evidence"),

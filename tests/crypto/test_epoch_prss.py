@@ -14,6 +14,7 @@ from crypto import cbor, dealing, prss
 from crypto import robust_merge as rm
 from crypto import secure_merge as sm
 from crypto.ckks import context
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeIdentity
 from crypto.testing import round_binding, run_key_epoch
 from crypto.threshold import EpochKeys, EpochSpec, KeyEpoch, KeyShareContent, SealedKeyShare, dealing_params
@@ -38,7 +39,7 @@ def test_key_epoch_deals_prss_keys_the_point_shares_decode_with() -> None:
         k.me: sm.encrypt_update(k, v, 1.0, len(keys), binding=binding)
         for k, v in zip(keys, values, strict=True)
     }
-    aggregate = sm.aggregate_contributions(blobs, length=LENGTH, binding=binding)
+    aggregate = sm.aggregate_contributions(blobs, length=LENGTH, binding=binding, params=DEFAULT_PARAMS)
     points = []
     for k in keys:
         assert k.prss is not None
@@ -52,14 +53,14 @@ def test_key_epoch_deals_prss_keys_the_point_shares_decode_with() -> None:
 
 def test_stored_keys_keep_the_prss_keys() -> None:
     _, _, keys = run_key_epoch(4)
-    restored = EpochKeys.import_secret(keys[1].export_secret())
+    restored = EpochKeys.import_secret(keys[1].export_secret(), DEFAULT_PARAMS)
     assert restored.prss == keys[1].prss
 
 
 def _epochs(n: int) -> tuple[EpochSpec, list[NodeIdentity], list[KeyEpoch]]:
     identities = [NodeIdentity.generate() for _ in range(n)]
     spec = EpochSpec(os.urandom(32), tuple(i.node_id for i in identities), 3)
-    epochs = [KeyEpoch(spec, identity) for identity in identities]
+    epochs = [KeyEpoch(spec, identity, DEFAULT_PARAMS) for identity in identities]
     commitments = {spec.members[k]: e.commitment for k, e in enumerate(epochs)}
     for epoch in epochs:
         epoch.expect_commitments(commitments)

@@ -14,6 +14,7 @@ import pytest
 
 from crypto import cbor, ckks
 from crypto import threshold as th
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.errors import InvalidKeyShare, MalformedMessage, ProtocolError, SchemaError
 from crypto.identity import NodeIdentity
 from crypto.testing import round_binding
@@ -23,7 +24,7 @@ SPEC = th.EpochSpec(os.urandom(32), tuple(i.node_id for i in IDENTITIES), 2)
 
 
 def fresh_epochs() -> list[th.KeyEpoch]:
-    return [th.KeyEpoch(SPEC, identity) for identity in IDENTITIES]
+    return [th.KeyEpoch(SPEC, identity, DEFAULT_PARAMS) for identity in IDENTITIES]
 
 
 def run(epochs: list[th.KeyEpoch]) -> list[th.EpochKeys]:
@@ -46,7 +47,7 @@ STORED = EPOCHS[1].export_secret()
 
 
 def test_restored_epoch_commits_and_reveals_exactly_the_same() -> None:
-    restored = th.KeyEpoch.import_secret(STORED, IDENTITIES[1])
+    restored = th.KeyEpoch.import_secret(STORED, IDENTITIES[1], DEFAULT_PARAMS)
     assert restored.commitment == EPOCHS[1].commitment
     assert restored.outgoing() == EPOCHS[1].outgoing()
     assert restored.spec == SPEC
@@ -56,7 +57,7 @@ def test_restored_epoch_commits_and_reveals_exactly_the_same() -> None:
 def test_an_epoch_finished_with_a_restored_member_decrypts() -> None:
     epochs = fresh_epochs()
     # Member 0 restarts after committing: only its stored dealing survives.
-    epochs[0] = th.KeyEpoch.import_secret(epochs[0].export_secret(), IDENTITIES[0])
+    epochs[0] = th.KeyEpoch.import_secret(epochs[0].export_secret(), IDENTITIES[0], DEFAULT_PARAMS)
     keys = run(epochs)
     assert len({k.public_key_digest for k in keys}) == 1
     values = np.linspace(-1.0, 1.0, 100)
@@ -75,7 +76,7 @@ def test_an_epoch_finished_with_a_restored_member_decrypts() -> None:
 
 
 def test_a_restored_epoch_refuses_a_ledger_commitment_that_is_not_its_own() -> None:
-    restored = th.KeyEpoch.import_secret(STORED, IDENTITIES[1])
+    restored = th.KeyEpoch.import_secret(STORED, IDENTITIES[1], DEFAULT_PARAMS)
     other = fresh_epochs()  # someone else's dealing: a different commitment for member 1
     commitments = {SPEC.members[k]: e.commitment for k, e in enumerate(other)}
     with pytest.raises(ValueError, match="not ours"):
@@ -134,12 +135,12 @@ def test_a_bad_stored_epoch_is_refused_naming_the_problem(
     data: bytes, error: type[ProtocolError], match: str | None
 ) -> None:
     with pytest.raises(error, match=match):
-        th.KeyEpoch.import_secret(data, IDENTITIES[1])
+        th.KeyEpoch.import_secret(data, IDENTITIES[1], DEFAULT_PARAMS)
 
 
 def test_the_stored_epoch_belongs_to_one_identity() -> None:
     with pytest.raises(InvalidKeyShare, match="belongs to"):
-        th.KeyEpoch.import_secret(STORED, IDENTITIES[0])
+        th.KeyEpoch.import_secret(STORED, IDENTITIES[0], DEFAULT_PARAMS)
     outsider = NodeIdentity.from_seed(b"\x09" * 32)
     with pytest.raises(InvalidKeyShare):
-        th.KeyEpoch.import_secret(STORED, outsider)
+        th.KeyEpoch.import_secret(STORED, outsider, DEFAULT_PARAMS)

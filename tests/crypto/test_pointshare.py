@@ -21,6 +21,7 @@ import pytest
 from crypto import cbor, ckks, prss
 from crypto import robust_merge as rm
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.errors import InvalidDecryptionShare, ProtocolError
 from crypto.identity import NodeIdentity
 from crypto.pointshare import PointShare
@@ -64,7 +65,9 @@ def swarm(n: int) -> Swarm:
         k.me: sm.encrypt_update(k, v, w, total, binding=round_binding(spec.epoch_id))
         for k, v, w in zip(keys, values, weights, strict=True)
     }
-    aggregate = sm.aggregate_contributions(blobs, length=LENGTH, binding=round_binding(spec.epoch_id))
+    aggregate = sm.aggregate_contributions(
+        blobs, length=LENGTH, binding=round_binding(spec.epoch_id), params=DEFAULT_PARAMS
+    )
     expected = sum(w / total * v.astype(np.float64) for v, w in zip(values, weights, strict=True))
     points = [
         rm.make_point_share(
@@ -120,6 +123,7 @@ def test_honest_points_decode_to_todays_mean_within_precision() -> None:
             )
             for k in s.keys[: s.t]
         ],
+        params=DEFAULT_PARAMS,
     )
     assert verdict.wrong == ()
     assert verdict.decoding_set == (1, 2, 3)

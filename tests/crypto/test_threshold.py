@@ -12,6 +12,8 @@ import pytest
 
 from crypto import cbor, ckks, rns
 from crypto import threshold as th
+from crypto.ckks_params import DEFAULT_PARAMS
+from crypto.decryption_shares import _scalar_mul
 from crypto.envelope import EnvelopeCodec
 from crypto.errors import (
     InvalidDecryptionShare,
@@ -20,7 +22,7 @@ from crypto.errors import (
     SchemaError,
     SealedBoxError,
 )
-from crypto.identity import NodeIdentity
+from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import round_binding, run_key_epoch
 
 N = 8192
@@ -39,7 +41,7 @@ AGGREGATE = ckks.add(CONTRIBUTIONS)
 EXPECTED_SUM = sum(w / sum(WEIGHTS) * v for v, w in zip(VALUES, WEIGHTS, strict=True))
 
 
-def nodes(points: tuple[int, ...]) -> list[th.NodeId]:
+def nodes(points: tuple[int, ...]) -> list[NodeId]:
     return [SPEC.members[p - 1] for p in points]
 
 
@@ -70,7 +72,7 @@ def test_dealer_shares_lie_on_one_polynomial_whose_value_at_zero_is_the_dealers_
             total = np.zeros_like(keys.secret)
             for p in subset:
                 lam = th.lagrange_at_zero(p, subset, CTX.data_moduli)
-                scaled = th._scalar_mul(KEYS[p - 1].dealer_shares[dealer], lam, CTX.data_moduli)
+                scaled = _scalar_mul(KEYS[p - 1].dealer_shares[dealer], lam, CTX.data_moduli)
                 total = rns.add_mod(total, scaled, CTX.q_col)
             secrets.append(total)
         assert all(np.array_equal(s, keys.secret) for s in secrets)
@@ -84,7 +86,7 @@ def test_epoch_messages_travel_in_envelopes_within_their_size_limits() -> None:
     codec = EnvelopeCodec(b"c" * 32, th.THRESHOLD_MESSAGES)
     identities = [NodeIdentity.generate() for _ in range(3)]
     spec = th.EpochSpec(os.urandom(32), tuple(i.node_id for i in identities), 2)
-    epochs = [th.KeyEpoch(spec, i) for i in identities]
+    epochs = [th.KeyEpoch(spec, i, DEFAULT_PARAMS) for i in identities]
     commit_all(epochs)
     for sender, epoch in zip(identities, epochs, strict=True):
         for body in epoch.outgoing():
@@ -105,7 +107,7 @@ def commit_all(epochs: list[th.KeyEpoch]) -> None:
 
 
 def test_outgoing_has_one_public_share_and_one_sealed_share_per_other_member() -> None:
-    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epochs = [th.KeyEpoch(SPEC, i, DEFAULT_PARAMS) for i in IDS]
     epoch = epochs[0]
     out = epoch.outgoing()
     assert [type(b) for b in out] == [th.PublicKeyShare] + [th.SealedKeyShare] * 4
@@ -113,12 +115,12 @@ def test_outgoing_has_one_public_share_and_one_sealed_share_per_other_member() -
 
 
 def fresh_epoch(index: int = 0) -> tuple[th.KeyEpoch, list[th.KeyEpoch]]:
-    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epochs = [th.KeyEpoch(SPEC, i, DEFAULT_PARAMS) for i in IDS]
     commit_all(epochs)
     return epochs[index], epochs
 
 
-def sealed_for(epoch: th.KeyEpoch, recipient: th.NodeId) -> th.SealedKeyShare:
+def sealed_for(epoch: th.KeyEpoch, recipient: NodeId) -> th.SealedKeyShare:
     return next(b for b in epoch.outgoing() if isinstance(b, th.SealedKeyShare) and b.recipient == recipient)
 
 
@@ -127,7 +129,7 @@ def public_of(epoch: th.KeyEpoch) -> th.PublicKeyShare:
 
 
 def test_finish_waits_for_every_message() -> None:
-    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epochs = [th.KeyEpoch(SPEC, i, DEFAULT_PARAMS) for i in IDS]
     commit_all(epochs)
     me = epochs[0]
     assert me.missing() == SPEC.members[1:]
@@ -182,7 +184,7 @@ def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
     forged_content = th.KeyShareContent(
         SPEC.epoch_id, IDS[0].node_id, IDS[1].node_id, b"\0" * 10, b"", bytes(64), b""
     )
-    cases: list[tuple[th.NodeId, object, type[ProtocolError]]] = [
+    cases: list[tuple[NodeId, object, type[ProtocolError]]] = [
         (stranger.node_id, public, InvalidKeyShare),
         (IDS[0].node_id, dataclasses.replace(public, epoch=os.urandom(32)), InvalidKeyShare),
         (IDS[0].node_id, dataclasses.replace(public, share=public.share[:-1]), InvalidKeyShare),
@@ -204,7 +206,7 @@ def test_key_epoch_rejects_bad_messages_without_changing_state() -> None:
             me.receive(sender, body)
     assert me.missing() == SPEC.members[:1] + SPEC.members[2:]  # nothing was accepted
     me.receive(IDS[0].node_id, public)
-    other_public = public_of_unchecked(th.KeyEpoch(SPEC, IDS[0]))
+    other_public = public_of_unchecked(th.KeyEpoch(SPEC, IDS[0], DEFAULT_PARAMS))
     with pytest.raises(InvalidKeyShare, match="commitment"):  # a second, different share
         me.receive(IDS[0].node_id, other_public)
 
@@ -222,12 +224,12 @@ def test_epoch_spec_validation() -> None:
             th.EpochSpec(epoch_id, mem, t)
     assert [th.default_threshold(n) for n in (1, 2, 3, 4, 5, 16)] == [1, 2, 2, 3, 3, 9]
     with pytest.raises(ValueError, match="not a member"):
-        th.KeyEpoch(SPEC, NodeIdentity.generate())
+        th.KeyEpoch(SPEC, NodeIdentity.generate(), DEFAULT_PARAMS)
 
 
 def test_epoch_keys_export_and_import() -> None:
     data = KEYS[2].export_secret()
-    restored = th.EpochKeys.import_secret(data)
+    restored = th.EpochKeys.import_secret(data, DEFAULT_PARAMS)
     assert restored.public_key_digest == KEYS[2].public_key_digest
     assert np.array_equal(restored.secret, KEYS[2].secret)
     assert np.array_equal(restored.dealer_shares, KEYS[2].dealer_shares)
@@ -236,7 +238,7 @@ def test_epoch_keys_export_and_import() -> None:
     assert isinstance(tampered, dict)
     tampered["epoch_id"] = os.urandom(32)  # the CRS no longer matches
     with pytest.raises(InvalidKeyShare):
-        th.EpochKeys.import_secret(cbor.dumps(tampered))
+        th.EpochKeys.import_secret(cbor.dumps(tampered), DEFAULT_PARAMS)
     stored = cbor.loads(data)
     assert isinstance(stored, dict)
     shares = stored["dealer_shares"]
@@ -248,7 +250,7 @@ def test_epoch_keys_export_and_import() -> None:
         ("version", 1, "version"),  # the format that kept only the summed key share
     ]:
         with pytest.raises(InvalidKeyShare, match=match):
-            th.EpochKeys.import_secret(cbor.dumps({**stored, field: value}))
+            th.EpochKeys.import_secret(cbor.dumps({**stored, field: value}), DEFAULT_PARAMS)
 
 
 # -- t-of-n decryption ----------------------------------------------------------------------------
@@ -446,11 +448,12 @@ def test_decrypt_set_beyond_the_epoch_is_refused_when_combining() -> None:
 
 
 def test_public_shares_must_match_their_commitments() -> None:
-    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epochs = [th.KeyEpoch(SPEC, i, DEFAULT_PARAMS) for i in IDS]
     honest = {SPEC.members[k]: e.commitment for k, e in enumerate(epochs)}
     me = epochs[1]
     # A share that arrives before the commitments is held, then dropped if it does not match.
-    rogue = th.KeyEpoch(SPEC, IDS[0])  # member 0 publishes a share other than the committed one
+    # member 0 publishes a share other than the committed one
+    rogue = th.KeyEpoch(SPEC, IDS[0], DEFAULT_PARAMS)
     me.receive(IDS[0].node_id, public_of_unchecked(rogue))
     me.receive(IDS[2].node_id, public_of_unchecked(epochs[2]))
     with pytest.raises(InvalidKeyShare, match="conflicting"):  # equivocation before the ledger decides
@@ -465,7 +468,7 @@ def test_public_shares_must_match_their_commitments() -> None:
 
 
 def test_commitments_are_checked_against_the_epoch() -> None:
-    epochs = [th.KeyEpoch(SPEC, i) for i in IDS]
+    epochs = [th.KeyEpoch(SPEC, i, DEFAULT_PARAMS) for i in IDS]
     honest = {SPEC.members[k]: e.commitment for k, e in enumerate(epochs)}
     me = epochs[0]
     with pytest.raises(ValueError, match="every member"):

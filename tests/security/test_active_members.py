@@ -40,6 +40,7 @@ from consensus.transactions import (
     TxSigner,
 )
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
 from models import logistic_regression
@@ -179,15 +180,17 @@ def test_decryption_share_refuses_an_aggregate_of_t_contributions() -> None:
     values = np.linspace(-1.0, 1.0, 16)
     binding = round_binding(spec.epoch_id)
     blobs = {spec.members[k]: sm.encrypt_update(keys[k], values, 1.0, 5.0, binding=binding) for k in range(4)}
-    three = sm.aggregate_contributions(dict(list(blobs.items())[:3]), length=16, binding=binding)
+    three = sm.aggregate_contributions(
+        dict(list(blobs.items())[:3]), length=16, binding=binding, params=DEFAULT_PARAMS
+    )
     with pytest.raises(sm.DecryptionRefused, match="at least 4"):
         sm.decryption_share(keys[0], three, decrypt_set, contributions=3, min_peers=2, binding=binding)
-    four = sm.aggregate_contributions(blobs, length=16, binding=binding)
+    four = sm.aggregate_contributions(blobs, length=16, binding=binding, params=DEFAULT_PARAMS)
     shares = [
         sm.decryption_share(keys[k], four, decrypt_set, contributions=4, min_peers=2, binding=binding)
         for k in range(3)
     ]
-    merged = sm.combine(spec, four, shares)
+    merged = sm.combine(spec, four, shares, params=DEFAULT_PARAMS)
     np.testing.assert_allclose(merged.mean, values, atol=1e-4)
 
 
@@ -276,7 +279,7 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
         for k in range(3)
     ]
     aggregate = sm.aggregate_contributions(
-        dict(zip(spec.members, blobs, strict=True)), length=N_PARAMS, binding=binding
+        dict(zip(spec.members, blobs, strict=True)), length=N_PARAMS, binding=binding, params=DEFAULT_PARAMS
     )
     committed = tuple(
         sorted(

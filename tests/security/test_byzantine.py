@@ -67,6 +67,7 @@ from consensus.transactions import (
 )
 from crypto import ckks
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, WrongChain
 from crypto.identity import NodeId, NodeIdentity
@@ -467,18 +468,24 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     # So it names all of them but sums something else.
     if attack == "drop":
         forged = sm.aggregate_contributions(
-            {n: b for n, b in committed.items() if n != victim}, length=16, binding=round_two(keys)
+            {n: b for n, b in committed.items() if n != victim},
+            length=16,
+            binding=round_two(keys),
+            params=DEFAULT_PARAMS,
         )
     elif attack == "replay-old-round":
         # The victim's round-1 blob is refused by the honest code path: it is bound to round 1.
         with pytest.raises(InvalidAggregate, match="two rounds"):
             sm.aggregate_contributions(
-                {**committed, victim: old_blob_of[victim]}, length=16, binding=round_two(keys)
+                {**committed, victim: old_blob_of[victim]},
+                length=16,
+                binding=round_two(keys),
+                params=DEFAULT_PARAMS,
             )
         forged = hand_made_sum(committed, {**committed, victim: old_blob_of[victim]})
     else:
         # The honest code path refuses a contributor twice, and a blob under another's name.
-        builder = sm.AggregateBuilder(16, binding=round_two(keys))
+        builder = sm.AggregateBuilder(16, DEFAULT_PARAMS, binding=round_two(keys))
         builder.add(blob_of[victim], victim)
         with pytest.raises(InvalidAggregate, match="already in the sum"):
             builder.add(blob_of[victim], victim)
@@ -496,7 +503,7 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
     # The verifier fetches the committed contributions by hash and recomputes the sum.
     r = c.round
     true_sum = sm.aggregate_contributions(
-        {n: blob_of[n] for n in r.contributors}, length=16, binding=round_two(keys)
+        {n: blob_of[n] for n in r.contributors}, length=16, binding=round_two(keys), params=DEFAULT_PARAMS
     )
     assert sha(true_sum) != sha(forged)
     # What honest decryptors would do with the forged sum, had the verifier not caught it.
@@ -530,7 +537,7 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
             for n in decrypt_set
         ]
         try:
-            garbled = sm.combine(spec, forged, shares)
+            garbled = sm.combine(spec, forged, shares, params=DEFAULT_PARAMS)
         except InvalidAggregate:
             pass
         else:
@@ -574,7 +581,7 @@ def test_a_leader_dropping_or_replaying_a_contribution_is_caught_by_the_verifier
         )
         for n in decrypt_set
     ]
-    merged = sm.combine(spec, true_sum, shares)
+    merged = sm.combine(spec, true_sum, shares, params=DEFAULT_PARAMS)
     expected = sum(w * (10.0 + i) for i, w in enumerate([10.0, 20.0, 30.0, 40.0])) / 100.0
     np.testing.assert_allclose(merged.mean, expected, atol=1e-4)
 
@@ -588,7 +595,9 @@ def test_an_honest_member_refuses_to_decrypt_too_few_contributions(crypto_round:
     spec = key.spec
     members = list(spec.members)
     by_contributor = {k.me: blob for k, blob in zip(keys, blobs, strict=True)}
-    full = sm.aggregate_contributions(by_contributor, length=16, binding=round_two(keys))
+    full = sm.aggregate_contributions(
+        by_contributor, length=16, binding=round_two(keys), params=DEFAULT_PARAMS
+    )
     t = spec.threshold
     with pytest.raises(DecryptionRefused, match="contributions"):  # fewer than min_peers
         sm.decryption_share(key, full, members[:t], contributions=2, min_peers=3, binding=round_two(keys))
@@ -599,7 +608,7 @@ def test_an_honest_member_refuses_to_decrypt_too_few_contributions(crypto_round:
         sm.decryption_share(key, blobs[0], members[:t], contributions=4, min_peers=3, binding=round_two(keys))
     # An aggregate of three passed off as the four committed contributions (and vice versa).
     three = sm.aggregate_contributions(
-        dict(list(by_contributor.items())[:3]), length=16, binding=round_two(keys)
+        dict(list(by_contributor.items())[:3]), length=16, binding=round_two(keys), params=DEFAULT_PARAMS
     )
     with pytest.raises(DecryptionRefused, match="sums 3 contributors, the ledger committed 4"):
         sm.decryption_share(key, three, members[:t], contributions=4, min_peers=3, binding=round_two(keys))
@@ -641,6 +650,7 @@ def test_an_honest_member_refuses_an_aggregate_of_another_epoch_or_naming_a_non_
         {k.me: ckks.encrypt(ctx, k.secret, elsewhere, k.me, values, 1.0, 4.0).to_bytes() for k in keys},
         length=16,
         binding=elsewhere,
+        params=DEFAULT_PARAMS,
     )
     with pytest.raises(DecryptionRefused, match="another key epoch"):
         sm.decryption_share(key, foreign, t, contributions=4, min_peers=3, binding=round_two(keys))
@@ -653,7 +663,9 @@ def test_an_honest_member_refuses_an_aggregate_of_another_epoch_or_naming_a_non_
         k.me: ckks.encrypt(ctx, k.secret, round_two(keys), k.me, values, 1.0, 4.0).to_bytes()
         for k in keys[:3]
     }
-    aggregate = sm.aggregate_contributions({**mixed, stranger: intruder}, length=16, binding=round_two(keys))
+    aggregate = sm.aggregate_contributions(
+        {**mixed, stranger: intruder}, length=16, binding=round_two(keys), params=DEFAULT_PARAMS
+    )
     with pytest.raises(DecryptionRefused, match="outside the epoch"):
         sm.decryption_share(key, aggregate, t, contributions=4, min_peers=3, binding=round_two(keys))
 

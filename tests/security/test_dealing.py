@@ -41,6 +41,8 @@ from consensus.transactions import (
 )
 from crypto import cbor, ckks, dealing
 from crypto import threshold as th
+from crypto.ckks_params import DEFAULT_PARAMS, param_set
+from crypto.errors import InvalidKeyShare, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
 from models import logistic_regression
@@ -49,7 +51,7 @@ from swarmnode.node import Faults, Node, NodeOptions, SwarmStopped, open_swarm_n
 from swarmnode.round import ConfirmEpoch, LocalFacts, PublishEpochFingerprint, reconcile
 from swarmnode.simswarm import SwarmPlan
 
-PARAMS = dealing.DEALING_PARAMS[DEFAULT_CKKS_PARAMS]
+PARAMS = param_set(DEFAULT_CKKS_PARAMS).dealing
 CTX = ckks.context(ckks.DEFAULT_PARAMS)
 IDS = sorted(
     (NodeIdentity.from_seed(hashlib.sha256(b"dealing %d" % i).digest()) for i in range(4)),
@@ -100,7 +102,7 @@ def deal(spec: th.EpochSpec, tamper: Tamper | None = None) -> list[th.KeyEpoch]:
     """Every member's key epoch with every message delivered; the dealer's box to the
     victim tampered with if `tamper` is given."""
     ids = [next(i for i in IDS if i.node_id == m) for m in spec.members]
-    epochs = [th.KeyEpoch(spec, i) for i in ids]
+    epochs = [th.KeyEpoch(spec, i, DEFAULT_PARAMS) for i in ids]
     commitments = {m: e.commitment for m, e in zip(spec.members, epochs, strict=True)}
     for e in epochs:
         e.expect_commitments(commitments)
@@ -232,9 +234,9 @@ def test_an_unsigned_box_content_is_refused_on_receipt() -> None:
     assert isinstance(box, th.SealedKeyShare)
     content = open_box(IDS[1], box)
     unsigned = dataclasses.replace(content, signature=bytes(64))
-    fresh = th.KeyEpoch(SPEC, IDS[1])
+    fresh = th.KeyEpoch(SPEC, IDS[1], DEFAULT_PARAMS)
     bad = dataclasses.replace(box, box=NODES[1].seal(cbor.dumps_dataclass(unsigned)))
-    with pytest.raises(th.InvalidKeyShare, match="not signed by its dealer"):
+    with pytest.raises(InvalidKeyShare, match="not signed by its dealer"):
         fresh.receive(NODES[DEALER], bad)
 
 
@@ -432,17 +434,17 @@ def test_the_planner_publishes_the_fingerprint_then_checks_with_all_of_them() ->
 
 
 def test_a_restarted_dealer_publishes_the_same_fingerprint_and_old_dealings_are_refused() -> None:
-    epoch = th.KeyEpoch(SPEC, IDS[0])
+    epoch = th.KeyEpoch(SPEC, IDS[0], DEFAULT_PARAMS)
     stored = epoch.export_secret()
-    restored = th.KeyEpoch.import_secret(stored, IDS[0])
+    restored = th.KeyEpoch.import_secret(stored, IDS[0], DEFAULT_PARAMS)
     assert restored.fingerprint(COIN) == epoch.fingerprint(COIN)
     fields = cbor.loads(stored)
     assert isinstance(fields, dict)
     old = {k: v for k, v in fields.items() if k != "seed"} | {"version": 2}
-    with pytest.raises(th.ProtocolError):
-        th.KeyEpoch.import_secret(cbor.dumps(old), IDS[0])
-    with pytest.raises(th.InvalidKeyShare, match="seed"):
-        th.KeyEpoch.import_secret(cbor.dumps(fields | {"seed": bytes(31)}), IDS[0])
+    with pytest.raises(ProtocolError):
+        th.KeyEpoch.import_secret(cbor.dumps(old), IDS[0], DEFAULT_PARAMS)
+    with pytest.raises(InvalidKeyShare, match="seed"):
+        th.KeyEpoch.import_secret(cbor.dumps(fields | {"seed": bytes(31)}), IDS[0], DEFAULT_PARAMS)
 
 
 # -- whole nodes ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from consensus.genesis import Genesis, GenesisError
 from consensus.transactions import EpochPublicShare, Ready
 from crypto import cbor, ckks
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.errors import InvalidAggregate, InvalidCiphertext, MessageTooLarge, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import round_binding, run_key_epoch
@@ -189,7 +190,7 @@ def ckks_sample() -> CkksSample:
         k.me: sm.encrypt_update(k, np.full(10, 0.25 * i, np.float32), 1.0, 3.0, binding=binding)
         for i, k in enumerate(keys)
     }
-    aggregate = sm.aggregate_contributions(contributions, length=10, binding=binding)
+    aggregate = sm.aggregate_contributions(contributions, length=10, binding=binding, params=DEFAULT_PARAMS)
     decrypt_set = list(spec.members[:2])
     shares = [
         sm.decryption_share(keys[i], aggregate, decrypt_set, contributions=3, min_peers=2, binding=binding)
@@ -247,7 +248,7 @@ def test_ciphertext_blob_decoding(fuzz: FuzzKit, ckks_sample: CkksSample) -> Non
     (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
 
     def one_contribution() -> sm.AggregateBuilder:
-        builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
+        builder = sm.AggregateBuilder(10, DEFAULT_PARAMS, binding=ckks_sample.binding)
         builder.add(first_blob, first)
         return builder
 
@@ -346,7 +347,7 @@ def test_ciphertext_header_fields(fuzz: FuzzKit, ckks_sample: CkksSample) -> Non
     for an aggregate alike."""
     ctx = ckks.context()
     (first, first_blob), (contributor, blob), _ = ckks_sample.contributions.items()
-    builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
+    builder = sm.AggregateBuilder(10, DEFAULT_PARAMS, binding=ckks_sample.binding)
     builder.add(first_blob, first)
     sum_before = builder.result()
     decrypt_set = list(ckks_sample.spec.members[:2])
@@ -391,7 +392,7 @@ def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sampl
     seed_of = {b: split_ciphertext(blob_b)[0].seeds[0], c: bytes(ckks.SEED_SIZE)}
     posing_as_sum = with_header(blob_b, contributors=tuple(pair), seeds=tuple(seed_of[n] for n in pair))
     assert ckks.EncryptedVector.from_bytes(ctx, posing_as_sum).contributors == tuple(pair)  # well-formed
-    builder = sm.AggregateBuilder(10, binding=ckks_sample.binding)
+    builder = sm.AggregateBuilder(10, DEFAULT_PARAMS, binding=ckks_sample.binding)
     builder.add(blob_a, a)
     before = builder.result()
     refused: list[tuple[type[ProtocolError], str, bytes, NodeId]] = [
@@ -414,7 +415,9 @@ def test_aggregate_builder_refuses_foreign_and_repeated_contributions(ckks_sampl
         assert builder.count == 1
         assert builder.result() == before
     with pytest.raises(InvalidCiphertext, match="not its own"):  # the mapping form checks it too
-        sm.aggregate_contributions({a: blob_a, b: blob_c, c: blob_b}, length=10, binding=ckks_sample.binding)
+        sm.aggregate_contributions(
+            {a: blob_a, b: blob_c, c: blob_b}, length=10, binding=ckks_sample.binding, params=DEFAULT_PARAMS
+        )
     builder.add(blob_b, b)
     builder.add(blob_c, c)
     assert builder.result() == ckks_sample.aggregate
@@ -427,7 +430,7 @@ def test_a_ciphertext_renamed_to_another_contributor_decrypts_to_garbage(ckks_sa
     (a, blob_a), (b, blob_b), (c, _) = ckks_sample.contributions.items()
     copied = with_header(blob_b, contributors=(c,))
     aggregate = sm.aggregate_contributions(
-        {a: blob_a, b: blob_b, c: copied}, length=10, binding=ckks_sample.binding
+        {a: blob_a, b: blob_b, c: copied}, length=10, binding=ckks_sample.binding, params=DEFAULT_PARAMS
     )
     decrypt_set = list(ckks_sample.spec.members[:2])
     shares = [
@@ -437,7 +440,7 @@ def test_a_ciphertext_renamed_to_another_contributor_decrypts_to_garbage(ckks_sa
         for k in ckks_sample.keys[:2]
     ]
     try:
-        merged = sm.combine(ckks_sample.spec, aggregate, shares)
+        merged = sm.combine(ckks_sample.spec, aggregate, shares, params=DEFAULT_PARAMS)
     except InvalidAggregate:
         return
     assert float(np.abs(merged.mean).max()) > 1e3, merged.mean
@@ -467,14 +470,14 @@ def test_combine_with_one_hostile_share(fuzz: FuzzKit, ckks_sample: CkksSample) 
     share decoder it starts with is fuzzed 10,000 times above.
     """
     spec, aggregate, shares = ckks_sample.spec, ckks_sample.aggregate, ckks_sample.shares
-    honest = sm.combine(spec, aggregate, shares)
+    honest = sm.combine(spec, aggregate, shares, params=DEFAULT_PARAMS)
 
     def case(rnd: random.Random) -> str:
         index = rnd.randrange(2)
         hostile = list(shares)
         hostile[index] = blob_variant(fuzz, rnd, shares[index])
         try:
-            merged = sm.combine(spec, aggregate, hostile)
+            merged = sm.combine(spec, aggregate, hostile, params=DEFAULT_PARAMS)
         except (ProtocolError, InsufficientShares) as exc:
             return type(exc).__name__
         if hostile[index] == shares[index]:

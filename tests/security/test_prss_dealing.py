@@ -28,6 +28,7 @@ from consensus.transactions import (
 from crypto import cbor, dealing
 from crypto import threshold as th
 from crypto.ckks import context
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeId, NodeIdentity
 
 IDS = sorted(
@@ -78,7 +79,7 @@ def run_to_confirm(chain: Chain, *, forge: bool) -> list[th.KeyEpoch]:
     """Every stage of epoch 1 on the ledger up to confirm, every body delivered."""
     e = chain.contract.key_epoch()
     spec = th.EpochSpec(e.seed, e.members, e.threshold)
-    epochs = [th.KeyEpoch(spec, identity) for identity in IDS]
+    epochs = [th.KeyEpoch(spec, identity, DEFAULT_PARAMS) for identity in IDS]
     chain.ok(
         [(m, EpochPublicShare(epoch=1, share_hash=k.commitment)) for m, k in zip(NODES, epochs, strict=True)]
     )

@@ -22,6 +22,7 @@ import pytest
 
 from crypto import ckks
 from crypto import secure_merge as sm
+from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.errors import InvalidAggregate
 from crypto.identity import NodeId
 from crypto.testing import round_binding, run_key_epoch
@@ -62,13 +63,13 @@ def decrypted_mean(aggregate: bytes) -> np.ndarray | None:
         for k in KEYS[:3]
     ]
     try:
-        return sm.combine(SPEC, aggregate, shares).mean
+        return sm.combine(SPEC, aggregate, shares, params=DEFAULT_PARAMS).mean
     except InvalidAggregate:
         return None
 
 
 def test_an_old_round_blob_of_the_same_epoch_is_refused_by_the_builder() -> None:
-    builder = sm.AggregateBuilder(LENGTH, binding=ROUND_TWO)
+    builder = sm.AggregateBuilder(LENGTH, DEFAULT_PARAMS, binding=ROUND_TWO)
     for member, blob in FRESH.items():
         if member != HONEST:
             builder.add(blob, member)
@@ -79,14 +80,18 @@ def test_an_old_round_blob_of_the_same_epoch_is_refused_by_the_builder() -> None
         builder.add(OLD[HONEST], HONEST)
     assert builder.count == 3
     assert builder.result() == before
-    first = sm.AggregateBuilder(LENGTH, binding=ROUND_TWO)  # not even as the first blob of a sum
+    first = sm.AggregateBuilder(LENGTH, DEFAULT_PARAMS, binding=ROUND_TWO)  # not even as a sum's first blob
     with pytest.raises(InvalidAggregate, match="two rounds"):
         first.add(OLD[HONEST], HONEST)
     assert first.count == 0
     with pytest.raises(InvalidAggregate, match="two rounds"):
-        sm.aggregate_contributions({**FRESH, HONEST: OLD[HONEST]}, length=LENGTH, binding=ROUND_TWO)
+        sm.aggregate_contributions(
+            {**FRESH, HONEST: OLD[HONEST]}, length=LENGTH, binding=ROUND_TWO, params=DEFAULT_PARAMS
+        )
     builder.add(FRESH[HONEST], HONEST)
-    assert builder.result() == sm.aggregate_contributions(FRESH, length=LENGTH, binding=ROUND_TWO)
+    assert builder.result() == sm.aggregate_contributions(
+        FRESH, length=LENGTH, binding=ROUND_TWO, params=DEFAULT_PARAMS
+    )
 
 
 def test_a_hand_made_aggregate_mixing_rounds_is_refused_by_the_aggregator() -> None:
@@ -106,7 +111,8 @@ def test_a_hand_made_aggregate_mixing_rounds_is_refused_by_the_aggregator() -> N
 
 
 def test_decryption_share_refuses_an_aggregate_whose_binding_is_not_the_current_rounds() -> None:
-    old_aggregate = sm.aggregate_contributions(OLD, length=LENGTH, binding=ROUND_ONE)  # round one's own sum
+    # round one's own sum
+    old_aggregate = sm.aggregate_contributions(OLD, length=LENGTH, binding=ROUND_ONE, params=DEFAULT_PARAMS)
     for keys in KEYS[:3]:
         with pytest.raises(DecryptionRefused, match="another round"):
             sm.decryption_share(
@@ -114,19 +120,23 @@ def test_decryption_share_refuses_an_aggregate_whose_binding_is_not_the_current_
             )
     # The current round's aggregate is decrypted: the refusal is about the binding alone.
     expected = np.mean([20.0 + i for i in range(4)])
-    mean = decrypted_mean(sm.aggregate_contributions(FRESH, length=LENGTH, binding=ROUND_TWO))
+    mean = decrypted_mean(
+        sm.aggregate_contributions(FRESH, length=LENGTH, binding=ROUND_TWO, params=DEFAULT_PARAMS)
+    )
     assert mean is not None
     np.testing.assert_allclose(mean, expected, atol=1e-4)
 
 
 def test_a_blob_or_aggregate_of_another_chain_is_refused() -> None:
     foreign = contributions(OTHER_CHAIN)  # the same members, key epoch and round number
-    builder = sm.AggregateBuilder(LENGTH, binding=ROUND_TWO)
+    builder = sm.AggregateBuilder(LENGTH, DEFAULT_PARAMS, binding=ROUND_TWO)
     builder.add(FRESH[VICTIM], VICTIM)
     with pytest.raises(InvalidAggregate, match="two chains"):
         builder.add(foreign[HONEST], HONEST)
     assert builder.count == 1
-    foreign_sum = sm.aggregate_contributions(foreign, length=LENGTH, binding=OTHER_CHAIN)
+    foreign_sum = sm.aggregate_contributions(
+        foreign, length=LENGTH, binding=OTHER_CHAIN, params=DEFAULT_PARAMS
+    )
     with pytest.raises(DecryptionRefused, match="another chain"):
         sm.decryption_share(
             KEYS[0], foreign_sum, DECRYPT_SET, contributions=4, min_peers=2, binding=ROUND_TWO
@@ -149,7 +159,9 @@ def test_an_old_blob_relabelled_as_this_rounds_decrypts_to_garbage() -> None:
     relabelled = ckks.EncryptedVector.from_residues(
         CTX, LENGTH, ROUND_TWO, {HONEST: old.header.seeds[0]}, [old.batch(0, old.chunks)]
     ).to_bytes()
-    aggregate = sm.aggregate_contributions({**FRESH, HONEST: relabelled}, length=LENGTH, binding=ROUND_TWO)
+    aggregate = sm.aggregate_contributions(
+        {**FRESH, HONEST: relabelled}, length=LENGTH, binding=ROUND_TWO, params=DEFAULT_PARAMS
+    )
     mean = decrypted_mean(aggregate)
     if mean is not None:
         assert float(np.abs(mean.astype(np.float64)).min()) > 1e3
