@@ -18,6 +18,11 @@ per-round flags. Beyond the paper:
   ones as fast as the network allows, and lets late precommits arrive;
 - a REBROADCAST timer re-sends this round's own signed messages and pending
   transactions, so progress survives lost messages (gossip retransmission);
+- ``CoreConfig.create_empty_blocks_interval`` (CometBFT's setting of that name)
+  paces an idle ledger: when we would start a height as its round-0 proposer
+  with an empty mempool, the start waits up to that long (an IDLE timer) or
+  until a transaction arrives, which then goes into that very block; any other
+  own empty proposal is held the same way (a HOLD timer) before it is sent;
 - a node that sees messages of a higher height asks the sender for blocks
   (`RequestBlocks`) and commits those that carry a valid certificate;
 - own signed messages are never re-signed: a (height, round, step) that was
@@ -62,6 +67,8 @@ class TimeoutKind(enum.Enum):
     PRECOMMIT = "precommit"
     REBROADCAST = "rebroadcast"
     COMMIT = "commit"  # wait after a commit before round 0 of the next height
+    IDLE = "idle"  # an empty mempool holds our start of a height as its proposer this long
+    HOLD = "hold"  # an own empty proposal waits this long for a transaction before it is sent
 
 
 # The steps under which own signed messages are recorded (PersistSigned.step).
@@ -110,10 +117,13 @@ class CoreConfig:
     mempool: MempoolLimits = field(default_factory=MempoolLimits)
     max_future_messages: int = 4096  # buffered messages of height+1
     snapshot_every: int = 100  # heights between application snapshots in Commit (0: never)
+    # Seconds an own empty proposal waits for a transaction (0: sent at once); keep it below
+    # the others' propose timeout, or they move to the next round meanwhile.
+    create_empty_blocks_interval: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.max_future_messages < 0 or self.snapshot_every < 0:
-            raise ValueError("max_future_messages and snapshot_every must be non-negative")
+        if min(self.max_future_messages, self.snapshot_every, self.create_empty_blocks_interval) < 0:
+            raise ValueError("max_future_messages, snapshot_every, create_empty_blocks_interval must be >= 0")
 
 
 @final
@@ -286,6 +296,8 @@ class TendermintCore:
         self.mempool: Final = Mempool(app.check_tx, config.mempool)
         self._started = False
         self._waiting = False  # committed, the next height's round 0 not started yet
+        self._idle_waited = False  # the held start was released by its IDLE timer
+        self._held: Envelope | None = None  # an own empty proposal not sent yet
         self._evidence: list[Equivocation] = []
         self._height = resume.height
         self._last_hash = resume.last_block_hash
@@ -347,7 +359,7 @@ class TendermintCore:
         self._started = True
         out = self._start_round(self._resume_round)
         out += self._evaluate()
-        return out
+        return self._pace(out)
 
     def handle(self, event: Event) -> list[Action]:
         if not self._started:
@@ -358,8 +370,37 @@ class TendermintCore:
             out = self._on_timeout(event)
         else:
             out = self._on_tx(event.tx)
+        if self._idle and len(self.mempool) > 0:
+            out += self._start_round(0)  # the transaction goes into the block we propose now
         out += self._evaluate()
-        return out
+        return self._pace(out)
+
+    def _pace(self, out: list[Action]) -> list[Action]:
+        """Hold an own empty proposal (`CoreConfig.create_empty_blocks_interval`); send a held
+        one as soon as the mempool has a transaction."""
+        waited, self._idle_waited = self._idle_waited, False
+        interval = self.config.create_empty_blocks_interval
+        if interval <= 0:
+            return out
+        paced: list[Action] = []
+        for action in out:
+            body = action.envelope.body if isinstance(action, Broadcast) else None
+            if (
+                isinstance(action, Broadcast)
+                and isinstance(body, Proposal)
+                and action.envelope.sender == self.me
+                and not body.block.txs
+                and len(self.mempool) == 0
+                and not waited
+            ):
+                self._held = action.envelope
+                paced.append(ScheduleTimeout(TimeoutKind.HOLD, body.height, body.round, interval))
+            else:
+                paced.append(action)
+        if self._held is not None and len(self.mempool) > 0:
+            paced.append(Broadcast(self._held))
+            self._held = None
+        return paced
 
     # -- height and round bookkeeping --------------------------------------------------
 
@@ -384,6 +425,7 @@ class TendermintCore:
         self._future: dict[bytes, Envelope] = {}
         self._sync_seen: dict[NodeId, int] = {}
         self._rebroadcast_after = self.config.timeouts.rebroadcast
+        self._idle = False  # waiting: our start as round-0 proposer held by an empty mempool
 
     def _start_round(self, round: int) -> list[Action]:  # L11 StartRound
         self._round = round  # L12
@@ -409,6 +451,7 @@ class TendermintCore:
         self._rebroadcast_after = timeouts.rebroadcast
         out.append(ScheduleTimeout(TimeoutKind.REBROADCAST, h, round, self._rebroadcast_after))
         self._waiting = False
+        self._idle = False
         return out
 
     def _build_block(self) -> Block:
@@ -586,10 +629,17 @@ class TendermintCore:
     # -- timeouts --------------------------------------------------------------------------
 
     def _on_timeout(self, timeout: TimeoutFired) -> list[Action]:
+        if timeout.kind is TimeoutKind.HOLD:
+            held = self._held
+            body = None if held is None else held.body
+            if not isinstance(body, Proposal) or (body.height, body.round) != (timeout.height, timeout.round):
+                return []  # released already, or the timer of a hold another proposal replaced
+            self._held, self._idle_waited = None, True  # sent as it is, not held again
+            return [Broadcast(held)] if held is not None else []
         if timeout.height != self._height or timeout.round != self._round:
             return []  # stale
         if self._waiting:
-            return self._start_round(0) if timeout.kind is TimeoutKind.COMMIT else []
+            return self._on_waiting_timeout(timeout.kind)
         kind, step = timeout.kind, self._step
         if kind is TimeoutKind.PROPOSE and step is Step.PROPOSE:  # L57
             return self._prevote(None)  # L59-60
@@ -599,6 +649,20 @@ class TendermintCore:
             return self._start_round(self._round + 1)  # L67
         if kind is TimeoutKind.REBROADCAST:
             return self._rebroadcast()
+        return []
+
+    def _on_waiting_timeout(self, kind: TimeoutKind) -> list[Action]:
+        """Between a commit and the next height's round 0: the COMMIT timer starts it, unless
+        we would propose it with an empty mempool (then the IDLE timer or a transaction does)."""
+        interval = self.config.create_empty_blocks_interval
+        if kind is TimeoutKind.COMMIT:
+            if interval > 0 and len(self.mempool) == 0 and self.proposer(self._height, 0) == self.me:
+                self._idle = True
+                return [ScheduleTimeout(TimeoutKind.IDLE, self._height, 0, interval)]
+            return self._start_round(0)
+        if kind is TimeoutKind.IDLE and self._idle:
+            self._idle_waited = True  # waited the interval already: the empty proposal goes out
+            return self._start_round(0)
         return []
 
     def _rebroadcast(self) -> list[Action]:

@@ -16,7 +16,7 @@ Measurements (all inside this process):
   returned the merged model loaded on this node;
 * per-phase time: every call of the round's crypto steps (encrypt,
   aggregate, decryption share, combine) and every blob fetch (transfer)
-  is timed by wrapping the names `swarmnode.node` calls (no change in
+  is timed by wrapping the names `swarmnode.merge_scheme` calls (no change in
   behaviour: the wrapper calls the original);
 * bytes sent: the kernel's ``tcpi_bytes_sent`` of this process's TCP
   sockets (``ss -tinp``), summed before and after the window;
@@ -60,11 +60,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-# Names `swarmnode.node` calls per phase (module functions, or methods "<class>.<name>").
+# Names `swarmnode.merge_scheme` calls per phase (module functions, or methods "<class>.<name>").
 PHASES: Final = {
     "secure": {
         "encrypt_update": "encrypt",
-        "aggregate_contributions": "aggregate",  # only a faulty leader's
         "AggregateBuilder.add": "aggregate",  # the sum, added as the blobs arrive
         "AggregateBuilder.result": "aggregate",
         "decryption_share": "decryption_share",
@@ -74,7 +73,7 @@ PHASES: Final = {
     },
     "plain": {
         "encode_plaintext_update": "encrypt",
-        "Node._plaintext_merge": "aggregate",
+        "PlainMerge._merge": "aggregate",
         "decode_plaintext_model": "combine",
     },
 }
@@ -245,7 +244,7 @@ async def run(args: argparse.Namespace) -> None:
     import torch
     import trio
 
-    import swarmnode.node as node_module
+    import swarmnode.merge_scheme as node_module
     from consensus.genesis import Timeouts
     from models import LocalTrainer, TrainConfig, load_dataset, mlp
     from models.splits import Scenario, split_sites

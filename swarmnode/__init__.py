@@ -33,15 +33,15 @@ if TYPE_CHECKING:
     from .config import ConfigError as ConfigError
     from .config import NodeConfig as NodeConfig
     from .learners import SwarmSetupError as SwarmSetupError
-    from .node import MergeResult as MergeResult
-    from .node import MergeTimeout as MergeTimeout
     from .node import Node as Node
-    from .node import NodeClosed as NodeClosed
-    from .node import NodeStatus as NodeStatus
-    from .node import StopInfo as StopInfo
-    from .node import SwarmError as SwarmError
-    from .node import SwarmStopped as SwarmStopped
     from .node import open_swarm_node as open_swarm_node
+    from .results import MergeResult as MergeResult
+    from .results import MergeTimeout as MergeTimeout
+    from .results import NodeClosed as NodeClosed
+    from .results import NodeStatus as NodeStatus
+    from .results import StopInfo as StopInfo
+    from .results import SwarmError as SwarmError
+    from .results import SwarmStopped as SwarmStopped
     from .siterun import SiteObserver as SiteObserver
     from .siterun import SiteReport as SiteReport
     from .siterun import run_site as run_site
@@ -58,14 +58,14 @@ _EXPORTS: Final[dict[str, str]] = {
     "local_swarm": "api",
     "ConfigError": "config",
     "NodeConfig": "config",
-    "MergeResult": "node",
-    "MergeTimeout": "node",
+    "MergeResult": "results",
+    "MergeTimeout": "results",
     "Node": "node",
-    "NodeClosed": "node",
-    "NodeStatus": "node",
-    "StopInfo": "node",
-    "SwarmError": "node",
-    "SwarmStopped": "node",
+    "NodeClosed": "results",
+    "NodeStatus": "results",
+    "StopInfo": "results",
+    "SwarmError": "results",
+    "SwarmStopped": "results",
     "open_swarm_node": "node",
     "SiteObserver": "siterun",
     "SiteReport": "siterun",

@@ -22,7 +22,8 @@ import trio
 
 from models import LocalTrainer, load_sklearn, preset_scenario, split_sites
 from swarmnode.config import NodeConfig
-from swarmnode.node import Faults, MergeResult, NodeOptions, open_swarm_node
+from swarmnode.faults import Faults
+from swarmnode.node import MergeResult, NodeOptions, open_swarm_node
 from swarmnode.simswarm import train_with_swarm
 
 
@@ -47,7 +48,7 @@ async def main(config_path: str, index: int, n_sites: int, seed: int, out: str, 
         times.append(now - last[0])
         last[0] = now
 
-    options = NodeOptions(faults=Faults(byzantine_share=byzantine))
+    options = NodeOptions(behaviour=Faults(byzantine_share=byzantine))
     async with open_swarm_node(config, options=options) as node:
         outcome = await train_with_swarm(
             node, trainer, epochs_per_round=2, start=common_start, merge_timeout=240, on_round=on_round

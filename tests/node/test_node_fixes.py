@@ -26,7 +26,6 @@ from models import logistic_regression
 from swarmnode.keystore import NodeFiles
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped, open_swarm_node
-from swarmnode.round import LoadMerged
 from swarmnode.simswarm import SwarmPlan
 from swarmnode.testing import make_identity
 
@@ -149,15 +148,15 @@ async def test_handlers_raise_specific_protocol_errors(
         a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]
         forged = opener.codec.seal(plan.identities[0], BlockRequest(from_height=1))
         with pytest.raises(MalformedMessage, match="signed by"):
-            await a._serve_blocks(b.node_id, forged)
+            await a.ledger.serve_blocks(b.node_id, forged)
         good = opener.codec.seal(plan.identities[1], BlockRequest(from_height=1))
-        response = await a._serve_blocks(b.node_id, good)
+        response = await a.ledger.serve_blocks(b.node_id, good)
         with pytest.raises(UnknownMessageType):
-            await a._serve_blocks(a.node_id, response)  # a response is no request
+            await a.ledger.serve_blocks(a.node_id, response)  # a response is no request
         short = a.transport.put_blob(b"\0" * 12)
         with pytest.raises(MalformedMessage, match="12 bytes"):
-            await a._load_merged(LoadMerged(round=1, params_hash=short))
-        assert short not in a._models
+            await a.merged_parameters(short)
+        assert short not in a.blobs.models
 
 
 async def test_equivocation_evidence_is_submitted_once_and_recorded(
@@ -171,13 +170,13 @@ async def test_equivocation_evidence_is_submitted_once_and_recorded(
     async with open_memory_network(seed=3) as net, AsyncExitStack() as stack:
         a, b = [await stack.enter_async_context(plan.open_node(i, net)) for i in range(2)]
         submitted: list[object] = []
-        real_submit = a.submit
+        real_submit = a.ledger.submit
 
         async def counting_submit(body: TxBody) -> None:
             submitted.append(body)
             await real_submit(body)
 
-        a.submit = counting_submit  # type: ignore[method-assign]
+        a.ledger.submit = counting_submit  # type: ignore[method-assign]
         height = max(1, a.contract.height)
         votes = [
             codec.seal(
@@ -188,8 +187,8 @@ async def test_equivocation_evidence_is_submitted_once_and_recorded(
         evidence = Equivocation(b.node_id, height, 0, "prevote", votes[0], votes[1])
         swapped = Equivocation(b.node_id, height, 0, "prevote", votes[1], votes[0])
         proposal = Equivocation(b.node_id, height, 0, "proposal", votes[0], votes[1])
-        await a._perform([ReportEvidence(evidence), ReportEvidence(proposal)])
-        await a._perform([ReportEvidence(evidence), ReportEvidence(swapped)])
+        await a.ledger.perform([ReportEvidence(evidence), ReportEvidence(proposal)])
+        await a.ledger.perform([ReportEvidence(evidence), ReportEvidence(swapped)])
         with trio.fail_after(120):
             await a.wait_for(lambda c: any(e.kind == EQUIVOCATION for e in c.evidence()))
         assert [type(x) for x in submitted] == [VoteEquivocation]

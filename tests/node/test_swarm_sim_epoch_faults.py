@@ -22,8 +22,9 @@ import trio.testing
 from consensus.contract import EPOCH_TIMEOUT
 from consensus.genesis import DecryptionThreshold, Timeouts
 from models import logistic_regression
+from swarmnode.faults import Faults
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SIM_TIMEOUTS, SwarmPlan
 
 SPEC = logistic_regression(30, 2)
@@ -86,7 +87,7 @@ async def test_node_crashing_after_its_epoch_commitment_restarts_and_finishes_th
             await run(i, NodeOptions(inline_compute=True))
 
         async def victim() -> None:
-            crashed = await run(VICTIM, NodeOptions(inline_compute=True, faults=CRASH_AFTER_COMMIT))
+            crashed = await run(VICTIM, NodeOptions(inline_compute=True, behaviour=CRASH_AFTER_COMMIT))
             assert VICTIM not in finals  # it did crash
             epoch = crashed.contract.key_epoch()
             assert epoch.number == 1
@@ -175,7 +176,7 @@ async def test_node_dead_mid_epoch_is_left_out_by_the_deadline_and_rejoins_later
             finals[VICTIM] = final
 
         async def victim() -> None:
-            await run(VICTIM, NodeOptions(inline_compute=True, faults=CRASH_AFTER_COMMIT), crashing_body)
+            await run(VICTIM, NodeOptions(inline_compute=True, behaviour=CRASH_AFTER_COMMIT), crashing_body)
             observer = None
             while observer is None:
                 observer = next((nodes[i] for i in (0, 1, 3) if i in nodes), None)
@@ -223,7 +224,7 @@ async def test_node_dead_for_good_mid_epoch_does_not_stop_training(
             faults = CRASH_AFTER_COMMIT if i == VICTIM else Faults()
             async with open_swarm_node(
                 plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, options=NodeOptions(inline_compute=True, faults=faults),
+                genesis=plan.genesis, options=NodeOptions(inline_compute=True, behaviour=faults),
             ) as node:  # fmt: skip
                 nodes[i] = node
                 final = await merge_loop(i, node, results[i])

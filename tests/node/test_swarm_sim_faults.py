@@ -23,8 +23,9 @@ from consensus.contract import CONTRIBUTION_TIMEOUT, DECRYPTOR_TIMEOUT, LEADER_T
 from consensus.genesis import DecryptionThreshold
 from crypto.identity import NodeId
 from models import logistic_regression
+from swarmnode.faults import Faults
 from swarmnode.net.memory import NO_FAULTS, LinkFaults, open_memory_network
-from swarmnode.node import Faults, MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 
 ONE_THIRD = DecryptionThreshold(numerator=1, denominator=3)  # t = 2 of 4
@@ -62,7 +63,7 @@ async def run_swarm(
 
     async def run_site(site: Site, net_transport: object) -> None:
         i = site.index
-        options = NodeOptions(inline_compute=True, faults=faults.get(i, Faults()))
+        options = NodeOptions(inline_compute=True, behaviour=faults.get(i, Faults()))
         async with open_swarm_node(
             plan.configs[i],
             transport=net_transport,  # type: ignore[arg-type]

@@ -24,8 +24,9 @@ import trio.testing
 
 from consensus.contract import ABORTED, MERGED, WRONG_SHARE
 from models import logistic_regression
+from swarmnode.faults import Faults, SwitchableFaults
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import Faults, MergeResult, MergeTimeout, Node, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, MergeTimeout, Node, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 
 SPEC = logistic_regression(30, 2)
@@ -54,7 +55,7 @@ async def run_swarm(
         async with open_swarm_node(
             plan.configs[i], transport=transport,  # type: ignore[arg-type]
             identity=plan.identities[i], genesis=plan.genesis,
-            options=NodeOptions(inline_compute=True, faults=faults),
+            options=NodeOptions(inline_compute=True, behaviour=faults),
         ) as node:  # fmt: skip
             site.node = node
             params = np.full(N_PARAMS, float(1 + i), np.float32)
@@ -135,11 +136,11 @@ async def test_a_named_culprit_filling_the_decrypt_set_never_lets_a_shift_throug
     nodes: dict[int, Node] = {}
 
     async def run_site(i: int, transport: object) -> None:
-        faults = Faults(byzantine_share=True) if i == BYZANTINE else Faults()
+        faults = SwitchableFaults(Faults(byzantine_share=True) if i == BYZANTINE else Faults())
         async with open_swarm_node(
             plan.configs[i], transport=transport,  # type: ignore[arg-type]
             identity=plan.identities[i], genesis=plan.genesis,
-            options=NodeOptions(inline_compute=True, faults=faults),
+            options=NodeOptions(inline_compute=True, behaviour=faults),
         ) as node:  # fmt: skip
             nodes[i] = node
             number = 1
@@ -153,9 +154,7 @@ async def test_a_named_culprit_filling_the_decrypt_set_never_lets_a_shift_throug
                 if result.stopped or i == 4:
                     break  # site 4 keeps validating blocks but contributes no more
                 if i == 2:  # the colluder turns Byzantine once the culprit must fill the set
-                    node.options = NodeOptions(  # type: ignore[misc]
-                        inline_compute=True, faults=Faults(byzantine_share=True)
-                    )
+                    faults.faults = Faults(byzantine_share=True)
                 number = result.round + 1
             await trio.sleep_forever()  # keep validating blocks until the test's deadline
 

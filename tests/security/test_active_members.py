@@ -311,8 +311,8 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
     shared: list[bytes] = []
 
     async def ask(node: Node, step: int, decrypt_set: tuple[NodeId, ...]) -> None:
-        node._keys[1] = keys[0]
-        node._binding = lambda _round: binding  # type: ignore[method-assign]  # no round 1 on this ledger
+        node.epochs.keys[1] = keys[0]
+        node.epochs.binding = lambda _round: binding  # type: ignore[method-assign]  # no round 1 on this ledger
         for blob in blobs:
             node.transport.put_blob(blob)
 
@@ -320,8 +320,8 @@ async def test_the_node_never_makes_two_shares_of_one_aggregate_even_after_a_res
             if isinstance(body, DecryptionShare):  # the node's own key-epoch steps go nowhere
                 shared.append(body.share_hash)
 
-        node.submit = capture  # type: ignore[method-assign]
-        await node._decryption_share(job(step, decrypt_set))
+        node.jobs.submit = capture
+        await node.jobs._decryption_share(job(step, decrypt_set))
 
     async with open_memory_network(seed=4) as net:
         async with plan.open_node(0, net) as node:

@@ -46,8 +46,9 @@ from crypto.errors import InvalidKeyShare, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
 from models import logistic_regression
+from swarmnode.faults import Faults
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import Faults, Node, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import Node, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.round import ConfirmEpoch, LocalFacts, PublishEpochFingerprint, reconcile
 from swarmnode.simswarm import SwarmPlan
 
@@ -472,7 +473,7 @@ async def test_swarm_names_an_inconsistent_dealer_and_trains_without_it(
             faults = Faults(bad_dealing=i == bad)
             async with open_swarm_node(
                 plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, options=NodeOptions(inline_compute=True, faults=faults),
+                genesis=plan.genesis, options=NodeOptions(inline_compute=True, behaviour=faults),
             ) as node:  # fmt: skip
                 nodes[i] = node
                 params = np.full(62, float(i), np.float32)  # logistic regression, 30 features x 2 classes

@@ -115,7 +115,7 @@ async def test_the_untouched_state_loads_its_keys(
     site: Site, state: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     node = await open_site0(site, state)
-    assert 1 in node._keys
+    assert 1 in node.epochs.keys
 
 
 @pytest.mark.parametrize("mutation", ["flipped-bit", "truncated", "appended", "other-node"])
@@ -141,7 +141,7 @@ async def test_a_tampered_key_file_is_refused_with_its_name(
     path.write_bytes(bytes(data))
     caplog.set_level(logging.ERROR)
     node = await open_site0(site, state)
-    assert 1 not in node._keys, "the node runs on a key file it did not write"
+    assert 1 not in node.epochs.keys, "the node runs on a key file it did not write"
     assert logged(caplog, str(path)), "the refusal does not name the file"
 
 
@@ -151,10 +151,10 @@ async def test_a_key_file_of_the_unsealed_format_is_refused_saying_what_to_do(
     """What swarmnode wrote before key files were sealed: the node's own, but unverifiable."""
     node = await open_site0(site, state)
     path = keys_file(state, 1)
-    write_private(path, node._keys[1].export_secret())
+    write_private(path, node.epochs.keys[1].export_secret())
     caplog.set_level(logging.ERROR)
     node = await open_site0(site, state)
-    assert 1 not in node._keys
+    assert 1 not in node.epochs.keys
     [message] = logged(caplog, str(path))
     assert "not a sealed key file of format version 3" in message
     assert "delete it" in message
@@ -169,8 +169,8 @@ async def test_a_key_file_copied_to_another_epoch_or_kind_is_refused(
     shutil.copy2(keys_file(state, 1), keys_file(state, 1, "bundle"))
     caplog.set_level(logging.ERROR)
     node = await open_site0(site, state)
-    assert 1 in node._keys
-    assert 2 not in node._keys, "epoch 1's keys were taken for epoch 2"
+    assert 1 in node.epochs.keys
+    assert 2 not in node.epochs.keys, "epoch 1's keys were taken for epoch 2"
     assert logged(caplog, str(keys_file(state, 2)))
     with pytest.raises(KeyFileError, match=str(keys_file(state, 1, "bundle"))):
         node.files.load_epoch(1, "bundle")
