@@ -13,7 +13,8 @@ Z_A has degree t-1, ``Z_A(0) = 1`` and vanishes on A, so member j computes its p
 lies on the one polynomial g of degree t-1, and ``g(0) = sum_A r_A``. A coalition K of
 t-1 members holds every key but ``k_K``: ``r_K`` stays pseudo-random to it and hides the
 aggregate's encryption error in the decrypted sum, as one honest smudger does in
-`crypto.threshold` (the bound is computational: AES-256-CTR under a SHA-256-derived key as the PRF, `XofStream`).
+`crypto.threshold` (the bound is computational: AES-256-CTR under a SHA-256-derived key
+is the PRF, `XofStream`).
 
 Dealing (in the key epoch): the holder of A with the lowest point draws ``k_A`` from
 `os.urandom`, puts ``SHA-256(domain | epoch id | A | k_A)`` on the ledger
