@@ -167,8 +167,11 @@ class PointShare:
             yield start, self.batch(start, min(start + BATCH_CHUNKS, self.header.chunks))
 
     @classmethod
-    def from_bytes(cls, ctx: CkksContext, data: bytes) -> PointShare:
-        """Decode and validate; raise `InvalidDecryptionShare` (only) on bad input."""
+    def from_bytes(cls, ctx: CkksContext, data: bytes, *, check_body: bool = True) -> PointShare:
+        """Decode and validate; raise `InvalidDecryptionShare` (only) on bad input.
+
+        ``check_body=False`` checks the header and sizes but not that every residue is below
+        its prime: for reading the header of a share that is combined (checked) later."""
         header, body = decode_blob(_POINT_MAGIC, PointShareHeader, data, InvalidDecryptionShare)
         if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
             raise InvalidDecryptionShare("point share for another version or parameters")
@@ -182,7 +185,7 @@ class PointShare:
         if len(body) != expected:
             raise InvalidDecryptionShare(f"point share body has {len(body)} bytes, expected {expected}")
         share = cls(ctx, header, data, body)
-        for _, batch in share.batches():
+        for _, batch in share.batches() if check_body else ():
             ctx.check_residues(
                 batch, ctx.q_col, InvalidDecryptionShare, f"point share of point {header.member}"
             )
