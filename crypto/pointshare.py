@@ -65,14 +65,13 @@ from .ckks import (
 from .errors import InvalidDecryptionShare
 from .prss import DEFAULT_NOISE, NoiseSampler, PrssKeys, noise_point
 from .rns import (
+    I64,
     U64,
     add_mod,
     add_mod_into,
     column,
-    expand_uniform_mod,
     scalar_operand,
     shoup_mul,
-    shoup_quotients,
 )
 from .threshold import (
     EPOCH_ID_SIZE,
@@ -84,12 +83,13 @@ from .threshold import (
 )
 
 _POINT_MAGIC: Final = b"SNP1"
-_FINGERPRINT_DOMAIN: Final = b"swarmnode/point-fingerprint/v1\x00"
+_FINGERPRINT_DOMAIN: Final = b"swarmnode/point-fingerprint/v2\x00"
 _MASKS_DOMAIN: Final = b"swarmnode/point-masks/v1\x00"
-# Independent fingerprints per prime: a wrong point passes one with probability <= 2/q
-# (a bilinear form in random chunk and coefficient weights), both with <= 2^-118.
-FINGERPRINTS: Final = 2
-_LOW30: Final = np.uint64((1 << 30) - 1)
+# A wrong point passes every fingerprint of its prime with probability <= 2^-FINGERPRINT_SECURITY.
+FINGERPRINT_SECURITY: Final = 128
+_LIMB_BITS: Final = 30
+_ALPHA_PART_BITS: Final = 21  # a 63-bit limb sum in three parts, for exact int64 products
+_FINGERPRINT_CHUNKS: Final = 8  # chunks per matrix product: 1 MB of limbs
 
 
 class WrongShareDetected(InvalidDecryptionShare):
@@ -167,8 +167,11 @@ class PointShare:
             yield start, self.batch(start, min(start + BATCH_CHUNKS, self.header.chunks))
 
     @classmethod
-    def from_bytes(cls, ctx: CkksContext, data: bytes) -> PointShare:
-        """Decode and validate; raise `InvalidDecryptionShare` (only) on bad input."""
+    def from_bytes(cls, ctx: CkksContext, data: bytes, *, check_body: bool = True) -> PointShare:
+        """Decode and validate; raise `InvalidDecryptionShare` (only) on bad input.
+
+        ``check_body=False`` checks the header and sizes but not that every residue is below
+        its prime: for reading the header of a share that is combined (checked) later."""
         header, body = decode_blob(_POINT_MAGIC, PointShareHeader, data, InvalidDecryptionShare)
         if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
             raise InvalidDecryptionShare("point share for another version or parameters")
@@ -182,7 +185,7 @@ class PointShare:
         if len(body) != expected:
             raise InvalidDecryptionShare(f"point share body has {len(body)} bytes, expected {expected}")
         share = cls(ctx, header, data, body)
-        for _, batch in share.batches():
+        for _, batch in share.batches() if check_body else ():
             ctx.check_residues(
                 batch, ctx.q_col, InvalidDecryptionShare, f"point share of point {header.member}"
             )
@@ -238,7 +241,8 @@ def make_point_share(
             add_mod_into(point, noise_point(ctx, prss, masks, start, stop, sampler), ctx.q_col)
             yield pack60(point)
 
-    return PointShare.from_bytes(ctx, encode_blob(_POINT_MAGIC, header, parts()))
+    # Our own residues, each reduced below its prime: the body needs no second check.
+    return PointShare.from_bytes(ctx, encode_blob(_POINT_MAGIC, header, parts()), check_body=False)
 
 
 # -- checking and combining ---------------------------------------------------------------
@@ -292,33 +296,84 @@ def _fingerprint_seed(aggregate: EncryptedVector, shares: Sequence[PointShare]) 
     return hashlib.sha256(_FINGERPRINT_DOMAIN + aggregate_digest(aggregate) + names).digest()
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class _Forms:
+    """The random bilinear forms of one check: ``alpha_f^T d[:, prime, :] beta_f mod prime``.
+
+    Weights are integers below 2^bits (`fingerprint_forms`), so a share's residues, cut into
+    `_LIMB_BITS`-bit limbs, meet beta in int64 matrix products that cannot overflow.
+    """
+
+    beta: I64  # (N, forms)
+    alpha: I64  # (forms, chunks)
+    limbs: int
+
+
+def fingerprint_forms(ctx: CkksContext) -> tuple[int, int]:
+    """``(weight bits, forms)``: the most weight bits for which a limb's products summed over
+    N coefficients stay below 2^63, and enough forms that a wrong point passes all of them
+    with probability at most ``2^-FINGERPRINT_SECURITY``."""
+    bits = 63 - _LIMB_BITS - (ctx.params.degree - 1).bit_length()
+    return bits, -(-FINGERPRINT_SECURITY // (bits - 1))
+
+
+def _forms(ctx: CkksContext, seed: bytes, chunks: int) -> _Forms:
+    n = ctx.params.degree
+    bits, forms = fingerprint_forms(ctx)
+    words = np.frombuffer(hashlib.shake_128(seed).digest(4 * forms * (n + chunks)), dtype="<u4")
+    weights = (words >> np.uint32(32 - bits)).astype(np.int64)
+    limbs = -(-max(q.bit_length() for q in ctx.data_moduli) // _LIMB_BITS)
+    beta = np.ascontiguousarray(weights[: forms * n].reshape(forms, n).T)
+    return _Forms(beta, weights[forms * n :].reshape(forms, chunks), limbs)
+
+
+def _limb_sums(forms: _Forms, share: PointShare) -> I64:
+    """``sum_i beta_i * limb(d[c, prime, i])`` for every limb, chunk, prime and form:
+    ``(limbs, chunks, L, forms)``, each below 2^63. A few chunks at a time, so that the
+    limbs stay in cache."""
+    mask = np.uint64((1 << _LIMB_BITS) - 1)
+    chunks, primes, n = share.header.chunks, len(share.context.data_moduli), share.context.params.degree
+    out = np.empty((forms.limbs, chunks, primes, forms.beta.shape[1]), dtype=np.int64)
+    limbs = np.empty((forms.limbs, _FINGERPRINT_CHUNKS, primes, n), dtype=np.uint64)
+    for start in range(0, chunks, _FINGERPRINT_CHUNKS):
+        batch = share.batch(start, min(start + _FINGERPRINT_CHUNKS, chunks))
+        k = batch.shape[0]
+        for i in range(forms.limbs):
+            np.bitwise_and(batch >> np.uint64(_LIMB_BITS * i), mask, out=limbs[i, :k])
+        sums = limbs[:, :k].view(np.int64).reshape(-1, n) @ forms.beta
+        out[:, start : start + k] = sums.reshape(forms.limbs, k, primes, -1)
+    return out
+
+
 def _fingerprints(
     ctx: CkksContext, seed: bytes, chunks: int, shares: Sequence[PointShare]
 ) -> dict[int, list[int]]:
-    """Per point, ``sum_{c, i} alpha_c * beta_i * d[c, prime, i] mod prime`` for each fingerprint
-    and prime (FINGERPRINTS * L integers). A nonzero error matrix E passes one form
-    ``alpha^T E beta`` with probability at most 2/q (Schwartz-Zippel)."""
+    """Per point, ``alpha_f^T d[:, prime, :] beta_f mod prime`` for each form f and prime
+    (forms * L integers, form-major). A nonzero error matrix E mod q passes one form with
+    probability at most ``2 / 2^bits`` (Schwartz-Zippel over weights below 2^bits < q:
+    first ``E beta``, then alpha), all of them with at most ``2^-FINGERPRINT_SECURITY``."""
     moduli = ctx.data_moduli
-    n = ctx.params.degree
-    forms = []
-    for f in range(FINGERPRINTS):
-        beta = np.stack([expand_uniform_mod(seed + bytes([f, j, 0]), q, n) for j, q in enumerate(moduli)])
-        alphas = [
-            expand_uniform_mod(seed + bytes([f, j, 1]), q, chunks).tolist() for j, q in enumerate(moduli)
-        ]
-        forms.append((beta, shoup_quotients(beta, moduli), alphas))
+    forms = _forms(ctx, seed, chunks)
+    part = _ALPHA_PART_BITS
     out: dict[int, list[int]] = {}
     for share in shares:
-        sums = [[0] * len(moduli) for _ in range(FINGERPRINTS)]
-        for start, batch in share.batches():
-            for f, (beta, quotients, alphas) in enumerate(forms):
-                products = shoup_mul(batch, beta, quotients, ctx.q_col)  # (k, L, N), each < 2^60
-                high = (products >> np.uint64(30)).sum(axis=2, dtype=np.uint64).tolist()  # < 2^43
-                low = (products & _LOW30).sum(axis=2, dtype=np.uint64).tolist()
-                for c in range(batch.shape[0]):
-                    for j in range(len(moduli)):
-                        sums[f][j] += alphas[j][start + c] * ((high[c][j] << 30) + low[c][j])
-        out[share.point] = [total % q for row in sums for total, q in zip(row, moduli, strict=True)]
+        sums = _limb_sums(forms, share)
+        # alpha < 2^20 times a 21-bit part of a sum, over up to 2^13 chunks: below 2^54.
+        parts = [
+            np.einsum("fc,lcjf->ljf", forms.alpha, (sums >> np.int64(part * p)) & np.int64((1 << part) - 1))
+            for p in range(3)
+        ]
+        values = []
+        for f in range(forms.alpha.shape[0]):
+            for j, q in enumerate(moduli):
+                total = sum(
+                    int(parts[p][i, j, f]) << (_LIMB_BITS * i + part * p)
+                    for i in range(forms.limbs)
+                    for p in range(3)
+                )
+                values.append(total % q)
+        out[share.point] = values
     return out
 
 
@@ -368,7 +423,7 @@ def check_points(
         raise InsufficientShares(f"{len(points)} point shares, the threshold is {t}")
     ctx = aggregate.context
     prints = _fingerprints(ctx, _fingerprint_seed(aggregate, shares), aggregate.chunks, shares)
-    moduli = [q for _ in range(FINGERPRINTS) for q in ctx.data_moduli]
+    moduli = [q for _ in range(fingerprint_forms(ctx)[1]) for q in ctx.data_moduli]
     first = _agreement(points[:t], prints, moduli)
     if len(first) == len(points):
         if len(points) < need:

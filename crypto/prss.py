@@ -13,7 +13,8 @@ Z_A has degree t-1, ``Z_A(0) = 1`` and vanishes on A, so member j computes its p
 lies on the one polynomial g of degree t-1, and ``g(0) = sum_A r_A``. A coalition K of
 t-1 members holds every key but ``k_K``: ``r_K`` stays pseudo-random to it and hides the
 aggregate's encryption error in the decrypted sum, as one honest smudger does in
-`crypto.threshold` (the bound is computational: SHAKE-256 as the PRF).
+`crypto.threshold` (the bound is computational: AES-256-CTR under a SHA-256-derived key
+is the PRF, `XofStream`).
 
 Dealing (in the key epoch): the holder of A with the lowest point draws ``k_A`` from
 `os.urandom`, puts ``SHA-256(domain | epoch id | A | k_A)`` on the ledger
@@ -31,13 +32,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from math import comb
 from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .ckks import CkksContext
 from .errors import ProtocolError
@@ -51,7 +55,8 @@ if TYPE_CHECKING:
 PRSS_KEY_SIZE: Final = 32
 MAX_PRSS_KEYS: Final = 252  # C(10, 5): n = 10, t = 6
 _COMMITMENT_DOMAIN: Final = b"swarmnode/prss-key/v1\x00"
-_NOISE_DOMAIN: Final = b"swarmnode/prss-noise/v1\x00"
+_NOISE_DOMAIN: Final = b"swarmnode/prss-noise/v2\x00"
+_STREAM_DOMAIN: Final = b"swarmnode/prss-stream/v1\x00"
 
 Subset = tuple[int, ...]
 """A set of t-1 Shamir points (1-based, strictly increasing)."""
@@ -70,30 +75,28 @@ class InvalidPrssKey(ProtocolError):
 
 @final
 class XofStream:
-    """A deterministic byte stream: SHAKE-256 of a seed, read front to back.
+    """A deterministic byte stream of any length from a seed, read front to back: the
+    AES-256-CTR keystream (counter from 0) under the key ``SHA-256(domain | seed)``.
 
-    hashlib's SHAKE cannot squeeze incrementally; a longer digest of the same seed
-    extends the same stream, so the buffer doubles when a reader needs more.
+    A PRF of the seed as long as the seed holds a secret key: SHA-256 derives a fresh AES
+    key per stream, and AES-256 in counter mode is a PRF up to the PRP/PRF switching term
+    (``blocks^2 / 2^129``, below 2^-100 for a chunk's 24,576 blocks). Ten times faster than
+    SHAKE-256, which made the noise half of a point share's cost.
     """
 
-    __slots__ = ("_buffer", "_offset", "_seed")
+    __slots__ = ("_encryptor",)
 
-    def __init__(self, seed: bytes, expected: int = 0) -> None:
-        self._seed = seed
-        self._buffer = hashlib.shake_256(seed).digest(expected) if expected else b""
-        self._offset = 0
+    def __init__(self, seed: bytes) -> None:
+        key = hashlib.sha256(_STREAM_DOMAIN + seed).digest()
+        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
 
     def read(self, size: int) -> bytes:
-        end = self._offset + size
-        if end > len(self._buffer):
-            self._buffer = hashlib.shake_256(self._seed).digest(max(end, 2 * len(self._buffer)))
-        out = self._buffer[self._offset : end]
-        self._offset = end
-        return out
+        return self._encryptor.update(bytes(size))
 
 
 NoiseSampler = Callable[[XofStream, int, int], WideIntegers]
-"""``(stream, count, bits) -> count`` noise integers of width 2^bits drawn from the stream."""
+"""``(stream, count, bits) -> count`` noise integers of width 2^bits drawn from the stream,
+each below ``2^(bits + 4)`` in absolute value (`noise_point` sums them exactly in int64)."""
 
 
 def gaussian_stream_noise(stream: XofStream, count: int, bits: int) -> WideIntegers:
@@ -275,23 +278,65 @@ def vanishing_at(subset: Subset, x: int, q: int) -> int:
     return numerator * pow(denominator, -1, q) % q
 
 
-def _noise_residues(ctx: CkksContext, seed: bytes, start: int, stop: int, sampler: NoiseSampler) -> U64:
-    """``r_A`` of chunks ``[start, stop)`` as ``(k, L, N)`` residues: one XOF stream per chunk,
-    so a chunk's noise does not depend on how chunks are batched."""
-    n = ctx.params.degree
-    draws = [
-        # 8 bytes per base sample, 6 base samples per coefficient (`crypto.smudging`); the
-        # stream extends itself in the rare case a sample needs more.
-        sampler(XofStream(seed + chunk.to_bytes(4, "big"), 48 * n), n, ctx.params.smudging_bits)
-        for chunk in range(start, stop)
-    ]
+def integer_weights(prss: PrssKeys) -> tuple[int, tuple[int, ...]]:
+    """``(D, (c_A, ...))`` with ``Z_A(x_j) = c_A / D`` for each of the member's keys (in
+    order), D their least common denominator: ``g(x_j) = D^-1 sum_A c_A r_A``."""
+    values = [Fraction(math.prod(a - prss.point for a in s), math.prod(s)) for s, _ in prss.keys]
+    denominator = math.lcm(*(v.denominator for v in values))
+    return denominator, tuple(int(v * denominator) for v in values)
+
+
+def _key_noise(ctx: CkksContext, seed: bytes, start: int, stop: int, sampler: NoiseSampler) -> WideIntegers:
+    """``r_A`` of chunks ``[start, stop)``, flattened: one stream per chunk, so a chunk's noise
+    does not depend on how chunks are batched."""
+    n, bits = ctx.params.degree, ctx.params.smudging_bits
+    draws = [sampler(XofStream(seed + chunk.to_bytes(4, "big")), n, bits) for chunk in range(start, stop)]
     shifts = {shift for _, _, shift in draws}
     if len(shifts) != 1:
         raise ValueError("the noise sampler must use one shift for every chunk")
     high = np.concatenate([h for h, _, _ in draws])
     low = np.concatenate([lo for _, lo, _ in draws])
-    residues = signed_split_residues(high, low, shifts.pop(), ctx.data_moduli)
-    return residues.reshape(len(ctx.data_moduli), stop - start, n).transpose(1, 0, 2)
+    return high, low, shifts.pop()
+
+
+@final
+class _ExactSum:
+    """``sum c_A r_A`` over a group of keys in int64, as ``high * 2^shift + low``.
+
+    With ``|r_A| < 2^(bits + 4)`` (`NoiseSampler`), each limb stays below 2^62 while the
+    weights' absolute values add up to at most the initial `room`.
+    """
+
+    __slots__ = ("high", "low", "room", "shift")
+
+    def __init__(self, size: int, shift: int, bits: int) -> None:
+        self.shift = shift
+        self.room = (1 << 62) >> max(shift, bits + 5 - shift)
+        self.high = np.zeros(size, dtype=np.int64)
+        self.low = np.zeros(size, dtype=np.int64)
+
+    def add(self, weight: int, noise: WideIntegers) -> bool:
+        """Add ``weight * r``; False (and nothing added) if it does not fit."""
+        high, low, shift = noise
+        if shift != self.shift or abs(weight) > self.room:
+            return False
+        self.room -= abs(weight)
+        self.high += high * np.int64(weight)
+        self.low += low.view(np.int64) * np.int64(weight)
+        return True
+
+    def residues(self, moduli: Sequence[int]) -> U64:
+        carry = self.low >> np.int64(self.shift)  # floor: the low limb back to [0, 2^shift)
+        low = (self.low & np.int64((1 << self.shift) - 1)).view(np.uint64)
+        return signed_split_residues(self.high + carry, low, self.shift, moduli)
+
+
+def _add_scaled(ctx: CkksContext, out: U64, residues: U64, factors: Sequence[int]) -> None:
+    """``out += factor * residues`` mod each prime; residues ``(L, k*N)``, out ``(k, L, N)``."""
+    moduli = ctx.data_moduli
+    operand, quotients = scalar_operand(factors, moduli)
+    chunked = residues.reshape(len(moduli), out.shape[0], -1).transpose(1, 0, 2)
+    add_mod_into(out, shoup_mul(chunked, operand, quotients, column(moduli)), ctx.q_col)
 
 
 def noise_point(
@@ -303,12 +348,30 @@ def noise_point(
     sampler: NoiseSampler = DEFAULT_NOISE,
 ) -> U64:
     """``g(x_j)`` for chunks ``[start, stop)`` of the sum whose masks hash to `masks`:
-    ``(k, L, N)``, coefficient form."""
+    ``(k, L, N)``, coefficient form.
+
+    ``g(x_j) = D^-1 sum_A c_A r_A`` (`integer_weights`): the keys' noise is summed exactly
+    in int64 and turned into residues once per group of keys whose weights fit (all of them
+    for n <= 5), not once per key; a key whose weight alone does not fit is reduced alone.
+    """
     moduli = ctx.data_moduli
+    bits, size = ctx.params.smudging_bits, (stop - start) * ctx.params.degree
+    denominator, weights = integer_weights(prss)
+    inverse = [pow(denominator, -1, q) for q in moduli]
     out = np.zeros((stop - start, len(moduli), ctx.params.degree), dtype=np.uint64)
-    for subset, key in prss.keys:
-        operand, quotients = scalar_operand([vanishing_at(subset, prss.point, q) for q in moduli], moduli)
+    group: _ExactSum | None = None
+    for (subset, key), weight in zip(prss.keys, weights, strict=True):
         seed = _NOISE_DOMAIN + prss.epoch_id + _subset_bytes(subset) + key + masks
-        noise = _noise_residues(ctx, seed, start, stop, sampler)
-        add_mod_into(out, shoup_mul(noise, operand, quotients, column(moduli)), ctx.q_col)
+        noise = _key_noise(ctx, seed, start, stop, sampler)
+        if group is not None and group.add(weight, noise):
+            continue
+        if group is not None:
+            _add_scaled(ctx, out, group.residues(moduli), inverse)
+        group = _ExactSum(size, noise[2], bits)
+        if not group.add(weight, noise):
+            group = None
+            residues = signed_split_residues(*noise, moduli)
+            _add_scaled(ctx, out, residues, [vanishing_at(subset, prss.point, q) for q in moduli])
+    if group is not None:
+        _add_scaled(ctx, out, group.residues(moduli), inverse)
     return out

@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from crypto import cbor, ckks, prss
+from crypto import cbor, ckks, pointshare, prss
 from crypto import robust_merge as rm
 from crypto import secure_merge as sm
 from crypto.ckks_params import DEFAULT_PARAMS
@@ -392,6 +392,73 @@ def test_the_noise_sampler_is_pluggable() -> None:
     values = high.astype(np.float64) * 2.0**shift_ + low
     assert 0.95 < values.std() / 2.0**68 < 1.05  # the Lagrange shares' discrete Gaussian
     assert np.abs(values).max() < 14 * 2.0**68
+
+
+def recording(sampler: prss.NoiseSampler, calls: list[prss.WideIntegers]) -> prss.NoiseSampler:
+    def record(stream: prss.XofStream, count: int, bits: int) -> prss.WideIntegers:
+        calls.append(sampler(stream, count, bits))
+        return calls[-1]
+
+    return record
+
+
+def wide_shift0(stream: prss.XofStream, count: int, bits: int) -> prss.WideIntegers:
+    """Noise of 40 bits with shift 0: no key's weight fits an exact int64 sum."""
+    words = np.frombuffer(stream.read(8 * count), dtype="<u8").astype(np.int64) >> np.int64(24)
+    return words, np.zeros(count, dtype=np.uint64), 0
+
+
+def largest(stream: prss.XofStream, count: int, bits: int) -> prss.WideIntegers:
+    """The largest noise a sampler may return, ``+-(2^(bits + 4) - 1)``: the int64 sums' worst case."""
+    sign = np.frombuffer(stream.read(count), dtype=np.uint8) & 1
+    high = np.where(sign, (1 << (bits - 44)) - 1, -(1 << (bits - 44)))  # X = high * 2^48 + low
+    return high, np.where(sign, (1 << 48) - 1, 1).astype(np.uint64), 48
+
+
+@pytest.mark.parametrize("sampler", [prss.DEFAULT_NOISE, wide_shift0, largest])
+def test_the_noise_point_is_sum_z_a_times_r_a_mod_q_whatever_the_grouping(
+    sampler: prss.NoiseSampler,
+) -> None:
+    """n = 7, t = 4, point 7: weights c_A adding up to more than one int64 group holds, so the
+    keys are summed in several groups (with `wide_shift0` each reduced alone); the point must
+    equal the per-key sum."""
+    keys = run_prss_dealing(spec_of(7))[6]
+    calls: list[prss.WideIntegers] = []
+    point = prss.noise_point(CTX, keys, bytes(32), 0, 2, recording(sampler, calls))
+    _, weights = prss.integer_weights(keys)
+    assert sum(abs(w) for w in weights) > 1 << 14  # the default sampler's int64 room
+    n = CTX.params.degree
+    for j, q in enumerate(CTX.data_moduli):
+        for chunk in range(2):
+            expected = [0] * 16
+            for k, (subset, _) in enumerate(keys.keys):
+                high, low, shift_ = calls[2 * k + chunk]
+                z = prss.vanishing_at(subset, keys.point, q)
+                for i in range(16):
+                    expected[i] += z * ((int(high[i]) << shift_) + int(low[i]))
+            assert [int(v) for v in point[chunk, j, :16]] == [e % q for e in expected]
+    assert len(calls) == 2 * len(keys.keys)
+    assert all(len(c[0]) == n for c in calls)
+
+
+def test_fingerprints_are_the_bilinear_forms_mod_q() -> None:
+    """The int64 limb products give exactly ``alpha_f^T d beta_f mod q`` (checked with Python ints)."""
+    s = swarm(4)
+    shares = [PointShare.from_bytes(CTX, blob) for blob in s.points[:2]]
+    vector = ckks.EncryptedVector.from_bytes(CTX, s.aggregate)
+    seed = bytes(range(32))
+    prints = pointshare._fingerprints(CTX, seed, vector.chunks, shares)
+    forms = pointshare._forms(CTX, seed, vector.chunks)
+    count = forms.alpha.shape[0]
+    assert count * (pointshare.fingerprint_forms(CTX)[0] - 1) >= pointshare.FINGERPRINT_SECURITY
+    for share in shares:
+        body = share.batch(0, vector.chunks).astype(object)  # (k, L, N) Python ints
+        expected = [
+            int(forms.alpha[f].astype(object) @ (body[:, j, :] @ forms.beta[:, f].astype(object))) % q
+            for f in range(count)
+            for j, q in enumerate(CTX.data_moduli)
+        ]
+        assert prints[share.point] == expected
 
 
 # -- decoding hostile blobs -------------------------------------------------------------------
