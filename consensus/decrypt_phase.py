@@ -6,8 +6,7 @@ point on one polynomial, not bound to a decrypt set, and extra points check each
 * **Decrypt set.** Every active participant of the round, not only t: more points name
   more wrong ones (``min(max_faulty, m - t - max_faulty)`` of m points). Members named
   for a wrong share earlier in the key epoch (`WRONG_SHARE` evidence) are left out, as
-  long as t + 1 others remain, else they (then contributors that lost their role, such as
-  a leader proven wrong) fill the set up to t + 1: never exactly t points,
+  long as t + 1 others remain, else they fill the set up to t + 1: never exactly t points,
   which would decode whatever they say (t points always lie on one polynomial). A filler's
   share is checked like any other: if it lies again the round aborts, nothing merges.
 * **Merge vote.** A combiner votes for the merged model's hash *and* the members whose
@@ -44,16 +43,13 @@ def named_culprits(evidence: Iterable[tuple[str, int, NodeId]], epoch_start: int
 
 
 def robust_decrypt_set(
-    active: Sequence[NodeId], barred: Iterable[NodeId], threshold: int, reserve: Sequence[NodeId] = ()
+    active: Sequence[NodeId], barred: Iterable[NodeId], threshold: int
 ) -> tuple[NodeId, ...]:
-    """Every active participant but the barred ones; barred ones, then the `reserve` (key
-    holders whose contribution is in the sum but who lost their role, e.g. a leader proven
-    wrong), fill up to t + 1 in that order, so that every decrypt set has a point that
-    checks the others."""
+    """Every active participant but the barred ones; barred ones fill up to t + 1 (rotation
+    order), so that every decrypt set has a point that checks the others."""
     left_out = set(barred)
     chosen = [p for p in active if p not in left_out]
-    fillers = [p for p in active if p in left_out] + [p for p in reserve if p not in active]
-    chosen += fillers[: max(0, threshold + 1 - len(chosen))]
+    chosen += [p for p in active if p in left_out][: max(0, threshold + 1 - len(chosen))]
     return _sorted(chosen)
 
 

@@ -176,8 +176,7 @@ def _roles(r: Round) -> tuple[NodeId | None, NodeId | None, tuple[NodeId, ...]]:
     after = active[i + 1 :] + active[:i]
     verifier = after[0] if after else None
     if r.robust:
-        reserve = [p for p in r.participants if p in r.excluded and p not in r.dropped]
-        return leader, verifier, decrypt_phase.robust_decrypt_set(active, r.barred, r.threshold, reserve)
+        return leader, verifier, decrypt_phase.robust_decrypt_set(active, r.barred, r.threshold)
     barred = set(r.barred)
     candidates = [p for p in active if p not in barred] + [p for p in active if p in barred]
     return leader, verifier, sorted_nodes(candidates[: r.threshold])
