@@ -143,10 +143,14 @@ async def test_leader_crash_in_aggregate_phase(
 async def test_leader_publishing_a_wrong_aggregate_is_proven_wrong(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    plan = SwarmPlan.create(tmp_path, SPEC, founders=4)
+    # t = 2 of 4: the three members left after excluding the leader are t + 1 checked points
+    # (at t = 3 they would be exactly t, which a robust epoch never decrypts: the round aborts).
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=4, threshold=ONE_THIRD)
     leader_id = by_key(plan.ids)[0]
     leader = plan.ids.index(leader_id)
-    plan, sites = await run_swarm(tmp_path, faults={leader: Faults(wrong_aggregate=True)})
+    plan, sites = await run_swarm(
+        tmp_path, faults={leader: Faults(wrong_aggregate=True)}, threshold=ONE_THIRD
+    )
     live = check_outcome(sites)
     node = live[0].node
     assert node is not None
