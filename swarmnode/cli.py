@@ -465,6 +465,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(f"{Path(args.data).stem}.predictions.csv")
     rows, metrics = predict_file(model_dir, args.data, out)
     _out(f"wrote {out}: {rows} predictions")
+    if metrics is None:
+        _out("no labels in the data: no metrics")
+        if args.metrics_out is not None:
+            raise CommandFailed(f"--metrics-out {args.metrics_out}: {args.data} has no labels to score")
+        return EXIT_OK
     _out("metrics: " + json.dumps(metrics.to_dict()))
     if args.metrics_out is not None:
         Path(args.metrics_out).write_text(json.dumps(metrics.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -442,23 +442,56 @@ def _labels_as_trained(data: Dataset, class_names: Sequence[str]) -> Dataset:
     )
 
 
-def predict_file(directory: Path, source: str, out: Path) -> tuple[int, Metrics]:
-    """Predict every row of `source` (read as training read its data) with the export in
-    `directory`; write `out` (CSV: row, one probability column per class, predicted
-    class, true class). Returns the row count and the metrics on the file's labels."""
+def _unlabelled_csv(path: Path, class_names: tuple[str, ...]) -> Dataset:
+    """A CSV of features only (data to predict has no labels); every column a feature."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if len(rows) < 2:
+        raise DatasetError(f"{path}: need a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    try:
+        x = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float32)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: feature values must be numbers ({exc})") from None
+    if x.ndim != 2 or x.shape[1] != len(header):
+        raise DatasetError(f"{path}: every row needs {len(header)} fields, as the header has")
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    return Dataset(
+        features=x, labels=labels, feature_names=tuple(header), class_names=class_names, source=str(path)
+    )
+
+
+def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset, bool]:
+    """(data, labelled): the file as training read it, or a CSV without the label column."""
+    label_column = exported.label_column
+    path = Path(source)
+    if path.suffix.lower() == ".csv" and label_column is not None and path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = [h.strip() for h in next(csv.reader(handle), [])]
+        if label_column not in header:
+            return _unlabelled_csv(path, exported.class_names), False
+    data = load_dataset(source, label_column=label_column, positive_class=exported.positive_class)
+    return _labels_as_trained(data, exported.class_names), True
+
+
+def predict_file(directory: Path, source: str, out: Path) -> tuple[int, Metrics | None]:
+    """Predict every row of `source` with the export in `directory`; write `out` (CSV: row,
+    one probability column per class, predicted class and, for labelled data, the true
+    class). `source` is read as training read its data, or is a CSV without the label
+    column. Returns the row count and the metrics on the file's labels (None without)."""
     exported = load_export(directory)
-    data = load_dataset(source, label_column=exported.label_column, positive_class=exported.positive_class)
-    data = _labels_as_trained(data, exported.class_names)
+    data, labelled = _read_for_prediction(source, exported)
     processed = exported.preprocessor.transform(data)
     x = torch.from_numpy(processed.features.copy())
     y = torch.from_numpy(processed.labels.copy())
-    metrics = evaluate_model(exported.module, x, y, len(exported.class_names))
+    metrics = evaluate_model(exported.module, x, y, len(exported.class_names)) if labelled else None
     with torch.no_grad():
         probabilities = torch.softmax(exported.module(x), dim=1).double().numpy()
     names = exported.class_names
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", *(f"p_{c}" for c in names), "predicted", "true"])
+        writer.writerow(["row", *(f"p_{c}" for c in names), "predicted", *(["true"] if labelled else [])])
         for i, row in enumerate(probabilities):
-            writer.writerow([i, *(repr(float(p)) for p in row), names[int(row.argmax())], names[int(y[i])]])
+            truth = [names[int(y[i])]] if labelled else []
+            writer.writerow([i, *(repr(float(p)) for p in row), names[int(row.argmax())], *truth])
     return int(x.shape[0]), metrics
