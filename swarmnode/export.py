@@ -40,11 +40,13 @@ import torch
 from torch import nn
 
 from models.data import Dataset, DatasetError, load_dataset
-from models.flatten import FloatVector, unflatten
+from models.flatten import FloatVector, LayoutMismatch, flatten, unflatten
 from models.nets import build_model
 from models.preprocess import PreprocessConfig, Preprocessor
 from models.spec import ModelSpec
 from models.training import Metrics, evaluate_model
+
+from .results import params_hash
 
 if TYPE_CHECKING:
     from .config import NodeConfig
@@ -402,9 +404,28 @@ def _load_network(directory: Path, spec: ModelSpec, fmt: str, file: Path) -> nn.
     return model.eval()
 
 
+def _check_final_hash(directory: Path, module: nn.Module, spec: ModelSpec) -> None:
+    """With a card, the network's parameters must be the final model the ledger names: a
+    model file replaced or edited after the export is refused, not used."""
+    if not (directory / "card.json").exists():
+        return
+    expected = _read_json(directory / "card.json").get("final_model_hash")
+    try:
+        actual = params_hash(flatten(module, spec)).hex()
+    except LayoutMismatch as exc:
+        raise ExportError(
+            f"{directory}: the model file does not have the structure of model.json ({exc})"
+        ) from None
+    if actual != expected:
+        raise ExportError(
+            f"{directory}: the model file's parameters hash to {actual[:16]}, but card.json names the "
+            f"swarm's final model {str(expected)[:16]}: the model file was changed after the export"
+        )
+
+
 def load_export(directory: Path) -> ExportedModel:
     """An export directory (`write_export`) loaded back: the network in eval mode and its
-    preprocessing."""
+    preprocessing; with a card.json, only if the network is the card's final model."""
     model_json = _read_json(directory / "model.json")
     fmt, name = model_json.pop("export_format", None), model_json.pop("file", None)
     if fmt not in EXPORT_FORMATS or not isinstance(name, str):
@@ -414,8 +435,10 @@ def load_export(directory: Path) -> ExportedModel:
     except ValueError as exc:
         raise ExportError(f"{directory / 'model.json'}: {exc}") from None
     pre = _read_json(directory / "preprocess.json")
+    module = _load_network(directory, spec, fmt, directory / name)
+    _check_final_hash(directory, module, spec)
     return ExportedModel(
-        module=_load_network(directory, spec, fmt, directory / name),
+        module=module,
         spec=spec,
         preprocessor=_preprocessor(pre, directory / "preprocess.json"),
         class_names=tuple(pre["class_names"]),
@@ -465,13 +488,35 @@ def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset,
     """(data, labelled): the file as training read it, or a CSV without the label column."""
     label_column = exported.label_column
     path = Path(source)
-    if path.suffix.lower() == ".csv" and label_column is not None and path.is_file():
+    if path.suffix.lower() == ".csv" and path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
             header = [h.strip() for h in next(csv.reader(handle), [])]
-        if label_column not in header:
+        if label_column is None or label_column not in header:
             return _unlabelled_csv(path, exported.class_names), False
     data = load_dataset(source, label_column=label_column, positive_class=exported.positive_class)
     return _labels_as_trained(data, exported.class_names), True
+
+
+def _aligned_features(data: Dataset, preprocessor: Preprocessor) -> Dataset:
+    """The file's feature columns put in the model's order by name; missing (and, without a
+    gene list, unexpected) columns are refused, listed."""
+    expected = preprocessor.config.genes or preprocessor.feature_names
+    missing = [f for f in expected if f not in data.feature_names]
+    extra = (
+        [] if preprocessor.config.genes is not None else [f for f in data.feature_names if f not in expected]
+    )
+    if missing or extra:
+        raise DatasetError(
+            f"{data.source}: feature columns differ from the model's ({len(expected)} in preprocess.json): "
+            f"missing {_listed(missing)}, unexpected {_listed(extra)}"
+        )
+    return data.select_features(expected)
+
+
+def _listed(names: Sequence[str]) -> str:
+    return (
+        "none" if not names else ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+    )
 
 
 def predict_file(directory: Path, source: str, out: Path) -> tuple[int, Metrics | None]:
@@ -481,7 +526,7 @@ def predict_file(directory: Path, source: str, out: Path) -> tuple[int, Metrics 
     column. Returns the row count and the metrics on the file's labels (None without)."""
     exported = load_export(directory)
     data, labelled = _read_for_prediction(source, exported)
-    processed = exported.preprocessor.transform(data)
+    processed = exported.preprocessor.transform(_aligned_features(data, exported.preprocessor))
     x = torch.from_numpy(processed.features.copy())
     y = torch.from_numpy(processed.labels.copy())
     metrics = evaluate_model(exported.module, x, y, len(exported.class_names)) if labelled else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,75 @@ def test_predict_refuses_a_directory_that_is_no_export(
     data.write_text("a,y\n1,0\n2,1\n")
     assert main(["predict", "--model", str(tmp_path), "--data", str(data)]) == 2
     assert "model.json: not found" in capsys.readouterr().err
+
+
+def _exported(testnet: Path, out: Path) -> Path:
+    assert main(["export", "--config", str(testnet / "site0" / "site.toml"), "--out", str(out)]) == 0
+    return out
+
+
+def _probabilities(path: Path) -> list[list[str]]:
+    with path.open() as handle:
+        return [[v for k, v in row.items() if k.startswith("p_")] for row in csv.DictReader(handle)]
+
+
+def test_predict_aligns_csv_columns_by_name_and_lists_missing_ones(
+    testnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.data import load_dataset
+
+    out = _exported(testnet, tmp_path / "export")
+    test = load_dataset(testnet / "data" / "test.npz")
+    reference = tmp_path / "reference.csv"
+    assert main(["predict", "--model", str(out), "--data", str(testnet / "data" / "test.npz"),
+                 "--out", str(reference)]) == 0  # fmt: skip
+    reversed_csv = tmp_path / "reversed.csv"  # no label column, columns in reverse order
+    with reversed_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(test.feature_names[::-1])
+        writer.writerows([repr(float(v)) for v in row[::-1]] for row in test.features)
+    predicted = tmp_path / "reversed.predictions.csv"
+    assert main(["predict", "--model", str(out), "--data", str(reversed_csv), "--out", str(predicted)]) == 0
+    assert "no labels in the data: no metrics" in capsys.readouterr().out
+    assert _probabilities(predicted) == _probabilities(reference)
+
+    short = tmp_path / "short.csv"
+    with short.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(test.feature_names[1:])
+        writer.writerows([repr(float(v)) for v in row[1:]] for row in test.features)
+    assert main(["predict", "--model", str(out), "--data", str(short), "--out", str(tmp_path / "s.csv")]) == 2
+    assert f"missing {test.feature_names[0]!r}, unexpected none" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_model_file_changed_after_the_export(
+    testnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An attacker (or an accident) swaps the exported weights for others: card.json names the
+    ledger's final model hash, and predict refuses weights that do not hash to it."""
+    import torch
+
+    out = _exported(testnet, tmp_path / "export")
+    state = torch.load(out / "model.pt", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    torch.save(state, out / "model.pt")
+    data = str(testnet / "data" / "test.npz")
+    assert main(["predict", "--model", str(out), "--data", data, "--out", str(tmp_path / "p.csv")]) == 2
+    assert "the model file was changed after the export" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_export_refuses_a_stored_final_model_that_does_not_match_the_ledger(
+    testnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "tn"
+    shutil.copytree(testnet, copy)
+    final = json.loads((copy / "site0" / "state" / "metrics.json").read_text())["final_hash"]
+    stored = copy / "site0" / "state" / "models" / f"{final}.f32"
+    data = bytearray(stored.read_bytes())
+    data[0] ^= 1
+    stored.write_bytes(bytes(data))
+    assert main(["export", "--config", str(copy / "site0" / "site.toml"), "--out", str(tmp_path / "x")]) == 2
+    assert "contents do not match the ledger's hash" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "model.pt").exists()
