@@ -209,7 +209,7 @@ def write_export(
 # -- one site's final model, rebuilt from its files ------------------------------------------
 
 
-def _final_parameters(config: NodeConfig, digest: bytes, n_params: int) -> FloatVector:
+def _stored_merged_model(config: NodeConfig, digest: bytes, n_params: int) -> FloatVector:
     path = config.node.storage_dir / "models" / f"{digest.hex()}.f32"
     try:
         data = path.read_bytes()
@@ -242,11 +242,11 @@ def site_final_model(config: NodeConfig, record: LedgerRecord) -> FinalModel:
         agreement = PooledMoments(trainer.feature_moments(), n_params, source=str(config.source))
         merged = [r.merged_hash for r in record.rounds if r.merged_hash is not None]
         for digest in merged[: agreement.rounds]:
-            agreement.merged(_final_parameters(config, digest, n_params))
+            agreement.merged(_stored_merged_model(config, digest, n_params))
         trainer.standardize_with(agreement.result())
     return FinalModel(
         spec=config.model,
-        parameters=_final_parameters(config, record.stopped.final_model_hash, n_params),
+        parameters=_stored_merged_model(config, record.stopped.final_model_hash, n_params),
         preprocessor=trainer.preprocessor,
         class_names=trainer.class_names,
         label_column=config.data.label_column,
@@ -283,6 +283,11 @@ def site_card(config: NodeConfig, record: LedgerRecord, statistics_rounds: int) 
         metrics = load_metrics(config.node.storage_dir / METRICS_FILE) or {}
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+    if metrics.get("chain_id") not in (None, record.chain_id.hex()):
+        raise ExportError(
+            f"{config.node.storage_dir / METRICS_FILE}: metrics of chain {str(metrics['chain_id'])[:16]}, "
+            f"not of this site's chain {record.chain_id.hex()[:16]}"
+        )
     last = next((m for m in reversed(metrics.get("rounds", [])) if m.get("kind") == "training"), None)
     assert record.stopped is not None
     return {
