@@ -295,6 +295,11 @@ class LocalTrainer:
         return torch.from_numpy(processed.features.copy()), torch.from_numpy(processed.labels.copy())
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the classes the model's outputs stand for, in output order."""
+        return self._train_data.class_names
+
+    @property
     def preprocessor(self) -> Preprocessor:
         """The preprocessing applied to training, validation and evaluation data."""
         return self._preprocessor

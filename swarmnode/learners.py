@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.flatten import FloatVector, flatten, layout_of, unflatten
-from models.preprocess import FeatureMoments
+from models.preprocess import FeatureMoments, Preprocessor
 from models.training import (
     LocalObjective,
     LocalTrainer,
@@ -70,6 +70,14 @@ class SpecLearner:
     @property
     def num_samples(self) -> int:
         return self.trainer.num_samples
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trainer.model
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.trainer.preprocessor
 
     def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
         if unit != "epochs":

@@ -56,7 +56,7 @@ from torch import nn
 from consensus.genesis import Genesis
 from models.data import Dataset, load_dataset
 from models.flatten import FloatVector
-from models.preprocess import FeatureMoments, PooledMoments, statistics_rounds
+from models.preprocess import FeatureMoments, PooledMoments, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
 from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
 
@@ -156,7 +156,14 @@ class RoundRecord:
 @dataclass(frozen=True, eq=False, kw_only=True)
 class TrainingSummary:
     """How training ended. `parameters` is the final model (the swarm's final merge
-    if it stopped with one, else this site's last merged or local parameters)."""
+    if it stopped with one, else this site's last merged or local parameters).
+
+    model:        the trained torch module holding `parameters` (the learner's own: a
+                  `models.LocalTrainer`'s network or the module given to `from_torch`).
+    preprocessor: what that model's inputs need first (a `models.LocalTrainer`'s, with the
+                  swarm's pooled statistics under swarm standardisation); None for a
+                  `from_torch` model, whose data the caller prepares.
+    `swarmnode.export.write_export` writes both (and the spec) to a directory."""
 
     parameters: FloatVector
     rounds: tuple[RoundRecord, ...]
@@ -164,6 +171,8 @@ class TrainingSummary:
     final_hash: bytes | None
     metric: str
     test: Metrics | None
+    model: nn.Module | None = None
+    preprocessor: Preprocessor | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -445,6 +454,8 @@ class SwarmTrainer:
             final_hash=None if final is None else final.params_hash,
             metric=self.metric,
             test=self.learner.test(),
+            model=getattr(self.learner, "model", None),
+            preprocessor=getattr(self.learner, "preprocessor", None),
         )
         for callback in self.callbacks:
             callback.on_stop(summary)

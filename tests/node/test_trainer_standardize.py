@@ -235,3 +235,50 @@ def test_site_toml_standardize_errors_name_file_key_and_value(tmp_path: Path, va
     assert "'swarm', 'local', 'none'" in message
     with pytest.raises(ConfigError, match=r"data.preprocess.standardize = 'loc'"):
         NodeConfig.load(path, overrides=["data.preprocess.standardize=loc"])
+
+
+def test_training_summary_exports_the_final_model_with_its_pooled_preprocessing(tmp_path: Path) -> None:
+    """The embedding API's route to `swarmnode predict`: a summary's model and preprocessing
+    written with `write_export` predict a CSV (with and without labels) exactly as the
+    trainer tested."""
+    import csv
+
+    from swarmnode.export import FinalModel, load_export, predict_file, write_export
+
+    sites = two_sites()
+    data = load_dataset("breast_cancer")
+    test = data.subset(np.arange(400, data.n_samples))
+    k = statistics_rounds(30, 35)
+    genesis = genesis_for(SPEC, max_rounds=k + 2)
+    trainers = [SwarmTrainer.from_local_trainer(s, genesis, test_data=test) for s in sites]
+    for round_ in range(1, k + 3):
+        offers = [t.next_sync() for t in trainers]
+        weights = np.array([o.num_samples for o in offers], dtype=np.float64)
+        mean = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
+        merged = (mean / weights.sum()).astype(np.float32)
+        for t in trainers:
+            t.merged(result(round_, merged, int(weights.sum())))
+    summary = trainers[0].finish("max_rounds")
+    assert summary.test is not None
+    assert summary.model is sites[0].model
+    assert summary.preprocessor is sites[0].preprocessor
+    assert summary.preprocessor.config.mode == "swarm"
+
+    final = FinalModel.from_summary(summary, SPEC, test.class_names, label_column="diagnosis")
+    write_export(tmp_path / "export", final)
+    assert load_export(tmp_path / "export").preprocessor.mean.tolist() == summary.preprocessor.mean.tolist()
+    for labelled in (True, False):
+        path = tmp_path / f"test-{labelled}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*test.feature_names, *(["diagnosis"] if labelled else [])])
+            for x, y in zip(test.features, test.labels, strict=True):
+                label = [test.class_names[int(y)]] if labelled else []
+                writer.writerow([*(repr(float(v)) for v in x), *label])
+        rows, metrics = predict_file(tmp_path / "export", str(path), tmp_path / f"pred-{labelled}.csv")
+        assert rows == test.n_samples
+        assert (metrics == summary.test) if labelled else metrics is None
+        with (tmp_path / f"pred-{labelled}.csv").open() as handle:
+            predicted = [r["predicted"] for r in csv.DictReader(handle)]
+        assert len(predicted) == test.n_samples
+        assert set(predicted) <= set(test.class_names)
