@@ -1,0 +1,107 @@
+"""A swarm with genesis ``server_optimizer = "fedadam"`` (secure merge, in-memory network,
+virtual time): the ledger records the merged means, every node hands its trainer the same
+FedAdam global model bit for bit (the optimizer replayed by hand over the ledger's means),
+and a restarted node, with or without its saved optimizer state, recomputes it bit for bit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from consensus.genesis import MergeParam
+from models import logistic_regression
+from models.optimizers import optimizer_named
+from models.optimizers.fedadam import fedadam_step
+from models.optimizers.state import first_state
+from swarmnode.global_models import STATE_FILE
+from swarmnode.net.memory import open_memory_network
+from swarmnode.node import MergeResult, Node, SwarmStopped
+from swarmnode.simswarm import SwarmPlan
+
+SPEC = logistic_regression(30, 2)
+N_PARAMS = 62
+SITES = 3
+ROUNDS = 4
+pytestmark = pytest.mark.timeout(300)
+
+
+async def merge_until_stopped(i: int, node: Node) -> list[MergeResult]:
+    """Contribute what a site's training might: the model received, moved by a site offset."""
+    results: list[MergeResult] = []
+    params = np.linspace(-1.0, 1.0, N_PARAMS, dtype=np.float32) * (i + 1)
+    while True:
+        try:
+            result = await node.merge(params, 10 + i, timeout=900)
+        except SwarmStopped:
+            return results
+        results.append(result)
+        if result.stopped:
+            return results
+        params = result.parameters + np.float32(0.05 * (i + 1))
+
+
+async def test_fedadam_swarm_hands_every_node_the_same_global_model_and_a_restart_replays_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=SITES, max_rounds=ROUNDS)
+    server_params = (MergeParam(name="server_lr", value=0.1), MergeParam(name="tau", value=0.01))
+    training = replace(plan.genesis.training, server_optimizer="fedadam", server_params=server_params)
+    genesis = replace(plan.genesis, training=training)
+    received: dict[int, list[MergeResult]] = {}
+    means: list[np.ndarray] = []
+    async with open_memory_network(seed=3) as net:
+
+        async def site(i: int) -> None:
+            async with plan.open_node(i, net, genesis=genesis) as node:
+                received[i] = await merge_until_stopped(i, node)
+                await node.wait_stopped()
+                if i == 0:
+                    for result in received[0]:
+                        means.append(np.array(await node.merged_parameters(result.params_hash)))
+
+        with trio.fail_after(3000):
+            async with trio.open_nursery() as nursery:
+                for i in range(SITES):
+                    nursery.start_soon(site, i)
+
+        rounds = [r.round for r in received[0]]
+        assert len(rounds) == ROUNDS
+        for i in range(1, SITES):  # every node: the same rounds, means and global models, bit for bit
+            assert [r.round for r in received[i]] == rounds
+            assert [r.params_hash for r in received[i]] == [r.params_hash for r in received[0]]
+            assert [r.parameters.tobytes() for r in received[i]] == [
+                r.parameters.tobytes() for r in received[0]
+            ]
+        # What nodes got is FedAdam over the ledger's means, replayed by hand.
+        settings = optimizer_named("fedadam").settings({p.name: p.value for p in server_params})
+        state = first_state(means[0])
+        expected = [state.global_model()]
+        for mean in means[1:]:
+            state = fedadam_step(state, mean, settings)
+            expected.append(state.global_model())
+        assert [r.parameters.tobytes() for r in received[0]] == [e.tobytes() for e in expected]
+        assert received[0][0].parameters.tobytes() == means[0].tobytes()  # the first round: its mean
+        for result, mean in zip(received[0][1:], means[1:], strict=True):
+            assert not np.array_equal(result.parameters, mean)  # the optimizer moved it
+
+    final = received[0][-1]
+    state_file = plan.configs[0].node.storage_dir / STATE_FILE
+    # Restarted alone (nobody to ask: its own ledger and disk), from its saved optimizer
+    # state, then without it: replaying every merged round.
+    for keep_state in (True, False):
+        if not keep_state:
+            state_file.unlink()
+        async with (
+            open_memory_network(seed=4) as alone,
+            plan.open_node(0, alone, genesis=genesis) as restarted,
+        ):
+            latest = await restarted.latest_model()
+        assert latest is not None
+        assert latest.params_hash == final.params_hash
+        assert latest.parameters.tobytes() == final.parameters.tobytes()
+    assert state_file.exists()  # written again by the replay
