@@ -1,7 +1,9 @@
 """A swarm with genesis ``server_optimizer = "fedadam"`` (secure merge, in-memory network,
 virtual time): the ledger records the merged means, every node hands its trainer the same
 FedAdam global model bit for bit (the optimizer replayed by hand over the ledger's means),
-and a restarted node, with or without its saved optimizer state, recomputes it bit for bit."""
+and a restarted node, with or without its saved optimizer state, recomputes it bit for bit.
+With ``merge_method = "fedprox"`` as well, `SwarmTrainer` trains every site from that same
+global model (FedProx's anchor)."""
 
 from __future__ import annotations
 
@@ -10,18 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trio
 import trio.testing
 
 from consensus.genesis import MergeParam
-from models import logistic_regression
+from models import LocalTrainer, TrainConfig, load_sklearn, logistic_regression, preset_scenario, split_sites
+from models.flatten import FloatVector
 from models.optimizers import optimizer_named
 from models.optimizers.fedadam import fedadam_step
 from models.optimizers.state import first_state
+from models.preprocess import PreprocessConfig
+from models.training import LocalObjective, Metrics
 from swarmnode.global_models import STATE_FILE
+from swarmnode.learners import SpecLearner
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.trainer import SwarmTrainer
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -105,3 +113,80 @@ async def test_fedadam_swarm_hands_every_node_the_same_global_model_and_a_restar
         assert latest.params_hash == final.params_hash
         assert latest.parameters.tobytes() == final.parameters.tobytes()
     assert state_file.exists()  # written again by the replay
+
+
+class LoadRecorder:
+    """A `LocalLearner` around a site's learner: every model the trainer loads into it."""
+
+    def __init__(self, inner: SpecLearner) -> None:
+        self.inner = inner
+        self.loaded: list[bytes] = []
+
+    @property
+    def num_samples(self) -> int:
+        return self.inner.num_samples
+
+    def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
+        assert objective is not None  # FedProx's term, anchored at the model loaded last
+        return self.inner.train(amount, unit, objective)
+
+    def parameters(self) -> FloatVector:
+        return self.inner.parameters()
+
+    def load(self, parameters: FloatVector) -> None:
+        self.loaded.append(np.asarray(parameters, dtype="<f4").tobytes())
+        self.inner.load(parameters)
+
+    def validate(self) -> Metrics | None:
+        return self.inner.validate()
+
+    def test(self) -> Metrics | None:
+        return self.inner.test()
+
+
+async def test_fedprox_with_fedadam_trains_every_site_from_the_same_global_model(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    torch.set_num_threads(1)
+    data = load_sklearn("breast_cancer", positive_class="malignant")
+    split = split_sites(data.labels, preset_scenario("uneven_class", SITES), 0)
+    config = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, batch_size=32)
+    spec = logistic_regression(data.n_features, data.n_classes)
+    plan = SwarmPlan.create(tmp_path, spec, founders=SITES, max_rounds=3, train=config)
+    training = replace(
+        plan.genesis.training,
+        merge_method="fedprox",
+        merge_params=(MergeParam(name="mu", value=0.1),),
+        server_optimizer="fedadam",
+        server_params=(MergeParam(name="server_lr", value=0.05),),
+    )
+    genesis = replace(plan.genesis, training=training)
+    learners = [
+        LoadRecorder(
+            SpecLearner(
+                LocalTrainer(
+                    spec, split.site_data(data, i), config, generator=torch.Generator().manual_seed(i),
+                    preprocess=PreprocessConfig(standardize="local"),
+                ),
+                None,
+            )
+        )
+        for i in range(SITES)
+    ]  # fmt: skip
+    final_means: list[bytes] = []
+    async with open_memory_network(seed=5) as net:
+
+        async def site(i: int) -> None:
+            async with plan.open_node(i, net, genesis=genesis) as node:
+                trainer = SwarmTrainer(learners[i], genesis, sync_every=2)
+                summary = await trainer.arun(node, inline_compute=True)
+                assert summary.final_hash is not None
+                final_means.append((await node.merged_parameters(summary.final_hash)).tobytes())
+
+        with trio.fail_after(3000):
+            async with trio.open_nursery() as nursery:
+                for i in range(SITES):
+                    nursery.start_soon(site, i)
+    assert len(learners[0].loaded) >= 3
+    assert all(learner.loaded == learners[0].loaded for learner in learners)  # bit for bit
+    assert learners[0].loaded[-1] != final_means[0]  # the global model, not the ledger's mean
