@@ -16,7 +16,7 @@ import torch
 import trio
 import trio.testing
 
-from consensus.genesis import MergeParam
+from consensus.genesis import Genesis, MergeParam
 from models import LocalTrainer, TrainConfig, load_sklearn, logistic_regression, preset_scenario, split_sites
 from models.flatten import FloatVector
 from models.optimizers import optimizer_named
@@ -24,6 +24,7 @@ from models.optimizers.fedadam import fedadam_step
 from models.optimizers.state import first_state
 from models.preprocess import PreprocessConfig
 from models.training import LocalObjective, Metrics
+from swarmnode.api import create_local_swarm
 from swarmnode.global_models import STATE_FILE
 from swarmnode.learners import SpecLearner
 from swarmnode.net.memory import open_memory_network
@@ -190,3 +191,11 @@ async def test_fedprox_with_fedadam_trains_every_site_from_the_same_global_model
     assert len(learners[0].loaded) >= 3
     assert all(learner.loaded == learners[0].loaded for learner in learners)  # bit for bit
     assert learners[0].loaded[-1] != final_means[0]  # the global model, not the ledger's mean
+
+
+def test_create_local_swarm_writes_the_server_optimizer_and_its_parameters(tmp_path: Path) -> None:
+    configs = create_local_swarm(
+        tmp_path, 3, model=SPEC, server_optimizer="fedyogi", server_params={"tau": 0.01}
+    )
+    training = Genesis.load(configs[0].ledger.genesis).training
+    assert (training.server_optimizer, training.server_settings()["tau"]) == ("fedyogi", 0.01)
