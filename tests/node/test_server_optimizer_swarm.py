@@ -1,7 +1,8 @@
 """A swarm with genesis ``server_optimizer = "fedadam"`` (secure merge, in-memory network,
 virtual time): the ledger records the merged means, every node hands its trainer the same
 FedAdam global model bit for bit (the optimizer replayed by hand over the ledger's means),
-and a restarted node, with or without its saved optimizer state, recomputes it bit for bit.
+and a restarted node, with or without its saved optimizer state, recomputes it bit for bit,
+as does a node joining late (replaying the means it fetches from its peers).
 With ``merge_method = "fedprox"`` as well, `SwarmTrainer` trains every site from that same
 global model (FedProx's anchor)."""
 
@@ -199,3 +200,52 @@ def test_create_local_swarm_writes_the_server_optimizer_and_its_parameters(tmp_p
     )
     training = Genesis.load(configs[0].ledger.genesis).training
     assert (training.server_optimizer, training.server_settings()["tau"]) == ("fedyogi", 0.01)
+
+
+async def test_a_late_joiner_replays_the_optimizer_from_its_peers_and_agrees_bit_for_bit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=SITES, joiners=1, max_rounds=5)
+    training = replace(plan.genesis.training, server_optimizer="fedyogi")
+    genesis = replace(plan.genesis, training=training)
+    joiner_id = plan.ids[SITES]
+    received: dict[int, list[MergeResult]] = {}
+    nodes: dict[int, Node] = {}
+    up = trio.Event()
+    joined_with: list[MergeResult] = []
+
+    async def founder(i: int) -> None:
+        async with plan.open_node(i, net, genesis=genesis) as node:
+            nodes[i] = node
+            up.set()
+            received[i] = await merge_until_stopped(i, node)
+            await node.wait_stopped()
+
+    async def joiner() -> None:
+        async with plan.open_node(SITES, net, genesis=genesis) as node:
+            member = nodes[0]
+            await member.submit_transaction(node.join_request())
+            await member.wait_for(lambda c: any(p.node_id == joiner_id for p in c.pending_joins()))
+            await member.approve(joiner_id)
+            await node.wait_for(lambda c: c.member(joiner_id) is not None and c.key_epoch().complete)
+            latest = await node.latest_model()  # its disk is empty: every mean comes from peers
+            assert latest is not None
+            joined_with.append(latest)
+            received[SITES] = await merge_until_stopped(SITES, node)
+            await node.wait_stopped()
+
+    async with open_memory_network(seed=6) as net:
+        with trio.fail_after(3000):
+            async with trio.open_nursery() as nursery:
+                for i in range(SITES):
+                    nursery.start_soon(founder, i)
+                await up.wait()
+                await nodes[0].wait_for(lambda c: c.state.merged_rounds >= 2)
+                nursery.start_soon(joiner)
+
+    by_round = {r.round: r.parameters.tobytes() for r in received[0]}
+    assert joined_with[0].round >= 2
+    assert joined_with[0].parameters.tobytes() == by_round[joined_with[0].round]
+    assert received[SITES], "the joiner took part in no round"
+    for result in received[SITES]:
+        assert result.parameters.tobytes() == by_round[result.round]
