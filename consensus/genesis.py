@@ -27,6 +27,7 @@ from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId
 from crypto.quorum import min_contributions
+from models.optimizers import optimizer_named
 from models.rules import UnknownRuleError, rule_named
 
 GENESIS_VERSION: Final = 1
@@ -210,6 +211,10 @@ class TrainingParams:
     model_spec_hash: bytes
     merge_method: str = "mean"  # a rule of `models.rules.RULES`
     merge_params: tuple[MergeParam, ...] = ()  # the rule's parameters; absent ones take its defaults
+    # What the members train from after a merge: an optimizer of `models.optimizers.OPTIMIZERS`
+    # applied to the ledger's merged means ("none": the mean itself) and its parameters.
+    server_optimizer: str = "none"
+    server_params: tuple[MergeParam, ...] = ()
     secure: bool = True
     min_peers: int = 2
     sync_every: int = 1
@@ -237,6 +242,7 @@ class TrainingParams:
             f"must be a {HASH_SIZE}-byte SHA-256",
         )
         self._check_merge_rule()
+        self._check_server_optimizer()
         # One contribution would be decrypted alone: never allowed, so at least two.
         _require(2 <= self.min_peers <= MAX_FOUNDING_MEMBERS, "training.min_peers", "must be 2-256")
         _require(1 <= self.sync_every <= 1_000_000, "training.sync_every", "must be 1-1000000")
@@ -262,6 +268,24 @@ class TrainingParams:
             raise ValueError(f"training.merge_params: {exc}") from None
         except ValueError as exc:  # "mu: must be in ..."
             raise ValueError(f"training.merge_params.{exc}") from None
+
+    def _check_server_optimizer(self) -> None:
+        try:
+            optimizer = optimizer_named(self.server_optimizer)
+        except UnknownRuleError as exc:
+            raise ValueError(f"training.server_optimizer: {exc}") from None
+        names = [p.name for p in self.server_params]
+        _require(len(set(names)) == len(names), "training.server_params", "a parameter is given twice")
+        try:
+            optimizer.settings({p.name: p.value for p in self.server_params})
+        except UnknownRuleError as exc:
+            raise ValueError(f"training.server_params: {exc}") from None
+        except ValueError as exc:  # "beta_1: must be in ..."
+            raise ValueError(f"training.server_params.{exc}") from None
+
+    def server_settings(self) -> dict[str, float]:
+        """Every parameter of the server optimizer: the genesis values, else its defaults."""
+        return optimizer_named(self.server_optimizer).settings({p.name: p.value for p in self.server_params})
 
     def merge_settings(self) -> dict[str, float]:
         """Every parameter of the merge rule: the genesis values, else the rule's defaults."""
@@ -375,6 +399,7 @@ class Genesis:
             f"swarm {self.name!r}  chain id {self.chain_id.hex()}",
             f"join policy: {policy}",
             f"training: merge {t.merge_method}{_settings_text(t.merge_params)} "
+            f"server optimizer {t.server_optimizer}{_settings_text(t.server_params)} "
             f"({'secure' if t.secure else 'PLAINTEXT updates'}), "
             f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
             f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}, "

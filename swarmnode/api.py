@@ -504,6 +504,8 @@ def create_local_swarm(
     sync_every: int = 1,
     merge_method: str = "mean",
     merge_params: Mapping[str, float] | None = None,
+    server_optimizer: str = "none",
+    server_params: Mapping[str, float] | None = None,
     secure: bool = True,
     timeouts: Timeouts | None = None,
     training: TrainConfig | None = None,
@@ -516,7 +518,8 @@ def create_local_swarm(
     Site i is named ``site-<i>``, keeps its key at ``site-<i>/node.key`` and its
     state in ``site-<i>/state``; the genesis (``genesis.cbor``) lists every site as
     a founding member and fixes `model`'s spec hash and the training rules (`merge_method`
-    and its `merge_params` from `models.rules`, e.g. ``"fedprox", {"mu": 0.1}``). Meant
+    and `merge_params` from `models.rules`, e.g. ``"fedprox", {"mu": 0.1}``; `server_optimizer`
+    and `server_params` from `models.optimizers`, e.g. ``"fedadam", {"tau": 0.01}``). Meant
     for `local_swarm` and examples: the sites have no network addresses.
     """
     if n_sites < 1:
@@ -534,14 +537,13 @@ def create_local_swarm(
         identities.append(identity)
     genesis = Genesis(
         name="local-swarm",
-        members=tuple(
-            FoundingMember(name=f"site-{i}", node_id=identity.node_id)
-            for i, identity in enumerate(identities)
-        ),
+        members=tuple(FoundingMember(name=f"site-{i}", node_id=n.node_id) for i, n in enumerate(identities)),
         training=TrainingParams(
             model_spec_hash=model.spec_hash(),
             merge_method=merge_method,
             merge_params=tuple(MergeParam(name=k, value=v) for k, v in (merge_params or {}).items()),
+            server_optimizer=server_optimizer,
+            server_params=tuple(MergeParam(name=k, value=v) for k, v in (server_params or {}).items()),
             secure=secure,
             min_peers=min_peers,
             sync_every=sync_every,

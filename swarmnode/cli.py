@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
 from consensus.genesis import DEFAULT_CKKS_PARAMS, METRIC_GOALS, SYNC_UNITS, Timeouts
+from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
 
 from . import __version__
@@ -189,6 +190,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         model=model_config.model,
         merge_method=args.merge,
         merge_params=tuple(parse_merge_param(p) for p in args.merge_param),
+        server_optimizer=args.server_optimizer,
+        server_params=tuple(parse_merge_param(p, "--server-param") for p in args.server_param),
         secure=args.secure,
         min_peers=args.min_peers,
         sync_every=args.sync_every,
@@ -540,6 +543,10 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
     p.add_argument("--merge", choices=RULE_NAMES, default="mean", help="merge rule (default mean)")
     p.add_argument("--merge-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. mu=0.01")
+    p.add_argument(
+        "--server-optimizer", choices=OPTIMIZER_NAMES, default="none", help="applied to each merged mean"
+    )
+    p.add_argument("--server-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. tau=0.01")
     p.add_argument(
         "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
     )

@@ -35,6 +35,7 @@ from .behaviour import Behaviour
 from .blobstore import RETRY_FIRST, RETRY_MAX, BlobStore
 from .compute import OnceCache, concurrently
 from .epochs import KeyEpochs, Submit
+from .global_models import GlobalModels
 from .keystore import NodeFiles
 from .merge_scheme import MergeScheme
 from .net.base import Transport, TransportError
@@ -89,7 +90,8 @@ class JobRunner:
 
     def __init__(
         self, contract: Contract, genesis: Genesis, transport: Transport, files: NodeFiles, submit: Submit,
-        epochs: KeyEpochs, blobs: BlobStore, scheme: MergeScheme, results: ResultSink, once: OnceCache,
+        epochs: KeyEpochs, blobs: BlobStore, global_models: GlobalModels, scheme: MergeScheme,
+        results: ResultSink, once: OnceCache,
         behaviour: Behaviour, crash: Callable[[], None], log: logging.Logger,
     ) -> None:  # fmt: skip
         self._contract = contract
@@ -100,6 +102,7 @@ class JobRunner:
         self.submit = submit
         self._epochs = epochs
         self._blobs = blobs
+        self._global_models = global_models
         self._scheme = scheme
         self._results = results
         self._once = once
@@ -131,7 +134,7 @@ class JobRunner:
             now=trio.current_time(),
             wanted=wanted,
             key_epochs=frozenset(self._epochs.keys),
-            held_models=frozenset(self._blobs.models),
+            held_models=frozenset(self._global_models.models),  # what a delivery hands out
             stage_since=self._stage_since,
             epoch_stage_since=self._epoch_stage_since,
         )
@@ -254,7 +257,7 @@ class JobRunner:
         elif isinstance(job, CombineShares):
             await self._combine(job)
         elif isinstance(job, LoadMerged):
-            await self._blobs.merged_parameters(job.params_hash)
+            await self._global_models.ensure(job.params_hash)
         else:
             assert isinstance(job, SubmitPhaseTimeout)
             self._log.info("round %d: %s deadline passed (step %d)", job.round, job.phase, job.step)

@@ -44,6 +44,7 @@ from .blobstore import REPLICATE_PROTOCOL, REPLICATE_TIMEOUT, BlobStore, Replica
 from .compute import Compute, OnceCache
 from .config import NodeConfig
 from .epochs import EpochBundle, KeyEpochs
+from .global_models import GlobalModels
 from .jobs import JobRunner, MergeRequest
 from .keystore import NodeFiles
 from .ledgershell import BLOCKS_PROTOCOL, CONSENSUS_TOPIC, LedgerShell
@@ -168,10 +169,11 @@ class Node:
             scheme = PlainMerge(
                 genesis, self.node_id, self.n_params, self.blobs.fetch, self.blobs.keep, compute
             )
-        self.results: Final = ResultSink(self.contract, self.blobs.models, storage, log)
+        self.global_models: Final = GlobalModels(genesis.training, self.contract, self.blobs, storage, log)
+        self.results: Final = ResultSink(self.contract, self.global_models.models, storage, log)
         self.jobs: Final = JobRunner(
             self.contract, genesis, transport, self.files, self.ledger.submit, self.epochs, self.blobs,
-            scheme, self.results, once, behaviour, self._crash, log,
+            self.global_models, scheme, self.results, once, behaviour, self._crash, log,
         )  # fmt: skip
         self._closed = False
         self._crashed = False
@@ -296,9 +298,9 @@ class Node:
         for closed in reversed(self.contract.history()):
             if closed.outcome == MERGED and closed.merged_hash is not None:
                 digest = closed.merged_hash
-                if digest not in self.blobs.models:
+                if digest not in self.global_models.models:
                     with trio.fail_after(timeout):
-                        await self.blobs.merged_parameters(digest)
+                        await self.global_models.ensure(digest)
                 stopped = self.contract.final_model_hash == digest
                 return self.results.result(
                     closed.number, digest, closed.participants, closed.contributor_weight, stopped

@@ -45,7 +45,11 @@ class NodeClosed(SwarmError):
 @final
 @dataclass(frozen=True, slots=True, eq=False)
 class MergeResult:
-    """One merged round as this node received it; `parameters` is bit-identical on every node."""
+    """One merged round as this node received it; `parameters` is bit-identical on every node.
+
+    parameters:  the model to train from: the genesis server optimizer's global model
+                 (`swarmnode.global_models`), the merged mean itself without one.
+    params_hash: the ledger's hash of the round's merged mean (``MergedModel.params_hash``)."""
 
     round: int
     parameters: FloatVector
@@ -119,8 +123,9 @@ class Waiter:
 
 @final
 class ResultSink:
-    """Merged rounds and the stop as the caller sees them. `models` is the blob store's map
-    of held merged models (read-only vectors; a result hands out a copy)."""
+    """Merged rounds and the stop as the caller sees them. `models` maps a merged mean's
+    ledger hash to the global model held for it (`GlobalModels.models`; read-only vectors,
+    a result hands out a copy)."""
 
     def __init__(
         self, contract: Contract, models: Mapping[bytes, FloatVector], storage_dir: Path, log: logging.Logger

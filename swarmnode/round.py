@@ -76,7 +76,7 @@ class LocalFacts:
     now: float
     wanted: MergeWanted | None = None
     key_epochs: frozenset[int] = frozenset()  # key epochs whose keys (own secret, dealer shares) we hold
-    held_models: frozenset[bytes] = frozenset()  # merged parameter hashes we hold locally
+    held_models: frozenset[bytes] = frozenset()  # merged hashes whose global model we hold
     stage_since: tuple[Stage, float] | None = None  # when we first saw the stage
     epoch_stage_since: tuple[EpochStageKey, float] | None = None  # same for the key-epoch stage
     want_final_model: bool = True  # fetch the final model once training stopped

@@ -363,14 +363,15 @@ def parse_threshold(text: str) -> DecryptionThreshold:
         raise SetupError(f"--threshold {text!r}: {exc}{detail}") from None
 
 
-def parse_merge_param(text: str) -> MergeParam:
-    """``NAME=VALUE``: one parameter of the merge rule (e.g. ``mu=0.01`` for fedprox)."""
+def parse_merge_param(text: str, option: str = "--merge-param") -> MergeParam:
+    """``NAME=VALUE``: one parameter of the merge rule (e.g. ``mu=0.01`` for fedprox) or,
+    given as `option` ``--server-param``, of the server optimizer."""
     name, sep, value = text.partition("=")
     try:
         return MergeParam(name=name.strip(), value=float(value))
     except ValueError:
         detail = "" if sep else " (expected NAME=VALUE, e.g. mu=0.01)"
-        raise SetupError(f"--merge-param {text!r}: VALUE must be a number{detail}") from None
+        raise SetupError(f"{option} {text!r}: VALUE must be a number{detail}") from None
 
 
 def parse_join_policy(text: str) -> JoinPolicy:
@@ -394,6 +395,8 @@ class GenesisSettings:
     model: ModelSpec
     merge_method: str = "mean"
     merge_params: tuple[MergeParam, ...] = ()
+    server_optimizer: str = "none"
+    server_params: tuple[MergeParam, ...] = ()
     secure: bool = True
     min_peers: int = 2
     sync_every: int = 1
@@ -430,6 +433,8 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                 model_spec_hash=s.model.spec_hash(),
                 merge_method=s.merge_method,
                 merge_params=s.merge_params,
+                server_optimizer=s.server_optimizer,
+                server_params=s.server_params,
                 secure=s.secure,
                 min_peers=s.min_peers,
                 sync_every=s.sync_every,

@@ -59,6 +59,19 @@ class RuleParam:
             )
 
 
+def checked_settings(owner: str, params: Sequence[RuleParam], given: Mapping[str, float]) -> dict[str, float]:
+    """Every one of `params`' values: `given` ones checked, the others at their defaults;
+    `owner` (e.g. "merge rule 'fedprox'") names what has no such parameter."""
+    known = {p.name: p for p in params}
+    unknown = sorted(given.keys() - known.keys())
+    if unknown:
+        allowed = ", ".join(known) if known else "none"
+        raise UnknownRuleError(f"{owner} has no parameter {', '.join(unknown)} (its parameters: {allowed})")
+    for name, value in given.items():
+        known[name].check(value)
+    return {p.name: float(given.get(p.name, p.default)) for p in params}
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RuleMath:
@@ -86,16 +99,7 @@ class MergeRule:
 
     def settings(self, given: Mapping[str, float]) -> dict[str, float]:
         """Every parameter's value: `given` ones checked, the others at their defaults."""
-        known = {p.name: p for p in self.params}
-        unknown = sorted(given.keys() - known.keys())
-        if unknown:
-            allowed = ", ".join(known) if known else "none"
-            raise UnknownRuleError(
-                f"merge rule {self.name!r} has no parameter {', '.join(unknown)} (its parameters: {allowed})"
-            )
-        for name, value in given.items():
-            known[name].check(value)
-        return {p.name: float(given.get(p.name, p.default)) for p in self.params}
+        return checked_settings(f"merge rule {self.name!r}", self.params, given)
 
     def load_math(self) -> RuleMath:
         module, _, attribute = self.math.partition(":")

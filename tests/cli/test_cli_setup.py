@@ -270,3 +270,27 @@ def test_report_and_ledger_without_runs_say_what_is_missing(
     # a site that never ran still gets a report page (no plots to draw)
     assert main(["report", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "report" / "report.html").exists()
+
+
+def test_genesis_server_optimizer_and_its_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = init(tmp_path, "a", 7342)
+    base = ["genesis", "--member", member(tmp_path, "a", 7342), "--model-from", str(a), "--no-secure"]
+    out = tmp_path / "adam.cbor"
+    options = ["--merge", "fedprox", "--server-optimizer", "fedadam", "--server-param", "beta_1=0.5"]
+    assert main([*base, *options, "--out", str(out)]) == 0
+    training = Genesis.load(out).training
+    assert (training.merge_method, training.server_optimizer) == ("fedprox", "fedadam")
+    assert training.server_settings()["beta_1"] == 0.5
+    capsys.readouterr()
+    for extra, message in [
+        (["--server-optimizer", "fedadam", "--server-param", "tau=x"], "--server-param 'tau=x': VALUE"),
+        (["--server-optimizer", "fedavgm", "--server-param", "tau=1"], "training.server_params: server"),
+        (["--server-param", "server_lr=1"], "server optimizer 'none' has no parameter server_lr"),
+    ]:
+        assert main([*base, *extra, "--out", str(tmp_path / "bad.cbor")]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+    assert main([*base, "--server-optimizer", "sgd"]) == 2
+    assert "'fedadam', 'fedyogi')" in capsys.readouterr().err

@@ -42,3 +42,34 @@ def test_merge_params_survive_the_genesis_bytes() -> None:
     assert again.training.merge_params == (MergeParam(name="mu", value=1.0),)
     assert again.chain_id == genesis.chain_id
     assert "merge fedprox mu=1" in genesis.describe()
+
+
+def test_genesis_validates_the_server_optimizer_and_its_parameters() -> None:
+    assert TrainingParams(model_spec_hash=SPEC_HASH).server_optimizer == "none"
+    beta = (MergeParam(name="beta_1", value=0.5),)
+    params = TrainingParams(
+        model_spec_hash=SPEC_HASH, merge_method="fedprox", server_optimizer="fedadam", server_params=beta
+    )  # FedProx's local term and FedAdam's step combine
+    assert params.server_settings() == {"server_lr": 0.01, "beta_1": 0.5, "beta_2": 0.99, "tau": 0.001}
+    for optimizer, server_params, message in [
+        ("adam", (), r"training\.server_optimizer: unknown server optimizer 'adam'; registered"),
+        ("fedavgm", beta, r"training\.server_params: .*no parameter beta_1 \(its parameters: server_lr, mom"),
+        ("fedadam", (MergeParam(name="tau", value=0.0),), r"training\.server_params\.tau: must be in"),
+        ("fedyogi", beta + beta, r"training\.server_params: a parameter is given twice"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainingParams(model_spec_hash=SPEC_HASH, server_optimizer=optimizer, server_params=server_params)
+
+
+def test_the_server_optimizer_survives_the_genesis_bytes() -> None:
+    training = TrainingParams(
+        model_spec_hash=SPEC_HASH,
+        server_optimizer="fedyogi",
+        server_params=(MergeParam(name="tau", value=1),),
+    )
+    genesis = Genesis(name="yogi", members=MEMBERS, training=training)
+    again = Genesis.from_bytes(genesis.to_bytes())
+    assert (again.training.server_optimizer, again.training.server_params) == (
+        "fedyogi", (MergeParam(name="tau", value=1.0),),
+    )  # fmt: skip
+    assert "server optimizer fedyogi tau=1" in genesis.describe()
