@@ -7,9 +7,10 @@ the library's shape where it could silently stop applying after an upgrade.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as _gossipsub_module
@@ -34,8 +35,9 @@ def patch_libp2p() -> None:
     The outbound per-message size limit (1 MiB) is kept: gossip stays small.
 
     And each sender's signed peer record is verified once per record, not once per RPC
-    (`verify_each_record_once`), and yamux returns receive credit in batches
-    (`credit_in_batches`).
+    (`verify_each_record_once`), yamux returns receive credit in batches
+    (`credit_in_batches`), and pubsub writes one RPC at a time per stream
+    (`one_write_at_a_time`).
     """
     global _libp2p_patched
     if _libp2p_patched:
@@ -49,6 +51,7 @@ def patch_libp2p() -> None:
     _pubsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _yamux_module.YamuxStream._auto_tune_and_send_window_update = credit_in_batches  # type: ignore[method-assign]
+    _pubsub_module.Pubsub.write_msg = one_write_at_a_time(_pubsub_module.Pubsub.write_msg)  # type: ignore[method-assign,assignment]
     _libp2p_patched = True
 
 
@@ -82,6 +85,29 @@ async def credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
         # data frame from recv_window and warns once it would go below zero.
         self.recv_window += increment
     await self.send_window_update(increment)
+
+
+WriteMsg = Callable[[Any, Any, Any], Awaitable[bool]]
+
+
+def one_write_at_a_time(write_msg: WriteMsg) -> WriteMsg:
+    """Wrap `Pubsub.write_msg` so that RPCs written to one stream never interleave.
+
+    GossipSub writes to a peer's stream from the per-peer send loop and, directly, when a
+    peer arrives (its pending messages and the recent ones from the message cache): a
+    joiner gets both at once. Yamux sends one write as frames of at most the send window
+    and takes its lock per frame, so two writes that wait for credit at the same time
+    alternate frames, and the reader's next length prefix lands inside another RPC: the
+    joiner died with `DecodeError: Error parsing message with type 'pubsub.pb.RPC'`.
+    """
+    locks: weakref.WeakKeyDictionary[Any, trio.Lock] = weakref.WeakKeyDictionary()
+
+    async def write_whole(self: Any, stream: Any, rpc_msg: Any) -> bool:
+        lock = locks.setdefault(stream, trio.Lock())
+        async with lock:
+            return await write_msg(self, stream, rpc_msg)
+
+    return write_whole
 
 
 def verify_each_record_once(check: RecordCheck) -> RecordCheck:
