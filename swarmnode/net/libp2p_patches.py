@@ -6,11 +6,14 @@ the library's shape where it could silently stop applying after an upgrade.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as _gossipsub_module
@@ -18,6 +21,7 @@ from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub import rpc_queue as _rpc_queue_module
 from libp2p.stream_muxer.yamux import yamux as _yamux_module
 
+log = logging.getLogger(__name__)
 _libp2p_patched = False
 
 RecordCheck = Callable[[Any, IHost, ID], bool]
@@ -36,8 +40,9 @@ def patch_libp2p() -> None:
 
     And each sender's signed peer record is verified once per record, not once per RPC
     (`verify_each_record_once`), yamux returns receive credit in batches
-    (`credit_in_batches`), and pubsub writes one RPC at a time per stream
-    (`one_write_at_a_time`).
+    (`credit_in_batches`), pubsub writes one RPC at a time per stream
+    (`one_write_at_a_time`), and an inbound RPC that does not parse costs only its
+    sender's stream (`drop_malformed_rpcs`).
     """
     global _libp2p_patched
     if _libp2p_patched:
@@ -52,6 +57,8 @@ def patch_libp2p() -> None:
     _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _yamux_module.YamuxStream._auto_tune_and_send_window_update = credit_in_batches  # type: ignore[method-assign]
     _pubsub_module.Pubsub.write_msg = one_write_at_a_time(_pubsub_module.Pubsub.write_msg)  # type: ignore[method-assign,assignment]
+    read_stream = _pubsub_module.Pubsub.continuously_read_stream
+    _pubsub_module.Pubsub.continuously_read_stream = drop_malformed_rpcs(read_stream)  # type: ignore[method-assign,assignment]
     _libp2p_patched = True
 
 
@@ -108,6 +115,30 @@ def one_write_at_a_time(write_msg: WriteMsg) -> WriteMsg:
             return await write_msg(self, stream, rpc_msg)
 
     return write_whole
+
+
+ReadStream = Callable[[Any, Any], Awaitable[None]]
+
+
+def drop_malformed_rpcs(read_stream: ReadStream) -> ReadStream:
+    """Wrap `Pubsub.continuously_read_stream` so that bytes that are no pubsub RPC reset
+    that peer's stream instead of ending the pubsub service.
+
+    py-libp2p handles an oversized RPC this way but lets protobuf's `DecodeError` escape,
+    which took the whole node down: one malformed RPC from any permitted peer was enough.
+    """
+
+    async def read_or_drop(self: Any, stream: Any) -> None:
+        try:
+            await read_stream(self, stream)
+        except DecodeError as exc:
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("peer %s sent a pubsub RPC that does not parse (%s); dropping it", peer_id, exc)
+            with contextlib.suppress(Exception):  # the peer may already be gone
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+
+    return read_or_drop
 
 
 def verify_each_record_once(check: RecordCheck) -> RecordCheck:

@@ -279,3 +279,30 @@ async def test_concurrent_pubsub_writes_to_one_stream_arrive_whole() -> None:
                         nursery.start_soon(client._pubsub.write_msg, stream, rpc)
                 await done.wait()
     assert sorted(received) == sorted(payloads)
+
+
+async def test_a_peer_sending_a_malformed_pubsub_rpc_is_dropped_not_fatal() -> None:
+    """The attacker's move against the same read loop: a permitted peer writes bytes that
+    are no pubsub RPC. py-libp2p lets the DecodeError escape its pubsub service, which
+    took the whole node down; now only that peer's stream is reset."""
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
+    from libp2p.utils.varint import encode_varint_prefixed
+
+    with trio.fail_after(60):
+        async with open_libp2p_transport(IDS[0]) as server:
+            inbox = await server.subscribe("t")
+            async with open_libp2p_transport(IDS[1], bootstrap=server.listen_addrs) as client:
+                await wait_until(lambda: server.node_id in client.peers(), what="connected")
+                stream = await client._open_stream(server.node_id, PROTOCOL_ID_V11)
+                await stream.write(encode_varint_prefixed(b"\xff" * 64))
+                await trio.sleep(0.5)
+            async with open_libp2p_transport(IDS[2], bootstrap=server.listen_addrs) as other:
+                await other.subscribe("t")
+                await wait_until(lambda: server.node_id in other.peers(), what="connected")
+                while True:  # the server's pubsub still runs: a third peer's gossip arrives
+                    await other.publish("t", b"still here")
+                    with trio.move_on_after(1):
+                        message = await inbox.receive()
+                        break
+    assert message.data == b"still here"
+    assert message.sender == IDS[2].node_id
