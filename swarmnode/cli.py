@@ -147,6 +147,37 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_leave(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, request_control
+
+    config = NodeConfig.load(args.config)
+    try:
+        result = request_control(config.node.storage_dir, "leave", timeout=90.0)
+    except ControlError as exc:
+        raise CommandFailed(str(exc)) from None
+    _out(f"left the swarm ({result['left']}); the next key epoch is dealt without this site")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .config import NodeConfig
+    from .control import ControlError, request_control
+
+    config = NodeConfig.load(args.config)
+    call_args = {"site": args.site, "reason": args.reason}
+    try:
+        result = request_control(config.node.storage_dir, "remove", args=call_args, timeout=90.0)
+    except ControlError as exc:
+        raise CommandFailed(str(exc)) from None
+    if result["removed"]:
+        _out(f"removed {result['site']} ({result['peer_id']}); the next key epoch is dealt without it")
+    else:
+        needed = (result["members"] - 1) // 2 + 1  # consensus/membership.py: a majority of the others
+        _out(f"voted to remove {result['site']}: {result['votes']} of {needed} votes needed")
+    return EXIT_OK
+
+
 # -- genesis / invite -----------------------------------------------------------------
 
 
@@ -666,6 +697,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", help="the joiner's join-request.cbor (submits it, then approves)")
     p.add_argument("--peer", help="approve an already pending joiner by peer id")
     p.set_defaults(handler=cmd_approve)
+
+    p = sub.add_parser("leave", help="this site leaves the swarm (through its running node)")
+    p.add_argument("--config", default="site.toml", help="this member's site.toml (its node must run)")
+    p.set_defaults(handler=cmd_leave)
+
+    p = sub.add_parser("remove", help="vote to remove a member site (through this site's running node)")
+    p.add_argument("--config", default="site.toml", help="this member's site.toml (its node must run)")
+    p.add_argument("--site", required=True, help="the member's name, as in genesis or its join request")
+    p.add_argument("--reason", default="", help="recorded on the ledger with the vote")
+    p.set_defaults(handler=cmd_remove)
 
     _add_ledger_commands(sub.add_parser("ledger", help="verify or show the ledger"))
 

@@ -14,6 +14,11 @@ the server answers one JSON line ``{"ok": true, "result": {...}}`` or
 - ``submit-join`` ``{"tx": hex}``: submit a joiner's signed JoinRequest, wait until it
   is pending on the ledger, then approve it as this member.
 - ``approve`` ``{"peer_id": ...}``: approve a pending join request.
+- ``leave``: this site leaves the swarm (a `Leave` transaction), answered once the ledger
+  no longer lists it as a member.
+- ``remove`` ``{"site": NAME, "reason": ...}``: vote, as this member, to evict the member
+  named NAME (an `Evict` transaction; a strict majority of the other members removes it),
+  answered once the vote is on the ledger, with the votes so far and whether it is out.
 - ``partition`` ``{"peer_ids": [...]}`` and ``heal``: fault injection for chaos runs and tests
   (`Libp2pTransport.partition` / `heal` on the node's transport: this node stops talking to
   those peers until healed). Refused unless the node process was started with the environment
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
 CONTROL_FILE: Final = "control.json"
 MAX_REQUEST: Final = 4096
 CLIENT_TIMEOUT: Final = 5.0
-COMMANDS: Final = ("status", "submit-join", "approve", "partition", "heal")
+COMMANDS: Final = ("status", "submit-join", "approve", "leave", "remove", "partition", "heal")
 FAULT_COMMANDS: Final = ("partition", "heal")
 FAULT_INJECTION_ENV: Final = "SWARMNODE_FAULT_INJECTION"
 JOIN_WAIT: Final = 60.0
@@ -184,8 +189,10 @@ async def _answer(
         return {"ok": False, "error": "args must be an object"}
     if command == "status":
         return {"ok": True, "result": _status(node)}
-    if command in ("submit-join", "approve"):
+    if command in ("submit-join", "approve", "leave", "remove"):
         try:
+            if command in ("leave", "remove"):
+                return {"ok": True, "result": await _departure(node, command, args)}
             return {"ok": True, "result": await _membership(node, command, args)}
         except Exception as exc:  # the node's refusal (bad tx, no pending request) goes back as text
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -249,6 +256,43 @@ async def _membership(node: Any, command: str, args: dict[str, Any]) -> dict[str
     if not node.contract.is_member(joiner):
         await node.approve(joiner)
     return {"joiner": joiner.peer_id, "approved_by": node.node_id.peer_id}
+
+
+async def _departure(node: Any, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """`leave` (this site) or `remove` (a vote to evict the member named ``args["site"]``)."""
+    if command == "leave":
+        await node.leave()  # SwarmError if this node is not a member
+        with trio.fail_after(JOIN_WAIT):
+            await node.wait_for(lambda c: not c.is_member(node.node_id))
+        return {"left": node.node_id.peer_id}
+    from consensus.transactions import Evict
+
+    name = str(args.get("site", ""))
+    target = next((m for m in node.contract.members() if m.name == name), None)
+    if target is None:
+        names = ", ".join(sorted(m.name for m in node.contract.members()))
+        raise ValueError(f"no member named {name!r}; the members are {names}")
+    await node.submit(
+        Evict(target=target.node_id, target_since=target.since, reason=str(args.get("reason", "")))
+    )
+
+    def vote_counted(c: Any) -> bool:
+        record = c.member(target.node_id)
+        if record is None or record.since != target.since:
+            return True
+        return any(v.target == target.node_id and node.node_id in v.voters for v in c.state.evictions)
+
+    with trio.fail_after(JOIN_WAIT):
+        await node.wait_for(vote_counted)
+    state = node.contract.state
+    votes = next((v for v in state.evictions if v.target == target.node_id), None)
+    return {
+        "site": name,
+        "peer_id": target.node_id.peer_id,
+        "removed": node.contract.member(target.node_id) is None,
+        "votes": 0 if votes is None else len(votes.voters),
+        "members": len(state.members),
+    }
 
 
 def request_control(

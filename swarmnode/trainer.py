@@ -505,9 +505,13 @@ class SwarmTrainer:
         async def compute(fn: Callable[[], T]) -> T:
             return fn() if inline_compute else await trio.to_thread.run_sync(fn)
 
-        await self._recover_statistics(node)
+        # A joiner starts at height 0 and reaches its admission only after the rounds merged
+        # before it: recovering (and checking) earlier would offer its own statistics into
+        # whatever round the swarm is in by then, a training round, as if they were a model.
+        await node.wait_for(lambda contract: contract.is_member(node.node_id))
         ledger = live_ledger(node)
         while True:
+            await self._recover_statistics(node)
             offer = await compute(self.next_sync)
             if not ledger.stopped:
                 self.check_ledger(offer, ledger.merged_rounds)

@@ -6,10 +6,14 @@ the library's shape where it could silently stop applying after an upgrade.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as _gossipsub_module
@@ -17,6 +21,7 @@ from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub import rpc_queue as _rpc_queue_module
 from libp2p.stream_muxer.yamux import yamux as _yamux_module
 
+log = logging.getLogger(__name__)
 _libp2p_patched = False
 
 RecordCheck = Callable[[Any, IHost, ID], bool]
@@ -34,8 +39,10 @@ def patch_libp2p() -> None:
     The outbound per-message size limit (1 MiB) is kept: gossip stays small.
 
     And each sender's signed peer record is verified once per record, not once per RPC
-    (`verify_each_record_once`), and yamux returns receive credit in batches
-    (`credit_in_batches`).
+    (`verify_each_record_once`), yamux returns receive credit in batches
+    (`credit_in_batches`), pubsub writes one RPC at a time per stream
+    (`one_write_at_a_time`), and an inbound RPC that does not parse costs only its
+    sender's stream (`drop_malformed_rpcs`).
     """
     global _libp2p_patched
     if _libp2p_patched:
@@ -49,6 +56,9 @@ def patch_libp2p() -> None:
     _pubsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _gossipsub_module.maybe_consume_signed_record = check  # type: ignore[attr-defined,assignment]
     _yamux_module.YamuxStream._auto_tune_and_send_window_update = credit_in_batches  # type: ignore[method-assign]
+    _pubsub_module.Pubsub.write_msg = one_write_at_a_time(_pubsub_module.Pubsub.write_msg)  # type: ignore[method-assign,assignment]
+    read_stream = _pubsub_module.Pubsub.continuously_read_stream
+    _pubsub_module.Pubsub.continuously_read_stream = drop_malformed_rpcs(read_stream)  # type: ignore[method-assign,assignment]
     _libp2p_patched = True
 
 
@@ -82,6 +92,53 @@ async def credit_in_batches(self: Any, *, bytes_read: int = 0) -> None:
         # data frame from recv_window and warns once it would go below zero.
         self.recv_window += increment
     await self.send_window_update(increment)
+
+
+WriteMsg = Callable[[Any, Any, Any], Awaitable[bool]]
+
+
+def one_write_at_a_time(write_msg: WriteMsg) -> WriteMsg:
+    """Wrap `Pubsub.write_msg` so that RPCs written to one stream never interleave.
+
+    GossipSub writes to a peer's stream from the per-peer send loop and, directly, when a
+    peer arrives (its pending messages and the recent ones from the message cache): a
+    joiner gets both at once. Yamux sends one write as frames of at most the send window
+    and takes its lock per frame, so two writes that wait for credit at the same time
+    alternate frames, and the reader's next length prefix lands inside another RPC: the
+    joiner died with `DecodeError: Error parsing message with type 'pubsub.pb.RPC'`.
+    """
+    locks: weakref.WeakKeyDictionary[Any, trio.Lock] = weakref.WeakKeyDictionary()
+
+    async def write_whole(self: Any, stream: Any, rpc_msg: Any) -> bool:
+        lock = locks.setdefault(stream, trio.Lock())
+        async with lock:
+            return await write_msg(self, stream, rpc_msg)
+
+    return write_whole
+
+
+ReadStream = Callable[[Any, Any], Awaitable[None]]
+
+
+def drop_malformed_rpcs(read_stream: ReadStream) -> ReadStream:
+    """Wrap `Pubsub.continuously_read_stream` so that bytes that are no pubsub RPC reset
+    that peer's stream instead of ending the pubsub service.
+
+    py-libp2p handles an oversized RPC this way but lets protobuf's `DecodeError` escape,
+    which took the whole node down: one malformed RPC from any permitted peer was enough.
+    """
+
+    async def read_or_drop(self: Any, stream: Any) -> None:
+        try:
+            await read_stream(self, stream)
+        except DecodeError as exc:
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("peer %s sent a pubsub RPC that does not parse (%s); dropping it", peer_id, exc)
+            with contextlib.suppress(Exception):  # the peer may already be gone
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+
+    return read_or_drop
 
 
 def verify_each_record_once(check: RecordCheck) -> RecordCheck:

@@ -241,3 +241,68 @@ async def test_a_large_blob_moves_with_a_handful_of_window_updates(
     assert 0 < len(updates) <= 12
     # and the receiver's own window accounting agrees with the credit it granted
     assert not [r for r in caplog.records if "exceeded receive window" in r.getMessage()]
+
+
+async def test_concurrent_pubsub_writes_to_one_stream_arrive_whole() -> None:
+    """Regression (issue 22): a joiner crashed with `DecodeError: Error parsing message with
+    type 'pubsub.pb.RPC'`. py-libp2p's GossipSub writes to a peer's pubsub stream from its
+    per-peer send loop and, directly, from the new-peer path (recent and pending messages);
+    yamux sends a write in window-sized frames, so two writes that wait for credit at once
+    interleave their frames and the reader parses a mix of both."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+    protocol = TProtocol("/swarmnode-test/pubsub-writes/1")
+    payloads = [pseudo_random_bytes(700_000, seed=i) for i in range(4)]
+    received: list[bytes] = []
+    done = trio.Event()
+    with trio.fail_after(60):
+        async with open_libp2p_transport(IDS[0]) as server:
+
+            async def read_all(stream: object) -> None:
+                await trio.sleep(0.3)  # let every writer run out of send window first
+                for _ in payloads:
+                    raw = await read_varint_prefixed_bytes_limited(stream, 8 << 20)  # type: ignore[arg-type]
+                    rpc = rpc_pb2.RPC()
+                    rpc.ParseFromString(raw)  # DecodeError when the frames interleaved
+                    received.append(rpc.publish[0].data)
+                done.set()
+
+            server._host.set_stream_handler(protocol, read_all)  # type: ignore[arg-type]
+            async with open_libp2p_transport(IDS[1], bootstrap=server.listen_addrs) as client:
+                await wait_until(lambda: server.node_id in client.peers(), what="connected")
+                stream = await client._open_stream(server.node_id, protocol)
+                async with trio.open_nursery() as nursery:
+                    for payload in payloads:
+                        rpc = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=payload, topicIDs=["t"])])
+                        nursery.start_soon(client._pubsub.write_msg, stream, rpc)
+                await done.wait()
+    assert sorted(received) == sorted(payloads)
+
+
+async def test_a_peer_sending_a_malformed_pubsub_rpc_is_dropped_not_fatal() -> None:
+    """The attacker's move against the same read loop: a permitted peer writes bytes that
+    are no pubsub RPC. py-libp2p lets the DecodeError escape its pubsub service, which
+    took the whole node down; now only that peer's stream is reset."""
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
+    from libp2p.utils.varint import encode_varint_prefixed
+
+    with trio.fail_after(60):
+        async with open_libp2p_transport(IDS[0]) as server:
+            inbox = await server.subscribe("t")
+            async with open_libp2p_transport(IDS[1], bootstrap=server.listen_addrs) as client:
+                await wait_until(lambda: server.node_id in client.peers(), what="connected")
+                stream = await client._open_stream(server.node_id, PROTOCOL_ID_V11)
+                await stream.write(encode_varint_prefixed(b"\xff" * 64))
+                await trio.sleep(0.5)
+            async with open_libp2p_transport(IDS[2], bootstrap=server.listen_addrs) as other:
+                await other.subscribe("t")
+                await wait_until(lambda: server.node_id in other.peers(), what="connected")
+                while True:  # the server's pubsub still runs: a third peer's gossip arrives
+                    await other.publish("t", b"still here")
+                    with trio.move_on_after(1):
+                        message = await inbox.receive()
+                        break
+    assert message.data == b"still here"
+    assert message.sender == IDS[2].node_id

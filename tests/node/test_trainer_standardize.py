@@ -20,7 +20,7 @@ from models.preprocess import FeatureMoments, PreprocessConfig, statistics_round
 from models.spec import ModelSpec, mlp
 from models.training import LocalTrainer, TrainConfig
 from swarmnode.config import ConfigError, NodeConfig
-from swarmnode.node import MergeResult
+from swarmnode.node import MergeResult, SwarmStopped
 from swarmnode.testing import make_identity
 from swarmnode.trainer import STATISTICS, TRAINING, SwarmSetupError, SwarmTrainer
 
@@ -213,8 +213,14 @@ hidden = [1]
 
 @pytest.mark.parametrize(
     ("line", "mode"),
-    [("", "swarm"), ('standardize = "swarm"', "swarm"), ('standardize = "local"', "local"),
-     ('standardize = "none"', "none"), ("standardize = true", "local"), ("standardize = false", "none")],
+    [
+        ("", "swarm"),
+        ('standardize = "swarm"', "swarm"),
+        ('standardize = "local"', "local"),
+        ('standardize = "none"', "none"),
+        ("standardize = true", "local"),
+        ("standardize = false", "none"),
+    ],
 )
 def test_site_toml_standardize_switch(tmp_path: Path, line: str, mode: str) -> None:
     path = tmp_path / "site.toml"
@@ -282,3 +288,60 @@ def test_training_summary_exports_the_final_model_with_its_pooled_preprocessing(
             predicted = [r["predicted"] for r in csv.DictReader(handle)]
         assert len(predicted) == test.n_samples
         assert set(predicted) <= set(test.class_names)
+
+
+class _JoinerCatchingUp:
+    """A joining site's node as `SwarmTrainer.arun` sees it: its ledger starts empty and,
+    once it waits, has caught up to its admission, after the statistics rounds merged."""
+
+    def __init__(self, merged: list[np.ndarray]) -> None:
+        self.node_id = make_identity(9, "joiner").node_id
+        self.ledger = _LedgerWithMergedRounds(merged)
+        self.contract = SimpleNamespace(
+            history=tuple, state=SimpleNamespace(merged_rounds=0), stopped=None, is_member=lambda n: False
+        )
+        self.offers: list[np.ndarray] = []
+
+    async def wait_for(self, predicate: object) -> None:
+        history = self.ledger.contract.history()
+        self.contract = SimpleNamespace(
+            history=lambda: history,
+            state=SimpleNamespace(merged_rounds=len(self.ledger.models)),
+            stopped=None,
+            is_member=lambda n: n == self.node_id,
+        )
+        assert predicate(self.contract)  # type: ignore[operator]
+
+    async def merged_parameters(self, params_hash: bytes) -> np.ndarray:
+        return await self.ledger.merged_parameters(params_hash)
+
+    async def merge(self, parameters: np.ndarray, num_samples: int, **_: object) -> MergeResult:
+        self.offers.append(np.asarray(parameters))
+        raise SwarmStopped("enough for this test")
+
+
+async def test_a_late_joiner_offers_a_model_not_its_statistics_into_a_training_round() -> None:
+    """Seen with real processes (issue 22): a site joining after the statistics rounds
+    offered its own statistics, since its ledger was still empty when it started, and they
+    were merged into a training round as if they were a model (merged ROC AUC 0.98 -> 0.54)."""
+    sites = two_sites()
+    k = statistics_rounds(30, 35)
+    genesis = genesis_for(SPEC, max_rounds=k + 2)
+    trainers = [SwarmTrainer.from_local_trainer(s, genesis) for s in sites]
+    merged_vectors = []
+    for r in range(1, k + 1):
+        offers = [t.next_sync() for t in trainers]
+        weights = [o.num_samples for o in offers]
+        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
+        merged_vectors.append((weighted / sum(weights)).astype(np.float32))
+        for t in trainers:
+            t.merged(result(r, merged_vectors[-1], sum(weights)))
+    expected = trainers[0].next_sync()
+    joiner_site = two_sites()[0]
+    joiner = SwarmTrainer.from_local_trainer(joiner_site, genesis)
+    node = _JoinerCatchingUp(merged_vectors)
+    await joiner.arun(node, inline_compute=True)  # type: ignore[arg-type]
+    assert len(node.offers) == 1
+    assert not joiner.standardizing
+    # the model, standardised with the swarm's pooled statistics
+    np.testing.assert_array_equal(node.offers[0], expected.parameters)
