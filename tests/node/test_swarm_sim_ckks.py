@@ -85,4 +85,4 @@ async def test_a_swarm_merges_under_the_n16384_set(
     for node in nodes:
         assert node.contract.key_epoch().ckks_params == N16384
         assert [r.outcome for r in node.contract.history()] == [MERGED] * ROUNDS
-        assert node.ckks_params.degree == 16384
+        assert node.epochs.params.degree == 16384
