@@ -24,6 +24,7 @@ from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
 
 from . import __version__
+from .cli_export import add_export_commands
 
 if TYPE_CHECKING:
     from .scaffold import SiteSettings
@@ -480,55 +481,6 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- export / predict: the model afterwards ----------------------------------------------
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_site
-
-    written = export_site(Path(args.config), args.format, Path(args.out))
-    for path in written:
-        _out(f"wrote {path}")
-    return EXIT_OK
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import predict_file
-
-    model_dir = Path(args.model)
-    out = Path(args.out) if args.out is not None else Path(f"{Path(args.data).stem}.predictions.csv")
-    rows, metrics = predict_file(model_dir, args.data, out)
-    _out(f"wrote {out}: {rows} predictions")
-    if metrics is None:
-        _out("no labels in the data: no metrics")
-        if args.metrics_out is not None:
-            raise CommandFailed(f"--metrics-out {args.metrics_out}: {args.data} has no labels to score")
-        return EXIT_OK
-    _out("metrics: " + json.dumps(metrics.to_dict()))
-    if args.metrics_out is not None:
-        Path(args.metrics_out).write_text(json.dumps(metrics.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return EXIT_OK
-
-
-def _add_export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="site.toml", help="this site's site.toml (its swarm has stopped)")
-    p.add_argument(
-        "--format",
-        default="torch",
-        help="torch (state_dict, default), torchscript, safetensors or onnx (those two need their package)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the export to")
-
-
-def _add_predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="a `swarmnode export` directory")
-    p.add_argument(
-        "--data", required=True, metavar="FILE", help="a .csv/.h5ad/.npz file, read as in training"
-    )
-    p.add_argument("--out", metavar="CSV", help="predictions file (default: DATA_STEM.predictions.csv)")
-    p.add_argument("--metrics-out", metavar="JSON", help="also write the metrics on the file's labels here")
-
-
 # -- parser ---------------------------------------------------------------------------
 
 
@@ -724,13 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_testnet_options(p)
     p.set_defaults(handler=cmd_testnet)
 
-    p = sub.add_parser("export", help="write the final model, its preprocessing and a model card")
-    _add_export_options(p)
-    p.set_defaults(handler=cmd_export)
-
-    p = sub.add_parser("predict", help="apply an exported model to a data file; write predictions")
-    _add_predict_options(p)
-    p.set_defaults(handler=cmd_predict)
+    add_export_commands(sub)
 
     p = sub.add_parser(
         "status", help="membership (by name), round, phase, height: from the running node, else its ledger"
