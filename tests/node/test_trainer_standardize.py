@@ -52,6 +52,20 @@ def result(round_: int, parameters: np.ndarray, weight: int) -> MergeResult:
     )
 
 
+def merge_rounds(trainers: list[SwarmTrainer], rounds: int) -> list[np.ndarray]:
+    """Rounds 1..`rounds` merged by hand (the weighted mean of every trainer's offer), each
+    handed back to every trainer; the merged vectors in round order."""
+    merged_vectors = []
+    for r in range(1, rounds + 1):
+        offers = [t.next_sync() for t in trainers]
+        weights = [o.num_samples for o in offers]
+        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
+        merged_vectors.append((weighted / sum(weights)).astype(np.float32))
+        for t in trainers:
+            t.merged(result(r, merged_vectors[-1], sum(weights)))
+    return merged_vectors
+
+
 def two_sites(standardize: str = "swarm") -> list[LocalTrainer]:
     torch.set_num_threads(1)
     data = load_dataset("breast_cancer")
@@ -127,14 +141,7 @@ async def test_a_restarted_site_takes_the_pooled_statistics_from_the_ledger() ->
     k = statistics_rounds(30, 35)
     genesis = genesis_for(SPEC, max_rounds=k + 2)
     trainers = [SwarmTrainer.from_local_trainer(s, genesis) for s in sites]
-    merged_vectors = []
-    for r in range(1, k + 1):
-        offers = [t.next_sync() for t in trainers]
-        weights = [o.num_samples for o in offers]
-        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
-        merged_vectors.append((weighted / sum(weights)).astype(np.float32))
-        for t in trainers:
-            t.merged(result(r, merged_vectors[-1], sum(weights)))
+    merged_vectors = merge_rounds(trainers, k)
     # Site 0 restarts: a fresh trainer over the same data, the ledger past the statistics rounds.
     site = two_sites()[0]
     restarted = SwarmTrainer.from_local_trainer(site, genesis)
@@ -328,14 +335,7 @@ async def test_a_late_joiner_offers_a_model_not_its_statistics_into_a_training_r
     k = statistics_rounds(30, 35)
     genesis = genesis_for(SPEC, max_rounds=k + 2)
     trainers = [SwarmTrainer.from_local_trainer(s, genesis) for s in sites]
-    merged_vectors = []
-    for r in range(1, k + 1):
-        offers = [t.next_sync() for t in trainers]
-        weights = [o.num_samples for o in offers]
-        weighted = sum(w * o.parameters.astype(np.float64) for w, o in zip(weights, offers, strict=True))
-        merged_vectors.append((weighted / sum(weights)).astype(np.float32))
-        for t in trainers:
-            t.merged(result(r, merged_vectors[-1], sum(weights)))
+    merged_vectors = merge_rounds(trainers, k)
     expected = trainers[0].next_sync()
     joiner_site = two_sites()[0]
     joiner = SwarmTrainer.from_local_trainer(joiner_site, genesis)
