@@ -22,7 +22,7 @@ section 3 argues their security level). The default set:
   absolute value or it wraps silently, hence inputs are checked before encoding.
 - **Encryption with the contributor's own key share, c1 from a seed**: member i of a key
   epoch holds its additive secret ``s_i`` (``s = sum_i s_i``, `threshold`). It encrypts
-  ``c0 = Delta*m + e - a * s_i`` with ``a`` expanded by SHAKE-128 from a fresh random
+  ``c0 = Delta*m + e - a * s_i`` with ``a`` expanded by AES-256-CTR from a fresh random
   16-byte seed, the round binding and the contributor's id, and ``e`` a centred binomial error
   (eta = 21, sigma 3.24, SEAL's sigma is 3.2): an RLWE sample under ``s_i`` like SEAL's
   symmetric encryption. Only c0 and the seed travel; anyone re-expands ``a``. A sum keeps
@@ -105,11 +105,11 @@ from .rns import (
     add_mod_into,
     centered_binomial,
     column,
-    expand_uniform_mod,
     scalar_operand,
     shoup_mul,
     shoup_quotients,
     signed_split_residues,
+    stream_uniform_mod,
     sub_mod,
 )
 from .sealbridge import SealContext
@@ -117,14 +117,15 @@ from .sealbridge import SealContext
 F64 = npt.NDArray[np.float64]
 
 # 3: key-share encryption, c1 from a seed (7.5 bytes per parameter, was 22.5);
-# 4: the header and masks bind chain id, key epoch, round and round nonce (`RoundBinding`)
-WIRE_VERSION: Final = 4
+# 4: the header and masks bind chain id, key epoch, round and round nonce (`RoundBinding`);
+# 5: masks expanded by AES-256-CTR (`rns.XofStream`) instead of SHAKE-128 (same bytes, other masks)
+WIRE_VERSION: Final = 5
 MAX_VALUES: Final = 1 << 27  # 134M parameters: far above the 50M target, bounds allocations
 BATCH_CHUNKS: Final = 32  # ciphertexts processed per numpy batch: 16 MiB of residues
 MAX_HEADER: Final = 1 << 16
 MAX_CONTRIBUTORS: Final = 1024  # (id, seed) pairs in one header: 53 KiB of CBOR at most
 SEED_SIZE: Final = 16
-_MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v2"
+_MASK_DOMAIN: Final = b"swarmnode/ckks-mask/v3"
 _BINDING_DOMAIN: Final = b"swarmnode/round-binding/v1\x00"
 BINDING_ID_SIZE: Final = 32  # chain id, key epoch id and round nonce are SHA-256 digests
 _BLOB_PREFIX: Final = struct.Struct(">4sI")
@@ -397,7 +398,7 @@ def mask(
 ) -> U64:
     """Chunks ``[start, stop)`` of a contributor's uniform mask polynomial ``a``: ``(k, L, N)``, NTT form.
 
-    SHAKE-128 of (domain, binding digest, contributor, seed, chunk, prime): the same for
+    The `XofStream` of (domain, binding digest, contributor, seed, chunk, prime): the same for
     everyone, and a contributor's seed replayed under another id, round, key epoch or chain
     gives another mask.
     """
@@ -406,7 +407,7 @@ def mask(
     out = np.empty((stop - start, len(ctx.data_moduli), n), dtype=np.uint64)
     for chunk in range(start, stop):
         for j, q in enumerate(ctx.data_moduli):
-            out[chunk - start, j] = expand_uniform_mod(prefix + struct.pack(">IB", chunk, j), q, n)
+            out[chunk - start, j] = stream_uniform_mod(prefix + struct.pack(">IB", chunk, j), q, n)
     return out
 
 
@@ -418,13 +419,14 @@ class EncryptedVector:
     50M-parameter vector costs its 375 MB of wire bytes and no more.
     """
 
-    __slots__ = ("_body", "_wire", "context", "header")
+    __slots__ = ("_body", "_digest", "_wire", "context", "header")
 
     def __init__(self, ctx: CkksContext, header: CiphertextHeader, wire: bytes, body: memoryview) -> None:
         self.context: Final = ctx
         self.header: Final = header
         self._wire = wire
         self._body = body
+        self._digest: bytes | None = None
 
     @property
     def length(self) -> int:
@@ -448,6 +450,12 @@ class EncryptedVector:
 
     def to_bytes(self) -> bytes:
         return self._wire
+
+    def digest(self) -> bytes:
+        """SHA-256 of the blob (its content address), hashed once."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self._wire).digest()
+        return self._digest
 
     def __len__(self) -> int:
         return len(self._wire)

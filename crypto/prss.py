@@ -14,7 +14,7 @@ lies on the one polynomial g of degree t-1, and ``g(0) = sum_A r_A``. A coalitio
 t-1 members holds every key but ``k_K``: ``r_K`` stays pseudo-random to it and hides the
 aggregate's encryption error in the decrypted sum, as one honest smudger does in
 `crypto.threshold` (the bound is computational: AES-256-CTR under a SHA-256-derived key
-is the PRF, `XofStream`).
+is the PRF, `crypto.rns.XofStream`).
 
 Dealing (in the key epoch): the holder of A with the lowest point draws ``k_A`` from
 `os.urandom`, puts ``SHA-256(domain | epoch id | A | k_A)`` on the ledger
@@ -41,12 +41,11 @@ from math import comb
 from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .ckks import CkksContext
 from .errors import ProtocolError
 from .identity import NodeId
-from .rns import I64, U64, add_mod_into, column, scalar_operand, shoup_mul, signed_split_residues
+from .rns import I64, U64, XofStream, add_mod_into, column, scalar_operand, shoup_mul, signed_split_residues
 from .smudging import gaussian_noise
 
 if TYPE_CHECKING:
@@ -56,7 +55,6 @@ PRSS_KEY_SIZE: Final = 32
 MAX_PRSS_KEYS: Final = 252  # C(10, 5): n = 10, t = 6
 _COMMITMENT_DOMAIN: Final = b"swarmnode/prss-key/v1\x00"
 _NOISE_DOMAIN: Final = b"swarmnode/prss-noise/v2\x00"
-_STREAM_DOMAIN: Final = b"swarmnode/prss-stream/v1\x00"
 
 Subset = tuple[int, ...]
 """A set of t-1 Shamir points (1-based, strictly increasing)."""
@@ -71,27 +69,6 @@ class PrssTooLarge(ValueError):
 
 class InvalidPrssKey(ProtocolError):
     """A dealt PRSS key is malformed, from the wrong dealer, or does not match its commitment."""
-
-
-@final
-class XofStream:
-    """A deterministic byte stream of any length from a seed, read front to back: the
-    AES-256-CTR keystream (counter from 0) under the key ``SHA-256(domain | seed)``.
-
-    A PRF of the seed as long as the seed holds a secret key: SHA-256 derives a fresh AES
-    key per stream, and AES-256 in counter mode is a PRF up to the PRP/PRF switching term
-    (``blocks^2 / 2^129``, below 2^-100 for a chunk's 24,576 blocks). Ten times faster than
-    SHAKE-256, which made the noise half of a point share's cost.
-    """
-
-    __slots__ = ("_encryptor",)
-
-    def __init__(self, seed: bytes) -> None:
-        key = hashlib.sha256(_STREAM_DOMAIN + seed).digest()
-        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-
-    def read(self, size: int) -> bytes:
-        return self._encryptor.update(bytes(size))
 
 
 NoiseSampler = Callable[[XofStream, int, int], WideIntegers]

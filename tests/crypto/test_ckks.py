@@ -372,7 +372,7 @@ def test_trailing_bytes_are_rejected() -> None:
         {"version": 1},  # the format before c0 was rescaled
         {"version": 2},  # public-key encryption, c1 on the wire
         {"version": 3},  # no round binding
-        {"version": 5},
+        {"version": ckks.WIRE_VERSION + 1},
         {"parms_id": b"\1" * 32},
         {"scale_bits": 60},
         {"length": 0},
