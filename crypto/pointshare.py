@@ -193,7 +193,7 @@ class PointShare:
 
 
 def aggregate_digest(aggregate: EncryptedVector) -> bytes:
-    return hashlib.sha256(aggregate.to_bytes()).digest()
+    return aggregate.digest()
 
 
 def mask_digest(aggregate: EncryptedVector) -> bytes:
@@ -331,13 +331,16 @@ def _forms(ctx: CkksContext, seed: bytes, chunks: int) -> _Forms:
 def _limb_sums(forms: _Forms, share: PointShare) -> I64:
     """``sum_i beta_i * limb(d[c, prime, i])`` for every limb, chunk, prime and form:
     ``(limbs, chunks, L, forms)``, each below 2^63. A few chunks at a time, so that the
-    limbs stay in cache."""
+    limbs stay in cache. Checks on the way that every residue is below its prime
+    (`InvalidDecryptionShare`): the one pass over the body before the merge."""
     mask = np.uint64((1 << _LIMB_BITS) - 1)
-    chunks, primes, n = share.header.chunks, len(share.context.data_moduli), share.context.params.degree
+    ctx = share.context
+    chunks, primes, n = share.header.chunks, len(ctx.data_moduli), ctx.params.degree
     out = np.empty((forms.limbs, chunks, primes, forms.beta.shape[1]), dtype=np.int64)
     limbs = np.empty((forms.limbs, _FINGERPRINT_CHUNKS, primes, n), dtype=np.uint64)
     for start in range(0, chunks, _FINGERPRINT_CHUNKS):
         batch = share.batch(start, min(start + _FINGERPRINT_CHUNKS, chunks))
+        ctx.check_residues(batch, ctx.q_col, InvalidDecryptionShare, f"point share of point {share.point}")
         k = batch.shape[0]
         for i in range(forms.limbs):
             np.bitwise_and(batch >> np.uint64(_LIMB_BITS * i), mask, out=limbs[i, :k])

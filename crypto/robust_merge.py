@@ -148,7 +148,8 @@ def combine_points(
     """
     ctx = context(params)
     vector = _aggregate(params, aggregate, length)
-    shares = [PointShare.from_bytes(ctx, blob) for blob in points]
+    # Bodies are range-checked in the fingerprint pass (`check_points`), not unpacked twice.
+    shares = [PointShare.from_bytes(ctx, blob, check_body=False) for blob in points]
     validate_points(spec, vector, shares)
     faulty = default_max_faulty(len(spec.members), spec.threshold) if max_faulty is None else max_faulty
     decision = check_points(spec, vector, shares, faulty)
