@@ -188,12 +188,11 @@ class CkksContext:
         q0, q1 = self.data_moduli
         x0, x1 = coefficients[..., 0, :], coefficients[..., 1, :]
         q1_arr = np.array([q1], dtype=np.uint64)
-        x0_mod_q1 = np.where(x0 >= np.uint64(q1), x0 - np.uint64(q1), x0)  # q0 < 2 * q1
-        diff = np.where(x1 >= x0_mod_q1, x1 - x0_mod_q1, x1 + (np.uint64(q1) - x0_mod_q1))
-        quotient = shoup_mul(diff, self._crt[0][0], self._crt[1][0], q1_arr)
-        rounded = quotient + (x0 > np.uint64(q0 // 2)).astype(np.uint64)
-        result: U64 = np.where(rounded == np.uint64(q1), np.uint64(0), rounded)
-        return result
+        x0_mod_q1 = np.minimum(x0, x0 - q1_arr)  # q0 < 2 * q1; below q1, x0 - q1 wraps above x0
+        quotient = shoup_mul(sub_mod(x1, x0_mod_q1, q1_arr), self._crt[0][0], self._crt[1][0], q1_arr)
+        quotient += x0 > np.uint64(q0 // 2)
+        np.minimum(quotient, quotient - q1_arr, out=quotient)  # q1 (only) wraps to 0
+        return quotient
 
     def decode(self, rescaled: U64) -> F64:
         """Rescaled residues ``(k, N)`` mod q1 to floats: ``q0 * centred(k) / 2^scale``, flattened.

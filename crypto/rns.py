@@ -107,8 +107,8 @@ def scalar_operand(values: Sequence[int], moduli: Sequence[int]) -> tuple[U64, U
 
 def add_mod(a: U64, b: U64, q_col: U64) -> U64:
     r = a + b
-    result: U64 = np.where(r >= q_col, r - q_col, r)
-    return result
+    np.minimum(r, r - q_col, out=r)  # as in `add_mod_into`
+    return r
 
 
 def add_mod_into(total: U64, b: U64, q_col: U64) -> None:
@@ -121,8 +121,9 @@ def add_mod_into(total: U64, b: U64, q_col: U64) -> None:
 
 
 def sub_mod(a: U64, b: U64, q_col: U64) -> U64:
-    result: U64 = np.where(a >= b, a - b, a + (q_col - b))
-    return result
+    r = a - b  # wraps to 2^64 + a - b when a < b, so that r + q wraps back to a - b + q < r
+    np.minimum(r, r + q_col, out=r)
+    return r
 
 
 def neg_mod(a: U64, q_col: U64) -> U64:
@@ -137,9 +138,16 @@ def signed_split_residues(high: I64, low: U64, shift: int, moduli: Sequence[int]
     integers up to about 2^(63 + shift) exactly without Python ints.
     """
     out = np.empty((len(moduli), *high.shape), dtype=np.uint64)
+    smallest, largest = (int(high.min()), int(high.max())) if high.size else (0, 0)
     for j, q in enumerate(moduli):
         q_arr = np.array([q], dtype=np.uint64)
-        h = np.mod(high, np.int64(q)).astype(np.uint64)  # numpy mod takes the divisor's sign: in [0, q)
+        if -q < smallest and largest < q:
+            # The common case (noise, errors, values far below 2^(shift + 60)): h mod q is h or
+            # h + q, and min(h, h + q) over the 64-bit words picks it (a negative h wraps high).
+            words = high.view(np.uint64)
+            h = np.minimum(words, words + np.uint64(q))
+        else:
+            h = np.mod(high, np.int64(q)).astype(np.uint64)  # numpy mod takes the divisor's sign: in [0, q)
         if shift:
             operand, quotient = scalar_operand([1 << shift], [q])
             h = shoup_mul(h, operand[0], quotient[0], q_arr)
