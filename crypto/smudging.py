@@ -126,6 +126,7 @@ def sampler_distance(log_sigma: int) -> float:
 class _Table:
     high: U64  # top words of the 2T thresholds
     low: U64  # bottom words of the thresholds
+    padded_high: U64  # high, then 2^64 - 1
     # guide[g], for bucket g of the top _GUIDE_BITS bits of u: the sample itself if no
     # threshold's top word falls in the bucket, else _SEARCH + (thresholds below the bucket)
     guide: npt.NDArray[np.int32]
@@ -163,7 +164,8 @@ def _base_table() -> _Table:
     below = np.append(np.searchsorted(high, buckets, side="left"), high.size).astype(np.int64)
     holds = below[1:] != below[:-1]
     guide = np.where(holds, below[:-1] + _SEARCH, below[:-1] - BASE_CUT)
-    return _Table(high, low, guide.astype(np.int32))
+    padded = np.append(high, np.uint64(np.iinfo(np.uint64).max))
+    return _Table(high, low, padded, guide.astype(np.int32))
 
 
 def _words(random_bytes: RandomBytes, count: int) -> U64:
@@ -202,11 +204,12 @@ def _guided_block(table: _Table, u: U64, samples: I64, start: int) -> I64:
     top = top_words[unresolved]
     index = (guided[unresolved] - _SEARCH).astype(np.int64)
     # Near the centre a bucket holds at most one threshold: index is the count of thresholds
-    # below the bucket, so one comparison with the next one or two decides the sample.
-    index += table.high[index] < top
-    settled = table.high[np.minimum(index, table.high.size - 1)] > top
-    out[unresolved[settled]] = index[settled] - BASE_CUT
-    rest: I64 = unresolved[~settled] + start
+    # below the bucket, so one comparison with the next one or two decides the sample
+    # (`padded` ends in 2^64 - 1, above every top word but the last, which is searched).
+    padded = table.padded_high
+    index += padded[index] < top
+    out[unresolved] = index - BASE_CUT  # the unsettled ones are overwritten by the search
+    rest: I64 = unresolved[padded[index] <= top] + start
     return rest
 
 
