@@ -56,6 +56,10 @@ class UnseenCategoryError(DatasetError):
     """A categorical column holds a value that is not one of the agreed categories."""
 
 
+class UnknownClassError(DatasetError):
+    """A label names a class that is not among the agreed ones (e.g. the genesis's)."""
+
+
 class UnknownDatasetError(DatasetError):
     """A dataset name is neither a bundled dataset nor a supported file type."""
 
@@ -229,12 +233,25 @@ def _finish(
     feature_names: Sequence[str],
     source: str,
     positive_class: str | None,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
-    class_names, labels = _class_names_and_labels(label_values)
-    if len(class_names) < 2:
-        raise DatasetError(f"{source}: only one class present ({class_names[0] if class_names else 'none'})")
+    if class_names is not None and positive_class is None:
+        # The agreed classes (e.g. the genesis's): a site may hold only some of them, even one.
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(label_values) - set(index))
+        if unknown:
+            raise UnknownClassError(
+                f"{source}: label class(es) {', '.join(map(repr, unknown))} are not among the swarm's "
+                f"classes ({', '.join(class_names)}) that genesis records"
+            )
+        labels = np.array([index[v] for v in label_values], dtype=np.int64)
+        names = tuple(class_names)
+    else:
+        names, labels = _class_names_and_labels(label_values)
+        if len(names) < 2:
+            raise DatasetError(f"{source}: only one class present ({names[0] if names else 'none'})")
     data = Dataset(
-        features=x, labels=labels, feature_names=tuple(feature_names), class_names=class_names, source=source
+        features=x, labels=labels, feature_names=tuple(feature_names), class_names=names, source=source
     )
     return data if positive_class is None else data.one_vs_rest(positive_class)
 
@@ -314,6 +331,7 @@ def load_csv(
     delimiter: str = ",",
     categories: Mapping[str, Sequence[str]] | None = None,
     missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A CSV file with a header row; every column except ``label_column`` is a feature
     (or only ``feature_columns``). Rows are reported by file line number. A column named
@@ -353,7 +371,7 @@ def load_csv(
             raise MissingValueError(f"{path}: missing label in column {label_column!r} at {line_name}")
     cells = {c: table[:, header.index(c)] for c in feature_columns}
     x, names = _csv_features(cells, categories or {}, str(path), line_names, missing)
-    return _finish(x, labels, names, str(path), positive_class)
+    return _finish(x, labels, names, str(path), positive_class, class_names)
 
 
 def _csv_features(
@@ -392,6 +410,7 @@ def load_h5ad(
     positive_class: str | None = None,
     layer: str | None = None,
     missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """An AnnData file: features from ``X`` (or ``layers[layer]``), one row per cell /
     sample, feature names from ``var_names``, labels from ``obs[label_column]``."""
@@ -437,7 +456,7 @@ def load_h5ad(
         cell = cells[int(np.flatnonzero(unlabelled)[0])]
         raise MissingValueError(f"{path}: missing label in obs column {label_column!r} for {cell!r}")
     labels = [str(v) for v in raw_labels.tolist()]
-    return _finish(x, labels, genes, str(path), positive_class)
+    return _finish(x, labels, genes, str(path), positive_class, class_names)
 
 
 def load_npz(
@@ -449,6 +468,7 @@ def load_npz(
     class_names_key: str = "class_names",
     positive_class: str | None = None,
     missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A ``.npz`` archive with a 2-D feature array and a 1-D label array. Optional
     arrays name the features and (for integer labels 0..k-1) the classes."""
@@ -510,7 +530,7 @@ def load_npz(
         )
         return data if positive_class is None else data.one_vs_rest(positive_class)
     label_values = [str(v.item()) if isinstance(v, np.generic) else str(v) for v in raw_y]
-    return _finish(x, label_values, names, source, positive_class)
+    return _finish(x, label_values, names, source, positive_class, class_names)
 
 
 def save_npz(data: Dataset, path: str | Path) -> Path:
@@ -558,10 +578,13 @@ def load_dataset(
     positive_class: str | None = None,
     categories: Mapping[str, Sequence[str]] | None = None,
     missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Load by bundled name ("breast_cancer", "digits", "wine") or by file suffix
     (.csv and .h5ad need ``label_column``; .npz uses arrays X and y). ``categories``
-    (categorical columns, one-hot encoded) apply to CSV files only."""
+    (categorical columns, one-hot encoded) apply to CSV files only. ``class_names``: the
+    classes labels may name, in output order (a file may hold only some of them); None:
+    its distinct labels, sorted."""
     text = str(source)
     path = Path(source)
     suffix = path.suffix.lower()
@@ -575,14 +598,21 @@ def load_dataset(
         if label_column is None:
             raise DatasetError(f"{path}: label_column is required for {suffix} files")
         return load_csv(
-            path, label_column, positive_class=positive_class, categories=categories, missing=missing
+            path,
+            label_column,
+            positive_class=positive_class,
+            categories=categories,
+            missing=missing,
+            class_names=class_names,
         )
     if suffix == ".h5ad":
         if label_column is None:
             raise DatasetError(f"{path}: label_column is required for {suffix} files")
-        return load_h5ad(path, label_column, positive_class=positive_class, missing=missing)
+        return load_h5ad(
+            path, label_column, positive_class=positive_class, missing=missing, class_names=class_names
+        )
     if suffix == ".npz":
-        return load_npz(path, positive_class=positive_class, missing=missing)
+        return load_npz(path, positive_class=positive_class, missing=missing, class_names=class_names)
     raise UnknownDatasetError(
         f"unknown dataset {text!r}: not one of {', '.join(SKLEARN_DATASETS)} "
         "and not a .csv, .h5ad or .npz file"

@@ -33,6 +33,7 @@ from .data import (
     Dataset,
     DatasetError,
     MissingPolicy,
+    UnknownClassError,
     is_number,
     load_dataset,
     one_hot_name,
@@ -44,10 +45,6 @@ MAX_SCHEMA_NAMES: Final = 100_000
 
 class ColumnMismatchError(DatasetError):
     """A site's feature columns are not the ones genesis agreed on (missing or extra names)."""
-
-
-class UnknownClassError(DatasetError):
-    """A site's labels include a class that genesis did not agree on."""
 
 
 def _check_names(names: tuple[str, ...], path: str, *, at_least: int) -> None:
@@ -176,6 +173,7 @@ def load_aligned(
         positive_class=positive_class,
         categories=categories,
         missing=missing,
+        class_names=None if schema is None else schema.class_names,
     )
     return data if schema is None else align(data, schema, select=select)
 
