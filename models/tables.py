@@ -32,6 +32,7 @@ from .data import (
     SKLEARN_DATASETS,
     Dataset,
     DatasetError,
+    MissingFileError,
     MissingPolicy,
     UnknownClassError,
     is_number,
@@ -183,6 +184,8 @@ def csv_categories(
 ) -> dict[str, tuple[str, ...]]:
     """The CSV columns (other than the label) holding a cell that is neither a number nor a
     missing marker, each with its sorted distinct non-missing values."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such dataset file")
     with Path(path).open(newline="", encoding="utf-8") as f:
         rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
     if not rows:

@@ -39,7 +39,7 @@ from consensus.transactions import JoinRequest, TxSigner
 from crypto import cbor
 from crypto.errors import KeyFileError, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
-from models.data import SKLEARN_DATASETS, Dataset, DatasetError, load_dataset
+from models.data import SKLEARN_DATASETS, DatasetError
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
 from models.tables import DataSchema, infer_schema
 
@@ -288,8 +288,8 @@ def infer_model(
     source = data_source
     if source not in SKLEARN_DATASETS and not Path(source).is_absolute():
         source = str(base_dir / source)
-    try:
-        data: Dataset = load_dataset(source, label_column=label_column, positive_class=positive_class)
+    try:  # categorical CSV columns count as one input per category (`models.tables`)
+        _, data = infer_schema(source, label_column=label_column, positive_class=positive_class)
     except DatasetError as exc:
         raise SetupError(f"data source: {exc}") from None
     try:
