@@ -29,6 +29,7 @@ from crypto.identity import NodeId
 from crypto.quorum import min_contributions
 from models.optimizers import optimizer_named
 from models.rules import UnknownRuleError, rule_named
+from models.tables import DataSchema
 
 GENESIS_VERSION: Final = 1
 HASH_SIZE: Final = 32
@@ -175,16 +176,22 @@ class Timeouts:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoppingRule:
-    """Stop after `max_rounds` merged rounds, or earlier when the median reported
+    """Stop after `max_rounds` merged training rounds, or earlier when the median reported
     validation metric has not improved by more than `min_delta` for `patience`
     merged rounds (``patience = 0`` disables early stopping). `goal` says whether
     larger (``"max"``, e.g. ROC AUC) or smaller (``"min"``, e.g. loss) is better.
+
+    `statistics_rounds`: the merged rounds before training that carry the swarm's
+    standardisation statistics (`models.preprocess.statistics_rounds`, fixed when the genesis
+    is written); they come on top of `max_rounds`, so the ledger stops after
+    ``statistics_rounds + max_rounds`` merged rounds.
     """
 
     max_rounds: int = 10
     patience: int = 0
     min_delta: float = 0.0
     goal: str = "max"
+    statistics_rounds: int = 0
 
     def __post_init__(self) -> None:
         path = "training.stopping"
@@ -192,6 +199,12 @@ class StoppingRule:
         _require(0 <= self.patience <= self.max_rounds, f"{path}.patience", "must be 0-max_rounds")
         _require(0.0 <= self.min_delta < 1e12, f"{path}.min_delta", "must be >= 0 and finite")
         _require(self.goal in METRIC_GOALS, f"{path}.goal", f"must be one of {METRIC_GOALS}")
+        _require(0 <= self.statistics_rounds <= 1_000_000, f"{path}.statistics_rounds", "must be 0-1000000")
+
+    @property
+    def merged_rounds(self) -> int:
+        """Merged rounds on the ledger before it stops: statistics, then training."""
+        return self.statistics_rounds + self.max_rounds
 
 
 @final
@@ -311,6 +324,9 @@ class Genesis:
     join_policy: JoinPolicy = field(default_factory=JoinPolicy)
     nonce: bytes = b""  # tells apart two swarms with the same members and rules
     version: int = GENESIS_VERSION
+    # The agreed table: feature and class names, categories (`models.tables`); None: sites'
+    # columns are not compared by name (bundled demo data, in-memory embeddings).
+    data: DataSchema | None = None
 
     def __post_init__(self) -> None:
         _require(self.version == GENESIS_VERSION, "version", f"this node reads version {GENESIS_VERSION}")
@@ -404,14 +420,27 @@ class Genesis:
             f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
             f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}, "
             f"withhold limit {t.withhold_limit}",
-            f"stopping: max {t.stopping.max_rounds} rounds, patience {t.stopping.patience} "
+            f"stopping: max {t.stopping.max_rounds} training rounds after {t.stopping.statistics_rounds} "
+            f"statistics rounds, patience {t.stopping.patience} "
             f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal})",
             f"model spec {t.model_spec_hash.hex()}",
             "members:",
         ]
         lines += [f"  {m.name}  {m.node_id.peer_id}  {' '.join(m.addresses)}" for m in self.members]
+        if self.data is not None:
+            lines += _data_lines(self.data)
         return "\n".join(lines)
 
 
 def _settings_text(params: tuple[MergeParam, ...]) -> str:
     return "".join(f" {p.name}={p.value:g}" for p in params)
+
+
+def _data_lines(data: DataSchema) -> list[str]:
+    shown = ", ".join(data.feature_names[:10]) + (" ..." if len(data.feature_names) > 10 else "")
+    lines = [
+        f"data: {len(data.feature_names)} feature columns ({shown}), {data.n_features} model inputs",
+        f"classes: {', '.join(data.class_names)}",
+    ]
+    lines += [f"categorical {c.name}: {', '.join(c.categories)}" for c in data.categorical]
+    return lines

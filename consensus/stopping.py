@@ -1,6 +1,7 @@
 """Stopping training: the stopping rule applied to each merged round, and `Stop` votes.
 
-After each merged round, ``max_rounds`` merged rounds or
+After each merged round, ``max_rounds`` merged training rounds (after the genesis's
+``statistics_rounds``) or
 ``patience`` rounds without an improvement of the median reported validation
 metric by more than ``min_delta`` stop training and record the final model
 hash; a majority of members can also vote `Stop`.
@@ -52,7 +53,7 @@ def close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> Co
         best_metric=best,
         stale_rounds=stale,
     )
-    if merged_rounds >= rule.max_rounds:
+    if merged_rounds >= rule.merged_rounds:
         return stop(s, h, f"max_rounds={rule.max_rounds} reached")
     if rule.patience and stale >= rule.patience:
         return stop(s, h, f"no improvement of the median metric for {rule.patience} rounds")

@@ -5,17 +5,20 @@ Every loader returns a ``Dataset`` (float32 features, int64 labels in
 ``range(n_classes)``, feature and class names) and raises a ``DatasetError``
 subclass that names the file, the column and what was wrong: a missing file, a
 missing label column (listing the available ones), a non-numeric feature column,
-or a missing / non-finite value (naming column and row).
+an infinite value (naming column and row), or missing values: empty / NaN cells are
+refused with their count per column (``missing="refuse"``, the default) or kept as NaN
+(``missing="keep"``) for `models.preprocess` to impute (``impute = "mean"``).
+CSV columns named in ``categories`` are one-hot encoded (`models.tables` explains the
+swarm's agreed categories); a value outside them is an `UnseenCategoryError`.
 """
 
 from __future__ import annotations
 
 import csv
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Literal, final
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +26,10 @@ import numpy.typing as npt
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
 LabelVector = npt.NDArray[np.int64]
+MissingPolicy = Literal["refuse", "keep"]
 
 SKLEARN_DATASETS: Final[tuple[str, ...]] = ("breast_cancer", "digits", "wine")
-_MISSING_MARKERS: Final = frozenset({"", "nan", "na", "n/a", "null", "none", "?"})
+MISSING_MARKERS: Final = frozenset({"", "nan", "na", "n/a", "null", "none", "?"})
 
 
 class DatasetError(ValueError):
@@ -48,6 +52,14 @@ class MissingValueError(DatasetError):
     """A feature or label is missing (empty, NaN) or a feature is infinite."""
 
 
+class UnseenCategoryError(DatasetError):
+    """A categorical column holds a value that is not one of the agreed categories."""
+
+
+class UnknownClassError(DatasetError):
+    """A label names a class that is not among the agreed ones (e.g. the genesis's)."""
+
+
 class UnknownDatasetError(DatasetError):
     """A dataset name is neither a bundled dataset nor a supported file type."""
 
@@ -57,7 +69,8 @@ class UnknownDatasetError(DatasetError):
 class Dataset:
     """Features (n x d float32), labels (n int64 in range(n_classes)) and names.
 
-    The arrays are read-only views; ``source`` says where the data came from (used in
+    A NaN feature is a missing value (`models.preprocess` refuses or imputes it); infinite
+    values are refused here. The arrays are read-only views; ``source`` says where the data came from (used in
     error messages).
     """
 
@@ -83,7 +96,7 @@ class Dataset:
             raise DatasetError(f"{self.source}: need at least 2 classes, got {self.class_names}")
         if y.size and (int(y.min()) < 0 or int(y.max()) >= len(self.class_names)):
             raise DatasetError(f"{self.source}: labels outside range({len(self.class_names)})")
-        _check_finite(x, self.source, self.feature_names, None)
+        _check_values(x, self.source, self.feature_names, None, "keep")
         for name, array in (("features", x), ("labels", y)):
             view = array.view()
             view.flags.writeable = False
@@ -166,15 +179,41 @@ class Dataset:
         )
 
 
-def _check_finite(
-    x: npt.NDArray[np.floating], source: str, columns: Sequence[str], rows: Sequence[str] | None
+def _row_name(rows: Sequence[str] | None, i: int) -> str:
+    return f"row {rows[i]!r}" if rows is not None else f"row {i}"
+
+
+def missing_report(x: npt.NDArray[np.floating], columns: Sequence[str], rows: Sequence[str] | None) -> str:
+    """The NaN count of each column that has any, with its first row (e.g. for a refusal)."""
+    missing = np.isnan(x)
+    parts = [
+        f"column {columns[j]!r}: {int(missing[:, j].sum())} "
+        f"(first at {_row_name(rows, int(np.flatnonzero(missing[:, j])[0]))})"
+        for j in (int(k) for k in np.flatnonzero(missing.any(axis=0)))
+    ]
+    return f"{int(missing.sum())} missing value(s) (NaN or empty) in {len(parts)} column(s): " + ", ".join(
+        parts
+    )
+
+
+def _check_values(
+    x: npt.NDArray[np.floating],
+    source: str,
+    columns: Sequence[str],
+    rows: Sequence[str] | None,
+    missing: MissingPolicy,
 ) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        what = "missing value (NaN)" if math.isnan(float(x[i, j])) else f"non-finite value ({x[i, j]})"
-        row = f"row {rows[i]!r}" if rows is not None else f"row {i}"
-        raise MissingValueError(f"{source}: {what} in column {columns[j]!r} at {row}")
+    infinite = np.isinf(x)
+    if infinite.any():
+        i, j = (int(v) for v in np.argwhere(infinite)[0])
+        raise MissingValueError(
+            f"{source}: non-finite value ({x[i, j]}) in column {columns[j]!r} at {_row_name(rows, i)}"
+        )
+    if missing == "refuse" and np.isnan(x).any():
+        raise MissingValueError(
+            f"{source}: {missing_report(x, columns, rows)}; fill them in, or set "
+            '[data.preprocess] impute = "mean" to replace them by the swarm\'s per-feature means'
+        )
 
 
 def _class_names_and_labels(values: Sequence[str]) -> tuple[tuple[str, ...], LabelVector]:
@@ -194,12 +233,25 @@ def _finish(
     feature_names: Sequence[str],
     source: str,
     positive_class: str | None,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
-    class_names, labels = _class_names_and_labels(label_values)
-    if len(class_names) < 2:
-        raise DatasetError(f"{source}: only one class present ({class_names[0] if class_names else 'none'})")
+    if class_names is not None and positive_class is None:
+        # The agreed classes (e.g. the genesis's): a site may hold only some of them, even one.
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(label_values) - set(index))
+        if unknown:
+            raise UnknownClassError(
+                f"{source}: label class(es) {', '.join(map(repr, unknown))} are not among the swarm's "
+                f"classes ({', '.join(class_names)}) that genesis records"
+            )
+        labels = np.array([index[v] for v in label_values], dtype=np.int64)
+        names = tuple(class_names)
+    else:
+        names, labels = _class_names_and_labels(label_values)
+        if len(names) < 2:
+            raise DatasetError(f"{source}: only one class present ({names[0] if names else 'none'})")
     data = Dataset(
-        features=x, labels=labels, feature_names=tuple(feature_names), class_names=class_names, source=source
+        features=x, labels=labels, feature_names=tuple(feature_names), class_names=names, source=source
     )
     return data if positive_class is None else data.one_vs_rest(positive_class)
 
@@ -209,30 +261,65 @@ def _require_file(path: Path) -> None:
         raise MissingFileError(f"{path}: no such dataset file")
 
 
-def _strings_to_floats(
-    cells: npt.NDArray[np.str_], source: str, columns: Sequence[str], rows: Sequence[str] | None
-) -> FloatMatrix:
+def is_number(text: str) -> bool:
+    """Whether `text` parses as a float (e.g. "1e-3", "nan")."""
     try:
-        values = cells.astype(np.float64)
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _strings_to_floats(
+    cells: npt.NDArray[np.str_],
+    source: str,
+    columns: Sequence[str],
+    rows: Sequence[str] | None,
+    missing: MissingPolicy = "refuse",
+) -> FloatMatrix:
+    text = np.char.strip(cells.astype(np.str_))
+    absent = np.isin(np.char.lower(text), list(MISSING_MARKERS))
+    try:
+        values = np.where(absent, "nan", text).astype(np.float64)
     except ValueError:
         # Slow path only to name the first offending cell.
         for j, column in enumerate(columns):
-            for i, cell in enumerate(cells[:, j]):
-                text = str(cell).strip()
-                row = f"row {rows[i]!r}" if rows is not None else f"row {i}"
-                if text.lower() in _MISSING_MARKERS:
-                    raise MissingValueError(
-                        f"{source}: missing value in column {column!r} at {row}"
-                    ) from None
-                try:
-                    float(text)
-                except ValueError:
+            for i, cell in enumerate(text[:, j].tolist()):
+                if not absent[i, j] and not is_number(cell):
                     raise NonNumericFeatureError(
-                        f"{source}: feature column {column!r} is not numeric ({row}: {text!r})"
+                        f"{source}: feature column {column!r} is not numeric ({_row_name(rows, i)}: {cell!r})"
                     ) from None
         raise
-    _check_finite(values, source, columns, rows)
+    _check_values(values, source, columns, rows, missing)
     return values.astype(np.float32)
+
+
+def one_hot_name(column: str, category: str) -> str:
+    """The feature name of one category's indicator column."""
+    return f"{column}={category}"
+
+
+def one_hot(
+    cells: Sequence[str], column: str, categories: Sequence[str], source: str, rows: Sequence[str]
+) -> FloatMatrix:
+    """Indicator columns of ``categories`` (in that order) for a categorical column's cells; a
+    missing cell is NaN in all of them, a value outside ``categories`` an `UnseenCategoryError`."""
+    if not categories:
+        raise DatasetError(f"{source}: categorical column {column!r} needs at least one category")
+    index = {c: k for k, c in enumerate(categories)}
+    encoded = np.zeros((len(cells), len(categories)), dtype=np.float32)
+    for i, cell in enumerate(cells):
+        if cell.lower() in MISSING_MARKERS and cell not in index:
+            encoded[i, :] = np.nan
+        elif cell in index:
+            encoded[i, index[cell]] = 1.0
+        else:
+            raise UnseenCategoryError(
+                f"{source}: column {column!r} has {cell!r} at {rows[i]}, not one of the swarm's agreed "
+                f"categories ({', '.join(categories)}); a value genesis does not list is refused, not "
+                "guessed (recode it to an agreed category, or leave the cell empty to impute it)"
+            )
+    return encoded
 
 
 def load_csv(
@@ -242,9 +329,13 @@ def load_csv(
     positive_class: str | None = None,
     feature_columns: Sequence[str] | None = None,
     delimiter: str = ",",
+    categories: Mapping[str, Sequence[str]] | None = None,
+    missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A CSV file with a header row; every column except ``label_column`` is a feature
-    (or only ``feature_columns``). Rows are reported by file line number."""
+    (or only ``feature_columns``). Rows are reported by file line number. A column named
+    in ``categories`` is one-hot encoded with those categories (`one_hot`), in its place."""
     path = Path(path)
     _require_file(path)
     with path.open(newline="", encoding="utf-8") as f:
@@ -261,10 +352,10 @@ def load_csv(
     if feature_columns is None:
         feature_columns = [h for h in header if h != label_column]
     else:
-        missing = [c for c in feature_columns if c not in header]
-        if missing:
+        absent = [c for c in feature_columns if c not in header]
+        if absent:
             raise MissingColumnError(
-                f"{path}: feature columns {missing} not found; available columns: " + ", ".join(header)
+                f"{path}: feature columns {absent} not found; available columns: " + ", ".join(header)
             )
     if not body:
         raise DatasetError(f"{path}: no data rows")
@@ -276,11 +367,40 @@ def load_csv(
     label_index = header.index(label_column)
     labels = [cell.strip() for cell in table[:, label_index].tolist()]
     for line_name, value in zip(line_names, labels, strict=True):
-        if value.lower() in _MISSING_MARKERS:
+        if value.lower() in MISSING_MARKERS:
             raise MissingValueError(f"{path}: missing label in column {label_column!r} at {line_name}")
-    columns = np.array([header.index(c) for c in feature_columns], dtype=np.int64)
-    x = _strings_to_floats(np.char.strip(table[:, columns]), str(path), list(feature_columns), line_names)
-    return _finish(x, labels, feature_columns, str(path), positive_class)
+    cells = {c: table[:, header.index(c)] for c in feature_columns}
+    x, names = _csv_features(cells, categories or {}, str(path), line_names, missing)
+    return _finish(x, labels, names, str(path), positive_class, class_names)
+
+
+def _csv_features(
+    cells: Mapping[str, npt.NDArray[np.str_]],
+    categories: Mapping[str, Sequence[str]],
+    source: str,
+    rows: Sequence[str],
+    missing: MissingPolicy,
+) -> tuple[FloatMatrix, list[str]]:
+    """The feature matrix and names of a CSV's feature columns (in order), categorical ones
+    one-hot encoded; missing values are counted per table column, as the file has them."""
+    unknown = [c for c in categories if c not in cells]
+    if unknown:
+        raise MissingColumnError(f"{source}: categorical column(s) {unknown} not found among the features")
+    blocks: list[FloatMatrix] = []
+    names: list[str] = []
+    for column, values in cells.items():
+        if column in categories:
+            stripped = [str(v).strip() for v in values.tolist()]
+            blocks.append(one_hot(stripped, column, categories[column], source, rows))
+            names += [one_hot_name(column, c) for c in categories[column]]
+        else:
+            blocks.append(_strings_to_floats(values[:, None], source, [column], rows, "keep"))
+            names.append(column)
+    x = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(rows), 0), dtype=np.float32)
+    # One representative (first) matrix column per table column: a categorical cell counts once.
+    firsts = np.cumsum([0] + [b.shape[1] for b in blocks[:-1]])
+    _check_values(x[:, firsts], source, list(cells), rows, missing)
+    return x, names
 
 
 def load_h5ad(
@@ -289,6 +409,8 @@ def load_h5ad(
     *,
     positive_class: str | None = None,
     layer: str | None = None,
+    missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """An AnnData file: features from ``X`` (or ``layers[layer]``), one row per cell /
     sample, feature names from ``var_names``, labels from ``obs[label_column]``."""
@@ -323,18 +445,18 @@ def load_h5ad(
     genes = [str(v) for v in adata.var_names]
     cells = [str(v) for v in adata.obs_names]
     if not np.issubdtype(dense.dtype, np.number) or np.issubdtype(dense.dtype, np.complexfloating):
-        x = _strings_to_floats(dense.astype(np.str_), str(path), genes, cells)
+        x = _strings_to_floats(dense.astype(np.str_), str(path), genes, cells, missing)
     else:
         x64 = dense.astype(np.float64)
-        _check_finite(x64, str(path), genes, cells)
+        _check_values(x64, str(path), genes, cells, missing)
         x = x64.astype(np.float32)
     raw_labels = adata.obs[label_column]
-    missing = raw_labels.isna().to_numpy()
-    if missing.any():
-        cell = cells[int(np.flatnonzero(missing)[0])]
+    unlabelled = raw_labels.isna().to_numpy()
+    if unlabelled.any():
+        cell = cells[int(np.flatnonzero(unlabelled)[0])]
         raise MissingValueError(f"{path}: missing label in obs column {label_column!r} for {cell!r}")
     labels = [str(v) for v in raw_labels.tolist()]
-    return _finish(x, labels, genes, str(path), positive_class)
+    return _finish(x, labels, genes, str(path), positive_class, class_names)
 
 
 def load_npz(
@@ -345,6 +467,8 @@ def load_npz(
     feature_names_key: str = "feature_names",
     class_names_key: str = "class_names",
     positive_class: str | None = None,
+    missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A ``.npz`` archive with a 2-D feature array and a 1-D label array. Optional
     arrays name the features and (for integer labels 0..k-1) the classes."""
@@ -385,12 +509,12 @@ def load_npz(
         raise DatasetError(f"{path}: {len(names)} feature names for {raw_x.shape[1]} feature columns")
     if np.issubdtype(raw_x.dtype, np.number) and not np.issubdtype(raw_x.dtype, np.complexfloating):
         x64 = raw_x.astype(np.float64)
-        _check_finite(x64, source, names, None)
+        _check_values(x64, source, names, None, missing)
         x = x64.astype(np.float32)
     elif np.issubdtype(raw_x.dtype, np.bool_):
         x = raw_x.astype(np.float32)
     else:
-        x = _strings_to_floats(raw_x.astype(np.str_), source, names, None)
+        x = _strings_to_floats(raw_x.astype(np.str_), source, names, None, missing)
     if np.issubdtype(raw_y.dtype, np.floating) and not np.isfinite(raw_y).all():
         row = int(np.flatnonzero(~np.isfinite(raw_y))[0])
         raise MissingValueError(f"{path}[{labels_key}]: missing label at row {row}")
@@ -406,7 +530,21 @@ def load_npz(
         )
         return data if positive_class is None else data.one_vs_rest(positive_class)
     label_values = [str(v.item()) if isinstance(v, np.generic) else str(v) for v in raw_y]
-    return _finish(x, label_values, names, source, positive_class)
+    return _finish(x, label_values, names, source, positive_class, class_names)
+
+
+def save_npz(data: Dataset, path: str | Path) -> Path:
+    """Write `data` as a ``.npz`` archive `load_npz` reads back (features, labels, names)."""
+    target = Path(path)
+    with target.open("wb") as f:
+        np.savez(
+            f,
+            X=data.features,
+            y=data.labels,
+            feature_names=np.array(data.feature_names, dtype=np.str_),
+            class_names=np.array(data.class_names, dtype=np.str_),
+        )
+    return target
 
 
 def load_sklearn(name: str, *, positive_class: str | None = None) -> Dataset:
@@ -438,21 +576,43 @@ def load_dataset(
     *,
     label_column: str | None = None,
     positive_class: str | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None,
+    missing: MissingPolicy = "refuse",
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Load by bundled name ("breast_cancer", "digits", "wine") or by file suffix
-    (.csv and .h5ad need ``label_column``; .npz uses arrays X and y)."""
+    (.csv and .h5ad need ``label_column``; .npz uses arrays X and y). ``categories``
+    (categorical columns, one-hot encoded) apply to CSV files only. ``class_names``: the
+    classes labels may name, in output order (a file may hold only some of them); None:
+    its distinct labels, sorted."""
     text = str(source)
-    if text in SKLEARN_DATASETS and not Path(text).exists():
-        return load_sklearn(text, positive_class=positive_class)
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".h5ad"):
+    if categories and suffix != ".csv":
+        raise DatasetError(
+            f"{text}: categorical columns ({', '.join(categories)}) are read from CSV files only"
+        )
+    if text in SKLEARN_DATASETS and not Path(text).exists():
+        return load_sklearn(text, positive_class=positive_class)
+    if suffix == ".csv":
         if label_column is None:
             raise DatasetError(f"{path}: label_column is required for {suffix} files")
-        loader = load_csv if suffix == ".csv" else load_h5ad
-        return loader(path, label_column, positive_class=positive_class)
+        return load_csv(
+            path,
+            label_column,
+            positive_class=positive_class,
+            categories=categories,
+            missing=missing,
+            class_names=class_names,
+        )
+    if suffix == ".h5ad":
+        if label_column is None:
+            raise DatasetError(f"{path}: label_column is required for {suffix} files")
+        return load_h5ad(
+            path, label_column, positive_class=positive_class, missing=missing, class_names=class_names
+        )
     if suffix == ".npz":
-        return load_npz(path, positive_class=positive_class)
+        return load_npz(path, positive_class=positive_class, missing=missing, class_names=class_names)
     raise UnknownDatasetError(
         f"unknown dataset {text!r}: not one of {', '.join(SKLEARN_DATASETS)} "
         "and not a .csv, .h5ad or .npz file"

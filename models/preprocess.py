@@ -14,10 +14,12 @@ from typing import Final, Literal, final, get_args
 import numpy as np
 import numpy.typing as npt
 
-from .data import Dataset, DatasetError, FloatMatrix, FloatVector
+from .data import Dataset, DatasetError, FloatMatrix, FloatVector, MissingValueError, missing_report
 
 Standardize = Literal["swarm", "local", "none"]
 STANDARDIZE_MODES: Final[tuple[str, ...]] = get_args(Standardize)
+Impute = Literal["none", "mean"]
+IMPUTE_MODES: Final[tuple[str, ...]] = get_args(Impute)
 
 
 @final
@@ -34,11 +36,17 @@ class PreprocessConfig:
                  e.g. a local baseline, uses its own until they are set);
                  ``"local"``: this site's own training rows; ``"none"``: no scaling.
                  ``true`` / ``false`` (older site.toml files) mean ``"local"`` / ``"none"``.
+    impute:      ``"none"`` (default): a missing value (an empty or NaN cell) is refused,
+                 counted per column; ``"mean"``: it is replaced by its feature's
+                 standardisation mean (with ``"swarm"`` the swarm's pooled mean of the
+                 values present, identical at every site; with ``"local"`` this site's),
+                 i.e. it is 0 after standardising. Needs standardize ``"swarm"`` or ``"local"``.
     """
 
     genes: tuple[str, ...] | None = None
     log1p: bool = False
     standardize: Standardize | bool = "swarm"
+    impute: Impute = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.standardize, bool):
@@ -46,6 +54,12 @@ class PreprocessConfig:
         if self.standardize not in STANDARDIZE_MODES:
             raise ValueError(
                 f"standardize must be one of {', '.join(STANDARDIZE_MODES)}, got {self.standardize!r}"
+            )
+        if self.impute not in IMPUTE_MODES:
+            raise ValueError(f"impute must be one of {', '.join(IMPUTE_MODES)}, got {self.impute!r}")
+        if self.impute == "mean" and self.standardize == "none":
+            raise ValueError(
+                'impute = "mean" takes the standardisation means: set standardize = "swarm" or "local"'
             )
 
     @property
@@ -85,11 +99,32 @@ class FeatureMoments:
     mean_sq: npt.NDArray[np.float64]
 
     @classmethod
-    def of(cls, features: npt.NDArray[np.floating]) -> FeatureMoments:
+    def of(
+        cls, features: npt.NDArray[np.floating], *, names: Sequence[str] | None = None, source: str = "site"
+    ) -> FeatureMoments:
+        """The moments of the values present: a NaN (missing) value is left out of its
+        feature's mean and mean square. A feature with no value present is refused."""
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] < 1:
             raise DatasetError(f"moments need a non-empty 2-D array, got shape {x.shape}")
-        return cls(count=int(x.shape[0]), mean=x.mean(axis=0), mean_sq=(x * x).mean(axis=0))
+        present = ~np.isnan(x)
+        if present.all():
+            return cls(count=int(x.shape[0]), mean=x.mean(axis=0), mean_sq=(x * x).mean(axis=0))
+        empty = np.flatnonzero(~present.any(axis=0))
+        if empty.size:
+            j = int(empty[0])
+            column = names[j] if names is not None else f"column {j}"
+            raise MissingValueError(
+                f"{source}: feature {column!r} has no value in any of the {x.shape[0]} rows "
+                f"({empty.size} such feature(s)): nothing to contribute to the swarm's statistics"
+            )
+        counts = present.sum(axis=0)
+        filled = np.where(present, x, 0.0)
+        return cls(
+            count=int(x.shape[0]),
+            mean=filled.sum(axis=0) / counts,
+            mean_sq=(filled * filled).sum(axis=0) / counts,
+        )
 
     @classmethod
     def pool(cls, parts: Sequence[FeatureMoments]) -> FeatureMoments:
@@ -251,8 +286,11 @@ class Preprocessor:
         selected = _select_and_log(data, config)
         x = selected.features.astype(np.float64)
         if config.mode != "none":
-            mean = x.mean(axis=0, keepdims=True)
-            std = x.std(axis=0, keepdims=True)
+            FeatureMoments.of(x, names=selected.feature_names, source=selected.source)  # no empty feature
+            # The values present: a missing one is NaN and left out.
+            mean_of, std_of = (np.nanmean, np.nanstd) if np.isnan(x).any() else (np.mean, np.std)
+            mean = mean_of(x, axis=0, keepdims=True)
+            std = std_of(x, axis=0, keepdims=True)
             # A constant feature at this site (common with few samples) is centred, not divided by 0.
             scale = np.where(std > 1e-12, std, 1.0)
         else:
@@ -270,7 +308,8 @@ class Preprocessor:
         """This data's per-feature moments after the statistics-free steps (genes, log1p):
         what a site contributes to the swarm's pooled statistics."""
         config = PreprocessConfig() if config is None else config
-        return FeatureMoments.of(_select_and_log(data, config).features)
+        selected = _select_and_log(data, config)
+        return FeatureMoments.of(selected.features, names=selected.feature_names, source=selected.source)
 
     def with_moments(self, pooled: FeatureMoments) -> Preprocessor:
         """The same preprocessing, standardised with ``pooled`` (e.g. the swarm's) statistics."""
@@ -284,6 +323,14 @@ class Preprocessor:
         if selected.feature_names != self.feature_names:
             raise DatasetError(f"{data.source}: features differ from those the preprocessor was fitted on")
         x = ((selected.features - self.mean) / self.scale).astype(np.float32)
+        missing = np.isnan(x)
+        if missing.any():
+            if self.config.impute != "mean":
+                raise MissingValueError(
+                    f"{data.source}: {missing_report(selected.features, selected.feature_names, None)}; fill "
+                    'them in, or set [data.preprocess] impute = "mean"'
+                )
+            x[missing] = 0.0  # the feature's (pooled) mean, standardised
         return Dataset(
             features=x,
             labels=selected.labels,

@@ -35,7 +35,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 
-from .data import Dataset
+from .data import Dataset, DatasetError
 from .flatten import FloatVector, flatten, unflatten
 from .nets import SpecNet, bind_generator, build_model
 from .preprocess import FeatureMoments, PreprocessConfig, Preprocessor
@@ -258,7 +258,10 @@ class LocalTrainer:
         initial_parameters: FloatVector | None = None,
     ) -> None:
         if data.n_classes != spec.n_classes:
-            raise ValueError(f"{data.source}: {data.n_classes} classes, but the spec has {spec.n_classes}")
+            raise DatasetError(
+                f"{data.source}: {data.n_classes} classes, but the spec has {spec.n_classes} (a genesis that "
+                "records the class names lets a site with only some of them take part)"
+            )
         self.spec: Final = spec
         self.config: Final = config
         self._generator = generator
@@ -275,7 +278,7 @@ class LocalTrainer:
         # swarm replaces them by the pooled ones (`standardize_with`) before training.
         self._preprocessor = Preprocessor.fit(self._train_data, preprocess)
         if len(self._preprocessor.feature_names) != spec.n_features:
-            raise ValueError(
+            raise DatasetError(
                 f"{data.source}: {len(self._preprocessor.feature_names)} features after preprocessing, "
                 f"but the spec expects {spec.n_features}"
             )

@@ -123,10 +123,11 @@ def run_case(
     # Ledger files on tmpfs: simulation speed, not disk fsync speed (the protocol is the same).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="reproduce-", dir=shm) as tmp:
-        # The ledger's max_rounds counts the statistics rounds too: `rounds` training rounds follow.
-        max_rounds = rounds + stats_rounds
-        plan = SwarmPlan.create(Path(tmp), spec, founders=n_sites, max_rounds=max_rounds, train=config)
-        if plan.genesis.training.stopping != StoppingRule(max_rounds=max_rounds):
+        # The genesis records the statistics rounds; `rounds` training rounds follow them.
+        plan = SwarmPlan.create(
+            Path(tmp), spec, founders=n_sites, max_rounds=rounds, statistics_rounds=stats_rounds, train=config
+        )
+        if plan.genesis.training.stopping != StoppingRule(max_rounds=rounds, statistics_rounds=stats_rounds):
             raise RuntimeError("unexpected stopping rule in the simulated genesis")
 
         async def site(i: int, network: Any) -> None:

@@ -73,6 +73,7 @@ from .node import (
     SwarmStopped,
     open_swarm_node,
 )
+from .sitedata import SiteData, plan_site_data
 
 if TYPE_CHECKING:
     from torch import nn
@@ -497,7 +498,8 @@ def create_local_swarm(
     n_sites: int,
     *,
     model: ModelSpec,
-    data: str = "breast_cancer",
+    data: SiteData | Sequence[SiteData] | None = None,
+    label_column: str | None = None,
     positive_class: str | None = None,
     min_peers: int = 2,
     max_rounds: int = 3,
@@ -521,20 +523,21 @@ def create_local_swarm(
     and `merge_params` from `models.rules`, e.g. ``"fedprox", {"mu": 0.1}``; `server_optimizer`
     and `server_params` from `models.optimizers`, e.g. ``"fedadam", {"tau": 0.01}``). Meant
     for `local_swarm` and examples: the sites have no network addresses.
+
+    `data`: each site's data for `swarmnode.trainer.build_local_trainer`, one for all sites or
+    one per site; the genesis then records their table and statistics rounds (`preprocess`);
+    None: the sites bring their own data and training loop (`swarmnode.sitedata.plan_site_data`).
     """
     if n_sites < 1:
         raise ValueError("n_sites must be >= 1")
     if weightages is not None and len(weightages) != n_sites:
         raise ValueError(f"weightages must list {n_sites} values, got {len(weightages)}")
     root = Path(directory).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    identities: list[NodeIdentity] = []
-    for i in range(n_sites):
-        site = root / f"site-{i}"
-        site.mkdir(exist_ok=True)
-        identity = NodeIdentity.generate()
-        identity.save(site / "node.key")
-        identities.append(identity)
+    sites = [root / f"site-{i}" for i in range(n_sites)]
+    identities = [_new_site_key(site) for site in sites]
+    preprocess = preprocess if preprocess is not None else PreprocessConfig()
+    where = {"label_column": label_column, "positive_class": positive_class}
+    sources, schema, statistics_rounds = plan_site_data(data, sites, model, preprocess, **where)
     genesis = Genesis(
         name="local-swarm",
         members=tuple(FoundingMember(name=f"site-{i}", node_id=n.node_id) for i, n in enumerate(identities)),
@@ -548,28 +551,30 @@ def create_local_swarm(
             min_peers=min_peers,
             sync_every=sync_every,
             timeouts=timeouts if timeouts is not None else Timeouts(),
-            stopping=StoppingRule(max_rounds=max_rounds),
+            stopping=StoppingRule(max_rounds=max_rounds, statistics_rounds=statistics_rounds),
         ),
         join_policy=JoinPolicy(),
+        data=schema,
     )
     genesis.save(root / "genesis.cbor")
-    configs = []
-    for i in range(n_sites):
-        site = root / f"site-{i}"
-        config = NodeConfig(
-            node=NodeSection(name=f"site-{i}", key_file=site / "node.key", storage_dir=site / "state"),
-            data=DataSection(
-                source=data,
-                positive_class=positive_class,
-                preprocess=preprocess if preprocess is not None else PreprocessConfig(),
-            ),
+    return tuple(
+        NodeConfig(
+            node=NodeSection(name=site.name, key_file=site / "node.key", storage_dir=site / "state"),
+            data=DataSection(source=source, preprocess=preprocess, **where),
             model=model,
             training=training if training is not None else TrainConfig(),
             swarm=SwarmSection(weightage=1 if weightages is None else weightages[i], seed=seed + i),
             ledger=LedgerSection(genesis=root / "genesis.cbor"),
         )
-        configs.append(config)
-    return tuple(configs)
+        for i, (site, source) in enumerate(zip(sites, sources, strict=True))
+    )
+
+
+def _new_site_key(site: Path) -> NodeIdentity:
+    site.mkdir(parents=True, exist_ok=True)
+    identity = NodeIdentity.generate()
+    identity.save(site / "node.key")
+    return identity
 
 
 @contextmanager

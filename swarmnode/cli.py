@@ -50,6 +50,9 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
 
     from .scaffold import SetupError, SiteSettings, infer_model
 
+    # Paths on the command line are the user's, relative to the working directory; site.toml
+    # keeps them absolute (its own relative paths would resolve against --dir).
+    args.data, args.test_data = (_cwd_path(p) for p in (args.data, args.test_data))
     positive = args.positive_class
     if positive is None and args.data == "breast_cancer":
         positive = "malignant"  # the usual disease-vs-rest task of the bundled demo data
@@ -87,6 +90,14 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
         bootstrap=tuple(getattr(args, "bootstrap", ())),
         weightage=args.weightage,
     )
+
+
+def _cwd_path(source: str | None) -> str | None:
+    from models.data import SKLEARN_DATASETS
+
+    if source is None or (source in SKLEARN_DATASETS and not Path(source).exists()):
+        return source
+    return str(Path(source).resolve())
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -205,16 +216,19 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         GenesisSettings,
         SetupError,
         build_genesis,
+        founding_schema,
         parse_join_policy,
         parse_member,
         parse_merge_param,
         parse_threshold,
         save_genesis,
     )
+    from .trainer import statistics_rounds_for
 
     if not args.member:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
     model_config = NodeConfig.load(args.model_from)
+    schema = None if args.no_schema else founding_schema(model_config)
     out = Path(args.out)
     settings = GenesisSettings(
         name=args.name,
@@ -237,6 +251,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         join_policy=parse_join_policy(args.join_policy),
         timeouts=_timeouts(args),
         nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
+        statistics_rounds=statistics_rounds_for(model_config.model, model_config.data.preprocess),
+        data=schema,
     )
     genesis = build_genesis(settings)
     save_genesis(genesis, out)
@@ -538,7 +554,8 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
     p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
     p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")
-    p.add_argument("--max-rounds", type=int, default=10, help="stop after this many merged rounds")
+    p.add_argument("--max-rounds", type=int, default=10, help="stop after this many training rounds")
+    p.add_argument("--no-schema", action="store_true", help="do not record feature/class names (README)")
     p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")

@@ -235,12 +235,13 @@ class LedgerSection:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
-    """This site's private data. `source` is a bundled dataset name or a .csv/.h5ad/.npz file.
+    """This site's private data. `source` is a bundled dataset name or a .csv/.h5ad/.npz file
+    (None: the site brings its own data and training loop, e.g. through the embedding API).
 
     `test_source` optionally names a held-out test set to report test metrics on.
     """
 
-    source: str
+    source: str | None = None
     label_column: str | None = None
     positive_class: str | None = None
     test_source: str | None = None
@@ -313,7 +314,7 @@ class NodeConfig:
             ledger=dataclasses.replace(config.ledger, genesis=base / config.ledger.genesis),
             data=dataclasses.replace(
                 data,
-                source=_resolve_data(base, data.source),
+                source=None if data.source is None else _resolve_data(base, data.source),
                 test_source=None if data.test_source is None else _resolve_data(base, data.test_source),
             ),
         )

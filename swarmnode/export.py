@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.data import Dataset, DatasetError, load_dataset
+from models.data import Dataset, DatasetError, MissingPolicy, load_dataset
 from models.flatten import FloatVector, LayoutMismatch, flatten, unflatten
 from models.nets import build_model
 from models.preprocess import PreprocessConfig, Preprocessor
@@ -131,6 +131,7 @@ class FinalModel:
             "genes": None if config.genes is None else list(config.genes),
             "log1p": config.log1p,
             "standardize": config.mode,
+            "impute": config.impute,
             "feature_names": list(self.preprocessor.feature_names),
             # float32 values written as exact doubles: reading them back is bit-identical
             "mean": [float(v) for v in self.preprocessor.mean.reshape(-1)],
@@ -383,6 +384,7 @@ def _preprocessor(data: Mapping[str, Any], path: Path) -> Preprocessor:
             genes=None if genes is None else tuple(genes),
             log1p=bool(data["log1p"]),
             standardize=data["standardize"],
+            impute=data.get("impute", "none"),  # exports before missing-value imputation had none
         )
         return Preprocessor(
             config=config,
@@ -498,7 +500,10 @@ def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset,
             header = [h.strip() for h in next(csv.reader(handle), [])]
         if label_column is None or label_column not in header:
             return _unlabelled_csv(path, exported.class_names), False
-    data = load_dataset(source, label_column=label_column, positive_class=exported.positive_class)
+    missing: MissingPolicy = "keep" if exported.preprocessor.config.impute == "mean" else "refuse"
+    data = load_dataset(
+        source, label_column=label_column, positive_class=exported.positive_class, missing=missing
+    )
     return _labels_as_trained(data, exported.class_names), True
 
 

@@ -39,8 +39,9 @@ from consensus.transactions import JoinRequest, TxSigner
 from crypto import cbor
 from crypto.errors import KeyFileError, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
-from models.data import SKLEARN_DATASETS, Dataset, DatasetError, load_dataset
+from models.data import SKLEARN_DATASETS, DatasetError
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
+from models.tables import DataSchema, infer_schema
 
 from .addresses import advertised_addresses, check_dialable, check_listen
 from .config import ConfigError, NodeConfig
@@ -287,8 +288,8 @@ def infer_model(
     source = data_source
     if source not in SKLEARN_DATASETS and not Path(source).is_absolute():
         source = str(base_dir / source)
-    try:
-        data: Dataset = load_dataset(source, label_column=label_column, positive_class=positive_class)
+    try:  # categorical CSV columns count as one input per category (`models.tables`)
+        _, data = infer_schema(source, label_column=label_column, positive_class=positive_class)
     except DatasetError as exc:
         raise SetupError(f"data source: {exc}") from None
     try:
@@ -410,6 +411,8 @@ class GenesisSettings:
     join_policy: JoinPolicy = field(default_factory=JoinPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     nonce: bytes = b""
+    statistics_rounds: int = 0  # `swarmnode.trainer.statistics_rounds_for` the founders' preprocessing
+    data: DataSchema | None = None  # the agreed table (`models.tables.infer_schema`)
 
 
 def check_member_addresses(members: Sequence[FoundingMember]) -> None:
@@ -443,14 +446,46 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                 ckks_params=s.ckks_params,
                 timeouts=s.timeouts,
                 stopping=StoppingRule(
-                    max_rounds=s.max_rounds, patience=s.patience, min_delta=s.min_delta, goal=s.goal
+                    max_rounds=s.max_rounds,
+                    patience=s.patience,
+                    min_delta=s.min_delta,
+                    goal=s.goal,
+                    statistics_rounds=s.statistics_rounds,
                 ),
             ),
             join_policy=s.join_policy,
             nonce=s.nonce,
+            data=s.data,
         )
     except ValueError as exc:  # the genesis dataclasses name the field: "training.min_peers: ..."
         raise SetupError(f"genesis: {exc}") from None
+
+
+def founding_schema(config: NodeConfig) -> DataSchema:
+    """The table a founding site's data has (`models.tables.infer_schema`), for its genesis:
+    feature columns and classes by name, CSV categorical columns with their categories; with
+    ``[data.preprocess] genes`` the features are those genes (the model's inputs)."""
+    data = config.data
+    where = f"{config.source or 'site config'}: [data] source"
+    if data.source is None:
+        raise SetupError(f"{where} is not set: genesis records the founding site's table from it")
+    try:
+        schema, _ = infer_schema(
+            data.source, label_column=data.label_column, positive_class=data.positive_class
+        )
+        if data.preprocess.genes is not None:
+            schema = DataSchema(feature_names=data.preprocess.genes, class_names=schema.class_names)
+    except (DatasetError, OSError, ValueError) as exc:
+        raise SetupError(
+            f"{where}: {exc} (genesis records the founding site's feature and class names from it; "
+            "--no-schema founds a swarm that does not compare them)"
+        ) from None
+    if schema.n_features != config.model.n_features or len(schema.class_names) != config.model.n_classes:
+        raise SetupError(
+            f"{where}: {schema.n_features} model inputs and {len(schema.class_names)} classes, but [model] "
+            f"has n_features = {config.model.n_features} and n_classes = {config.model.n_classes}"
+        )
+    return schema
 
 
 def save_genesis(genesis: Genesis, path: Path) -> None:
@@ -562,6 +597,7 @@ __all__ = [
     "SetupError",
     "SiteSettings",
     "build_genesis",
+    "founding_schema",
     "infer_model",
     "init_site",
     "join_site",

@@ -84,6 +84,7 @@ class SwarmPlan:
         joiners: int = 0,
         timeouts: Timeouts = SIM_TIMEOUTS,
         max_rounds: int = 5,
+        statistics_rounds: int = 0,
         patience: int = 0,
         min_peers: int = 2,
         secure: bool = True,
@@ -112,7 +113,9 @@ class SwarmPlan:
                 secure=secure,
                 threshold=threshold if threshold is not None else DecryptionThreshold(),
                 timeouts=timeouts,
-                stopping=StoppingRule(max_rounds=max_rounds, patience=patience),
+                stopping=StoppingRule(
+                    max_rounds=max_rounds, patience=patience, statistics_rounds=statistics_rounds
+                ),
             ),
             join_policy=JoinPolicy(approvals=approvals),
             nonce=namespace.encode()[:32],

@@ -196,6 +196,7 @@ def _testnet_genesis(
     threshold: DecryptionThreshold | None,
     sync_every: int,
     max_rounds: int,
+    statistics_rounds: int,
 ) -> Genesis:
     return build_genesis(
         GenesisSettings(
@@ -213,6 +214,7 @@ def _testnet_genesis(
             min_peers=2,
             sync_every=sync_every,
             max_rounds=max_rounds,
+            statistics_rounds=statistics_rounds,
             join_policy=JoinPolicy(mode="members", approvals=1),
             timeouts=TESTNET_TIMEOUTS,
             nonce=os.urandom(16),
@@ -258,7 +260,8 @@ def prepare_testnet(
         threshold=threshold,
         sync_every=sync_every,
         # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
-        max_rounds=rounds + statistics_rounds(data.n_features, spec_layout(spec).size),
+        max_rounds=rounds,
+        statistics_rounds=statistics_rounds(data.n_features, spec_layout(spec).size),
     )
     genesis_path = workdir / "genesis.cbor"
     save_genesis(genesis, genesis_path)
@@ -303,7 +306,7 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
         trainer.fit()
         return trainer.evaluate(test).to_dict()
 
-    site_data = [load_dataset(c.data.source) for c in configs]
+    site_data = [load_dataset(str(c.data.source)) for c in configs]  # testnet sites all have data
     local = {c.node.name: fit(d, c.swarm.seed, c) for c, d in zip(configs, site_data, strict=True)}
     central = fit(Dataset.concatenate(site_data), 999, configs[0])
     baselines = {

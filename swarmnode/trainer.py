@@ -27,9 +27,11 @@ loop every site runs::
   power-of-two scale, then the scaled moments); every site then standardises
   with the pooled mean and std. Nobody sees another site's statistics, only
   the pooled ones. These rounds report no validation metric
-  (so patience ignores them) but do count towards genesis ``max_rounds``: a
-  swarm with ``max_rounds = R`` trains ``R - k`` merged rounds
-  (`training_rounds`). Their `RoundRecord` has ``kind = "statistics"``.
+  (so patience ignores them) and do not count towards genesis ``max_rounds``: the
+  genesis records k (``training.stopping.statistics_rounds``, from
+  `statistics_rounds_for` when it is written) and a swarm with ``max_rounds = R``
+  trains R merged rounds after them; a site whose k differs is refused. Their
+  `RoundRecord` has ``kind = "statistics"``.
   `SwarmTrainer.from_torch` leaves normalisation to the user (use
   `models.preprocess.FeatureMoments` / `PooledMoments` with `SwarmNode.merge` to do
   the same by hand).
@@ -54,10 +56,12 @@ import trio
 from torch import nn
 
 from consensus.genesis import Genesis
-from models.data import Dataset, load_dataset
-from models.flatten import FloatVector
-from models.preprocess import FeatureMoments, PooledMoments, Preprocessor, statistics_rounds
+from models.data import Dataset
+from models.flatten import FloatVector, spec_layout
+from models.preprocess import FeatureMoments, PooledMoments, PreprocessConfig, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
+from models.spec import ModelSpec
+from models.tables import load_aligned
 from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
 
 from .config import NodeConfig
@@ -83,6 +87,7 @@ __all__ = [
     "check_model",
     "default_metric",
     "initial_parameters",
+    "statistics_rounds_for",
     "train_with_swarm",
     "training_rounds",
 ]
@@ -238,11 +243,35 @@ def default_metric(genesis: Genesis) -> str:
     return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
 
 
-def training_rounds(genesis: Genesis, n_features: int, n_params: int, *, swarm_standardize: bool) -> int:
-    """Merged training rounds a swarm runs: genesis ``max_rounds`` minus the statistics
-    rounds of swarm standardisation (which count as merged rounds on the ledger)."""
-    k = statistics_rounds(n_features, n_params) if swarm_standardize else 0
-    return genesis.training.stopping.max_rounds - k
+def statistics_rounds_for(spec: ModelSpec, preprocess: PreprocessConfig) -> int:
+    """The statistics rounds a genesis records for sites that train `spec` with `preprocess`
+    (``training.stopping.statistics_rounds``): swarm standardisation's, else none."""
+    if preprocess.mode != "swarm":
+        return 0
+    return statistics_rounds(spec.n_features, spec_layout(spec).size)
+
+
+def training_rounds(genesis: Genesis) -> int:
+    """Merged training rounds a swarm runs: genesis ``max_rounds`` (the statistics rounds
+    before them are ``training.stopping.statistics_rounds``)."""
+    return genesis.training.stopping.max_rounds
+
+
+def check_statistics_rounds(genesis: Genesis, own: int) -> None:
+    """Refuse a site whose statistics rounds (`own`: swarm standardisation's, or 0) are not
+    the ones genesis records: it would offer a model where the others offer statistics."""
+    recorded = genesis.training.stopping.statistics_rounds
+    if own == recorded:
+        return
+    fix = (
+        'set [data.preprocess] standardize = "swarm": the swarm standardises with pooled statistics'
+        if recorded
+        else 'set [data.preprocess] standardize = "local" or "none": this swarm has no statistics rounds'
+    )
+    raise SwarmSetupError(
+        f"swarm {genesis.name!r} records {recorded} statistics round(s) before training (genesis "
+        f"training.stopping.statistics_rounds), but this site's swarm standardisation takes {own}: {fix}"
+    )
 
 
 @final
@@ -288,16 +317,8 @@ class SwarmTrainer:
         moments_of = getattr(learner, "swarm_moments", None)
         moments = moments_of() if callable(moments_of) else None
         if isinstance(moments, FeatureMoments):
-            n_params = int(learner.parameters().size)
-            self._agreement = PooledMoments(moments, n_params, source=genesis.name)
-            max_rounds = genesis.training.stopping.max_rounds
-            if max_rounds <= self._agreement.rounds:
-                raise SwarmSetupError(
-                    f"swarm {genesis.name!r} stops after max_rounds = {max_rounds} merged rounds, but "
-                    f"swarm standardisation of {moments.n_features} features takes the first "
-                    f"{self._agreement.rounds} merged round(s) (model size {n_params}): no training "
-                    'would happen. Raise max_rounds in the genesis or set standardize = "local".'
-                )
+            self._agreement = PooledMoments(moments, int(learner.parameters().size), source=genesis.name)
+        check_statistics_rounds(genesis, self.statistics_rounds)
 
     @property
     def statistics_rounds(self) -> int:
@@ -577,19 +598,32 @@ def check_model(genesis: Genesis, config: NodeConfig) -> None:
         )
 
 
+def load_site_data(config: NodeConfig, genesis: Genesis, source: str) -> Dataset:
+    """One of this site's data files as the swarm trains on it: with the genesis's data
+    schema, categorical columns one-hot encoded with the agreed categories and the columns
+    and classes aligned by name (`models.tables`); missing values kept if they are imputed."""
+    return load_aligned(
+        source,
+        genesis.data,
+        label_column=config.data.label_column,
+        positive_class=config.data.positive_class,
+        missing="keep" if config.data.preprocess.impute == "mean" else "refuse",
+        select=config.data.preprocess.genes is not None,
+    )
+
+
 def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrainer, Dataset | None]:
     """Load this site's data (and test data) per config and build its LocalTrainer."""
     check_model(genesis, config)
-    data = load_dataset(
-        config.data.source, label_column=config.data.label_column, positive_class=config.data.positive_class
-    )
-    test = None
-    if config.data.test_source is not None:
-        test = load_dataset(
-            config.data.test_source,
-            label_column=config.data.label_column,
-            positive_class=config.data.positive_class,
+    if config.data.source is None:
+        raise SwarmSetupError(
+            f"{config.source or 'site config'}: [data] has no source: this site was set up to bring its "
+            "own data and training loop (e.g. create_local_swarm without data)"
         )
+    data = load_site_data(config, genesis, config.data.source)
+    test = (
+        None if config.data.test_source is None else load_site_data(config, genesis, config.data.test_source)
+    )
     trainer = LocalTrainer(
         config.model,
         data,

@@ -55,13 +55,14 @@ def test_init_writes_private_key_and_loadable_commented_config(
 
 
 def test_init_reads_features_from_a_data_file_and_reports_missing_ones(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
 
     site = tmp_path / "s"
     site.mkdir()
     np.savez(site / "local.npz", X=np.zeros((6, 4), dtype=np.float32), y=np.array([0, 1, 2, 0, 1, 2]))
+    monkeypatch.chdir(site)  # --data is relative to the working directory
     init(tmp_path, "s", 7302, "--data", "local.npz")
     assert (NodeConfig.load(site / "site.toml").model.n_features, 3) == (4, 3)
     assert main(["init", "--name", "t", "--dir", str(tmp_path / "t"), "--data", "missing.npz"]) == 2
@@ -70,6 +71,21 @@ def test_init_reads_features_from_a_data_file_and_reports_missing_ones(
     assert "missing.npz" in err
     assert "Traceback" not in err
     assert not (tmp_path / "t" / "node.key").exists()
+
+
+def test_init_data_paths_are_relative_to_the_working_directory_not_to_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`init --data ../data/a.csv --dir site` once resolved the path against --dir."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text("x1,x2,y\n1,2,p\n3,4,q\n5,6,p\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    argv = ["--data", "../data/a.csv", "--test-data", "../data/a.csv", "--label-column", "y"]
+    init(tmp_path, "a", 7303, *argv)
+    config = NodeConfig.load(tmp_path / "a" / "site.toml")
+    assert config.data.source == config.data.test_source == str((tmp_path / "data" / "a.csv").resolve())
+    assert config.model.n_features == 2
 
 
 def test_genesis_from_member_lines_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -82,7 +82,9 @@ async def test_four_site_secure_swarm_beats_local_and_matches_central(
     central.fit()
     central_auc = central.evaluate(test).roc_auc
 
-    plan = SwarmPlan.create(tmp_path, spec, founders=SITES, max_rounds=ROUNDS + k, train=config)
+    plan = SwarmPlan.create(
+        tmp_path, spec, founders=SITES, max_rounds=ROUNDS, statistics_rounds=k, train=config
+    )
     sites = [trainer(i, "swarm") for i in range(SITES)]
     summaries: list[TrainingSummary | None] = [None] * SITES
     async with open_memory_network(seed=seed) as net:

@@ -22,7 +22,7 @@ from models.spec import logistic_regression, mlp
 from models.splits import preset_scenario, split_sites
 from models.training import TrainConfig
 from swarmnode.api import create_local_swarm
-from swarmnode.config import DataSection, NodeConfig
+from swarmnode.config import NodeConfig
 from swarmnode.liveview import SiteView
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import params_hash
@@ -62,7 +62,7 @@ class Progress:
         pass
 
 
-def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeConfig, ...]:
+def site_configs(tmp_path: Path, n_sites: int, training_rounds: int) -> tuple[NodeConfig, ...]:
     data = load_dataset("breast_cancer", positive_class="malignant")
     split = split_sites(data.labels, preset_scenario("uneven_class", n_sites), seed=0)
     test = save_npz(split.test_data(data), tmp_path / "test.npz")
@@ -70,26 +70,22 @@ def site_configs(tmp_path: Path, n_sites: int, max_rounds: int) -> tuple[NodeCon
         tmp_path / "swarm",
         n_sites,
         model=SPEC,
-        max_rounds=max_rounds,
+        data=[save_npz(split.site_data(data, i), tmp_path / f"site{i}.npz") for i in range(n_sites)],
+        max_rounds=training_rounds,  # after the genesis's 2 statistics rounds
         timeouts=SIM_TIMEOUTS,
         training=TrainConfig(batch_size=32, lr=0.01),
         secure=n_sites >= 3,  # a secure swarm needs t + 1 = 3 sites
     )
     return tuple(
-        dataclasses.replace(
-            config,
-            data=DataSection(
-                source=save_npz(split.site_data(data, i), tmp_path / f"site{i}.npz"), test_source=test
-            ),
-        )
-        for i, config in enumerate(configs)
+        dataclasses.replace(config, data=dataclasses.replace(config.data, test_source=test))
+        for config in configs
     )
 
 
 async def test_three_sites_train_to_the_same_final_model(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    configs = site_configs(tmp_path, 3, max_rounds=5)
+    configs = site_configs(tmp_path, 3, training_rounds=3)
     reports: dict[int, SiteReport] = {}
     seen: list[RoundRecord] = []
     async with open_memory_network(seed=3) as network, trio.open_nursery() as nursery:
@@ -137,7 +133,7 @@ async def test_three_sites_train_to_the_same_final_model(
 
 
 async def test_a_site_with_another_model_is_refused_before_starting(tmp_path: Path) -> None:
-    config = site_configs(tmp_path, 2, max_rounds=1)[0]
+    config = site_configs(tmp_path, 2, training_rounds=1)[0]
     other = dataclasses.replace(config, model=mlp(30, 2, hidden=(8,)))
     with pytest.raises(SwarmSetupError, match="not the model"):
         await run_site(other)
@@ -165,7 +161,7 @@ class Heard:
 async def test_observers_hear_each_status_round_and_the_stop_and_metrics_json_has_timings(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    configs = site_configs(tmp_path, 3, max_rounds=3)  # 2 statistics rounds, 1 training round
+    configs = site_configs(tmp_path, 3, training_rounds=1)  # 2 statistics rounds, 1 training round
     heard = [Heard() for _ in configs]
     views = [SiteView(config.node.name, "roc_auc") for config in configs]
     reports: dict[int, SiteReport] = {}

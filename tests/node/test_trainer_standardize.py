@@ -30,13 +30,17 @@ pytestmark = pytest.mark.timeout(120)
 SPEC = mlp(30, 2, hidden=(1,))
 
 
-def genesis_for(spec: ModelSpec, max_rounds: int) -> Genesis:
+K = statistics_rounds(30, 35)  # what the genesis of a swarm standardising SPEC's inputs records
+
+
+def genesis_for(spec: ModelSpec, max_rounds: int, statistics: int = K) -> Genesis:
     return Genesis(
         name="std-swarm",
         # A secure genesis needs t + 1 founders (t = 2 of 3).
         members=tuple(FoundingMember(name=n, node_id=make_identity(i).node_id) for i, n in enumerate("abc")),
         training=TrainingParams(
-            model_spec_hash=spec.spec_hash(), stopping=StoppingRule(max_rounds=max_rounds)
+            model_spec_hash=spec.spec_hash(),
+            stopping=StoppingRule(max_rounds=max_rounds, statistics_rounds=statistics),
         ),
     )
 
@@ -166,12 +170,17 @@ def test_a_site_out_of_step_with_the_ledger_does_not_offer_statistics() -> None:
         trainer.check_ledger(offer, merged_rounds=4)  # it joined after the statistics rounds
 
 
-def test_max_rounds_must_leave_training_rounds() -> None:
+def test_a_site_whose_statistics_rounds_are_not_the_genesis_ones_is_refused() -> None:
     site = two_sites()[0]
-    with pytest.raises(SwarmSetupError, match=r"max_rounds = 3 .* first 3 merged round\(s\)"):
-        SwarmTrainer.from_local_trainer(site, genesis_for(SPEC, max_rounds=3))
+    with pytest.raises(SwarmSetupError, match=r"records 0 statistics round\(s\).* takes 3: .*\"local\""):
+        SwarmTrainer.from_local_trainer(site, genesis_for(SPEC, max_rounds=3, statistics=0))
     local = two_sites("local")[0]
-    assert SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, max_rounds=3)).statistics_rounds == 0
+    with pytest.raises(SwarmSetupError, match=r"records 3 statistics round\(s\).* takes 0: .*\"swarm\""):
+        SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, max_rounds=3))
+    trainer = SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, max_rounds=3, statistics=0))
+    assert trainer.statistics_rounds == 0
+    # max_rounds counts training rounds: the 3 statistics rounds come on top of it.
+    assert genesis_for(SPEC, max_rounds=3).training.stopping.merged_rounds == 3 + 3
 
 
 def test_stopping_during_the_statistics_rounds_keeps_the_model() -> None:
@@ -194,7 +203,7 @@ def test_the_torch_helper_leaves_normalisation_to_the_user() -> None:
         model,
         DataLoader(spec_free, batch_size=4),
         torch.optim.SGD(model.parameters(), lr=0.1),
-        genesis_for(SPEC, max_rounds=2),
+        genesis_for(SPEC, max_rounds=2, statistics=0),
     )
     assert trainer.statistics_rounds == 0
     assert trainer.next_sync().kind == TRAINING
