@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,10 +68,45 @@ def _metrics(m: Any) -> JsonDict:
     return {"roc_auc": m.roc_auc, "balanced_accuracy": m.balanced_accuracy, "f1": m.f1}
 
 
-def run_case(
-    dataset: str, scenario: str, n_sites: int, seed: int, rounds: int, epochs_per_round: int
-) -> JsonDict:
+@dataclass(frozen=True)
+class Options:
+    """The learning options every model of a case (local, central, swarm) trains with."""
+
+    rounds: int
+    epochs_per_round: int
+    budget: str = "epochs"  # "steps": `steps_per_round` optimiser steps per round for every model
+    steps_per_round: int | None = None  # None: the central model's steps in epochs_per_round epochs
+    class_weights: str = "none"  # "balanced": loss weights from class frequencies (see below)
+    select: str = "last"  # "best": keep the round with the best validation metric
+    validation_fraction: float = 0.0
+
+
+def _train_rounds(t: Any, options: Options, steps: int, metric: str) -> int:
+    """`options.rounds` rounds of local training; with select = "best" the model ends at the
+    round whose validation `metric` was best (the swarm's rule, applied to one model).
+    Returns the round kept (1-based)."""
+    import math
+
+    best: tuple[float, int, Any] | None = None
+    for r in range(1, options.rounds + 1):
+        if options.budget == "steps":
+            t.train_steps(steps)
+        else:
+            t.train_epochs(options.epochs_per_round)
+        validation = t.validate() if options.select == "best" else None
+        value = None if validation is None else getattr(validation, metric)
+        if value is not None and math.isfinite(value) and (best is None or value > best[0]):
+            best = (value, r, t.parameters())
+    if best is None:
+        return options.rounds
+    t.load_parameters(best[2])
+    return best[1]
+
+
+def run_case(dataset: str, scenario: str, n_sites: int, seed: int, options: Options) -> JsonDict:
     """Local, central and secure-swarm models for one split; metrics on the held-out test set."""
+    import dataclasses
+
     import numpy as np
     import torch
     import trio
@@ -78,22 +114,26 @@ def run_case(
 
     from consensus.genesis import StoppingRule
     from models import LocalTrainer, TrainConfig, load_dataset, mlp, preset_scenario, split_sites
-    from models.preprocess import PreprocessConfig, statistics_rounds
+    from models.preprocess import PreprocessConfig
     from models.training import init_parameters
     from swarmnode.net.memory import open_memory_network
     from swarmnode.simswarm import SwarmPlan
-    from swarmnode.trainer import TRAINING, SwarmTrainer
+    from swarmnode.trainer import TRAINING, SwarmTrainer, swarm_statistics_rounds
 
     torch.set_num_threads(1)
+    rounds = options.rounds
     data = load_dataset(dataset, positive_class=POSITIVE.get(dataset))
     spec = mlp(data.n_features, data.n_classes, hidden=(64, 32), dropout=0.2)
-    epochs = rounds * epochs_per_round
-    config = TrainConfig(epochs=epochs, validation_fraction=0.0, patience=0)
+    config = TrainConfig(
+        epochs=rounds * options.epochs_per_round,
+        validation_fraction=options.validation_fraction,
+        patience=0,
+        balance_classes=options.class_weights == "balanced",
+    )
     split = split_sites(data.labels, preset_scenario(scenario, n_sites), seed)
     test = split.test_data(data)
     sites = [split.site_data(data, i) for i in range(n_sites)]
     init = init_parameters(spec, seed=seed)
-    stats_rounds = statistics_rounds(data.n_features, init.size)
 
     def trainer(part: Any, torch_seed: int, standardize: str) -> Any:
         return LocalTrainer(
@@ -106,14 +146,18 @@ def run_case(
         )
 
     started = time.perf_counter()
-    local = []
+    # One model on the union: standardised with the statistics of the pooled rows (and, with
+    # balanced class weights, weighted by the union's class frequencies).
+    central_trainer = trainer(split.union_data(data), 1000 * seed + 999, "local")
+    steps = options.steps_per_round or options.epochs_per_round * -(
+        -central_trainer.num_samples // config.batch_size
+    )
+    local, local_kept = [], []
     for i, part in enumerate(sites):
         t = trainer(part, 1000 * seed + i, "local")
-        t.train_epochs(epochs)
+        local_kept.append(_train_rounds(t, options, steps, "roc_auc"))
         local.append(_metrics(t.evaluate(test)))
-    # One model on the union: standardised with the statistics of the pooled rows.
-    central_trainer = trainer(split.union_data(data), 1000 * seed + 999, "local")
-    central_trainer.train_epochs(epochs)
+    central_kept = _train_rounds(central_trainer, options, steps, "roc_auc")
     central = _metrics(central_trainer.evaluate(test))
     baseline_seconds = time.perf_counter() - started
 
@@ -123,20 +167,37 @@ def run_case(
     # Ledger files on tmpfs: simulation speed, not disk fsync speed (the protocol is the same).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="reproduce-", dir=shm) as tmp:
-        # The ledger's max_rounds counts the statistics rounds too: `rounds` training rounds follow.
-        max_rounds = rounds + stats_rounds
-        plan = SwarmPlan.create(Path(tmp), spec, founders=n_sites, max_rounds=max_rounds, train=config)
-        if plan.genesis.training.stopping != StoppingRule(max_rounds=max_rounds):
+        plan = SwarmPlan.create(Path(tmp), spec, founders=n_sites, max_rounds=rounds, train=config)
+        if plan.genesis.training.stopping != StoppingRule(max_rounds=rounds):
             raise RuntimeError("unexpected stopping rule in the simulated genesis")
+        training = dataclasses.replace(
+            plan.genesis.training,
+            class_weights=options.class_weights,
+            sync_unit=options.budget,
+            sync_every=steps if options.budget == "steps" else options.epochs_per_round,
+        )
+        stats_rounds = swarm_statistics_rounds(
+            dataclasses.replace(plan.genesis, training=training),
+            data.n_features,
+            init.size,
+            data.n_classes,
+            swarm_standardize=True,
+        )
+        # The ledger's max_rounds counts the statistics rounds too: `rounds` training rounds follow.
+        stopping = StoppingRule(max_rounds=rounds + stats_rounds, select=options.select)
+        genesis = dataclasses.replace(plan.genesis, training=dataclasses.replace(training, stopping=stopping))
 
         async def site(i: int, network: Any) -> None:
             t = trainer(sites[i], 1000 * seed + i, "swarm")
-            swarm_trainer = SwarmTrainer.from_local_trainer(t, plan.genesis, sync_every=epochs_per_round)
-            async with plan.open_node(i, network) as node:
+            swarm_trainer = SwarmTrainer.from_local_trainer(t, genesis)
+            async with plan.open_node(i, network, genesis=genesis) as node:
                 summary = await swarm_trainer.arun(node, inline_compute=True)
             trained = sum(r.kind == TRAINING for r in summary.rounds)
-            swarm[i] = {**_metrics(t.evaluate(test)), "rounds": trained}
-            hashes[i] = None if summary.final_hash is None else summary.final_hash.hex()
+            final = summary.final_hash
+            kept = next((k for k, r in enumerate(summary.rounds, 1 - stats_rounds) if final is not None
+                         and r.params_hash == final.hex()), None)  # fmt: skip
+            swarm[i] = {**_metrics(t.evaluate(test)), "rounds": trained, "kept_round": kept}
+            hashes[i] = None if final is None else final.hex()
 
         async def main() -> None:
             async with open_memory_network(seed=seed) as network, trio.open_nursery() as nursery:
@@ -150,6 +211,7 @@ def run_case(
             "rows": part.n_samples,
             "positives": int(np.sum(part.labels == 1)) if data.n_classes == 2 else None,
             "local": local[i],
+            "local_kept_round": local_kept[i],
             "swarm": swarm[i],
         }
         for i, part in enumerate(sites)
@@ -162,6 +224,8 @@ def run_case(
         "test_rows": test.n_samples,
         "sites": site_rows,
         "central": central,
+        "central_kept_round": central_kept,
+        "steps_per_round": steps if options.budget == "steps" else None,
         "swarm_same_final_model": len(set(hashes.values())) == 1 and None not in hashes.values(),
         "swarm_rounds": min(s["rounds"] for s in swarm.values()),
         "swarm_statistics_rounds": stats_rounds,
@@ -181,7 +245,7 @@ def split_problem(dataset: str, scenario: str, n_sites: int, seed: int) -> str |
     return None
 
 
-def _run_case_star(args: tuple[str, str, int, int, int, int]) -> JsonDict:
+def _run_case_star(args: tuple[str, str, int, int, Options]) -> JsonDict:
     try:
         return run_case(*args)
     except Exception as exc:  # one failed case must not lose the others; it is reported
@@ -317,8 +381,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="merge rounds (default 10; quick 5)")
     parser.add_argument("--epochs-per-round", type=int, default=5)
     parser.add_argument("--metric", default="roc_auc", choices=METRICS)
+    parser.add_argument(
+        "--budget",
+        default="steps",
+        choices=("epochs", "steps"),
+        help="per round: epochs_per_round epochs, or the same number of optimiser steps for every "
+        "model (default: steps, the central model's steps in epochs_per_round epochs)",
+    )
+    parser.add_argument("--steps-per-round", type=int, default=None, help="steps per round (--budget steps)")
+    parser.add_argument(
+        "--class-weights",
+        default="balanced",
+        choices=("none", "balanced"),
+        help="balanced: every model's loss weighted by 1/(K f_c); f = its own rows' class frequencies "
+        "(local), the union's (central), the swarm's pooled ones (swarm)",
+    )
+    parser.add_argument(
+        "--select",
+        default="best",
+        choices=("last", "best"),
+        help="best: every model keeps its round with the best validation metric (the swarm's pooled one)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="held out per site (default 0.2 with --select best)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel processes")
     args = parser.parse_args(argv)
+    validation = args.validation_fraction
+    if validation is None:
+        validation = 0.2 if args.select == "best" else 0.0
     sites = [int(s) for s in (args.sites or "3,8").split(",")]
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 10)
@@ -333,8 +427,17 @@ def main(argv: list[str] | None = None) -> int:
 
     large = [int(x) for x in args.large_sites.split(",") if x] if not args.quick else []
     large_seeds = min(seeds, args.large_seeds)
+    options = Options(
+        rounds=rounds,
+        epochs_per_round=args.epochs_per_round,
+        budget=args.budget,
+        steps_per_round=args.steps_per_round,
+        class_weights=args.class_weights,
+        select=args.select,
+        validation_fraction=validation,
+    )
     planned = [
-        (d, sc, n, seed, rounds, args.epochs_per_round)
+        (d, sc, n, seed, options)
         for d in datasets
         for n in sorted(set(sites) | set(large), reverse=True)  # longest first: better packing
         for sc in scenarios
@@ -357,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(
         f"{len(cases)} cases ({len(datasets)} datasets x sites {sites} x {len(scenarios)} scenarios x "
-        f"{seeds} seeds; sites {large} x {large_seeds} seeds), {rounds} rounds x {args.epochs_per_round} "
-        f"epochs, {args.jobs} jobs; not applicable: {len(not_applicable)}",
+        f"{seeds} seeds; sites {large} x {large_seeds} seeds), {options}, {args.jobs} jobs; "
+        f"not applicable: {len(not_applicable)}",
         flush=True,
     )
     host = machine()
@@ -394,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result = {
         "benchmark": "reproduce (Swarm Learning experiment design, Nature 2021)",
-        "command": "python scripts/reproduce.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python", "scripts/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {
             "datasets": datasets,
             "sites": sites,
@@ -404,7 +507,24 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": seeds,
             "rounds": rounds,
             "epochs_per_round": args.epochs_per_round,
-            "local_and_central_epochs": rounds * args.epochs_per_round,
+            "options": asdict(options),
+            "budget": (
+                f"{rounds} rounds x {args.epochs_per_round} epochs for every model"
+                if options.budget == "epochs"
+                else f"{rounds} rounds x the same optimiser steps for every model: --steps-per-round, "
+                f"else the central model's steps in {args.epochs_per_round} epochs (per run: steps_per_round)"
+            ),
+            "class_weights": {
+                "none": "unweighted loss",
+                "balanced": "loss weight 1/(K f_c): local its own rows' f, central the union's, swarm "
+                "the pooled f agreed through the secure merge (genesis class_weights = balanced)",
+            }[options.class_weights],
+            "selection": {
+                "last": "every model ends at its last round",
+                "best": "every model keeps its round with the best validation ROC AUC (0.2 of each "
+                "site's rows held out): local on its own, central on the union's, swarm by the "
+                "pooled metric on the ledger (genesis stopping.select = best)",
+            }[options.select],
             "model": "mlp hidden (64, 32), dropout 0.2, adam lr 1e-3, batch 32",
             "metric": args.metric,
             "swarm": "real swarmnode nodes, secure merge (threshold CKKS), MemoryTransport, virtual time",
@@ -431,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         runs,
         png,
-        f"Swarm vs local vs central ({args.metric}); {rounds} rounds x "
-        f"{args.epochs_per_round} epochs; {result['command']}",
+        f"Swarm vs local vs central ({args.metric}); {rounds} rounds, budget {options.budget}, "
+        f"class weights {options.class_weights}, select {options.select}; {result['command']}",
     )
     print(table)
     print(

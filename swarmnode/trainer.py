@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
+import numpy as np
 import torch
 import trio
 from torch import nn
@@ -83,6 +84,7 @@ __all__ = [
     "check_model",
     "default_metric",
     "initial_parameters",
+    "swarm_statistics_rounds",
     "train_with_swarm",
     "training_rounds",
 ]
@@ -238,10 +240,23 @@ def default_metric(genesis: Genesis) -> str:
     return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
 
 
-def training_rounds(genesis: Genesis, n_features: int, n_params: int, *, swarm_standardize: bool) -> int:
+def swarm_statistics_rounds(
+    genesis: Genesis, n_features: int, n_params: int, n_classes: int, *, swarm_standardize: bool
+) -> int:
+    """Merged rounds spent on the swarm's statistics before training: the pooled feature
+    moments of swarm standardisation and, with ``class_weights = "balanced"``, the pooled
+    class frequencies (0 if neither)."""
+    features = n_features if swarm_standardize else 0
+    classes = n_classes if genesis.training.class_weights == "balanced" else 0
+    return statistics_rounds(features, n_params, classes) if features or classes else 0
+
+
+def training_rounds(
+    genesis: Genesis, n_features: int, n_params: int, *, swarm_standardize: bool, n_classes: int = 0
+) -> int:
     """Merged training rounds a swarm runs: genesis ``max_rounds`` minus the statistics
-    rounds of swarm standardisation (which count as merged rounds on the ledger)."""
-    k = statistics_rounds(n_features, n_params) if swarm_standardize else 0
+    rounds (`swarm_statistics_rounds`, which count as merged rounds on the ledger)."""
+    k = swarm_statistics_rounds(genesis, n_features, n_params, n_classes, swarm_standardize=swarm_standardize)
     return genesis.training.stopping.max_rounds - k
 
 
@@ -281,23 +296,47 @@ class SwarmTrainer:
         self._trained = 0
         self._pending: tuple[float, Metrics | None, float | None] | None = None
         self._last: MergeResult | None = None
-        # Swarm standardisation: the agreement on pooled moments and its merges' hashes.
+        # Model selection: with select = "best" a Ready reports the metric of the merged model
+        # this site starts the round from (`consensus.selection`), None before the first one.
+        self.select_best: Final = genesis.training.stopping.select == "best"
+        self._start_metric: float | None = None
+        # The swarm's statistics (pooled moments for swarm standardisation, pooled class
+        # frequencies for balanced class weights): the agreement and its merges' hashes.
         self._agreement: PooledMoments | None = None
+        self._pool_moments = False
         self._statistics_hashes: set[bytes] = set()
         self._pending_statistics: int | None = None
+        self._setup_statistics(learner, genesis)
+
+    def _setup_statistics(self, learner: LocalLearner, genesis: Genesis) -> None:
         moments_of = getattr(learner, "swarm_moments", None)
         moments = moments_of() if callable(moments_of) else None
-        if isinstance(moments, FeatureMoments):
-            n_params = int(learner.parameters().size)
-            self._agreement = PooledMoments(moments, n_params, source=genesis.name)
-            max_rounds = genesis.training.stopping.max_rounds
-            if max_rounds <= self._agreement.rounds:
+        self._pool_moments = isinstance(moments, FeatureMoments)
+        counts = None
+        if genesis.training.class_weights == "balanced":
+            counts_of = getattr(learner, "class_counts", None)
+            if not callable(counts_of) or not callable(getattr(learner, "use_class_frequencies", None)):
                 raise SwarmSetupError(
-                    f"swarm {genesis.name!r} stops after max_rounds = {max_rounds} merged rounds, but "
-                    f"swarm standardisation of {moments.n_features} features takes the first "
-                    f"{self._agreement.rounds} merged round(s) (model size {n_params}): no training "
-                    'would happen. Raise max_rounds in the genesis or set standardize = "local".'
+                    f"swarm {genesis.name!r} weights classes by the pooled class frequencies "
+                    '(class_weights = "balanced" in its genesis), but this learner cannot count or '
+                    "weight its classes: use a models.LocalTrainer (SwarmTrainer.from_local_trainer)"
                 )
+            counts = counts_of()
+        if not isinstance(moments, FeatureMoments) and counts is None:
+            return
+        n_params = int(learner.parameters().size)
+        if not isinstance(moments, FeatureMoments):
+            moments = FeatureMoments(count=0, mean=np.zeros(0), mean_sq=np.zeros(0))
+        self._agreement = PooledMoments(moments, n_params, source=genesis.name, class_counts=counts)
+        max_rounds = genesis.training.stopping.max_rounds
+        if max_rounds <= self._agreement.rounds:
+            raise SwarmSetupError(
+                f"swarm {genesis.name!r} stops after max_rounds = {max_rounds} merged rounds, but "
+                f"the swarm's statistics ({moments.n_features} features' moments"
+                f"{', class frequencies' if counts is not None else ''}) take the first "
+                f"{self._agreement.rounds} merged round(s) (model size {n_params}): no training "
+                'would happen. Raise max_rounds in the genesis or set standardize = "local".'
+            )
 
     @property
     def statistics_rounds(self) -> int:
@@ -360,12 +399,15 @@ class SwarmTrainer:
             callback.on_trained(len(self.rounds) + 1, loss)
         self._trained += self.sync_every
         local = self.learner.validate()
-        value = None if local is None else getattr(local, self.metric)
-        val_metric = None if value is None or not math.isfinite(value) else float(value)
+        val_metric = self._start_metric if self.select_best else self._metric_of(local)
         self._pending = (loss, local, val_metric)
         return SyncPoint(
             parameters=self.learner.parameters(), num_samples=self.learner.num_samples, val_metric=val_metric
         )
+
+    def _metric_of(self, metrics: Metrics | None) -> float | None:
+        value = None if metrics is None else getattr(metrics, self.metric)
+        return None if value is None or not math.isfinite(value) else float(value)
 
     def merged(self, result: MergeResult) -> RoundRecord:
         """Load the round's merged parameters (or, for a statistics merge, keep the pooled
@@ -390,6 +432,7 @@ class SwarmTrainer:
             weight=result.weight,
             params_hash=result.params_hash.hex(),
         )
+        self._start_metric = self._metric_of(record.merged)
         self.rounds.append(record)
         for callback in self.callbacks:
             callback.on_merged(result, record)
@@ -493,8 +536,13 @@ class SwarmTrainer:
         assert self._agreement is not None
         self._agreement.merged(vector)
         self._statistics_hashes.add(params_hash)
-        if self._agreement.done:
+        if not self._agreement.done:
+            return
+        if self._pool_moments:
             self.learner.use_pooled_moments(self._agreement.result())  # type: ignore[attr-defined]
+        frequencies = self._agreement.class_frequencies()
+        if frequencies is not None:
+            self.learner.use_class_frequencies(frequencies)  # type: ignore[attr-defined]
 
     async def arun(
         self, node: Node, *, inline_compute: bool = False, timeout: float | None = None
