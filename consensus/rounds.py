@@ -117,7 +117,8 @@ def try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
     if g.training.stopping.select == "best":
         s = selection.evaluate_last_merged(s, g, [x for x in r.ready if x.node_id in members])
         if (reason := selection.stop_reason(s, g)) is not None:
-            return stop(s, h, reason)
+            stopped = stop(s, h, reason)  # keeping the Ready records that scored the last model
+            return replace(stopped, round=replace(stopped.round, ready=r.ready))
     if not another_round_fits(s.epoch):
         return renew_epoch(s, g, h)  # a round like the last would pass the budget: new keys first
     order = sorted_nodes(ready)

@@ -157,8 +157,11 @@ class RoundRecord:
 @final
 @dataclass(frozen=True, eq=False, kw_only=True)
 class TrainingSummary:
-    """How training ended. `parameters` is the final model (the swarm's final merge
-    if it stopped with one, else this site's last merged or local parameters).
+    """How training ended. `parameters` is the final model: the swarm's final model if it
+    stopped with one (the ledger's stop record: the best merged model by the pooled
+    validation metric under genesis ``stopping.select = "best"``, else the last merged one;
+    `selected_round` is the ledger round that merged it), else this site's last merged or
+    local parameters.
 
     model:        the trained torch module holding `parameters` (the learner's own: a
                   `models.LocalTrainer`'s network or the module given to `from_torch`).
@@ -175,12 +178,14 @@ class TrainingSummary:
     test: Metrics | None
     model: nn.Module | None = None
     preprocessor: Preprocessor | None = None
+    selected_round: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "metric": self.metric,
             "stop_reason": self.stop_reason,
             "final_hash": None if self.final_hash is None else self.final_hash.hex(),
+            "selected_round": self.selected_round,
             "rounds": [r.to_dict() for r in self.rounds],
             "test": None if self.test is None else self.test.to_dict(),
         }
@@ -499,6 +504,7 @@ class SwarmTrainer:
             test=self.learner.test(),
             model=getattr(self.learner, "model", None),
             preprocessor=getattr(self.learner, "preprocessor", None),
+            selected_round=None if final is None else final.round,
         )
         for callback in self.callbacks:
             callback.on_stop(summary)
