@@ -102,6 +102,16 @@ def test_a_lying_site_cannot_select_a_model_beyond_what_its_weight_allows(
     assert s.best_model_hash == hashlib.sha256(b"m2").digest()
 
 
+def test_a_lying_site_alone_cannot_make_a_statistics_merge_the_final_model() -> None:
+    """The attacker scores the statistics merge (which honest sites do not score) as perfect:
+    counted with the honest sites' missing metrics as the worst value, it pools to p x 1."""
+    g = genesis()
+    s = select(
+        g, [("statistics", ready([40, 40, 20], [None, None, 1.0])), ("m1", ready([40, 40, 20], [0.6] * 3))]
+    )
+    assert s.best_model_hash == hashlib.sha256(b"m1").digest()
+
+
 def test_within_its_weight_a_lying_site_does_decide_between_close_models() -> None:
     """What a liar can do (documented in docs/SECURITY.md): with p = 0.2 it flips a choice
     whose honest gap (0.2) is below p / (1 - p) x range = 0.25."""
