@@ -13,7 +13,16 @@ loop every site runs::
   multiplies ``num_samples`` by it).
 - The validation metric reported with Ready is computed on the local
   validation data; which one (``roc_auc``, ``loss``, ...) defaults from the
-  stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss).
+  stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss). It is the locally
+  trained model's, or, under genesis ``stopping.select = "best"``, that of the merged
+  model the round starts from (None before the first one): the ledger pools these into
+  the swarm's metric per merged model and ends with the best (`consensus.selection`),
+  which `finish` loads (`TrainingSummary.selected_round`).
+- Genesis ``class_weights = "balanced"``: the site's class counts ride in the
+  statistics rounds below (`models.preprocess.PooledMoments`), and every site weights
+  its loss by the pooled frequencies (`models.training.balanced_class_weights`).
+- ``sync_unit = "steps"``: a `models.LocalTrainer` takes exactly ``sync_every``
+  optimiser steps per round (`models.LocalTrainer.train_steps`).
 - The merge method is the genesis's; asking for another one, or for a robust
   plaintext merge in a ``secure = true`` swarm, is a `SwarmSetupError` saying why.
 - Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_trained``, ``on_merged``,
