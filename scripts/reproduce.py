@@ -1,8 +1,8 @@
 """Reproduce the Swarm Learning experiment design (Warnat-Herresthal et al., Nature 2021).
 
 Does the swarm model beat each site's own model? For every dataset, site count,
-scenario and seed this script trains, with the same model, data split and
-epoch budget:
+scenario and seed this script trains, with the same model, data split, budget and
+learning options:
 
 * **local**: every site alone on its own rows,
 * **central**: one model on the union of all sites' rows (the upper bound
@@ -11,25 +11,38 @@ epoch budget:
   ledger, round protocol, threshold-CKKS secure merge) over an in-memory
   network in virtual time (trio's MockClock, inline compute), each site
   running the spec-built trainer path of ``swarmnode run`` (`SwarmTrainer`):
-  swarm-agreed standardisation first (the first merged rounds carry the
-  sites' per-feature moments through the secure mean; 2 rounds here), then
-  `epochs_per_round` epochs between merges for `rounds` training rounds,
+  the swarm's statistics first (the first merged rounds carry the sites'
+  per-feature moments and class frequencies through the secure mean; 2 rounds
+  here), then `rounds` training rounds,
 
 and evaluates every model on the same held-out test set (ROC AUC and balanced
 accuracy; the malignant class is the positive class of breast_cancer).
 Standardisation: a site alone uses its own mean/std, the central model those
 of the pooled rows, the swarm the pooled statistics agreed through the merge.
 
+The learning options (defaults first), applied alike to local, central and swarm:
+
+* ``--budget steps``: every model takes the same optimiser steps per round, the central
+  model's steps in ``--epochs-per-round`` epochs (or ``--steps-per-round``); the swarm's
+  genesis has ``sync_unit = "steps"``. ``epochs``: ``--epochs-per-round`` epochs each
+  (a 20-row site then takes one step per epoch).
+* ``--class-weights balanced``: loss weights 1/(K f_c) from the class frequencies of a
+  site's own rows (local), of the union (central), pooled through the secure merge
+  (swarm, genesis ``class_weights = "balanced"``): the swarm's equal the central ones.
+* ``--select best``: 0.2 of each site's rows are held out for validation and every model
+  keeps its round with the best validation ROC AUC: local on its own rows, central on the
+  union's, the swarm by the pooled metric on the ledger (genesis ``stopping.select =
+  "best"``).
+
     python scripts/reproduce.py            # 3/8/16 sites x 5 seeds (about 10 min on an idle 2-core machine)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
 
-Writes ``docs/results/reproduce[_quick].json`` (every run + summary + markdown
-table) and ``.png`` (metric per scenario for local/swarm/central, spread over
-seeds). Seeds: split seed s; site i trains with ``torch.Generator(1000 s + i)``,
-the central model with ``1000 s + 999``; all models of one seed start from
-the same initial parameters (``init_parameters(spec, seed=s)``). Local and
-central models train ``rounds x epochs_per_round`` epochs (no early stopping,
-no validation split), the same budget as each swarm site.
+Writes ``docs/results/reproduce[_quick].json`` (every run + summary + the issue's targets
+and their margins + markdown table) after every case, so that a run cut short still
+reports (``"complete": false``), and at the end ``.png`` (metric per scenario for
+local/swarm/central, spread over seeds). Seeds: split seed s; site i trains with
+``torch.Generator(1000 s + i)``, the central model with ``1000 s + 999``; all models of
+one seed start from the same initial parameters (``init_parameters(spec, seed=s)``).
 """
 
 from __future__ import annotations
