@@ -431,15 +431,19 @@ def report(
     partial.write_text(json.dumps(result, indent=1) + "\n")
     partial.replace(out)
     if final and rows:
-        o = header["settings"]["options"]
-        plot(
-            rows,
-            runs,
-            out.with_suffix(".png"),
-            f"Swarm vs local vs central ({metric}); {o['rounds']} rounds, budget {o['budget']}, "
-            f"class weights {o['class_weights']}, select {o['select']}; {header['command']}",
-        )
+        draw(header, rows, runs, out)
     return misses, table
+
+
+def draw(header: JsonDict, rows: list[JsonDict], runs: list[JsonDict], out: Path) -> None:
+    o = header["settings"]["options"]
+    plot(
+        rows,
+        runs,
+        out.with_suffix(".png"),
+        f"Swarm vs local vs central ({header['settings']['metric']}); {o['rounds']} rounds, budget "
+        f"{o['budget']}, class weights {o['class_weights']}, select {o['select']}; {header['command']}",
+    )
 
 
 # ------------------------------------------------------------------------------- main
@@ -486,7 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         help="held out per site (default 0.2 with --select best)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel processes")
+    parser.add_argument(
+        "--replot", type=Path, default=None, help="only redraw the PNG of this (partial) JSON"
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        done = json.loads(args.replot.read_text())
+        draw(done, done["summary"], done["runs"], args.replot)
+        return 0
     validation = args.validation_fraction
     if validation is None:
         validation = 0.2 if args.select == "best" else 0.0
