@@ -323,7 +323,8 @@ def summarise(runs: Sequence[JsonDict], metric: str) -> list[JsonDict]:
 def markdown_table(rows: Sequence[JsonDict]) -> str:
     head = (
         "| dataset | sites | scenario | local mean | local best | swarm (secure) | central | "
-        "swarm > local mean | swarm > best local |\n|---|---|---|---|---|---|---|---|---|"
+        "swarm > local mean | swarm > best local | swarm - best local | swarm - central |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -337,7 +338,9 @@ def markdown_table(rows: Sequence[JsonDict]) -> str:
             f"| {cell('local_mean')} | {cell('local_best')} "
             f"| **{cell('swarm')}** | {cell('central')} "
             f"| {'yes' if r['swarm_beats_local_mean'] else 'NO'} ({r['seeds_swarm_beats_local_mean']}/{n}) "
-            f"| {'yes' if r['swarm_beats_local_best'] else 'NO'} ({r['seeds_swarm_beats_local_best']}/{n}) |"
+            f"| {'yes' if r['swarm_beats_local_best'] else 'NO'} ({r['seeds_swarm_beats_local_best']}/{n}) "
+            f"| {r['swarm']['mean'] - r['local_best']['mean']:+.4f} "
+            f"| {r['swarm']['mean'] - r['central']['mean']:+.4f} |"
         )
     return "\n".join(lines)
 
@@ -491,12 +494,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel processes")
     parser.add_argument(
-        "--replot", type=Path, default=None, help="only redraw the PNG of this (partial) JSON"
+        "--resummarise", type=Path, default=None, help="redo summary, table and PNG of this (partial) JSON"
     )
     args = parser.parse_args(argv)
-    if args.replot is not None:
-        done = json.loads(args.replot.read_text())
-        draw(done, done["summary"], done["runs"], args.replot)
+    if args.resummarise is not None:
+        done = json.loads(args.resummarise.read_text())
+        header = {k: done[k] for k in ("benchmark", "command", "settings", "not_applicable")}
+        planned = done["cases"]["planned"]
+        runs, failed = done["runs"], done["failed_cases"]
+        report(
+            args.resummarise, header, runs, failed, done["machine"], done["elapsed_s"], planned, final=True
+        )
         return 0
     validation = args.validation_fraction
     if validation is None:
