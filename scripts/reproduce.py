@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", default=None, help="comma list of site counts (default 3,8)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seeds", type=int, default=None, help="seeds per case (default 5; quick 2)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds first-seed.. only (a run split over processes)"
+    )
     parser.add_argument("--large-sites", default="16", help="extra, costlier site counts (not with --quick)")
     parser.add_argument("--large-seeds", type=int, default=5, help="seeds for --large-sites")
     parser.add_argument("--rounds", type=int, default=None, help="merge rounds (default 10; quick 5)")
@@ -496,9 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resummarise", type=Path, default=None, help="redo summary, table and PNG of this (partial) JSON"
     )
+    parser.add_argument("--merge-from", type=Path, nargs="*", default=[], help="with --resummarise")
     args = parser.parse_args(argv)
     if args.resummarise is not None:
         done = json.loads(args.resummarise.read_text())
+        for other in args.merge_from:  # the same settings, other cases (e.g. --first-seed)
+            more = json.loads(other.read_text())
+            known = {(r["dataset"], r["n_sites"], r["scenario"], r["seed"]) for r in done["runs"]}
+            done["runs"] += [
+                r for r in more["runs"] if (r["dataset"], r["n_sites"], r["scenario"], r["seed"]) not in known
+            ]
+            done["failed_cases"] += more["failed_cases"]
+            done["elapsed_s"] = max(done["elapsed_s"], more["elapsed_s"])
         header = {k: done[k] for k in ("benchmark", "command", "settings", "not_applicable")}
         planned = done["cases"]["planned"]
         runs, failed = done["runs"], done["failed_cases"]
@@ -536,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     # within a seed (better packing).
     planned = [
         (d, sc, n, seed, options)
-        for seed in range(seeds)
+        for seed in range(args.first_seed, seeds)
         for d in datasets
         for n in sorted(set(sites) | set(large), reverse=True)
         for sc in scenarios
