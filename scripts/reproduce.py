@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         select=args.select,
         validation_fraction=validation,
     )
-    # Seed-major (a partial run, see --progress, has every row with fewer seeds), longest first
+    # Seed-major (a run cut short has every row, with fewer seeds), longest first
     # within a seed (better packing).
     planned = [
         (d, sc, n, seed, options)
