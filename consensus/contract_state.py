@@ -300,6 +300,10 @@ class ContractState:
     best_metric: float | None
     stale_rounds: int  # merged rounds since the median metric last improved
     stopped: StopRecord | None
+    # Model selection (``stopping.select = "best"``, `consensus.selection`): the merged model
+    # with the best pooled metric so far, and the last merged model that was scored.
+    best_model_hash: bytes | None = None
+    evaluated_hash: bytes | None = None
 
     @property
     def member_ids(self) -> tuple[NodeId, ...]:

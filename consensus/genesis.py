@@ -42,6 +42,8 @@ MAX_FOUNDING_MEMBERS: Final = 256
 SYNC_UNITS: Final = ("epochs", "steps")
 METRIC_GOALS: Final = ("max", "min")
 JOIN_MODES: Final = ("members", "admin")
+SELECTIONS: Final = ("last", "best")
+CLASS_WEIGHTS: Final = ("none", "balanced")
 DEFAULT_CKKS_PARAMS: Final = "ckks-n8192-q60x3-coeff-s90"  # `crypto.ckks_params.DEFAULT_SET`
 
 
@@ -176,15 +178,23 @@ class Timeouts:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoppingRule:
-    """Stop after `max_rounds` merged training rounds, or earlier when the median reported
-    validation metric has not improved by more than `min_delta` for `patience`
-    merged rounds (``patience = 0`` disables early stopping). `goal` says whether
-    larger (``"max"``, e.g. ROC AUC) or smaller (``"min"``, e.g. loss) is better.
+    """Stop after `max_rounds` merged training rounds, or earlier when the swarm's validation
+    metric has not improved by more than `min_delta` for `patience` merged rounds
+    (``patience = 0`` disables early stopping). `goal` says whether larger (``"max"``,
+    e.g. ROC AUC) or smaller (``"min"``, e.g. loss) is better.
 
     `statistics_rounds`: the merged rounds before training that carry the swarm's
-    standardisation statistics (`models.preprocess.statistics_rounds`, fixed when the genesis
-    is written); they come on top of `max_rounds`, so the ledger stops after
-    ``statistics_rounds + max_rounds`` merged rounds.
+    statistics (pooled standardisation moments and class frequencies,
+    `models.preprocess.statistics_rounds`, fixed when the genesis is written); they come on
+    top of `max_rounds`, so the ledger stops after ``statistics_rounds + max_rounds`` merged
+    rounds.
+
+    `select` says which model training ends with and which metric the rule watches:
+    ``"last"``: the last merged model; the metric is the median of the metrics the
+    participants report for their locally trained models. ``"best"``: the merged model
+    with the best pooled validation metric (`consensus.selection`): each site reports
+    the metric of the merged model it starts a round from, clamped to
+    [`metric_low`, `metric_high`] and weighted by its Ready weight (rows x weightage).
     """
 
     max_rounds: int = 10
@@ -192,6 +202,9 @@ class StoppingRule:
     min_delta: float = 0.0
     goal: str = "max"
     statistics_rounds: int = 0
+    select: str = "last"
+    metric_low: float = 0.0
+    metric_high: float = 1.0
 
     def __post_init__(self) -> None:
         path = "training.stopping"
@@ -200,6 +213,12 @@ class StoppingRule:
         _require(0.0 <= self.min_delta < 1e12, f"{path}.min_delta", "must be >= 0 and finite")
         _require(self.goal in METRIC_GOALS, f"{path}.goal", f"must be one of {METRIC_GOALS}")
         _require(0 <= self.statistics_rounds <= 1_000_000, f"{path}.statistics_rounds", "must be 0-1000000")
+        _require(self.select in SELECTIONS, f"{path}.select", f"must be one of {SELECTIONS}")
+        _require(
+            -1e12 < self.metric_low < self.metric_high < 1e12,
+            f"{path}.metric_low",
+            "must be finite and below metric_high",
+        )
 
     @property
     def merged_rounds(self) -> int:
@@ -242,6 +261,9 @@ class TrainingParams:
     # A member that withheld its decryption share in this many rounds of one key epoch is
     # left out of the decrypt sets of that epoch's later rounds (it still contributes).
     withhold_limit: int = 2
+    # "balanced": every site weights its loss by 1 / (K f_c), f = the class frequencies of
+    # all sites' rows, pooled through the secure merge before training (`swarmnode.trainer`).
+    class_weights: str = "none"
 
     def __post_init__(self) -> None:
         _require(
@@ -262,6 +284,9 @@ class TrainingParams:
         _require(self.sync_unit in SYNC_UNITS, "training.sync_unit", f"must be one of {SYNC_UNITS}")
         _check_ckks_params(self.ckks_params)
         _require(1 <= self.withhold_limit <= 1000, "training.withhold_limit", "must be 1-1000 rounds")
+        _require(
+            self.class_weights in CLASS_WEIGHTS, "training.class_weights", f"must be one of {CLASS_WEIGHTS}"
+        )
 
     def _check_merge_rule(self) -> None:
         try:
@@ -419,10 +444,11 @@ class Genesis:
             f"({'secure' if t.secure else 'PLAINTEXT updates'}), "
             f"min_peers {t.min_peers}, sync every {t.sync_every} {t.sync_unit}, "
             f"threshold {t.threshold.numerator}/{t.threshold.denominator}, ckks {t.ckks_params}, "
-            f"withhold limit {t.withhold_limit}",
+            f"withhold limit {t.withhold_limit}, class weights {t.class_weights}",
             f"stopping: max {t.stopping.max_rounds} training rounds after {t.stopping.statistics_rounds} "
             f"statistics rounds, patience {t.stopping.patience} "
-            f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal})",
+            f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal}), keeps the {t.stopping.select} "
+            f"model (metric clamped to [{t.stopping.metric_low:g}, {t.stopping.metric_high:g}])",
             f"model spec {t.model_spec_hash.hex()}",
             "members:",
         ]

@@ -59,7 +59,7 @@ from typing import Final
 
 from crypto.identity import NodeId
 
-from . import decrypt_phase
+from . import decrypt_phase, selection
 from .contract_state import (
     CONTRIBUTION_TIMEOUT,
     DECRYPTOR_TIMEOUT,
@@ -78,6 +78,7 @@ from .epoch_budget import another_round_fits, charge_decryption
 from .genesis import Genesis
 from .key_epochs import renew_epoch
 from .round_history import abort
+from .stopping import stop
 from .transactions import Phase, Ready
 
 _ROUND_NONCE_DOMAIN: Final = b"swarmnode/round-nonce/v1\x00"
@@ -113,6 +114,11 @@ def try_start(s: ContractState, g: Genesis, h: int) -> ContractState:
     everyone = set(ready) == members
     if not (everyone or r.ready_timed_out) or len(ready) < required_ready(s, g):
         return s
+    if g.training.stopping.select == "best":
+        s = selection.evaluate_last_merged(s, g, [x for x in r.ready if x.node_id in members])
+        if (reason := selection.stop_reason(s, g)) is not None:
+            stopped = stop(s, h, reason)  # keeping the Ready records that scored the last model
+            return replace(stopped, round=replace(stopped.round, ready=r.ready))
     if not another_round_fits(s.epoch):
         return renew_epoch(s, g, h)  # a round like the last would pass the budget: new keys first
     order = sorted_nodes(ready)

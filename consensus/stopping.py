@@ -4,7 +4,9 @@ After each merged round, ``max_rounds`` merged training rounds (after the genesi
 ``statistics_rounds``) or
 ``patience`` rounds without an improvement of the median reported validation
 metric by more than ``min_delta`` stop training and record the final model
-hash; a majority of members can also vote `Stop`.
+hash; a majority of members can also vote `Stop`. With ``select = "best"`` the
+metric is the pooled one of `consensus.selection`, scored when the next round's
+Ready quorum is in, and the final model is the best one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ def close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> Co
     median = _median(metrics)
     closed = replace(r, outcome=MERGED, merged_hash=merged_hash, median_metric=median, close_height=h)
     rule = g.training.stopping
+    if rule.select == "best":  # scored and stopped when the next round's Ready quorum is in
+        merged_rounds = s.merged_rounds + 1
+        return replace(
+            append_history(s, closed),
+            round=Round(number=r.number + 1),
+            merged_rounds=merged_rounds,
+            last_merged_hash=merged_hash,
+        )
     best, stale = s.best_metric, s.stale_rounds
     if median is not None:  # a round nobody reported a metric for neither improves nor counts
         if best is None:
@@ -61,9 +71,10 @@ def close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> Co
 
 
 def stop(s: ContractState, h: int, reason: str) -> ContractState:
-    record = StopRecord(
-        height=h, reason=reason, merged_rounds=s.merged_rounds, final_model_hash=s.last_merged_hash
-    )
+    """Stop training; the final model is the best scored one under ``select = "best"``
+    (`consensus.selection`), else the last merged one."""
+    final = s.best_model_hash if s.best_model_hash is not None else s.last_merged_hash
+    record = StopRecord(height=h, reason=reason, merged_rounds=s.merged_rounds, final_model_hash=final)
     return replace(s, round=Round(number=s.round.number, phase=Phase.STOPPED.value), stopped=record)
 
 

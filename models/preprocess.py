@@ -153,14 +153,15 @@ def _vectors_for(n_values: int, vector_size: int) -> int:
     return -(-n_values // vector_size)
 
 
-def statistics_rounds(n_features: int, vector_size: int) -> int:
+def statistics_rounds(n_features: int, vector_size: int, n_classes: int = 0) -> int:
     """How many merge vectors of ``vector_size`` (the model's parameter count) agreeing on
-    the pooled statistics of ``n_features`` features takes: the scale merge's ceil(d / size)
-    plus the moment merge's ceil(2 d / size)."""
-    if n_features < 1 or vector_size < 1:
-        raise ValueError("n_features and vector_size must be >= 1")
+    the pooled statistics of ``n_features`` features (0: none, only class frequencies) and,
+    with ``n_classes``, the pooled class frequencies takes: the scale merge's ceil(d / size)
+    plus the moment merge's ceil((2 d + n_classes) / size)."""
+    if n_features < 0 or n_classes < 0 or n_features + n_classes < 1 or vector_size < 1:
+        raise ValueError("vector_size and n_features or n_classes must be >= 1")
     return _vectors_for(n_features * SCALE_SLOTS_PER_FEATURE, vector_size) + _vectors_for(
-        n_features * MOMENT_SLOTS_PER_FEATURE, vector_size
+        n_features * MOMENT_SLOTS_PER_FEATURE + n_classes, vector_size
     )
 
 
@@ -195,16 +196,33 @@ class PooledMoments:
     s), then mean / 2^s and mean square / 2^2s. Every vector has exactly ``vector_size``
     values (zero padded). What the merges reveal: the pooled per-feature mean, mean square
     and mean log2 scale, never one site's.
+
+    ``class_counts`` (this site's training rows per class), if given, ride along after the
+    moments as class frequencies (counts / rows, in [0, 1]): their row-weighted mean is the
+    class frequency of the union of the sites' rows (`class_frequencies`), what pooled
+    class weights are computed from. ``moments`` may then have no features (class
+    frequencies alone: one merge while the model has at least K parameters).
     """
 
-    def __init__(self, moments: FeatureMoments, vector_size: int, *, source: str = "site") -> None:
+    def __init__(
+        self,
+        moments: FeatureMoments,
+        vector_size: int,
+        *,
+        source: str = "site",
+        class_counts: npt.ArrayLike | None = None,
+    ) -> None:
         if vector_size < 1:
             raise ValueError("vector_size must be >= 1")
         self.moments: Final = moments
         self.vector_size: Final = vector_size
         self.source: Final = source
         d = moments.n_features
-        self.rounds: Final = statistics_rounds(d, vector_size)
+        counts = np.zeros(0) if class_counts is None else np.asarray(class_counts, dtype=np.float64)
+        if counts.size and (counts.ndim != 1 or counts.size < 2 or np.any(counts < 0) or counts.sum() <= 0):
+            raise DatasetError(f"{source}: class counts must be >= 2 non-negative values, got {counts}")
+        self._frequencies = counts / counts.sum() if counts.size else counts
+        self.rounds: Final = statistics_rounds(d, vector_size, self._frequencies.size)
         self._scale_vectors = _vectors_for(d * SCALE_SLOTS_PER_FEATURE, vector_size)
         rms = np.sqrt(np.maximum(moments.mean_sq, 0.0))
         log2_rms = np.where(rms > 0, np.log2(np.where(rms > 0, rms, 1.0)), 0.0)
@@ -213,6 +231,9 @@ class PooledMoments:
         )
         self._merged: list[FloatVector] = []
         self._exponents: npt.NDArray[np.float64] | None = None
+        if self._scale_vectors == 0:  # no features: the class frequencies are all there is
+            self._exponents = np.zeros(0)
+            self._queue = _pack(self._scaled_moments(self._exponents), vector_size)
 
     @property
     def done(self) -> bool:
@@ -255,7 +276,7 @@ class PooledMoments:
                     f"({MAX_SCALED_MOMENT:.3g}): this site's values differ from the others' by orders of "
                     "magnitude (different units?); apply log1p or rescale the feature"
                 )
-        return np.concatenate([mean, mean_sq])
+        return np.concatenate([mean, mean_sq, self._frequencies])
 
     def result(self) -> FeatureMoments:
         """The pooled moments (count is unknown to a site and reported as 0)."""
@@ -265,6 +286,18 @@ class PooledMoments:
         scaled = _unpack(self._merged[self._scale_vectors :], 2 * d)
         e = self._exponents.astype(np.int64)
         return FeatureMoments(count=0, mean=np.ldexp(scaled[:d], e), mean_sq=np.ldexp(scaled[d:], 2 * e))
+
+    def class_frequencies(self) -> npt.NDArray[np.float64] | None:
+        """The pooled class frequencies (those of the union of the sites' training rows, up to
+        the merge's float32 precision), or None if this agreement carries no class counts.
+        Bit-identical at every site: a function of the merged vectors only."""
+        if not self.done:
+            raise RuntimeError("the pooled statistics are not agreed yet")
+        k = self._frequencies.size
+        if k == 0:
+            return None
+        d = self.moments.n_features
+        return _unpack(self._merged[self._scale_vectors :], 2 * d + k)[2 * d :].copy()
 
 
 @final

@@ -51,6 +51,11 @@ OptimizerName = Literal["sgd", "adam", "adamw"]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
 
 
+# Class frequencies pooled through the secure merge carry an absolute error of ~2e-6: a class
+# rarer than this is treated as absent (weight 0) rather than given a weight of ~1e5.
+MIN_CLASS_FREQUENCY: Final = 1e-5
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainConfig:
@@ -286,11 +291,9 @@ class LocalTrainer:
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
         if self._val_data is not None:
             self._val = self._tensors(self._val_data)
-        counts = torch.bincount(self._y, minlength=spec.n_classes).double()
         self._class_weights: torch.Tensor | None = None
         if config.balance_classes:
-            weights = torch.where(counts > 0, counts.sum() / (spec.n_classes * counts.clamp(min=1)), 0.0)
-            self._class_weights = weights.float()
+            self.use_class_frequencies(self.class_counts() / max(self.num_samples, 1))
         self._optimizer = _make_optimizer(self.model, config)
 
     def _tensors(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,6 +327,23 @@ class LocalTrainer:
     def num_samples(self) -> int:
         """Number of local training rows (the merge weight before weightage)."""
         return int(self._y.shape[0])
+
+    def class_counts(self) -> npt.NDArray[np.float64]:
+        """Training rows per class (float64, one entry per model output)."""
+        return np.bincount(self._y.numpy(), minlength=self.spec.n_classes).astype(np.float64)
+
+    def use_class_frequencies(self, frequencies: npt.ArrayLike) -> None:
+        """Weight the training loss by `balanced_class_weights` of these class frequencies
+        (this site's own, or the swarm's pooled ones) from now on."""
+        weights = balanced_class_weights(frequencies)
+        if weights.shape != (self.spec.n_classes,):
+            raise ValueError(f"{weights.size} class frequencies for {self.spec.n_classes} classes")
+        self._class_weights = torch.from_numpy(weights).float()
+
+    @property
+    def class_weights(self) -> npt.NDArray[np.float64] | None:
+        """The loss's per-class weights (None: unweighted)."""
+        return None if self._class_weights is None else self._class_weights.double().numpy()
 
     def parameters(self) -> FloatVector:
         """The model's current flat float32 vector."""
@@ -381,6 +401,29 @@ class LocalTrainer:
             stopped_early=False,
         )
 
+    def train_steps(self, steps: int, *, objective: LocalObjective | None = None) -> float:
+        """Exactly ``steps`` optimiser steps (across epoch boundaries, each epoch a fresh
+        shuffle) from the current state; returns their mean training loss. A budget in steps
+        gives a site the same number of updates whatever its size."""
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        bind_generator(self.model, self._generator)
+        penalty = None if objective is None else objective(self.model)
+        done: list[tuple[float, int]] = []
+        while len(done) < steps:
+            taken = train_batches(
+                self.model,
+                self._optimizer,
+                self._loss,
+                self._batches(),
+                penalty=penalty,
+                max_steps=steps - len(done),
+            )
+            if not taken:
+                raise ValueError(f"{self._train_data.source}: no training batch to step on")
+            done += taken
+        return sum(loss * rows for loss, rows in done) / max(sum(rows for _, rows in done), 1)
+
     def fit(self) -> TrainResult:
         """Up to ``config.epochs`` epochs with early stopping on the validation loss;
         the model ends at (and returns) the best epoch's parameters."""
@@ -412,6 +455,19 @@ class LocalTrainer:
         """Metrics on ``data`` (e.g. the held-out test set) after this site's preprocessing."""
         x, y = self._tensors(data)
         return evaluate_model(self.model, x, y, self.spec.n_classes)
+
+
+def balanced_class_weights(frequencies: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per-class loss weights ``1 / (K f_c)`` for class frequencies f (K classes; the
+    frequencies are normalised to sum 1 first): every class then carries the same total
+    weight, as in scikit-learn's ``class_weight="balanced"``. A class below
+    `MIN_CLASS_FREQUENCY` (absent, or under the secure merge's resolution) gets weight 0."""
+    f = np.asarray(frequencies, dtype=np.float64).reshape(-1)
+    if f.size < 2 or not np.all(np.isfinite(f)) or float(f.sum()) <= 0:
+        raise ValueError(f"class frequencies must be >= 2 finite values with a positive sum, got {f}")
+    f = np.clip(f, 0.0, None) / float(np.clip(f, 0.0, None).sum())
+    present = f >= MIN_CLASS_FREQUENCY
+    return np.where(present, 1.0 / (f.size * np.where(present, f, 1.0)), 0.0)
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

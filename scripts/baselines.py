@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument(
+        "--class-weights",
+        default="none",
+        choices=("none", "balanced"),
+        help="balanced: loss weighted by 1/(K f_c), f each model's own training rows' class frequencies "
+        "(central: the union's, what a swarm with genesis class_weights = balanced pools)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest here)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args(argv)
@@ -185,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.scenario} needs a binary task: pass --positive-class (classes: {data.class_names})"
         )
     spec = build_spec(args.model, data)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience)
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        balance_classes=args.class_weights == "balanced",
+    )
     started = time.perf_counter()
     runs = [
         run_once(data, spec, config, args.scenario, args.sites, args.seed + r, args.test_fraction)

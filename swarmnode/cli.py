@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Final
 
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
-from consensus.genesis import DEFAULT_CKKS_PARAMS, METRIC_GOALS, SYNC_UNITS, Timeouts
+from consensus.genesis import (
+    CLASS_WEIGHTS,
+    DEFAULT_CKKS_PARAMS,
+    METRIC_GOALS,
+    SELECTIONS,
+    SYNC_UNITS,
+    Timeouts,
+)
 from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
 
@@ -217,6 +224,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         SetupError,
         build_genesis,
         founding_schema,
+        parse_bounds,
         parse_join_policy,
         parse_member,
         parse_merge_param,
@@ -248,10 +256,15 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         patience=args.patience,
         min_delta=args.min_delta,
         goal=args.goal,
+        select=args.select,
+        metric_bounds=parse_bounds(args.metric_bounds),
+        class_weights=args.class_weights,
         join_policy=parse_join_policy(args.join_policy),
         timeouts=_timeouts(args),
         nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
-        statistics_rounds=statistics_rounds_for(model_config.model, model_config.data.preprocess),
+        statistics_rounds=statistics_rounds_for(
+            model_config.model, model_config.data.preprocess, args.class_weights
+        ),
         data=schema,
     )
     genesis = build_genesis(settings)
@@ -559,6 +572,9 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")
+    p.add_argument("--select", choices=SELECTIONS, default="last", help="final model: last or best merge")
+    p.add_argument("--metric-bounds", default="0,1", metavar="LOW,HIGH", help="reported metrics clamped")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none", help="balanced: pooled")
     p.add_argument("--join-policy", default="members:1", metavar="members:K|admin:KEY")
     defaults = Timeouts()
     p.add_argument(

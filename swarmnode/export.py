@@ -12,6 +12,11 @@ An export directory holds::
     card.json + MODEL_CARD.md   chain id, final model hash, the merged rounds with their
                      contributors and weights (this site's own ledger), metrics
 
+The final model is the ledger stop record's: under genesis ``stopping.select = "best"``
+the merged model with the best pooled validation metric (`consensus.selection`; the card
+names its round, ``selected_round``, and its validation metrics are that round's), else
+the last merged one.
+
 `export_site` rebuilds all of it from one site's files as `swarmnode run` left them: the
 final model by its ledger hash from ``<storage_dir>/models``, the preprocessing by
 loading the site's data as training did and, for swarm standardisation, replaying the
@@ -240,7 +245,10 @@ def site_final_model(config: NodeConfig, record: LedgerRecord) -> FinalModel:
     trainer, _ = build_local_trainer(config, genesis)
     n_params = int(trainer.parameters().size)
     if trainer.preprocessor.config.mode == "swarm":
-        agreement = PooledMoments(trainer.feature_moments(), n_params, source=str(config.source))
+        counts = trainer.class_counts() if genesis.training.class_weights == "balanced" else None
+        agreement = PooledMoments(
+            trainer.feature_moments(), n_params, source=str(config.source), class_counts=counts
+        )
         merged = [r.merged_hash for r in record.rounds if r.merged_hash is not None]
         for digest in merged[: agreement.rounds]:
             agreement.merged(_stored_merged_model(config, digest, n_params))
@@ -289,8 +297,17 @@ def site_card(config: NodeConfig, record: LedgerRecord, statistics_rounds: int) 
             f"{config.node.storage_dir / METRICS_FILE}: metrics of chain {str(metrics['chain_id'])[:16]}, "
             f"not of this site's chain {record.chain_id.hex()[:16]}"
         )
-    last = next((m for m in reversed(metrics.get("rounds", [])) if m.get("kind") == "training"), None)
     assert record.stopped is not None
+    final = record.stopped.final_model_hash
+    selected = next((r.number for r in merged if final is not None and r.merged_hash == final), None)
+    last = next(
+        (
+            m
+            for m in reversed(metrics.get("rounds", []))
+            if m.get("kind") == "training" and selected in (None, m.get("round"))
+        ),
+        None,
+    )
     return {
         "swarm": record.swarm,
         "chain_id": record.chain_id.hex(),
@@ -301,6 +318,7 @@ def site_card(config: NodeConfig, record: LedgerRecord, statistics_rounds: int) 
         else record.stopped.final_model_hash.hex(),
         "stop_reason": record.stopped.reason,
         "merged_rounds": record.stopped.merged_rounds,
+        "selected_round": selected,
         "statistics_rounds": statistics_rounds,
         "rounds": rounds,
         "metrics": {
@@ -322,7 +340,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- model: {card['model']['kind']}, {card['model']['n_features']} features, "
         f"{card['model']['n_classes']} classes",
         f"- stopped: {card['stop_reason']} after {card['merged_rounds']} merged rounds "
-        f"({card['statistics_rounds']} of them standardisation statistics)",
+        f"({card['statistics_rounds']} of them swarm statistics); the final model is round "
+        f"{card.get('selected_round')}'s merge",
         "",
         "## Metrics (this site's data)",
         "",
@@ -347,18 +366,15 @@ def card_markdown(card: Mapping[str, Any]) -> str:
 
 def export_site(config_path: Path, fmt: str, out: Path) -> list[Path]:
     """`swarmnode export`: the site's final model, preprocessing and card into `out`."""
-    from models.preprocess import statistics_rounds
-
     from .config import NodeConfig
     from .ledgerview import read_ledger
+    from .scaffold import load_genesis
 
     _require_package(fmt)
     config = NodeConfig.load(config_path)
     record = read_ledger(config, read_only=True)
     model = site_final_model(config, record)
-    k = 0
-    if model.preprocessor.config.mode == "swarm":
-        k = statistics_rounds(len(model.preprocessor.feature_names), int(model.parameters.size))
+    k = load_genesis(config.ledger.genesis).training.stopping.statistics_rounds
     return write_export(out, model, fmt, site_card(config, record, k))
 
 

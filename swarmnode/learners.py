@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Protocol, final
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -80,11 +81,8 @@ class SpecLearner:
         return self.trainer.preprocessor
 
     def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
-        if unit != "epochs":
-            raise SwarmSetupError(
-                f"this swarm syncs every {amount} {unit}; models.LocalTrainer trains whole epochs only "
-                "(use SwarmTrainer.from_torch for step-based sync)"
-            )
+        if unit == "steps":
+            return self.trainer.train_steps(amount, objective=objective)
         return self.trainer.train_epochs(amount, objective=objective).train_loss
 
     def parameters(self) -> FloatVector:
@@ -107,6 +105,13 @@ class SpecLearner:
 
     def use_pooled_moments(self, pooled: FeatureMoments) -> None:
         self.trainer.standardize_with(pooled)
+
+    def class_counts(self) -> npt.NDArray[np.float64]:
+        """This site's training rows per class: its share of the pooled class frequencies."""
+        return self.trainer.class_counts()
+
+    def use_class_frequencies(self, frequencies: npt.NDArray[np.float64]) -> None:
+        self.trainer.use_class_frequencies(frequencies)
 
 
 @final

@@ -364,6 +364,15 @@ def parse_threshold(text: str) -> DecryptionThreshold:
         raise SetupError(f"--threshold {text!r}: {exc}{detail}") from None
 
 
+def parse_bounds(text: str) -> tuple[float, float]:
+    """``LOW,HIGH``: the range a reported validation metric is clamped to (``--metric-bounds``)."""
+    low, _, high = text.partition(",")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise SetupError(f"--metric-bounds {text!r}: expected LOW,HIGH numbers, e.g. 0,1") from None
+
+
 def parse_merge_param(text: str, option: str = "--merge-param") -> MergeParam:
     """``NAME=VALUE``: one parameter of the merge rule (e.g. ``mu=0.01`` for fedprox) or,
     given as `option` ``--server-param``, of the server optimizer."""
@@ -408,6 +417,9 @@ class GenesisSettings:
     patience: int = 0
     min_delta: float = 0.0
     goal: str = "max"
+    select: str = "last"
+    metric_bounds: tuple[float, float] = (0.0, 1.0)
+    class_weights: str = "none"
     join_policy: JoinPolicy = field(default_factory=JoinPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     nonce: bytes = b""
@@ -451,7 +463,11 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                     min_delta=s.min_delta,
                     goal=s.goal,
                     statistics_rounds=s.statistics_rounds,
+                    select=s.select,
+                    metric_low=s.metric_bounds[0],
+                    metric_high=s.metric_bounds[1],
                 ),
+                class_weights=s.class_weights,
             ),
             join_policy=s.join_policy,
             nonce=s.nonce,

@@ -13,7 +13,16 @@ loop every site runs::
   multiplies ``num_samples`` by it).
 - The validation metric reported with Ready is computed on the local
   validation data; which one (``roc_auc``, ``loss``, ...) defaults from the
-  stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss).
+  stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss). It is the locally
+  trained model's, or, under genesis ``stopping.select = "best"``, that of the merged
+  model the round starts from (None before the first one): the ledger pools these into
+  the swarm's metric per merged model and ends with the best (`consensus.selection`),
+  which `finish` loads (`TrainingSummary.selected_round`).
+- Genesis ``class_weights = "balanced"``: the site's class counts ride in the
+  statistics rounds below (`models.preprocess.PooledMoments`), and every site weights
+  its loss by the pooled frequencies (`models.training.balanced_class_weights`).
+- ``sync_unit = "steps"``: a `models.LocalTrainer` takes exactly ``sync_every``
+  optimiser steps per round (`models.LocalTrainer.train_steps`).
 - The merge method is the genesis's; asking for another one, or for a robust
   plaintext merge in a ``secure = true`` swarm, is a `SwarmSetupError` saying why.
 - Hooks: subclass `SwarmCallback` (``on_round_start``, ``on_trained``, ``on_merged``,
@@ -51,6 +60,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
+import numpy as np
 import torch
 import trio
 from torch import nn
@@ -88,6 +98,7 @@ __all__ = [
     "default_metric",
     "initial_parameters",
     "statistics_rounds_for",
+    "swarm_statistics_rounds",
     "train_with_swarm",
     "training_rounds",
 ]
@@ -160,8 +171,11 @@ class RoundRecord:
 @final
 @dataclass(frozen=True, eq=False, kw_only=True)
 class TrainingSummary:
-    """How training ended. `parameters` is the final model (the swarm's final merge
-    if it stopped with one, else this site's last merged or local parameters).
+    """How training ended. `parameters` is the final model: the swarm's final model if it
+    stopped with one (the ledger's stop record: the best merged model by the pooled
+    validation metric under genesis ``stopping.select = "best"``, else the last merged one;
+    `selected_round` is the ledger round that merged it), else this site's last merged or
+    local parameters.
 
     model:        the trained torch module holding `parameters` (the learner's own: a
                   `models.LocalTrainer`'s network or the module given to `from_torch`).
@@ -178,12 +192,14 @@ class TrainingSummary:
     test: Metrics | None
     model: nn.Module | None = None
     preprocessor: Preprocessor | None = None
+    selected_round: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "metric": self.metric,
             "stop_reason": self.stop_reason,
             "final_hash": None if self.final_hash is None else self.final_hash.hex(),
+            "selected_round": self.selected_round,
             "rounds": [r.to_dict() for r in self.rounds],
             "test": None if self.test is None else self.test.to_dict(),
         }
@@ -243,12 +259,35 @@ def default_metric(genesis: Genesis) -> str:
     return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
 
 
-def statistics_rounds_for(spec: ModelSpec, preprocess: PreprocessConfig) -> int:
+def statistics_rounds_for(spec: ModelSpec, preprocess: PreprocessConfig, class_weights: str = "none") -> int:
     """The statistics rounds a genesis records for sites that train `spec` with `preprocess`
-    (``training.stopping.statistics_rounds``): swarm standardisation's, else none."""
-    if preprocess.mode != "swarm":
-        return 0
-    return statistics_rounds(spec.n_features, spec_layout(spec).size)
+    (``training.stopping.statistics_rounds``): swarm standardisation's pooled feature moments
+    and, with ``class_weights = "balanced"``, the pooled class frequencies (0 if neither)."""
+    return _statistics_rounds(
+        class_weights,
+        spec.n_features,
+        spec_layout(spec).size,
+        spec.n_classes,
+        swarm_standardize=preprocess.mode == "swarm",
+    )
+
+
+def swarm_statistics_rounds(
+    genesis: Genesis, n_features: int, n_params: int, n_classes: int, *, swarm_standardize: bool
+) -> int:
+    """Merged rounds a site of `genesis` spends on the swarm's statistics before training
+    (`statistics_rounds_for` with the genesis's class weights; 0 if none)."""
+    return _statistics_rounds(
+        genesis.training.class_weights, n_features, n_params, n_classes, swarm_standardize=swarm_standardize
+    )
+
+
+def _statistics_rounds(
+    class_weights: str, n_features: int, n_params: int, n_classes: int, *, swarm_standardize: bool
+) -> int:
+    features = n_features if swarm_standardize else 0
+    classes = n_classes if class_weights == "balanced" else 0
+    return statistics_rounds(features, n_params, classes) if features or classes else 0
 
 
 def training_rounds(genesis: Genesis) -> int:
@@ -258,8 +297,9 @@ def training_rounds(genesis: Genesis) -> int:
 
 
 def check_statistics_rounds(genesis: Genesis, own: int) -> None:
-    """Refuse a site whose statistics rounds (`own`: swarm standardisation's, or 0) are not
-    the ones genesis records: it would offer a model where the others offer statistics."""
+    """Refuse a site whose statistics rounds (`own`: swarm standardisation's and pooled class
+    frequencies', or 0) are not the ones genesis records: it would offer a model where the
+    others offer statistics."""
     recorded = genesis.training.stopping.statistics_rounds
     if own == recorded:
         return
@@ -270,7 +310,7 @@ def check_statistics_rounds(genesis: Genesis, own: int) -> None:
     )
     raise SwarmSetupError(
         f"swarm {genesis.name!r} records {recorded} statistics round(s) before training (genesis "
-        f"training.stopping.statistics_rounds), but this site's swarm standardisation takes {own}: {fix}"
+        f"training.stopping.statistics_rounds), but this site's preprocessing takes {own}: {fix}"
     )
 
 
@@ -310,14 +350,37 @@ class SwarmTrainer:
         self._trained = 0
         self._pending: tuple[float, Metrics | None, float | None] | None = None
         self._last: MergeResult | None = None
-        # Swarm standardisation: the agreement on pooled moments and its merges' hashes.
+        # Model selection: with select = "best" a Ready reports the metric of the merged model
+        # this site starts the round from (`consensus.selection`), None before the first one.
+        self.select_best: Final = genesis.training.stopping.select == "best"
+        self._start_metric: float | None = None
+        # The swarm's statistics (pooled moments for swarm standardisation, pooled class
+        # frequencies for balanced class weights): the agreement and its merges' hashes.
         self._agreement: PooledMoments | None = None
+        self._pool_moments = False
         self._statistics_hashes: set[bytes] = set()
         self._pending_statistics: int | None = None
+        self._setup_statistics(learner, genesis)
+
+    def _setup_statistics(self, learner: LocalLearner, genesis: Genesis) -> None:
         moments_of = getattr(learner, "swarm_moments", None)
         moments = moments_of() if callable(moments_of) else None
-        if isinstance(moments, FeatureMoments):
-            self._agreement = PooledMoments(moments, int(learner.parameters().size), source=genesis.name)
+        self._pool_moments = isinstance(moments, FeatureMoments)
+        counts = None
+        if genesis.training.class_weights == "balanced":
+            counts_of = getattr(learner, "class_counts", None)
+            if not callable(counts_of) or not callable(getattr(learner, "use_class_frequencies", None)):
+                raise SwarmSetupError(
+                    f"swarm {genesis.name!r} weights classes by the pooled class frequencies "
+                    '(class_weights = "balanced" in its genesis), but this learner cannot count or '
+                    "weight its classes: use a models.LocalTrainer (SwarmTrainer.from_local_trainer)"
+                )
+            counts = counts_of()
+        if isinstance(moments, FeatureMoments) or counts is not None:
+            n_params = int(learner.parameters().size)
+            if not isinstance(moments, FeatureMoments):
+                moments = FeatureMoments(count=0, mean=np.zeros(0), mean_sq=np.zeros(0))
+            self._agreement = PooledMoments(moments, n_params, source=genesis.name, class_counts=counts)
         check_statistics_rounds(genesis, self.statistics_rounds)
 
     @property
@@ -381,12 +444,15 @@ class SwarmTrainer:
             callback.on_trained(len(self.rounds) + 1, loss)
         self._trained += self.sync_every
         local = self.learner.validate()
-        value = None if local is None else getattr(local, self.metric)
-        val_metric = None if value is None or not math.isfinite(value) else float(value)
+        val_metric = self._start_metric if self.select_best else self._metric_of(local)
         self._pending = (loss, local, val_metric)
         return SyncPoint(
             parameters=self.learner.parameters(), num_samples=self.learner.num_samples, val_metric=val_metric
         )
+
+    def _metric_of(self, metrics: Metrics | None) -> float | None:
+        value = None if metrics is None else getattr(metrics, self.metric)
+        return None if value is None or not math.isfinite(value) else float(value)
 
     def merged(self, result: MergeResult) -> RoundRecord:
         """Load the round's merged parameters (or, for a statistics merge, keep the pooled
@@ -411,6 +477,7 @@ class SwarmTrainer:
             weight=result.weight,
             params_hash=result.params_hash.hex(),
         )
+        self._start_metric = self._metric_of(record.merged)
         self.rounds.append(record)
         for callback in self.callbacks:
             callback.on_merged(result, record)
@@ -477,6 +544,7 @@ class SwarmTrainer:
             test=self.learner.test(),
             model=getattr(self.learner, "model", None),
             preprocessor=getattr(self.learner, "preprocessor", None),
+            selected_round=None if final is None else final.round,
         )
         for callback in self.callbacks:
             callback.on_stop(summary)
@@ -514,8 +582,13 @@ class SwarmTrainer:
         assert self._agreement is not None
         self._agreement.merged(vector)
         self._statistics_hashes.add(params_hash)
-        if self._agreement.done:
+        if not self._agreement.done:
+            return
+        if self._pool_moments:
             self.learner.use_pooled_moments(self._agreement.result())  # type: ignore[attr-defined]
+        frequencies = self._agreement.class_frequencies()
+        if frequencies is not None:
+            self.learner.use_class_frequencies(frequencies)  # type: ignore[attr-defined]
 
     async def arun(
         self, node: Node, *, inline_compute: bool = False, timeout: float | None = None

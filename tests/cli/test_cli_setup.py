@@ -310,3 +310,27 @@ def test_genesis_server_optimizer_and_its_parameters(
         assert message in err, err
     assert main([*base, "--server-optimizer", "sgd"]) == 2
     assert "'fedadam', 'fedyogi')" in capsys.readouterr().err
+
+
+def test_genesis_selection_class_weights_and_metric_bounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = init(tmp_path, "a", 7343)
+    base = ["genesis", "--member", member(tmp_path, "a", 7343), "--model-from", str(a), "--no-secure"]
+    out = tmp_path / "best.cbor"
+    options = ["--select", "best", "--goal", "min", "--metric-bounds", "0,10", "--class-weights", "balanced"]
+    assert main([*base, *options, "--out", str(out)]) == 0
+    training = Genesis.load(out).training
+    assert training.class_weights == "balanced"
+    stopping = training.stopping
+    assert (stopping.select, stopping.goal, stopping.metric_low, stopping.metric_high) == (
+        "best",
+        "min",
+        0,
+        10,
+    )
+    assert "keeps the best model" in capsys.readouterr().out
+    assert main([*base, "--metric-bounds", "1", "--out", str(tmp_path / "bad.cbor")]) == 2
+    assert "--metric-bounds '1'" in capsys.readouterr().err
+    assert main([*base, "--metric-bounds", "2,1", "--out", str(tmp_path / "bad.cbor")]) == 2
+    assert "training.stopping.metric_low" in capsys.readouterr().err

@@ -76,6 +76,7 @@ def make_genesis(
     patience: int = 0,
     min_delta: float = 0.0,
     goal: str = "max",
+    select: str = "last",
     policy: JoinPolicy | None = None,
     threshold: DecryptionThreshold | None = None,
     secure: bool = True,
@@ -88,7 +89,9 @@ def make_genesis(
             min_peers=min_peers,
             secure=secure,
             threshold=threshold or DecryptionThreshold(),
-            stopping=StoppingRule(max_rounds=max_rounds, patience=patience, min_delta=min_delta, goal=goal),
+            stopping=StoppingRule(
+                max_rounds=max_rounds, patience=patience, min_delta=min_delta, goal=goal, select=select
+            ),
         ),
         join_policy=policy or JoinPolicy(),
     )
@@ -848,6 +851,35 @@ def test_median_of_reported_metrics() -> None:
     chain.decrypt()
     chain.merge()
     assert chain.contract.history()[-1].median_metric == 0.3
+
+
+def test_select_best_scores_each_model_at_the_next_ready_quorum_and_stops_with_the_best() -> None:
+    """stopping.select = "best": round k's Ready metrics score the model merged in round k-1;
+    after max_rounds merges the next Ready quorum scores the last one and stops instead of
+    starting a round; the final model is the best scored one, not the last."""
+    chain = started_chain(4, max_rounds=3, select="best")
+    first = chain.full_round(metric=None)  # the sites start from the initial model: nothing to score
+    chain.full_round(metric=0.9)  # scores `first`
+    chain.full_round(metric=0.7)  # scores the second model
+    assert chain.contract.stopped is None  # the third model is not scored yet
+    chain.all_ready(metric=0.8)  # scores it, then stops
+    stop = chain.contract.stopped
+    assert stop is not None
+    assert stop.merged_rounds == 3
+    assert "max_rounds" in stop.reason
+    assert chain.contract.final_model_hash == first
+    assert chain.contract.state.best_metric == pytest.approx(0.9)
+
+
+def test_select_best_with_a_stop_vote_keeps_the_best_model() -> None:
+    chain = started_chain(4, select="best")
+    chain.full_round(metric=None)
+    second = chain.full_round(metric=0.5)
+    chain.full_round(metric=0.8)  # scores `second`
+    chain.all_ready(metric=0.6)  # scores the third model: worse
+    for node in NODES[:3]:
+        chain.ok(node, Stop(round=chain.round.number))
+    assert chain.contract.final_model_hash == second
 
 
 def test_stop_vote_by_majority() -> None:

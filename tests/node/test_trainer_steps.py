@@ -152,11 +152,33 @@ def test_metric_must_fit_the_stopping_goal(cancer_trainer_parts: tuple[LocalTrai
         SwarmTrainer.from_local_trainer(local, genesis_for(SPEC), metric="precision")
 
 
-def test_step_sync_needs_a_torch_learner(cancer_trainer_parts: tuple[LocalTrainer, object]) -> None:
-    local, _ = cancer_trainer_parts
-    trainer = SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, sync_unit="steps", sync_every=5))
-    with pytest.raises(SwarmSetupError, match="whole epochs"):
-        trainer.next_sync()
+def _optimizer_steps(trainer: LocalTrainer) -> int:
+    """Adam's step count (the same for every parameter tensor)."""
+    states = list(trainer._optimizer.state.values())
+    return 0 if not states else int(states[0]["step"])
+
+
+@pytest.mark.parametrize("rows", [12, 200])
+def test_a_step_budget_is_honoured_whatever_the_site_size(rows: int) -> None:
+    """genesis sync_unit = "steps": a LocalTrainer takes exactly sync_every optimiser steps per
+    round, across epoch boundaries (a 12-row site: 37 epochs' worth of one-batch epochs)."""
+    data = load_dataset("breast_cancer")
+    site = data.subset(np.sort(np.random.default_rng(1).permutation(data.n_samples)[:rows]))
+    local = LocalTrainer(
+        SPEC,
+        site,
+        TrainConfig(batch_size=32, validation_fraction=0.0),
+        generator=torch.Generator().manual_seed(0),
+        preprocess=PreprocessConfig(standardize="local"),
+    )
+    trainer = SwarmTrainer.from_local_trainer(local, genesis_for(SPEC, sync_unit="steps", sync_every=37))
+    offer = trainer.next_sync()
+    assert _optimizer_steps(local) == 37
+    trainer.merged(merge_result(1, offer.parameters))
+    trainer.next_sync()
+    assert _optimizer_steps(local) == 74
+    assert local.train_steps(3) > 0
+    assert _optimizer_steps(local) == 77
 
 
 def torch_parts(
