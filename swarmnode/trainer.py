@@ -58,11 +58,13 @@ from models.data import Dataset, load_dataset
 from models.flatten import FloatVector
 from models.preprocess import FeatureMoments, PooledMoments, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
+from models.structure import StructureMismatch
 from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
 
 from .config import NodeConfig
 from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
 from .ledgerview import live_ledger
+from .model_identity import check_module
 from .node import MergeResult, Node, SwarmStopped
 
 if TYPE_CHECKING:
@@ -259,6 +261,12 @@ class SwarmTrainer:
         sync_every: int | None = None,
         callbacks: Sequence[SwarmCallback] = (),
     ) -> None:
+        model = getattr(learner, "model", None)
+        if model is not None:
+            try:
+                check_module(genesis, model, "this site's model")
+            except StructureMismatch as exc:
+                raise SwarmSetupError(str(exc)) from None
         self.learner: Final = learner
         self.genesis: Final = genesis
         self.merge_method: Final = check_merge_method(genesis, merge_method)
