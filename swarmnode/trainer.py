@@ -59,7 +59,14 @@ from models.flatten import FloatVector
 from models.preprocess import FeatureMoments, PooledMoments, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
 from models.structure import StructureMismatch
-from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
+from models.training import (
+    LocalObjective,
+    LocalTrainer,
+    LossFn,
+    Metrics,
+    classification_loss,
+    init_parameters,
+)
 
 from .config import NodeConfig
 from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
@@ -332,7 +339,7 @@ class SwarmTrainer:
         optimizer: torch.optim.Optimizer,
         genesis: Genesis,
         *,
-        loss_fn: LossFn = nn.functional.cross_entropy,
+        loss_fn: LossFn = classification_loss,
         val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         num_samples: int | None = None,
@@ -542,7 +549,7 @@ def train_with_swarm(
     train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     *,
-    loss_fn: LossFn = nn.functional.cross_entropy,
+    loss_fn: LossFn = classification_loss,
     val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     metric: str | None = None,
