@@ -104,3 +104,43 @@ def test_a_site_whose_factory_builds_another_structure_is_refused_at_start(
     importlib.invalidate_caches()
     with pytest.raises(SwarmError, match=r"\[model\].*0\.weight: \[4, 2\] float32, agreed \[2, 4\] float32"):
         SwarmNode(configs[0])
+
+
+SITE_TOML = """
+[node]
+name = "a"
+
+[data]
+source = "breast_cancer"
+
+[model]
+kind = "factory"
+factory = "site_nets:net"
+n_features = 30
+n_classes = 2
+
+[training]
+device = "cpu"
+amp = false
+"""
+
+
+def test_site_toml_takes_a_factory_model_and_a_device(tmp_path: Path) -> None:
+    from swarmnode.config import ConfigError, NodeConfig
+
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML)
+    config = NodeConfig.load(path)
+    assert config.model == factory_model("site_nets:net", 30, 2)
+    assert config.training.device == "cpu"
+    with pytest.raises(ConfigError, match=r"training.device = 'tpu': expected one of 'auto', 'cpu'"):
+        NodeConfig.load(path, overrides=["training.device=tpu"])
+    with pytest.raises(ConfigError, match=r"model: factory must be .package\.module:function."):
+        NodeConfig.load(path, overrides=["model.factory=site_nets.net"])
+    text = SITE_TOML.replace('kind = "factory"\nfactory = "site_nets:net"', 'kind = "mlp"\nhidden = [4]')
+    path.write_text(text + "binary_head = true\n")
+    with pytest.raises(ConfigError, match=r"unknown key training\.binary_head"):
+        NodeConfig.load(path)  # [model] keys belong in [model]
+    path.write_text(text.replace("n_classes = 2", "n_classes = 3\nbinary_head = true"))
+    with pytest.raises(ConfigError, match="model: binary_head needs n_classes = 2"):
+        NodeConfig.load(path)
