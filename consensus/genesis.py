@@ -29,6 +29,7 @@ from crypto.identity import NodeId
 from crypto.quorum import min_contributions
 from models.optimizers import optimizer_named
 from models.rules import UnknownRuleError, rule_named
+from models.structure import ModelTensor, check_structure_value
 from models.tables import DataSchema
 
 GENESIS_VERSION: Final = 1
@@ -241,6 +242,10 @@ class TrainingParams:
     """The training protocol every member agrees to by joining."""
 
     model_spec_hash: bytes
+    # The model's structure (`models.structure`): every state-dict entry's name, shape and
+    # dtype, so a different network with the same parameter count is refused by name. ()
+    # only in hand-built test genesis documents; then a site checks the parameter count.
+    model_structure: tuple[ModelTensor, ...] = ()
     merge_method: str = "mean"  # a rule of `models.rules.RULES`
     merge_params: tuple[MergeParam, ...] = ()  # the rule's parameters; absent ones take its defaults
     # What the members train from after a merge: an optimizer of `models.optimizers.OPTIMIZERS`
@@ -276,6 +281,7 @@ class TrainingParams:
             "training.model_spec_hash",
             f"must be a {HASH_SIZE}-byte SHA-256",
         )
+        check_structure_value(self.model_structure, "training.model_structure")
         self._check_merge_rule()
         self._check_server_optimizer()
         # One contribution would be decrypted alone: never allowed, so at least two.
@@ -449,7 +455,7 @@ class Genesis:
             f"statistics rounds, patience {t.stopping.patience} "
             f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal}), keeps the {t.stopping.select} "
             f"model (metric clamped to [{t.stopping.metric_low:g}, {t.stopping.metric_high:g}])",
-            f"model spec {t.model_spec_hash.hex()}",
+            f"model spec {t.model_spec_hash.hex()}, structure of {len(t.model_structure)} tensors",
             "members:",
         ]
         lines += [f"  {m.name}  {m.node_id.peer_id}  {' '.join(m.addresses)}" for m in self.members]

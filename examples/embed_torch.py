@@ -9,7 +9,9 @@ threshold CKKS key and only the weighted mean is ever decrypted; the merged
 weights are loaded back into `model` in place. Here three sites (breast cancer
 data, uneven classes) train in threads, their nodes on one background event
 loop over an in-memory network. A real site runs the same function with the
-node its site.toml describes (whose [model] must be mlp, hidden = [16]):
+node its site.toml describes. The genesis records the model's structure (tensor names,
+shapes, dtypes) and `merge` refuses any other; for your own network, use a factory spec,
+``models.factory_model("mypackage.nets:build", 30, 2)`` (`model.factory` in site.toml):
 
     with swarmnode.SwarmNode.from_file("site.toml") as node:
         model = train_site(node, x, y)
@@ -31,7 +33,7 @@ import swarmnode
 
 
 def train_site(node: swarmnode.SwarmNode, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-    model = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 2))  # = models.mlp(30, 2, hidden=(16,))
+    model = models.build_network(node.config.model, torch.Generator().manual_seed(0))  # one common start
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for epoch in range(1, 1_000_000):
         for batch in torch.randperm(len(y)).split(32):  # one local epoch

@@ -38,6 +38,7 @@ if typing.TYPE_CHECKING:
     from .nets import SpecNet as SpecNet
     from .nets import bind_generator as bind_generator
     from .nets import build_model as build_model
+    from .nets import build_network as build_network
     from .preprocess import PreprocessConfig as PreprocessConfig
     from .preprocess import Preprocessor as Preprocessor
     from .preprocess import agree_on_genes as agree_on_genes
@@ -49,6 +50,7 @@ if typing.TYPE_CHECKING:
     from .rules import rule_named as rule_named
     from .spec import ModelSpec as ModelSpec
     from .spec import SpecError as SpecError
+    from .spec import factory_model as factory_model
     from .spec import logistic_regression as logistic_regression
     from .spec import mlp as mlp
     from .spec import small_cnn as small_cnn
@@ -57,6 +59,9 @@ if typing.TYPE_CHECKING:
     from .splits import SiteSplit as SiteSplit
     from .splits import preset_scenario as preset_scenario
     from .splits import split_sites as split_sites
+    from .structure import ModelTensor as ModelTensor
+    from .structure import StructureMismatch as StructureMismatch
+    from .structure import structure_of as structure_of
     from .training import LocalTrainer as LocalTrainer
     from .training import Metrics as Metrics
     from .training import TrainConfig as TrainConfig
@@ -94,6 +99,7 @@ _EXPORTS: typing.Final[dict[str, str]] = {
     "SpecNet": "nets",
     "bind_generator": "nets",
     "build_model": "nets",
+    "build_network": "nets",
     "PreprocessConfig": "preprocess",
     "Preprocessor": "preprocess",
     "agree_on_genes": "preprocess",
@@ -105,7 +111,11 @@ _EXPORTS: typing.Final[dict[str, str]] = {
     "rule_named": "rules",
     "ModelSpec": "spec",
     "SpecError": "spec",
+    "factory_model": "spec",
     "logistic_regression": "spec",
+    "ModelTensor": "structure",
+    "StructureMismatch": "structure",
+    "structure_of": "structure",
     "mlp": "spec",
     "small_cnn": "spec",
     "SCENARIO_KINDS": "splits",
@@ -137,6 +147,7 @@ __all__ = [
     "MissingFileError",
     "MissingValueError",
     "ModelSpec",
+    "ModelTensor",
     "NonNumericFeatureError",
     "ParameterLayout",
     "PreprocessConfig",
@@ -148,15 +159,18 @@ __all__ = [
     "SiteSplit",
     "SpecError",
     "SpecNet",
+    "StructureMismatch",
     "TrainConfig",
     "TrainResult",
     "UnknownDatasetError",
     "agree_on_genes",
     "bind_generator",
     "build_model",
+    "build_network",
     "classification_metrics",
     "coordinate_median",
     "evaluate_model",
+    "factory_model",
     "highly_variable_genes",
     "init_parameters",
     "layout_of",
@@ -173,6 +187,7 @@ __all__ = [
     "small_cnn",
     "spec_layout",
     "split_sites",
+    "structure_of",
     "trimmed_mean",
     "unflatten",
     "weighted_mean",

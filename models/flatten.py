@@ -24,7 +24,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from .nets import SpecNet, build_model
+from .nets import SpecNet, build_network
 from .spec import ModelSpec
 
 FloatVector = npt.NDArray[np.float32]
@@ -94,7 +94,7 @@ def layout_of(model: nn.Module) -> ParameterLayout:
 @functools.lru_cache(maxsize=64)
 def spec_layout(spec: ModelSpec) -> ParameterLayout:
     """The layout every correctly built model of ``spec`` has."""
-    return layout_of(build_model(spec, torch.Generator().manual_seed(0)))
+    return layout_of(build_network(spec, torch.Generator().manual_seed(0)))
 
 
 def _check_layout(model: nn.Module, expect: ModelSpec | ParameterLayout | None) -> ParameterLayout:
@@ -126,7 +126,7 @@ def flatten(model: nn.Module, expect: ModelSpec | ParameterLayout | None = None)
     _check_layout(model, expect)
     state = model.state_dict()
     with torch.no_grad():
-        parts = [t.detach().reshape(-1) for t in state.values() if t.is_floating_point()]
+        parts = [t.detach().reshape(-1).cpu() for t in state.values() if t.is_floating_point()]
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float32)
     return flat.numpy().copy()
 

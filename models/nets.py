@@ -10,13 +10,15 @@ training loop binds (``bind_generator``), so training is reproducible without
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import final
+from collections.abc import Callable
+from typing import cast, final
 
 import torch
 from torch import nn
 
-from .spec import ModelSpec
+from .spec import ModelSpec, SpecError
 
 
 @final
@@ -37,7 +39,8 @@ class SeededDropout(nn.Module):
             raise RuntimeError(
                 "SeededDropout in training mode needs a generator: call models.nets.bind_generator(model, g)"
             )
-        keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        # the generator is a CPU one: draw there, use on x's device
+        keep = (torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p).to(x.device)
         return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
@@ -93,7 +96,7 @@ def _dense_layers(spec: ModelSpec, n_in: int) -> nn.Sequential:
         if spec.dropout > 0.0:
             layers.append(SeededDropout(spec.dropout))
         n_in = width
-    layers.append(nn.Linear(n_in, spec.n_classes))
+    layers.append(nn.Linear(n_in, 1 if spec.binary_head else spec.n_classes))
     return nn.Sequential(*layers)
 
 
@@ -101,8 +104,10 @@ def build_model(spec: ModelSpec, generator: torch.Generator) -> SpecNet:
     """Build and initialise the network for ``spec`` (float32, CPU, train mode).
 
     Equal spec and equal generator state give bit-identical parameters; torch's
-    global RNG is neither read nor advanced.
+    global RNG is neither read nor advanced. A "factory" spec is built by `build_network`.
     """
+    if spec.kind == "factory":
+        raise SpecError(f"a factory model ({spec.factory}) is built by models.nets.build_network")
     with torch.device("meta"):
         model = SpecNet(spec)
     model = model.to_empty(device="cpu")
@@ -115,6 +120,42 @@ def build_model(spec: ModelSpec, generator: torch.Generator) -> SpecNet:
             module.reset_running_stats()
     bind_generator(model, generator)
     return model
+
+
+def build_network(spec: ModelSpec, generator: torch.Generator) -> nn.Module:
+    """The network for any spec: `build_model` for the built-in kinds; for "factory" the
+    user's function, called with torch's global RNG seeded from ``generator`` inside
+    ``torch.random.fork_rng`` (restored afterwards), so equal generators give equal models
+    and the caller's global RNG is untouched."""
+    if spec.kind != "factory":
+        return build_model(spec, generator)
+    function = load_factory(spec)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = function(n_features=spec.n_features, n_classes=spec.n_classes)
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model.factory {spec.factory!r} returned {type(model).__name__}, not a torch module")
+    model.train()
+    bind_generator(model, generator)
+    return model
+
+
+def load_factory(spec: ModelSpec) -> Callable[..., object]:
+    """The function ``spec.factory`` names ("package.module:function"), imported."""
+    assert spec.factory is not None
+    module_name, _, attribute = spec.factory.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"model.factory {spec.factory!r}: cannot import {module_name!r} ({exc})") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise SpecError(f"model.factory {spec.factory!r}: {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise SpecError(f"model.factory {spec.factory!r} is not a function")
+    return cast(Callable[..., object], target)
 
 
 def _init_like_torch_default(

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Final, Literal, cast, final, get_args
 
-ModelKind = Literal["logreg", "mlp", "cnn"]
+ModelKind = Literal["logreg", "mlp", "cnn", "factory"]
 MODEL_KINDS: Final[tuple[str, ...]] = get_args(ModelKind)
 
 #: Bumped whenever the mapping spec -> architecture changes, so an old genesis
@@ -33,6 +34,11 @@ _FIELDS: Final = (
     "n_classes",
     "n_features",
 )
+# Keys a spec's JSON holds only when they are set, so every spec without them keeps the
+# bytes (and the genesis hash) it had before they existed.
+_OPTIONAL_FIELDS: Final = ("binary_head", "factory")
+_FACTORY_PATTERN: Final = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+MAX_FACTORY: Final = 256
 
 
 class SpecError(ValueError):
@@ -50,15 +56,23 @@ class ModelSpec:
     """Architecture of one network.
 
     kind:          "logreg" (one linear layer), "mlp" (hidden layers with ReLU and
-                   dropout) or "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers).
+                   dropout), "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers) or
+                   "factory" (any torch module, built by the function `factory` names).
     n_features:    length of one flat input row (for "cnn": prod(image_shape)).
-    n_classes:     number of output logits (>= 2; binary tasks use 2 logits + softmax).
+    n_classes:     number of classes (>= 2); the network has this many output logits
+                   unless binary_head.
     hidden:        hidden layer widths ("mlp"; for "cnn" the dense layers after the convs).
     dropout:       dropout probability after each hidden dense layer (0 disables it).
     batch_norm:    batch normalisation after each hidden layer / conv; its running
                    mean and variance are merged with the parameters.
     image_shape:   (channels, height, width) for "cnn"; None otherwise.
     conv_channels: output channels of each conv block ("cnn" only).
+    binary_head:   one output logit trained with BCE-with-logits instead of two with softmax
+                   (n_classes = 2, built-in kinds; a factory's model decides by its width).
+    factory:       "package.module:function" ("factory" only): called as
+                   ``function(n_features=..., n_classes=...)`` it returns any torch module
+                   taking float32 rows of n_features and returning n_classes logits (or 1
+                   for a binary task); `models.nets.build_network` builds it.
     """
 
     kind: ModelKind
@@ -69,6 +83,8 @@ class ModelSpec:
     batch_norm: bool = False
     image_shape: tuple[int, int, int] | None = None
     conv_channels: tuple[int, ...] = ()
+    binary_head: bool = False
+    factory: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.kind in MODEL_KINDS, f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
@@ -92,6 +108,12 @@ class ModelSpec:
             _require(self.dropout == 0.0 and not self.batch_norm, "logreg has no dropout or batch_norm")
         if self.kind == "mlp":
             _require(len(self.hidden) >= 1, "mlp needs at least one hidden layer")
+        _require(isinstance(self.binary_head, bool), "binary_head must be a bool")
+        _require(not self.binary_head or self.n_classes == 2, "binary_head needs n_classes = 2")
+        if self.kind == "factory":
+            self._check_factory()
+        else:
+            _require(self.factory is None, f"factory is only for kind 'factory', not {self.kind}")
         if self.kind == "cnn":
             shape = self.image_shape
             _require(
@@ -108,9 +130,27 @@ class ModelSpec:
             _require(self.image_shape is None, f"image_shape is only for cnn, not {self.kind}")
             _require(self.conv_channels == (), f"conv_channels is only for cnn, not {self.kind}")
 
+    def _check_factory(self) -> None:
+        factory = self.factory
+        _require(
+            isinstance(factory, str)
+            and len(factory) <= MAX_FACTORY
+            and _FACTORY_PATTERN.fullmatch(factory) is not None,
+            f"factory must be 'package.module:function', got {factory!r}",
+        )
+        _require(
+            self.hidden == () and self.dropout == 0.0 and not self.batch_norm and not self.binary_head,
+            "a factory model has no hidden, dropout, batch_norm or binary_head: its function builds it",
+        )
+
     def to_json_dict(self) -> dict[str, object]:
         """Plain JSON-compatible dict (tuples as lists), including the format tag."""
-        return {
+        optional: dict[str, object] = {}
+        if self.binary_head:
+            optional["binary_head"] = True
+        if self.factory is not None:
+            optional["factory"] = self.factory
+        return optional | {
             "batch_norm": self.batch_norm,
             "conv_channels": list(self.conv_channels),
             "dropout": self.dropout,
@@ -136,8 +176,14 @@ class ModelSpec:
     def from_json_dict(cls, data: dict[str, object]) -> ModelSpec:
         """Inverse of ``to_json_dict``; unknown, missing or wrongly typed keys raise SpecError."""
         _require(isinstance(data, dict), "a model spec must be a JSON object")
-        keys = set(data)
-        _require(keys == set(_FIELDS), f"model spec keys must be {sorted(_FIELDS)}, got {sorted(keys)}")
+        keys = set(data) - set(_OPTIONAL_FIELDS)
+        _require(
+            keys == set(_FIELDS),
+            f"model spec keys must be {sorted(_FIELDS)} (and optionally {', '.join(_OPTIONAL_FIELDS)}), "
+            f"got {sorted(data)}",
+        )
+        _require(data.get("binary_head", True) is True, "binary_head is written only as true")
+        _require(isinstance(data.get("factory", ""), str), "factory must be a string")
         _require(data["format"] == SPEC_FORMAT, f"unsupported model spec format {data['format']!r}")
         image_shape = data["image_shape"]
         _require(image_shape is None or isinstance(image_shape, list), "image_shape must be a list or null")
@@ -157,6 +203,8 @@ class ModelSpec:
             if image_shape is None
             else cast(tuple[int, int, int], tuple(cast(list[int], image_shape))),
             conv_channels=tuple(cast(list[int], data["conv_channels"])),
+            binary_head="binary_head" in data,
+            factory=cast(str | None, data.get("factory")),
         )
 
     @classmethod
@@ -197,6 +245,11 @@ def mlp(
         dropout=dropout,
         batch_norm=batch_norm,
     )
+
+
+def factory_model(factory: str, n_features: int, n_classes: int = 2) -> ModelSpec:
+    """Spec of any torch module: ``factory`` is "package.module:function" (see ModelSpec)."""
+    return ModelSpec(kind="factory", n_features=n_features, n_classes=n_classes, factory=factory)
 
 
 def small_cnn(

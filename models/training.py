@@ -36,8 +36,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 
 from .data import Dataset, DatasetError
+from .device import DeviceName, check_amp, resolve_device
 from .flatten import FloatVector, flatten, unflatten
-from .nets import SpecNet, bind_generator, build_model
+from .nets import bind_generator, build_network
 from .preprocess import FeatureMoments, PreprocessConfig, Preprocessor
 from .spec import ModelSpec
 
@@ -66,6 +67,9 @@ class TrainConfig:
     validation_fraction: stratified share of the local data held out for early
                          stopping and the validation metric (0 disables it).
     balance_classes:     weight the loss by inverse local class frequency.
+    device:              where local training runs (`models.device.resolve_device`):
+                         "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
+    amp:                 mixed precision (float16 autocast and a gradient scaler); CUDA only.
     """
 
     epochs: int = 100
@@ -77,6 +81,8 @@ class TrainConfig:
     validation_fraction: float = 0.2
     patience: int = 10
     balance_classes: bool = False
+    device: DeviceName = "auto"
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -150,7 +156,7 @@ class TrainResult:
 def init_parameters(spec: ModelSpec, seed: int) -> FloatVector:
     """The initial flat parameters for ``spec`` from ``seed``: every node that knows
     both (e.g. from genesis) starts from the same vector."""
-    return flatten(build_model(spec, torch.Generator().manual_seed(seed)))
+    return flatten(build_network(spec, torch.Generator().manual_seed(seed)), spec)
 
 
 def stratified_holdout(
@@ -176,33 +182,72 @@ def train_batches(
     *,
     penalty: StepPenalty | None = None,
     max_steps: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[tuple[float, int]]:
     """One optimiser step per (x, y) batch, at most `max_steps`, minimising
     ``loss_fn(model(x), y) + penalty()``. Returns each step's loss without the penalty (the
-    data loss, comparable across rules) and its batch size."""
+    data loss, comparable across rules) and its batch size. With a `scaler` (CUDA mixed
+    precision) the forward pass runs under float16 autocast and the scaler steps."""
     model.train()
     steps: list[tuple[float, int]] = []
     for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+            loss = loss_fn(model(x), y)
         objective = loss if penalty is None else loss + penalty()
-        objective.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        if scaler is None:
+            objective.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        else:
+            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+            scaler.step(optimizer)
+            scaler.update()
         steps.append((float(loss.detach()), int(y.shape[0])))
         if max_steps is not None and len(steps) >= max_steps:
             break
     return steps
 
 
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over n logits; for one logit (a binary head), BCE-with-logits on the
+    positive class (label 1), each row weighted by its class's `weight` as cross-entropy does."""
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        target = labels.to(logits.dtype)
+        if weight is None:
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
+        rows = weight.to(logits.device, logits.dtype)[labels]
+        losses = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        return (losses * rows).sum() / rows.sum()
+    return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
+def class_probabilities(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(rows, n_classes) probabilities: softmax over n logits, or [1 - p, p] with p the
+    sigmoid of a binary head's one logit. Refuses any other output width."""
+    if logits.ndim != 2 or logits.shape[1] not in ((1, 2) if n_classes == 2 else (n_classes,)):
+        raise ValueError(
+            f"the model returns logits of shape {tuple(logits.shape)}: expected (rows, {n_classes})"
+            + (" or (rows, 1) for a binary head" if n_classes == 2 else "")
+        )
+    if logits.shape[1] == 1:
+        positive = torch.sigmoid(logits.double())
+        return torch.cat([1.0 - positive, positive], dim=1)
+    return torch.softmax(logits.double(), dim=1)
+
+
 def evaluate_model(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> Metrics:
-    """Metrics of ``model`` on already preprocessed float32 features (eval mode, no grad)."""
+    """Metrics of ``model`` on already preprocessed float32 features (eval mode, no grad),
+    on the device the model's parameters are on."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters(), features).device
     try:
         with torch.no_grad():
-            logits = model(features)
-            loss = float(nn.functional.cross_entropy(logits, labels)) if labels.numel() else math.nan
-            probabilities = torch.softmax(logits, dim=1).double().numpy()
+            logits = model(features.to(device)).float().cpu()
+            loss = float(classification_loss(logits, labels)) if labels.numel() else math.nan
+            probabilities = class_probabilities(logits, n_classes).numpy()
     finally:
         model.train(was_training)
     return classification_metrics(labels.numpy(), probabilities, n_classes, loss=loss)
@@ -270,9 +315,14 @@ class LocalTrainer:
         self.spec: Final = spec
         self.config: Final = config
         self._generator = generator
-        self.model: Final[SpecNet] = build_model(spec, generator)
+        self.device: Final = resolve_device(config.device)
+        check_amp(config.amp, self.device)
+        self.model: Final[nn.Module] = build_network(spec, generator)
         if initial_parameters is not None:
             unflatten(self.model, initial_parameters, spec)
+        self.model.to(self.device)
+        self._scaler = torch.amp.GradScaler("cuda") if config.amp else None
+        self._batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         split_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         train_rows, val_rows = stratified_holdout(
             data.labels, config.validation_fraction, np.random.default_rng(split_seed)
@@ -358,16 +408,19 @@ class LocalTrainer:
         order = torch.randperm(n, generator=self._generator)
         for start in range(0, n, self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
-            if batch.numel() == 1 and self.spec.batch_norm and n > 1:
+            if batch.numel() == 1 and self._batch_norm and n > 1:
                 continue  # batch norm cannot normalise a single row in training mode
-            yield self._x[batch], self._y[batch]
+            yield self._x[batch].to(self.device), self._y[batch].to(self.device)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, labels, weight=self._class_weights)
+        weight = None if self._class_weights is None else self._class_weights.to(logits.device)
+        return classification_loss(logits.float(), labels, weight)
 
     def _epoch(self, penalty: StepPenalty | None = None) -> float:
         bind_generator(self.model, self._generator)
-        steps = train_batches(self.model, self._optimizer, self._loss, self._batches(), penalty=penalty)
+        steps = train_batches(
+            self.model, self._optimizer, self._loss, self._batches(), penalty=penalty, scaler=self._scaler
+        )
         total = sum(loss * rows for loss, rows in steps)
         return total / max(sum(rows for _, rows in steps), 1)
 

@@ -1,7 +1,7 @@
 """One swarmnode site in its own OS process, for `scripts/bench_round.py` (not a public tool).
 
-    python scripts/_bench_round_node.py --index I --n N --hidden H --mode secure|plain \
-        --rounds R --ports P0,P1,... --root DIR [--train]
+    python scripts/_bench_round_node.py --index I --n N (--hidden H | --resnet SIZE) \
+        --mode secure|plain --rounds R --ports P0,P1,... --root DIR [--train]
 
 Builds the same `SwarmPlan` as every sibling (deterministic keys, one genesis
 with the members' 127.0.0.1 addresses), opens a real node over libp2p on its
@@ -9,7 +9,10 @@ port (everyone dials everyone) and runs ``R`` merges (1 warm-up with the key
 epoch + R - 1 measured). With ``--train`` each round first trains one local
 epoch of the MLP on this site's IID share of breast_cancer (SGD 0.01, momentum
 0.9, batch 32: the Flower anchor's settings), so the round is a full training
-round. Prints one JSON line per round and a final ``{"ev": "done"}`` line.
+round. With ``--resnet 11M`` (or ``resnet-smoke``) the model is MONAI's ResNet-18 from
+`scripts/_bench_models.py` (a ``model.factory`` spec) trained on this site's share of
+scikit-learn's 8x8 digits (Adam 1e-3, batch 32) instead. Prints one JSON line per round
+and a final ``{"ev": "done"}`` line.
 
 Measurements (all inside this process):
 * merge window: wall clock (``time.time()``) from ``merge()`` until it
@@ -246,7 +249,7 @@ async def run(args: argparse.Namespace) -> None:
 
     import swarmnode.merge_scheme as node_module
     from consensus.genesis import Timeouts
-    from models import LocalTrainer, TrainConfig, load_dataset, mlp
+    from models import LocalTrainer, TrainConfig, load_dataset
     from models.splits import Scenario, split_sites
     from swarmnode.net.libp2p import open_libp2p_transport
     from swarmnode.node import open_swarm_node
@@ -269,7 +272,7 @@ async def run(args: argparse.Namespace) -> None:
 
     ports = [int(p) for p in args.ports.split(",")]
     n = args.n
-    spec = mlp(30, 2, hidden=(args.hidden, args.hidden))
+    spec = bench_spec(args)
     addresses = tuple((transport_address("127.0.0.1", p),) for p in ports)
     # Generous for 8 processes on 2 cores, yet a phase stuck on a lost stream recovers
     # through the ledger's phase timeout within the run instead of stalling it.
@@ -283,7 +286,7 @@ async def run(args: argparse.Namespace) -> None:
         max_rounds=args.rounds,
         timeouts=timeouts,
         addresses=addresses,
-        namespace=f"bench-round-{n}-{args.hidden}-{args.mode}",
+        namespace=f"bench-round-{n}-{args.resnet or args.hidden}-{args.mode}",
     )
     genesis = plan.genesis
     if args.mode == "plain":  # the runtime's plaintext mode, visible on the ledger
@@ -293,16 +296,21 @@ async def run(args: argparse.Namespace) -> None:
 
     trainer = None
     if args.train:
-        data = load_dataset("breast_cancer", positive_class="malignant")
+        data = (
+            load_dataset("digits")
+            if args.resnet
+            else load_dataset("breast_cancer", positive_class="malignant")
+        )
         split = split_sites(data.labels, Scenario(kind="even", n_sites=n, test_fraction=0.2), 0)
         config = TrainConfig(
             epochs=1,
             batch_size=32,
-            optimizer="sgd",
-            lr=0.01,
+            optimizer="adam" if args.resnet else "sgd",
+            lr=0.001 if args.resnet else 0.01,
             momentum=0.9,
             validation_fraction=0.0,
             patience=0,
+            device="cpu",
         )
         trainer = LocalTrainer(
             spec,
@@ -376,6 +384,16 @@ def _was(node: Any, round_number: int, role: str) -> bool:
     return bool(who == node.node_id)
 
 
+def bench_spec(args: argparse.Namespace) -> Any:
+    """The MLP 30-h-h-2 of the hidden sizes, or a ResNet-18 factory model (`--resnet`)."""
+    from models import factory_model, mlp
+
+    if args.resnet:
+        name = "resnet18" if args.resnet == "11M" else "resnet18_smoke"
+        return factory_model(f"_bench_models:{name}", n_features=64, n_classes=10)
+    return mlp(30, 2, hidden=(args.hidden, args.hidden))
+
+
 def spec_size(spec: Any) -> int:
     from models.flatten import spec_layout
 
@@ -386,7 +404,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--hidden", type=int, required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--hidden", type=int)
+    model.add_argument("--resnet", choices=("11M", "resnet-smoke"))
     parser.add_argument("--mode", choices=("secure", "plain"), required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--ports", required=True)

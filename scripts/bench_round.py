@@ -2,11 +2,15 @@
 
     python scripts/bench_round.py          # N = 3, 4, 8 x 10k/100k/1M + Flower (N=4) + scaling 32/64
     python scripts/bench_round.py --quick  # N = 2, 4 x 10k/100k, recorded Flower numbers, scaling 8/16
+    python scripts/bench_round.py --ns 4 --sizes 11M --flower skip --scaling ""   # ResNet-18, 11.2M
 
 1. **Node processes on 127.0.0.1** (`scripts/_bench_round_node.py`, one OS
    process per site, real libp2p, everyone dials everyone): for every model
    size (MLP 30-h-h-2 on breast_cancer, h = 85/300/983: 10,117 / 100,202 /
-   999,713 parameters, the Flower anchor's model) and N, one run with the
+   999,713 parameters, the Flower anchor's model; ``11M``: MONAI's ResNet-18, 11,185,866
+   merged values, as a ``model.factory`` model on scikit-learn's 8x8 digits, see
+   `scripts/_bench_models.py`; ``resnet-smoke`` is that network at 1/16 width, for the
+   smoke test) and N, one run with the
    secure merge (threshold CKKS) and one with the runtime's plaintext mode
    ("plain": genesis ``training.secure = false``, merge ``mean``: the same
    protocol and contract carrying plaintext float32 updates). Each round =
@@ -65,6 +69,7 @@ from _bench_round_node import union_spans  # noqa: E402
 from _provenance import finish, machine  # noqa: E402
 
 HIDDEN: Final = {"10k": 85, "100k": 300, "1M": 983}
+RESNET_SIZES: Final = ("11M", "resnet-smoke")  # `scripts/_bench_models.py`
 CRYPTO_PHASES: Final = ("encrypt", "transfer", "aggregate", "decryption_share", "combine")
 ANCHOR: Final = REPO.parent / "shared" / "anchors" / "flower"
 JsonDict = dict[str, Any]
@@ -86,12 +91,24 @@ def n_params(hidden: int) -> int:
     return 30 * hidden + hidden + hidden * hidden + hidden + 2 * hidden + 2
 
 
+def size_params(size: str) -> int:
+    """Merged values of a bench size (a ResNet's are counted by building it once)."""
+    if size not in RESNET_SIZES:
+        return n_params(HIDDEN[size])
+    from _bench_round_node import bench_spec, spec_size
+
+    return spec_size(bench_spec(argparse.Namespace(resnet=size, hidden=None)))
+
+
+def model_args(size: str) -> list[str]:
+    return ["--resnet", size] if size in RESNET_SIZES else ["--hidden", str(HIDDEN[size])]
+
+
 # ------------------------------------------------------------------------------- processes
 
 
 def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> JsonDict:
     """N node processes, `rounds` rounds (the first is the warm-up); per-round summary."""
-    hidden = HIDDEN[size]
     ports = free_ports(n)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="bench-round-", dir=shm) as root:
@@ -110,8 +127,7 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
                             str(i),
                             "--n",
                             str(n),
-                            "--hidden",
-                            str(hidden),
+                            *model_args(size),
                             "--mode",
                             mode,
                             "--rounds",
@@ -228,7 +244,7 @@ def summarise_rounds(n: int, size: str, mode: str, events: Sequence[JsonDict]) -
     result: JsonDict = {
         "n": n,
         "size": size,
-        "params": n_params(HIDDEN[size]),
+        "params": size_params(size),
         "mode": mode,
         "rounds": per_round,
         "measured_rounds": len(measured),

@@ -58,9 +58,11 @@ from crypto.identity import NodeId, NodeIdentity
 from models.flatten import flatten, layout_of, unflatten
 from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
+from models.structure import spec_structure
 from models.training import TrainConfig
 
 from .config import DataSection, LedgerSection, NodeConfig, NodeSection, SwarmSection
+from .model_identity import check_module
 from .net.base import Transport
 from .net.memory import NO_FAULTS, LinkFaults, MemoryNetwork, open_memory_network
 from .node import (
@@ -379,7 +381,9 @@ class SwarmNode:
         """A sync point: offer this site's parameters and block until the round's merge.
 
         `model_or_params` is a torch module (flattened with `models.layout_of`; the
-        merged parameters are loaded back into it in place) or a 1-D float32 vector.
+        merged parameters are loaded back into it in place) or a 1-D float32 vector. A
+        module whose structure is not the genesis's (`swarmnode.model_identity`) raises
+        `models.StructureMismatch` naming the differences; a vector is checked for its length.
         The merge weight is ``num_samples * config.swarm.weightage``; `val_metric` is
         this site's validation metric for the stopping rule.
 
@@ -398,6 +402,7 @@ class SwarmNode:
             module = None
         else:
             module = model_or_params
+            check_module(self.genesis, module, f"{self.config.node.name}: the model offered to merge()")
             layout = layout_of(module)
             vector = flatten(module, layout)
         if num_samples < 1:
@@ -543,6 +548,7 @@ def create_local_swarm(
         members=tuple(FoundingMember(name=f"site-{i}", node_id=n.node_id) for i, n in enumerate(identities)),
         training=TrainingParams(
             model_spec_hash=model.spec_hash(),
+            model_structure=spec_structure(model),
             merge_method=merge_method,
             merge_params=tuple(MergeParam(name=k, value=v) for k, v in (merge_params or {}).items()),
             server_optimizer=server_optimizer,

@@ -4,7 +4,8 @@ needed to use it, `swarmnode predict` applies it to a data file.
 An export directory holds::
 
     model.pt | model.torchscript.pt | model.safetensors | model.onnx   the network
-    model.json       the `models.spec.ModelSpec` (the structure the swarm trained)
+    model.json       the `models.spec.ModelSpec` the swarm trained and its structure (every
+                     state-dict entry's name, shape and dtype, `models.structure`)
     preprocess.json  what to do to a data file first: the selected features (genes),
                      log1p, the standardisation's mean and scale (the swarm's pooled
                      ones with standardize = "swarm"), feature and class names, and how
@@ -45,12 +46,14 @@ import torch
 from torch import nn
 
 from models.data import Dataset, DatasetError, MissingPolicy, load_dataset
-from models.flatten import FloatVector, LayoutMismatch, flatten, unflatten
-from models.nets import build_model
+from models.flatten import FloatVector, unflatten
+from models.nets import build_network
 from models.preprocess import PreprocessConfig, Preprocessor
-from models.spec import ModelSpec
-from models.training import Metrics, evaluate_model
+from models.spec import ModelSpec, SpecError
+from models.structure import ModelTensor, spec_structure
+from models.training import Metrics, class_probabilities, evaluate_model
 
+from .onnx_export import OnnxExportError, OnnxModule, onnx_parameters, write_onnx
 from .results import params_hash
 
 if TYPE_CHECKING:
@@ -76,7 +79,7 @@ MODEL_FILES: Final = {
     "safetensors": "model.safetensors",
     "onnx": "model.onnx",
 }
-# The package each format needs beyond torch (none of them is a dependency of swarmnode).
+# The package each format needs beyond torch: the optional extra `swarmnode[export]`.
 _FORMAT_PACKAGES: Final = {"safetensors": "safetensors", "onnx": "onnx"}
 EXPORT_FORMAT_VERSION: Final = 1
 
@@ -125,9 +128,13 @@ class FinalModel:
 
     def module(self) -> nn.Module:
         """The network in eval mode, holding `parameters`."""
-        model = build_model(self.spec, torch.Generator().manual_seed(0))
+        model = build_network(self.spec, torch.Generator().manual_seed(0))
         unflatten(model, self.parameters, self.spec)
         return model.eval()
+
+    def structure(self) -> tuple[ModelTensor, ...]:
+        """The network's state-dict entries (name, shape, dtype): model.json records them."""
+        return spec_structure(self.spec)
 
     def preprocess_json(self) -> dict[str, Any]:
         config = self.preprocessor.config
@@ -167,7 +174,8 @@ def _require_package(fmt: str) -> None:
     if package is not None and importlib.util.find_spec(package) is None:
         raise ExportError(
             f"format {fmt!r} needs the Python package {package!r}, which is not installed "
-            f"(pip install {package}); formats available without it: torch, torchscript"
+            "(the export extra: pip install -c constraints.txt -e '.[export]'); formats available "
+            "without it: torch, torchscript"
         )
 
 
@@ -187,10 +195,10 @@ def _write_network(model: FinalModel, fmt: str, path: Path) -> None:
             {k: v.contiguous() for k, v in module.state_dict().items()}, str(path)
         )
     else:
-        torch.onnx.export(
-            module, (example,), str(path), input_names=["features"], output_names=["logits"],
-            dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+        try:
+            write_onnx(module, model.spec.n_features, path)
+        except OnnxExportError as exc:
+            raise ExportError(str(exc)) from None
 
 
 def write_export(
@@ -202,7 +210,13 @@ def write_export(
     out.mkdir(parents=True, exist_ok=True)
     written = [out / MODEL_FILES[fmt], out / "model.json", out / "preprocess.json"]
     _write_network(model, fmt, written[0])
-    spec_json = {**model.spec.to_json_dict(), "file": MODEL_FILES[fmt], "export_format": fmt}
+    structure = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in model.structure()]
+    spec_json = {
+        **model.spec.to_json_dict(),
+        "file": MODEL_FILES[fmt],
+        "export_format": fmt,
+        "structure": structure,
+    }
     written[1].write_text(json.dumps(spec_json, indent=2) + "\n", encoding="utf-8")
     written[2].write_text(json.dumps(model.preprocess_json(), indent=2) + "\n", encoding="utf-8")
     if card is not None:
@@ -412,38 +426,63 @@ def _preprocessor(data: Mapping[str, Any], path: Path) -> Preprocessor:
         raise ExportError(f"{path}: malformed preprocessing ({exc!r})") from None
 
 
-def _load_network(directory: Path, spec: ModelSpec, fmt: str, file: Path) -> nn.Module:
+def _load_network(spec: ModelSpec, fmt: str, file: Path) -> tuple[nn.Module, Mapping[str, torch.Tensor]]:
+    """(the network to run, its tensors by state-dict name). TorchScript and ONNX files carry
+    their network; torch and safetensors files are loaded into the spec's network (for a
+    factory model, its function must import here)."""
     if fmt == "torchscript":
-        return cast(nn.Module, torch.jit.load(str(file))).eval()  # type: ignore[no-untyped-call]
-    if fmt == "onnx":
-        raise ExportError(f"{directory}: an ONNX export runs in an ONNX runtime; predict loads torch formats")
+        module = cast(nn.Module, torch.jit.load(str(file))).eval()  # type: ignore[no-untyped-call]
+        return module, module.state_dict()
     _require_package(fmt)
+    if fmt == "onnx":
+        try:
+            return OnnxModule(file), onnx_parameters(file)
+        except OnnxExportError as exc:
+            raise ExportError(str(exc)) from None
     if fmt == "safetensors":
         state = importlib.import_module("safetensors.torch").load_file(str(file))
     else:
         state = torch.load(file, weights_only=True)
-    model = build_model(spec, torch.Generator().manual_seed(0))
+    try:
+        model = build_network(spec, torch.Generator().manual_seed(0))
+    except SpecError as exc:
+        raise ExportError(
+            f"{file}: {exc}; a {fmt} export rebuilds the network by its factory (torchscript and onnx "
+            "exports carry it)"
+        ) from None
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval(), state
 
 
-def _check_final_hash(directory: Path, module: nn.Module, spec: ModelSpec) -> None:
+def _check_final_hash(
+    directory: Path, state: Mapping[str, torch.Tensor], structure: Sequence[ModelTensor]
+) -> None:
     """With a card, the network's parameters must be the final model the ledger names: a
-    model file replaced or edited after the export is refused, not used."""
+    model file replaced or edited after the export is refused, not used. The flat vector is
+    built from the file's tensors in the order of model.json's structure, as
+    `models.flatten.flatten` builds it from a module."""
     if not (directory / "card.json").exists():
         return
     expected = _read_json(directory / "card.json").get("final_model_hash")
-    try:
-        actual = params_hash(flatten(module, spec)).hex()
-    except LayoutMismatch as exc:
+    floating = [t for t in structure if t.floating]
+    wrong = [t.name for t in floating if t.name not in state or tuple(state[t.name].shape) != t.shape]
+    if wrong:
         raise ExportError(
-            f"{directory}: the model file does not have the structure of model.json ({exc})"
-        ) from None
+            f"{directory}: the model file does not have the structure of model.json "
+            f"(tensors {', '.join(wrong[:5])} missing or of another shape)"
+        )
+    with torch.no_grad():
+        parts = [state[t.name].detach().reshape(-1).cpu().to(torch.float32) for t in floating]
+    actual = params_hash(torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)).hex()
     if actual != expected:
         raise ExportError(
             f"{directory}: the model file's parameters hash to {actual[:16]}, but card.json names the "
             f"swarm's final model {str(expected)[:16]}: the model file was changed after the export"
         )
+
+
+def _structure(recorded: Sequence[Mapping[str, Any]]) -> tuple[ModelTensor, ...]:
+    return tuple(ModelTensor(name=t["name"], shape=tuple(t["shape"]), dtype=t["dtype"]) for t in recorded)
 
 
 def load_export(directory: Path) -> ExportedModel:
@@ -453,13 +492,15 @@ def load_export(directory: Path) -> ExportedModel:
     fmt, name = model_json.pop("export_format", None), model_json.pop("file", None)
     if fmt not in EXPORT_FORMATS or not isinstance(name, str):
         raise ExportError(f"{directory / 'model.json'}: no export_format / file entry")
+    recorded = model_json.pop("structure", None)
     try:
         spec = ModelSpec.from_json_dict(model_json)
-    except ValueError as exc:
+        structure = spec_structure(spec) if recorded is None else _structure(recorded)
+    except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{directory / 'model.json'}: {exc}") from None
     pre = _read_json(directory / "preprocess.json")
-    module = _load_network(directory, spec, fmt, directory / name)
-    _check_final_hash(directory, module, spec)
+    module, state = _load_network(spec, fmt, directory / name)
+    _check_final_hash(directory, state, structure)
     return ExportedModel(
         module=module,
         spec=spec,
@@ -555,10 +596,10 @@ def predict_file(directory: Path, source: str, out: Path) -> tuple[int, Metrics 
     processed = exported.preprocessor.transform(_aligned_features(data, exported.preprocessor))
     x = torch.from_numpy(processed.features.copy())
     y = torch.from_numpy(processed.labels.copy())
-    metrics = evaluate_model(exported.module, x, y, len(exported.class_names)) if labelled else None
-    with torch.no_grad():
-        probabilities = torch.softmax(exported.module(x), dim=1).double().numpy()
     names = exported.class_names
+    metrics = evaluate_model(exported.module, x, y, len(names)) if labelled else None
+    with torch.no_grad():
+        probabilities = class_probabilities(exported.module(x), len(names)).numpy()
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", *(f"p_{c}" for c in names), "predicted", *(["true"] if labelled else [])])

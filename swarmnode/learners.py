@@ -24,6 +24,7 @@ from models.training import (
     LossFn,
     Metrics,
     StepPenalty,
+    class_probabilities,
     classification_metrics,
     train_batches,
 )
@@ -194,10 +195,10 @@ class TorchLearner:
             return None
         all_logits, all_labels = torch.cat(logits), torch.cat(labels)
         loss = float(self.loss_fn(all_logits, all_labels))
-        probabilities = torch.softmax(all_logits, dim=1).double().numpy()
-        return classification_metrics(
-            all_labels.numpy().astype(np.int64), probabilities, all_logits.shape[1], loss=loss
-        )
+        n_classes = 2 if all_logits.shape[1] == 1 else all_logits.shape[1]  # a binary head: 1 logit
+        probabilities = class_probabilities(all_logits, n_classes).numpy()
+        truth = all_labels.numpy().astype(np.int64)
+        return classification_metrics(truth, probabilities, n_classes, loss=loss)
 
     def validate(self) -> Metrics | None:
         return self._evaluate(self.val_loader)

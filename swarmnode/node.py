@@ -38,6 +38,8 @@ from consensus.transactions import Approve, JoinRequest, Leave, Stop, TxBody
 from crypto.ckks_params import param_set
 from crypto.identity import NodeId, NodeIdentity
 from models.flatten import spec_layout
+from models.spec import SpecError
+from models.structure import StructureMismatch
 
 from .behaviour import HONEST, Behaviour
 from .blobstore import REPLICATE_PROTOCOL, REPLICATE_TIMEOUT, BlobStore, ReplicateRequest
@@ -58,6 +60,7 @@ from .merge_scheme import (
     decode_plaintext_update,
     encode_plaintext_update,
 )
+from .model_identity import check_config_model
 from .net.base import Transport
 from .results import (
     FloatVector,
@@ -389,6 +392,10 @@ def _check_setup(config: NodeConfig, genesis: Genesis, identity: NodeIdentity, t
             f"{config.source or 'config'}: the [model] section does not match the genesis model spec "
             f"({config.model.spec_hash().hex()[:12]} vs {genesis.training.model_spec_hash.hex()[:12]})"
         )
+    try:
+        check_config_model(genesis, config.model, f"{config.source or 'config'}: [model]")
+    except (StructureMismatch, SpecError) as exc:
+        raise SwarmError(str(exc)) from None
 
 
 @asynccontextmanager

@@ -41,6 +41,7 @@ from crypto.errors import KeyFileError, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from models.data import SKLEARN_DATASETS, DatasetError
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
+from models.structure import spec_structure
 from models.tables import DataSchema, infer_schema
 
 from .addresses import advertised_addresses, check_dialable, check_listen
@@ -446,6 +447,7 @@ def build_genesis(s: GenesisSettings) -> Genesis:
             members=s.members,
             training=TrainingParams(
                 model_spec_hash=s.model.spec_hash(),
+                model_structure=spec_structure(s.model),
                 merge_method=s.merge_method,
                 merge_params=s.merge_params,
                 server_optimizer=s.server_optimizer,

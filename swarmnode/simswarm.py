@@ -32,6 +32,7 @@ from consensus.genesis import (
 )
 from crypto.identity import NodeId, NodeIdentity
 from models.spec import ModelSpec
+from models.structure import spec_structure
 from models.training import LocalTrainer, TrainConfig
 
 from .config import DataSection, LedgerSection, NodeConfig, NodeSection, SwarmSection
@@ -109,6 +110,7 @@ class SwarmPlan:
             members=members,
             training=TrainingParams(
                 model_spec_hash=spec.spec_hash(),
+                model_structure=spec_structure(spec),
                 min_peers=min_peers,
                 secure=secure,
                 threshold=threshold if threshold is not None else DecryptionThreshold(),

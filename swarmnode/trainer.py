@@ -71,12 +71,21 @@ from models.flatten import FloatVector, spec_layout
 from models.preprocess import FeatureMoments, PooledMoments, PreprocessConfig, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
 from models.spec import ModelSpec
+from models.structure import StructureMismatch
 from models.tables import load_aligned
-from models.training import LocalObjective, LocalTrainer, LossFn, Metrics, init_parameters
+from models.training import (
+    LocalObjective,
+    LocalTrainer,
+    LossFn,
+    Metrics,
+    classification_loss,
+    init_parameters,
+)
 
 from .config import NodeConfig
 from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
 from .ledgerview import live_ledger
+from .model_identity import check_module
 from .node import MergeResult, Node, SwarmStopped
 
 if TYPE_CHECKING:
@@ -328,6 +337,12 @@ class SwarmTrainer:
         sync_every: int | None = None,
         callbacks: Sequence[SwarmCallback] = (),
     ) -> None:
+        model = getattr(learner, "model", None)
+        if model is not None:
+            try:
+                check_module(genesis, model, "this site's model")
+            except StructureMismatch as exc:
+                raise SwarmSetupError(str(exc)) from None
         self.learner: Final = learner
         self.genesis: Final = genesis
         self.merge_method: Final = check_merge_method(genesis, merge_method)
@@ -408,7 +423,7 @@ class SwarmTrainer:
         optimizer: torch.optim.Optimizer,
         genesis: Genesis,
         *,
-        loss_fn: LossFn = nn.functional.cross_entropy,
+        loss_fn: LossFn = classification_loss,
         val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         num_samples: int | None = None,
@@ -628,7 +643,7 @@ def train_with_swarm(
     train_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     *,
-    loss_fn: LossFn = nn.functional.cross_entropy,
+    loss_fn: LossFn = classification_loss,
     val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     metric: str | None = None,

@@ -68,3 +68,24 @@ def test_bench_round_four_processes(tmp_path: Path) -> None:
         assert "NOT this run" in result["flower_source"]
         (row,) = result["ratios"]
         assert row["flower_fedavg_round_s"] is not None  # the anchor recorded N=4/10k
+
+
+def test_bench_round_resnet_size_at_its_smoke_width(tmp_path: Path) -> None:
+    """The 11M size's code path (MONAI ResNet-18 as a `model.factory` model on 8x8 digits,
+    trained each round) at 1/16 of its widths: both merge modes, same model everywhere."""
+    pytest.importorskip("monai")
+    out = tmp_path / "bench.json"
+    run_script(
+        ["scripts/bench_round.py", "--ns", "3", "--sizes", "resnet-smoke", "--rounds", "1", "--scaling", "",
+         "--flower", "skip", "--json", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    modes = {p["mode"]: p for p in result["processes"]}
+    assert set(modes) == {"plain", "secure"}
+    for res in modes.values():
+        assert "error" not in res, res
+        assert res["same_model_everywhere"] is True
+        assert res["params"] == 45_366
+        assert res["rounds"][-1]["train_s_max"] > 0
+        assert res["bytes_sent_per_node"] > 0
+    assert modes["secure"]["bytes_sent_per_node"] > modes["plain"]["bytes_sent_per_node"]

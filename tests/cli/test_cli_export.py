@@ -38,7 +38,7 @@ def _predict(model_dir: Path, data: Path, out: Path, metrics_out: Path) -> subpr
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("fmt", ["torch", "torchscript"])
+@pytest.mark.parametrize("fmt", ["torch", "torchscript", "safetensors", "onnx"])
 def test_export_then_predict_in_a_fresh_process_reproduces_the_swarms_test_metrics(
     testnet: Path, tmp_path: Path, fmt: str
 ) -> None:

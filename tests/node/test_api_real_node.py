@@ -122,7 +122,6 @@ def test_real_startup_errors_reach_the_constructor(tmp_path: Path, configs: tupl
 def test_train_with_swarm_on_real_nodes(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
     from swarmnode.trainer import TrainingSummary, train_with_swarm
@@ -134,7 +133,8 @@ def test_train_with_swarm_on_real_nodes(tmp_path: Path) -> None:
     x = torch.randn(80, 4, generator=generator)
     y = (x[:, 0] + x[:, 1] > 0).long()
     halves = [slice(0, 40), slice(40, 80)]
-    models_ = [nn.Linear(4, 2), nn.Linear(4, 2)]  # the layout of logistic_regression(4, 2)
+    # the genesis records the structure (names too) of logistic_regression(4, 2)
+    models_ = [build_model(SPEC, torch.Generator().manual_seed(i)) for i in range(2)]
 
     def site(i: int, node: SwarmNode) -> TrainingSummary:
         data = TensorDataset(x[halves[i]], y[halves[i]])

@@ -33,6 +33,23 @@ pytestmark = pytest.mark.timeout(60)
 SPEC = logistic_regression(n_features=3, n_classes=2)  # 8 parameters
 
 
+class OwnLinear(nn.Module):
+    """A user's own module (not a SpecNet) with the structure genesis records for SPEC: its
+    tensors are named as the spec's (`head.0.weight`, `head.0.bias`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(3, 2))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head[0].weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.head[0].bias
+
+
 class FakeSwarm:
     """Rounds of `size` members: a round merges once every member offered parameters."""
 
@@ -227,7 +244,7 @@ def test_two_nodes_merge_vectors_then_stop(configs: tuple[NodeConfig, ...]) -> N
 
 def test_merge_loads_module_in_place(configs: tuple[NodeConfig, ...]) -> None:
     swarm = FakeSwarm(size=2, max_rounds=5)
-    model = nn.Linear(3, 2)  # not a SpecNet: its own layout is used
+    model = OwnLinear()  # not a SpecNet: its own layout is used
     with torch.no_grad():
         model.weight.fill_(1.0)
         model.bias.fill_(1.0)
@@ -242,7 +259,7 @@ def test_merge_loads_module_in_place(configs: tuple[NodeConfig, ...]) -> None:
 
 def test_swarm_stopped_loads_final_model_into_module(configs: tuple[NodeConfig, ...]) -> None:
     swarm = FakeSwarm(size=1, max_rounds=1)
-    model = nn.Linear(3, 2)
+    model = OwnLinear()
     with local_swarm(configs[:1], opener=fake_opener(swarm)) as (a,):
         final = a.merge(np.full(8, 7.0, np.float32), 1)
         assert final.stopped
