@@ -7,7 +7,8 @@ pools these metrics into one value for that model (`pooled_metric`), keeps the b
 so far, counts rounds without improvement for ``patience``, and stops once
 ``statistics_rounds + max_rounds`` merged models have been evaluated: the last merged
 model is evaluated by the Ready quorum of the round after it, which then stops instead of
-starting. The stop record's final model is the best evaluated one (the last merged one if no model was ever evaluated).
+starting. The stop record's final model is the best evaluated one (the last merged one if
+no model was ever evaluated).
 
 The pooled metric is a weighted mean over the round's Ready records, weight = the Ready
 weight (rows x weightage, the same weight the site has in the merge), each reported value
