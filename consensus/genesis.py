@@ -229,8 +229,22 @@ class TrainingParams:
     # A member that withheld its decryption share in this many rounds of one key epoch is
     # left out of the decrypt sets of that epoch's later rounds (it still contributes).
     withhold_limit: int = 2
+    # The classes the model's outputs stand for, in output order (e.g. an image folder's
+    # class folder names): every site numbers its labels so; () when genesis leaves it open.
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _require(
+            self.class_names == () or len(self.class_names) >= 2,
+            "training.class_names",
+            "must name at least 2 classes (or none)",
+        )
+        _require(
+            len(set(self.class_names)) == len(self.class_names)
+            and all(0 < len(name) <= MAX_NAME for name in self.class_names),
+            "training.class_names",
+            f"must be distinct, non-empty names of at most {MAX_NAME} characters",
+        )
         _require(
             self.robust_max_faulty is None or 1 <= self.robust_max_faulty <= MAX_FOUNDING_MEMBERS,
             "training.robust_max_faulty",

@@ -15,8 +15,14 @@ import math
 from dataclasses import dataclass
 from typing import Final, Literal, cast, final, get_args
 
-ModelKind = Literal["logreg", "mlp", "cnn"]
+ModelKind = Literal["logreg", "mlp", "cnn", "resnet18", "densenet121"]
 MODEL_KINDS: Final[tuple[str, ...]] = get_args(ModelKind)
+#: Kinds built by MONAI (`models.monai_nets`) for images; for them ``conv_channels`` holds
+#: the network's widths, and () means MONAI's standard ones (stored as those values).
+MONAI_WIDTHS: Final[dict[str, tuple[int, ...]]] = {
+    "resnet18": (64, 128, 256, 512),  # block_inplanes of the four residual stages
+    "densenet121": (64, 32),  # init_features, growth_rate
+}
 
 #: Bumped whenever the mapping spec -> architecture changes, so an old genesis
 #: can never silently build a different network under the same hash.
@@ -50,15 +56,18 @@ class ModelSpec:
     """Architecture of one network.
 
     kind:          "logreg" (one linear layer), "mlp" (hidden layers with ReLU and
-                   dropout) or "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers).
-    n_features:    length of one flat input row (for "cnn": prod(image_shape)).
+                   dropout), "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers),
+                   or MONAI's 2-D "resnet18" / "densenet121" (`models.monai_nets`).
+    n_features:    length of one flat input row (for image kinds: prod(image_shape)).
     n_classes:     number of output logits (>= 2; binary tasks use 2 logits + softmax).
     hidden:        hidden layer widths ("mlp"; for "cnn" the dense layers after the convs).
     dropout:       dropout probability after each hidden dense layer (0 disables it).
     batch_norm:    batch normalisation after each hidden layer / conv; its running
                    mean and variance are merged with the parameters.
-    image_shape:   (channels, height, width) for "cnn"; None otherwise.
-    conv_channels: output channels of each conv block ("cnn" only).
+    image_shape:   (channels, height, width) for "cnn" and the MONAI kinds; None otherwise.
+    conv_channels: output channels of each conv block ("cnn"); for a MONAI kind its widths
+                   (`MONAI_WIDTHS`: resnet18's 4 stage widths, densenet121's init_features
+                   and growth_rate), () standing for the standard ones.
     """
 
     kind: ModelKind
@@ -92,21 +101,41 @@ class ModelSpec:
             _require(self.dropout == 0.0 and not self.batch_norm, "logreg has no dropout or batch_norm")
         if self.kind == "mlp":
             _require(len(self.hidden) >= 1, "mlp needs at least one hidden layer")
-        if self.kind == "cnn":
+        if self.kind in MONAI_WIDTHS:
+            self._check_monai()
+        if self.kind in ("cnn", *MONAI_WIDTHS):
             shape = self.image_shape
             _require(
                 isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape),
-                "cnn needs image_shape = (channels, height, width)",
+                f"{self.kind} needs image_shape = (channels, height, width)",
             )
             assert shape is not None
             _require(
                 shape[0] * shape[1] * shape[2] == self.n_features,
                 f"image_shape {shape} does not multiply to n_features={self.n_features}",
             )
-            _require(len(self.conv_channels) >= 1, "cnn needs at least one conv channel count")
+            _require(len(self.conv_channels) >= 1, f"{self.kind} needs at least one conv channel count")
         else:
-            _require(self.image_shape is None, f"image_shape is only for cnn, not {self.kind}")
-            _require(self.conv_channels == (), f"conv_channels is only for cnn, not {self.kind}")
+            _require(
+                self.image_shape is None, f"image_shape is only for cnn and image models, not {self.kind}"
+            )
+            _require(
+                self.conv_channels == (), f"conv_channels is only for cnn and image models, not {self.kind}"
+            )
+
+    def _check_monai(self) -> None:
+        standard = MONAI_WIDTHS[self.kind]
+        if self.conv_channels == ():
+            object.__setattr__(self, "conv_channels", standard)  # one canonical form per network
+        _require(
+            len(self.conv_channels) == len(standard),
+            f"{self.kind}: conv_channels holds its {len(standard)} widths (standard {list(standard)}), "
+            f"got {list(self.conv_channels)}",
+        )
+        _require(self.hidden == () and self.dropout == 0.0, f"{self.kind} has no hidden or dropout setting")
+        # Both MONAI networks normalise every conv with batch norm; saying so keeps the trainer
+        # from feeding them one-row batches.
+        _require(self.batch_norm, f"{self.kind} always has batch norm: set batch_norm = true")
 
     def to_json_dict(self) -> dict[str, object]:
         """Plain JSON-compatible dict (tuples as lists), including the format tag."""
@@ -218,4 +247,23 @@ def small_cnn(
         batch_norm=batch_norm,
         image_shape=image_shape,
         conv_channels=conv_channels,
+    )
+
+
+def monai_image_net(
+    kind: Literal["resnet18", "densenet121"],
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    widths: tuple[int, ...] = (),
+) -> ModelSpec:
+    """Spec of MONAI's 2-D ResNet-18 or DenseNet-121 (`models.monai_nets`) for images of
+    ``image_shape`` = (channels, height, width); ``widths`` () are MONAI's standard ones."""
+    c, h, w = image_shape
+    return ModelSpec(
+        kind=kind,
+        n_features=c * h * w,
+        n_classes=n_classes,
+        batch_norm=True,
+        image_shape=image_shape,
+        conv_channels=widths,
     )

@@ -47,6 +47,9 @@ StepPenalty = Callable[[], torch.Tensor]
 # Called with the model as a stretch of local training starts (holding the merged model):
 # that stretch's StepPenalty.
 LocalObjective = Callable[[nn.Module], StepPenalty]
+# Training-time augmentation of a batch of preprocessed rows, drawing from the trainer's
+# generator (e.g. `models.images.ImageAugmenter`); validation and test rows are never augmented.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
 
@@ -256,12 +259,14 @@ class LocalTrainer:
         generator: torch.Generator,
         preprocess: PreprocessConfig | None = None,
         initial_parameters: FloatVector | None = None,
+        augment: Augment | None = None,
     ) -> None:
         if data.n_classes != spec.n_classes:
             raise ValueError(f"{data.source}: {data.n_classes} classes, but the spec has {spec.n_classes}")
         self.spec: Final = spec
         self.config: Final = config
         self._generator = generator
+        self._augment = augment
         self.model: Final[SpecNet] = build_model(spec, generator)
         if initial_parameters is not None:
             unflatten(self.model, initial_parameters, spec)
@@ -337,7 +342,8 @@ class LocalTrainer:
             batch = order[start : start + self.config.batch_size]
             if batch.numel() == 1 and self.spec.batch_norm and n > 1:
                 continue  # batch norm cannot normalise a single row in training mode
-            yield self._x[batch], self._y[batch]
+            x = self._x[batch]
+            yield (x if self._augment is None else self._augment(x, self._generator)), self._y[batch]
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, labels, weight=self._class_weights)

@@ -52,6 +52,7 @@ from .scaffold import (
     save_genesis,
     transport_address,
 )
+from .testnet_images import IMAGE_DATASETS, ImageSites, save_image_sites
 
 if TYPE_CHECKING:
     from models.data import Dataset
@@ -132,7 +133,8 @@ def _load_split(dataset: str, scenario: str, nodes: int, seed: int) -> tuple[Dat
     if nodes < 2:
         raise SetupError(f"--nodes {nodes}: a swarm needs at least 2 sites (min_peers >= 2)")
     try:
-        data = load_dataset(dataset, positive_class=DEFAULT_POSITIVE_CLASS.get(dataset))
+        bundled = IMAGE_DATASETS.get(dataset, dataset)
+        data = load_dataset(bundled, positive_class=DEFAULT_POSITIVE_CLASS.get(bundled))
     except DatasetError as exc:
         raise SetupError(f"--dataset: {exc}") from None
     try:
@@ -160,7 +162,9 @@ def _save_site_data(data_dir: Path, data: Dataset, split: SiteSplit, nodes: int)
         save(f"site{i}.npz", split.site_data(data, i))
 
 
-def _init_sites(workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int) -> tuple[SitePlan, ...]:
+def _init_sites(
+    workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int, images: ImageSites | None
+) -> tuple[SitePlan, ...]:
     """`nodes` site directories on free local ports, each bootstrapping from all the others."""
     sites: list[SitePlan] = []
     for i, port in enumerate(free_ports(nodes)):
@@ -175,6 +179,8 @@ def _init_sites(workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: 
             lr=lr,
             seed=seed + i,
         )
+        if images is not None:
+            settings = images.site_settings(settings, i)
         result = init_site(workdir / name, settings)
         sites.append(SitePlan(name, workdir / name, result.config_path, port, result.node_id))
     # Everyone dials everyone: bootstrap lists are rewritten once all peer ids exist.
@@ -196,6 +202,7 @@ def _testnet_genesis(
     threshold: DecryptionThreshold | None,
     sync_every: int,
     max_rounds: int,
+    class_names: tuple[str, ...] = (),
 ) -> Genesis:
     return build_genesis(
         GenesisSettings(
@@ -216,6 +223,7 @@ def _testnet_genesis(
             join_policy=JoinPolicy(mode="members", approvals=1),
             timeouts=TESTNET_TIMEOUTS,
             nonce=os.urandom(16),
+            class_names=class_names,
         )
     )
 
@@ -234,22 +242,35 @@ def prepare_testnet(
     secure: bool = True,
     overwrite: bool = False,
     threshold: DecryptionThreshold | None = None,
+    images: ImageSites | None = None,
 ) -> TestnetPlan:
+    """`images`: how a `IMAGE_DATASETS` dataset's sites read their image folders."""
     from models.flatten import spec_layout
     from models.preprocess import statistics_rounds
     from models.spec import logistic_regression, mlp
 
+    if (dataset in IMAGE_DATASETS) != (images is not None):
+        raise SetupError(f"--dataset {dataset!r}: image settings are for {', '.join(IMAGE_DATASETS)} only")
     data, split = _load_split(dataset, scenario, nodes, seed)
+    if images is not None:
+        spec = images.spec(model, data.n_classes)
+    elif model in ("logreg", "mlp"):
+        spec = (
+            logistic_regression(data.n_features, data.n_classes)
+            if model == "logreg"
+            else mlp(data.n_features, data.n_classes, hidden=(32,))
+        )
+    else:
+        raise SetupError(f"--model {model!r}: {dataset} trains logreg or mlp (image models: digits-images)")
     _prepare_workdir(workdir, overwrite)
     if secure and nodes < 3:
         raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
-    _save_site_data(workdir / "data", data, split, nodes)
-    spec = (
-        logistic_regression(data.n_features, data.n_classes)
-        if model == "logreg"
-        else mlp(data.n_features, data.n_classes, hidden=(32,))
-    )
-    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed)
+    if images is not None:
+        save_image_sites(workdir / "data", data, split, nodes, images.image_size)
+    else:
+        _save_site_data(workdir / "data", data, split, nodes)
+    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed, images=images)
+    standardized = images is None or images.standardize == "swarm"
     genesis = _testnet_genesis(
         f"testnet-{dataset}-{scenario}",
         sites,
@@ -258,7 +279,9 @@ def prepare_testnet(
         threshold=threshold,
         sync_every=sync_every,
         # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
-        max_rounds=rounds + statistics_rounds(data.n_features, spec_layout(spec).size),
+        max_rounds=rounds
+        + (statistics_rounds(data.n_features, spec_layout(spec).size) if standardized else 0),
+        class_names=data.class_names if images is not None else (),
     )
     genesis_path = workdir / "genesis.cbor"
     save_genesis(genesis, genesis_path)
@@ -284,13 +307,16 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
     """Each site trained alone and one model trained on all sites' data, on the same test set."""
     import torch
 
-    from models.data import Dataset, load_dataset
+    from models.data import Dataset
     from models.training import LocalTrainer
 
+    from .sitedata import load_site_data, site_augmenter
+
     configs = [NodeConfig.load(s.config_path) for s in plan.sites]
+    classes = Genesis.load(plan.genesis_path).training.class_names
     test_source = configs[0].data.test_source
     assert test_source is not None
-    test = load_dataset(test_source)
+    test = load_site_data(configs[0], test_source, classes)
 
     def fit(data: Dataset, seed: int, config: NodeConfig) -> dict[str, Any]:
         trainer = LocalTrainer(
@@ -299,11 +325,12 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
             config.training,
             generator=torch.Generator().manual_seed(seed),
             preprocess=config.data.preprocess,
+            augment=site_augmenter(config),
         )
         trainer.fit()
         return trainer.evaluate(test).to_dict()
 
-    site_data = [load_dataset(c.data.source) for c in configs]
+    site_data = [load_site_data(c, c.data.source, classes) for c in configs]
     local = {c.node.name: fit(d, c.swarm.seed, c) for c, d in zip(configs, site_data, strict=True)}
     central = fit(Dataset.concatenate(site_data), 999, configs[0])
     baselines = {

@@ -54,7 +54,7 @@ import trio
 from torch import nn
 
 from consensus.genesis import Genesis
-from models.data import Dataset, load_dataset
+from models.data import Dataset
 from models.flatten import FloatVector
 from models.preprocess import FeatureMoments, PooledMoments, Preprocessor, statistics_rounds
 from models.rules import SECURE_RULE_NAMES, rule_named
@@ -64,6 +64,7 @@ from .config import NodeConfig
 from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
 from .ledgerview import live_ledger
 from .node import MergeResult, Node, SwarmStopped
+from .sitedata import load_site_data, site_augmenter
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -580,16 +581,11 @@ def check_model(genesis: Genesis, config: NodeConfig) -> None:
 def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrainer, Dataset | None]:
     """Load this site's data (and test data) per config and build its LocalTrainer."""
     check_model(genesis, config)
-    data = load_dataset(
-        config.data.source, label_column=config.data.label_column, positive_class=config.data.positive_class
-    )
+    classes = genesis.training.class_names
+    data = load_site_data(config, config.data.source, classes)
     test = None
     if config.data.test_source is not None:
-        test = load_dataset(
-            config.data.test_source,
-            label_column=config.data.label_column,
-            positive_class=config.data.positive_class,
-        )
+        test = load_site_data(config, config.data.test_source, classes)
     trainer = LocalTrainer(
         config.model,
         data,
@@ -597,5 +593,6 @@ def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrai
         generator=torch.Generator().manual_seed(config.swarm.seed),
         preprocess=config.data.preprocess,  # fitted on this site's training rows only
         initial_parameters=initial_parameters(genesis, config),
+        augment=site_augmenter(config),
     )
     return trainer, test
