@@ -23,6 +23,8 @@ MONAI_WIDTHS: Final[dict[str, tuple[int, ...]]] = {
     "resnet18": (64, 128, 256, 512),  # block_inplanes of the four residual stages
     "densenet121": (64, 32),  # init_features, growth_rate
 }
+# DenseNet-121 halves the resolution 5 times before its pooled head: 32 pixels end at 1.
+MONAI_MIN_SIZE: Final[dict[str, int]] = {"resnet18": 1, "densenet121": 32}
 
 #: Bumped whenever the mapping spec -> architecture changes, so an old genesis
 #: can never silently build a different network under the same hash.
@@ -136,6 +138,11 @@ class ModelSpec:
         # Both MONAI networks normalise every conv with batch norm; saying so keeps the trainer
         # from feeding them one-row batches.
         _require(self.batch_norm, f"{self.kind} always has batch norm: set batch_norm = true")
+        smallest = MONAI_MIN_SIZE[self.kind]
+        _require(
+            self.image_shape is None or min(self.image_shape[1:]) >= smallest,
+            f"{self.kind} needs images of at least {smallest} x {smallest} pixels, got {self.image_shape}",
+        )
 
     def to_json_dict(self) -> dict[str, object]:
         """Plain JSON-compatible dict (tuples as lists), including the format tag."""

@@ -39,7 +39,7 @@ def image_spec(model: str, image_size: int, n_classes: int, widths: tuple[int, .
         kind = cast(Literal["resnet18", "densenet121"], model)
         return monai_image_net(kind, (1, image_size, image_size), n_classes, widths)
     except SpecError as exc:
-        raise SetupError(f"--widths: {exc}") from None
+        raise SetupError(f"--model {model} --image-size {image_size} --widths: {exc}") from None
 
 
 def save_image_sites(data_dir: Path, data: Dataset, split: SiteSplit, nodes: int, image_size: int) -> None:
