@@ -72,6 +72,9 @@ def test_default_threshold_is_honest_majority() -> None:
     ("build", "field"),
     [
         (lambda: TrainingParams(model_spec_hash=b"short"), "training.model_spec_hash"),
+        (lambda: TrainingParams(model_spec_hash=SPEC, class_names=("only",)), "training.class_names"),
+        (lambda: TrainingParams(model_spec_hash=SPEC, class_names=("a", "a")), "training.class_names"),
+        (lambda: TrainingParams(model_spec_hash=SPEC, class_names=("a", "")), "training.class_names"),
         (lambda: params(merge_method="median"), "training.merge_method"),
         (lambda: params(merge_method="mode", secure=False), "training.merge_method"),
         (lambda: params(min_peers=1), "training.min_peers"),
