@@ -110,3 +110,16 @@ def test_testnet_refuses_a_table_model_for_images_and_a_too_small_densenet(
     assert main(["testnet", "--sim", "--model", "resnet18", "--workdir", str(tmp_path / "y"), "--plain"]) == 2
     assert "breast_cancer trains logreg or mlp" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_table_whose_classes_are_not_the_genesis_classes_is_refused(testnet: Path) -> None:
+    from models.data import DatasetError
+    from swarmnode.sitedata import load_site_data
+
+    path = testnet / "site0" / "site.toml"
+    config = NodeConfig.load(path, overrides=['data.kind="table"', 'data.augment="none"'])
+    assert load_site_data(config, "breast_cancer").class_names == ("malignant", "benign")
+    with pytest.raises(
+        DatasetError, match=r"classes \['malignant', 'benign'\] are not the swarm's \['0', '1'\]"
+    ):
+        load_site_data(config, "breast_cancer", ("0", "1"))
