@@ -30,6 +30,8 @@ if typing.TYPE_CHECKING:
     from .flatten import layout_of as layout_of
     from .flatten import spec_layout as spec_layout
     from .flatten import unflatten as unflatten
+    from .images import ImageAugmenter as ImageAugmenter
+    from .images import load_image_folder as load_image_folder
     from .merge import coordinate_median as coordinate_median
     from .merge import merge_weight as merge_weight
     from .merge import trimmed_mean as trimmed_mean
@@ -53,6 +55,7 @@ if typing.TYPE_CHECKING:
     from .spec import factory_model as factory_model
     from .spec import logistic_regression as logistic_regression
     from .spec import mlp as mlp
+    from .spec import monai_image_net as monai_image_net
     from .spec import small_cnn as small_cnn
     from .splits import SCENARIO_KINDS as SCENARIO_KINDS
     from .splits import Scenario as Scenario
@@ -86,6 +89,8 @@ _EXPORTS: typing.Final[dict[str, str]] = {
     "load_npz": "data",
     "load_sklearn": "data",
     "FloatVector": "flatten",
+    "ImageAugmenter": "images",
+    "load_image_folder": "images",
     "LayoutMismatch": "flatten",
     "ParameterLayout": "flatten",
     "layout_of": "flatten",
@@ -117,6 +122,7 @@ _EXPORTS: typing.Final[dict[str, str]] = {
     "StructureMismatch": "structure",
     "structure_of": "structure",
     "mlp": "spec",
+    "monai_image_net": "spec",
     "small_cnn": "spec",
     "SCENARIO_KINDS": "splits",
     "Scenario": "splits",
@@ -139,6 +145,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "FloatVector",
+    "ImageAugmenter",
     "LayoutMismatch",
     "LocalTrainer",
     "MergeRule",
@@ -177,11 +184,13 @@ __all__ = [
     "load_csv",
     "load_dataset",
     "load_h5ad",
+    "load_image_folder",
     "load_npz",
     "load_sklearn",
     "logistic_regression",
     "merge_weight",
     "mlp",
+    "monai_image_net",
     "preset_scenario",
     "rule_named",
     "small_cnn",

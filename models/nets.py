@@ -18,7 +18,8 @@ from typing import cast, final
 import torch
 from torch import nn
 
-from .spec import ModelSpec, SpecError
+from .monai_nets import monai_network
+from .spec import MONAI_WIDTHS, ModelSpec, SpecError
 
 
 @final
@@ -55,6 +56,11 @@ class SpecNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.features: nn.Sequential | None = None
+        self.backbone: nn.Module | None = None  # a MONAI network (`models.monai_nets`)
+        self.head: nn.Sequential | None = None
+        if spec.kind in MONAI_WIDTHS:
+            self.backbone = monai_network(spec)
+            return
         if spec.kind == "cnn":
             self.features, flat = _conv_blocks(spec)
         else:
@@ -62,9 +68,14 @@ class SpecNet(nn.Module):
         self.head = _dense_layers(spec, flat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.image_shape is not None:
+            x = x.reshape(x.shape[0], *self.spec.image_shape)
+        if self.backbone is not None:
+            logits: torch.Tensor = self.backbone(x)
+            return logits
         if self.features is not None:
-            assert self.spec.image_shape is not None
-            x = self.features(x.reshape(x.shape[0], *self.spec.image_shape)).flatten(1)
+            x = self.features(x).flatten(1)
+        assert self.head is not None
         out: torch.Tensor = self.head(x)
         return out
 

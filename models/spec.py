@@ -16,8 +16,16 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal, cast, final, get_args
 
-ModelKind = Literal["logreg", "mlp", "cnn", "factory"]
+ModelKind = Literal["logreg", "mlp", "cnn", "resnet18", "densenet121", "factory"]
 MODEL_KINDS: Final[tuple[str, ...]] = get_args(ModelKind)
+#: Kinds built by MONAI (`models.monai_nets`) for images; for them ``conv_channels`` holds
+#: the network's widths, and () means MONAI's standard ones (stored as those values).
+MONAI_WIDTHS: Final[dict[str, tuple[int, ...]]] = {
+    "resnet18": (64, 128, 256, 512),  # block_inplanes of the four residual stages
+    "densenet121": (64, 32),  # init_features, growth_rate
+}
+# DenseNet-121 halves the resolution 5 times before its pooled head: 32 pixels end at 1.
+MONAI_MIN_SIZE: Final[dict[str, int]] = {"resnet18": 1, "densenet121": 32}
 
 #: Bumped whenever the mapping spec -> architecture changes, so an old genesis
 #: can never silently build a different network under the same hash.
@@ -56,17 +64,20 @@ class ModelSpec:
     """Architecture of one network.
 
     kind:          "logreg" (one linear layer), "mlp" (hidden layers with ReLU and
-                   dropout), "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers) or
+                   dropout), "cnn" (3x3 conv + 2x2 max-pool blocks, then dense layers),
+                   MONAI's 2-D "resnet18" / "densenet121" (`models.monai_nets`) or
                    "factory" (any torch module, built by the function `factory` names).
-    n_features:    length of one flat input row (for "cnn": prod(image_shape)).
+    n_features:    length of one flat input row (for image kinds: prod(image_shape)).
     n_classes:     number of classes (>= 2); the network has this many output logits
                    unless binary_head.
     hidden:        hidden layer widths ("mlp"; for "cnn" the dense layers after the convs).
     dropout:       dropout probability after each hidden dense layer (0 disables it).
     batch_norm:    batch normalisation after each hidden layer / conv; its running
                    mean and variance are merged with the parameters.
-    image_shape:   (channels, height, width) for "cnn"; None otherwise.
-    conv_channels: output channels of each conv block ("cnn" only).
+    image_shape:   (channels, height, width) for "cnn" and the MONAI kinds; None otherwise.
+    conv_channels: output channels of each conv block ("cnn"); for a MONAI kind its widths
+                   (`MONAI_WIDTHS`: resnet18's 4 stage widths, densenet121's init_features
+                   and growth_rate), () standing for the standard ones.
     binary_head:   one output logit trained with BCE-with-logits instead of two with softmax
                    (n_classes = 2, built-in kinds; a factory's model decides by its width).
     factory:       "package.module:function" ("factory" only): called as
@@ -114,21 +125,46 @@ class ModelSpec:
             self._check_factory()
         else:
             _require(self.factory is None, f"factory is only for kind 'factory', not {self.kind}")
-        if self.kind == "cnn":
+        if self.kind in MONAI_WIDTHS:
+            self._check_monai()
+        if self.kind in ("cnn", *MONAI_WIDTHS):
             shape = self.image_shape
             _require(
                 isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape),
-                "cnn needs image_shape = (channels, height, width)",
+                f"{self.kind} needs image_shape = (channels, height, width)",
             )
             assert shape is not None
             _require(
                 shape[0] * shape[1] * shape[2] == self.n_features,
                 f"image_shape {shape} does not multiply to n_features={self.n_features}",
             )
-            _require(len(self.conv_channels) >= 1, "cnn needs at least one conv channel count")
+            _require(len(self.conv_channels) >= 1, f"{self.kind} needs at least one conv channel count")
         else:
-            _require(self.image_shape is None, f"image_shape is only for cnn, not {self.kind}")
-            _require(self.conv_channels == (), f"conv_channels is only for cnn, not {self.kind}")
+            _require(
+                self.image_shape is None, f"image_shape is only for cnn and image models, not {self.kind}"
+            )
+            _require(
+                self.conv_channels == (), f"conv_channels is only for cnn and image models, not {self.kind}"
+            )
+
+    def _check_monai(self) -> None:
+        standard = MONAI_WIDTHS[self.kind]
+        if self.conv_channels == ():
+            object.__setattr__(self, "conv_channels", standard)  # one canonical form per network
+        _require(
+            len(self.conv_channels) == len(standard),
+            f"{self.kind}: conv_channels holds its {len(standard)} widths (standard {list(standard)}), "
+            f"got {list(self.conv_channels)}",
+        )
+        _require(self.hidden == () and self.dropout == 0.0, f"{self.kind} has no hidden or dropout setting")
+        # Both MONAI networks normalise every conv with batch norm; saying so keeps the trainer
+        # from feeding them one-row batches.
+        _require(self.batch_norm, f"{self.kind} always has batch norm: set batch_norm = true")
+        smallest = MONAI_MIN_SIZE[self.kind]
+        _require(
+            self.image_shape is None or min(self.image_shape[1:]) >= smallest,
+            f"{self.kind} needs images of at least {smallest} x {smallest} pixels, got {self.image_shape}",
+        )
 
     def _check_factory(self) -> None:
         factory = self.factory
@@ -271,4 +307,23 @@ def small_cnn(
         batch_norm=batch_norm,
         image_shape=image_shape,
         conv_channels=conv_channels,
+    )
+
+
+def monai_image_net(
+    kind: Literal["resnet18", "densenet121"],
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    widths: tuple[int, ...] = (),
+) -> ModelSpec:
+    """Spec of MONAI's 2-D ResNet-18 or DenseNet-121 (`models.monai_nets`) for images of
+    ``image_shape`` = (channels, height, width); ``widths`` () are MONAI's standard ones."""
+    c, h, w = image_shape
+    return ModelSpec(
+        kind=kind,
+        n_features=c * h * w,
+        n_classes=n_classes,
+        batch_norm=True,
+        image_shape=image_shape,
+        conv_channels=widths,
     )

@@ -48,6 +48,9 @@ StepPenalty = Callable[[], torch.Tensor]
 # Called with the model as a stretch of local training starts (holding the merged model):
 # that stretch's StepPenalty.
 LocalObjective = Callable[[nn.Module], StepPenalty]
+# Training-time augmentation of a batch of preprocessed rows, drawing from the trainer's
+# generator (e.g. `models.images.ImageAugmenter`); validation and test rows are never augmented.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
 
@@ -306,6 +309,7 @@ class LocalTrainer:
         generator: torch.Generator,
         preprocess: PreprocessConfig | None = None,
         initial_parameters: FloatVector | None = None,
+        augment: Augment | None = None,
     ) -> None:
         if data.n_classes != spec.n_classes:
             raise DatasetError(
@@ -317,6 +321,7 @@ class LocalTrainer:
         self._generator = generator
         self.device: Final = resolve_device(config.device)
         check_amp(config.amp, self.device)
+        self._augment = augment
         self.model: Final[nn.Module] = build_network(spec, generator)
         if initial_parameters is not None:
             unflatten(self.model, initial_parameters, spec)
@@ -410,7 +415,9 @@ class LocalTrainer:
             batch = order[start : start + self.config.batch_size]
             if batch.numel() == 1 and self._batch_norm and n > 1:
                 continue  # batch norm cannot normalise a single row in training mode
-            yield self._x[batch].to(self.device), self._y[batch].to(self.device)
+            x = self._x[batch]
+            x = x if self._augment is None else self._augment(x, self._generator)
+            yield x.to(self.device), self._y[batch].to(self.device)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if self._class_weights is None else self._class_weights.to(logits.device)

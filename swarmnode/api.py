@@ -566,7 +566,9 @@ def create_local_swarm(
     return tuple(
         NodeConfig(
             node=NodeSection(name=site.name, key_file=site / "node.key", storage_dir=site / "state"),
-            data=DataSection(source=source, preprocess=preprocess, **where),
+            data=DataSection(
+                source=source, preprocess=preprocess, label_column=label_column, positive_class=positive_class
+            ),
             model=model,
             training=training if training is not None else TrainConfig(),
             swarm=SwarmSection(weightage=1 if weightages is None else weightages[i], seed=seed + i),

@@ -467,6 +467,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
         run_processes,
         run_simulated,
     )
+    from .testnet_images import image_sites
 
     _ctrl_c_stops()
     workdir = Path(args.workdir)
@@ -482,6 +483,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
         sync_every=args.sync_every,
         secure=args.secure,
         overwrite=args.overwrite,
+        images=image_sites(args.dataset, args.image_size, args.widths, args.augment, args.rounds),
     )
     _out(describe_plan(plan))
     live = sys.stdout.isatty() and not args.plain
@@ -624,7 +626,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_testnet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="number of sites (>= 2, default 3)")
-    p.add_argument("--dataset", default="breast_cancer", help="bundled dataset (breast_cancer, digits, wine)")
+    p.add_argument(
+        "--dataset", default="breast_cancer", help="bundled: breast_cancer, digits, wine, digits-images"
+    )
     p.add_argument(
         "--scenario",
         default="uneven_class",
@@ -634,7 +638,12 @@ def _add_testnet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim", action="store_true", help="in-process nodes over the in-memory network")
     p.add_argument("--workdir", default="swarmnode-testnet", help="work dir (default ./swarmnode-testnet)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier testnet work dir")
-    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument("--model", choices=("logreg", "mlp", "resnet18", "densenet121"), default="logreg")
+    p.add_argument("--image-size", type=int, default=32, help="digits-images: pixels per side (default 32)")
+    p.add_argument(
+        "--widths", default="", help="resnet18/densenet121 widths, e.g. 8,16,32,64 (default MONAI's)"
+    )
+    p.add_argument("--augment", default="none", help="digits-images: none, affine or affine_flip")
     p.add_argument("--lr", type=float, default=0.01, help="local learning rate (default 0.01)")
     p.add_argument("--sync-every", type=int, default=1, help="local epochs between merges (default 1)")
     p.add_argument("--secure", action=argparse.BooleanOptionalAction, default=True)

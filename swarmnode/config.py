@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from models.data import SKLEARN_DATASETS
+from models.images import ImageAugment
 from models.preprocess import PreprocessConfig
 from models.spec import ModelSpec
 from models.training import TrainConfig
@@ -233,12 +234,20 @@ class LedgerSection:
             raise ValueError("propose_timeout must be in (0, 60] and block_interval in [0, 60] seconds")
 
 
+DataKind = Literal["table", "image_folder"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
     """This site's private data. `source` is a bundled dataset name or a .csv/.h5ad/.npz file
-    (None: the site brings its own data and training loop, e.g. through the embedding API).
+    (None: the site brings its own data and training loop, e.g. through the embedding API;
+    `kind` "table"), or with `kind` "image_folder" a folder holding one sub-folder of PNG /
+    JPEG images per class (`models.images`).
 
     `test_source` optionally names a held-out test set to report test metrics on.
+    Images are resized to `image_size` (height, width) with `channels` (1: grey, 3: RGB);
+    both default to the model's ``image_shape`` and must match it. `augment` ("none",
+    "affine", "affine_flip") randomly moves training images (`models.images.ImageAugmenter`).
     """
 
     source: str | None = None
@@ -246,6 +255,36 @@ class DataSection:
     positive_class: str | None = None
     test_source: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    kind: DataKind = "table"
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    augment: ImageAugment = "none"
+
+    def __post_init__(self) -> None:
+        images = (self.image_size, self.channels) != (None, None) or self.augment != "none"
+        if images and self.kind != "image_folder":
+            raise ValueError('image_size, channels and augment are for kind = "image_folder"')
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise ValueError(f"image_size must be two sizes >= 1, got {list(self.image_size)}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+
+    def image_shape(self, model: ModelSpec) -> tuple[int, int, int]:
+        """(channels, height, width) images are read at: `model`'s ``image_shape``, which
+        ``channels`` and ``image_size``, when given, must equal."""
+        shape = model.image_shape
+        if shape is None:
+            raise ValueError(f'data.kind = "image_folder" needs an image model; [model] kind {model.kind!r}')
+        wanted = (
+            shape[0] if self.channels is None else self.channels,
+            *(shape[1:] if self.image_size is None else self.image_size),
+        )
+        if wanted != shape:
+            raise ValueError(
+                f"data.channels / data.image_size give images of {list(wanted)}, "
+                f"but the model's image_shape is {list(shape)}"
+            )
+        return shape
 
 
 @dataclass(frozen=True, kw_only=True)

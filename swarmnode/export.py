@@ -23,7 +23,8 @@ final model by its ledger hash from ``<storage_dir>/models``, the preprocessing 
 loading the site's data as training did and, for swarm standardisation, replaying the
 statistics rounds' merged vectors (their hashes are the first merged rounds on the
 ledger) through `models.preprocess.PooledMoments`. `predict_file` loads a directory,
-reads a file with the training loaders (`models.data.load_dataset`), applies the saved
+reads a file with the training loaders (`models.data.load_dataset`; an image model reads
+a folder of class folders, or of unlabelled images, `models.images`), applies the saved
 preprocessing and writes class probabilities and the predicted class; with labels it also
 computes the metrics exactly as the trainer computed its test metrics.
 """
@@ -47,6 +48,7 @@ from torch import nn
 
 from models.data import Dataset, DatasetError, MissingPolicy, load_dataset
 from models.flatten import FloatVector, unflatten
+from models.images import read_images_for_prediction
 from models.nets import build_network
 from models.preprocess import PreprocessConfig, Preprocessor
 from models.spec import ModelSpec, SpecError
@@ -552,6 +554,8 @@ def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset,
     """(data, labelled): the file as training read it, or a CSV without the label column."""
     label_column = exported.label_column
     path = Path(source)
+    if path.is_dir() and exported.spec.image_shape is not None:
+        return read_images_for_prediction(path, exported.spec.image_shape, exported.class_names)
     if path.suffix.lower() == ".csv" and path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
             header = [h.strip() for h in next(csv.reader(handle), [])]

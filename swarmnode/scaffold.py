@@ -176,11 +176,18 @@ class SiteSettings:
     weightage: int = 1
     seed: int = 0
     merge_timeout: float = 3600.0
+    data_kind: str = "table"  # or "image_folder": `data` is a folder of class folders
+    augment: str = "none"  # image folders: "affine" | "affine_flip"
+    standardize: str = "swarm"
 
 
 def _optional_data_lines(s: SiteSettings) -> list[str]:
     """The [data] keys a site may leave out: set, or commented out with an example."""
     lines = []
+    if s.data_kind != "table":
+        lines.append(f"kind = {_toml(s.data_kind)}   # one sub-folder of PNG/JPEG images per class")
+        lines.append(f"augment = {_toml(s.augment)}   # training images only: none | affine | affine_flip")
+        lines.append("# image_size = [32, 32]       # height, width (default: the model's image_shape)")
     if s.label_column is not None:
         lines.append(f"label_column = {_toml(s.label_column)}")
     else:
@@ -243,19 +250,20 @@ genesis = {_toml(s.genesis)}  # the swarm's genesis file (from `swarmnode genesi
 # block_interval = 0.05        # seconds between blocks when transactions wait
 
 [data]
-# A bundled dataset ({", ".join(SKLEARN_DATASETS)}) or a .csv / .h5ad / .npz file.
+# A bundled dataset ({", ".join(SKLEARN_DATASETS)}), a .csv / .h5ad / .npz file,
+# or (kind = "image_folder") a folder with one sub-folder of images per class.
 # This data never leaves the site: only (encrypted) model parameters do.
 source = {_toml(s.data)}
 {chr(10).join(optional_data)}
 
 [data.preprocess]
-standardize = "swarm"          # pooled mean/std agreed via the secure merge; "local": own; "none"
+standardize = {_toml(s.standardize):<17}# "swarm": pooled mean/std via the secure merge; "local"; "none"
 log1p = false                  # log(1 + x) first (expression counts)
 # genes = ["GENE1", "GENE2"]   # keep exactly these features, in this order
 
 [model]
 # Must be identical at every site: genesis records its hash.
-# kind: logreg | mlp | cnn
+# kind: logreg | mlp | cnn | resnet18 | densenet121
 {chr(10).join(model_lines)}
 
 [training]

@@ -37,6 +37,7 @@ import numpy as np
 
 from consensus.genesis import DecryptionThreshold, FoundingMember, Genesis, JoinPolicy, Timeouts
 from crypto.identity import NodeId
+from models.tables import DataSchema
 
 from .config import NodeConfig
 from .control import ControlError, request_control
@@ -52,6 +53,7 @@ from .scaffold import (
     save_genesis,
     transport_address,
 )
+from .testnet_images import IMAGE_DATASETS, ImageSites, save_image_sites
 
 if TYPE_CHECKING:
     from models.data import Dataset
@@ -132,7 +134,8 @@ def _load_split(dataset: str, scenario: str, nodes: int, seed: int) -> tuple[Dat
     if nodes < 2:
         raise SetupError(f"--nodes {nodes}: a swarm needs at least 2 sites (min_peers >= 2)")
     try:
-        data = load_dataset(dataset, positive_class=DEFAULT_POSITIVE_CLASS.get(dataset))
+        bundled = IMAGE_DATASETS.get(dataset, dataset)
+        data = load_dataset(bundled, positive_class=DEFAULT_POSITIVE_CLASS.get(bundled))
     except DatasetError as exc:
         raise SetupError(f"--dataset: {exc}") from None
     try:
@@ -160,7 +163,9 @@ def _save_site_data(data_dir: Path, data: Dataset, split: SiteSplit, nodes: int)
         save(f"site{i}.npz", split.site_data(data, i))
 
 
-def _init_sites(workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int) -> tuple[SitePlan, ...]:
+def _init_sites(
+    workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int, images: ImageSites | None
+) -> tuple[SitePlan, ...]:
     """`nodes` site directories on free local ports, each bootstrapping from all the others."""
     sites: list[SitePlan] = []
     for i, port in enumerate(free_ports(nodes)):
@@ -175,6 +180,8 @@ def _init_sites(workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: 
             lr=lr,
             seed=seed + i,
         )
+        if images is not None:
+            settings = images.site_settings(settings, i)
         result = init_site(workdir / name, settings)
         sites.append(SitePlan(name, workdir / name, result.config_path, port, result.node_id))
     # Everyone dials everyone: bootstrap lists are rewritten once all peer ids exist.
@@ -197,6 +204,7 @@ def _testnet_genesis(
     sync_every: int,
     max_rounds: int,
     statistics_rounds: int,
+    data: DataSchema | None = None,
 ) -> Genesis:
     return build_genesis(
         GenesisSettings(
@@ -218,6 +226,7 @@ def _testnet_genesis(
             join_policy=JoinPolicy(mode="members", approvals=1),
             timeouts=TESTNET_TIMEOUTS,
             nonce=os.urandom(16),
+            data=data,
         )
     )
 
@@ -236,22 +245,35 @@ def prepare_testnet(
     secure: bool = True,
     overwrite: bool = False,
     threshold: DecryptionThreshold | None = None,
+    images: ImageSites | None = None,
 ) -> TestnetPlan:
+    """`images`: how a `IMAGE_DATASETS` dataset's sites read their image folders."""
     from models.flatten import spec_layout
     from models.preprocess import statistics_rounds
     from models.spec import logistic_regression, mlp
 
+    if (dataset in IMAGE_DATASETS) != (images is not None):
+        raise SetupError(f"--dataset {dataset!r}: image settings are for {', '.join(IMAGE_DATASETS)} only")
     data, split = _load_split(dataset, scenario, nodes, seed)
+    if images is not None:
+        spec = images.spec(model, data.n_classes)
+    elif model in ("logreg", "mlp"):
+        spec = (
+            logistic_regression(data.n_features, data.n_classes)
+            if model == "logreg"
+            else mlp(data.n_features, data.n_classes, hidden=(32,))
+        )
+    else:
+        raise SetupError(f"--model {model!r}: {dataset} trains logreg or mlp (image models: digits-images)")
     _prepare_workdir(workdir, overwrite)
     if secure and nodes < 3:
         raise SetupError(f"--nodes {nodes}: a secure swarm needs t + 1 = 3 sites or more (or --plain)")
-    _save_site_data(workdir / "data", data, split, nodes)
-    spec = (
-        logistic_regression(data.n_features, data.n_classes)
-        if model == "logreg"
-        else mlp(data.n_features, data.n_classes, hidden=(32,))
-    )
-    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed)
+    if images is not None:
+        save_image_sites(workdir / "data", data, split, nodes, images.image_size)
+    else:
+        _save_site_data(workdir / "data", data, split, nodes)
+    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed, images=images)
+    standardized = images is None or images.standardize == "swarm"
     genesis = _testnet_genesis(
         f"testnet-{dataset}-{scenario}",
         sites,
@@ -261,7 +283,8 @@ def prepare_testnet(
         sync_every=sync_every,
         # `rounds` training merges after the swarm-agreed standardisation's statistics merges.
         max_rounds=rounds,
-        statistics_rounds=statistics_rounds(data.n_features, spec_layout(spec).size),
+        statistics_rounds=statistics_rounds(data.n_features, spec_layout(spec).size) if standardized else 0,
+        data=None if images is None else images.schema(spec, data.class_names),
     )
     genesis_path = workdir / "genesis.cbor"
     save_genesis(genesis, genesis_path)
@@ -287,13 +310,16 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
     """Each site trained alone and one model trained on all sites' data, on the same test set."""
     import torch
 
-    from models.data import Dataset, load_dataset
+    from models.data import Dataset
     from models.training import LocalTrainer
 
+    from .siteinput import load_site_data, site_augmenter
+
     configs = [NodeConfig.load(s.config_path) for s in plan.sites]
+    schema = Genesis.load(plan.genesis_path).data
     test_source = configs[0].data.test_source
     assert test_source is not None
-    test = load_dataset(test_source)
+    test = load_site_data(configs[0], schema, test_source)
 
     def fit(data: Dataset, seed: int, config: NodeConfig) -> dict[str, Any]:
         trainer = LocalTrainer(
@@ -302,11 +328,13 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
             config.training,
             generator=torch.Generator().manual_seed(seed),
             preprocess=config.data.preprocess,
+            augment=site_augmenter(config),
         )
         trainer.fit()
         return trainer.evaluate(test).to_dict()
 
-    site_data = [load_dataset(str(c.data.source)) for c in configs]  # testnet sites all have data
+    # testnet sites all have data
+    site_data = [load_site_data(c, schema, str(c.data.source)) for c in configs]
     local = {c.node.name: fit(d, c.swarm.seed, c) for c, d in zip(configs, site_data, strict=True)}
     central = fit(Dataset.concatenate(site_data), 999, configs[0])
     baselines = {

@@ -72,7 +72,6 @@ from models.preprocess import FeatureMoments, PooledMoments, PreprocessConfig, P
 from models.rules import SECURE_RULE_NAMES, rule_named
 from models.spec import ModelSpec
 from models.structure import StructureMismatch
-from models.tables import load_aligned
 from models.training import (
     LocalObjective,
     LocalTrainer,
@@ -87,6 +86,7 @@ from .learners import LocalLearner, SpecLearner, SwarmSetupError, TorchLearner
 from .ledgerview import live_ledger
 from .model_identity import check_module
 from .node import MergeResult, Node, SwarmStopped
+from .siteinput import load_site_data, site_augmenter
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -686,20 +686,6 @@ def check_model(genesis: Genesis, config: NodeConfig) -> None:
         )
 
 
-def load_site_data(config: NodeConfig, genesis: Genesis, source: str) -> Dataset:
-    """One of this site's data files as the swarm trains on it: with the genesis's data
-    schema, categorical columns one-hot encoded with the agreed categories and the columns
-    and classes aligned by name (`models.tables`); missing values kept if they are imputed."""
-    return load_aligned(
-        source,
-        genesis.data,
-        label_column=config.data.label_column,
-        positive_class=config.data.positive_class,
-        missing="keep" if config.data.preprocess.impute == "mean" else "refuse",
-        select=config.data.preprocess.genes is not None,
-    )
-
-
 def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrainer, Dataset | None]:
     """Load this site's data (and test data) per config and build its LocalTrainer."""
     check_model(genesis, config)
@@ -708,10 +694,9 @@ def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrai
             f"{config.source or 'site config'}: [data] has no source: this site was set up to bring its "
             "own data and training loop (e.g. create_local_swarm without data)"
         )
-    data = load_site_data(config, genesis, config.data.source)
-    test = (
-        None if config.data.test_source is None else load_site_data(config, genesis, config.data.test_source)
-    )
+    data = load_site_data(config, genesis.data, config.data.source)
+    test_source = config.data.test_source
+    test = None if test_source is None else load_site_data(config, genesis.data, test_source)
     trainer = LocalTrainer(
         config.model,
         data,
@@ -719,5 +704,6 @@ def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrai
         generator=torch.Generator().manual_seed(config.swarm.seed),
         preprocess=config.data.preprocess,  # fitted on this site's training rows only
         initial_parameters=initial_parameters(genesis, config),
+        augment=site_augmenter(config),
     )
     return trainer, test
