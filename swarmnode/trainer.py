@@ -288,6 +288,12 @@ class SwarmTrainer:
         moments_of = getattr(learner, "swarm_moments", None)
         moments = moments_of() if callable(moments_of) else None
         if isinstance(moments, FeatureMoments):
+            if genesis.training.privacy is not None:
+                raise SwarmSetupError(
+                    f"swarm {genesis.name!r} merges under differential privacy (training.privacy), "
+                    "which clips every contribution as a model update: swarm standardisation's "
+                    'feature moments are not one. Set [data.preprocess] standardize = "local".'
+                )
             n_params = int(learner.parameters().size)
             self._agreement = PooledMoments(moments, n_params, source=genesis.name)
             max_rounds = genesis.training.stopping.max_rounds
