@@ -22,6 +22,7 @@ of the pooled rows, the swarm the pooled statistics agreed through the merge.
 
     python scripts/reproduce.py            # 3/8/16 sites x 5 seeds (about 10 min on an idle 2-core machine)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
+    python scripts/reproduce.py --dp-curve # epsilon vs ROC AUC under differential privacy (dp_curve.py)
 
 Writes ``docs/results/reproduce[_quick].json`` (every run + summary + markdown
 table) and ``.png`` (metric per scenario for local/swarm/central, spread over
@@ -305,6 +306,11 @@ def plot(rows: Sequence[JsonDict], runs: Sequence[JsonDict], path: Path, title: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--dp-curve" in argv:  # the epsilon-vs-ROC AUC curve, with its own options (scripts/dp_curve.py)
+        from dp_curve import main as dp_curve
+
+        return dp_curve([a for a in argv if a != "--dp-curve"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3/8 sites, 2 seeds, 5 rounds: a few minutes")
     parser.add_argument("--json", type=Path, default=None, help="output JSON (default: docs/results/)")

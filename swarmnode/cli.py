@@ -237,7 +237,9 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         join_policy=parse_join_policy(args.join_policy),
         timeouts=_timeouts(args),
         nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
-    )
+        dp_clip_norm=args.dp_clip_norm, dp_noise_multiplier=args.dp_noise_multiplier,
+        dp_delta=args.dp_delta, dp_epsilon_budget=args.dp_epsilon_budget,
+    )  # fmt: skip
     genesis = build_genesis(settings)
     save_genesis(genesis, out)
     _out(genesis.describe())
@@ -543,6 +545,10 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")
     p.add_argument("--join-policy", default="members:1", metavar="members:K|admin:KEY")
+    p.add_argument("--dp-clip-norm", type=float, help="differential privacy: L2 bound C of a site's update")
+    p.add_argument("--dp-noise-multiplier", type=float, help="DP: noise std / C in the merged sum")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP: delta (default 1e-5)")
+    p.add_argument("--dp-epsilon-budget", type=float, help="DP: stop before epsilon would exceed this")
     defaults = Timeouts()
     p.add_argument(
         "--ready-wait",

@@ -161,3 +161,20 @@ def privacy_spent(privacy: PrivacyParams, rounds: int) -> Sequence[PrivacySpent]
                 )
             )
     return spent
+
+
+def privacy_summary(privacy: PrivacyParams, merged_rounds: Sequence[int]) -> dict[str, object]:
+    """What `swarmnode report` shows: the genesis DP settings and, for each merged ledger
+    round (by number), the ε of that round alone and of all merged rounds up to it."""
+    spent = privacy_spent(privacy, len(merged_rounds))
+    single = spent[0].epsilon_rdp if spent else 0.0
+    return {
+        "clip_norm": privacy.clip_norm,
+        "noise_multiplier": privacy.noise_multiplier,
+        "delta": privacy.delta,
+        "epsilon_budget": privacy.epsilon_budget,
+        "rounds": [
+            {"round": number, "epsilon_round_rdp": single, **s.to_dict()}
+            for number, s in zip(merged_rounds, spent, strict=True)
+        ],
+    }
