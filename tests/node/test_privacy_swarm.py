@@ -11,17 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trio
 import trio.testing
 
 from consensus.genesis import PrivacyParams
 from consensus.privacy_budget import gaussian_epsilon
-from models import logistic_regression
+from models import LocalTrainer, TrainConfig, load_sklearn, logistic_regression
+from models.preprocess import PreprocessConfig
 from models.privacy import clip_update, site_noise_std
+from swarmnode.learners import SwarmSetupError
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped
 from swarmnode.simswarm import SwarmPlan
-from swarmnode.trainer import initial_parameters
+from swarmnode.trainer import SwarmTrainer, initial_parameters
 
 SPEC = logistic_regression(1000, 2)  # 2002 parameters: enough coordinates to measure a variance
 SITES = 3
@@ -86,3 +89,22 @@ async def test_private_swarm_merges_clipped_noised_updates_with_equal_weights_an
     # the mean carries 3 x (sigma·C / sqrt 2)² / 3² of variance.
     expected_variance = SITES * site_noise_std(CLIP, SIGMA, 2) ** 2 / SITES**2
     assert float(np.var(np.concatenate(noise))) == pytest.approx(expected_variance, rel=0.1)
+
+
+def test_a_private_swarm_refuses_swarm_standardisation_at_setup(tmp_path: Path) -> None:
+    """Swarm standardisation's feature moments are not model updates: clipped against a
+    model they would be noise, and released outside the budget."""
+    spec = logistic_regression(30, 2)
+    plan = SwarmPlan.create(tmp_path, spec, founders=SITES)
+    genesis = replace(plan.genesis, training=replace(plan.genesis.training, privacy=PRIVACY))
+    data = load_sklearn("breast_cancer")
+
+    def trainer(standardize: str) -> LocalTrainer:
+        preprocess = PreprocessConfig(standardize=standardize)  # type: ignore[arg-type]
+        config = TrainConfig(epochs=1)
+        return LocalTrainer(spec, data, config, generator=torch.Generator(), preprocess=preprocess)
+
+    with pytest.raises(SwarmSetupError, match=r'training\.privacy.*standardize = "local"'):
+        SwarmTrainer.from_local_trainer(trainer("swarm"), genesis)
+    SwarmTrainer.from_local_trainer(trainer("local"), genesis)
+    SwarmTrainer.from_local_trainer(trainer("swarm"), plan.genesis)  # without DP it is fine

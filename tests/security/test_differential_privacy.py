@@ -30,7 +30,7 @@ from crypto.identity import NodeIdentity
 from crypto.quorum import min_contributions
 from models.merge import weighted_mean
 from models.privacy import clip_update, honest_floor, private_contribution, site_noise_std
-from swarmnode.privacy import PrivacyBudgetSpent, SitePrivacy, privacy_spent
+from swarmnode.privacy import PrivacyBudgetSpent, SitePrivacy, privacy_spent, privacy_summary
 
 CLIP = 0.5
 SIGMA = 1.3
@@ -157,3 +157,14 @@ async def test_a_node_refuses_to_contribute_once_its_budget_is_spent() -> None:
     free = SitePrivacy(unlimited, ledger, ME, global_model, lambda: params)
     assert (await free.contribution(5, params)).shape == (8,)
     assert math.isfinite(gaussian_epsilon(SIGMA, 4, 1e-5))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_report_summary_lists_epsilon_per_merged_round_and_in_total() -> None:
+    privacy = PrivacyParams(clip_norm=1.0, noise_multiplier=2.0, delta=1e-5, epsilon_budget=4.5)
+    summary = privacy_summary(privacy, [3, 4, 6])  # ledger numbers of the merged rounds
+    rounds = cast(list[dict[str, float]], summary["rounds"])
+    assert [r["round"] for r in rounds] == [3, 4, 6]
+    assert [r["epsilon_round_rdp"] for r in rounds] == [gaussian_epsilon(2.0, 1, 1e-5)] * 3
+    assert rounds[-1]["epsilon_rdp"] == pytest.approx(gaussian_epsilon(2.0, 3, 1e-5), rel=1e-12)
+    assert summary["epsilon_budget"] == 4.5
