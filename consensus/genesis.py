@@ -32,6 +32,8 @@ from models.rules import UnknownRuleError, rule_named
 from models.structure import ModelTensor, check_structure_value
 from models.tables import DataSchema
 
+from .privacy_budget import gaussian_epsilon
+
 GENESIS_VERSION: Final = 1
 HASH_SIZE: Final = 32
 MAX_NAME: Final = 64
@@ -229,6 +231,41 @@ class StoppingRule:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyParams:
+    """Distributed differential privacy of the merged models (``training.privacy``).
+
+    Each site clips its update (its model minus the global model it trained from) to L2
+    norm `clip_norm` = C and adds Gaussian noise before encrypting it, sized so that the
+    decrypted sum carries noise of standard deviation `noise_multiplier` x C from the honest
+    sites alone, even if t - 1 colluding members removed their own (`models.privacy`).
+    Each merged round is then the Gaussian mechanism with that multiplier for any one
+    site's data; `consensus.privacy_budget` counts the (ε, `delta`) they spend together,
+    and the swarm stops before ε would pass `epsilon_budget` (None: no budget, only report).
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    delta: float = 1e-5
+    epsilon_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        path = "training.privacy"
+        _require(0.0 < self.clip_norm <= 1e6, f"{path}.clip_norm", "must be in (0, 1e6] (an L2 norm)")
+        _require(0.1 <= self.noise_multiplier <= 1000.0, f"{path}.noise_multiplier", "must be in [0.1, 1000]")
+        _require(0.0 < self.delta < 0.1, f"{path}.delta", "must be in (0, 0.1), well below 1 / sites")
+        if self.epsilon_budget is not None:
+            _require(0.0 < self.epsilon_budget <= 1000.0, f"{path}.epsilon_budget", "must be in (0, 1000]")
+            first = gaussian_epsilon(self.noise_multiplier, 1, self.delta)
+            _require(
+                first <= self.epsilon_budget,
+                f"{path}.epsilon_budget",
+                f"one merged round already spends epsilon {first:.3g} > {self.epsilon_budget:g} "
+                f"at noise_multiplier {self.noise_multiplier:g}: raise the multiplier or the budget",
+            )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MergeParam:
     """One parameter of the merge rule (``training.merge_params``), e.g. FedProx's ``mu``."""
 
@@ -269,6 +306,8 @@ class TrainingParams:
     # "balanced": every site weights its loss by 1 / (K f_c), f = the class frequencies of
     # all sites' rows, pooled through the secure merge before training (`swarmnode.trainer`).
     class_weights: str = "none"
+    # Distributed differential privacy (None: off).
+    privacy: PrivacyParams | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -292,6 +331,12 @@ class TrainingParams:
         _require(1 <= self.withhold_limit <= 1000, "training.withhold_limit", "must be 1-1000 rounds")
         _require(
             self.class_weights in CLASS_WEIGHTS, "training.class_weights", f"must be one of {CLASS_WEIGHTS}"
+        )
+        _require(
+            self.privacy is None or self.secure,
+            "training.privacy",
+            "distributed differential privacy needs secure = true: a plaintext update carries only "
+            "its own site's share of the noise",
         )
 
     def _check_merge_rule(self) -> None:
@@ -456,12 +501,23 @@ class Genesis:
             f"(min_delta {t.stopping.min_delta}, goal {t.stopping.goal}), keeps the {t.stopping.select} "
             f"model (metric clamped to [{t.stopping.metric_low:g}, {t.stopping.metric_high:g}])",
             f"model spec {t.model_spec_hash.hex()}, structure of {len(t.model_structure)} tensors",
+            *_privacy_lines(t.privacy),
             "members:",
         ]
         lines += [f"  {m.name}  {m.node_id.peer_id}  {' '.join(m.addresses)}" for m in self.members]
         if self.data is not None:
             lines += _data_lines(self.data)
         return "\n".join(lines)
+
+
+def _privacy_lines(privacy: PrivacyParams | None) -> list[str]:
+    if privacy is None:
+        return []
+    budget = "none" if privacy.epsilon_budget is None else f"{privacy.epsilon_budget:g}"
+    return [
+        f"differential privacy: clip_norm {privacy.clip_norm:g}, noise_multiplier "
+        f"{privacy.noise_multiplier:g}, delta {privacy.delta:g}, epsilon budget {budget}"
+    ]
 
 
 def _settings_text(params: tuple[MergeParam, ...]) -> str:

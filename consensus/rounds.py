@@ -94,6 +94,10 @@ def record_ready(s: ContractState, g: Genesis, h: int, sender: NodeId, body: Rea
         return f"round {r.number} already started"
     if r.ready_record(sender) is not None:
         return f"already ready for round {r.number}"
+    if g.training.privacy is not None and body.weight != 1:
+        # Under DP the merge is an equal-weight mean: the noise is sized for each site's clipped
+        # update counting once, so a weight would scale one site's sensitivity past it.
+        return f"weight {body.weight}: training.privacy merges with equal weights (weight 1)"
     record = ReadyRecord(node_id=sender, weight=body.weight, val_metric=body.val_metric, height=h)
     ready = tuple(sorted((*r.ready, record), key=lambda x: node_key(x.node_id)))
     return try_start(replace(s, round=replace(r, ready=ready)), g, h)

@@ -1,9 +1,11 @@
 """Stopping training: the stopping rule applied to each merged round, and `Stop` votes.
 
 After each merged round, ``max_rounds`` merged training rounds (after the genesis's
-``statistics_rounds``) or
+``statistics_rounds``),
 ``patience`` rounds without an improvement of the median reported validation
-metric by more than ``min_delta`` stop training and record the final model
+metric by more than ``min_delta``, or a differential-privacy budget that one more
+merged round would overspend (genesis ``training.privacy.epsilon_budget``,
+`consensus.privacy_budget`) stop training and record the final model
 hash; a majority of members can also vote `Stop`. With ``select = "best"`` the
 metric is the pooled one of `consensus.selection`, scored when the next round's
 Ready quorum is in, and the final model is the best one.
@@ -18,6 +20,7 @@ from crypto.identity import NodeId
 
 from .contract_state import MERGED, ContractState, Result, Round, StopRecord, round_number_check
 from .genesis import Genesis
+from .privacy_budget import gaussian_epsilon, within_budget
 from .round_history import abort, append_history
 from .transactions import Phase, Stop
 
@@ -67,6 +70,13 @@ def close_merged(s: ContractState, g: Genesis, h: int, merged_hash: bytes) -> Co
         return stop(s, h, f"max_rounds={rule.max_rounds} reached")
     if rule.patience and stale >= rule.patience:
         return stop(s, h, f"no improvement of the median metric for {rule.patience} rounds")
+    privacy = g.training.privacy
+    if privacy is not None and not within_budget(
+        privacy.noise_multiplier, merged_rounds + 1, privacy.delta, privacy.epsilon_budget
+    ):
+        spent = gaussian_epsilon(privacy.noise_multiplier, merged_rounds, privacy.delta)
+        budget = f"{privacy.epsilon_budget:g} (delta {privacy.delta:g})"
+        return stop(s, h, f"privacy budget: epsilon {spent:.3g} spent of {budget}")
     return s
 
 

@@ -252,12 +252,17 @@ def _node_id(value: CborValue, path: str) -> NodeId:
 
 
 def _union(options: tuple[_Convert, ...], args: tuple[object, ...]) -> _Convert:
+    maps = [k for k, arg in enumerate(args) if isinstance(arg, type) and dataclasses.is_dataclass(arg)]
+
     def convert(value: CborValue, path: str) -> object:
+        errors: list[SchemaError] = []
         for option in options:
             try:
                 return option(value, path)
-            except SchemaError:
-                continue
+            except SchemaError as exc:
+                errors.append(exc)
+        if type(value) is dict and len(maps) == 1:  # the one map type's own error names the field
+            raise errors[maps[0]]
         names = " or ".join(getattr(arg, "__name__", str(arg)) for arg in args)
         raise SchemaError(f"{path}: expected {names}, got {type(value).__name__}")
 

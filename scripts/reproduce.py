@@ -36,6 +36,7 @@ The learning options (defaults first), applied alike to local, central and swarm
 
     python scripts/reproduce.py            # 3/8/16 sites x 5 seeds (about 10 min on an idle 2-core machine)
     python scripts/reproduce.py --quick    # 3/8 sites, 2 seeds, 5 rounds (a few minutes)
+    python scripts/reproduce.py --dp-curve # epsilon vs ROC AUC under differential privacy (dp_curve.py)
 
 Writes ``docs/results/reproduce[_quick].json`` (every run + summary + the issue's targets
 and their margins + markdown table) after every case, so that a run cut short still
@@ -450,6 +451,11 @@ def draw(header: JsonDict, rows: list[JsonDict], runs: list[JsonDict], out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--dp-curve" in argv:  # the epsilon-vs-ROC AUC curve, with its own options (scripts/dp_curve.py)
+        from dp_curve import main as dp_curve
+
+        return dp_curve([a for a in argv if a != "--dp-curve"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3/8 sites, 2 seeds, 5 rounds: a few minutes")
     parser.add_argument("--json", type=Path, default=None, help="output JSON (default: docs/results/)")

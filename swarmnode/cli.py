@@ -19,19 +19,9 @@ from typing import TYPE_CHECKING, Final
 
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
-from consensus.genesis import (
-    CLASS_WEIGHTS,
-    DEFAULT_CKKS_PARAMS,
-    METRIC_GOALS,
-    SELECTIONS,
-    SYNC_UNITS,
-    Timeouts,
-)
-from models.optimizers import OPTIMIZER_NAMES
-from models.rules import RULE_NAMES
-
 from . import __version__
 from .cli_export import add_export_commands
+from .cli_genesis import add_genesis_commands
 
 if TYPE_CHECKING:
     from .scaffold import SiteSettings
@@ -197,89 +187,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- genesis / invite -----------------------------------------------------------------
-
-
-def _timeouts(args: argparse.Namespace) -> Timeouts:
-    from .scaffold import SetupError
-
-    p = args.phase_timeout
-    try:
-        return Timeouts(
-            ready_wait=args.ready_wait,
-            contribute=p,
-            aggregate=p,
-            verify=p,
-            decrypt=p,
-            key_epoch=args.key_epoch_timeout,
-        )
-    except ValueError as exc:  # names the field: "training.timeouts.decrypt: must be in (0, 86400] seconds"
-        raise SetupError(f"genesis: {exc}") from None
-
-
-def cmd_genesis(args: argparse.Namespace) -> int:
-    from .config import NodeConfig
-    from .scaffold import (
-        GenesisSettings,
-        SetupError,
-        build_genesis,
-        founding_schema,
-        parse_bounds,
-        parse_join_policy,
-        parse_member,
-        parse_merge_param,
-        parse_threshold,
-        save_genesis,
-    )
-    from .trainer import statistics_rounds_for
-
-    if not args.member:
-        raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
-    model_config = NodeConfig.load(args.model_from)
-    schema = None if args.no_schema else founding_schema(model_config)
-    out = Path(args.out)
-    settings = GenesisSettings(
-        name=args.name,
-        members=tuple(parse_member(m) for m in args.member),
-        model=model_config.model,
-        merge_method=args.merge,
-        merge_params=tuple(parse_merge_param(p) for p in args.merge_param),
-        server_optimizer=args.server_optimizer,
-        server_params=tuple(parse_merge_param(p, "--server-param") for p in args.server_param),
-        secure=args.secure,
-        min_peers=args.min_peers,
-        sync_every=args.sync_every,
-        sync_unit=args.sync_unit,
-        threshold=parse_threshold(args.threshold),
-        ckks_params=args.ckks_params,
-        max_rounds=args.max_rounds,
-        patience=args.patience,
-        min_delta=args.min_delta,
-        goal=args.goal,
-        select=args.select,
-        metric_bounds=parse_bounds(args.metric_bounds),
-        class_weights=args.class_weights,
-        join_policy=parse_join_policy(args.join_policy),
-        timeouts=_timeouts(args),
-        nonce=os.urandom(16) if args.nonce is None else args.nonce.encode(),
-        statistics_rounds=statistics_rounds_for(
-            model_config.model, model_config.data.preprocess, args.class_weights
-        ),
-        data=schema,
-    )
-    genesis = build_genesis(settings)
-    save_genesis(genesis, out)
-    _out(genesis.describe())
-    _out(f"wrote {out}; chain id {genesis.chain_id.hex()}")
-    _out("copy it to every founding site (the path in [ledger] genesis of its site.toml)")
-    return EXIT_OK
-
-
-def cmd_genesis_show(args: argparse.Namespace) -> int:
-    from .scaffold import load_genesis
-
-    _out(load_genesis(Path(args.file)).describe())
-    return EXIT_OK
+# -- invite ---------------------------------------------------------------------------
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
@@ -544,58 +452,6 @@ def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
     p.add_argument("--weightage", type=int, default=1, help="1-100, scales this site's merge weight")
 
 
-def _add_genesis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="swarm", help="the swarm's name")
-    p.add_argument(
-        "--member",
-        action="append",
-        default=[],
-        metavar="NAME=KEY@ADDR",
-        help="founding member: KEY is a peer id, 64 hex digits or a key file; ADDR /ip4/IP/tcp/P "
-        "or /dns4/NAME/tcp/P",
-    )
-    p.add_argument("--model-from", default="site.toml", metavar="SITE_TOML", help="take [model] from here")
-    p.add_argument("--merge", choices=RULE_NAMES, default="mean", help="merge rule (default mean)")
-    p.add_argument("--merge-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. mu=0.01")
-    p.add_argument(
-        "--server-optimizer", choices=OPTIMIZER_NAMES, default="none", help="applied to each merged mean"
-    )
-    p.add_argument("--server-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. tau=0.01")
-    p.add_argument(
-        "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
-    )
-    p.add_argument("--min-peers", type=int, default=2, help="contributions a round needs (>= 2)")
-    p.add_argument("--sync-every", type=int, default=1, help="merge every k epochs/steps (default 1)")
-    p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
-    p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
-    p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")
-    p.add_argument("--max-rounds", type=int, default=10, help="stop after this many training rounds")
-    p.add_argument("--no-schema", action="store_true", help="do not record feature/class names (README)")
-    p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
-    p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
-    p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")
-    p.add_argument("--select", choices=SELECTIONS, default="last", help="final model: last or best merge")
-    p.add_argument("--metric-bounds", default="0,1", metavar="LOW,HIGH", help="reported metrics clamped")
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none", help="balanced: pooled")
-    p.add_argument("--join-policy", default="members:1", metavar="members:K|admin:KEY")
-    defaults = Timeouts()
-    p.add_argument(
-        "--ready-wait",
-        type=float,
-        default=defaults.ready_wait,
-        help="seconds a round waits for every member's Ready before starting with those ready",
-    )
-    p.add_argument(
-        "--phase-timeout",
-        type=float,
-        default=defaults.contribute,
-        help="seconds for each of contribute/aggregate/verify/decrypt before replacing a party",
-    )
-    p.add_argument("--key-epoch-timeout", type=float, default=defaults.key_epoch)  # fmt: skip
-    p.add_argument("--nonce", help="fixed nonce (default random: two swarms never share a chain id)")
-    p.add_argument("--out", default="genesis.cbor", help="output file (default genesis.cbor)")
-
-
 def _add_ledger_commands(p: argparse.ArgumentParser) -> None:
     ledger = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
     q = ledger.add_parser("verify", help="re-check every block, certificate and state hash from genesis")
@@ -667,13 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site_options(p, join=False)
     p.set_defaults(handler=cmd_init)
 
-    p = sub.add_parser("genesis", help="found a swarm: write the genesis file, print its chain id")
-    _add_genesis_options(p)
-    p.set_defaults(handler=cmd_genesis)
-
-    p = sub.add_parser("genesis-show", help="print a genesis file")
-    p.add_argument("file", nargs="?", default="genesis.cbor")
-    p.set_defaults(handler=cmd_genesis_show)
+    add_genesis_commands(sub)
 
     p = sub.add_parser("invite", help="write an invite file for a site joining later")
     p.add_argument("--config", default="site.toml", help="a member's site.toml")

@@ -39,6 +39,7 @@ from .global_models import GlobalModels
 from .keystore import NodeFiles
 from .merge_scheme import MergeScheme
 from .net.base import Transport, TransportError
+from .privacy import SitePrivacy
 from .results import FloatVector, ResultSink, SwarmError
 from .round import (
     AggregateContributions,
@@ -93,6 +94,7 @@ class JobRunner:
         epochs: KeyEpochs, blobs: BlobStore, global_models: GlobalModels, scheme: MergeScheme,
         results: ResultSink, once: OnceCache,
         behaviour: Behaviour, crash: Callable[[], None], log: logging.Logger,
+        privacy: SitePrivacy | None = None,
     ) -> None:  # fmt: skip
         self._contract = contract
         self._training = genesis.training
@@ -109,6 +111,7 @@ class JobRunner:
         self._behaviour = behaviour
         self._crash = crash
         self._log = log
+        self._privacy = privacy
         self._changed = trio.Event()
         self._requests_send, self._requests = trio.open_memory_channel[MergeRequest](math.inf)
         self._stage_since: tuple[Stage, float] | None = None
@@ -266,6 +269,8 @@ class JobRunner:
     async def _contribute(self, job: Contribute, parameters: FloatVector | None) -> None:
         if parameters is None:
             raise SwarmError("no parameters to contribute")
+        if self._privacy is not None:  # clipped and noised (PrivacyBudgetSpent: we do not contribute)
+            parameters = await self._privacy.contribution(job.round, parameters)
         blob = await self._scheme.encode(job, parameters)
         digest = self._blobs.keep(job.round, blob)
         # The leader, verifier and next in line copy the blob before its hash is committed,

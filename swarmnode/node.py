@@ -62,6 +62,7 @@ from .merge_scheme import (
 )
 from .model_identity import check_config_model
 from .net.base import Transport
+from .privacy import node_privacy
 from .results import (
     FloatVector,
     MergeResult,
@@ -174,9 +175,12 @@ class Node:
             )
         self.global_models: Final = GlobalModels(genesis.training, self.contract, self.blobs, storage, log)
         self.results: Final = ResultSink(self.contract, self.global_models.models, storage, log)
+        self.privacy: Final = node_privacy(
+            genesis, config, self.contract, self.node_id, self.global_models.ensure
+        )
         self.jobs: Final = JobRunner(
             self.contract, genesis, transport, self.files, self.ledger.submit, self.epochs, self.blobs,
-            self.global_models, scheme, self.results, once, behaviour, self._crash, log,
+            self.global_models, scheme, self.results, once, behaviour, self._crash, log, self.privacy,
         )  # fmt: skip
         self._closed = False
         self._crashed = False
@@ -249,7 +253,8 @@ class Node:
         val_metric: float | None = None,
         timeout: float | None = None,
     ) -> MergeResult:
-        """Sync point: submit Ready(weight = num_samples x weightage) and wait for the merged model.
+        """Sync point: submit Ready(weight = num_samples x weightage; 1 under genesis
+        ``training.privacy``, whose merge is an equal-weight mean) and wait for the merged model.
 
         Returns the round's merged float32 parameters (bit-identical on every node). If a
         round aborts, Ready is submitted again for the next one. Raises `SwarmStopped` once
@@ -267,6 +272,9 @@ class Node:
             raise SwarmError("another merge() is already waiting on this node")
         vector = self._checked_parameters(parameters, num_samples, val_metric)
         weight = num_samples * self.config.swarm.weightage
+        if self.privacy is not None:
+            self.privacy.check_budget(self.contract.round.number)  # PrivacyBudgetSpent
+            weight = 1
         wanted = MergeWanted(weight=weight, val_metric=val_metric, since_round=self.contract.round.number)
         waiter = self.results.waiter = Waiter()
         self.jobs.want(MergeRequest(wanted, vector.copy()))

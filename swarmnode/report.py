@@ -324,6 +324,45 @@ def _contributions_section(ledger_rounds: Sequence[Mapping[str, Any]], ledger_so
     )
 
 
+def _privacy_data(
+    sites: Sequence[SiteResult], ledger_rounds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The (epsilon, delta) spent per merged round and in total if the swarm's genesis asks
+    for differential privacy (`swarmnode.privacy.privacy_summary`), else None."""
+    from consensus.genesis import Genesis, GenesisError
+
+    from .privacy import privacy_summary
+
+    try:
+        genesis = Genesis.load(NodeConfig.load(sites[0].config_path).ledger.genesis)
+    except (GenesisError, ConfigError):
+        return None
+    if genesis.training.privacy is None:
+        return None
+    merged = [int(r["number"]) for r in ledger_rounds if r["outcome"] == "merged"]
+    return privacy_summary(genesis.training.privacy, merged)
+
+
+def _privacy_section(data: Mapping[str, Any] | None) -> str | None:
+    if data is None:
+        return None
+    rounds = data["rounds"]
+    total = rounds[-1] if rounds else None
+    budget = "none" if data["epsilon_budget"] is None else _fmt(data["epsilon_budget"])
+    return (
+        "<h2>Differential privacy</h2>"
+        f"<p>clip norm {_fmt(data['clip_norm'])}, noise multiplier {_fmt(data['noise_multiplier'])}, "
+        f"delta {data['delta']:g}, epsilon budget {budget}; spent in total: epsilon "
+        + (f"{_fmt(total['epsilon_rdp'])} (RDP), {_fmt(total['epsilon_prv'])} (PRV)" if total else "0")
+        + ". Site-level guarantee for a site that contributed to every merged round (Opacus "
+        "accountants, sampling rate 1; the budget is counted by RDP).</p>"
+        + _table(
+            ["round", "epsilon of the round (RDP)", "epsilon in total (RDP)", "epsilon in total (PRV)"],
+            [[r["round"], r["epsilon_round_rdp"], r["epsilon_rdp"], r["epsilon_prv"]] for r in rounds],
+        )
+    )
+
+
 def _timings_section(timing: Mapping[int, Mapping[str, float]], out: Path, plots: list[Path]) -> str | None:
     timings_png = out / "timings.png"
     if not _plot_timings(timing, timings_png):
@@ -390,12 +429,14 @@ def _build_report(
     central = _value((baselines or {}).get("central"), metric)
     ledger_rounds, ledger_source = _ledger_rows(sites)
     timing = _timing_table(sites)
+    privacy = _privacy_data(sites, ledger_rounds)
     sections = [
         section
         for section in (
             _validation_section(sites, metric, out, plots),
             _test_section(rows, central, metric, out, plots),
             _contributions_section(ledger_rounds, ledger_source),
+            _privacy_section(privacy),
             _timings_section(timing, out, plots),
         )
         if section is not None
@@ -410,6 +451,7 @@ def _build_report(
         "central": central,
         "baselines": baselines,
         "ledger_rounds": ledger_rounds,
+        "privacy": privacy,
         "timings": {str(k): v for k, v in timing.items()},
     }
     summary_path = out / "report.json"

@@ -31,6 +31,7 @@ from consensus.genesis import (
     GenesisError,
     JoinPolicy,
     MergeParam,
+    PrivacyParams,
     StoppingRule,
     Timeouts,
     TrainingParams,
@@ -434,6 +435,28 @@ class GenesisSettings:
     nonce: bytes = b""
     statistics_rounds: int = 0  # `swarmnode.trainer.statistics_rounds_for` the founders' preprocessing
     data: DataSchema | None = None  # the agreed table (`models.tables.infer_schema`)
+    # Differential privacy (genesis training.privacy): on when clip norm and multiplier are given.
+    dp_clip_norm: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_delta: float = 1e-5
+    dp_epsilon_budget: float | None = None
+
+    def privacy(self) -> PrivacyParams | None:
+        """The genesis ``training.privacy`` these settings ask for (ValueError naming the field)."""
+        if self.dp_clip_norm is None and self.dp_noise_multiplier is None:
+            if self.dp_epsilon_budget is not None:
+                raise ValueError(
+                    "training.privacy.epsilon_budget: needs --dp-clip-norm and --dp-noise-multiplier"
+                )
+            return None
+        if self.dp_clip_norm is None or self.dp_noise_multiplier is None:
+            raise ValueError("training.privacy: --dp-clip-norm and --dp-noise-multiplier go together")
+        return PrivacyParams(
+            clip_norm=self.dp_clip_norm,
+            noise_multiplier=self.dp_noise_multiplier,
+            delta=self.dp_delta,
+            epsilon_budget=self.dp_epsilon_budget,
+        )
 
 
 def check_member_addresses(members: Sequence[FoundingMember]) -> None:
@@ -467,6 +490,7 @@ def build_genesis(s: GenesisSettings) -> Genesis:
                 threshold=s.threshold,
                 ckks_params=s.ckks_params,
                 timeouts=s.timeouts,
+                privacy=s.privacy(),
                 stopping=StoppingRule(
                     max_rounds=s.max_rounds,
                     patience=s.patience,

@@ -392,6 +392,13 @@ class SwarmTrainer:
                 )
             counts = counts_of()
         if isinstance(moments, FeatureMoments) or counts is not None:
+            if genesis.training.privacy is not None:
+                raise SwarmSetupError(
+                    f"swarm {genesis.name!r} merges under differential privacy (training.privacy), "
+                    "which clips every contribution as a model update: the swarm's statistics (feature "
+                    'moments, class frequencies) are not one. Set [data.preprocess] standardize = "local" '
+                    'and class_weights = "none".'
+                )
             n_params = int(learner.parameters().size)
             if not isinstance(moments, FeatureMoments):
                 moments = FeatureMoments(count=0, mean=np.zeros(0), mean_sq=np.zeros(0))

@@ -89,3 +89,18 @@ def test_bench_round_resnet_size_at_its_smoke_width(tmp_path: Path) -> None:
         assert res["rounds"][-1]["train_s_max"] > 0
         assert res["bytes_sent_per_node"] > 0
     assert modes["secure"]["bytes_sent_per_node"] > modes["plain"]["bytes_sent_per_node"]
+
+
+def test_dp_curve_smallest_case(tmp_path: Path) -> None:
+    out = tmp_path / "dp_curve.json"
+    run_script(
+        ["scripts/reproduce.py", "--dp-curve", "--datasets", "breast_cancer", "--sites", "3", "--seeds", "1",
+         "--rounds", "2", "--epsilons", "8", "--jobs", "1", "--json", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["failed_cases"] == []
+    assert sorted(str(r["epsilon"]) for r in result["runs"]) == ["8.0", "None"]
+    private = next(r for r in result["runs"] if r["epsilon"] == 8.0)
+    assert private["noise_multiplier"] > 0.1
+    assert {row["epsilon"] for row in result["summary"]} == {8.0, None}
+    assert out.with_suffix(".png").exists()

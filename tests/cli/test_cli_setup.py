@@ -334,3 +334,30 @@ def test_genesis_selection_class_weights_and_metric_bounds(
     assert "--metric-bounds '1'" in capsys.readouterr().err
     assert main([*base, "--metric-bounds", "2,1", "--out", str(tmp_path / "bad.cbor")]) == 2
     assert "training.stopping.metric_low" in capsys.readouterr().err
+
+
+def test_genesis_differential_privacy_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = init(tmp_path, "a", 7343)
+    sites = [member(tmp_path, name, port) for name, port in (("a", 7343), ("b", 7344), ("c", 7345))]
+    for name, port in (("b", 7344), ("c", 7345)):
+        init(tmp_path, name, port)
+    base = ["genesis", *(f for m in sites for f in ("--member", m)), "--model-from", str(a)]
+    out = tmp_path / "dp.cbor"
+    options = ["--dp-clip-norm", "0.5", "--dp-noise-multiplier", "1.2", "--dp-epsilon-budget", "8"]
+    assert main([*base, *options, "--out", str(out)]) == 0
+    privacy = Genesis.load(out).training.privacy
+    assert privacy is not None
+    assert (privacy.clip_norm, privacy.noise_multiplier, privacy.delta, privacy.epsilon_budget) == (
+        0.5, 1.2, 1e-5, 8.0,
+    )  # fmt: skip
+    assert "differential privacy: clip_norm 0.5" in capsys.readouterr().out
+    for extra, message in [
+        (["--dp-clip-norm", "-1", "--dp-noise-multiplier", "1"], "training.privacy.clip_norm: must be"),
+        (["--dp-clip-norm", "1"], "training.privacy: --dp-clip-norm and --dp-noise-multiplier go together"),
+        (["--dp-epsilon-budget", "3"], "training.privacy.epsilon_budget: needs --dp-clip-norm"),
+        (["--dp-clip-norm", "1", "--dp-noise-multiplier", "1", "--dp-delta", "0.5"], "privacy.delta"),
+        (["--dp-clip-norm", "1", "--dp-noise-multiplier", "1", "--no-secure"], "needs secure = true"),
+    ]:
+        assert main([*base, *extra, "--out", str(tmp_path / "bad.cbor")]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err

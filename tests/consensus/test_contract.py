@@ -29,6 +29,7 @@ from consensus.genesis import (
     FoundingMember,
     Genesis,
     JoinPolicy,
+    PrivacyParams,
     StoppingRule,
     TrainingParams,
 )
@@ -1119,3 +1120,30 @@ def test_share_mismatch_votes_abort_the_round() -> None:
     assert "no wrong one can be named" in closed.note
     assert len(closed.decryption_shares) == 4  # every share hash kept for inspection
     assert chain.round.number == 2
+
+
+# -- differential privacy (genesis training.privacy) -------------------------------------------
+
+
+def test_privacy_refuses_any_weight_but_one_and_stops_before_the_epsilon_budget() -> None:
+    """A member claiming a huge sample count cannot weight the equal-weight DP merge, and the
+    ledger stops once one more round would spend more than the budget: at sigma 1.3 and
+    delta 1e-5, 4 rounds spend epsilon 7.82 and a 5th 8.94 > 8."""
+    base = make_genesis(4, max_rounds=10)
+    privacy = PrivacyParams(clip_norm=1.0, noise_multiplier=1.3, delta=1e-5, epsilon_budget=8.0)
+    chain = Chain(dataclasses.replace(base, training=dataclasses.replace(base.training, privacy=privacy)))
+    chain.complete_epoch()
+    chain.rejected(NODES[0], Ready(round=1, weight=10**9), "equal weights (weight 1)")
+    for _ in range(4):
+        assert chain.contract.stopped is None
+        txs = [chain.tx(n, Ready(round=chain.round.number, weight=1)) for n in NODES[:4]]
+        assert chain.block(*txs) == (None,) * 4
+        chain.contribute()
+        chain.aggregate()
+        chain.verify()
+        chain.decrypt()
+        chain.merge()
+    stop = chain.contract.stopped
+    assert stop is not None
+    assert stop.merged_rounds == 4
+    assert "privacy budget: epsilon 7.82 spent of 8 (delta 1e-05)" in stop.reason
