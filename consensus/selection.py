@@ -14,7 +14,9 @@ The pooled metric is a weighted mean over the round's Ready records, weight = th
 weight (rows x weightage, the same weight the site has in the merge), each reported value
 clamped to [``metric_low``, ``metric_high``], a missing one counted as the worst bound. It
 is a function of ledger transactions alone, computed with exactly rounded sums, so every
-node picks the same best round and final model hash. What a lying site can do: a site of
+node picks the same best round and final model hash. Of equally scored models the later
+one is kept (it trained longer; a small validation split often scores several rounds
+1.0), but only a gain of more than ``min_delta`` resets ``patience``. What a lying site can do: a site of
 weight share p moves the pooled metric of any model by at most p x (metric_high -
 metric_low), and so can make a model the selected one only if it is within that margin
 of the honest best (the clamp and the worst-value default keep one site from outvoting
@@ -65,7 +67,10 @@ def evaluate_last_merged(s: ContractState, g: Genesis, ready: Sequence[ReadyReco
         return s
     if improves(metric, s.best_metric, rule):
         return replace(s, best_metric=metric, best_model_hash=model, stale_rounds=0)
-    return replace(s, stale_rounds=s.stale_rounds + 1)
+    s = replace(s, stale_rounds=s.stale_rounds + 1)
+    if not improves(s.best_metric, metric, replace(rule, min_delta=0.0)):  # as good: the later one,
+        return replace(s, best_metric=metric, best_model_hash=model)  # trained longer (a saturated
+    return s  # metric, e.g. ROC AUC 1.0 on a small validation split, must not keep round 1)
 
 
 def stop_reason(s: ContractState, g: Genesis) -> str | None:

@@ -109,7 +109,8 @@ def _train_rounds(t: Any, options: Options, steps: int, metric: str) -> int:
             t.train_epochs(options.epochs_per_round)
         validation = t.validate() if options.select == "best" else None
         value = None if validation is None else getattr(validation, metric)
-        if value is not None and math.isfinite(value) and (best is None or value > best[0]):
+        # Ties go to the later round, as on the ledger (`consensus.selection`).
+        if value is not None and math.isfinite(value) and (best is None or value >= best[0]):
             best = (value, r, t.parameters())
     if best is None:
         return options.rounds

@@ -79,6 +79,16 @@ def test_the_best_scored_model_is_kept_and_patience_counts_rounds_without_improv
     assert "no improvement" in (stop_reason(s, g) or "")
 
 
+def test_of_equally_scored_models_the_later_is_kept_without_resetting_patience() -> None:
+    """A small validation split scores several rounds ROC AUC 1.0: keeping the first of them
+    would end training with a round-1 model."""
+    g = genesis(StoppingRule(max_rounds=10, patience=2, select="best"))
+    w = [10, 10, 10, 10]
+    s = select(g, [("m1", ready(w, [1.0] * 4)), ("m2", ready(w, [1.0] * 4))])
+    assert s.best_model_hash == hashlib.sha256(b"m2").digest()
+    assert s.stale_rounds == 1
+
+
 def test_a_model_nobody_scored_is_never_selected() -> None:
     """The statistics merges (and the initial model) are scored by nobody: honest sites report
     no metric for them, so they carry no score and cannot become the final model."""

@@ -113,7 +113,7 @@ async def test_pooled_class_weights_selection_and_step_budget_agree_on_every_nod
     scores = scored[0][stats + 1 :]
     assert len(scores) == ROUNDS
     assert all(v is not None for v in scores)
-    top = min(range(ROUNDS), key=lambda k: (scores[k], k))  # the lowest loss (the first of equal ones)
+    top = min(range(ROUNDS), key=lambda k: (scores[k], -k))  # the lowest loss (the last of equal ones)
     assert bytes.fromhex(training[top].params_hash) == summary.final_hash
     assert summary.selected_round == training[top].round
 
