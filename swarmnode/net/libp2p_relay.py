@@ -61,6 +61,7 @@ class RelayClient:
         roles = RelayRole.STOP | RelayRole.CLIENT | (RelayRole.HOP if serve else RelayRole(0))
         self._transport = CircuitV2Transport(host, self._protocol, RelayConfig(roles=roles))
         self._reserved: set[NodeId] = set()
+        self._dialled_through: set[NodeId] = set()  # relays of members' circuit addresses we used
         self.reserved_event = trio.Event()  # set at the first reservation (tests and logs)
 
     @contextlib.asynccontextmanager
@@ -69,6 +70,11 @@ class RelayClient:
         async with background_trio_service(self._protocol):
             await self._protocol.event_started.wait()
             yield
+
+    def is_relay(self, node: NodeId | None) -> bool:
+        """A relay this host reserves on or dials through: its connection is kept although it
+        is no member (it gets no stream of ours: every handler checks membership itself)."""
+        return node in self.relay_nodes or node in self._dialled_through
 
     @property
     def reserved(self) -> frozenset[NodeId]:
@@ -125,6 +131,7 @@ class RelayClient:
         for circuit in circuits:
             relay_address = circuit.removesuffix(CIRCUIT)
             relay_node, relay_transport = parse_peer_multiaddr(relay_address)
+            self._dialled_through.add(relay_node)  # before connecting: the guard sees it at once
             try:
                 await self._connect(libp2p_id(relay_node), relay_transport)
                 await self._transport.dial(multiaddr.Multiaddr(f"{circuit}/p2p/{peer.peer_id}"))

@@ -27,3 +27,15 @@ def nat_lab() -> Iterator[NetLab]:
 def swarm_lab() -> Iterator[NetLab]:
     """Sites 0 (the relay) and 1 public, sites 2 and 3 each behind NAT."""
     yield from _lab(public=2, natted=2)
+
+
+@pytest.fixture
+def two_relay_lab() -> Iterator[NetLab]:
+    """Sites 0, 1 and 2 public (2 for a `swarmnode relay` process), 3 and 4 each behind NAT."""
+    yield from _lab(public=3, natted=2)
+
+
+@pytest.fixture
+def join_lab() -> Iterator[NetLab]:
+    """Sites 0 (the relay) and 1 public, sites 2, 3 and 4 each behind NAT (4: the joiner)."""
+    yield from _lab(public=2, natted=3)
