@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final, cast
 
 from consensus.contract import Contract
-from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
+from consensus.genesis import FoundingMember, Genesis, JoinPolicy, StoppingRule, Timeouts, TrainingParams
 from consensus.store import LedgerStore, recover
 from crypto.identity import NodeIdentity
 from models import logistic_regression
@@ -105,6 +105,7 @@ def write_lab_swarm(
     *,
     rounds: int,
     key_epoch_timeout: float = 300.0,
+    join_policy: JoinPolicy | None = None,
     extra_toml: str = "",
 ) -> list[Path]:
     """The genesis and every member's site directory; the site.toml paths, in `members` order.
@@ -128,6 +129,7 @@ def write_lab_swarm(
             ),
             stopping=StoppingRule(max_rounds=rounds),
         ),
+        join_policy=join_policy or JoinPolicy(),
     ).save(root / "genesis.cbor")
     public = [m.peer_address for m in members if not m.site.natted]
     configs = []
