@@ -31,8 +31,9 @@ def swarm_lab() -> Iterator[NetLab]:
 
 @pytest.fixture
 def two_relay_lab() -> Iterator[NetLab]:
-    """Sites 0, 1 and 2 public (2 for a `swarmnode relay` process), 3 and 4 each behind NAT."""
-    yield from _lab(public=3, natted=2)
+    """Sites 0, 1 and 2 public (2 for a `swarmnode relay` process), 3 and 4 each behind a
+    symmetric NAT (no hole punching: traffic between them stays on a relay)."""
+    yield from _lab(public=3, natted=2, symmetric_nat=True)
 
 
 @pytest.fixture

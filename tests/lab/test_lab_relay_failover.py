@@ -2,8 +2,9 @@
 
 The lab (tests/lab/conftest.py, `two_relay_lab`): members site0 (public, relaying with
 ``network.relay_service``) and site1 (public); a `swarmnode relay` process (the organiser's,
-no member, no ledger) on a third public host; members site3 and site4 each behind NAT with
-an outbound-only firewall, reserving on both relays, the relay process first (so the
+no member, no ledger) on a third public host; members site3 and site4 each behind a
+symmetric NAT (so no hole punch replaces their relayed connection) with an outbound-only
+firewall, reserving on both relays, the relay process first (so the
 NATed sites reach each other through it). Once a round merged, the relay process is
 SIGKILLed: the NATed sites keep their reservations on site0, are dialled through it, and
 contribute to every round that merges after the kill; every site ends with the same model.
