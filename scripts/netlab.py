@@ -1,6 +1,6 @@
 """Build the namespace network lab by hand, print how to use it, tear it down on exit.
 
-    sudo python scripts/netlab.py [--public 1] [--natted 2] [--seconds 600]
+    sudo python scripts/netlab.py [--public 1] [--natted 2] [--seconds 600] [--symmetric-nat]
 
 Sites 0..public-1 sit on the lab's "internet" bridge (198.18.0.10 + i); the next `natted`
 sites each sit behind a NAT router with an outbound-only firewall (198.19.i.10). Run a
@@ -28,12 +28,15 @@ def main() -> int:
     parser.add_argument("--public", type=int, default=1)
     parser.add_argument("--natted", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--symmetric-nat", action="store_true", help="NAT routers pick random source ports (no hole punching)"
+    )
     args = parser.parse_args()
     reason = NetLab.unavailable()
     if reason is not None:
         print(f"netlab: {reason}", file=sys.stderr)
         return 2
-    with NetLab.build(public=args.public, natted=args.natted) as lab:
+    with NetLab.build(public=args.public, natted=args.natted, symmetric_nat=args.symmetric_nat) as lab:
         for i, site in enumerate(lab.sites):
             kind = f"behind NAT (router {site.router})" if site.natted else "public"
             print(f"site{i}: {site.address:<12} {kind:<28} ip netns exec {site.namespace} ...")

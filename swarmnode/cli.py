@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 from . import __version__
 from .cli_export import add_export_commands
 from .cli_genesis import add_genesis_commands
+from .cli_relay import add_relay_command
 
 if TYPE_CHECKING:
     from .scaffold import SiteSettings
@@ -85,6 +86,7 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
         port=args.port,
         advertise=tuple(args.advertise),
         bootstrap=tuple(getattr(args, "bootstrap", ())),
+        relays=tuple(args.relay),
         weightage=args.weightage,
     )
 
@@ -437,6 +439,9 @@ def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
         metavar="HOST|MULTIADDR",
         help="where other sites reach this one: IP, DNS name or /dns4/NAME/tcp/PORT (default: --listen)",
     )
+    p.add_argument(
+        "--relay", action="append", default=[], metavar="MULTIADDR", help="behind NAT: relay (with /p2p/ id)"
+    )
     if not join:
         p.add_argument(
             "--bootstrap", action="append", default=[], metavar="MULTIADDR", help="peer to dial first"
@@ -569,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_testnet)
 
     add_export_commands(sub)
+    add_relay_command(sub)
 
     p = sub.add_parser(
         "status", help="membership (by name), round, phase, height: from the running node, else its ledger"

@@ -45,7 +45,7 @@ from models.spec import ModelSpec, SpecError, logistic_regression, mlp
 from models.structure import spec_structure
 from models.tables import DataSchema, infer_schema
 
-from .addresses import advertised_addresses, check_dialable, check_listen
+from .addresses import advertised_addresses, check_dialable, check_listen, circuit_address
 from .config import ConfigError, NodeConfig
 
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -124,6 +124,12 @@ def site_addresses(settings: SiteSettings) -> tuple[str, ...]:
     except ValueError as exc:
         raise SetupError(f"--listen: {exc}") from None
     try:
+        circuits = tuple(circuit_address(relay) for relay in settings.relays)
+    except ValueError as exc:
+        raise SetupError(f"--relay: {exc}") from None
+    if circuits and not settings.advertise:  # behind NAT: its own address is nobody's to dial
+        return circuits
+    try:
         addresses = advertised_addresses(settings.listen, settings.port, settings.advertise)
     except ValueError as exc:
         raise SetupError(f"--advertise: {exc}") from None
@@ -131,8 +137,9 @@ def site_addresses(settings: SiteSettings) -> tuple[str, ...]:
         raise SetupError(
             f"--listen {settings.listen}: binds every interface, which no peer can dial; "
             "give --advertise with this site's IP or DNS name as the other sites reach it"
+            " (or --relay, behind NAT)"
         )
-    return addresses
+    return addresses + circuits
 
 
 # -- site.toml ------------------------------------------------------------------------
@@ -166,6 +173,7 @@ class SiteSettings:
     port: int = 7000
     advertise: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
+    relays: tuple[str, ...] = ()  # behind NAT: reserve on these, advertise <relay>/p2p-circuit
     key_file: str = "node.key"
     storage_dir: str = "state"
     genesis: str = "genesis.cbor"
@@ -244,6 +252,9 @@ advertise = {_toml(list(s.advertise))}
 # Peers dialled first: multiaddrs with /p2p/<peer id>. Founding members are also
 # dialled at the addresses recorded in genesis.
 bootstrap = {_toml(list(s.bootstrap))}
+# Behind NAT or an outbound-only firewall: relays (multiaddrs with /p2p/<relay id>) this
+# site reserves a slot on and is dialled through (`swarmnode relay`, or a member relaying).
+relays = {_toml(list(s.relays))}
 
 [ledger]
 genesis = {_toml(s.genesis)}  # the swarm's genesis file (from `swarmnode genesis` or an invite)

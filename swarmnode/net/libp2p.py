@@ -46,10 +46,7 @@ from typing import Any, Final
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -57,10 +54,6 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as GOSSIPSUB_V11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from crypto.identity import NodeId, NodeIdentity
@@ -92,6 +85,7 @@ from .libp2p_streams import (
     errors_to_transport,
     forget_failed_dials,
     libp2p_id,
+    new_secure_host,
     node_id_of,
     parse_peer_multiaddr,
     read_frame,
@@ -185,17 +179,7 @@ class Libp2pTransport(Transport):
         for address in advertise:
             check_dialable(address)
         self._advertise = tuple(advertise)[: wire.MAX_ADDRS_PER_PEER]
-        key_pair = create_new_key_pair(identity.seed)
-        self._host: IHost = new_host(
-            key_pair=key_pair,
-            sec_opt={
-                TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
-                    key_pair, noise_privkey=create_new_x25519_key_pair().private_key
-                )
-            },
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            listen_addrs=[self._listen],
-        )
+        self._host: IHost = new_secure_host(identity, self._listen)
         if self._host.get_id().to_base58() != self.node_id.peer_id:
             raise TransportError("libp2p derived a different peer id from the node key")
         self._gossipsub = GossipSub(
@@ -439,7 +423,7 @@ class Libp2pTransport(Transport):
         async with trio.open_nursery() as nursery:
             async for peer_id in self._guard_receive:
                 node = node_id_of(peer_id)
-                if not self._is_allowed(node) and node not in self.relay.relay_nodes:
+                if not self._is_allowed(node) and not self.relay.is_relay(node):
                     nursery.start_soon(self._disconnect, peer_id)
 
     async def _disconnect(self, peer_id: ID) -> None:

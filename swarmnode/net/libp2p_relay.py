@@ -25,6 +25,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -60,15 +61,35 @@ class RelayClient:
         self._protocol = CircuitV2Protocol(host, limits=RELAY_LIMITS, allow_hop=serve)
         roles = RelayRole.STOP | RelayRole.CLIENT | (RelayRole.HOP if serve else RelayRole(0))
         self._transport = CircuitV2Transport(host, self._protocol, RelayConfig(roles=roles))
+        # Hole punching: every 2 s DCUtR tries to replace each relayed connection by a direct one
+        # (a plain dial first, then a simultaneous open from both ends' listen ports), which
+        # works through NATs that keep source ports; otherwise the relayed connection stays.
+        self._hole_punch = DCUtRProtocol(host)
         self._reserved: set[NodeId] = set()
+        self._dialled_through: set[NodeId] = set()  # relays of members' circuit addresses we used
         self.reserved_event = trio.Event()  # set at the first reservation (tests and logs)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The relay protocol handlers, registered for the block's duration."""
-        async with background_trio_service(self._protocol):
+        """The relay and hole-punching protocols, running for the block's duration."""
+        async with background_trio_service(self._protocol), background_trio_service(self._hole_punch):
             await self._protocol.event_started.wait()
+            await self._hole_punch.event_started.wait()
             yield
+
+    def is_relay(self, node: NodeId | None) -> bool:
+        """A relay this host reserves on or dials through: its connection is kept although it
+        is no member (it gets no stream of ours: every handler checks membership itself)."""
+        return node in self.relay_nodes or node in self._dialled_through
+
+    def path_to(self, node: NodeId) -> str | None:
+        """How this host is connected to `node` now: "direct" if any connection is (also after
+        a hole punch), "relayed" if only through a relay, None if not connected."""
+        connections = self._host.get_network().get_connections(libp2p_id(node))
+        if not connections:
+            return None
+        relayed = [any(CIRCUIT in str(a) for a in c.get_transport_addresses()) for c in connections]
+        return "relayed" if all(relayed) else "direct"
 
     @property
     def reserved(self) -> frozenset[NodeId]:
@@ -125,6 +146,7 @@ class RelayClient:
         for circuit in circuits:
             relay_address = circuit.removesuffix(CIRCUIT)
             relay_node, relay_transport = parse_peer_multiaddr(relay_address)
+            self._dialled_through.add(relay_node)  # before connecting: the guard sees it at once
             try:
                 await self._connect(libp2p_id(relay_node), relay_transport)
                 await self._transport.dial(multiaddr.Multiaddr(f"{circuit}/p2p/{peer.peer_id}"))

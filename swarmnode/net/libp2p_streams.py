@@ -13,13 +13,21 @@ from typing import Final, Protocol
 
 import multiaddr
 import trio
+from libp2p import new_host
 from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from crypto.errors import BlobHashMismatch, ProtocolError
-from crypto.identity import NodeId
+from crypto.identity import NodeId, NodeIdentity
 
 from . import wire
 from .base import BlobNotFound, PeerUnreachable, TransportError
@@ -31,6 +39,22 @@ SERVE_TIMEOUT: Final = 30.0  # a peer that stalls mid-request loses its stream (
 
 # identity multihash of the protobuf Ed25519 public key (as in crypto/identity.py)
 _PEER_ID_PREFIX: Final = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+
+
+def new_secure_host(identity: NodeIdentity, listen: multiaddr.Multiaddr) -> IHost:
+    """A libp2p host with `identity`'s key, Noise only and Yamux only (what every swarmnode
+    host speaks: a site's transport and a relay alike)."""
+    key_pair = create_new_key_pair(identity.seed)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={
+            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+            )
+        },
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=[listen],
+    )
 
 
 def libp2p_id(node: NodeId) -> ID:

@@ -76,8 +76,12 @@ class NetLab:
 
     @classmethod
     @contextlib.contextmanager
-    def build(cls, *, public: int, natted: int) -> Iterator[NetLab]:
-        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router."""
+    def build(cls, *, public: int, natted: int, symmetric_nat: bool = False) -> Iterator[NetLab]:
+        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router.
+
+        The routers keep a connection's source port where they can (as most home and many
+        hospital NATs do: hole punching works through them); `symmetric_nat` picks a random
+        source port per connection instead (``--random-fully``), which defeats hole punching."""
         if shutil.which("iptables") is None:
             raise LabError("iptables is not installed (apt-get install -y iptables; .ci/run does)")
         lab = cls(f"sn{uuid.uuid4().hex[:5]}")
@@ -89,7 +93,7 @@ class NetLab:
                 if i < public:
                     lab.sites.append(lab._public_site(i))
                 else:
-                    lab.sites.append(lab._natted_site(i))
+                    lab.sites.append(lab._natted_site(i, symmetric=symmetric_nat))
             yield lab
         finally:
             lab.destroy()
@@ -114,7 +118,7 @@ class NetLab:
         self._plug_into_hub(namespace, index, address)
         return LabSite(namespace, address, natted=False)
 
-    def _natted_site(self, index: int) -> LabSite:
+    def _natted_site(self, index: int, *, symmetric: bool = False) -> LabSite:
         router, host = f"{self.prefix}-r{index}", f"{self.prefix}-s{index}"
         self._add_namespace(router)
         self._add_namespace(host)
@@ -129,7 +133,8 @@ class NetLab:
         _run("ip", "-n", host, "route", "add", "default", "via", f"{lan}.1")
         in_router = ("ip", "netns", "exec", router)
         _run(*in_router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        _run(*in_router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+        masquerade = ("-j", "MASQUERADE", *(("--random-fully",) if symmetric else ()))
+        _run(*in_router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", *masquerade)
         _run(*in_router, "iptables", "-P", "FORWARD", "DROP")
         _run(*in_router, "iptables", "-A", "FORWARD", "-i", "lan0", "-o", "wan0", "-j", "ACCEPT")
         replies = ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")

@@ -53,6 +53,7 @@ def _imports_of(*argv: str) -> tuple[int, list[str], str]:
         (("--version",), 0),
         (("run", "--help"), 0),
         (("genesis", "--help"), 0),
+        (("relay", "--help"), 0),
         (("init",), 2),  # --name missing: a usage error
         (("run", "--no-such-option"), 2),
         (("no-such-command",), 2),

@@ -5,7 +5,8 @@
 Identities are `make_identity(0|1|2, "lab-relay")` for relay, site and dialler. The relay
 serves the hop role; the site reserves on it and answers echo requests; the dialler knows
 the site only by its circuit address and asks it every half second. Every event is one
-line on stdout: ``reserved`` / ``lost`` (site), ``answer`` (dialler).
+line on stdout: ``reserved`` / ``lost`` (site), ``answer`` (dialler), and ``direct`` (dialler,
+once) when its connection to the site is no longer only through the relay (hole punched).
 """
 
 from __future__ import annotations
@@ -53,12 +54,16 @@ async def run(role: str, listen: str, port: int, relay_ip: str) -> None:
                 await trio.sleep(0.1)
     async with open_libp2p_transport(DIALLER, listen_host=listen) as dialler:
         dialler.add_peer_addresses(SITE.node_id, [relay_addr + "/p2p-circuit"])
+        direct = False
         while True:
             try:
                 if await dialler.request(SITE.node_id, "lab/echo", b"ping", timeout=5) == b"ping":
                     say("answer")
             except TransportError as exc:
                 say(f"no answer: {exc}")
+            if not direct and dialler.relay.path_to(SITE.node_id) == "direct":
+                direct = True
+                say("direct")
             await trio.sleep(0.5)
 
 

@@ -12,10 +12,7 @@ with both NATed sites contributing to and decrypting merged rounds.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,48 +22,14 @@ from consensus.contract import MERGED
 from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
 from crypto.identity import NodeIdentity
 from models import logistic_regression
+from swarmnode.testing.labswarm import PORT, lab_site_toml
 from swarmnode.testing.netlab import NetLab
+from swarmnode.testing.siteprocs import SiteProcesses, SiteTimeout
 
 SCRIPT = Path(__file__).resolve().parents[1] / "node" / "e2e_site_main.py"
-PORT = 7000
 ROUNDS = 2
 DEADLINE_S = 360.0
 pytestmark = pytest.mark.timeout(480)
-
-
-def _site_toml(index: int, address: str, bootstrap: list[str], relay: str | None, serve: bool) -> str:
-    relay_lines = f'relays = ["{relay}"]\n' if relay else ""
-    return f"""
-[node]
-name = "site{index}"
-key_file = "node.key"
-storage_dir = "state"
-
-[network]
-listen = "{address}"
-port = {PORT}
-bootstrap = [{", ".join(f'"{b}"' for b in bootstrap)}]
-relay_service = {"true" if serve else "false"}
-{relay_lines}
-[ledger]
-genesis = "../genesis.cbor"
-propose_timeout = 2.0
-block_interval = 0.05
-
-[data]
-source = "breast_cancer"
-
-[model]
-kind = "logreg"
-n_features = 30
-n_classes = 2
-
-[training]
-lr = 0.01
-
-[swarm]
-seed = {index}
-"""
 
 
 def write_lab_sites(root: Path, lab: NetLab) -> list[Path]:
@@ -96,8 +59,13 @@ def write_lab_sites(root: Path, lab: NetLab) -> list[Path]:
         directory = root / f"site{i}"
         directory.mkdir()
         ident.save(directory / "node.key")
-        text = _site_toml(
-            i, site.address, [relay] if site.natted else [], relay if site.natted else None, i == 0
+        text = lab_site_toml(
+            f"site{i}",
+            site.address,
+            seed=i,
+            bootstrap=[relay] if site.natted else [],
+            relays=[relay] if site.natted else [],
+            relay_service=i == 0,
         )
         (directory / "site.toml").write_text(text)
         configs.append(directory / "site.toml")
@@ -105,42 +73,16 @@ def write_lab_sites(root: Path, lab: NetLab) -> list[Path]:
 
 
 def run_lab_sites(root: Path, lab: NetLab, configs: list[Path]) -> list[dict[str, Any]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    procs: list[subprocess.Popen[bytes]] = []
-    started = time.monotonic()
-    try:
+    with SiteProcesses(root) as sites:
         for i, (config, site) in enumerate(zip(configs, lab.sites, strict=True)):
             command = [sys.executable, str(SCRIPT), str(config), str(i), str(len(configs)), "0"]
-            with (root / f"site{i}.log").open("wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        lab.exec_in(site, *command, str(root / f"r{i}.json")),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                    )
-                )
-        for proc in procs:
-            proc.wait(timeout=max(1.0, DEADLINE_S - (time.monotonic() - started)))
-    except subprocess.TimeoutExpired:
-        pytest.fail("lab sites did not finish in time:\n" + _tails(root, len(configs)))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-    codes = [p.returncode for p in procs]
-    assert codes == [0] * len(configs), f"exit codes {codes}\n" + _tails(root, len(configs))
+            sites.start(f"site{i}", lab.exec_in(site, *command, str(root / f"r{i}.json")))
+        try:
+            codes = sites.wait_all(DEADLINE_S)
+        except SiteTimeout as exc:
+            pytest.fail(f"lab sites did not finish in time:\n{exc}")
+        assert codes == [0] * len(configs), f"exit codes {codes}\n" + sites.tails()
     return [json.loads((root / f"r{i}.json").read_text()) for i in range(len(configs))]
-
-
-def _tails(root: Path, sites: int) -> str:
-    out = []
-    for i in range(sites):
-        path = root / f"site{i}.log"
-        if path.exists():
-            out.append(f"--- site{i} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
-    return "\n".join(out)
 
 
 def test_sites_behind_nat_train_a_secure_swarm_through_a_relay(tmp_path: Path, swarm_lab: NetLab) -> None:

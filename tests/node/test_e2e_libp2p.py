@@ -10,11 +10,8 @@ bootstrap addresses of the others) and trains its part of breast cancer with
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from consensus.genesis import (
 )
 from crypto.identity import NodeIdentity
 from models import logistic_regression
+from swarmnode.testing.siteprocs import SiteProcesses, SiteTimeout
 
 SITES = 3
 ROUNDS = 3
@@ -118,14 +116,8 @@ seed = {i}
 
 def run_sites(tmp_path: Path, configs: list[Path], byzantine: int | None = None) -> list[dict[str, Any]]:
     """Every site as its own process, bounded by `DEADLINE_S`; their result JSON."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
-    started = time.monotonic()
-    try:
+    with SiteProcesses(tmp_path) as sites:
         for i, config in enumerate(configs):
-            log = (tmp_path / f"site{i}.log").open("wb")
-            logs.append(log)
             cmd = [
                 sys.executable,
                 str(SCRIPT),
@@ -136,21 +128,12 @@ def run_sites(tmp_path: Path, configs: list[Path], byzantine: int | None = None)
                 str(tmp_path / f"r{i}.json"),
                 *(["byzantine"] if i == byzantine else []),
             ]
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-        for proc in procs:
-            remaining = DEADLINE_S - (time.monotonic() - started)
-            proc.wait(timeout=max(1.0, remaining))
-    except subprocess.TimeoutExpired:
-        pytest.fail("site processes did not finish in time:\n" + _tails(tmp_path, len(configs)))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-        for log in logs:
-            log.close()
-    codes = [p.returncode for p in procs]
-    assert codes == [0] * len(configs), f"exit codes {codes}\n" + _tails(tmp_path, len(configs))
+            sites.start(f"site{i}", cmd)
+        try:
+            codes = sites.wait_all(DEADLINE_S)
+        except SiteTimeout as exc:
+            pytest.fail(f"site processes did not finish in time:\n{exc}")
+        assert codes == [0] * len(configs), f"exit codes {codes}\n" + sites.tails(25)
     return [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(len(configs))]
 
 
@@ -188,13 +171,3 @@ def test_four_processes_with_a_byzantine_decryptor_end_with_the_honest_merge(tmp
         assert len(merged) == ROUNDS
         assert culprit not in merged[-1]["decrypt_set"]  # left out once named
         assert r["test_auc"] > 0.9
-
-
-def _tails(root: Path, sites: int = SITES) -> str:
-    out = []
-    for i in range(sites):
-        path = root / f"site{i}.log"
-        if path.exists():
-            lines = path.read_text(errors="replace").splitlines()[-25:]
-            out.append(f"--- site{i} ---\n" + "\n".join(lines))
-    return "\n".join(out)
