@@ -68,7 +68,8 @@ def evaluate_last_merged(s: ContractState, g: Genesis, ready: Sequence[ReadyReco
     if improves(metric, s.best_metric, rule):
         return replace(s, best_metric=metric, best_model_hash=model, stale_rounds=0)
     s = replace(s, stale_rounds=s.stale_rounds + 1)
-    if not improves(s.best_metric, metric, replace(rule, min_delta=0.0)):  # as good: the later one,
+    best = s.best_metric  # not None: a first score always improves
+    if best is None or not improves(best, metric, replace(rule, min_delta=0.0)):  # as good: the later,
         return replace(s, best_metric=metric, best_model_hash=model)  # trained longer (a saturated
     return s  # metric, e.g. ROC AUC 1.0 on a small validation split, must not keep round 1)
 
