@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from .linkshape import LinkShape, apply_shape, stop_forwarders
+
 COMMAND_TIMEOUT: Final = 15.0
 HUB_PREFIX: Final = "198.18.0"
 
@@ -76,11 +78,13 @@ class NetLab:
 
     @classmethod
     @contextlib.contextmanager
-    def build(cls, *, public: int, natted: int) -> Iterator[NetLab]:
-        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router."""
+    def build(cls, *, public: int, natted: int, shape: LinkShape | None = None) -> Iterator[NetLab]:
+        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router;
+        with `shape`, every site link rate-limited and delayed (`swarmnode.testing.linkshape`)."""
         if shutil.which("iptables") is None:
             raise LabError("iptables is not installed (apt-get install -y iptables; .ci/run does)")
         lab = cls(f"sn{uuid.uuid4().hex[:5]}")
+        forwarders: list[subprocess.Popen[bytes]] = []
         try:
             lab._add_namespace(lab.hub)
             _run("ip", "-n", lab.hub, "link", "add", "br0", "type", "bridge")
@@ -90,9 +94,12 @@ class NetLab:
                     lab.sites.append(lab._public_site(i))
                 else:
                     lab.sites.append(lab._natted_site(i))
+            if shape is not None:
+                forwarders = apply_shape(lab, shape)
             yield lab
         finally:
             lab.destroy()
+            stop_forwarders(forwarders)
 
     def _add_namespace(self, name: str) -> None:
         _run("ip", "netns", "add", name)
