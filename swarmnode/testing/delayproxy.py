@@ -42,26 +42,38 @@ def original_destination(sock: trio.socket.SocketType) -> tuple[str, int]:
     return str(ipaddress.IPv4Address(packed)), int(port)
 
 
-async def _delayed_pump(source: trio.SocketStream, sink: trio.SocketStream, one_way: float) -> None:
-    """Bytes from `source` to `sink`, each chunk sent `one_way` s after it arrived; EOF too."""
+_LINK_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def _delayed_pump(
+    source: trio.SocketStream, sink: trio.SocketStream, one_way: float, connection: trio.CancelScope
+) -> None:
+    """Bytes from `source` to `sink`, each chunk sent `one_way` s after it arrived; EOF too.
+    A failure on either side ends the whole `connection` (as a broken link would)."""
     send, receive = trio.open_memory_channel[tuple[float, bytes]](_QUEUE_CHUNKS)
 
     async def read() -> None:
         async with send:
-            while True:
-                chunk = await source.receive_some(_CHUNK)
-                await send.send((trio.current_time() + one_way, chunk))
-                if not chunk:
-                    return
+            try:
+                while True:
+                    chunk = await source.receive_some(_CHUNK)
+                    await send.send((trio.current_time() + one_way, chunk))
+                    if not chunk:
+                        return
+            except _LINK_ERRORS:
+                connection.cancel()
 
     async def write() -> None:
         async with receive:
-            async for due, chunk in receive:
-                await trio.sleep_until(due)
-                if not chunk:
-                    await sink.send_eof()
-                    return
-                await sink.send_all(chunk)
+            try:
+                async for due, chunk in receive:
+                    await trio.sleep_until(due)
+                    if not chunk:
+                        await sink.send_eof()
+                        return
+                    await sink.send_all(chunk)
+            except _LINK_ERRORS:
+                connection.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
@@ -69,20 +81,19 @@ async def _delayed_pump(source: trio.SocketStream, sink: trio.SocketStream, one_
 
 
 async def _forward(client: trio.SocketStream, one_way: float) -> None:
-    try:
-        host, port = original_destination(client.socket)
+    async with client:
         upstream_socket = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        upstream_socket.setsockopt(socket.SOL_SOCKET, SO_MARK, BYPASS_MARK)
-        with trio.fail_after(10):
-            await upstream_socket.connect((host, port))
-        upstream = trio.SocketStream(upstream_socket)
-        async with upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(_delayed_pump, client, upstream, one_way)
-            nursery.start_soon(_delayed_pump, upstream, client, one_way)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-        pass  # one side went away (or never answered): drop the connection, as a link would
-    finally:
-        await client.aclose()
+        try:
+            host, port = original_destination(client.socket)
+            upstream_socket.setsockopt(socket.SOL_SOCKET, SO_MARK, BYPASS_MARK)
+            with trio.fail_after(10):
+                await upstream_socket.connect((host, port))
+        except (OSError, trio.TooSlowError):
+            upstream_socket.close()
+            return  # the destination does not answer: drop the connection, as a link would
+        async with trio.SocketStream(upstream_socket) as upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(_delayed_pump, client, upstream, one_way, nursery.cancel_scope)
+            nursery.start_soon(_delayed_pump, upstream, client, one_way, nursery.cancel_scope)
 
 
 async def serve(port: int, one_way: float, lifetime: float) -> None:
