@@ -1,11 +1,11 @@
 """One swarmnode site in its own OS process, for `scripts/bench_round.py` (not a public tool).
 
     python scripts/_bench_round_node.py --index I --n N (--hidden H | --resnet SIZE) \
-        --mode secure|plain --rounds R --ports P0,P1,... --root DIR [--train]
+        --mode secure|plain --rounds R --ports P0,P1,... --root DIR [--train] [--hosts H0,H1,...]
 
 Builds the same `SwarmPlan` as every sibling (deterministic keys, one genesis
-with the members' 127.0.0.1 addresses), opens a real node over libp2p on its
-port (everyone dials everyone) and runs ``R`` merges (1 warm-up with the key
+with the members' addresses: 127.0.0.1, or ``--hosts`` in the namespace lab), opens
+a real node over libp2p on its port (everyone dials everyone) and runs ``R`` merges (1 warm-up with the key
 epoch + R - 1 measured). With ``--train`` each round first trains one local
 epoch of the MLP on this site's IID share of breast_cancer (SGD 0.01, momentum
 0.9, batch 32: the Flower anchor's settings), so the round is a full training
@@ -22,7 +22,8 @@ Measurements (all inside this process):
   is timed by wrapping the names `swarmnode.merge_scheme` calls (no change in
   behaviour: the wrapper calls the original);
 * bytes sent: the kernel's ``tcpi_bytes_sent`` of this process's TCP
-  sockets (``ss -tinp``), summed before and after the window;
+  sockets (``ss -tinp``), summed before and after the window; and every blob this
+  node served in the window (``served_blobs``: bytes, peer, blob key);
 * CPU seconds of this process in the window (``cpu_s``, all threads) and of its
   trio thread alone (``loop_cpu_s``: transport and protocol; the rest is crypto in
   worker threads): unlike wall time, not inflated by other jobs on the host.
@@ -272,8 +273,9 @@ async def run(args: argparse.Namespace) -> None:
 
     ports = [int(p) for p in args.ports.split(",")]
     n = args.n
+    hosts = args.hosts.split(",") if args.hosts else ["127.0.0.1"] * n
     spec = bench_spec(args)
-    addresses = tuple((transport_address("127.0.0.1", p),) for p in ports)
+    addresses = tuple((transport_address(h, p),) for h, p in zip(hosts, ports, strict=True))
     # Generous for 8 processes on 2 cores, yet a phase stuck on a lost stream recovers
     # through the ledger's phase timeout within the run instead of stalling it.
     timeouts = Timeouts(
@@ -292,7 +294,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.mode == "plain":  # the runtime's plaintext mode, visible on the ledger
         genesis = replace(genesis, training=replace(genesis.training, secure=False, merge_method="mean"))
     me = plan.identities[args.index]
-    bootstrap = [peer_address("127.0.0.1", ports[j], plan.ids[j]) for j in range(n) if j != args.index]
+    bootstrap = [peer_address(hosts[j], ports[j], plan.ids[j]) for j in range(n) if j != args.index]
 
     trainer = None
     if args.train:
@@ -321,7 +323,10 @@ async def run(args: argparse.Namespace) -> None:
     params = np.random.default_rng(args.index).normal(0, 0.05, size=spec_size(spec)).astype(np.float32)
     pid = os.getpid()
 
-    async with open_libp2p_transport(me, listen_port=ports[args.index], bootstrap=bootstrap) as transport:
+    served = count_served_blobs()
+    async with open_libp2p_transport(
+        me, listen_host=hosts[args.index], listen_port=ports[args.index], bootstrap=bootstrap
+    ) as transport:
         transport.get_blob = clock.wrap_async("transfer", transport.get_blob)  # type: ignore[method-assign]
         async with open_swarm_node(
             plan.configs[args.index], transport=transport, identity=me, genesis=genesis
@@ -360,6 +365,7 @@ async def run(args: argparse.Namespace) -> None:
                         "phases": clock.window(start, end),
                         "busy_spans": clock.busy_spans(start, end),
                         "hash": merged.params_hash.hex(),
+                        "served_blobs": [b[1:] for b in served if start <= b[0] <= end],
                         "roles": [role for role in ("leader", "verifier") if _was(node, merged.round, role)],
                     }
                 )
@@ -374,6 +380,25 @@ async def run(args: argparse.Namespace) -> None:
             with trio.move_on_after(args.linger):
                 await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
     emit({"ev": "done", "index": args.index})
+
+
+def count_served_blobs() -> list[tuple[float, int, str, str]]:
+    """Every blob this node serves from now on: (time, bytes, peer, blob key), by wrapping the
+    name `swarmnode.net.libp2p` answers blob requests with (no change in behaviour). The key
+    (length and first bytes) tells a second copy of one blob to one peer (a re-fetch)."""
+    import swarmnode.net.libp2p as libp2p_module
+
+    served: list[tuple[float, int, str, str]] = []
+    original = libp2p_module.send_blob
+
+    async def send_blob(stream: Any, data: bytes | None) -> None:
+        if data is not None:
+            peer = str(stream.muxed_conn.peer_id)[-8:]
+            served.append((time.time(), len(data), peer, f"{len(data)}:{data[:48].hex()}"))
+        await original(stream, data)
+
+    libp2p_module.send_blob = send_blob  # type: ignore[assignment]
+    return served
 
 
 def _was(node: Any, round_number: int, role: str) -> bool:
@@ -411,6 +436,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--ports", required=True)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--hosts", default="", help="each node's address (default 127.0.0.1 for all)")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--linger", type=float, default=600.0, help="max seconds to wait for the runner")
     args = parser.parse_args()

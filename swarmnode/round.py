@@ -490,8 +490,8 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
 
 
 OUTSIDER_COMBINE_GRACE: Final = 8
-"""Participants outside the decrypt set combine only once ``1/8`` of the decrypt deadline
-has passed in the step (and the round is still open).
+"""Participants outside the first t of the decrypt set (`_first_combiners`) combine only
+once ``1/8`` of the decrypt deadline has passed in the step (and the round is still open).
 
 The contract closes a round at t matching merged-model hashes and the decrypt set has
 exactly t members, who already hold the aggregate (they summed it themselves): they alone
@@ -499,7 +499,13 @@ can close the round, and everyone else then loads the merged model by its commit
 (checked on receipt), so every participant still ends with the same, ledger-proven model.
 An outsider combining as well would fetch the aggregate and all t shares (1.5 ciphertexts
 per share set) and spend the CPU the decryptors need right then. If a decryptor dies after
-its share, the outsiders' votes complete the quorum after the grace."""
+its share, the outsiders' votes complete the quorum after the grace.
+
+In a robust epoch the decrypt set is every active participant (m > t): only its first t
+in rotation order combine at once, since t votes close the round and each combiner
+fetches the m - 1 other point shares (15 bytes per parameter each): the other m - t load
+the merged model (4 bytes per parameter) by its committed hash, or combine after the
+grace if the round is still open (a combiner died, or votes did not match)."""
 
 
 def _stage_since(r: Round, facts: LocalFacts) -> float:
@@ -518,10 +524,20 @@ def _combine_at(contract: Contract, r: Round, facts: LocalFacts) -> float | None
         return None
     if any(v.node_id == me for v in r.merged_votes):
         return None
-    if me in r.decrypt_set:
+    if me in _first_combiners(r):
         return facts.now
     grace = PHASE_TIMEOUT[Phase.DECRYPT](contract.genesis.training.timeouts) / OUTSIDER_COMBINE_GRACE
     return _stage_since(r, facts) + grace
+
+
+def _first_combiners(r: Round) -> tuple[NodeId, ...]:
+    """The t members of the decrypt set that combine as soon as every share is committed: the
+    first in rotation order (all of a Lagrange epoch's decrypt set, which has exactly t)."""
+    in_set = set(r.decrypt_set)
+    ordered = [p for p in r.active if p in in_set] + sorted(
+        (p for p in r.decrypt_set if p not in r.active), key=lambda p: p.public_key
+    )
+    return tuple(ordered[: r.threshold])
 
 
 def _plan_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:

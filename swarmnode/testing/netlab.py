@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from .linkshape import LinkShape, apply_shape, stop_forwarders
+
 COMMAND_TIMEOUT: Final = 15.0
 HUB_PREFIX: Final = "198.18.0"
 
@@ -76,8 +78,11 @@ class NetLab:
 
     @classmethod
     @contextlib.contextmanager
-    def build(cls, *, public: int, natted: int, symmetric_nat: bool = False) -> Iterator[NetLab]:
-        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router.
+    def build(
+        cls, *, public: int, natted: int, symmetric_nat: bool = False, shape: LinkShape | None = None
+    ) -> Iterator[NetLab]:
+        """Sites 0..public-1 on the bridge, then `natted` sites each behind its own NAT router;
+        with `shape`, every site link rate-limited and delayed (`swarmnode.testing.linkshape`).
 
         The routers keep a connection's source port where they can (as most home and many
         hospital NATs do: hole punching works through them); `symmetric_nat` picks a random
@@ -85,6 +90,7 @@ class NetLab:
         if shutil.which("iptables") is None:
             raise LabError("iptables is not installed (apt-get install -y iptables; .ci/run does)")
         lab = cls(f"sn{uuid.uuid4().hex[:5]}")
+        forwarders: list[subprocess.Popen[bytes]] = []
         try:
             lab._add_namespace(lab.hub)
             _run("ip", "-n", lab.hub, "link", "add", "br0", "type", "bridge")
@@ -94,9 +100,12 @@ class NetLab:
                     lab.sites.append(lab._public_site(i))
                 else:
                     lab.sites.append(lab._natted_site(i, symmetric=symmetric_nat))
+            if shape is not None:
+                forwarders = apply_shape(lab, shape)
             yield lab
         finally:
             lab.destroy()
+            stop_forwarders(forwarders)
 
     def _add_namespace(self, name: str) -> None:
         _run("ip", "netns", "add", name)

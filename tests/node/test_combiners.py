@@ -1,0 +1,96 @@
+"""Bytes of the decrypt phase in a robust key epoch: only t decryptors combine at once.
+
+Every active participant makes a point share (15 bytes per parameter) and a combiner fetches
+all the others', but t matching votes close the round: the other decryptors load the merged
+model (4 bytes per parameter) instead. Before, all m of them combined, so each point share
+crossed the wire m - 1 times instead of t (at 1M parameters and 4 sites: 45 MB per site and
+round instead of 34 MB; at 8 sites 106 MB instead of 66 MB).
+
+Virtual time (trio's MockClock), in-memory network, synthetic parameters, 4 honest sites (t = 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from consensus.contract import MERGED
+from consensus.genesis import Timeouts
+from crypto.epoch_spec import default_threshold
+from models import logistic_regression
+from swarmnode.net.memory import open_memory_network
+from swarmnode.node import MergeResult, Node, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.simswarm import SwarmPlan
+
+SPEC = logistic_regression(30, 2)
+N_PARAMS = 62
+SITES = 4
+ROUNDS = 2
+# The others' grace (decrypt / 8 = 25 s) outlasts the t combiners' votes in virtual time, as
+# the real default (120 s / 8) outlasts a LAN or WAN round's combine.
+TIMEOUTS = Timeouts(ready_wait=300.0, contribute=200.0, aggregate=200.0, verify=200.0, decrypt=200.0)
+pytestmark = pytest.mark.timeout(300)
+
+
+async def test_only_t_decryptors_fetch_the_point_shares(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    plan = SwarmPlan.create(tmp_path, SPEC, founders=SITES, max_rounds=ROUNDS, timeouts=TIMEOUTS)
+    point_share_reads: list[tuple[int, int]] = []  # (site, the round open at the site)
+    results: dict[int, list[MergeResult]] = {i: [] for i in range(SITES)}
+    histories = []
+
+    async def run_site(i: int, transport: Any) -> None:
+        fetch = transport.get_blob
+        opened: list[Node] = []
+
+        async def counted(digest: bytes, **kw: Any) -> bytes:
+            data: bytes = await fetch(digest, **kw)
+            if data.startswith(b"SNP1"):  # crypto.pointshare's wire magic
+                point_share_reads.append((i, opened[0].contract.round.number))
+            return data
+
+        transport.get_blob = counted
+        async with open_swarm_node(
+            plan.configs[i], transport=transport, identity=plan.identities[i], genesis=plan.genesis,
+            options=NodeOptions(inline_compute=True),
+        ) as node:  # fmt: skip
+            opened.append(node)
+            params = np.full(N_PARAMS, float(1 + i), np.float32)
+            while True:
+                try:
+                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
+                except SwarmStopped:
+                    break
+                results[i].append(result)
+                if result.stopped:
+                    break
+                params = np.full(N_PARAMS, float(result.round + 1 + i), np.float32)
+            await node.wait_stopped()
+            histories.append(node.contract.history())
+
+    async with open_memory_network(seed=5) as net:
+        with trio.move_on_after(10_000):
+            async with trio.open_nursery() as nursery:
+                for i in range(SITES):
+                    nursery.start_soon(run_site, i, net.transport(plan.ids[i]))
+
+    history = histories[0]
+    assert [r.outcome for r in history] == [MERGED] * ROUNDS
+    assert all(len(r.decrypt_set) == SITES for r in history)  # robust: every participant decrypts
+    threshold = default_threshold(SITES)
+    for i in range(SITES):
+        assert [r.round for r in results[i]] == list(range(1, ROUNDS + 1))
+    for k in range(ROUNDS):
+        assert len({results[i][k].params_hash for i in range(SITES)}) == 1  # one merged model
+    for number in range(1, ROUNDS + 1):
+        readers = [i for i, r in point_share_reads if r == number]
+        # t combiners, not all m decryptors; each reads the m points (its own from its store),
+        # so the others' m - 1 cross the wire t times instead of m times.
+        assert len(set(readers)) == threshold
+        assert len(readers) == threshold * SITES
