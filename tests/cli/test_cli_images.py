@@ -43,7 +43,8 @@ def test_image_testnet_sites_read_class_folders_and_genesis_records_the_classes(
     assert sorted(p.name for p in Path(config.data.source).iterdir()) == DIGITS
     assert next((Path(config.data.source) / "3").glob("*.png")).is_file()
     genesis = Genesis.load(testnet / "genesis.cbor")
-    assert genesis.training.class_names == tuple(DIGITS)
+    assert genesis.data is not None
+    assert genesis.data.class_names == tuple(DIGITS)
     assert genesis.training.secure
     metrics = json.loads((site / "state" / "metrics.json").read_text())
     assert [r["kind"] for r in metrics["rounds"]] == ["training", "training"]  # standardize = "none"
