@@ -29,8 +29,8 @@ from crypto.identity import NodeId
 from crypto.quorum import min_contributions
 from models.optimizers import optimizer_named
 from models.rules import UnknownRuleError, rule_named
+from models.schema import DataSchema
 from models.structure import ModelTensor, check_structure_value
-from models.tables import DataSchema
 
 from .privacy_budget import gaussian_epsilon
 

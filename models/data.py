@@ -23,6 +23,8 @@ from typing import Final, Literal, final
 import numpy as np
 import numpy.typing as npt
 
+from .schema import one_hot_name
+
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
 LabelVector = npt.NDArray[np.int64]
@@ -292,11 +294,6 @@ def _strings_to_floats(
         raise
     _check_values(values, source, columns, rows, missing)
     return values.astype(np.float32)
-
-
-def one_hot_name(column: str, category: str) -> str:
-    """The feature name of one category's indicator column."""
-    return f"{column}={category}"
 
 
 def one_hot(

@@ -41,9 +41,10 @@ from crypto import cbor
 from crypto.errors import KeyFileError, ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from models.data import SKLEARN_DATASETS, DatasetError
+from models.schema import DataSchema
 from models.spec import ModelSpec, SpecError, logistic_regression, mlp
 from models.structure import spec_structure
-from models.tables import DataSchema, infer_schema
+from models.tables import infer_schema
 
 from .addresses import advertised_addresses, check_dialable, check_listen, circuit_address
 from .config import ConfigError, NodeConfig

@@ -19,8 +19,9 @@ import numpy.typing as npt
 
 from models.data import SKLEARN_DATASETS, Dataset, DatasetError, MissingFileError, save_npz
 from models.preprocess import PreprocessConfig
+from models.schema import CategoricalColumn, DataSchema
 from models.spec import ModelSpec
-from models.tables import CategoricalColumn, DataSchema, csv_categories, infer_schema
+from models.tables import csv_categories, infer_schema
 
 from .trainer import statistics_rounds_for
 

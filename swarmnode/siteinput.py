@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from models.data import Dataset, DatasetError
 from models.images import ImageAugmenter, load_image_folder
-from models.tables import DataSchema, load_aligned
+from models.schema import DataSchema
+from models.tables import load_aligned
 
 from .config import NodeConfig
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from consensus.genesis import DecryptionThreshold, FoundingMember, Genesis, JoinPolicy, Timeouts
 from crypto.identity import NodeId
-from models.tables import DataSchema
+from models.schema import DataSchema
 
 from .config import NodeConfig
 from .control import ControlError, request_control

@@ -18,9 +18,9 @@ from .scaffold import SetupError, SiteSettings
 
 if TYPE_CHECKING:
     from models.data import Dataset
+    from models.schema import DataSchema
     from models.spec import ModelSpec
     from models.splits import SiteSplit
-    from models.tables import DataSchema
 
 IMAGE_DATASETS: Final = {"digits-images": "digits"}  # name -> the bundled dataset drawn
 IMAGE_MODELS: Final = ("resnet18", "densenet121")
@@ -72,7 +72,7 @@ class ImageSites:
     def schema(self, spec: ModelSpec, class_names: tuple[str, ...]) -> DataSchema:
         """What genesis records of the image table: its pixel columns and the class folders."""
         from models.images import pixel_names
-        from models.tables import DataSchema
+        from models.schema import DataSchema
 
         assert spec.image_shape is not None  # `image_spec` gives every image kind one
         return DataSchema(feature_names=pixel_names(spec.image_shape), class_names=class_names)

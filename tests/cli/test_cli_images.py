@@ -115,7 +115,7 @@ def test_testnet_refuses_a_table_model_for_images_and_a_too_small_densenet(
 
 def test_a_table_whose_classes_are_not_the_genesis_classes_is_refused(testnet: Path) -> None:
     from models.data import DatasetError, load_dataset
-    from models.tables import DataSchema
+    from models.schema import DataSchema
     from swarmnode.siteinput import load_site_data
 
     path = testnet / "site0" / "site.toml"

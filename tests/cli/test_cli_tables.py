@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from consensus.genesis import Genesis
-from models.tables import CategoricalColumn, DataSchema
+from models.schema import CategoricalColumn, DataSchema
 from swarmnode.cli import main
 
 pytestmark = pytest.mark.timeout(180)

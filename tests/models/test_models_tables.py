@@ -12,11 +12,10 @@ import torch
 
 from models.data import MissingValueError, UnseenCategoryError, load_csv
 from models.preprocess import FeatureMoments, PreprocessConfig, Preprocessor
+from models.schema import CategoricalColumn, DataSchema
 from models.spec import logistic_regression
 from models.tables import (
-    CategoricalColumn,
     ColumnMismatchError,
-    DataSchema,
     UnknownClassError,
     align,
     infer_schema,
