@@ -24,7 +24,7 @@ from swarmnode.learners import SwarmSetupError
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import MergeResult, Node, SwarmStopped
 from swarmnode.simswarm import SwarmPlan
-from swarmnode.trainer import SwarmTrainer, initial_parameters
+from swarmnode.trainer import SwarmTrainer, initial_parameters, statistics_rounds_for
 
 SPEC = logistic_regression(1000, 2)  # 2002 parameters: enough coordinates to measure a variance
 SITES = 3
@@ -107,4 +107,8 @@ def test_a_private_swarm_refuses_swarm_standardisation_at_setup(tmp_path: Path) 
     with pytest.raises(SwarmSetupError, match=r'training\.privacy.*standardize = "local"'):
         SwarmTrainer.from_local_trainer(trainer("swarm"), genesis)
     SwarmTrainer.from_local_trainer(trainer("local"), genesis)
-    SwarmTrainer.from_local_trainer(trainer("swarm"), plan.genesis)  # without DP it is fine
+    # Without DP it is fine (a genesis that records swarm standardisation's statistics rounds).
+    rounds = statistics_rounds_for(spec, PreprocessConfig(standardize="swarm"))
+    stopping = replace(plan.genesis.training.stopping, statistics_rounds=rounds)
+    standardizing = replace(plan.genesis, training=replace(plan.genesis.training, stopping=stopping))
+    SwarmTrainer.from_local_trainer(trainer("swarm"), standardizing)
