@@ -50,7 +50,23 @@ class _Context(logging.Filter):
             # is stopping as asked, which is not an error; the message alone says enough.
             record.exc_info = None
             record.exc_text = None
+        if library and isinstance(record.args, tuple) and any(_cancelled_arg(a) for a in record.args):
+            # Its connection setup logs a cancelled upgrade with the traceback as an argument
+            # ("[ADDCONN_FAIL] ... Cancelled()\n<traceback>"): one line says enough.
+            record.msg = str(record.msg).replace("\n", " ")
+            record.args = tuple(_TRACEBACK_OMITTED if _traceback_text(a) else a for a in record.args)
         return True
+
+
+_TRACEBACK_OMITTED: Final = "(cancelled; traceback omitted)"
+
+
+def _cancelled_arg(arg: object) -> bool:
+    return isinstance(arg, BaseException) and _cancelled(arg)
+
+
+def _traceback_text(arg: object) -> bool:
+    return isinstance(arg, str) and "Traceback (most recent call last)" in arg
 
 
 def _cancelled(exc: BaseException | None) -> bool:

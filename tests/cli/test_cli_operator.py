@@ -160,6 +160,29 @@ def test_text_log_indents_a_traceback_under_its_timestamped_record() -> None:
     assert all(line.startswith("    ") for line in rest)
 
 
+@pytest.mark.usefixtures("restore_logging")
+def test_a_cancelled_libp2p_connection_setup_logs_one_line_without_its_traceback() -> None:
+    """Ctrl-C while a connection is being set up: py-libp2p logs the cancellation with the
+    traceback as a message argument. The site is stopping as asked, so one line, no traceback
+    (the CLI's Ctrl-C test asserts run.log holds none)."""
+    import trio
+
+    stream = io.StringIO()
+    setup_logging("info", log_format="text", site="hospital-a", stream=stream)
+    trace = "Traceback (most recent call last):\n  File x\ntrio.Cancelled: Cancelled"
+    cancelled = trio.Cancelled._create()  # trio's own constructor is private
+    logging.getLogger("libp2p.network.swarm").warning(
+        "[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s", "12D3KooWpeer", cancelled, trace
+    )
+    logging.getLogger("libp2p.network.swarm").warning(
+        "[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s", "12D3KooWpeer", ValueError("x"), trace
+    )
+    first, *rest = stream.getvalue().splitlines()
+    assert "[ADDCONN_FAIL]" in first and first.endswith("(cancelled; traceback omitted)")
+    assert "ADDCONN_FAIL" in rest[0]
+    assert any("Traceback (most recent call last)" in line for line in rest)  # a real failure keeps it
+
+
 # -- Prometheus -----------------------------------------------------------------------
 
 
