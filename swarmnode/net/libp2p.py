@@ -201,6 +201,7 @@ class Libp2pTransport(Transport):
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
         )
         self._blocked: frozenset[NodeId] = frozenset()  # fault injection: `partition`
+        self._barred_from_gossip: set[ID] = set()  # on pubsub's blacklist: see `_bar_from_gossip`
         self._handlers: dict[str, RequestHandler] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[Inbound]]] = {}
         self._address_book: dict[NodeId, tuple[str, ...]] = {}
@@ -374,7 +375,25 @@ class Libp2pTransport(Transport):
 
     def set_allowed_peers(self, peers: AbstractSet[NodeId]) -> None:
         self._allowed = frozenset(peers) | {self.node_id}
+        self._unbar_allowed()
         self._recheck_connections()
+
+    def _bar_from_gossip(self, peer_id: ID) -> None:
+        """Put `peer_id` on pubsub's blacklist while we may not talk to it.
+
+        Pubsub opens its stream to every connected peer and, when that fails while the peer
+        still looks connected, dials it again and again. Against a peer whose connections our
+        guard closes, that was a dial storm (hundreds a minute) that leaked py-libp2p's
+        per-peer connection slots until, minutes into a partition, no connection between the
+        two came up any more, also after it healed."""
+        if peer_id not in self._barred_from_gossip:
+            self._barred_from_gossip.add(peer_id)
+            self._pubsub.add_to_blacklist(peer_id)
+
+    def _unbar_allowed(self) -> None:
+        for peer_id in [p for p in self._barred_from_gossip if self._is_allowed(node_id_of(p))]:
+            self._barred_from_gossip.discard(peer_id)
+            self._pubsub.remove_from_blacklist(peer_id)
 
     def _recheck_connections(self) -> None:
         """Hand every open connection to the guard, which closes those no longer allowed."""
@@ -407,6 +426,9 @@ class Libp2pTransport(Transport):
             raise ValueError("a node cannot partition itself away")
         self._blocked = frozenset(blocked)
         log.warning("fault injection: partitioned from %s", sorted(p.short for p in self._blocked))
+        self._unbar_allowed()
+        for node in self._blocked:
+            self._bar_from_gossip(libp2p_id(node))
         self._recheck_connections()
 
     def heal(self) -> None:
@@ -415,6 +437,7 @@ class Libp2pTransport(Transport):
         healed, self._blocked = self._blocked, frozenset()
         for peer in healed:
             self._backoff.pop(peer, None)
+        self._unbar_allowed()
         if healed:
             log.warning("fault injection: healed, redialling %s", sorted(p.short for p in healed))
 
@@ -424,6 +447,7 @@ class Libp2pTransport(Transport):
             async for peer_id in self._guard_receive:
                 node = node_id_of(peer_id)
                 if not self._is_allowed(node) and not self.relay.is_relay(node):
+                    self._bar_from_gossip(peer_id)
                     nursery.start_soon(self._disconnect, peer_id)
 
     async def _disconnect(self, peer_id: ID) -> None:

@@ -11,10 +11,12 @@ node was started with ``SWARMNODE_FAULT_INJECTION=1``. The node-level scenarios 
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,7 +24,7 @@ import trio
 from crypto.identity import NodeId, NodeIdentity
 from swarmnode.control import CONTROL_FILE, ControlError, request_control, serve_control
 from swarmnode.net.base import BlobNotFound, Inbound, PeerUnreachable, TransportClosed
-from swarmnode.net.libp2p import Libp2pTransport, libp2p_id, open_libp2p_transport
+from swarmnode.net.libp2p import Libp2pTransport, libp2p_id, node_id_of, open_libp2p_transport
 from swarmnode.testing import make_identity, wait_until
 from swarmnode.testing.nodeproc import NodeProcess, spawn_node
 
@@ -162,6 +164,68 @@ async def test_one_sided_cut_refuses_the_other_sides_dials_and_gossip() -> None:
             await wait_until(lambda: b.node_id in a.peers(), timeout=30, what="reconnected after heal")
         with pytest.raises(TransportClosed):
             a.partition({b.node_id})
+
+
+def count_dials(transport: Libp2pTransport) -> collections.Counter[NodeId]:
+    """Every dial `transport`'s libp2p host makes from now on, by peer (any caller: ours,
+    pubsub's, the library's auto-connector)."""
+    dials: collections.Counter[NodeId] = collections.Counter()
+    network = transport._host.get_network()
+    dial_peer = network.dial_peer
+
+    async def counting(peer_id: Any, *args: Any, **kwargs: Any) -> Any:
+        node = node_id_of(peer_id)
+        if node is not None:
+            dials[node] += 1
+        return await dial_peer(peer_id, *args, **kwargs)
+
+    network.dial_peer = counting  # type: ignore[method-assign]
+    return dials
+
+
+async def test_a_peer_we_may_not_talk_to_is_not_redialled_by_gossip() -> None:
+    """A cut peer, or a non-member that dials us, must not make us dial it over and over.
+
+    py-libp2p's pubsub opens its stream to every connected peer and redials while that fails;
+    against a peer our guard disconnects, that was hundreds of dials a minute, and the
+    connection slots they leaked kept the two apart minutes after the cut healed (a 3+1
+    chaos run never caught up). Both attacks are the same loop: a cut peer, and an outsider
+    that connects to us only to have us dial it back."""
+    outsider = make_identity(9, "chaos-partition")
+    with trio.fail_after(120):
+        async with (
+            open_libp2p_transport(IDS[0], allowed_peers=MEMBERS) as a,
+            open_libp2p_transport(IDS[1], allowed_peers=MEMBERS, bootstrap=a.listen_addrs) as b,
+            open_libp2p_transport(
+                outsider, allowed_peers=MEMBERS | {outsider.node_id}, bootstrap=a.listen_addrs
+            ) as c,
+        ):
+            await a.subscribe(TOPIC)
+            await b.subscribe(TOPIC)
+            await c.subscribe(TOPIC)
+            await wait_until(lambda: b.node_id in a.peers(), what="a and b connected")
+            dials = count_dials(a)
+            a.partition({b.node_id})
+            b.partition({a.node_id})
+            for step in range(24):  # 6 s of traffic on both sides of the cut
+                for node in (a, b, c):
+                    await node.publish(TOPIC, f"{step}".encode())
+                await trio.sleep(0.25)
+            assert dials[b.node_id] <= 1, dials
+            assert dials[outsider.node_id] <= 1, dials
+            for node in (a, b):
+                node.heal()
+            await wait_until(
+                lambda: b.node_id in a.peers() and a.node_id in b.peers(), timeout=30, what="healed"
+            )
+            from_b = await a.subscribe(TOPIC + "/healed")
+            await b.subscribe(TOPIC + "/healed")
+            with trio.fail_after(30):  # gossip between the two flows again
+                while True:
+                    await b.publish(TOPIC + "/healed", b"again")
+                    with trio.move_on_after(0.5):
+                        if (await from_b.receive()).data == b"again":
+                            break
 
 
 # ---------------------------------------------------------------- control endpoint gating
