@@ -29,7 +29,6 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 
 from crypto.identity import NodeId
 
-from ..scaffold import node_id_from_peer_id
 from .libp2p_streams import node_id_of
 
 log = logging.getLogger("swarmnode.net.relay")
@@ -65,12 +64,12 @@ class MembersFile:
             if not line:
                 continue
             target = removed if line.startswith("-") else added
-            key = line.removeprefix("-").strip().partition("=")
-            peer_id = (key[2] if key[1] else key[0]).partition("@")[0].strip()
-            try:
-                target.add(node_id_from_peer_id(peer_id))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
+            # a member line: NAME=PEER_ID@ADDR,...; the peer id is between '=' and '@'
+            peer_id = line.removeprefix("-").partition("@")[0].rpartition("=")[2].strip()
+            node = _node_of_peer_id(peer_id)
+            if node is None:
+                raise ValueError(f"{path}:{number}: {peer_id!r} is not an Ed25519 peer id (12D3KooW...)")
+            target.add(node)
         return cls(frozenset(added), frozenset(removed))
 
 
@@ -155,6 +154,14 @@ class MemberHop(CircuitV2Protocol):
             log.warning("refused %s from %s: %s", what, asker, reason)
         await self._send_status(stream, StatusCode.PERMISSION_DENIED, "not a member of this swarm")
         return True
+
+
+def _node_of_peer_id(text: str) -> NodeId | None:
+    try:
+        node = node_id_of(ID.from_base58(text))
+    except Exception:  # not base58, or not a multihash
+        return None
+    return node if node is not None and node.peer_id == text else None
 
 
 def _named_peer(msg: HopMessage) -> ID | None:
