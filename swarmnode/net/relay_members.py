@@ -34,6 +34,9 @@ from .libp2p_streams import node_id_of
 log = logging.getLogger("swarmnode.net.relay")
 
 Admits = Callable[[NodeId], bool]
+# Refused peers are logged once each, up to this many: new keys cost an attacker nothing, so
+# neither the log nor the set of logged peers may grow without bound.
+MAX_REFUSALS_LOGGED: Final = 1000
 
 
 def refused_end(admits: Admits, ends: Sequence[NodeId | None]) -> int | None:
@@ -148,10 +151,13 @@ class MemberHop(CircuitV2Protocol):
         if index is None:
             return False
         culprit = str(ends[index]) if ends[index] is not None else "an unreadable peer id"
-        if culprit not in self._refused_logged:  # once per peer: a refused peer may retry every second
+        # once per peer: a refused peer may retry every second
+        if culprit not in self._refused_logged and len(self._refused_logged) < MAX_REFUSALS_LOGGED:
             self._refused_logged.add(culprit)
             reason = "not a member" if index == 0 else f"to {culprit}, which is not a member"
             log.warning("refused %s from %s: %s", what, asker, reason)
+            if len(self._refused_logged) == MAX_REFUSALS_LOGGED:
+                log.warning("refused %d peers; refusals of further peers are not logged", MAX_REFUSALS_LOGGED)
         await self._send_status(stream, StatusCode.PERMISSION_DENIED, "not a member of this swarm")
         return True
 
