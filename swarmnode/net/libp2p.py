@@ -195,7 +195,7 @@ class Libp2pTransport(Transport):
         self._pubsub = Pubsub(
             self._host, self._gossipsub, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096
         )
-        self.relay: Final = RelayClient(self._host, relays, serve=relay_service)
+        self.relay: Final = RelayClient(self._host, relays, serve=relay_service, admits=self._is_member)
         self._blobs = blob_store if blob_store is not None else BlobStore()
         self._allowed: frozenset[NodeId] | None = (
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}

@@ -8,7 +8,8 @@ failed-dial cache first). The site advertises ``<relay>/p2p-circuit`` addresses 
 swarm's own `connect` drops every ``/p2p-circuit`` address. Noise and Yamux run end to end
 through the relay, so a relay forwards bytes it cannot read.
 
-A site with ``relay_service = true`` also serves the hop role, within `RELAY_LIMITS`.
+A site with ``relay_service = true`` also serves the hop role, within `RELAY_LIMITS`, for
+members only (`swarmnode.net.relay_members.MemberHop`).
 Every site answers STOP (an incoming relayed connection) and can dial circuits.
 """
 
@@ -27,7 +28,6 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
-from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
@@ -36,6 +36,7 @@ from crypto.identity import NodeId
 
 from ..addresses import CIRCUIT
 from .libp2p_streams import close_quietly, forget_failed_dials, libp2p_id, parse_peer_multiaddr
+from .relay_members import Admits, MemberHop
 
 log = logging.getLogger("swarmnode.net.libp2p")
 
@@ -51,14 +52,15 @@ RELAY_LIMITS: Final = RelayLimits(
 
 class RelayClient:
     """The relay roles of one host: STOP and dialling always, reservations on `relays`,
-    hop if `serve`. Run `run` once the host listens."""
+    hop if `serve` (reservations and circuits only for peers `admits`). Run `run` once the
+    host listens."""
 
-    def __init__(self, host: IHost, relays: Sequence[str], *, serve: bool) -> None:
+    def __init__(self, host: IHost, relays: Sequence[str], *, serve: bool, admits: Admits) -> None:
         self._host = host
         self.relays: Final = tuple(parse_peer_multiaddr(address) for address in relays)
         self.relay_nodes: Final = frozenset(node for node, _ in self.relays)
         self.serves: Final = serve
-        self._protocol = CircuitV2Protocol(host, limits=RELAY_LIMITS, allow_hop=serve)
+        self._protocol = MemberHop(host, limits=RELAY_LIMITS, allow_hop=serve, admits=admits)
         roles = RelayRole.STOP | RelayRole.CLIENT | (RelayRole.HOP if serve else RelayRole(0))
         self._transport = CircuitV2Transport(host, self._protocol, RelayConfig(roles=roles))
         # Hole punching: every 2 s DCUtR tries to replace each relayed connection by a direct one

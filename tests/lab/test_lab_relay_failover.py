@@ -4,9 +4,9 @@ The lab (tests/lab/conftest.py, `two_relay_lab`): members site0 (public, relayin
 ``network.relay_service``) and site1 (public); a `swarmnode relay` process (the organiser's,
 no member, no ledger) on a third public host; members site3 and site4 each behind a
 symmetric NAT (so no hole punch replaces their relayed connection) with an outbound-only
-firewall, reserving on both relays, the relay process first (so the
-NATed sites reach each other through it). Once a round merged, the relay process is
-SIGKILLed: the NATed sites keep their reservations on site0, are dialled through it, and
+firewall, reserving on both relays, the relay process first (so the NATed sites reach
+each other through it; it serves the genesis members). Once a round merged, the relay
+process is SIGKILLed: the NATed sites keep their reservations on site0, are dialled through it, and
 contribute to every round that merges after the kill; every site ends with the same model.
 """
 
@@ -60,8 +60,8 @@ def test_natted_sites_keep_contributing_after_a_relay_is_killed(
             two_relay_lab.exec_in(
                 relay_host,
                 *swarmnode_command(
-                    "relay", "--key-file", str(relay_key), "--listen", relay_host.address,
-                    "--port", str(PORT), "--advertise", relay_host.address,
+                    "relay", "--key-file", str(relay_key), "--genesis", str(tmp_path / "genesis.cbor"),
+                    "--listen", relay_host.address, "--port", str(PORT), "--advertise", relay_host.address,
                 ),
             ),
         )  # fmt: skip
