@@ -496,7 +496,26 @@ def report(
         + "\n"
     )
     print(f"written: {out}")
+    if not ok:
+        print_log_tails(swarm)
     return 0 if ok else 1
+
+
+def print_log_tails(swarm: Swarm, lines: int = 15) -> None:
+    """The last lines our own loggers wrote on each site: a failed run in CI leaves no workdir
+    behind, so what each site was waiting for must be in the console output."""
+    for site in swarm.plan.sites:
+        if swarm.starts[site.name] == 0:
+            continue
+        path = site.directory / f"run{swarm.starts[site.name]}.log"
+        ours = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if " swarmnode." in line or " consensus." in line
+        ]
+        print(f"--- {site.name}: last {min(lines, len(ours))} lines of {path.name} (ours only)")
+        for line in ours[-lines:]:
+            print(f"    {line[:240]}")
 
 
 def main() -> int:
