@@ -59,6 +59,7 @@ from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
+from swarmnode.testing.epochs import placeholder_epoch_blocks
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"node %d" % i).digest()) for i in range(8)]
 NODES = [i.node_id for i in IDENTITIES]
@@ -135,25 +136,9 @@ class Chain:
         return self.contract.round
 
     def complete_epoch(self) -> None:
-        epoch = self.contract.key_epoch()
-        for node in epoch.members:
-            self.ok(node, EpochPublicShare(epoch=epoch.number, share_hash=digest(("pk", epoch.number, node))))
-        txs = [
-            self.tx(node, EpochSealedShares(epoch=epoch.number, shares_hash=digest(("sealed", node))))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
-        fingerprint = placeholder_fingerprint(epoch.threshold)
-        txs = [
-            self.tx(node, EpochFingerprint(epoch=epoch.number, fingerprint=fingerprint))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
-        txs = [
-            self.tx(node, EpochComplete(epoch=epoch.number, collective_key_hash=digest(("ck", epoch.number))))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
+        for block in placeholder_epoch_blocks(self.contract.key_epoch()):
+            txs = [self.tx(node, body) for node, body in block]
+            assert self.block(*txs) == (None,) * len(txs)
         assert self.contract.key_epoch().complete
 
     def all_ready(self, nodes: Sequence[NodeId] | None = None, metric: float | None = 0.5) -> None:

@@ -28,10 +28,6 @@ from consensus.transactions import (
     AggregateVerdict,
     Contribution,
     DecryptionShare,
-    EpochComplete,
-    EpochFingerprint,
-    EpochPublicShare,
-    EpochSealedShares,
     MergedModel,
     Phase,
     PhaseTimeout,
@@ -42,13 +38,14 @@ from consensus.transactions import (
 from crypto import secure_merge as sm
 from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Node
 from swarmnode.round import MakeDecryptionShare
 from swarmnode.sharelog import ShareLog
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.epochs import placeholder_epoch_blocks
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"active member %d" % i).digest()) for i in range(5)]
 NODES = sorted((i.node_id for i in IDENTITIES), key=lambda n: n.public_key)  # the rotation order
@@ -90,12 +87,8 @@ class Chain:
         assert self.block(txs) == (None,) * len(txs)
 
     def complete_epoch(self) -> None:
-        e = self.contract.key_epoch()
-        self.ok([(n, EpochPublicShare(epoch=e.number, share_hash=sha(("pk", n)))) for n in e.members])
-        self.ok([(n, EpochSealedShares(epoch=e.number, shares_hash=sha(("s", n)))) for n in e.members])
-        fingerprint = placeholder_fingerprint(e.threshold)
-        self.ok([(n, EpochFingerprint(epoch=e.number, fingerprint=fingerprint)) for n in e.members])
-        self.ok([(n, EpochComplete(epoch=e.number, collective_key_hash=sha("ck"))) for n in e.members])
+        for block in placeholder_epoch_blocks(self.contract.key_epoch()):
+            self.ok(block)
 
     def ready(self, nodes: Sequence[NodeId]) -> None:
         self.ok([(n, Ready(round=self.round.number, weight=10, val_metric=0.5)) for n in nodes])
