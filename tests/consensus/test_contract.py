@@ -59,7 +59,7 @@ from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
-from swarmnode.testing.epochs import placeholder_epoch_blocks
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"node %d" % i).digest()) for i in range(8)]
 NODES = [i.node_id for i in IDENTITIES]

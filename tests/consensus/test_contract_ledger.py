@@ -28,7 +28,7 @@ from consensus.transactions import (
 )
 from consensus.verify import verify_chain
 from crypto.identity import NodeId
-from swarmnode.testing.epochs import placeholder_epoch_blocks
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 
 def digest(label: object) -> bytes:

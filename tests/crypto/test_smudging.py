@@ -41,7 +41,7 @@ from crypto.ckks import CkksParams
 from crypto.identity import NodeIdentity
 from crypto.smudging import DEFAULT_BUDGET, SmudgingBudget, gaussian_noise
 from crypto.testing import round_binding, run_key_epoch
-from swarmnode.testing.epochs import placeholder_epoch_blocks
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 SIGMA = smudging.sampler_sigma(68)
 DRAWS = 1_000_000

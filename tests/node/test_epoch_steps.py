@@ -28,7 +28,7 @@ from swarmnode.round import (
     epoch_stage,
     reconcile,
 )
-from swarmnode.testing.epochs import placeholder_epoch_blocks
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 IDS = sorted(
     (NodeIdentity.from_seed(hashlib.sha256(f"epoch-steps/{i}".encode()).digest()) for i in range(4)),

@@ -72,7 +72,7 @@ from crypto.rns import add_mod_into
 from crypto.testing import round_binding, run_key_epoch
 from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, EpochKeys, PublicKeyShare
 from swarmnode.net.memory import open_memory_network
-from swarmnode.testing.epochs import placeholder_epoch_blocks
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
     from conftest import ContractKit
