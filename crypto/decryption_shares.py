@@ -8,7 +8,7 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, final
+from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from .errors import InvalidDecryptionShare
 from .identity import NodeId
 from .rns import U64, add_mod, column, scalar_operand, shoup_mul, signed_split_residues
 from .smudging import RandomBytes, SmudgingBudget, gaussian_noise
+
+if TYPE_CHECKING:  # pointshare imports this module
+    from .pointshare import PointShareHeader
 
 _SHARE_MAGIC: Final = b"SND1"
 
@@ -78,24 +81,9 @@ class DecryptionShareHeader:
     chunks: int
 
 
-class ShareHeader(Protocol):
-    """What `check_share_header` reads of a share's header (decryption or point share)."""
-
-    @property
-    def version(self) -> int: ...
-    @property
-    def parms_id(self) -> bytes: ...
-    @property
-    def epoch(self) -> bytes: ...
-    @property
-    def aggregate(self) -> bytes: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def chunks(self) -> int: ...
-
-
-def check_share_header(ctx: CkksContext, header: ShareHeader, kind: str, *, maker_error: str | None) -> None:
+def check_share_header(
+    ctx: CkksContext, header: DecryptionShareHeader | PointShareHeader, kind: str, *, maker_error: str | None
+) -> None:
     """`InvalidDecryptionShare` unless `header` (of a `kind` share) is for `ctx`'s version and
     parameters, has a full epoch id and aggregate digest, and a length and shape `ctx` can
     hold; `maker_error`, the caller's verdict on the maker's point, is raised before the shape."""
