@@ -206,6 +206,10 @@ class Chain:
     def full_round(self, metric: float | None = 0.5) -> bytes:
         self.all_ready(metric=metric)
         assert self.round.phase == Phase.CONTRIBUTE
+        return self.finish_round()
+
+    def finish_round(self) -> bytes:
+        """The started round, every step honest: contributions through the merged model."""
         self.contribute()
         self.aggregate()
         self.verify()
@@ -288,11 +292,7 @@ def test_app_hash_commits_to_the_history() -> None:
         number = chain.round.number
         txs = [chain.tx(n, Ready(round=number, weight=weight, val_metric=0.5)) for n in NODES[:4]]
         assert chain.block(*txs) == (None,) * 4
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
         return chain.contract
 
     a, b = one_round(weight=10), one_round(weight=11)
@@ -501,11 +501,7 @@ def test_every_round_gets_its_own_ledger_nonce_fixed_when_it_starts() -> None:
         chain.all_ready()
         nonce = chain.round.nonce
         assert len(nonce) == 32
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
         assert chain.contract.history()[-1].nonce == nonce
         nonces.append(nonce)
     assert len(set(nonces)) == 3
@@ -831,11 +827,7 @@ def test_median_of_reported_metrics() -> None:
         for n, m in zip(NODES, [0.1, 0.9, 0.3, None], strict=False)
     ]
     assert chain.block(*txs) == (None,) * 4
-    chain.contribute()
-    chain.aggregate()
-    chain.verify()
-    chain.decrypt()
-    chain.merge()
+    chain.finish_round()
     assert chain.contract.history()[-1].median_metric == 0.3
 
 
@@ -1123,11 +1115,7 @@ def test_privacy_refuses_any_weight_but_one_and_stops_before_the_epsilon_budget(
         assert chain.contract.stopped is None
         txs = [chain.tx(n, Ready(round=chain.round.number, weight=1)) for n in NODES[:4]]
         assert chain.block(*txs) == (None,) * 4
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
     stop = chain.contract.stopped
     assert stop is not None
     assert stop.merged_rounds == 4
