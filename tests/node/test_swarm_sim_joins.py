@@ -63,10 +63,7 @@ async def test_an_admitted_joiner_that_falls_behind_stalls_the_founders_only_unt
     async with open_memory_network(seed=7) as net:
 
         async def run(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net) as node:
                 nodes[i] = node
                 final = await merge_loop(i, node, results[i])
                 assert final is not None
@@ -122,10 +119,7 @@ async def test_a_member_removed_by_vote_has_no_place_in_the_next_key_epoch(
     async with open_memory_network(seed=8) as net:
 
         async def run(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net) as node:
                 nodes[i] = node
                 if i == 3:
                     await node.wait_for(lambda c: not c.is_member(target))
