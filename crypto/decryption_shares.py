@@ -8,7 +8,7 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from .errors import InvalidDecryptionShare
 from .identity import NodeId
 from .rns import U64, add_mod, column, scalar_operand, shoup_mul, signed_split_residues
 from .smudging import RandomBytes, SmudgingBudget, gaussian_noise
+
+if TYPE_CHECKING:  # pointshare imports this module
+    from .pointshare import PointShareHeader
 
 _SHARE_MAGIC: Final = b"SND1"
 
@@ -78,6 +81,22 @@ class DecryptionShareHeader:
     chunks: int
 
 
+def check_share_header(
+    ctx: CkksContext, header: DecryptionShareHeader | PointShareHeader, kind: str, *, maker_error: str | None
+) -> None:
+    """`InvalidDecryptionShare` unless `header` (of a `kind` share) is for `ctx`'s version and
+    parameters, has a full epoch id and aggregate digest, and a length and shape `ctx` can
+    hold; `maker_error`, the caller's verdict on the maker's point, is raised before the shape."""
+    if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
+        raise InvalidDecryptionShare(f"{kind} for another version or parameters")
+    if len(header.epoch) != EPOCH_ID_SIZE or len(header.aggregate) != 32:
+        raise InvalidDecryptionShare(f"{kind}: bad epoch id or aggregate digest size")
+    if maker_error is not None:
+        raise InvalidDecryptionShare(maker_error)
+    if not 0 < header.length <= MAX_VALUES or header.chunks != chunk_count(ctx.params, header.length):
+        raise InvalidDecryptionShare(f"{kind} length/shape mismatch")
+
+
 @final
 class DecryptionShare:
     """One member's decryption share of an aggregate for a decrypt set (a content-addressed blob).
@@ -110,14 +129,14 @@ class DecryptionShare:
         """Decode and validate; raise `InvalidDecryptionShare` on bad input."""
         header, body = decode_blob(_SHARE_MAGIC, DecryptionShareHeader, data, InvalidDecryptionShare)
         t = header.decrypt_set
-        if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
-            raise InvalidDecryptionShare("decryption share for another version or parameters")
-        if len(header.epoch) != EPOCH_ID_SIZE or len(header.aggregate) != 32:
-            raise InvalidDecryptionShare("bad epoch id or aggregate digest size")
-        if not t or any(b <= a for a, b in itertools.pairwise(t)) or t[0] < 1 or header.member not in t:
-            raise InvalidDecryptionShare("decrypt set must be increasing positive points including the maker")
-        if not 0 < header.length <= MAX_VALUES or header.chunks != chunk_count(ctx.params, header.length):
-            raise InvalidDecryptionShare("decryption share length/shape mismatch")
+        check_share_header(
+            ctx,
+            header,
+            "decryption share",
+            maker_error=None
+            if t and all(b > a for a, b in itertools.pairwise(t)) and t[0] >= 1 and header.member in t
+            else "decrypt set must be increasing positive points including the maker",
+        )
         expected = rescaled_body_size(ctx.params, header.length)
         if len(body) != expected:
             raise InvalidDecryptionShare(f"decryption share body has {len(body)} bytes, expected {expected}")

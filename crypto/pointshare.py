@@ -50,7 +50,6 @@ import numpy as np
 from .ckks import (
     BATCH_CHUNKS,
     F64,
-    MAX_VALUES,
     WIRE_VERSION,
     CkksContext,
     EncryptedVector,
@@ -62,6 +61,7 @@ from .ckks import (
     split_weight,
     unpack60,
 )
+from .decryption_shares import check_share_header
 from .errors import InvalidDecryptionShare
 from .prss import DEFAULT_NOISE, NoiseSampler, PrssKeys, noise_point
 from .rns import (
@@ -74,7 +74,6 @@ from .rns import (
     shoup_mul,
 )
 from .threshold import (
-    EPOCH_ID_SIZE,
     DecryptionRefused,
     EpochKeys,
     EpochSpec,
@@ -173,14 +172,14 @@ class PointShare:
         ``check_body=False`` checks the header and sizes but not that every residue is below
         its prime: for reading the header of a share that is combined (checked) later."""
         header, body = decode_blob(_POINT_MAGIC, PointShareHeader, data, InvalidDecryptionShare)
-        if header.version != WIRE_VERSION or header.parms_id != ctx.parms_id:
-            raise InvalidDecryptionShare("point share for another version or parameters")
-        if len(header.epoch) != EPOCH_ID_SIZE or len(header.aggregate) != 32:
-            raise InvalidDecryptionShare("point share: bad epoch id or aggregate digest size")
-        if header.member < 1:
-            raise InvalidDecryptionShare(f"point share of point {header.member}: points start at 1")
-        if not 0 < header.length <= MAX_VALUES or header.chunks != chunk_count(ctx.params, header.length):
-            raise InvalidDecryptionShare("point share length/shape mismatch")
+        check_share_header(
+            ctx,
+            header,
+            "point share",
+            maker_error=None
+            if header.member >= 1
+            else f"point share of point {header.member}: points start at 1",
+        )
         expected = point_body_size(ctx, header.length)
         if len(body) != expected:
             raise InvalidDecryptionShare(f"point share body has {len(body)} bytes, expected {expected}")

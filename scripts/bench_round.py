@@ -50,7 +50,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,23 +67,13 @@ sys.path.insert(0, str(REPO / "scripts"))
 from _bench_round_node import union_spans  # noqa: E402
 from _provenance import finish, machine  # noqa: E402
 
+from swarmnode.testnet import free_ports  # noqa: E402
+
 HIDDEN: Final = {"10k": 85, "100k": 300, "1M": 983}
 RESNET_SIZES: Final = ("11M", "resnet-smoke")  # `scripts/_bench_models.py`
 CRYPTO_PHASES: Final = ("encrypt", "transfer", "aggregate", "decryption_share", "combine")
 ANCHOR: Final = REPO.parent / "shared" / "anchors" / "flower"
 JsonDict = dict[str, Any]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def n_params(hidden: int) -> int:
@@ -112,60 +101,92 @@ def run_processes(n: int, size: str, mode: str, rounds: int, timeout: float) -> 
     ports = free_ports(n)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="bench-round-", dir=shm) as root:
-        procs = []
-        logs = []
+        commands = [node_command(i, n, size, mode, rounds, ports, root) for i in range(n)]
         try:
-            for i in range(n):
-                log = open(Path(root) / f"node{i}.err", "w+b")  # noqa: SIM115
-                logs.append(log)
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            str(REPO / "scripts" / "_bench_round_node.py"),
-                            "--index",
-                            str(i),
-                            "--n",
-                            str(n),
-                            *model_args(size),
-                            "--mode",
-                            mode,
-                            "--rounds",
-                            str(rounds),
-                            "--ports",
-                            ",".join(map(str, ports)),
-                            "--root",
-                            root,
-                            "--train",
-                        ],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=log,
-                        start_new_session=True,
-                    )
-                )
-            outputs = collect_outputs(procs, timeout)
-        except subprocess.TimeoutExpired:
-            tails = []
-            for log in logs:
-                log.seek(0)
-                tails.append(log.read().decode(errors="replace")[-600:])
-            return {
-                "n": n,
-                "size": size,
-                "mode": mode,
-                "error": f"timeout after {timeout:g} s",
-                "logs": tails,
-            }
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-            for log in logs:
-                log.close()
-    events = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
+            events = run_node_processes(commands, root, timeout)
+        except NodesTimedOut as timed_out:
+            return timed_out.result(n, size, mode)
     return summarise_rounds(n, size, mode, [e for e in events if e["ev"] == "round"])
+
+
+def node_command(
+    index: int,
+    n: int,
+    size: str,
+    mode: str,
+    rounds: int,
+    ports: Sequence[int],
+    root: str,
+    hosts: Sequence[str] = (),
+) -> list[str]:
+    """The `scripts/_bench_round_node.py` command line of node `index` (libp2p on 127.0.0.1
+    unless `hosts` gives every node's address)."""
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "_bench_round_node.py"),
+        "--index",
+        str(index),
+        "--n",
+        str(n),
+        *model_args(size),
+        "--mode",
+        mode,
+        "--rounds",
+        str(rounds),
+        "--ports",
+        ",".join(map(str, ports)),
+    ]
+    if hosts:
+        command += ["--hosts", ",".join(hosts)]
+    return [*command, "--root", root, "--train"]
+
+
+class NodesTimedOut(Exception):
+    """Some node did not finish its rounds in time; holds the end of every node's stderr."""
+
+    def __init__(self, timeout: float, log_tails: list[str]) -> None:
+        super().__init__(f"timeout after {timeout:g} s")
+        self.log_tails = log_tails
+
+    def result(self, n: int, size: str, mode: str) -> JsonDict:
+        """The run's JSON row in place of its summary."""
+        return {"n": n, "size": size, "mode": mode, "error": str(self), "logs": self.log_tails}
+
+
+def run_node_processes(commands: Sequence[Sequence[str]], root: str, timeout: float) -> list[JsonDict]:
+    """Starts one node process per command (stderr to `root`/node<i>.err) and returns the JSON
+    events all of them printed; NodesTimedOut if one has not finished after `timeout` s. Every
+    process still running at the end is killed with its process group."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for i, command in enumerate(commands):
+            log = open(Path(root) / f"node{i}.err", "w+b")  # noqa: SIM115
+            logs.append(log)
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
+        outputs = collect_outputs(procs, timeout)
+    except subprocess.TimeoutExpired:
+        tails = []
+        for log in logs:
+            log.seek(0)
+            tails.append(log.read().decode(errors="replace")[-600:])
+        raise NodesTimedOut(timeout, tails) from None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        for log in logs:
+            log.close()
+    return [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
 
 
 def collect_outputs(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[str]:

@@ -46,7 +46,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from _provenance import finish, machine  # noqa: E402
-from bench_round import ANCHOR, HIDDEN, collect_outputs, n_params, ratio, summarise_rounds  # noqa: E402
+from bench_round import (  # noqa: E402
+    ANCHOR,
+    HIDDEN,
+    NodesTimedOut,
+    n_params,
+    node_command,
+    ratio,
+    run_node_processes,
+    summarise_rounds,
+)
 
 from swarmnode.testing.linkshape import HUB_ADDRESS, LinkShape, hub_site  # noqa: E402
 from swarmnode.testing.netlab import LabSite, NetLab  # noqa: E402
@@ -126,66 +135,17 @@ def _tx_bytes(path: str) -> int:
 def run_nodes(lab: NetLab, size: str, mode: str, rounds: int, timeout: float) -> JsonDict:
     """One node process per site namespace, `rounds` rounds (the first is the warm-up)."""
     n = len(lab.sites)
-    hosts = ",".join(site.address for site in lab.sites)
+    hosts = [site.address for site in lab.sites]
     with tempfile.TemporaryDirectory(prefix="bench-wan-", dir="/dev/shm") as root:
-        procs: list[subprocess.Popen[bytes]] = []
-        logs = []
+        commands = [
+            lab.exec_in(site, *node_command(i, n, size, mode, rounds, [NODE_PORT] * n, root, hosts))
+            for i, site in enumerate(lab.sites)
+        ]
         try:
             with LinkMeter(lab.sites) as meter:
-                for i, site in enumerate(lab.sites):
-                    log = open(Path(root) / f"node{i}.err", "w+b")  # noqa: SIM115
-                    logs.append(log)
-                    command = [
-                        sys.executable,
-                        str(REPO / "scripts" / "_bench_round_node.py"),
-                        "--index",
-                        str(i),
-                        "--n",
-                        str(n),
-                        "--hidden",
-                        str(HIDDEN[size]),
-                        "--mode",
-                        mode,
-                        "--rounds",
-                        str(rounds),
-                        "--ports",
-                        ",".join([str(NODE_PORT)] * n),
-                        "--hosts",
-                        hosts,
-                        "--root",
-                        root,
-                        "--train",
-                    ]
-                    procs.append(
-                        subprocess.Popen(
-                            lab.exec_in(site, *command),
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            stderr=log,
-                            start_new_session=True,
-                        )
-                    )
-                outputs = collect_outputs(procs, timeout)
-        except subprocess.TimeoutExpired:
-            tails = []
-            for log in logs:
-                log.seek(0)
-                tails.append(log.read().decode(errors="replace")[-600:])
-            return {
-                "n": n,
-                "size": size,
-                "mode": mode,
-                "error": f"timeout after {timeout:g} s",
-                "logs": tails,
-            }
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-            for log in logs:
-                log.close()
-    events = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
+                events = run_node_processes(commands, root, timeout)
+        except NodesTimedOut as timed_out:
+            return timed_out.result(n, size, mode)
     rounds_ev = [e for e in events if e["ev"] == "round"]
     result = summarise_rounds(n, size, mode, rounds_ev)
     for row in result["rounds"]:

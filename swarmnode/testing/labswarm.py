@@ -1,5 +1,6 @@
-"""A swarm laid out in the network lab (`swarmnode.testing.netlab`): genesis, site directories
-and what tests read back from a site's stored ledger.
+"""A swarm of node processes written to disk: genesis, site directories and what tests read
+back from a site's stored ledger. `write_swarm` lays out any founding sites (on 127.0.0.1 or
+in the network lab, `swarmnode.testing.netlab`); `write_lab_swarm` lays out lab members.
 
     members = [LabMember("site0", lab.sites[0], relay_service=True), ...]
     configs = write_lab_swarm(tmp_path, members, rounds=4)
@@ -20,7 +21,15 @@ from pathlib import Path
 from typing import Final, cast
 
 from consensus.contract import Contract
-from consensus.genesis import FoundingMember, Genesis, JoinPolicy, StoppingRule, Timeouts, TrainingParams
+from consensus.genesis import (
+    DecryptionThreshold,
+    FoundingMember,
+    Genesis,
+    JoinPolicy,
+    StoppingRule,
+    Timeouts,
+    TrainingParams,
+)
 from consensus.store import LedgerStore, recover
 from crypto.identity import NodeIdentity
 from models import logistic_regression
@@ -32,17 +41,18 @@ PORT: Final = 7000
 PHASE_TIMEOUT_S: Final = 60.0
 
 
-def lab_site_toml(
+def site_toml(
     name: str,
     listen: str,
     *,
     seed: int,
+    port: int = PORT,
     bootstrap: Sequence[str] = (),
     relays: Sequence[str] = (),
     relay_service: bool = False,
     extra: str = "",
 ) -> str:
-    """A site.toml for a lab site listening on `listen`:`PORT` (breast cancer, logistic regression)."""
+    """A site.toml for a site listening on `listen`:`port` (breast cancer, logistic regression)."""
     return f"""
 [node]
 name = "{name}"
@@ -51,7 +61,7 @@ storage_dir = "state"
 
 [network]
 listen = "{listen}"
-port = {PORT}
+port = {port}
 bootstrap = [{", ".join(f'"{b}"' for b in bootstrap)}]
 relay_service = {"true" if relay_service else "false"}
 relays = [{", ".join(f'"{r}"' for r in relays)}]
@@ -99,26 +109,39 @@ class LabMember:
         return (f"/ip4/{self.site.address}/tcp/{PORT}",)
 
 
-def write_lab_swarm(
+@dataclass(frozen=True)
+class SwarmSite:
+    """One founding site as `write_swarm` writes it."""
+
+    name: str
+    identity: NodeIdentity
+    addresses: tuple[str, ...]  # in genesis
+    site_toml: str
+
+
+def write_swarm(
     root: Path,
-    members: Sequence[LabMember],
+    sites: Sequence[SwarmSite],
     *,
+    name: str,
     rounds: int,
+    threshold: DecryptionThreshold | None = None,
     key_epoch_timeout: float = 300.0,
     join_policy: JoinPolicy | None = None,
-    extra_toml: str = "",
 ) -> list[Path]:
-    """The genesis and every member's site directory; the site.toml paths, in `members` order.
-    Members behind NAT bootstrap from every public member; public ones find each other in genesis."""
+    """The genesis (logistic regression on 30 features, every phase `PHASE_TIMEOUT_S`) and every
+    site's directory with its key and site.toml; the site.toml paths, in `sites` order."""
     spec = logistic_regression(30, 2)
     Genesis(
-        name="lab",
+        name=name,
         members=tuple(
-            FoundingMember(name=m.name, node_id=m.identity.node_id, addresses=m.addresses) for m in members
+            FoundingMember(name=site.name, node_id=site.identity.node_id, addresses=site.addresses)
+            for site in sites
         ),
         training=TrainingParams(
             model_spec_hash=spec.spec_hash(),
             min_peers=2,
+            threshold=threshold or DecryptionThreshold(),
             timeouts=Timeouts(
                 ready_wait=PHASE_TIMEOUT_S,
                 contribute=PHASE_TIMEOUT_S,
@@ -131,24 +154,48 @@ def write_lab_swarm(
         ),
         join_policy=join_policy or JoinPolicy(),
     ).save(root / "genesis.cbor")
-    public = [m.peer_address for m in members if not m.site.natted]
     configs = []
-    for seed, member in enumerate(members):
-        directory = root / member.name
+    for site in sites:
+        directory = root / site.name
         directory.mkdir()
-        member.identity.save(directory / "node.key")
-        text = lab_site_toml(
-            member.name,
-            member.site.address,
-            seed=seed,
-            bootstrap=public if member.site.natted else (),
-            relays=member.relays,
-            relay_service=member.relay_service,
-            extra=extra_toml,
-        )
-        (directory / "site.toml").write_text(text)
+        site.identity.save(directory / "node.key")
+        (directory / "site.toml").write_text(site.site_toml)
         configs.append(directory / "site.toml")
     return configs
+
+
+def write_lab_swarm(
+    root: Path,
+    members: Sequence[LabMember],
+    *,
+    rounds: int,
+    key_epoch_timeout: float = 300.0,
+    join_policy: JoinPolicy | None = None,
+    extra_toml: str = "",
+) -> list[Path]:
+    """`write_swarm` for lab members. Members behind NAT bootstrap from every public member;
+    public ones find each other in genesis."""
+    public = [m.peer_address for m in members if not m.site.natted]
+    sites = [
+        SwarmSite(
+            member.name,
+            member.identity,
+            member.addresses,
+            site_toml(
+                member.name,
+                member.site.address,
+                seed=seed,
+                bootstrap=public if member.site.natted else (),
+                relays=member.relays,
+                relay_service=member.relay_service,
+                extra=extra_toml,
+            ),
+        )
+        for seed, member in enumerate(members)
+    ]
+    return write_swarm(
+        root, sites, name="lab", rounds=rounds, key_epoch_timeout=key_epoch_timeout, join_policy=join_policy
+    )
 
 
 def swarmnode_command(*args: str) -> list[str]:

@@ -59,6 +59,7 @@ from crypto import cbor
 from crypto.errors import ProtocolError
 from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"node %d" % i).digest()) for i in range(8)]
 NODES = [i.node_id for i in IDENTITIES]
@@ -135,25 +136,9 @@ class Chain:
         return self.contract.round
 
     def complete_epoch(self) -> None:
-        epoch = self.contract.key_epoch()
-        for node in epoch.members:
-            self.ok(node, EpochPublicShare(epoch=epoch.number, share_hash=digest(("pk", epoch.number, node))))
-        txs = [
-            self.tx(node, EpochSealedShares(epoch=epoch.number, shares_hash=digest(("sealed", node))))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
-        fingerprint = placeholder_fingerprint(epoch.threshold)
-        txs = [
-            self.tx(node, EpochFingerprint(epoch=epoch.number, fingerprint=fingerprint))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
-        txs = [
-            self.tx(node, EpochComplete(epoch=epoch.number, collective_key_hash=digest(("ck", epoch.number))))
-            for node in epoch.members
-        ]
-        assert self.block(*txs) == (None,) * len(txs)
+        for block in placeholder_epoch_blocks(self.contract.key_epoch()):
+            txs = [self.tx(node, body) for node, body in block]
+            assert self.block(*txs) == (None,) * len(txs)
         assert self.contract.key_epoch().complete
 
     def all_ready(self, nodes: Sequence[NodeId] | None = None, metric: float | None = 0.5) -> None:
@@ -221,6 +206,10 @@ class Chain:
     def full_round(self, metric: float | None = 0.5) -> bytes:
         self.all_ready(metric=metric)
         assert self.round.phase == Phase.CONTRIBUTE
+        return self.finish_round()
+
+    def finish_round(self) -> bytes:
+        """The started round, every step honest: contributions through the merged model."""
         self.contribute()
         self.aggregate()
         self.verify()
@@ -303,11 +292,7 @@ def test_app_hash_commits_to_the_history() -> None:
         number = chain.round.number
         txs = [chain.tx(n, Ready(round=number, weight=weight, val_metric=0.5)) for n in NODES[:4]]
         assert chain.block(*txs) == (None,) * 4
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
         return chain.contract
 
     a, b = one_round(weight=10), one_round(weight=11)
@@ -516,11 +501,7 @@ def test_every_round_gets_its_own_ledger_nonce_fixed_when_it_starts() -> None:
         chain.all_ready()
         nonce = chain.round.nonce
         assert len(nonce) == 32
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
         assert chain.contract.history()[-1].nonce == nonce
         nonces.append(nonce)
     assert len(set(nonces)) == 3
@@ -846,11 +827,7 @@ def test_median_of_reported_metrics() -> None:
         for n, m in zip(NODES, [0.1, 0.9, 0.3, None], strict=False)
     ]
     assert chain.block(*txs) == (None,) * 4
-    chain.contribute()
-    chain.aggregate()
-    chain.verify()
-    chain.decrypt()
-    chain.merge()
+    chain.finish_round()
     assert chain.contract.history()[-1].median_metric == 0.3
 
 
@@ -1138,11 +1115,7 @@ def test_privacy_refuses_any_weight_but_one_and_stops_before_the_epsilon_budget(
         assert chain.contract.stopped is None
         txs = [chain.tx(n, Ready(round=chain.round.number, weight=1)) for n in NODES[:4]]
         assert chain.block(*txs) == (None,) * 4
-        chain.contribute()
-        chain.aggregate()
-        chain.verify()
-        chain.decrypt()
-        chain.merge()
+        chain.finish_round()
     stop = chain.contract.stopped
     assert stop is not None
     assert stop.merged_rounds == 4

@@ -19,10 +19,6 @@ from consensus.transactions import (
     Approve,
     Contribution,
     DecryptionShare,
-    EpochComplete,
-    EpochFingerprint,
-    EpochPublicShare,
-    EpochSealedShares,
     JoinRequest,
     MergedModel,
     Phase,
@@ -32,7 +28,7 @@ from consensus.transactions import (
 )
 from consensus.verify import verify_chain
 from crypto.identity import NodeId
-from crypto.testing import placeholder_fingerprint
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 
 def digest(label: object) -> bytes:
@@ -76,11 +72,8 @@ def test_a_round_and_a_join_through_consensus() -> None:
     founders = swarm.ids[:4]
     c = swarm.contract(0)
     epoch = c.key_epoch()
-    swarm.commit([(n, EpochPublicShare(epoch=1, share_hash=digest(("pk", n)))) for n in founders])
-    swarm.commit([(n, EpochSealedShares(epoch=1, shares_hash=digest(("s", n)))) for n in founders])
-    fingerprint = placeholder_fingerprint(epoch.threshold)
-    swarm.commit([(n, EpochFingerprint(epoch=1, fingerprint=fingerprint)) for n in founders])
-    swarm.commit([(n, EpochComplete(epoch=1, collective_key_hash=digest("ck"))) for n in founders])
+    for block in placeholder_epoch_blocks(epoch):
+        swarm.commit(block)
     c = swarm.contract(0)
     assert c.key_epoch().complete
     assert c.key_epoch().seed == epoch.seed

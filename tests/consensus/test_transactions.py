@@ -19,7 +19,6 @@ from consensus.transactions import (
     EpochComplaint,
     EpochComplete,
     EpochFingerprint,
-    EpochPrssComplaint,
     EpochPublicShare,
     EpochRejoin,
     EpochSealedShares,
@@ -31,7 +30,6 @@ from consensus.transactions import (
     Phase,
     PhaseTimeout,
     Ready,
-    ShareMismatch,
     Stop,
     TxBody,
     TxSigner,
@@ -40,9 +38,10 @@ from consensus.transactions import (
     tx_id,
 )
 from crypto import cbor
-from crypto.dealing import SEGMENT_BYTES, DealingEvidence, PrssEvidence
+from crypto.dealing import SEGMENT_BYTES
 from crypto.errors import BadSignature, MessageTooLarge, ProtocolError, SchemaError, WrongChain
 from crypto.identity import NodeId, NodeIdentity
+from swarmnode.testing.transactions import transaction_examples
 
 CHAIN = hashlib.sha256(b"chain").digest()
 ALICE = NodeIdentity.from_seed(b"\x01" * 32)
@@ -51,56 +50,9 @@ H = hashlib.sha256(b"x").digest()
 H2 = hashlib.sha256(b"y").digest()
 KEYS = sorted([ALICE.node_id, BOB.node_id], key=lambda n: n.public_key)
 
-EXAMPLES: list[TxBody] = [
-    JoinRequest(name="site-x", addresses=("/ip4/127.0.0.1/tcp/4001",), last_left=0),
-    Approve(joiner=BOB.node_id, request=H),
-    Leave(member_since=3),
-    Evict(target=BOB.node_id, target_since=0, reason="offline for a week"),
-    EpochPublicShare(epoch=1, share_hash=H),
-    EpochSealedShares(epoch=1, shares_hash=H),
-    EpochFingerprint(epoch=1, fingerprint=bytes(8 * 8 * 3)),
-    EpochComplaint(
-        epoch=1,
-        dealer=BOB.node_id,
-        evidence=DealingEvidence(
-            segment=2,
-            share_length=8 * SEGMENT_BYTES,
-            blinding_length=64,
-            segment_hashes=(H,) * 8,
-            shares=bytes(SEGMENT_BYTES),
-            blinding=bytes(8),
-            signature=bytes(64),
-            prss_digest=H,
-        ),
-    ),
-    EpochPrssComplaint(
-        epoch=1,
-        dealer=BOB.node_id,
-        evidence=PrssEvidence(
-            share_length=8 * SEGMENT_BYTES,
-            blinding_length=64,
-            segment_hashes=(H,) * 8,
-            signature=bytes(64),
-            prss_keys=bytes(96),
-            public_share_digest=H,
-            prss_commitments=bytes(192),
-        ),
-    ),
-    EpochComplete(epoch=1, collective_key_hash=H),
-    EpochTimeout(epoch=1, stage="reveal"),
-    EpochRejoin(epoch=2),
-    Ready(round=1, weight=120, val_metric=0.91),
-    Ready(round=2, weight=1, val_metric=None),
-    Contribution(round=1, blob_hash=H, blob_size=4096),
-    Aggregate(round=1, step=2, aggregate_hash=H, contributors=tuple(KEYS)),
-    AggregateVerdict(round=1, step=3, aggregate_hash=H, recomputed_hash=H),
-    DecryptionShare(round=1, step=4, share_hash=H),
-    MergedModel(round=1, step=4, params_hash=H),
-    ShareMismatch(round=1, step=4),
-    PhaseTimeout(round=1, phase="contribute", step=1),
-    Stop(round=1, reason="good enough"),
-    VoteEquivocation(first=b"\x01" * 100, second=b"\x02" * 100),
-]
+EXAMPLES: list[TxBody] = transaction_examples(
+    peer=BOB.node_id, contributors=KEYS, digest=H, equivocation=(b"\x01" * 100, b"\x02" * 100)
+)
 
 
 def test_every_body_kind_is_registered_and_exemplified() -> None:

@@ -29,10 +29,6 @@ from consensus.transactions import (
     AggregateVerdict,
     Contribution,
     DecryptionShare,
-    EpochComplete,
-    EpochFingerprint,
-    EpochPublicShare,
-    EpochSealedShares,
     MergedModel,
     Phase,
     Ready,
@@ -44,7 +40,8 @@ from crypto import threshold as th
 from crypto.ckks import CkksParams
 from crypto.identity import NodeIdentity
 from crypto.smudging import DEFAULT_BUDGET, SmudgingBudget, gaussian_noise
-from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 SIGMA = smudging.sampler_sigma(68)
 DRAWS = 1_000_000
@@ -265,16 +262,8 @@ class Ledger:
         assert self.contract.apply_block(self.contract.height + 1, signed) == (None,) * len(signed)
 
     def complete_epoch(self) -> None:
-        epoch = self.contract.key_epoch()
-        n = epoch.number
-        self.block(
-            *((m, EpochPublicShare(epoch=n, share_hash=bytes([n, i]) * 16)) for i, m in enumerate(NODES))
-        )
-        sealed = [EpochSealedShares(epoch=n, shares_hash=bytes([n, i, 1]) * 8 + bytes(8)) for i in range(4)]
-        self.block(*zip(NODES, sealed, strict=True))
-        fingerprint = placeholder_fingerprint(epoch.threshold)
-        self.block(*((m, EpochFingerprint(epoch=n, fingerprint=fingerprint)) for m in NODES))
-        self.block(*((m, EpochComplete(epoch=n, collective_key_hash=bytes([n]) * 32)) for m in NODES))
+        for block in placeholder_epoch_blocks(self.contract.key_epoch()):
+            self.block(*block)
         assert self.contract.key_epoch().complete
 
     def ready(self) -> None:

@@ -19,10 +19,8 @@ from typing import Any
 import pytest
 
 from consensus.contract import MERGED
-from consensus.genesis import FoundingMember, Genesis, StoppingRule, Timeouts, TrainingParams
 from crypto.identity import NodeIdentity
-from models import logistic_regression
-from swarmnode.testing.labswarm import PORT, lab_site_toml
+from swarmnode.testing.labswarm import PORT, SwarmSite, site_toml, write_swarm
 from swarmnode.testing.netlab import NetLab
 from swarmnode.testing.siteprocs import SiteProcesses, SiteTimeout
 
@@ -40,36 +38,23 @@ def write_lab_sites(root: Path, lab: NetLab) -> list[Path]:
         (relay + "/p2p-circuit",) if site.natted else (f"/ip4/{site.address}/tcp/{PORT}",)
         for site in lab.sites
     ]
-    spec = logistic_regression(30, 2)
-    Genesis(
-        name="nat-lab",
-        members=tuple(
-            FoundingMember(name=f"site{i}", node_id=ident.node_id, addresses=addresses[i])
-            for i, ident in enumerate(identities)
-        ),
-        training=TrainingParams(
-            model_spec_hash=spec.spec_hash(),
-            min_peers=2,
-            timeouts=Timeouts(ready_wait=60, contribute=60, aggregate=60, verify=60, decrypt=60),
-            stopping=StoppingRule(max_rounds=ROUNDS),
-        ),
-    ).save(root / "genesis.cbor")
-    configs = []
-    for i, (ident, site) in enumerate(zip(identities, lab.sites, strict=True)):
-        directory = root / f"site{i}"
-        directory.mkdir()
-        ident.save(directory / "node.key")
-        text = lab_site_toml(
+    sites = [
+        SwarmSite(
             f"site{i}",
-            site.address,
-            seed=i,
-            bootstrap=[relay] if site.natted else [],
-            relays=[relay] if site.natted else [],
-            relay_service=i == 0,
+            ident,
+            addresses[i],
+            site_toml(
+                f"site{i}",
+                site.address,
+                seed=i,
+                bootstrap=[relay] if site.natted else [],
+                relays=[relay] if site.natted else [],
+                relay_service=i == 0,
+            ),
         )
-        (directory / "site.toml").write_text(text)
-        configs.append(directory / "site.toml")
-    return configs
+        for i, (ident, site) in enumerate(zip(identities, lab.sites, strict=True))
+    ]
+    return write_swarm(root, sites, name="nat-lab", rounds=ROUNDS)
 
 
 def run_lab_sites(root: Path, lab: NetLab, configs: list[Path]) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from swarmnode.api import SwarmNode, create_local_swarm, local_swarm
 from swarmnode.config import NodeConfig
 from swarmnode.node import MergeResult, MergeTimeout, NodeStatus, SwarmError, SwarmStopped, params_hash
 from swarmnode.simswarm import SIM_TIMEOUTS
+from swarmnode.testing.blocking import run_in_thread
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,20 +34,6 @@ def configs(tmp_path: Path) -> tuple[NodeConfig, ...]:
     )
 
 
-def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    box: list[object] = []
-
-    def target() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
-
-
 def swarmnode_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("swarmnode-")}
 
@@ -58,7 +44,7 @@ def test_two_sites_merge_to_identical_models_until_the_swarm_stops(configs: tupl
     start = flatten(model)
     other = np.linspace(-1, 1, start.size).astype(np.float32)
     with local_swarm(configs) as (a, b):
-        thread, box = in_thread(lambda: b.merge(other, 30, val_metric=0.7))
+        thread, box = run_in_thread(lambda: b.merge(other, 30, val_metric=0.7))
         first = a.merge(model, 10, val_metric=0.6)  # a torch module: merged weights loaded in place
         thread.join(60)
         (first_b,) = box
@@ -71,7 +57,7 @@ def test_two_sites_merge_to_identical_models_until_the_swarm_stops(configs: tupl
         expected = (start * 10 + other * 90) / 100
         np.testing.assert_allclose(first.parameters, expected, atol=1e-3)  # CKKS approximation
 
-        thread, box = in_thread(lambda: b.merge(other, 30))
+        thread, box = run_in_thread(lambda: b.merge(other, 30))
         second = a.merge(start, 10)
         thread.join(60)
         (second_b,) = box

@@ -27,6 +27,7 @@ from swarmnode.api import SwarmNode, create_local_swarm, local_swarm
 from swarmnode.config import ConfigError, NodeConfig
 from swarmnode.net.base import Transport
 from swarmnode.node import MergeResult, MergeTimeout, NodeClosed, SwarmError, SwarmStopped
+from swarmnode.testing.blocking import run_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,20 +178,6 @@ def no_orphan_threads() -> object:
     yield
     leaked = [t for t in swarmnode_threads() if t not in before]
     assert not leaked, f"threads left running: {leaked}"
-
-
-def run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    box: list[object] = []
-
-    def target() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
 
 
 def test_create_local_swarm_writes_loadable_keys_genesis_and_configs(configs: tuple[NodeConfig, ...]) -> None:

@@ -24,8 +24,9 @@ from consensus.genesis import Timeouts
 from crypto.epoch_spec import default_threshold
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import MergeResult, Node, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeOptions, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -61,16 +62,14 @@ async def test_only_t_decryptors_fetch_the_point_shares(
             options=NodeOptions(inline_compute=True),
         ) as node:  # fmt: skip
             opened.append(node)
-            params = np.full(N_PARAMS, float(1 + i), np.float32)
-            while True:
-                try:
-                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-                except SwarmStopped:
-                    break
-                results[i].append(result)
-                if result.stopped:
-                    break
-                params = np.full(N_PARAMS, float(result.round + 1 + i), np.float32)
+            await merge_until_stopped(
+                node,
+                np.full(N_PARAMS, float(1 + i), np.float32),
+                10 * (i + 1),
+                results=results[i],
+                next_params=lambda result: np.full(N_PARAMS, float(result.round + 1 + i), np.float32),
+                val_metric=0.5,
+            )
             await node.wait_stopped()
             histories.append(node.contract.history())
 

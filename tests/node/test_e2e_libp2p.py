@@ -10,7 +10,6 @@ bootstrap addresses of the others) and trains its part of breast cancer with
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,11 @@ from typing import Any
 import pytest
 
 from consensus.contract import MERGED, WRONG_SHARE
-from consensus.genesis import (
-    DecryptionThreshold,
-    FoundingMember,
-    Genesis,
-    StoppingRule,
-    Timeouts,
-    TrainingParams,
-)
+from consensus.genesis import DecryptionThreshold
 from crypto.identity import NodeIdentity
-from models import logistic_regression
+from swarmnode.testing.labswarm import SwarmSite, site_toml, write_swarm
 from swarmnode.testing.siteprocs import SiteProcesses, SiteTimeout
+from swarmnode.testnet import free_ports
 
 SITES = 3
 ROUNDS = 3
@@ -37,81 +30,34 @@ DEADLINE_S = 420.0
 pytestmark = pytest.mark.timeout(600)
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def write_sites(root: Path, sites: int = SITES, threshold: DecryptionThreshold | None = None) -> list[Path]:
     identities = [NodeIdentity.generate() for _ in range(sites)]
     ports = free_ports(sites)
-    spec = logistic_regression(30, 2)
-    genesis = Genesis(
-        name="e2e",
-        members=tuple(
-            FoundingMember(
-                name=f"site{i}", node_id=ident.node_id, addresses=(f"/ip4/127.0.0.1/tcp/{ports[i]}",)
+    return write_swarm(
+        root,
+        [
+            SwarmSite(
+                f"site{i}",
+                ident,
+                (f"/ip4/127.0.0.1/tcp/{ports[i]}",),
+                site_toml(
+                    f"site{i}",
+                    "127.0.0.1",
+                    port=ports[i],
+                    seed=i,
+                    bootstrap=[
+                        f"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{identities[j].node_id.peer_id}"
+                        for j in range(sites)
+                        if j != i
+                    ],
+                ),
             )
             for i, ident in enumerate(identities)
-        ),
-        training=TrainingParams(
-            model_spec_hash=spec.spec_hash(),
-            min_peers=2,
-            threshold=threshold or DecryptionThreshold(),
-            timeouts=Timeouts(ready_wait=60, contribute=60, aggregate=60, verify=60, decrypt=60),
-            stopping=StoppingRule(max_rounds=ROUNDS),
-        ),
+        ],
+        name="e2e",
+        rounds=ROUNDS,
+        threshold=threshold,
     )
-    genesis.save(root / "genesis.cbor")
-    configs = []
-    for i, ident in enumerate(identities):
-        site = root / f"site{i}"
-        site.mkdir()
-        ident.save(site / "node.key")
-        bootstrap = [
-            f'"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{identities[j].node_id.peer_id}"'
-            for j in range(sites)
-            if j != i
-        ]
-        text = f"""
-[node]
-name = "site{i}"
-key_file = "node.key"
-storage_dir = "state"
-
-[network]
-listen = "127.0.0.1"
-port = {ports[i]}
-bootstrap = [{", ".join(bootstrap)}]
-
-[ledger]
-genesis = "../genesis.cbor"
-propose_timeout = 2.0
-block_interval = 0.05
-
-[data]
-source = "breast_cancer"
-
-[model]
-kind = "logreg"
-n_features = 30
-n_classes = 2
-
-[training]
-lr = 0.01
-
-[swarm]
-seed = {i}
-"""
-        (site / "site.toml").write_text(text)
-        configs.append(site / "site.toml")
-    return configs
 
 
 def run_sites(tmp_path: Path, configs: list[Path], byzantine: int | None = None) -> list[dict[str, Any]]:

@@ -14,16 +14,12 @@ import pytest
 from consensus.contract import Contract
 from consensus.genesis import FoundingMember, Genesis, Timeouts, TrainingParams
 from consensus.transactions import (
-    EpochComplete,
-    EpochFingerprint,
     EpochPublicShare,
-    EpochSealedShares,
     EpochTimeout,
     TxBody,
     TxSigner,
 )
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import placeholder_fingerprint
 from swarmnode.round import (
     LocalFacts,
     RejoinEpoch,
@@ -32,6 +28,7 @@ from swarmnode.round import (
     epoch_stage,
     reconcile,
 )
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 IDS = sorted(
     (NodeIdentity.from_seed(hashlib.sha256(f"epoch-steps/{i}".encode()).digest()) for i in range(4)),
@@ -119,12 +116,8 @@ def test_left_out_member_asks_to_rejoin_once_the_epoch_is_complete() -> None:
     assert c.key_epoch().number == 2
     late = NODES[3]
     assert reconcile(c, LocalFacts(me=late, now=0.0)).jobs == ()  # epoch 2 is still running
-    members = c.key_epoch().members
-    commit(c, *[(n, EpochPublicShare(epoch=2, share_hash=h(("p2", n)))) for n in members])
-    commit(c, *[(n, EpochSealedShares(epoch=2, shares_hash=h(("s2", n)))) for n in members])
-    fingerprint = placeholder_fingerprint(c.key_epoch().threshold)
-    commit(c, *[(n, EpochFingerprint(epoch=2, fingerprint=fingerprint)) for n in members])
-    commit(c, *[(n, EpochComplete(epoch=2, collective_key_hash=h("ck2"))) for n in members])
+    for block in placeholder_epoch_blocks(c.key_epoch()):
+        commit(c, *block)
     assert c.key_epoch().complete
     assert reconcile(c, LocalFacts(me=late, now=0.0)).jobs == (RejoinEpoch(epoch=2),)
     assert not any(isinstance(j, RejoinEpoch) for j in reconcile(c, LocalFacts(me=NODES[0], now=0.0)).jobs)

@@ -25,9 +25,10 @@ from crypto.errors import MalformedMessage, UnknownMessageType
 from models import logistic_regression
 from swarmnode.keystore import NodeFiles
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import MergeResult, Node, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
 from swarmnode.testing import make_identity
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -72,18 +73,9 @@ async def test_full_restart_after_the_aggregate_was_committed(
             async with plan.open_node(i, net) as node:
                 restarted[i] = node
                 params = np.full(N_PARAMS, float(i), np.float32)
-                while True:
-                    try:
-                        result = await node.merge(params, 10 * (i + 1), timeout=900)
-                    except SwarmStopped as stopped:
-                        if stopped.final is not None:
-                            finals[i] = stopped.final.params_hash
-                        break
-                    results[i].append(result)
-                    if result.stopped:
-                        finals[i] = result.params_hash
-                        break
-                    params = result.parameters + 1.0
+                final = await merge_until_stopped(node, params, 10 * (i + 1), results=results[i])
+                if final is not None:
+                    finals[i] = final.params_hash
                 await node.wait_stopped()
 
         nodes: dict[int, Node] = {}

@@ -49,13 +49,7 @@ async def test_node_down_for_two_rounds_catches_up_and_rejoins(
     async with open_memory_network(seed=9) as net:
 
         async def steady(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i],
-                transport=net.transport(plan.ids[i]),
-                identity=plan.identities[i],
-                genesis=plan.genesis,
-                inline_compute=True,
-            ) as node:
+            async with plan.open_node(i, net) as node:
                 if i == 0:
                     nodes.append(node)
                     up.set()
@@ -77,10 +71,7 @@ async def test_node_down_for_two_rounds_catches_up_and_rejoins(
             await transport.aclose()  # the process is gone: no gossip, no blobs
             await up.wait()
             await nodes[0].wait_for(lambda c: c.state.merged_rounds >= 3)
-            async with open_swarm_node(
-                plan.configs[3], transport=net.transport(plan.ids[3]), identity=plan.identities[3],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(3, net) as node:
                 # Restarted from its own store, then caught up through block sync.
                 assert node.contract.height == height_when_down
                 await node.wait_for(lambda c: c.state.merged_rounds >= 3)
@@ -116,13 +107,7 @@ async def test_patience_on_the_median_metric_stops_training(
     async with open_memory_network(seed=4) as net:
 
         async def site(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i],
-                transport=net.transport(plan.ids[i]),
-                identity=plan.identities[i],
-                genesis=plan.genesis,
-                inline_compute=True,
-            ) as node:
+            async with plan.open_node(i, net) as node:
                 params = np.zeros(N_PARAMS, np.float32)
                 while True:
                     try:

@@ -22,8 +22,9 @@ import trio.testing
 from consensus.contract import MERGED
 from models import logistic_regression
 from swarmnode.net.memory import MemoryNetwork, open_memory_network
-from swarmnode.node import MergeResult, Node, SwarmStopped
+from swarmnode.node import MergeResult, Node
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -51,16 +52,14 @@ async def test_a_swarm_merges_under_the_n16384_set(
     async def run_site(i: int, network: MemoryNetwork) -> None:
         async with plan.open_node(i, network, genesis=genesis) as node:
             nodes.append(node)
-            params = submitted(1, i)
-            while True:
-                try:
-                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-                except SwarmStopped:
-                    break
-                results[i].append(result)
-                if result.stopped:
-                    break
-                params = submitted(result.round + 1, i)
+            await merge_until_stopped(
+                node,
+                submitted(1, i),
+                10 * (i + 1),
+                results=results[i],
+                next_params=lambda result: submitted(result.round + 1, i),
+                val_metric=0.5,
+            )
             await node.wait_stopped()
 
     async with open_memory_network(seed=5) as net:

@@ -24,8 +24,9 @@ from consensus.genesis import DecryptionThreshold, Timeouts
 from models import logistic_regression
 from swarmnode.faults import Faults
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, open_swarm_node
 from swarmnode.simswarm import SIM_TIMEOUTS, SwarmPlan
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -36,18 +37,17 @@ pytestmark = pytest.mark.timeout(300)
 
 async def merge_loop(i: int, node: Node, results: list[MergeResult]) -> MergeResult | None:
     """Merge until training stops; returns the final model (None if the node went down)."""
-    params = np.full(N_PARAMS, float(i), np.float32)
-    while True:
-        try:
-            result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-        except SwarmStopped as stopped:
-            return stopped.final
-        except NodeClosed:
-            return None
-        results.append(result)
-        if result.stopped:
-            return result
-        params = result.parameters + 1.0 + i
+    try:
+        return await merge_until_stopped(
+            node,
+            np.full(N_PARAMS, float(i), np.float32),
+            10 * (i + 1),
+            results=results,
+            next_params=lambda result: result.parameters + 1.0 + i,
+            val_metric=0.5,
+        )
+    except NodeClosed:
+        return None
 
 
 def assert_identical(finals: dict[int, MergeResult], results: dict[int, list[MergeResult]]) -> None:

@@ -25,8 +25,9 @@ from crypto.identity import NodeId
 from models import logistic_regression
 from swarmnode.faults import Faults
 from swarmnode.net.memory import NO_FAULTS, LinkFaults, open_memory_network
-from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeClosed, NodeOptions, open_swarm_node
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 ONE_THIRD = DecryptionThreshold(numerator=1, denominator=3)  # t = 2 of 4
 
@@ -72,21 +73,18 @@ async def run_swarm(
             options=options,
         ) as node:
             site.node = node
-            params = np.full(N_PARAMS, float(i), np.float32)
-            while True:
-                try:
-                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-                except SwarmStopped as stopped:
-                    site.final = stopped.final
-                    break
-                except NodeClosed:
-                    site.crashed = True
-                    return
-                site.results.append(result)
-                if result.stopped:
-                    site.final = result
-                    break
-                params = result.parameters + 1.0 + i
+            try:
+                site.final = await merge_until_stopped(
+                    node,
+                    np.full(N_PARAMS, float(i), np.float32),
+                    10 * (i + 1),
+                    results=site.results,
+                    next_params=lambda result: result.parameters + 1.0 + i,
+                    val_metric=0.5,
+                )
+            except NodeClosed:
+                site.crashed = True
+                return
             await node.wait_stopped()
 
     async with open_memory_network(seed=3) as net, trio.open_nursery() as nursery:
@@ -236,17 +234,7 @@ async def test_node_joining_after_round_two(tmp_path: Path, autojump_clock: trio
             if i == 0:
                 ready.set()
             params = np.full(N_PARAMS, float(i), np.float32)
-            while True:
-                try:
-                    result = await node.merge(params, 10 * (i + 1), timeout=900)
-                except SwarmStopped as stopped:
-                    site.final = stopped.final
-                    break
-                site.results.append(result)
-                if result.stopped:
-                    site.final = result
-                    break
-                params = result.parameters + 1.0
+            site.final = await merge_until_stopped(node, params, 10 * (i + 1), results=site.results)
             await node.wait_stopped()
 
     async def run_joiner(transport: object) -> None:
@@ -268,18 +256,7 @@ async def test_node_joining_after_round_two(tmp_path: Path, autojump_clock: trio
             latest = await joiner.latest_model()
             assert latest is not None
             first_model.append(latest)
-            params = latest.parameters + 1.0
-            while True:
-                try:
-                    result = await joiner.merge(params, 25, timeout=900)
-                except SwarmStopped as stopped:
-                    site.final = stopped.final
-                    break
-                site.results.append(result)
-                if result.stopped:
-                    site.final = result
-                    break
-                params = result.parameters + 1.0
+            site.final = await merge_until_stopped(joiner, latest.parameters + 1.0, 25, results=site.results)
             await joiner.wait_stopped()
 
     async with open_memory_network(seed=5) as net, trio.open_nursery() as nursery:

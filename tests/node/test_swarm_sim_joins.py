@@ -20,8 +20,9 @@ from consensus.genesis import DecryptionThreshold, Timeouts
 from consensus.transactions import Evict
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
-from swarmnode.node import MergeResult, Node, NodeClosed, SwarmStopped, open_swarm_node
+from swarmnode.node import MergeResult, Node, NodeClosed, open_swarm_node
 from swarmnode.simswarm import SIM_TIMEOUTS, SwarmPlan
+from swarmnode.testing.merge_loop import merge_until_stopped
 
 SPEC = logistic_regression(30, 2)
 N_PARAMS = 62
@@ -39,18 +40,11 @@ pytestmark = pytest.mark.timeout(300)
 
 
 async def merge_loop(i: int, node: Node, results: list[MergeResult]) -> MergeResult | None:
-    params = np.full(N_PARAMS, float(i), np.float32)
-    while True:
-        try:
-            result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-        except SwarmStopped as stopped:
-            return stopped.final
-        except NodeClosed:
-            return None
-        results.append(result)
-        if result.stopped:
-            return result
-        params = result.parameters + 1.0
+    try:
+        params = np.full(N_PARAMS, float(i), np.float32)
+        return await merge_until_stopped(node, params, 10 * (i + 1), results=results, val_metric=0.5)
+    except NodeClosed:
+        return None
 
 
 async def test_an_admitted_joiner_that_falls_behind_stalls_the_founders_only_until_the_deadline(
@@ -69,10 +63,7 @@ async def test_an_admitted_joiner_that_falls_behind_stalls_the_founders_only_unt
     async with open_memory_network(seed=7) as net:
 
         async def run(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net) as node:
                 nodes[i] = node
                 final = await merge_loop(i, node, results[i])
                 assert final is not None
@@ -128,10 +119,7 @@ async def test_a_member_removed_by_vote_has_no_place_in_the_next_key_epoch(
     async with open_memory_network(seed=8) as net:
 
         async def run(i: int) -> None:
-            async with open_swarm_node(
-                plan.configs[i], transport=net.transport(plan.ids[i]), identity=plan.identities[i],
-                genesis=plan.genesis, inline_compute=True,
-            ) as node:  # fmt: skip
+            async with plan.open_node(i, net) as node:
                 nodes[i] = node
                 if i == 3:
                     await node.wait_for(lambda c: not c.is_member(target))

@@ -44,35 +44,13 @@ from consensus.messages import (
 )
 from consensus.simulator import Simulation, kv_set
 from consensus.transactions import (
-    Aggregate,
-    AggregateVerdict,
-    Approve,
-    Contribution,
-    DecryptionShare,
-    EpochComplaint,
-    EpochComplete,
-    EpochFingerprint,
-    EpochPrssComplaint,
-    EpochPublicShare,
-    EpochRejoin,
-    EpochSealedShares,
-    EpochTimeout,
-    Evict,
-    JoinRequest,
-    Leave,
-    MergedModel,
-    PhaseTimeout,
-    Ready,
-    ShareMismatch,
-    Stop,
     TxSigner,
-    VoteEquivocation,
 )
 from crypto import cbor
-from crypto.dealing import DealingEvidence, PrssEvidence
 from crypto.envelope import DOMAIN, VERSION
 from crypto.identity import NodeIdentity
 from crypto.threshold import PublicKeyShare, SealedKeyShare
+from swarmnode.testing.transactions import transaction_examples
 
 FUZZ_CASES: Final = int(os.environ.get("SWARMNODE_FUZZ_CASES", "10000"))
 BATCH: Final = 50
@@ -336,54 +314,9 @@ def body_samples(ledger_sample: LedgerSample) -> dict[type, list[object]]:
         BlockRequest(from_height=2),
         BlockResponse(blocks=synced, tip=9),
         TxGossip(txs=(kv_set("a", 1), b"\x00")),
-        JoinRequest(name="site-x", addresses=("/ip4/127.0.0.1/tcp/4001",), last_left=0),
-        Approve(joiner=keys[1], request=h),
-        Leave(member_since=3),
-        Evict(target=keys[2], target_since=0, reason="offline for a week"),
-        EpochPublicShare(epoch=1, share_hash=h),
-        EpochSealedShares(epoch=1, shares_hash=h),
-        EpochFingerprint(epoch=1, fingerprint=bytes(192)),
-        EpochComplaint(
-            epoch=1,
-            dealer=keys[1],
-            evidence=DealingEvidence(
-                segment=0,
-                share_length=0,
-                blinding_length=0,
-                segment_hashes=(h,),
-                shares=b"",
-                blinding=b"",
-                signature=bytes(64),
-                prss_digest=h,
-            ),
+        *transaction_examples(
+            peer=keys[1], contributors=keys, digest=h, equivocation=(ledger.votes[0], ledger.votes[1])
         ),
-        EpochPrssComplaint(
-            epoch=1,
-            dealer=keys[1],
-            evidence=PrssEvidence(
-                share_length=0,
-                blinding_length=0,
-                segment_hashes=(h,),
-                signature=bytes(64),
-                prss_keys=bytes(32),
-                public_share_digest=h,
-                prss_commitments=bytes(64),
-            ),
-        ),
-        EpochComplete(epoch=1, collective_key_hash=h),
-        EpochTimeout(epoch=1, stage="reveal"),
-        EpochRejoin(epoch=2),
-        Ready(round=1, weight=120, val_metric=0.91),
-        Ready(round=2, weight=1, val_metric=None),
-        Contribution(round=1, blob_hash=h, blob_size=4096),
-        Aggregate(round=1, step=2, aggregate_hash=h, contributors=tuple(keys)),
-        AggregateVerdict(round=1, step=3, aggregate_hash=h, recomputed_hash=h),
-        DecryptionShare(round=1, step=4, share_hash=h),
-        MergedModel(round=1, step=4, params_hash=h),
-        ShareMismatch(round=1, step=4),
-        PhaseTimeout(round=1, phase="contribute", step=1),
-        Stop(round=1, reason="good enough"),
-        VoteEquivocation(first=ledger.votes[0], second=ledger.votes[1]),
         # Key-epoch bodies with short stand-in polynomials: the codec checks types, not sizes.
         PublicKeyShare(epoch=h, share=bytes(300), prss_commitments=bytes(64)),
         SealedKeyShare(epoch=h, recipient=keys[0], box=bytes(120)),

@@ -21,34 +21,30 @@ import pytest
 import trio
 import trio.testing
 
-from consensus.contract import ABORTED, DECRYPTOR_TIMEOUT, MERGED, Contract, ContributionRecord, Round
+from consensus.contract import ABORTED, DECRYPTOR_TIMEOUT, MERGED, ContributionRecord, Round
 from consensus.genesis import DecryptionThreshold, FoundingMember, Genesis, TrainingParams
 from consensus.transactions import (
     Aggregate,
     AggregateVerdict,
     Contribution,
     DecryptionShare,
-    EpochComplete,
-    EpochFingerprint,
-    EpochPublicShare,
-    EpochSealedShares,
     MergedModel,
     Phase,
     PhaseTimeout,
     Ready,
     TxBody,
-    TxSigner,
 )
 from crypto import secure_merge as sm
 from crypto.ckks_params import DEFAULT_PARAMS
 from crypto.identity import NodeId, NodeIdentity
-from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 from models import logistic_regression
 from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Node
 from swarmnode.round import MakeDecryptionShare
 from swarmnode.sharelog import ShareLog
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.contract_chain import ContractChain
 
 IDENTITIES = [NodeIdentity.from_seed(hashlib.sha256(b"active member %d" % i).digest()) for i in range(5)]
 NODES = sorted((i.node_id for i in IDENTITIES), key=lambda n: n.public_key)  # the rotation order
@@ -68,12 +64,11 @@ def make_genesis(n: int = 5, *, min_peers: int = 2, withhold_limit: int = 2) -> 
     )
 
 
-class Chain:
+class Chain(ContractChain):
     """The contract fed one block per call; every state after a block is kept for audits."""
 
     def __init__(self, genesis: Genesis) -> None:
-        self.contract = Contract(genesis)
-        self.signers = {i.node_id: TxSigner(genesis.chain_id, i) for i in IDENTITIES}
+        super().__init__(genesis, IDENTITIES)
         self.rounds: list[Round] = []  # the open round after every block
 
     @property
@@ -81,21 +76,9 @@ class Chain:
         return self.contract.round
 
     def block(self, txs: Sequence[tuple[NodeId, TxBody]]) -> tuple[str | None, ...]:
-        signed = [self.signers[who].sign(body) for who, body in txs]
-        reasons = self.contract.apply_block(self.contract.height + 1, signed)
+        reasons = super().block(txs)
         self.rounds.append(self.contract.round)
         return reasons
-
-    def ok(self, txs: Sequence[tuple[NodeId, TxBody]]) -> None:
-        assert self.block(txs) == (None,) * len(txs)
-
-    def complete_epoch(self) -> None:
-        e = self.contract.key_epoch()
-        self.ok([(n, EpochPublicShare(epoch=e.number, share_hash=sha(("pk", n)))) for n in e.members])
-        self.ok([(n, EpochSealedShares(epoch=e.number, shares_hash=sha(("s", n)))) for n in e.members])
-        fingerprint = placeholder_fingerprint(e.threshold)
-        self.ok([(n, EpochFingerprint(epoch=e.number, fingerprint=fingerprint)) for n in e.members])
-        self.ok([(n, EpochComplete(epoch=e.number, collective_key_hash=sha("ck"))) for n in e.members])
 
     def ready(self, nodes: Sequence[NodeId]) -> None:
         self.ok([(n, Ready(round=self.round.number, weight=10, val_metric=0.5)) for n in nodes])

@@ -50,10 +50,7 @@ from consensus.transactions import (
     Approve,
     Contribution,
     DecryptionShare,
-    EpochComplete,
-    EpochFingerprint,
     EpochPublicShare,
-    EpochSealedShares,
     Evict,
     JoinRequest,
     MergedModel,
@@ -72,9 +69,10 @@ from crypto.envelope import EnvelopeCodec
 from crypto.errors import InvalidAggregate, InvalidCiphertext, WrongChain
 from crypto.identity import NodeId, NodeIdentity
 from crypto.rns import add_mod_into
-from crypto.testing import placeholder_fingerprint, round_binding, run_key_epoch
+from crypto.testing import round_binding, run_key_epoch
 from crypto.threshold import THRESHOLD_MESSAGES, DecryptionRefused, EpochKeys, PublicKeyShare
 from swarmnode.net.memory import open_memory_network
+from swarmnode.testing.contract_chain import placeholder_epoch_blocks
 
 if TYPE_CHECKING:  # the fixtures' types; conftest is not importable at run time
     from conftest import ContractKit
@@ -115,25 +113,8 @@ class Ledger:
         return reason
 
     def complete_epoch(self) -> None:
-        epoch = self.contract.key_epoch()
-        members = epoch.members
-        self.ok(
-            *(
-                self.tx(n, EpochPublicShare(epoch=epoch.number, share_hash=sha(b"pk" + n.public_key)))
-                for n in members
-            )
-        )
-        self.ok(
-            *(
-                self.tx(n, EpochSealedShares(epoch=epoch.number, shares_hash=sha(b"s" + n.public_key)))
-                for n in members
-            )
-        )
-        fingerprint = placeholder_fingerprint(epoch.threshold)
-        self.ok(*(self.tx(n, EpochFingerprint(epoch=epoch.number, fingerprint=fingerprint)) for n in members))
-        self.ok(
-            *(self.tx(n, EpochComplete(epoch=epoch.number, collective_key_hash=sha(b"ck"))) for n in members)
-        )
+        for block in placeholder_epoch_blocks(self.contract.key_epoch()):
+            self.ok(*(self.tx(n, body) for n, body in block))
 
     def all_ready(self, weight: int = 10) -> None:
         number = self.contract.round.number

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from consensus.contract import BAD_DEALING, FALSE_COMPLAINT, Contract
+from consensus.contract import BAD_DEALING, FALSE_COMPLAINT
 from consensus.genesis import (
     DEFAULT_CKKS_PARAMS,
     DecryptionThreshold,
@@ -36,8 +36,6 @@ from consensus.transactions import (
     EpochPublicShare,
     EpochSealedShares,
     EpochStage,
-    TxBody,
-    TxSigner,
 )
 from crypto import cbor, ckks, dealing
 from crypto import threshold as th
@@ -51,6 +49,7 @@ from swarmnode.net.memory import open_memory_network
 from swarmnode.node import Node, NodeOptions, SwarmStopped, open_swarm_node
 from swarmnode.round import ConfirmEpoch, LocalFacts, PublishEpochFingerprint, reconcile
 from swarmnode.simswarm import SwarmPlan
+from swarmnode.testing.contract_chain import ContractChain
 
 PARAMS = param_set(DEFAULT_CKKS_PARAMS).dealing
 CTX = ckks.context(ckks.DEFAULT_PARAMS)
@@ -282,22 +281,14 @@ def test_fingerprints_of_two_secrets_are_identically_distributed() -> None:
 # -- contract level ---------------------------------------------------------------------------
 
 
-class Chain:
+class Chain(ContractChain):
     def __init__(self) -> None:
         genesis = Genesis(
             name="dealing-test",
             members=tuple(FoundingMember(name=f"site-{i}", node_id=n) for i, n in enumerate(NODES)),
             training=TrainingParams(model_spec_hash=sha("spec"), min_peers=2),
         )
-        self.contract = Contract(genesis)
-        self.signers = {i.node_id: TxSigner(genesis.chain_id, i) for i in IDS}
-
-    def block(self, txs: Sequence[tuple[NodeId, TxBody]]) -> tuple[str | None, ...]:
-        wires = [self.signers[n].sign(body) for n, body in txs]
-        return self.contract.apply_block(self.contract.height + 1, wires)
-
-    def ok(self, txs: Sequence[tuple[NodeId, TxBody]]) -> None:
-        assert self.block(txs) == (None,) * len(txs)
+        super().__init__(genesis, IDS)
 
     def spec(self) -> th.EpochSpec:
         e = self.contract.key_epoch()
@@ -322,16 +313,6 @@ class Chain:
         prints = fingerprints(epochs, coin)
         self.ok([(m, EpochFingerprint(epoch=1, fingerprint=prints[m])) for m in spec.members])
         return epochs, coin, prints
-
-    def finish_with_placeholders(self) -> None:
-        e = self.contract.key_epoch()
-        n = e.number
-        self.ok([(m, EpochPublicShare(epoch=n, share_hash=sha(("pk", n, m)))) for m in e.members])
-        self.ok([(m, EpochSealedShares(epoch=n, shares_hash=sha(("sealed", n, m)))) for m in e.members])
-        fingerprint = placeholder_fingerprint(e.threshold)
-        self.ok([(m, EpochFingerprint(epoch=n, fingerprint=fingerprint)) for m in e.members])
-        self.ok([(m, EpochComplete(epoch=n, collective_key_hash=sha("ck"))) for m in e.members])
-        assert self.contract.key_epoch().complete
 
 
 def test_an_honest_epoch_completes_on_the_ledger_without_complaints() -> None:
@@ -366,7 +347,7 @@ def test_a_bad_dealer_is_named_and_the_epoch_completes_without_it(tamper: Tamper
     assert epoch.number == 2
     assert epoch.members == tuple(n for n in NODES if n != NODES[DEALER])
     assert epoch.threshold == 3  # t of the whole membership: max(min_peers, t) = 3 remain
-    chain.finish_with_placeholders()
+    chain.complete_epoch()
     assert NODES[DEALER] not in chain.contract.key_epoch().members
 
 

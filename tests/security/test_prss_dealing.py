@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
 
-from consensus.contract import BAD_DEALING, FALSE_COMPLAINT, Contract
+from consensus.contract import BAD_DEALING, FALSE_COMPLAINT
 from consensus.genesis import FoundingMember, Genesis, TrainingParams
 from consensus.transactions import (
     EpochFingerprint,
@@ -22,14 +21,13 @@ from consensus.transactions import (
     EpochPublicShare,
     EpochSealedShares,
     EpochStage,
-    TxBody,
-    TxSigner,
 )
 from crypto import cbor, dealing
 from crypto import threshold as th
 from crypto.ckks import context
 from crypto.ckks_params import DEFAULT_PARAMS
-from crypto.identity import NodeId, NodeIdentity
+from crypto.identity import NodeIdentity
+from swarmnode.testing.contract_chain import ContractChain
 
 IDS = sorted(
     (NodeIdentity.from_seed(hashlib.sha256(b"prss dealing %d" % i).digest()) for i in range(4)),
@@ -43,22 +41,14 @@ def sha(label: object) -> bytes:
     return hashlib.sha256(repr(label).encode()).digest()
 
 
-class Chain:
+class Chain(ContractChain):
     def __init__(self) -> None:
         genesis = Genesis(
             name="prss-dealing-test",
             members=tuple(FoundingMember(name=f"site-{i}", node_id=n) for i, n in enumerate(NODES)),
             training=TrainingParams(model_spec_hash=sha("spec"), min_peers=2),
         )
-        self.contract = Contract(genesis)
-        self.signers = {i.node_id: TxSigner(genesis.chain_id, i) for i in IDS}
-
-    def block(self, txs: Sequence[tuple[NodeId, TxBody]]) -> tuple[str | None, ...]:
-        wires = [self.signers[n].sign(body) for n, body in txs]
-        return self.contract.apply_block(self.contract.height + 1, wires)
-
-    def ok(self, txs: Sequence[tuple[NodeId, TxBody]]) -> None:
-        assert self.block(txs) == (None,) * len(txs)
+        super().__init__(genesis, IDS)
 
 
 def forged_box(spec: th.EpochSpec, box: th.SealedKeyShare) -> th.SealedKeyShare:
