@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consensus.genesis import (
     CLASS_WEIGHTS,
@@ -21,6 +21,9 @@ from consensus.genesis import (
 )
 from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
 
 
 def add_genesis_commands(sub: Any) -> None:
@@ -49,6 +52,24 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
         )
     except ValueError as exc:  # names the field: "training.timeouts.decrypt: must be in (0, 86400] seconds"
         raise SetupError(f"genesis: {exc}") from None
+
+
+def _sync_every(args: argparse.Namespace, site: NodeConfig) -> int:
+    """``--sync-every``, else the founding site's ``training.epochs`` (its local epochs per
+    round: every site then trains that many), else 1."""
+    from .scaffold import SetupError
+
+    epochs = site.training.epochs
+    if args.sync_every is not None:
+        return int(args.sync_every)
+    if epochs is None:
+        return 1
+    if args.sync_unit != "epochs":
+        raise SetupError(
+            f"genesis: {site.source}: training.epochs = {epochs}, but --sync-unit {args.sync_unit} counts "
+            "steps: give --sync-every, and remove training.epochs from the sites' site.toml"
+        )
+    return epochs
 
 
 def cmd_genesis(args: argparse.Namespace) -> int:
@@ -83,7 +104,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         server_params=tuple(parse_merge_param(p, "--server-param") for p in args.server_param),
         secure=args.secure,
         min_peers=args.min_peers,
-        sync_every=args.sync_every,
+        sync_every=_sync_every(args, model_config),
         sync_unit=args.sync_unit,
         threshold=parse_threshold(args.threshold),
         ckks_params=args.ckks_params,
@@ -141,7 +162,11 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
         "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
     )
     p.add_argument("--min-peers", type=int, default=2, help="contributions a round needs (>= 2)")
-    p.add_argument("--sync-every", type=int, default=1, help="merge every k epochs/steps (default 1)")
+    p.add_argument(
+        "--sync-every",
+        type=int,
+        help="merge every k epochs/steps (default: --model-from's training.epochs, else 1)",
+    )
     p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
     p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
     p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")

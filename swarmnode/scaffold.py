@@ -179,7 +179,7 @@ class SiteSettings:
     storage_dir: str = "state"
     genesis: str = "genesis.cbor"
     log_level: str = "info"
-    epochs: int = 100
+    epochs: int | None = None  # local epochs per round: the genesis's sync_every (None: unset)
     batch_size: int = 32
     lr: float = 1e-3
     validation_fraction: float = 0.2
@@ -211,6 +211,10 @@ def _optional_data_lines(s: SiteSettings) -> list[str]:
     else:
         lines.append('# test_source = "test.npz"     # held-out data to report test metrics on')
     return lines
+
+
+def _epochs_line(epochs: int | None) -> str:
+    return "# epochs = 1" if epochs is None else f"epochs = {epochs}"
 
 
 def _model_lines(m: ModelSpec) -> list[str]:
@@ -280,9 +284,10 @@ log1p = false                  # log(1 + x) first (expression counts)
 {chr(10).join(model_lines)}
 
 [training]
-# In the swarm, genesis decides when to merge (sync_every) and when to stop (max_rounds);
-# epochs and patience apply to local-only training (baselines).
-epochs = {s.epochs}
+# epochs: local epochs per merge round. The genesis fixes it (training.sync_every; `swarmnode
+# genesis --model-from` takes it from here): leave it out, or equal, a different value is refused.
+# The genesis also decides when to stop (max_rounds); patience applies to local-only training.
+{_epochs_line(s.epochs)}
 batch_size = {s.batch_size}
 optimizer = "adam"             # sgd | adam | adamw
 lr = {_toml(s.lr)}
