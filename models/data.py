@@ -229,6 +229,16 @@ def _class_names_and_labels(values: Sequence[str]) -> tuple[tuple[str, ...], Lab
     return names, np.array([index[v] for v in values], dtype=np.int64)
 
 
+def _codes_as_names(label_values: Sequence[str], class_names: Sequence[str]) -> Sequence[str]:
+    """Integer-coded labels (0 .. k-1) as the agreed class names they stand for (e.g. named by
+    ``swarmnode genesis --class-names``), in order; labels that already are names, or any
+    other value, are kept as they are."""
+    present = set(label_values)
+    if present & set(class_names) or not all(v.isdigit() and int(v) < len(class_names) for v in present):
+        return label_values
+    return [class_names[int(v)] for v in label_values]
+
+
 def _finish(
     x: FloatMatrix,
     label_values: Sequence[str],
@@ -240,6 +250,7 @@ def _finish(
     if class_names is not None and positive_class is None:
         # The agreed classes (e.g. the genesis's): a site may hold only some of them, even one.
         index = {name: i for i, name in enumerate(class_names)}
+        label_values = _codes_as_names(label_values, class_names)
         unknown = sorted(set(label_values) - set(index))
         if unknown:
             raise UnknownClassError(

@@ -7,6 +7,7 @@ when it runs, so `--help` stays light (the genesis module is pure Python).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
 
 if TYPE_CHECKING:
+    from models.schema import DataSchema
+
     from .config import NodeConfig
 
 
@@ -72,6 +75,33 @@ def _sync_every(args: argparse.Namespace, site: NodeConfig) -> int:
     return epochs
 
 
+def _named_classes(schema: DataSchema | None, names_text: str, site: NodeConfig) -> DataSchema:
+    """The founding site's table with its classes named `names_text` ("a,b,c", in the order of
+    its classes: sorted labels, so integer codes 0, 1, 2 ...): the names sites' labels are read
+    by (integer codes stand for them, in order), and export and predict show."""
+    from .scaffold import SetupError
+
+    if schema is None:
+        raise SetupError(
+            "genesis: --class-names names the classes of the table genesis records: drop --no-schema"
+        )
+    if site.data.positive_class is not None:
+        raise SetupError(
+            f"genesis: --class-names: {site.source} trains {site.data.positive_class!r} vs the rest, "
+            f"whose classes are named already ({', '.join(schema.class_names)})"
+        )
+    names = tuple(n.strip() for n in names_text.split(","))
+    if len(names) != len(schema.class_names):
+        raise SetupError(
+            f"genesis: --class-names gives {len(names)} name(s) for the {len(schema.class_names)} classes of "
+            f"{site.data.source} ({', '.join(schema.class_names)})"
+        )
+    try:
+        return dataclasses.replace(schema, class_names=names)
+    except ValueError as exc:  # names the field: "data.class_names: ..."
+        raise SetupError(f"genesis: --class-names {names_text!r}: {exc}") from None
+
+
 def cmd_genesis(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, _out
     from .config import NodeConfig
@@ -93,6 +123,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
     model_config = NodeConfig.load(args.model_from)
     schema = None if args.no_schema else founding_schema(model_config)
+    if args.class_names is not None:
+        schema = _named_classes(schema, args.class_names, model_config)
     out = Path(args.out)
     settings = GenesisSettings(
         name=args.name,
@@ -172,6 +204,11 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")
     p.add_argument("--max-rounds", type=int, default=10, help="stop after this many training rounds")
     p.add_argument("--no-schema", action="store_true", help="do not record feature/class names (README)")
+    p.add_argument(
+        "--class-names",
+        metavar="A,B,...",
+        help="name the founding data's classes in their order (e.g. integer codes 0,1,...)",
+    )
     p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")

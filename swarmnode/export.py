@@ -576,6 +576,7 @@ def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset,
         positive_class=exported.positive_class,
         missing=missing,
         categories=categories,
+        class_names=None if exported.positive_class is not None else exported.class_names,
     )
     return _labels_as_trained(data, exported.class_names), True
 
