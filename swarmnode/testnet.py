@@ -85,10 +85,12 @@ class TestnetPlan:
     genesis_path: Path
     dataset: str
     scenario: str
-    baseline_epochs: int = 100  # the local-only and central models' budget (`LocalTrainer.fit`)
+    baseline_epochs: int  # the local-only and central models' budget (`LocalTrainer.fit`)
 
     @classmethod
     def load(cls, workdir: Path) -> TestnetPlan:
+        from models.training import DEFAULT_FIT_EPOCHS
+
         info = json.loads((workdir / MARKER).read_text())
         sites = tuple(
             SitePlan(
@@ -106,7 +108,7 @@ class TestnetPlan:
             workdir / "genesis.cbor",
             info["dataset"],
             info["scenario"],
-            int(info.get("baseline_epochs", 100)),
+            int(info.get("baseline_epochs", DEFAULT_FIT_EPOCHS)),
         )
 
 
