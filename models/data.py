@@ -229,6 +229,16 @@ def _class_names_and_labels(values: Sequence[str]) -> tuple[tuple[str, ...], Lab
     return names, np.array([index[v] for v in values], dtype=np.int64)
 
 
+def _codes_as_names(label_values: Sequence[str], class_names: Sequence[str]) -> Sequence[str]:
+    """Integer-coded labels (0 .. k-1) as the agreed class names they stand for (e.g. named by
+    ``swarmnode genesis --class-names``), in order; labels that already are names, or any
+    other value, are kept as they are."""
+    present = set(label_values)
+    if present & set(class_names) or not all(v.isdigit() and int(v) < len(class_names) for v in present):
+        return label_values
+    return [class_names[int(v)] for v in label_values]
+
+
 def _finish(
     x: FloatMatrix,
     label_values: Sequence[str],
@@ -240,6 +250,7 @@ def _finish(
     if class_names is not None and positive_class is None:
         # The agreed classes (e.g. the genesis's): a site may hold only some of them, even one.
         index = {name: i for i, name in enumerate(class_names)}
+        label_values = _codes_as_names(label_values, class_names)
         unknown = sorted(set(label_values) - set(index))
         if unknown:
             raise UnknownClassError(
@@ -334,14 +345,7 @@ def load_csv(
     (or only ``feature_columns``). Rows are reported by file line number. A column named
     in ``categories`` is one-hot encoded with those categories (`one_hot`), in its place."""
     path = Path(path)
-    _require_file(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
-    if not rows:
-        raise DatasetError(f"{path}: empty file (a header row is required)")
-    header = [h.strip() for h in rows[0]]
-    # (file line number, fields); blank lines are skipped but keep later line numbers right.
-    body = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+    header, body = _csv_rows(path, delimiter)
     if label_column not in header:
         raise MissingColumnError(
             f"{path}: label column {label_column!r} not found; available columns: " + ", ".join(header)
@@ -354,13 +358,7 @@ def load_csv(
             raise MissingColumnError(
                 f"{path}: feature columns {absent} not found; available columns: " + ", ".join(header)
             )
-    if not body:
-        raise DatasetError(f"{path}: no data rows")
-    for line, row in body:
-        if len(row) != len(header):
-            raise DatasetError(f"{path}: line {line} has {len(row)} fields, header has {len(header)}")
-    line_names = [f"line {line}" for line, _ in body]
-    table = np.array([row for _, row in body], dtype=np.str_)
+    line_names, table = _csv_table(path, header, body)
     label_index = header.index(label_column)
     labels = [cell.strip() for cell in table[:, label_index].tolist()]
     for line_name, value in zip(line_names, labels, strict=True):
@@ -369,6 +367,56 @@ def load_csv(
     cells = {c: table[:, header.index(c)] for c in feature_columns}
     x, names = _csv_features(cells, categories or {}, str(path), line_names, missing)
     return _finish(x, labels, names, str(path), positive_class, class_names)
+
+
+def load_unlabelled_csv(
+    path: str | Path,
+    class_names: Sequence[str],
+    *,
+    delimiter: str = ",",
+    categories: Mapping[str, Sequence[str]] | None = None,
+    missing: MissingPolicy = "refuse",
+) -> Dataset:
+    """A CSV of features only (data to predict has no labels): every column is a feature,
+    read as `load_csv` reads its features (`categories` one-hot encoded, missing values per
+    `missing`). Its labels are all 0 and mean nothing; `class_names` are the model's."""
+    path = Path(path)
+    header, body = _csv_rows(path, delimiter)
+    line_names, table = _csv_table(path, header, body)
+    cells = {c: table[:, j] for j, c in enumerate(header)}
+    x, names = _csv_features(cells, categories or {}, str(path), line_names, missing)
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    return Dataset(
+        features=x,
+        labels=labels,
+        feature_names=tuple(names),
+        class_names=tuple(class_names),
+        source=str(path),
+    )
+
+
+def _csv_rows(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A CSV's stripped header and its non-blank rows with their file line numbers."""
+    _require_file(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=delimiter))
+    if not rows:
+        raise DatasetError(f"{path}: empty file (a header row is required)")
+    header = [h.strip() for h in rows[0]]
+    # (file line number, fields); blank lines are skipped but keep later line numbers right.
+    return header, [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+
+
+def _csv_table(
+    path: Path, header: Sequence[str], body: Sequence[tuple[int, list[str]]]
+) -> tuple[list[str], npt.NDArray[np.str_]]:
+    """The rows' names ("line N") and cells, every row as wide as the header."""
+    if not body:
+        raise DatasetError(f"{path}: no data rows")
+    for line, row in body:
+        if len(row) != len(header):
+            raise DatasetError(f"{path}: line {line} has {len(row)} fields, header has {len(header)}")
+    return [f"line {line}" for line, _ in body], np.array([row for _, row in body], dtype=np.str_)
 
 
 def _csv_features(

@@ -76,6 +76,24 @@ def _class_folders(root: Path, class_names: Sequence[str] | None) -> tuple[tuple
     return tuple(class_names), folders
 
 
+def describe_image_folder(root: str | Path) -> tuple[tuple[str, ...], int]:
+    """(class names, channels) of an image folder: its class sub-folders, sorted, and 1 if its
+    first image is grey (Pillow modes 1, L, LA, I, F), else 3 (RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    class_names, folders = _class_folders(Path(root), None)
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    with Image.open(path) as image:
+                        mode = image.mode
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise ImageFileError(f"{path}: not a readable PNG/JPEG image ({exc})") from None
+                return class_names, 1 if mode.split(";")[0] in ("1", "L", "LA", "I", "F") else 3
+    raise ClassFolderError(f"{root}: no .png/.jpg/.jpeg images in its class folders")
+
+
 def read_image(path: Path, image_shape: ImageShape) -> FloatMatrix:
     """One image as a (channels, height, width) float32 array in [0, 1]."""
     from PIL import Image, UnidentifiedImageError  # Pillow: matplotlib's dependency

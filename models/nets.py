@@ -155,17 +155,23 @@ def build_network(spec: ModelSpec, generator: torch.Generator) -> nn.Module:
 def load_factory(spec: ModelSpec) -> Callable[..., object]:
     """The function ``spec.factory`` names ("package.module:function"), imported."""
     assert spec.factory is not None
-    module_name, _, attribute = spec.factory.partition(":")
+    return import_callable(spec.factory, "model.factory")
+
+
+def import_callable(path: str, key: str) -> Callable[..., object]:
+    """The function `path` ("package.module:function") names, imported; a `SpecError` naming
+    the setting `key` if it cannot be."""
+    module_name, _, attribute = path.partition(":")
     try:
         target: object = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SpecError(f"model.factory {spec.factory!r}: cannot import {module_name!r} ({exc})") from None
+        raise SpecError(f"{key} {path!r}: cannot import {module_name!r} ({exc})") from None
     for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise SpecError(f"model.factory {spec.factory!r}: {module_name!r} has no {attribute!r}")
+        if not part or not hasattr(target, part):
+            raise SpecError(f"{key} {path!r}: {module_name!r} has no {attribute!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise SpecError(f"model.factory {spec.factory!r} is not a function")
+        raise SpecError(f"{key} {path!r} is not a function")
     return cast(Callable[..., object], target)
 
 

@@ -9,7 +9,7 @@ between merges::
     metrics = trainer.evaluate(test_data)
 
 ``fit()`` is the stand-alone run (local and central baselines): up to
-``config.epochs`` epochs with early stopping on the local validation split,
+``config.fit_epochs`` epochs with early stopping on the local validation split,
 returning the best parameters.
 
 Everything random (initialisation, validation split, batch order, dropout) is
@@ -25,9 +25,9 @@ torch learner (`swarmnode.trainer`) both run it. A merge rule may add a term to 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, final, get_args
+from typing import Final, Literal, cast, final, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +38,7 @@ from torch import nn
 from .data import Dataset, DatasetError
 from .device import DeviceName, check_amp, resolve_device
 from .flatten import FloatVector, flatten, unflatten
-from .nets import bind_generator, build_network
+from .nets import bind_generator, build_network, import_callable
 from .preprocess import FeatureMoments, PreprocessConfig, Preprocessor
 from .spec import ModelSpec
 
@@ -52,6 +52,10 @@ LocalObjective = Callable[[nn.Module], StepPenalty]
 # generator (e.g. `models.images.ImageAugmenter`); validation and test rows are never augmented.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]
+DEFAULT_FIT_EPOCHS: Final = 100
+# A user's own metrics: (labels, class probabilities n x K, float64) -> {name: value}. They are
+# added to the built-in ones in every `Metrics` (validation, test, metrics.json, the report).
+MetricsFn = Callable[[npt.NDArray[np.int64], npt.NDArray[np.float64]], Mapping[str, float]]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(OptimizerName)
 
 
@@ -65,6 +69,11 @@ MIN_CLASS_FREQUENCY: Final = 1e-5
 class TrainConfig:
     """Local training settings (the same for every site unless a site overrides them).
 
+    epochs:              in a swarm, the local epochs per merge round: the genesis's
+                         ``training.sync_every``, and a different value is refused
+                         (`swarmnode.trainer.check_local_epochs`); None takes the genesis's.
+                         For ``fit`` (local-only training): its budget (None: 100).
+
     patience:            stop ``fit`` after this many epochs without a lower
                          validation loss (0 disables early stopping).
     validation_fraction: stratified share of the local data held out for early
@@ -73,9 +82,11 @@ class TrainConfig:
     device:              where local training runs (`models.device.resolve_device`):
                          "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
     amp:                 mixed precision (float16 autocast and a gradient scaler); CUDA only.
+    metrics:             "package.module:function", a `MetricsFn` whose values every
+                         evaluation reports beside the built-in metrics.
     """
 
-    epochs: int = 100
+    epochs: int | None = None
     batch_size: int = 32
     optimizer: OptimizerName = "adam"
     lr: float = 1e-3
@@ -86,9 +97,10 @@ class TrainConfig:
     balance_classes: bool = False
     device: DeviceName = "auto"
     amp: bool = False
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -101,6 +113,11 @@ class TrainConfig:
         if self.patience < 0:
             raise ValueError("patience must be >= 0")
 
+    @property
+    def fit_epochs(self) -> int:
+        """``fit``'s budget: `epochs`, or `DEFAULT_FIT_EPOCHS` when unset."""
+        return DEFAULT_FIT_EPOCHS if self.epochs is None else self.epochs
+
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +127,7 @@ class Metrics:
     f1 is the positive-class F1 for 2 classes and the macro F1 otherwise; roc_auc is
     one-vs-rest macro for more than 2 classes (over classes present in the labels)
     and NaN when only one class is present. balanced_accuracy is the mean recall over
-    classes present.
+    classes present. `extra` holds a user's metrics (`MetricsFn`) by name, in its order.
     """
 
     accuracy: float
@@ -119,9 +136,16 @@ class Metrics:
     roc_auc: float
     loss: float
     n_samples: int
+    extra: tuple[tuple[str, float], ...] = ()
+
+    def get(self, name: str) -> float | None:
+        """The metric called `name`, built-in or the user's (None if there is none)."""
+        if name in BUILTIN_METRICS:
+            return float(getattr(self, name))
+        return dict(self.extra).get(name)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """JSON-friendly (NaN becomes None)."""
+        """JSON-friendly (NaN becomes None): the built-in metrics, then the user's."""
         return {
             "accuracy": _json_float(self.accuracy),
             "balanced_accuracy": _json_float(self.balanced_accuracy),
@@ -129,11 +153,40 @@ class Metrics:
             "roc_auc": _json_float(self.roc_auc),
             "loss": _json_float(self.loss),
             "n_samples": self.n_samples,
-        }
+        } | {name: _json_float(value) for name, value in self.extra}
+
+
+BUILTIN_METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss", "n_samples")
 
 
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def load_metrics_fn(path: str) -> MetricsFn:
+    """The `MetricsFn` that ``training.metrics`` names ("package.module:function")."""
+    return cast(MetricsFn, import_callable(path, "training.metrics"))
+
+
+def user_metrics(
+    metrics_fn: MetricsFn, labels: npt.NDArray[np.int64], probabilities: npt.NDArray[np.float64]
+) -> tuple[tuple[str, float], ...]:
+    """`metrics_fn`'s values, checked: a mapping of new names to real numbers."""
+    where = getattr(metrics_fn, "__qualname__", repr(metrics_fn))
+    values = metrics_fn(labels, probabilities)
+    if not isinstance(values, Mapping):
+        raise TypeError(f"metrics function {where} returned {type(values).__name__}, not a dict of metrics")
+    extra: list[tuple[str, float]] = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not name or name in BUILTIN_METRICS:
+            raise ValueError(
+                f"metrics function {where}: metric name {name!r} must be a non-empty string and not "
+                f"one of the built-in metrics ({', '.join(BUILTIN_METRICS)})"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"metrics function {where}: metric {name!r} is {value!r}, not a number")
+        extra.append((name, float(value)))
+    return tuple(extra)
 
 
 @final
@@ -240,9 +293,15 @@ def class_probabilities(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.softmax(logits.double(), dim=1)
 
 
-def evaluate_model(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> Metrics:
+def evaluate_model(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    metrics_fn: MetricsFn | None = None,
+) -> Metrics:
     """Metrics of ``model`` on already preprocessed float32 features (eval mode, no grad),
-    on the device the model's parameters are on."""
+    on the device the model's parameters are on (with the user's `metrics_fn`, if any)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), features).device
@@ -253,7 +312,7 @@ def evaluate_model(model: nn.Module, features: torch.Tensor, labels: torch.Tenso
             probabilities = class_probabilities(logits, n_classes).numpy()
     finally:
         model.train(was_training)
-    return classification_metrics(labels.numpy(), probabilities, n_classes, loss=loss)
+    return classification_metrics(labels.numpy(), probabilities, n_classes, loss=loss, metrics_fn=metrics_fn)
 
 
 def classification_metrics(
@@ -262,9 +321,12 @@ def classification_metrics(
     n_classes: int,
     *,
     loss: float = math.nan,
+    metrics_fn: MetricsFn | None = None,
 ) -> Metrics:
-    """Accuracy, balanced accuracy, F1 and ROC AUC from class probabilities."""
+    """Accuracy, balanced accuracy, F1 and ROC AUC from class probabilities, and the user's
+    metrics (`metrics_fn`) beside them."""
     n = int(labels.size)
+    extra = () if metrics_fn is None else user_metrics(metrics_fn, labels, probabilities)
     if n == 0:
         return Metrics(
             accuracy=math.nan,
@@ -273,6 +335,7 @@ def classification_metrics(
             roc_auc=math.nan,
             loss=loss,
             n_samples=0,
+            extra=extra,
         )
     predicted = probabilities.argmax(axis=1)
     present = [c for c in range(n_classes) if (labels == c).any()]
@@ -293,6 +356,7 @@ def classification_metrics(
         roc_auc=auc,
         loss=loss,
         n_samples=n,
+        extra=extra,
     )
 
 
@@ -310,6 +374,7 @@ class LocalTrainer:
         preprocess: PreprocessConfig | None = None,
         initial_parameters: FloatVector | None = None,
         augment: Augment | None = None,
+        metrics_fn: MetricsFn | None = None,
     ) -> None:
         if data.n_classes != spec.n_classes:
             raise DatasetError(
@@ -322,6 +387,9 @@ class LocalTrainer:
         self.device: Final = resolve_device(config.device)
         check_amp(config.amp, self.device)
         self._augment = augment
+        # The user's metrics: given here (embedding API) or named by ``training.metrics``.
+        named = None if config.metrics is None else load_metrics_fn(config.metrics)
+        self.metrics_fn: Final = metrics_fn if metrics_fn is not None else named
         self.model: Final[nn.Module] = build_network(spec, generator)
         if initial_parameters is not None:
             unflatten(self.model, initial_parameters, spec)
@@ -435,7 +503,7 @@ class LocalTrainer:
         """Metrics on the local validation split (None if there is none)."""
         if self._val is None:
             return None
-        return evaluate_model(self.model, self._val[0], self._val[1], self.spec.n_classes)
+        return evaluate_model(self.model, self._val[0], self._val[1], self.spec.n_classes, self.metrics_fn)
 
     def train_epochs(
         self, epochs: int, start: FloatVector | None = None, *, objective: LocalObjective | None = None
@@ -485,11 +553,11 @@ class LocalTrainer:
         return sum(loss * rows for loss, rows in done) / max(sum(rows for _, rows in done), 1)
 
     def fit(self) -> TrainResult:
-        """Up to ``config.epochs`` epochs with early stopping on the validation loss;
+        """Up to ``config.fit_epochs`` epochs with early stopping on the validation loss;
         the model ends at (and returns) the best epoch's parameters."""
         best_loss, best_epoch, best_params = math.inf, 0, self.parameters()
         loss, epoch, stopped = math.nan, 0, False
-        for epoch in range(1, self.config.epochs + 1):
+        for epoch in range(1, self.config.fit_epochs + 1):
             loss = self._epoch()
             validation = self.validate()
             if validation is None or self.config.patience == 0:
@@ -514,7 +582,7 @@ class LocalTrainer:
     def evaluate(self, data: Dataset) -> Metrics:
         """Metrics on ``data`` (e.g. the held-out test set) after this site's preprocessing."""
         x, y = self._tensors(data)
-        return evaluate_model(self.model, x, y, self.spec.n_classes)
+        return evaluate_model(self.model, x, y, self.spec.n_classes, self.metrics_fn)
 
 
 def balanced_class_weights(frequencies: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -324,6 +324,9 @@ class SwarmNode:
     ) -> None:
         self.config: Final = config
         self.genesis: Final = Genesis.load(config.ledger.genesis)  # fail early, with the file's name
+        from .trainer import check_local_epochs
+
+        check_local_epochs(self.genesis, config.training.epochs, str(config.source or config.node.name))
         self.close_timeout: Final = close_timeout
         self._merge_lock = threading.Lock()
         self._close_lock = threading.Lock()

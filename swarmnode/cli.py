@@ -55,7 +55,12 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
     if positive is None and args.data == "breast_cancer":
         positive = "malignant"  # the usual disease-vs-rest task of the bundled demo data
     hidden = tuple(int(h) for h in args.hidden.split(",") if h) if args.hidden else ()
+    if args.data is not None and Path(args.data).is_dir():
+        return _image_site_settings(args, Path(args.data))
+    args.model = args.model or "logreg"
     if args.features is not None and args.classes is not None:
+        if args.model not in ("logreg", "mlp"):
+            raise SetupError(f"--model {args.model}: --features/--classes size a logreg or mlp model")
         try:
             model = (
                 ModelSpec(kind="logreg", n_features=args.features, n_classes=args.classes)
@@ -88,6 +93,32 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
         bootstrap=tuple(getattr(args, "bootstrap", ())),
         relays=tuple(args.relay),
         weightage=args.weightage,
+    )
+
+
+def _image_site_settings(args: argparse.Namespace, folder: Path) -> SiteSettings:
+    """An image-folder site: a MONAI model (--model, default resnet18) sized from the folder:
+    its class folders are the classes, its images' mode the channels (`infer_image_model`)."""
+    from .scaffold import SetupError, SiteSettings, infer_image_model
+
+    try:
+        widths = tuple(int(w) for w in args.widths.split(",") if w.strip()) if args.widths else ()
+    except ValueError:
+        raise SetupError(f"--widths {args.widths!r}: expected integers such as 8,16,32,64") from None
+    model, _ = infer_image_model(folder, kind=args.model, image_size=args.image_size, widths=widths)
+    return SiteSettings(
+        name=args.name,
+        data=args.data,
+        test_source=args.test_data,
+        model=model,
+        listen=args.listen,
+        port=args.port,
+        advertise=tuple(args.advertise),
+        bootstrap=tuple(getattr(args, "bootstrap", ())),
+        relays=tuple(args.relay),
+        weightage=args.weightage,
+        data_kind="image_folder",
+        standardize="none",  # pixels are already in [0, 1]
     )
 
 
@@ -446,11 +477,21 @@ def _add_site_options(p: argparse.ArgumentParser, *, join: bool) -> None:
         p.add_argument(
             "--bootstrap", action="append", default=[], metavar="MULTIADDR", help="peer to dial first"
         )
-    p.add_argument("--data", default="breast_cancer", help="bundled dataset name or .csv/.h5ad/.npz file")
+    p.add_argument(
+        "--data",
+        default="breast_cancer",
+        help="bundled dataset name, .csv/.h5ad/.npz file, or a folder of class folders of images",
+    )
     p.add_argument("--label-column", help="label column (.csv) or obs key (.h5ad)")
     p.add_argument("--positive-class", help="train 'this class vs the rest'")
     p.add_argument("--test-data", help="held-out test file to report test metrics on")
-    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg", help="model kind (default logreg)")
+    p.add_argument(
+        "--model",
+        choices=("logreg", "mlp", "resnet18", "densenet121"),
+        help="model kind (default logreg; resnet18 for an image folder)",
+    )
+    p.add_argument("--image-size", type=int, default=32, help="image folder: resize to N x N (default 32)")
+    p.add_argument("--widths", help="image folder: MONAI network widths, e.g. 8,16,32,64 (default standard)")
     p.add_argument("--hidden", help="mlp hidden widths, e.g. 64,32")
     p.add_argument("--features", type=int, help="number of features (skips reading the data)")
     p.add_argument("--classes", type=int, help="number of classes (with --features)")

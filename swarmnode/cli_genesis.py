@@ -7,9 +7,10 @@ when it runs, so `--help` stays light (the genesis module is pure Python).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consensus.genesis import (
     CLASS_WEIGHTS,
@@ -21,6 +22,11 @@ from consensus.genesis import (
 )
 from models.optimizers import OPTIMIZER_NAMES
 from models.rules import RULE_NAMES
+
+if TYPE_CHECKING:
+    from models.schema import DataSchema
+
+    from .config import NodeConfig
 
 
 def add_genesis_commands(sub: Any) -> None:
@@ -51,6 +57,51 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
         raise SetupError(f"genesis: {exc}") from None
 
 
+def _sync_every(args: argparse.Namespace, site: NodeConfig) -> int:
+    """``--sync-every``, else the founding site's ``training.epochs`` (its local epochs per
+    round: every site then trains that many), else 1."""
+    from .scaffold import SetupError
+
+    epochs = site.training.epochs
+    if args.sync_every is not None:
+        return int(args.sync_every)
+    if epochs is None:
+        return 1
+    if args.sync_unit != "epochs":
+        raise SetupError(
+            f"genesis: {site.source}: training.epochs = {epochs}, but --sync-unit {args.sync_unit} counts "
+            "steps: give --sync-every, and remove training.epochs from the sites' site.toml"
+        )
+    return epochs
+
+
+def _named_classes(schema: DataSchema | None, names_text: str, site: NodeConfig) -> DataSchema:
+    """The founding site's table with its classes named `names_text` ("a,b,c", in the order of
+    its classes: sorted labels, so integer codes 0, 1, 2 ...): the names sites' labels are read
+    by (integer codes stand for them, in order), and export and predict show."""
+    from .scaffold import SetupError
+
+    if schema is None:
+        raise SetupError(
+            "genesis: --class-names names the classes of the table genesis records: drop --no-schema"
+        )
+    if site.data.positive_class is not None:
+        raise SetupError(
+            f"genesis: --class-names: {site.source} trains {site.data.positive_class!r} vs the rest, "
+            f"whose classes are named already ({', '.join(schema.class_names)})"
+        )
+    names = tuple(n.strip() for n in names_text.split(","))
+    if len(names) != len(schema.class_names):
+        raise SetupError(
+            f"genesis: --class-names gives {len(names)} name(s) for the {len(schema.class_names)} classes of "
+            f"{site.data.source} ({', '.join(schema.class_names)})"
+        )
+    try:
+        return dataclasses.replace(schema, class_names=names)
+    except ValueError as exc:  # names the field: "data.class_names: ..."
+        raise SetupError(f"genesis: --class-names {names_text!r}: {exc}") from None
+
+
 def cmd_genesis(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, _out
     from .config import NodeConfig
@@ -72,6 +123,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         raise SetupError("genesis: give at least one --member NAME=PEER_ID@ADDR")
     model_config = NodeConfig.load(args.model_from)
     schema = None if args.no_schema else founding_schema(model_config)
+    if args.class_names is not None:
+        schema = _named_classes(schema, args.class_names, model_config)
     out = Path(args.out)
     settings = GenesisSettings(
         name=args.name,
@@ -83,7 +136,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         server_params=tuple(parse_merge_param(p, "--server-param") for p in args.server_param),
         secure=args.secure,
         min_peers=args.min_peers,
-        sync_every=args.sync_every,
+        sync_every=_sync_every(args, model_config),
         sync_unit=args.sync_unit,
         threshold=parse_threshold(args.threshold),
         ckks_params=args.ckks_params,
@@ -141,12 +194,21 @@ def _add_genesis_options(p: argparse.ArgumentParser) -> None:
         "--secure", action=argparse.BooleanOptionalAction, default=True, help="encrypted merges (default on)"
     )
     p.add_argument("--min-peers", type=int, default=2, help="contributions a round needs (>= 2)")
-    p.add_argument("--sync-every", type=int, default=1, help="merge every k epochs/steps (default 1)")
+    p.add_argument(
+        "--sync-every",
+        type=int,
+        help="merge every k epochs/steps (default: --model-from's training.epochs, else 1)",
+    )
     p.add_argument("--sync-unit", choices=SYNC_UNITS, default="epochs")
     p.add_argument("--threshold", default="1/2", metavar="A/B", help="decrypt threshold t = floor(n*A/B)+1")
     p.add_argument("--ckks-params", default=DEFAULT_CKKS_PARAMS, help="CKKS parameter set (README)")
     p.add_argument("--max-rounds", type=int, default=10, help="stop after this many training rounds")
     p.add_argument("--no-schema", action="store_true", help="do not record feature/class names (README)")
+    p.add_argument(
+        "--class-names",
+        metavar="A,B,...",
+        help="name the founding data's classes in their order (e.g. integer codes 0,1,...)",
+    )
     p.add_argument("--patience", type=int, default=0, help="stop after k rounds without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="improvement that resets patience")
     p.add_argument("--goal", choices=METRIC_GOALS, default="max", help="validation metric: max or min")

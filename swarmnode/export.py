@@ -8,8 +8,10 @@ An export directory holds::
                      state-dict entry's name, shape and dtype, `models.structure`)
     preprocess.json  what to do to a data file first: the selected features (genes),
                      log1p, the standardisation's mean and scale (the swarm's pooled
-                     ones with standardize = "swarm"), feature and class names, and how
-                     the labels were read (label column, positive class)
+                     ones with standardize = "swarm", whose means also fill missing values
+                     under impute = "mean"), feature and class names, the genesis's
+                     categories of each categorical column (one-hot order), and how the
+                     labels were read (label column, positive class)
     card.json + MODEL_CARD.md   chain id, final model hash, the merged rounds with their
                      contributors and weights (this site's own ledger), metrics
 
@@ -46,11 +48,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.data import Dataset, DatasetError, MissingPolicy, load_dataset
+from models.data import Dataset, DatasetError, MissingPolicy, load_dataset, load_unlabelled_csv
 from models.flatten import FloatVector, unflatten
 from models.images import read_images_for_prediction
 from models.nets import build_network
 from models.preprocess import PreprocessConfig, Preprocessor
+from models.schema import CategoricalColumn
 from models.spec import ModelSpec, SpecError
 from models.structure import ModelTensor, spec_structure
 from models.training import Metrics, class_probabilities, evaluate_model
@@ -94,7 +97,8 @@ class ExportError(Exception):
 @dataclass(frozen=True, eq=False, kw_only=True)
 class FinalModel:
     """A trained model and what its inputs need: the spec, the flat parameters (the ledger's
-    vector), the preprocessing and the class names; how labels are read, for `predict_file`."""
+    vector), the preprocessing, the class names and the categorical columns' agreed
+    categories (genesis ``data.categorical``); how labels are read, for `predict_file`."""
 
     spec: ModelSpec
     parameters: FloatVector
@@ -102,6 +106,7 @@ class FinalModel:
     class_names: tuple[str, ...]
     label_column: str | None = None
     positive_class: str | None = None
+    categorical: tuple[CategoricalColumn, ...] = ()
 
     @classmethod
     def from_summary(
@@ -112,9 +117,11 @@ class FinalModel:
         *,
         label_column: str | None = None,
         positive_class: str | None = None,
+        categorical: Sequence[CategoricalColumn] = (),
     ) -> FinalModel:
         """The embedding API's route: a `models.LocalTrainer`'s `TrainingSummary` (its
-        parameters and preprocessing), the spec it trained and its class names."""
+        parameters and preprocessing), the spec it trained and its class names (and the
+        genesis's ``data.categorical`` if its table has categorical columns)."""
         if summary.preprocessor is None:
             raise ExportError(
                 "this training summary has no preprocessing (a from_torch model): export it with torch"
@@ -126,6 +133,7 @@ class FinalModel:
             class_names=tuple(class_names),
             label_column=label_column,
             positive_class=positive_class,
+            categorical=tuple(categorical),
         )
 
     def module(self) -> nn.Module:
@@ -153,6 +161,7 @@ class FinalModel:
             "class_names": list(self.class_names),
             "label_column": self.label_column,
             "positive_class": self.positive_class,
+            "categorical": [{"name": c.name, "categories": list(c.categories)} for c in self.categorical],
         }
 
 
@@ -167,6 +176,7 @@ class ExportedModel:
     class_names: tuple[str, ...]
     label_column: str | None
     positive_class: str | None
+    categories: Mapping[str, tuple[str, ...]]  # categorical column -> its categories, one-hot order
 
 
 def _require_package(fmt: str) -> None:
@@ -276,6 +286,7 @@ def site_final_model(config: NodeConfig, record: LedgerRecord) -> FinalModel:
         class_names=trainer.class_names,
         label_column=config.data.label_column,
         positive_class=config.data.positive_class,
+        categorical=() if genesis.data is None else genesis.data.categorical,
     )
 
 
@@ -510,7 +521,17 @@ def load_export(directory: Path) -> ExportedModel:
         class_names=tuple(pre["class_names"]),
         label_column=pre.get("label_column"),
         positive_class=pre.get("positive_class"),
+        categories=_categories(pre.get("categorical", []), directory / "preprocess.json"),
     )
+
+
+def _categories(recorded: Sequence[Mapping[str, Any]], path: Path) -> dict[str, tuple[str, ...]]:
+    """preprocess.json's ``categorical`` (exports before categorical columns had none)."""
+    try:
+        columns = [CategoricalColumn(name=c["name"], categories=tuple(c["categories"])) for c in recorded]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{path}: malformed categorical columns ({exc!r})") from None
+    return {c.name: c.categories for c in columns}
 
 
 def _labels_as_trained(data: Dataset, class_names: Sequence[str]) -> Dataset:
@@ -531,39 +552,31 @@ def _labels_as_trained(data: Dataset, class_names: Sequence[str]) -> Dataset:
     )
 
 
-def _unlabelled_csv(path: Path, class_names: tuple[str, ...]) -> Dataset:
-    """A CSV of features only (data to predict has no labels); every column a feature."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if row]
-    if len(rows) < 2:
-        raise DatasetError(f"{path}: need a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    try:
-        x = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float32)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: feature values must be numbers ({exc})") from None
-    if x.ndim != 2 or x.shape[1] != len(header):
-        raise DatasetError(f"{path}: every row needs {len(header)} fields, as the header has")
-    labels = np.zeros(x.shape[0], dtype=np.int64)
-    return Dataset(
-        features=x, labels=labels, feature_names=tuple(header), class_names=class_names, source=str(path)
-    )
-
-
 def _read_for_prediction(source: str, exported: ExportedModel) -> tuple[Dataset, bool]:
-    """(data, labelled): the file as training read it, or a CSV without the label column."""
+    """(data, labelled): the file as training read it (categorical columns one-hot encoded
+    with the swarm's categories, missing values kept where training imputed them), or a CSV
+    without the label column read the same way."""
     label_column = exported.label_column
     path = Path(source)
     if path.is_dir() and exported.spec.image_shape is not None:
         return read_images_for_prediction(path, exported.spec.image_shape, exported.class_names)
+    missing: MissingPolicy = "keep" if exported.preprocessor.config.impute == "mean" else "refuse"
+    categories = dict(exported.categories) or None
     if path.suffix.lower() == ".csv" and path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
             header = [h.strip() for h in next(csv.reader(handle), [])]
         if label_column is None or label_column not in header:
-            return _unlabelled_csv(path, exported.class_names), False
-    missing: MissingPolicy = "keep" if exported.preprocessor.config.impute == "mean" else "refuse"
+            unlabelled = load_unlabelled_csv(
+                path, exported.class_names, categories=categories, missing=missing
+            )
+            return unlabelled, False
     data = load_dataset(
-        source, label_column=label_column, positive_class=exported.positive_class, missing=missing
+        source,
+        label_column=label_column,
+        positive_class=exported.positive_class,
+        missing=missing,
+        categories=categories,
+        class_names=None if exported.positive_class is not None else exported.class_names,
     )
     return _labels_as_trained(data, exported.class_names), True
 

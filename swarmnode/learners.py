@@ -23,6 +23,7 @@ from models.training import (
     LocalTrainer,
     LossFn,
     Metrics,
+    MetricsFn,
     StepPenalty,
     class_probabilities,
     classification_metrics,
@@ -81,6 +82,10 @@ class SpecLearner:
     def preprocessor(self) -> Preprocessor:
         return self.trainer.preprocessor
 
+    @property
+    def metrics_fn(self) -> MetricsFn | None:
+        return self.trainer.metrics_fn
+
     def train(self, amount: int, unit: str, objective: LocalObjective | None = None) -> float:
         if unit == "steps":
             return self.trainer.train_steps(amount, objective=objective)
@@ -128,8 +133,10 @@ class TorchLearner:
         val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
         test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
         num_samples: int | None,
+        metrics_fn: MetricsFn | None = None,
     ) -> None:
         self.model = model
+        self.metrics_fn = metrics_fn
         self.layout = layout_of(model)
         self.train_loader = train_loader
         self.optimizer = optimizer
@@ -198,7 +205,7 @@ class TorchLearner:
         n_classes = 2 if all_logits.shape[1] == 1 else all_logits.shape[1]  # a binary head: 1 logit
         probabilities = class_probabilities(all_logits, n_classes).numpy()
         truth = all_labels.numpy().astype(np.int64)
-        return classification_metrics(truth, probabilities, n_classes, loss=loss)
+        return classification_metrics(truth, probabilities, n_classes, loss=loss, metrics_fn=self.metrics_fn)
 
     def validate(self) -> Metrics | None:
         return self._evaluate(self.val_loader)

@@ -291,6 +291,22 @@ def _test_section(
     )
 
 
+def _site_test_metrics(sites: Sequence[SiteResult]) -> dict[str, dict[str, Any]]:
+    """Every test metric each site reported (metrics.json ``test``: the built-in ones and the
+    user's own, `models.training.MetricsFn`), by site."""
+    tests = {s.name: (s.metrics or {}).get("test") for s in sites}
+    return {name: dict(test) for name, test in tests.items() if isinstance(test, Mapping)}
+
+
+def _test_metrics_section(test_metrics: Mapping[str, Mapping[str, Any]]) -> str | None:
+    if not test_metrics:
+        return None
+    names = list(dict.fromkeys(name for test in test_metrics.values() for name in test))
+    return "<h2>Test metrics (each site's test data)</h2>" + _table(
+        ["site", *names], [[site, *(test.get(name) for name in names)] for site, test in test_metrics.items()]
+    )
+
+
 def _contributions_section(ledger_rounds: Sequence[Mapping[str, Any]], ledger_source: str | None) -> str:
     contribution_rows = []
     for r in ledger_rounds:
@@ -430,11 +446,13 @@ def _build_report(
     ledger_rounds, ledger_source = _ledger_rows(sites)
     timing = _timing_table(sites)
     privacy = _privacy_data(sites, ledger_rounds)
+    test_metrics = _site_test_metrics(sites)
     sections = [
         section
         for section in (
             _validation_section(sites, metric, out, plots),
             _test_section(rows, central, metric, out, plots),
+            _test_metrics_section(test_metrics),
             _contributions_section(ledger_rounds, ledger_source),
             _privacy_section(privacy),
             _timings_section(timing, out, plots),
@@ -448,6 +466,7 @@ def _build_report(
         "sites": [s.name for s in sites],
         "final_hashes": final_hashes,
         "test": rows,
+        "test_metrics": test_metrics,
         "central": central,
         "baselines": baselines,
         "ledger_rounds": ledger_rounds,

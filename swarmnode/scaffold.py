@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Literal, cast, final
 
 from consensus.genesis import (
     DEFAULT_CKKS_PARAMS,
@@ -179,7 +179,7 @@ class SiteSettings:
     storage_dir: str = "state"
     genesis: str = "genesis.cbor"
     log_level: str = "info"
-    epochs: int = 100
+    epochs: int | None = None  # local epochs per round: the genesis's sync_every (None: unset)
     batch_size: int = 32
     lr: float = 1e-3
     validation_fraction: float = 0.2
@@ -211,6 +211,10 @@ def _optional_data_lines(s: SiteSettings) -> list[str]:
     else:
         lines.append('# test_source = "test.npz"     # held-out data to report test metrics on')
     return lines
+
+
+def _epochs_line(epochs: int | None) -> str:
+    return "# epochs = 1" if epochs is None else f"epochs = {epochs}"
 
 
 def _model_lines(m: ModelSpec) -> list[str]:
@@ -280,9 +284,10 @@ log1p = false                  # log(1 + x) first (expression counts)
 {chr(10).join(model_lines)}
 
 [training]
-# In the swarm, genesis decides when to merge (sync_every) and when to stop (max_rounds);
-# epochs and patience apply to local-only training (baselines).
-epochs = {s.epochs}
+# epochs: local epochs per merge round. The genesis fixes it (training.sync_every; `swarmnode
+# genesis --model-from` takes it from here): leave it out, or equal, a different value is refused.
+# The genesis also decides when to stop (max_rounds); patience applies to local-only training.
+{_epochs_line(s.epochs)}
 batch_size = {s.batch_size}
 optimizer = "adam"             # sgd | adam | adamw
 lr = {_toml(s.lr)}
@@ -321,7 +326,37 @@ def infer_model(
             return mlp(data.n_features, data.n_classes, hidden=hidden or (64, 32), dropout=0.0)
     except SpecError as exc:
         raise SetupError(f"model: {exc}") from None
-    raise SetupError(f"--model {kind!r}: expected logreg or mlp (write a cnn spec into site.toml by hand)")
+    raise SetupError(
+        f"--model {kind!r}: a table trains logreg or mlp ({' and '.join(IMAGE_KINDS)} train on an image "
+        "folder; write a cnn spec into site.toml by hand)"
+    )
+
+
+IMAGE_KINDS: Final = ("resnet18", "densenet121")
+
+
+def infer_image_model(
+    folder: Path, *, kind: str | None, image_size: int, widths: tuple[int, ...]
+) -> tuple[ModelSpec, tuple[str, ...]]:
+    """The MONAI model (`kind`, default resnet18) for an image folder: its classes are the
+    class folders' names and its channels the images' (grey or RGB); (spec, class names)."""
+    from models.images import describe_image_folder
+    from models.spec import monai_image_net
+
+    kind = kind or "resnet18"
+    if kind not in IMAGE_KINDS:
+        raise SetupError(
+            f"--model {kind}: {folder} is an image folder, which trains {' or '.join(IMAGE_KINDS)}"
+        )
+    try:
+        class_names, channels = describe_image_folder(folder)
+        monai_kind = cast(Literal["resnet18", "densenet121"], kind)
+        spec = monai_image_net(monai_kind, (channels, image_size, image_size), len(class_names), widths)
+    except DatasetError as exc:
+        raise SetupError(f"data source: {exc}") from None
+    except (SpecError, ValueError) as exc:
+        raise SetupError(f"--model {kind} --image-size {image_size}: {exc}") from None
+    return spec, class_names
 
 
 @final

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -85,9 +85,12 @@ class TestnetPlan:
     genesis_path: Path
     dataset: str
     scenario: str
+    baseline_epochs: int  # the local-only and central models' budget (`LocalTrainer.fit`)
 
     @classmethod
     def load(cls, workdir: Path) -> TestnetPlan:
+        from models.training import DEFAULT_FIT_EPOCHS
+
         info = json.loads((workdir / MARKER).read_text())
         sites = tuple(
             SitePlan(
@@ -99,7 +102,14 @@ class TestnetPlan:
             )
             for s in info["sites"]
         )
-        return cls(workdir, sites, workdir / "genesis.cbor", info["dataset"], info["scenario"])
+        return cls(
+            workdir,
+            sites,
+            workdir / "genesis.cbor",
+            info["dataset"],
+            info["scenario"],
+            int(info.get("baseline_epochs", DEFAULT_FIT_EPOCHS)),
+        )
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -164,7 +174,14 @@ def _save_site_data(data_dir: Path, data: Dataset, split: SiteSplit, nodes: int)
 
 
 def _init_sites(
-    workdir: Path, nodes: int, spec: ModelSpec, *, lr: float, seed: int, images: ImageSites | None
+    workdir: Path,
+    nodes: int,
+    spec: ModelSpec,
+    *,
+    lr: float,
+    seed: int,
+    sync_every: int,
+    images: ImageSites | None,
 ) -> tuple[SitePlan, ...]:
     """`nodes` site directories on free local ports, each bootstrapping from all the others."""
     sites: list[SitePlan] = []
@@ -179,6 +196,7 @@ def _init_sites(
             genesis="../genesis.cbor",
             lr=lr,
             seed=seed + i,
+            epochs=sync_every,  # local epochs per round: the genesis's
         )
         if images is not None:
             settings = images.site_settings(settings, i)
@@ -251,6 +269,7 @@ def prepare_testnet(
     from models.flatten import spec_layout
     from models.preprocess import statistics_rounds
     from models.spec import logistic_regression, mlp
+    from models.training import DEFAULT_FIT_EPOCHS
 
     if (dataset in IMAGE_DATASETS) != (images is not None):
         raise SetupError(f"--dataset {dataset!r}: image settings are for {', '.join(IMAGE_DATASETS)} only")
@@ -272,7 +291,7 @@ def prepare_testnet(
         save_image_sites(workdir / "data", data, split, nodes, images.image_size)
     else:
         _save_site_data(workdir / "data", data, split, nodes)
-    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed, images=images)
+    sites = _init_sites(workdir, nodes, spec, lr=lr, seed=seed, sync_every=sync_every, images=images)
     standardized = images is None or images.standardize == "swarm"
     genesis = _testnet_genesis(
         f"testnet-{dataset}-{scenario}",
@@ -290,17 +309,19 @@ def prepare_testnet(
     save_genesis(genesis, genesis_path)
     for site in sites:
         NodeConfig.load(site.config_path)  # every written config must load
+    baseline_epochs = DEFAULT_FIT_EPOCHS if images is None else images.epochs
     marker = {
         "dataset": dataset,
         "scenario": scenario,
         "rounds": rounds,
         "seed": seed,
+        "baseline_epochs": baseline_epochs,
         "chain_id": genesis.chain_id.hex(),
         "sites": [{"name": s.name, "port": s.port, "public_key": s.node_id.public_key.hex()} for s in sites],
         "class_counts": [list(c) for c in split.class_counts(data.labels, data.n_classes)],
     }
     (workdir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return TestnetPlan(workdir, sites, genesis_path, dataset, scenario)
+    return TestnetPlan(workdir, sites, genesis_path, dataset, scenario, baseline_epochs)
 
 
 # -- baselines ------------------------------------------------------------------------
@@ -325,7 +346,7 @@ def compute_baselines(plan: TestnetPlan, metric: str = "roc_auc") -> dict[str, A
         trainer = LocalTrainer(
             config.model,
             data,
-            config.training,
+            replace(config.training, epochs=plan.baseline_epochs),
             generator=torch.Generator().manual_seed(seed),
             preprocess=config.data.preprocess,
             augment=site_augmenter(config),

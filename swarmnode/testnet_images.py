@@ -86,7 +86,6 @@ class ImageSites:
             data_kind="image_folder",
             augment=self.augment,
             standardize=self.standardize,
-            epochs=self.epochs,
         )
 
 

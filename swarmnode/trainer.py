@@ -9,8 +9,10 @@ loop every site runs::
     -> load the merged params -> evaluate -> ... until the swarm stops
 
 - k (``sync_every``) and the unit (epochs or optimiser steps) come from
-  ``genesis.training``; weightage comes from the node's config (the node
-  multiplies ``num_samples`` by it).
+  ``genesis.training``: a site config's ``training.epochs`` that says otherwise is
+  refused (`check_local_epochs`; a `models.LocalTrainer`'s own ``TrainConfig.epochs``
+  is its ``fit`` budget, and the ``sync_every=`` option is an experiment's override);
+  weightage comes from the node's config (the node multiplies ``num_samples`` by it).
 - The validation metric reported with Ready is computed on the local
   validation data; which one (``roc_auc``, ``loss``, ...) defaults from the
   stopping rule's goal (``max`` -> ROC AUC, ``min`` -> loss). It is the locally
@@ -77,6 +79,7 @@ from models.training import (
     LocalTrainer,
     LossFn,
     Metrics,
+    MetricsFn,
     classification_loss,
     init_parameters,
 )
@@ -102,6 +105,7 @@ __all__ = [
     "SyncPoint",
     "TrainingSummary",
     "build_local_trainer",
+    "check_local_epochs",
     "check_merge_method",
     "check_model",
     "default_metric",
@@ -264,6 +268,26 @@ def rule_objective(genesis: Genesis) -> LocalObjective | None:
     return lambda model: objective(model, settings)
 
 
+def check_local_epochs(genesis: Genesis, epochs: int | None, where: str) -> None:
+    """Refuse local epochs per round (`epochs`, a site's ``training.epochs``; None: unset) that
+    contradict the genesis: every site trains ``training.sync_every`` epochs (or steps) per
+    round, so a site training more would pull every merge towards its own data."""
+    rules = genesis.training
+    if epochs is None or (rules.sync_unit == "epochs" and epochs == rules.sync_every):
+        return
+    if rules.sync_unit != "epochs":
+        raise SwarmSetupError(
+            f"{where}: training.epochs = {epochs}, but swarm {genesis.name!r} trains {rules.sync_every} "
+            f"optimiser steps per round (genesis training.sync_unit = {rules.sync_unit!r}): remove "
+            "training.epochs"
+        )
+    raise SwarmSetupError(
+        f"{where}: training.epochs = {epochs} local epochs per round, but swarm {genesis.name!r}'s genesis "
+        f"trains {rules.sync_every} (training.sync_every): set training.epochs = {rules.sync_every} or "
+        "remove it"
+    )
+
+
 def default_metric(genesis: Genesis) -> str:
     return "roc_auc" if genesis.training.stopping.goal == "max" else "loss"
 
@@ -348,10 +372,16 @@ class SwarmTrainer:
         self.merge_method: Final = check_merge_method(genesis, merge_method)
         self.local_objective: Final = rule_objective(genesis)
         self.metric: Final = metric if metric is not None else default_metric(genesis)
-        if self.metric not in METRICS:
-            raise SwarmSetupError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         goal = genesis.training.stopping.goal
-        if (self.metric in LARGER_IS_BETTER) != (goal == "max"):
+        if self.metric not in METRICS:
+            # A user's metric (the learner's metrics function names it; `_metric_of` checks):
+            # which way is better is the genesis's goal, nothing here knows better.
+            if getattr(learner, "metrics_fn", None) is None:
+                raise SwarmSetupError(
+                    f"metric must be one of {', '.join(METRICS)} or one your metrics function returns "
+                    f"(training.metrics, metrics_fn=), got {self.metric!r}"
+                )
+        elif (self.metric in LARGER_IS_BETTER) != (goal == "max"):
             raise SwarmSetupError(
                 f"metric {self.metric!r} does not fit the stopping rule's goal {goal!r} "
                 f"({'larger' if goal == 'max' else 'smaller'} is better)"
@@ -434,10 +464,14 @@ class SwarmTrainer:
         val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
         num_samples: int | None = None,
+        metrics_fn: MetricsFn | None = None,
         **options: object,
     ) -> SwarmTrainer:
-        """Wrap a classifier returning logits, trained in place on (x, y) batches."""
-        learner = TorchLearner(model, train_loader, optimizer, loss_fn, val_loader, test_loader, num_samples)
+        """Wrap a classifier returning logits, trained in place on (x, y) batches; `metrics_fn`
+        adds the user's metrics to every evaluation (`models.training.MetricsFn`)."""
+        learner = TorchLearner(
+            model, train_loader, optimizer, loss_fn, val_loader, test_loader, num_samples, metrics_fn
+        )
         return cls(learner, genesis, **options)  # type: ignore[arg-type]
 
     # -- the steps (no I/O) ----------------------------------------------------------------
@@ -473,8 +507,15 @@ class SwarmTrainer:
         )
 
     def _metric_of(self, metrics: Metrics | None) -> float | None:
-        value = None if metrics is None else getattr(metrics, self.metric)
-        return None if value is None or not math.isfinite(value) else float(value)
+        if metrics is None:
+            return None
+        value = metrics.get(self.metric)
+        if value is None:
+            raise SwarmSetupError(
+                f"metric {self.metric!r}: the metrics function returned no such metric "
+                f"(it returned {', '.join(name for name, _ in metrics.extra) or 'none'})"
+            )
+        return value if math.isfinite(value) else None
 
     def merged(self, result: MergeResult) -> RoundRecord:
         """Load the round's merged parameters (or, for a statistics merge, keep the pooled
@@ -654,12 +695,15 @@ def train_with_swarm(
     val_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None,
     metric: str | None = None,
+    metrics_fn: MetricsFn | None = None,
     merge_method: str | None = None,
     callbacks: Iterable[SwarmCallback] = (),
     timeout: float | None = None,
 ) -> TrainingSummary:
     """Train `model` in place with a merge every ``genesis.training.sync_every`` epochs
-    (or steps) until the swarm stops; the model ends at the swarm's final model."""
+    (or steps) until the swarm stops; the model ends at the swarm's final model.
+    `metrics_fn(labels, probabilities) -> {name: value}` adds the user's metrics to every
+    evaluation; `metric` may name one of them for the stopping rule."""
     trainer = SwarmTrainer.from_torch(
         model,
         train_loader,
@@ -669,6 +713,7 @@ def train_with_swarm(
         val_loader=val_loader,
         test_loader=test_loader,
         metric=metric,
+        metrics_fn=metrics_fn,
         merge_method=merge_method,
         callbacks=tuple(callbacks),
     )
@@ -696,6 +741,7 @@ def check_model(genesis: Genesis, config: NodeConfig) -> None:
 def build_local_trainer(config: NodeConfig, genesis: Genesis) -> tuple[LocalTrainer, Dataset | None]:
     """Load this site's data (and test data) per config and build its LocalTrainer."""
     check_model(genesis, config)
+    check_local_epochs(genesis, config.training.epochs, str(config.source or "site config"))
     if config.data.source is None:
         raise SwarmSetupError(
             f"{config.source or 'site config'}: [data] has no source: this site was set up to bring its "
