@@ -385,6 +385,8 @@ class JobRunner:
         return aggregate
 
     async def _combine(self, job: CombineShares) -> None:
+        if not self._behaviour.combines():
+            return
         # All at once; a decryptor holds the aggregate (its own sum) and its own share already.
         blobs: dict[bytes, bytes] = {}
 
