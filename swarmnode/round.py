@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Final, final
 
 from consensus.contract import MERGED, Contract, ContributionRecord, HashVote, Round
+from consensus.decrypt_phase import robust_decrypt_set
 from consensus.genesis import Timeouts
 from consensus.transactions import Phase
 from crypto.identity import NodeId
@@ -210,7 +211,11 @@ class Contribute:
 class PrefetchContributions:
     """The next few in the leader rotation copy the committed contributions as they land,
     so a leader that crashes after contributing does not take its update down with it
-    (any replacement leader or verifier can still add every committed contribution)."""
+    (any replacement leader or verifier can still add every committed contribution).
+
+    In a robust key epoch every future decryptor fetches them as they land too: it sums them
+    all for its point share anyway, and fetching while the others still encrypt and commit
+    takes the transfers off the path from the aggregate phase to the last share."""
 
     round: int
     contributions: tuple[ContributionRecord, ...]
@@ -558,7 +563,8 @@ def _plan_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
 
 
 def _plan_prefetch(r: Round, facts: LocalFacts) -> list[Job]:
-    if facts.me not in r.active[:REPLICAS]:
+    future_decryptor = r.robust and facts.me in robust_decrypt_set(r.active, r.barred, r.threshold)
+    if facts.me not in r.active[:REPLICAS] and not future_decryptor:
         return []
     others = tuple(c for c in r.contributions if c.node_id != facts.me)
     if r.contributors:
