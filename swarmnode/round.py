@@ -301,6 +301,21 @@ class MakeDecryptionShare:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrefetchShare:
+    """One of the first t combiners of a robust epoch copies each point share as its hash is
+    committed, while the other decryptors still make theirs: when the last lands, combining
+    waits for that one share (15 bytes per parameter), not for all m - 1 of the others'."""
+
+    round: int
+    share: HashVote  # a committed share of the decrypt set (not ours)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("prefetch-share", self.round, self.share.value)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CombineShares:
     """Participant: fetch the aggregate and all committed shares, combine, put the merged
     float32 parameters and commit their hash (`MergedModel`)."""
@@ -356,6 +371,7 @@ Job = (
     | PrepareAggregate
     | VerifyAggregate
     | MakeDecryptionShare
+    | PrefetchShare
     | CombineShares
     | LoadMerged
     | SubmitPhaseTimeout
@@ -479,6 +495,8 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
             )
         )
     shares = [HashVote(node_id=p, value=v) for p in r.decrypt_set if (v := r.decryption_share(p)) is not None]
+    if r.robust and len(shares) < len(r.decrypt_set) and me in _first_combiners(r):
+        jobs += [PrefetchShare(round=r.number, share=v) for v in shares if v.node_id != me]
     combine_at = _combine_at(contract, r, facts)
     if combine_at is not None and facts.now >= combine_at:
         jobs.append(

@@ -46,6 +46,7 @@ from swarmnode.round import (
     MakeDecryptionShare,
     MergeWanted,
     PrefetchContributions,
+    PrefetchShare,
     PrepareAggregate,
     RevealEpochShares,
     SubmitPhaseTimeout,
@@ -531,6 +532,31 @@ def test_in_a_robust_epoch_every_future_decryptor_copies_the_contributions_as_th
     commit(c, (head, Contribution(round=1, blob_hash=h("early"), blob_size=9)))
     (prefetch,) = [j for j in reconcile(c, facts(tail)).jobs if isinstance(j, PrefetchContributions)]
     assert [x.node_id for x in prefetch.contributions] == [head]
+
+
+def test_in_a_robust_epoch_the_first_combiners_copy_each_point_share_as_it_is_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the last decryptors still make their shares, the t that combine at once fetch
+    the shares already committed; the others (they load the merged model) fetch none."""
+    monkeypatch.setattr(prss, "robust_epoch", lambda members, threshold, **_: True)
+    c = make_contract()
+    to_decrypt(c)
+    r = c.round
+    assert len(r.decrypt_set) == len(IDS) > r.threshold
+    first, outsider = r.active[: r.threshold], r.active[-1]
+    early = first[1]
+    commit(c, (early, DecryptionShare(round=1, step=r.step, share_hash=h("early"))))
+
+    def prefetched(node: NodeId) -> list[PrefetchShare]:
+        return [j for j in reconcile(c, facts(node)).jobs if isinstance(j, PrefetchShare)]
+
+    assert [j.share.value for j in prefetched(first[0])] == [h("early")]
+    assert prefetched(early) == []  # its own share
+    assert prefetched(outsider) == []
+    rest = [p for p in r.decrypt_set if p != early]
+    commit(c, *[(p, DecryptionShare(round=1, step=r.step, share_hash=h(f"d{p.short}"))) for p in rest])
+    assert prefetched(first[0]) == []  # every share is in: the combine fetches what is left
 
 
 def test_a_stuck_job_does_not_hold_back_the_timeout_vote() -> None:
