@@ -60,5 +60,9 @@ class Behaviour:
         """As decryptor: the share we publish, given the one we made (under `params`)."""
         return share
 
+    def combines(self) -> bool:
+        """Whether, when the round asks us to combine the shares, we do and vote the merged model."""
+        return True
+
 
 HONEST = Behaviour()

@@ -54,6 +54,7 @@ from .round import (
     MakeDecryptionShare,
     MergeWanted,
     PrefetchContributions,
+    PrefetchShare,
     PrepareAggregate,
     PublishEpochFingerprint,
     RejoinEpoch,
@@ -257,6 +258,8 @@ class JobRunner:
             await self._verify(job)
         elif isinstance(job, MakeDecryptionShare):
             await self._decryption_share(job)
+        elif isinstance(job, PrefetchShare):
+            await self._blobs.fetch(job.share.value, job.share.node_id, keep_round=job.round)
         elif isinstance(job, CombineShares):
             await self._combine(job)
         elif isinstance(job, LoadMerged):
@@ -385,6 +388,8 @@ class JobRunner:
         return aggregate
 
     async def _combine(self, job: CombineShares) -> None:
+        if not self._behaviour.combines():
+            return
         # All at once; a decryptor holds the aggregate (its own sum) and its own share already.
         blobs: dict[bytes, bytes] = {}
 

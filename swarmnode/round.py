@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Final, final
 
 from consensus.contract import MERGED, Contract, ContributionRecord, HashVote, Round
+from consensus.decrypt_phase import robust_decrypt_set
 from consensus.genesis import Timeouts
 from consensus.transactions import Phase
 from crypto.identity import NodeId
@@ -210,7 +211,11 @@ class Contribute:
 class PrefetchContributions:
     """The next few in the leader rotation copy the committed contributions as they land,
     so a leader that crashes after contributing does not take its update down with it
-    (any replacement leader or verifier can still add every committed contribution)."""
+    (any replacement leader or verifier can still add every committed contribution).
+
+    In a robust key epoch every future decryptor fetches them as they land too: it sums them
+    all for its point share anyway, and fetching while the others still encrypt and commit
+    takes the transfers off the path from the aggregate phase to the last share."""
 
     round: int
     contributions: tuple[ContributionRecord, ...]
@@ -296,6 +301,21 @@ class MakeDecryptionShare:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrefetchShare:
+    """One of the first t combiners of a robust epoch copies each point share as its hash is
+    committed, while the other decryptors still make theirs: when the last lands, combining
+    waits for that one share (15 bytes per parameter), not for all m - 1 of the others'."""
+
+    round: int
+    share: HashVote  # a committed share of the decrypt set (not ours)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return ("prefetch-share", self.round, self.share.value)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CombineShares:
     """Participant: fetch the aggregate and all committed shares, combine, put the merged
     float32 parameters and commit their hash (`MergedModel`)."""
@@ -351,6 +371,7 @@ Job = (
     | PrepareAggregate
     | VerifyAggregate
     | MakeDecryptionShare
+    | PrefetchShare
     | CombineShares
     | LoadMerged
     | SubmitPhaseTimeout
@@ -474,6 +495,8 @@ def _plan_decrypt(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
             )
         )
     shares = [HashVote(node_id=p, value=v) for p in r.decrypt_set if (v := r.decryption_share(p)) is not None]
+    if r.robust and len(shares) < len(r.decrypt_set) and me in _first_combiners(r):
+        jobs += [PrefetchShare(round=r.number, share=v) for v in shares if v.node_id != me]
     combine_at = _combine_at(contract, r, facts)
     if combine_at is not None and facts.now >= combine_at:
         jobs.append(
@@ -558,7 +581,8 @@ def _plan_prepare(contract: Contract, r: Round, facts: LocalFacts) -> list[Job]:
 
 
 def _plan_prefetch(r: Round, facts: LocalFacts) -> list[Job]:
-    if facts.me not in r.active[:REPLICAS]:
+    future_decryptor = r.robust and facts.me in robust_decrypt_set(r.active, r.barred, r.threshold)
+    if facts.me not in r.active[:REPLICAS] and not future_decryptor:
         return []
     others = tuple(c for c in r.contributions if c.node_id != facts.me)
     if r.contributors:

@@ -35,6 +35,7 @@ from crypto.identity import NodeId, NodeIdentity
 from crypto.testing import placeholder_fingerprint
 from swarmnode.round import (
     OUTSIDER_COMBINE_GRACE,
+    REPLICAS,
     AggregateContributions,
     CombineShares,
     CommitEpochShare,
@@ -45,6 +46,7 @@ from swarmnode.round import (
     MakeDecryptionShare,
     MergeWanted,
     PrefetchContributions,
+    PrefetchShare,
     PrepareAggregate,
     RevealEpochShares,
     SubmitPhaseTimeout,
@@ -484,8 +486,15 @@ def test_job_keys_are_stable_and_distinct() -> None:
         AggregateContributions(round=1, step=2, contributions=()),
         VerifyAggregate(round=1, step=3, claimed_hash=h("a"), contributions=()),
         MakeDecryptionShare(
-            round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, decrypt_set=(), threshold=1,
-            contributions=2, committed=(),
+            round=1,
+            step=4,
+            epoch=1,
+            aggregate_hash=h("a"),
+            aggregator=None,
+            decrypt_set=(),
+            threshold=1,
+            contributions=2,
+            committed=(),
         ),
         CombineShares(round=1, step=4, epoch=1, aggregate_hash=h("a"), aggregator=None, shares=()),
         LoadMerged(round=1, params_hash=h("m")),
@@ -507,6 +516,47 @@ def test_contributions_are_copied_by_the_head_of_the_rotation() -> None:
     assert not [
         j for j in reconcile(c, facts(last, wanted=WANT)).jobs if isinstance(j, PrefetchContributions)
     ]
+
+
+def test_in_a_robust_epoch_every_future_decryptor_copies_the_contributions_as_they_land(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every active participant makes a point share of the sum of all contributions: the tail
+    of the rotation fetches each one as it is committed, not only once the phase closes."""
+    monkeypatch.setattr(prss, "robust_epoch", lambda members, threshold, **_: True)
+    c = make_contract()
+    to_contribute(c)
+    assert c.round.robust
+    head, tail = c.round.active[0], c.round.active[-1]
+    assert tail not in c.round.active[:REPLICAS]
+    commit(c, (head, Contribution(round=1, blob_hash=h("early"), blob_size=9)))
+    (prefetch,) = [j for j in reconcile(c, facts(tail)).jobs if isinstance(j, PrefetchContributions)]
+    assert [x.node_id for x in prefetch.contributions] == [head]
+
+
+def test_in_a_robust_epoch_the_first_combiners_copy_each_point_share_as_it_is_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the last decryptors still make their shares, the t that combine at once fetch
+    the shares already committed; the others (they load the merged model) fetch none."""
+    monkeypatch.setattr(prss, "robust_epoch", lambda members, threshold, **_: True)
+    c = make_contract()
+    to_decrypt(c)
+    r = c.round
+    assert len(r.decrypt_set) == len(IDS) > r.threshold
+    first, outsider = r.active[: r.threshold], r.active[-1]
+    early = first[1]
+    commit(c, (early, DecryptionShare(round=1, step=r.step, share_hash=h("early"))))
+
+    def prefetched(node: NodeId) -> list[PrefetchShare]:
+        return [j for j in reconcile(c, facts(node)).jobs if isinstance(j, PrefetchShare)]
+
+    assert [j.share.value for j in prefetched(first[0])] == [h("early")]
+    assert prefetched(early) == []  # its own share
+    assert prefetched(outsider) == []
+    rest = [p for p in r.decrypt_set if p != early]
+    commit(c, *[(p, DecryptionShare(round=1, step=r.step, share_hash=h(f"d{p.short}"))) for p in rest])
+    assert prefetched(first[0]) == []  # every share is in: the combine fetches what is left
 
 
 def test_a_stuck_job_does_not_hold_back_the_timeout_vote() -> None:
