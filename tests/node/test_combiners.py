@@ -76,27 +76,14 @@ async def run_swarm(
             options=NodeOptions(inline_compute=True, behaviour=behaviour),
         ) as node:  # fmt: skip
             opened.append(node)
-<<<<<<< HEAD
             await merge_until_stopped(
                 node,
                 np.full(N_PARAMS, float(1 + i), np.float32),
                 10 * (i + 1),
-                results=results[i],
+                results=swarm.results[i],
                 next_params=lambda result: np.full(N_PARAMS, float(result.round + 1 + i), np.float32),
                 val_metric=0.5,
             )
-=======
-            params = np.full(N_PARAMS, float(1 + i), np.float32)
-            while True:
-                try:
-                    result = await node.merge(params, 10 * (i + 1), val_metric=0.5, timeout=900)
-                except SwarmStopped:
-                    break
-                swarm.results[i].append(result)
-                if result.stopped:
-                    break
-                params = np.full(N_PARAMS, float(result.round + 1 + i), np.float32)
->>>>>>> hb-speed2
             await node.wait_stopped()
             swarm.histories.append(node.contract.history())
 
