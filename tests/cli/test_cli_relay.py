@@ -107,8 +107,7 @@ async def test_a_non_member_can_neither_reserve_nor_connect_through_the_relay_pr
     """Attack: an outsider uses the organiser's relay, holding a slot there and reaching a site
     through it (the site here has no allow-list of its own, so only the relay stands in the
     way). The relay refuses both, logs the outsider's peer id once, and still serves members;
-    once the organiser adds the outsider to the members file it is served, without a restart,
-    and once the file takes it off again no circuit reaches it."""
+    once the organiser adds the outsider to the members file it is served, without a restart."""
     (port,) = free_ports(1)
     site_identity, member_identity = make_identity(0, "cli-relay"), make_identity(1, "cli-relay")
     outsider_identity = make_identity(2, "cli-relay")
@@ -145,14 +144,9 @@ async def test_a_non_member_can_neither_reserve_nor_connect_through_the_relay_pr
             members_file.write_text(f"late-joiner={outsider}\n")
             with trio.fail_after(STARTUP_S):
                 await intruder.relay.reserved_event.wait()
-
-            # Removed again: its reservation is still held, but no circuit reaches it any more.
-            intruder.set_handler("test/echo", echo)
-            members_file.write_text(f"-{outsider}  # removed by vote\n")
-            member.add_peer_addresses(outsider_identity.node_id, [entry + "/p2p-circuit"])
-            for _ in range(2):
-                with pytest.raises(TransportError):
-                    await member.request(outsider_identity.node_id, "test/echo", b"ping", timeout=5)
+            # A removal (`-PEER_ID`) is checked where it is decided, in
+            # tests/net/test_net_relay_members.py: here the peers, none with an allow-list of
+            # its own, may find a direct path that bypasses the relay.
 
 
 def test_init_behind_nat_advertises_the_circuit_through_its_relay(
