@@ -14,6 +14,7 @@ Virtual time (trio's MockClock), in-memory network, synthetic parameters: site i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,20 @@ class Site:
     results: list[MergeResult] = field(default_factory=list)
 
 
+async def cancel_after_rounds(
+    nodes: Callable[[], list[Node | None]], rounds: int, scope: trio.CancelScope
+) -> None:
+    """Ends the swarm run once every node's ledger has closed `rounds` rounds (checked every
+    virtual half second): later rounds would only repeat the checked one, at a CPU cost."""
+    while not all(node is not None and len(node.contract.history()) >= rounds for node in nodes()):
+        await trio.sleep(0.5)
+    scope.cancel()
+
+
 async def run_swarm(
-    tmp_path: Path, founders: int, max_rounds: int, *, virtual_seconds: float = 10_000
+    tmp_path: Path, founders: int, max_rounds: int, *, virtual_seconds: float = 10_000, until_rounds: int = 0
 ) -> tuple[SwarmPlan, list[Site]]:
+    """`until_rounds`: also stop once every node's ledger has closed that many rounds."""
     plan = SwarmPlan.create(tmp_path, SPEC, founders=founders, max_rounds=max_rounds)
     sites = [Site(i) for i in range(founders)]
 
@@ -72,10 +84,14 @@ async def run_swarm(
             await node.wait_stopped()
 
     async with open_memory_network(seed=3) as net:
-        with trio.move_on_after(virtual_seconds):
+        with trio.move_on_after(virtual_seconds) as scope:
             async with trio.open_nursery() as nursery:
                 for site in sites:
                     nursery.start_soon(run_site, site, net.transport(plan.ids[site.index]))
+                if until_rounds:
+                    nursery.start_soon(
+                        cancel_after_rounds, lambda: [site.node for site in sites], until_rounds, scope
+                    )
     return plan, sites
 
 
@@ -110,7 +126,8 @@ async def test_with_four_sites_a_wrong_share_is_detected_and_the_round_aborted(
 ) -> None:
     """Four points at t = 3 check each other (one wrong share is detected) but cannot tell
     which is wrong: no merge, nobody named (a documented limit), the swarm goes on."""
-    _, sites = await run_swarm(tmp_path, founders=4, max_rounds=2, virtual_seconds=40)
+    # Every round aborts the same way; four closed rounds show it and that the swarm goes on.
+    _, sites = await run_swarm(tmp_path, founders=4, max_rounds=2, virtual_seconds=40, until_rounds=4)
     for site in sites:
         assert site.node is not None
         assert site.results == []  # never merged a shifted model
@@ -159,10 +176,12 @@ async def test_a_named_culprit_filling_the_decrypt_set_never_lets_a_shift_throug
             await trio.sleep_forever()  # keep validating blocks until the test's deadline
 
     async with open_memory_network(seed=3) as net:
-        with trio.move_on_after(200):
+        with trio.move_on_after(200) as scope:
             async with trio.open_nursery() as nursery:
                 for i in range(5):
                     nursery.start_soon(run_site, i, net.transport(plan.ids[i]))
+                # From round 2 on every round has the same decrypt set and aborts the same way.
+                nursery.start_soon(cancel_after_rounds, lambda: [nodes.get(i) for i in range(5)], 4, scope)
     culprit = plan.ids[BYZANTINE]
     for i, node in nodes.items():
         history = node.contract.history()
