@@ -388,12 +388,15 @@ class Libp2pTransport(Transport):
         two came up any more, also after it healed."""
         if peer_id not in self._barred_from_gossip:
             self._barred_from_gossip.add(peer_id)
-            self._pubsub.add_to_blacklist(peer_id)
+            # The set itself, not `add_to_blacklist`: that also spawns a stream teardown which
+            # races pubsub's own dead-peer cleanup (`del peers[id]`: KeyError) and takes the
+            # pubsub service, and so the node, down. Our guard closes the connection anyway.
+            self._pubsub.blacklisted_peers.add(peer_id)
 
     def _unbar_allowed(self) -> None:
         for peer_id in [p for p in self._barred_from_gossip if self._is_allowed(node_id_of(p))]:
             self._barred_from_gossip.discard(peer_id)
-            self._pubsub.remove_from_blacklist(peer_id)
+            self._pubsub.blacklisted_peers.discard(peer_id)
 
     def _recheck_connections(self) -> None:
         """Hand every open connection to the guard, which closes those no longer allowed."""
