@@ -201,7 +201,6 @@ class Libp2pTransport(Transport):
             None if allowed_peers is None else frozenset(allowed_peers) | {self.node_id}
         )
         self._blocked: frozenset[NodeId] = frozenset()  # fault injection: `partition`
-        self._barred_from_gossip: set[ID] = set()  # on pubsub's blacklist: see `_bar_from_gossip`
         self._handlers: dict[str, RequestHandler] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[Inbound]]] = {}
         self._address_book: dict[NodeId, tuple[str, ...]] = {}
@@ -386,17 +385,15 @@ class Libp2pTransport(Transport):
         guard closes, that was a dial storm (hundreds a minute) that leaked py-libp2p's
         per-peer connection slots until, minutes into a partition, no connection between the
         two came up any more, also after it healed."""
-        if peer_id not in self._barred_from_gossip:
-            self._barred_from_gossip.add(peer_id)
-            # The set itself, not `add_to_blacklist`: that also spawns a stream teardown which
-            # races pubsub's own dead-peer cleanup (`del peers[id]`: KeyError) and takes the
-            # pubsub service, and so the node, down. Our guard closes the connection anyway.
-            self._pubsub.blacklisted_peers.add(peer_id)
+        # The set itself, not `add_to_blacklist`: that also spawns a stream teardown which
+        # races pubsub's own dead-peer cleanup (`del peers[id]`: KeyError) and takes the
+        # pubsub service, and so the node, down. Our guard closes the connection anyway.
+        self._pubsub.blacklisted_peers.add(peer_id)
 
     def _unbar_allowed(self) -> None:
-        for peer_id in [p for p in self._barred_from_gossip if self._is_allowed(node_id_of(p))]:
-            self._barred_from_gossip.discard(peer_id)
-            self._pubsub.blacklisted_peers.discard(peer_id)
+        """Take the peers we may talk to again off pubsub's blacklist (we are its only writer)."""
+        barred = self._pubsub.blacklisted_peers
+        barred.difference_update([p for p in barred if self._is_allowed(node_id_of(p))])
 
     def _recheck_connections(self) -> None:
         """Hand every open connection to the guard, which closes those no longer allowed."""
