@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 # Only what building the parser needs is imported here (pure Python): `--help` and usage
 # errors must not wait for torch, numpy, TenSEAL or libp2p. Each command imports the rest.
@@ -81,19 +81,23 @@ def _site_settings(args: argparse.Namespace, directory: Path) -> SiteSettings:
             base_dir=directory,
         )
     return SiteSettings(
-        name=args.name,
-        data=args.data,
-        label_column=args.label_column,
-        positive_class=positive,
-        test_source=args.test_data,
-        model=model,
-        listen=args.listen,
-        port=args.port,
-        advertise=tuple(args.advertise),
-        bootstrap=tuple(getattr(args, "bootstrap", ())),
-        relays=tuple(args.relay),
-        weightage=args.weightage,
+        **_site_fields(args), label_column=args.label_column, positive_class=positive, model=model
     )
+
+
+def _site_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The `SiteSettings` fields every kind of site takes from the command line as given."""
+    return {
+        "name": args.name,
+        "data": args.data,
+        "test_source": args.test_data,
+        "listen": args.listen,
+        "port": args.port,
+        "advertise": tuple(args.advertise),
+        "bootstrap": tuple(getattr(args, "bootstrap", ())),
+        "relays": tuple(args.relay),
+        "weightage": args.weightage,
+    }
 
 
 def _image_site_settings(args: argparse.Namespace, folder: Path) -> SiteSettings:
@@ -107,16 +111,8 @@ def _image_site_settings(args: argparse.Namespace, folder: Path) -> SiteSettings
         raise SetupError(f"--widths {args.widths!r}: expected integers such as 8,16,32,64") from None
     model, _ = infer_image_model(folder, kind=args.model, image_size=args.image_size, widths=widths)
     return SiteSettings(
-        name=args.name,
-        data=args.data,
-        test_source=args.test_data,
+        **_site_fields(args),
         model=model,
-        listen=args.listen,
-        port=args.port,
-        advertise=tuple(args.advertise),
-        bootstrap=tuple(getattr(args, "bootstrap", ())),
-        relays=tuple(args.relay),
-        weightage=args.weightage,
         data_kind="image_folder",
         standardize="none",  # pixels are already in [0, 1]
     )
